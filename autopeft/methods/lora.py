@@ -1,0 +1,65 @@
+"""LoRA (Hu et al. 2021) from HF peft: rank (optionally per layer), target sub-modules, alpha, dropout."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Any, Sequence
+
+from autopeft.arch import ArchInfo
+from autopeft.methods import ParamDecl, PeftMethod, register_method, target_regex
+
+
+@register_method
+class Lora(PeftMethod):
+    name = "lora"
+    uses_peft = True
+    size_param = "r"
+    default_lr = 5e-4
+    use_dora = False
+    params = {
+        "r": ParamDecl("int", default=8, low=1, per_layer_ok=True),
+        "targets": ParamDecl("targets", default=["q", "v"]),
+        "alpha_ratio": ParamDecl("float", default=2.0, low=0.0, exclusive_low=True),
+        "dropout": ParamDecl("float", default=0.1, low=0.0, high=1.0, exclusive_high=True),
+    }
+
+    @staticmethod
+    def _ranks(cfg: dict[str, Any], layers: Sequence[int]) -> list[int]:
+        r = cfg["r"]
+        return list(r) if isinstance(r, list) else [r] * len(layers)
+
+    def param_shapes(self, cfg: dict[str, Any], layers: Sequence[int], arch: ArchInfo) -> list[tuple[int, ...]]:
+        shapes: list[tuple[int, ...]] = []
+        for r in self._ranks(cfg, layers):
+            for t in cfg["targets"]:
+                fin, fout = arch.in_out(t)
+                shapes += [(r, fin), (fout, r)]
+                if self.use_dora:
+                    shapes.append((fout,))
+        return shapes
+
+    def peft_config(self, cfg: dict[str, Any], layers: Sequence[int], arch: ArchInfo, head: list[str]) -> Any:
+        from peft import LoraConfig
+
+        ranks = self._ranks(cfg, layers)
+        base_r = Counter(ranks).most_common(1)[0][0]
+        rank_pattern: dict[str, int] = {}
+        alpha_pattern: dict[str, float] = {}
+        for layer, r in zip(layers, ranks):
+            if r != base_r:
+                for t in cfg["targets"]:
+                    key = re.escape(arch.module_name(layer, t))
+                    rank_pattern[key] = r
+                    alpha_pattern[key] = cfg["alpha_ratio"] * r
+        return LoraConfig(
+            task_type="SEQ_CLS",
+            r=base_r,
+            lora_alpha=cfg["alpha_ratio"] * base_r,
+            lora_dropout=cfg["dropout"],
+            target_modules=target_regex(arch, layers, cfg["targets"]),
+            rank_pattern=rank_pattern,
+            alpha_pattern=alpha_pattern,
+            use_dora=self.use_dora,
+            modules_to_save=head,
+        )

@@ -1,0 +1,29 @@
+"""Prefix tuning (Li & Liang 2021) from HF peft: learned key/value prefixes in every layer.
+
+peft's prefix tuning always spans all layers, so layer switches do not apply to it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from autopeft.arch import ArchInfo
+from autopeft.methods import ParamDecl, PeftMethod, register_method
+
+
+@register_method
+class Prefix(PeftMethod):
+    name = "prefix"
+    uses_peft = True
+    uses_layers = False
+    size_param = "length"
+    default_lr = 1e-2
+    params = {"length": ParamDecl("int", default=20, low=1)}
+
+    def param_shapes(self, cfg: dict[str, Any], layers: Sequence[int], arch: ArchInfo) -> list[tuple[int, ...]]:
+        return [(cfg["length"], arch.num_layers * 2 * arch.hidden_size)]
+
+    def peft_config(self, cfg: dict[str, Any], layers: Sequence[int], arch: ArchInfo, head: list[str]) -> Any:
+        from peft import PrefixTuningConfig
+
+        return PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=cfg["length"], modules_to_save=head)

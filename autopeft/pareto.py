@@ -1,0 +1,57 @@
+"""Pareto fronts and hypervolumes in autopeft's objective space.
+
+Objectives are turned into "maximise" coordinates: the task score as is; trainable parameters,
+memory and time as ``-log10`` (they span orders of magnitude).  The reference point is fixed
+per study (stored in its attributes): score at the constant majority-class predictor's value
+(chance), parameters at the base model's full count, memory at full fine-tuning's measured
+memory, time at 10x the first trial's.  Points below the reference add nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+DIRECTIONS = {"score": "maximize", "params": "minimize", "memory": "minimize", "time": "minimize"}
+OBJECTIVES = tuple(DIRECTIONS)
+
+
+def to_max(objectives: Sequence[str], values: Sequence[float]) -> list[float]:
+    """Raw objective values -> maximisation coordinates."""
+    out = []
+    for name, v in zip(objectives, values):
+        if name == "score":
+            out.append(float(v))
+        else:
+            out.append(-math.log10(max(float(v), 1e-12)))
+    return out
+
+
+def non_dominated(Y: np.ndarray) -> np.ndarray:
+    """Boolean mask of the rows of ``Y`` (maximisation) that no other row dominates; duplicates all kept."""
+    Y = np.asarray(Y, dtype=float)
+    n = len(Y)
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    ge = (Y[:, None, :] >= Y[None, :, :]).all(-1)  # ge[j, i]: j weakly dominates i
+    gt = (Y[:, None, :] > Y[None, :, :]).any(-1)
+    dominated = (ge & gt).any(0)
+    return ~dominated
+
+
+def hypervolume(Y: np.ndarray, ref: Sequence[float]) -> float:
+    """Hypervolume of maximisation points ``Y`` above reference ``ref`` (exact, via botorch)."""
+    import torch
+    from botorch.utils.multi_objective.hypervolume import Hypervolume
+
+    Y = np.asarray(Y, dtype=float).reshape(-1, len(ref))
+    ref_a = np.asarray(ref, dtype=float)
+    Y = Y[(Y > ref_a).all(1)] if len(Y) else Y
+    if len(Y) == 0:
+        return 0.0
+    Y = Y[non_dominated(Y)]
+    if Y.shape[1] == 1:
+        return float(Y.max() - ref_a[0])
+    return float(Hypervolume(torch.as_tensor(ref_a, dtype=torch.double)).compute(torch.as_tensor(Y, dtype=torch.double)))

@@ -1,0 +1,151 @@
+"""SearchResult: the Pareto front, all trials, and the best configuration under a budget."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from autopeft.candidate import Candidate
+from autopeft.errors import StudyError
+from autopeft.pareto import hypervolume, non_dominated, to_max
+
+
+class SearchResult:
+    """A view of a stored study (``autopeft.search`` returns one; ``autopeft.load_study`` opens one)."""
+
+    def __init__(self, study: Any, storage: str) -> None:
+        self.study = study
+        self.storage = storage
+        self.name: str = study.study_name
+        self.meta: dict[str, Any] = dict(study.user_attrs)
+        self.objectives: list[str] = list(self.meta["objectives"])
+        self.ref_point: list[float] = list(self.meta["ref_point"])
+
+    # ------------------------------------------------------------------ tables
+    def _complete(self) -> list[Any]:
+        from optuna.trial import TrialState
+
+        return [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values is not None]
+
+    @property
+    def trials(self) -> Any:
+        """Every trial: number, state, status, objectives, config summary, candidate JSON, reason."""
+        import pandas as pd
+
+        rows = []
+        for t in self.study.get_trials(deepcopy=False):
+            ua = t.user_attrs
+            row = {"trial": t.number, "state": t.state.name, "status": ua.get("status"), "summary": ua.get("summary")}
+            for o, v in zip(self.objectives, t.values or [None] * len(self.objectives)):
+                row[o] = v
+            if t.values is None:
+                row["params"] = ua.get("params")
+                row["memory"] = ua.get("memory_mib")
+            row.update({"trainable_pct": ua.get("trainable_pct"), "wall_s": ua.get("wall_s"), "sampler_s": ua.get("sampler_s"),
+                        "reason": ua.get("reason"), "candidate": ua.get("candidate")})
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def front_trials(self) -> list[Any]:
+        comp = self._complete()
+        if not comp:
+            return []
+        Y = np.array([to_max(self.objectives, t.values) for t in comp])
+        mask = non_dominated(Y)
+        return sorted([t for t, m in zip(comp, mask) if m], key=lambda t: -t.values[0])
+
+    @property
+    def pareto_front(self) -> Any:
+        """One row per non-dominated complete trial, best score first."""
+        import pandas as pd
+
+        rows = []
+        for t in self.front_trials():
+            ua = t.user_attrs
+            row = {"trial": t.number, "summary": ua.get("summary")}
+            for o, v in zip(self.objectives, t.values):
+                row[o] = v
+            row["trainable_pct"] = ua.get("trainable_pct")
+            row["candidate"] = ua.get("candidate")
+            rows.append(row)
+        cols = ["trial", "summary", *self.objectives, "trainable_pct", "candidate"]
+        return pd.DataFrame(rows, columns=cols)
+
+    # ------------------------------------------------------------------ choices
+    def best_trial(self, max_params: Any = None, max_memory: Any = None) -> Any:
+        from autopeft.study import parse_budget
+
+        mp = parse_budget(max_params, self.meta.get("base_params"), "max-params")
+        mm = parse_budget(max_memory, None, "max-memory")
+        feas = []
+        for t in self.front_trials():
+            ua = t.user_attrs
+            if mp is not None and ua.get("params", float("inf")) > mp:
+                continue
+            if mm is not None and ua.get("memory_mib", float("inf")) > mm:
+                continue
+            feas.append(t)
+        if not feas:
+            if not self._complete():
+                raise StudyError(f"study {self.name!r} has no completed trial yet")
+            raise StudyError(f"no completed trial of study {self.name!r} fits the budget "
+                             f"(max params {max_params}, max memory {max_memory})")
+        return max(feas, key=lambda t: (t.values[0], -t.user_attrs.get("params", 0)))
+
+    def best_config(self, max_params: Any = None, max_memory: Any = None) -> "FoundConfig":
+        """The highest-scoring Pareto configuration within the budgets (``"1%"`` of base params allowed)."""
+        t = self.best_trial(max_params, max_memory)
+        return FoundConfig(Candidate.from_dict(t.user_attrs["candidate"]), self.meta, t)
+
+    def hypervolume(self) -> float:
+        """Hypervolume of the front in (score, -log10 params, -log10 memory MiB, ...) above the study's ref point."""
+        comp = self._complete()
+        Y = np.array([to_max(self.objectives, t.values) for t in comp]).reshape(-1, len(self.objectives))
+        return hypervolume(Y, self.ref_point)
+
+    def __repr__(self) -> str:
+        return f"SearchResult({self.name!r}, {len(self._complete())} complete trials, front {len(self.front_trials())})"
+
+
+class FoundConfig:
+    """A chosen candidate with the settings it was found with; exportable."""
+
+    def __init__(self, candidate: Candidate, meta: dict[str, Any], trial: Any = None) -> None:
+        self.candidate = candidate
+        self.meta = meta
+        self.trial = trial
+
+    @property
+    def model(self) -> str:
+        return self.meta["model"]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"candidate": self.candidate.to_dict(), "summary": self.candidate.summary(), "model": self.meta.get("model"),
+             "task": self.meta.get("task"), "num_labels": self.meta.get("num_labels"), "metric": self.meta.get("metric"),
+             "fidelity": self.meta.get("fidelity")}
+        if self.trial is not None:
+            d["trial"] = self.trial.number
+            d["values"] = dict(zip(self.meta["objectives"], self.trial.values))
+        return d
+
+    def to_peft_config(self) -> Any:
+        from autopeft.export import peft_config_for
+
+        return peft_config_for(self.candidate, None if self.model == "all-MiniLM-L6-v2" else self.model, self.meta["num_labels"])
+
+    def save(self, directory: str) -> Any:
+        from autopeft.export import export_config
+
+        return export_config(self, directory)
+
+    def __repr__(self) -> str:
+        return f"FoundConfig({self.candidate.summary()})"
+
+
+def load_study(name: str, storage: str | None = None) -> SearchResult:
+    """Open an existing study (never creates one)."""
+    from autopeft.study import default_storage, load_optuna_study
+
+    study = load_optuna_study(name, storage)
+    return SearchResult(study, storage or default_storage(name))

@@ -1,0 +1,343 @@
+"""autopeft's default sampler: cost-aware multi-objective Bayesian optimisation.
+
+Only the task score is unknown before a trial.  Trainable parameters are counted exactly for any
+candidate (:func:`autopeft.builder.count_params`); memory (and time, if it is an objective) are
+measured by every trial and predicted for unseen candidates by a ridge regression on a few exact
+features (backprop depth, adapted layers, parameters, methods), which is accurate because
+training memory is close to linear in them.  A GP (botorch ``SingleTaskGP``, Matérn-5/2 with ARD
+over the whole flat encoding, every dimension including per-layer switches and conditional ones)
+models the score, and the acquisition is the **closed-form expected hypervolume improvement**
+over [GP score, known costs] (``shared/notes/cost-aware-ehvi.md``): exact, no Monte Carlo,
+vectorised over thousands of candidates.  Pending trials enter the front at their posterior mean
+(kriging believer) so concurrent workers get different candidates.  Candidates over a budget
+score zero and are never proposed; nor is any candidate already evaluated, failed or pending.
+
+It plugs into Optuna as a ``BaseSampler``: on a trial's first ``suggest`` it plans a whole
+candidate and then answers each parameter from that plan.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler, RandomSampler
+from optuna.study import Study
+from optuna.trial import FrozenTrial, TrialState
+
+from autopeft.candidate import Candidate
+from autopeft.pareto import to_max
+from autopeft.space import BoundSpace
+
+CostFn = Callable[[Candidate], float]
+
+
+def _features(cand: Candidate, n_layers: int, params: float) -> list[float]:
+    from autopeft.methods import get_method, method_names
+
+    methods = cand.methods
+    if "full" in methods or "prefix" in methods:
+        depth = 1.0
+    elif cand.layers:
+        depth = (n_layers - min(cand.layers)) / n_layers
+    else:
+        depth = 0.0
+    frac = len(cand.layers) / n_layers
+    f = [1.0, depth, frac, params / 1e6]
+    for name in method_names():
+        on = name in methods
+        f.append(float(on) * (frac if get_method(name).uses_layers else 1.0))
+    f.append(float(methods.get("prefix", {}).get("length", 0)) / 100.0)
+    return f
+
+
+class _Ridge:
+    """Tiny ridge regression for memory/time (features are exact; targets measured)."""
+
+    def __init__(self, alpha: float = 1e-3) -> None:
+        self.alpha = alpha
+        self.w: np.ndarray | None = None
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> "_Ridge":
+        self.mu, self.sd = y.mean(), y.std() + 1e-9
+        A = X.T @ X + self.alpha * np.eye(X.shape[1])
+        self.w = np.linalg.solve(A, X.T @ ((y - self.mu) / self.sd))
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        if self.w is None:
+            return np.full(len(X), np.nan)
+        return X @ self.w * self.sd + self.mu
+
+
+def _G(z: np.ndarray) -> np.ndarray:
+    """G(z) = z (1 - Phi(z)) - phi(z); G(+inf) = 0."""
+    from scipy.special import ndtr
+
+    z = np.where(np.isposinf(z), 1e6, z)
+    phi = np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+    return z * (1.0 - ndtr(z)) - phi
+
+
+def closed_form_ehvi(mu: np.ndarray, sigma: np.ndarray, known: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """Expected hypervolume improvement when objective 0 is Gaussian and the others are known.
+
+    mu, sigma: (n,) posterior of objective 0 (maximisation). known: (n, m-1) known coordinates.
+    lower, upper: (c, m) cells of the non-dominated region. Returns (n,) EHVI.
+    """
+    if len(lower) == 0:
+        return np.zeros(len(mu))
+    w = np.ones((len(mu), len(lower)))
+    for k in range(known.shape[1]):
+        hi = np.minimum(upper[None, :, k + 1], known[:, k:k + 1])
+        w *= np.clip(hi - lower[None, :, k + 1], 0.0, None)
+    s = np.maximum(sigma, 1e-9)[:, None]
+    zu = (upper[None, :, 0] - mu[:, None]) / s
+    zl = (lower[None, :, 0] - mu[:, None]) / s
+    e = s * (_G(zu) - _G(zl))
+    return (w * np.clip(e, 0.0, None)).sum(1)
+
+
+class CostAwareEHVISampler(BaseSampler):
+    """Multi-objective BO over a :class:`BoundSpace`, modelling only the score (objective 0)."""
+
+    def __init__(
+        self,
+        space: BoundSpace,
+        objectives: Sequence[str],
+        ref_point: Sequence[float],
+        count_params: CostFn,
+        max_params: float | None = None,
+        max_memory: float | None = None,
+        n_startup_trials: int = 8,
+        n_candidates: int = 1024,
+        seed: int | None = None,
+    ) -> None:
+        if objectives[0] != "score":
+            raise ValueError("objective 0 must be the task score")
+        self.space = space
+        self.objectives = list(objectives)
+        self.ref = np.asarray(ref_point, dtype=float)
+        self.count_params = count_params
+        self.max_params = max_params
+        self.max_memory = max_memory
+        self.n_startup = n_startup_trials
+        self.n_candidates = n_candidates
+        self._rng = np.random.default_rng(seed)
+        self._random = RandomSampler(seed=seed)
+        self._plans: dict[int, dict[str, Any]] = {}
+        self._gp_state: dict[str, Any] | None = None
+        self._params_cache: dict[str, int] = {}
+        self.last_info: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ optuna interface
+    def reseed_rng(self) -> None:
+        self._rng = np.random.default_rng()
+        self._random.reseed_rng()
+
+    def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return {}
+
+    def sample_relative(self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        return {}
+
+    def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution) -> Any:
+        plan = self._plans.get(trial._trial_id)
+        if plan is None:
+            cand = self.propose(study)
+            plan = self.space.optuna_params(cand)
+            self._plans[trial._trial_id] = plan
+        if param_name in plan and param_distribution._contains(param_distribution.to_internal_repr(plan[param_name])):
+            return plan[param_name]
+        return self._random.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
+        self._plans.pop(trial._trial_id, None)
+
+    # ------------------------------------------------------------------ costs
+    def _params(self, c: Candidate) -> int:
+        v = self._params_cache.get(c.key)
+        if v is None:
+            v = self._params_cache[c.key] = int(self.count_params(c))
+        return v
+
+    def _feasible_params(self, c: Candidate) -> bool:
+        return self.max_params is None or self._params(c) <= self.max_params
+
+    # ------------------------------------------------------------------ proposing
+    def propose(self, study: Study) -> Candidate:
+        t0 = time.perf_counter()
+        trials = study.get_trials(deepcopy=False)
+        seen: set[str] = set()
+        done: list[tuple[Candidate, list[float]]] = []
+        pending: list[Candidate] = []
+        for t in trials:
+            cj = t.user_attrs.get("candidate")
+            if cj is None:
+                continue
+            c = Candidate(cj)
+            seen.add(c.key)
+            if t.state == TrialState.COMPLETE and t.values is not None:
+                done.append((c, list(t.values)))
+            elif t.state in (TrialState.RUNNING, TrialState.WAITING):
+                pending.append(c)
+        if len(done) < self.n_startup:
+            cand = self._random_candidate(seen)
+            self.last_info = {"mode": "random", "s": time.perf_counter() - t0}
+            return cand
+        cand = self._bo_candidate(done, pending, seen)
+        self.last_info["s"] = time.perf_counter() - t0
+        return cand
+
+    def _random_candidate(self, seen: set[str]) -> Candidate:
+        last = None
+        for _ in range(200):
+            last = self.space.decode(self.space.random_vector(self._rng))
+            if last.key not in seen and self._feasible_params(last):
+                return last
+        return last  # the space is (nearly) exhausted; the driver skips a duplicate
+
+    def _bo_candidate(self, done: list[tuple[Candidate, list[float]]], pending: list[Candidate], seen: set[str]) -> Candidate:
+        import torch
+
+        L = self.space.num_layers
+        X = np.stack([self.space.encode(c) for c, _ in done])
+        y = np.array([v[0] for _, v in done])
+        # known-cost models: params exact; memory / time by ridge on exact features
+        cost_models: dict[str, _Ridge] = {}
+        for j, name in enumerate(self.objectives):
+            if name in ("memory", "time"):
+                F = np.array([_features(c, L, self._params(c)) for c, _ in done])
+                cost_models[name] = _Ridge().fit(F, np.log10(np.maximum([v[j] for _, v in done], 1e-12)))
+
+        def known_coords(cands: list[Candidate]) -> np.ndarray:
+            P = np.array([self._params(c) for c in cands], dtype=float)
+            F = None
+            cols = []
+            for name in self.objectives[1:]:
+                if name == "params":
+                    cols.append(-np.log10(np.maximum(P, 1.0)))
+                else:
+                    if F is None:
+                        F = np.array([_features(c, L, p) for c, p in zip(cands, P)])
+                    cols.append(-cost_models[name].predict(F))
+            return np.stack(cols, 1) if cols else np.zeros((len(cands), 0))
+
+        gp = self._fit_gp(X, y)
+        # candidate pool: random points, plus neighbours of the current front
+        pool: dict[str, Candidate] = {}
+        for _ in range(self.n_candidates):
+            c = self.space.decode(self.space.random_vector(self._rng))
+            if c.key not in seen:
+                pool.setdefault(c.key, c)
+        Ymax = np.array([to_max(self.objectives, v) for _, v in done])
+        from autopeft.pareto import non_dominated
+
+        front_idx = np.flatnonzero(non_dominated(Ymax))
+        for i in front_idx[:20]:
+            for c in self._neighbours(X[i], 16):
+                if c.key not in seen:
+                    pool.setdefault(c.key, c)
+        cands = [c for c in pool.values() if self._feasible_params(c)]
+        if not cands:
+            return self._random_candidate(seen)
+        # kriging believer: pending trials join the front at their posterior mean
+        front_Y = Ymax
+        if pending:
+            Xp = np.stack([self.space.encode(c) for c in pending])
+            mu_p, _ = self._posterior(gp, Xp)
+            front_Y = np.concatenate([Ymax, np.column_stack([mu_p, known_coords(pending)])])
+        lower, upper = self._cells(front_Y)
+
+        def score(cs: list[Candidate]) -> np.ndarray:
+            Xc = np.stack([self.space.encode(c) for c in cs])
+            mu, sd = self._posterior(gp, Xc)
+            kc = known_coords(cs)
+            a = closed_form_ehvi(mu, sd, kc, lower, upper)
+            if self.max_memory is not None and "memory" in self.objectives:
+                j = self.objectives.index("memory") - 1
+                a = np.where(-kc[:, j] > math.log10(self.max_memory), 0.0, a)
+            return a
+
+        a = score(cands)
+        order = np.argsort(-a)
+        # local search: mutate the best few, keep improvements
+        best_c, best_a = cands[order[0]], a[order[0]]
+        for i in order[:4]:
+            neigh = [c for c in self._neighbours(self.space.encode(cands[i]), 24)
+                     if c.key not in seen and c.key not in pool and self._feasible_params(c)]
+            if neigh:
+                an = score(neigh)
+                j = int(np.argmax(an))
+                if an[j] > best_a:
+                    best_c, best_a = neigh[j], an[j]
+        self.last_info = {"mode": "bo", "ehvi": float(best_a), "pool": len(cands)}
+        if best_a <= 0:  # nothing improves in expectation: explore
+            return self._random_candidate(seen)
+        return best_c
+
+    def _neighbours(self, x: np.ndarray, n: int) -> list[Candidate]:
+        out = []
+        d = len(x)
+        for _ in range(n):
+            z = x.copy()
+            k = max(1, int(self._rng.integers(1, 4)))
+            for dim in self._rng.choice(len(self.space.dims), size=min(k, len(self.space.dims)), replace=False):
+                D = self.space.dims[dim]
+                o = self.space.offsets[D.name]
+                z[o:o + D.width] = self._rng.random(D.width)
+            out.append(self.space.decode(z))
+        return out
+
+    def _cells(self, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+        from botorch.utils.multi_objective.box_decompositions.non_dominated import FastNondominatedPartitioning
+
+        ref = torch.as_tensor(self.ref, dtype=torch.double)
+        Yt = torch.as_tensor(Y, dtype=torch.double)
+        Yt = Yt[(Yt > ref).all(-1)]
+        if Yt.shape[1] == 1:
+            best = float(Yt.max()) if len(Yt) else float(ref[0])
+            return np.array([[best]]), np.array([[np.inf]])
+        part = FastNondominatedPartitioning(ref_point=ref, Y=Yt)
+        b = part.get_hypercell_bounds().numpy()
+        return b[0], b[1]
+
+    # ------------------------------------------------------------------ GP
+    def _fit_gp(self, X: np.ndarray, y: np.ndarray) -> Any:
+        import torch
+        from botorch.fit import fit_gpytorch_mll
+        from botorch.models import SingleTaskGP
+        from botorch.models.transforms.outcome import Standardize
+        from gpytorch.mlls import ExactMarginalLogLikelihood
+
+        Xt = torch.as_tensor(X, dtype=torch.double)
+        yt = torch.as_tensor(y, dtype=torch.double).unsqueeze(-1)
+        gp = SingleTaskGP(Xt, yt, outcome_transform=Standardize(m=1))
+        mll = ExactMarginalLogLikelihood(gp.likelihood, gp)
+        if self._gp_state is not None and self._gp_state["d"] == X.shape[1]:
+            try:  # warm start from the last fit's hyperparameters
+                gp.covar_module.load_state_dict(self._gp_state["covar"])
+                gp.likelihood.load_state_dict(self._gp_state["lik"])
+            except (RuntimeError, KeyError):
+                pass
+        try:
+            fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": 75}})
+        except Exception:  # a failed fit keeps the (prior or warm-started) hyperparameters
+            pass
+        self._gp_state = {"d": X.shape[1], "covar": gp.covar_module.state_dict(), "lik": gp.likelihood.state_dict()}
+        gp.eval()
+        return gp
+
+    @staticmethod
+    def _posterior(gp: Any, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        with torch.no_grad():
+            post = gp.posterior(torch.as_tensor(X, dtype=torch.double))
+            mu = post.mean.squeeze(-1).numpy()
+            sd = post.variance.clamp_min(1e-12).sqrt().squeeze(-1).numpy()
+        return mu, sd

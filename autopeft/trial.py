@@ -1,0 +1,300 @@
+"""One low-cost trial fine-tune: ``run_trial(TrialSpec) -> TrialResult``.
+
+Executors see only these two plain, JSON-friendly dataclasses; the study (the driver) owns all
+decisions and all storage.  A trial never raises for a bad candidate or a diverging run: it
+returns ``status="failed"`` with a reason.  ``status="infeasible"`` means a budget was exceeded
+before any training was spent.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from autopeft.errors import AutoPeftError, ConfigError
+
+OK, FAILED, INFEASIBLE = "ok", "failed", "infeasible"
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """How cheap a trial is: training subset size, epochs, held-out slice, sequence length, batch."""
+
+    n_train: int = 2000
+    epochs: float = 1.0
+    n_eval: int = 500
+    max_length: int = 128
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        for name in ("n_train", "n_eval", "max_length", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, float)) or not self.epochs > 0:
+            raise ConfigError(f"epochs must be a number > 0, got {self.epochs!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrialSpec:
+    """Everything a worker needs to run one trial (plain JSON types only)."""
+
+    trial_id: int
+    candidate: dict[str, Any]
+    model: str | None
+    data: dict[str, Any]  # autopeft.data.DataSpec as a dict
+    fidelity: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    max_memory: float | None = None  # bytes; over it -> infeasible, before training
+    threads: int = 1
+    device: str = "auto"
+    trust_remote_code: bool = False
+    #: fault injection for tests: "raise", "nan", "exit", "sleep:<s>"
+    fault: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrialResult:
+    trial_id: int
+    status: str
+    score: float | None = None
+    params: int | None = None
+    memory_bytes: int | None = None
+    wall_s: float = 0.0
+    train_s: float = 0.0
+    metric: str | None = None
+    reason: str | None = None
+    steps: int = 0
+    loss: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrialResult":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+# ----------------------------------------------------------------------------- data plumbing
+@functools.lru_cache(maxsize=4)
+def _task(data_items: tuple[tuple[str, Any], ...]) -> Any:
+    from autopeft.data import DataSpec, load_task
+
+    d = dict(data_items)
+    if d.get("text_columns") is not None:
+        d["text_columns"] = tuple(d["text_columns"])
+    return load_task(DataSpec(**d))
+
+
+def task_of(data: dict[str, Any]) -> Any:
+    """Load (once per process) the task described by a DataSpec dict."""
+    items = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in data.items()))
+    return _task(items)
+
+
+def _encode(tok: Any, texts: Sequence[tuple[str, ...]], max_length: int) -> list[list[int]]:
+    cols = list(zip(*texts))
+    enc = tok(*cols[:2], truncation=True, max_length=max_length) if len(cols) > 1 else tok(list(cols[0]), truncation=True, max_length=max_length)
+    return enc
+
+
+def _batches(enc: Any, labels: Sequence[int], order: Sequence[int], bs: int, pad_id: int) -> Iterator[dict[str, torch.Tensor]]:
+    keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in enc]
+    for s in range(0, len(order), bs):
+        idx = order[s:s + bs]
+        L = max(len(enc["input_ids"][i]) for i in idx)
+        batch = {}
+        for k in keys:
+            fill = pad_id if k == "input_ids" else 0
+            batch[k] = torch.tensor([enc[k][i] + [fill] * (L - len(enc[k][i])) for i in idx], dtype=torch.long)
+        batch["labels"] = torch.tensor([labels[i] for i in idx], dtype=torch.long)
+        yield batch
+
+
+# ----------------------------------------------------------------------------- memory
+def measure_memory(model: torch.nn.Module, batch_size: int, max_length: int, vocab_hint: int,
+                   trainable_bytes: int, has_token_types: bool) -> int:
+    """Training memory in bytes for one max-length batch, without training.
+
+    = bytes of all weights + 3 x trainable bytes (gradients and AdamW's two moments) + bytes of
+    the activations autograd saves for backward.  Saved activations are counted exactly with
+    ``saved_tensors_hooks`` (de-duplicated by storage; parameters excluded) on batches of 1 and 2
+    max-length sequences and extrapolated linearly to ``batch_size`` (activations are linear in
+    the batch), which costs two tiny forward passes.
+    """
+    params = list(model.parameters())
+    weight_bytes = sum(p.numel() * p.element_size() for p in params)
+    param_ptrs = {p.untyped_storage().data_ptr() for p in params}
+
+    def saved(b: int) -> int:
+        seen: set[tuple[int, int]] = set()
+        total = 0
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            nonlocal total
+            try:
+                st = t.untyped_storage()
+                key = (st.data_ptr(), st.nbytes())
+            except (RuntimeError, NotImplementedError):
+                key = (id(t), t.numel() * t.element_size())
+            if key[0] not in param_ptrs and key not in seen:
+                seen.add(key)
+                total += key[1]
+            return t
+
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(1000, max(vocab_hint, 1001), (b, max_length), generator=g)
+        kw: dict[str, torch.Tensor] = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        if has_token_types:
+            kw["token_type_ids"] = torch.zeros_like(ids)
+        was_training = model.training
+        model.train()
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(**kw)
+            del out
+        model.train(was_training)
+        return total
+
+    s1, s2 = saved(1), saved(2)
+    activations = s1 + (s2 - s1) * (batch_size - 1)
+    return int(weight_bytes + 3 * trainable_bytes + activations)
+
+
+# ----------------------------------------------------------------------------- the trial
+def _pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def run_trial(spec: TrialSpec) -> TrialResult:
+    """Run one low-cost trial. Never raises for a failing trial: returns status ``failed``."""
+    t0 = time.perf_counter()
+    try:
+        return _run(spec, t0)
+    except AutoPeftError as exc:
+        return TrialResult(spec.trial_id, FAILED, reason=f"bad config: {exc}", wall_s=time.perf_counter() - t0)
+    except torch.OutOfMemoryError as exc:  # CUDA OOM
+        return TrialResult(spec.trial_id, FAILED, reason=f"out of memory: {str(exc).splitlines()[0][:200]}",
+                           wall_s=time.perf_counter() - t0)
+    except MemoryError:
+        return TrialResult(spec.trial_id, FAILED, reason="out of memory (host)", wall_s=time.perf_counter() - t0)
+    except Exception as exc:  # a trial must report, not crash the search
+        tb = traceback.extract_tb(exc.__traceback__)
+        where = f" at {os.path.basename(tb[-1].filename)}:{tb[-1].lineno}" if tb else ""
+        return TrialResult(spec.trial_id, FAILED, reason=f"{type(exc).__name__}: {str(exc)[:300]}{where}",
+                           wall_s=time.perf_counter() - t0)
+
+
+def _run(spec: TrialSpec, t0: float) -> TrialResult:
+    from autopeft.builder import build_model, load_base, model_info
+    from autopeft.candidate import Candidate
+    from autopeft.data import compute_metric, search_split
+
+    if spec.threads and spec.threads > 0:
+        torch.set_num_threads(spec.threads)
+    fid = Fidelity(**spec.fidelity)
+    if spec.fault == "raise":
+        raise RuntimeError("injected fault")
+    if spec.fault == "exit":
+        os._exit(3)
+    if spec.fault and spec.fault.startswith("sleep:"):
+        time.sleep(float(spec.fault.split(":", 1)[1]))
+    cand = Candidate.from_dict(spec.candidate)
+    task = task_of(spec.data)
+    info = model_info(spec.model, task.num_labels, spec.trust_remote_code)
+    max_len = min(fid.max_length, info.arch.max_positions)
+    device = _pick_device(spec.device)
+    base, tok = load_base(spec.model, task.num_labels, spec.trust_remote_code)
+    built = build_model(cand, base, info, seed=spec.seed)
+    model = built.model
+    trainable_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    memory = measure_memory(model, fid.batch_size, max_len, int(getattr(base.config, "vocab_size", 30000)),
+                            trainable_bytes, "token_type_ids" in tok.model_input_names)
+    if spec.max_memory is not None and memory > spec.max_memory:
+        return TrialResult(spec.trial_id, INFEASIBLE, params=built.trainable, memory_bytes=memory,
+                           metric=task.metric, wall_s=time.perf_counter() - t0,
+                           reason=f"memory {memory / 2**20:.1f} MiB > budget {spec.max_memory / 2**20:.1f} MiB")
+    train_idx, eval_idx = search_split(task, fid.n_train, fid.n_eval, spec.seed)
+    tr_texts = [task.train_texts[i] for i in train_idx]
+    tr_labels = [task.train_labels[i] for i in train_idx]
+    ev_texts = [task.train_texts[i] for i in eval_idx]
+    ev_labels = [task.train_labels[i] for i in eval_idx]
+    tr_enc = _encode(tok, tr_texts, max_len)
+    ev_enc = _encode(tok, ev_texts, max_len)
+    pad_id = tok.pad_token_id or 0
+
+    model.to(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    rng = np.random.default_rng(spec.seed)
+    steps_per_epoch = math.ceil(len(tr_labels) / fid.batch_size)
+    total_steps = max(1, int(math.ceil(steps_per_epoch * fid.epochs)))
+    warmup = max(1, int(0.06 * total_steps))
+    opt = torch.optim.AdamW(built.param_groups, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
+    t_train = time.perf_counter()
+    model.train()
+    step = 0
+    last_loss = float("nan")
+    while step < total_steps:
+        order = rng.permutation(len(tr_labels)).tolist()
+        for batch in _batches(tr_enc, tr_labels, order, fid.batch_size, pad_id):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss = model(**batch).loss
+            if spec.fault == "nan" and step == 1:
+                loss = loss * float("nan")
+            if not torch.isfinite(loss):
+                return TrialResult(spec.trial_id, FAILED, params=built.trainable, memory_bytes=memory, metric=task.metric,
+                                   reason=f"NaN loss at step {step + 1} (diverged; try a lower learning rate)",
+                                   wall_s=time.perf_counter() - t0, steps=step)
+            loss.backward()
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            if built.masks is not None:
+                built.masks.maybe_fix(step + 1)
+                built.masks.enforce()
+            last_loss = float(loss.detach())
+            step += 1
+            if step >= total_steps:
+                break
+    train_s = time.perf_counter() - t_train
+    if device.type == "cuda":
+        memory = int(torch.cuda.max_memory_allocated(device))
+    preds = predict(model, ev_enc, fid.batch_size * 2, pad_id, device)
+    score = compute_metric(task.metric, preds, ev_labels)
+    return TrialResult(spec.trial_id, OK, score=float(score), params=built.trainable, memory_bytes=memory,
+                       wall_s=time.perf_counter() - t0, train_s=train_s, metric=task.metric, steps=step, loss=last_loss)
+
+
+def predict(model: torch.nn.Module, enc: Any, bs: int, pad_id: int, device: torch.device) -> list[int]:
+    """Argmax predictions for tokenised inputs, in their order."""
+    model.eval()
+    n = len(enc["input_ids"])
+    order = sorted(range(n), key=lambda i: len(enc["input_ids"][i]))  # length-sorted: less padding
+    preds = [0] * n
+    with torch.no_grad():
+        pos = 0
+        for batch in _batches(enc, [0] * n, order, bs, pad_id):
+            batch.pop("labels")
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+            for i, p in zip(order[pos:pos + len(logits)], logits.argmax(-1).tolist()):
+                preds[i] = p
+            pos += len(logits)
+    return preds

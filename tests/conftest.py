@@ -1,0 +1,67 @@
+"""Shared fixtures: a tiny BERT built offline, the real GLUE copy beside the repo."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
+
+_SENTENCES = [
+    "a gripping and beautiful film", "the plot is dull and the acting is worse", "i loved every minute of it",
+    "a tedious mess with no redeeming features", "charming , funny and smart", "an utterly boring experience",
+    "the best movie of the year", "painfully slow and predictable", "a delightful surprise",
+    "it never works as a comedy or a drama", "the cast is wonderful", "bad writing ruins a good idea",
+]
+
+
+def build_tiny_bert(path: Path, layers: int = 2) -> Path:
+    """A randomly initialised BERT (hidden 64) with a WordPiece tokenizer trained on a few sentences."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+
+    path.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words = _SENTENCES
+    if GLUE.is_dir():
+        with open(GLUE / "sst2" / "train.jsonl", encoding="utf-8") as f:
+            words = words + [json.loads(next(f))["sentence"] for _ in range(2000)]
+    trainer = trainers.WordPieceTrainer(vocab_size=600, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    tok.train_from_iterator(words, trainer)
+    from tokenizers.processors import TemplateProcessing
+
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+    fast.save_pretrained(path)
+    cfg = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=64, num_hidden_layers=layers, num_attention_heads=4,
+                     intermediate_size=128, max_position_embeddings=128, num_labels=2)
+    import torch
+
+    torch.manual_seed(0)
+    BertForSequenceClassification(cfg).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(build_tiny_bert(tmp_path_factory.mktemp("tiny_bert")))
+
+
+@pytest.fixture(scope="session")
+def glue_dir() -> Path:
+    if not GLUE.is_dir():
+        pytest.skip("../shared/data/glue is not beside the repository")
+    return GLUE
