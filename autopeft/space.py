@@ -168,7 +168,7 @@ class SearchSpace:
         import yaml
 
         p = Path(name_or_path)
-        if p.suffix not in (".yaml", ".yml") and not p.exists():
+        if p.suffix not in (".yaml", ".yml") and (not p.is_file() or "/" not in str(name_or_path)):
             shipped = _shipped_dir() / f"{name_or_path}.yaml"
             if not shipped.exists():
                 raise SpaceError(
@@ -379,8 +379,9 @@ class BoundSpace:
             for pname, p in sp.methods[mname].items():
                 if p.kind is None:
                     continue
-                if cfg is None:  # switched off (size 0) under select: all
-                    v = 0
+                if cfg is None:  # switched off (size 0 under select: all), or no layer left: any valid value
+                    v = 0 if (0 in p.choices or (p.kind in ("int", "float") and p.low <= 0)) else (
+                        p.choices[0] if p.choices else p.low)
                 else:
                     v = cfg.get(pname)
                 if p.per_layer:

@@ -1,0 +1,153 @@
+"""Search-space loading, validation errors, encoding round trips and Optuna distributions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+
+from autopeft.candidate import Candidate
+from autopeft.errors import ConfigError, SpaceError
+from autopeft.space import SearchSpace, shipped_spaces
+
+
+def test_shipped_spaces_load_and_bind() -> None:
+    assert {"autopeft", "lora", "mixed", "tiny"} <= set(shipped_spaces())
+    for name in shipped_spaces():
+        sp = SearchSpace.load(name)
+        for depth in (2, 6, 12):
+            b = sp.bind(depth)
+            assert b.size == sum(d.width for d in b.dims)
+    # AutoPEFT's space adapts to depth: one switch per layer
+    b12 = SearchSpace.load("autopeft").bind(12)
+    assert sum(d.name.startswith("layer.") for d in b12.dims) == 12
+    assert b12.by_name["serial_adapter.size"].choices == (0, 1, 3, 6, 12, 24, 48, 96, 192, 384, 768)
+
+
+@pytest.mark.parametrize("name", ["autopeft", "lora", "mixed", "tiny"])
+def test_encoding_round_trips(name: str) -> None:
+    b = SearchSpace.load(name).bind(6)
+    rng = np.random.default_rng(1)
+    seen = set()
+    for c in b.sample(rng, 200):
+        x = b.encode(c)
+        assert x.shape == (b.size,)
+        assert np.all((x >= 0) & (x <= 1))
+        assert b.decode(x) == c
+        assert b.contains(c)
+        # the candidate survives JSON and Optuna params
+        assert Candidate.from_json(c.to_json()) == c
+        assert b.candidate_from_values({k: b.by_name[k].from_optuna(v) for k, v in b.optuna_params(c).items()}) == c
+        seen.add(c.key)
+    assert len(seen) > 50  # sampling covers the space
+
+
+def test_inactive_dimensions_are_ignored_on_decode() -> None:
+    b = SearchSpace.load("tiny").bind(2)
+    c = Candidate.make({"serial_adapter": {"size": 8, "scaling": 1.0}}, [0, 1])
+    x = b.encode(c)
+    lora_r = b.offsets["lora.r"]
+    for v in (0.0, 0.5, 1.0):  # the LoRA rank is inactive when the method is serial_adapter
+        y = x.copy()
+        y[lora_r] = v
+        assert b.decode(y) == c
+
+
+def test_mixed_space_has_all_methods_sparsity_and_lr() -> None:
+    b = SearchSpace.load("mixed").bind(6)
+    assert set(b.by_name["method"].choices) == {"lora", "dora", "ia3", "prefix", "serial_adapter", "parallel_adapter"}
+    assert "sparsity.fraction" in b.by_name and "training.lr_multiplier" in b.by_name
+    assert isinstance(b.distributions()["training.lr_multiplier"], optuna.distributions.FloatDistribution)
+
+
+def test_size_zero_switches_a_method_off_under_select_all() -> None:
+    b = SearchSpace.load("autopeft").bind(4)
+    vals = {"layer.0": True, "layer.1": False, "layer.2": True, "layer.3": True,
+            "serial_adapter.size": 0, "parallel_adapter.size": 12, "prefix.length": 0}
+    c = b.candidate_from_values(vals)
+    assert list(c.methods) == ["parallel_adapter"] and c.layers == [0, 2, 3]
+    head = b.candidate_from_values({**vals, "parallel_adapter.size": 0})
+    assert head.methods == {} and head.layers == []  # nothing left: a head-only candidate, canonical
+
+
+def test_per_layer_rank_space() -> None:
+    sp = SearchSpace.from_dict({"placement": {"layers": "per_layer"},
+                                "methods": {"lora": {"r": {"choices": [2, 4, 8], "per_layer": True}}}})
+    b = sp.bind(3)
+    assert [d.name for d in b.dims] == ["layer.0", "layer.1", "layer.2", "lora.r.0", "lora.r.1", "lora.r.2"]
+    c = b.candidate_from_values({"layer.0": True, "layer.1": False, "layer.2": True, "lora.r.0": 2, "lora.r.2": 8})
+    assert c.methods["lora"]["r"] == [2, 8] and c.layers == [0, 2]
+    assert b.decode(b.encode(c)) == c
+
+
+def test_int_and_log_ranges() -> None:
+    sp = SearchSpace.from_dict({"methods": {"lora": {"r": {"int": [1, 64], "log": True}},
+                                            "prefix": {"length": {"int": [2, 40]}}},
+                                "training": {"lr_multiplier": {"float": [0.1, 10.0], "log": True}}})
+    b = sp.bind(2)
+    rng = np.random.default_rng(0)
+    rs = [c.methods["lora"]["r"] for c in b.sample(rng, 300) if "lora" in c.methods]
+    assert min(rs) >= 1 and max(rs) <= 64 and np.median(rs) < 16  # log scale favours small ranks
+    assert isinstance(b.distributions()["lora.r"], optuna.distributions.IntDistribution)
+    assert b.distributions()["lora.r"].log
+
+
+# ----------------------------------------------------------------------------- bad input
+BAD = [
+    ({"methods": {"loraa": {}}}, "unknown method 'loraa'"),
+    ({"methods": {"lora": {"r": 0}}}, "methods.lora.r must be >= 1, got 0"),
+    ({"methods": {"lora": {"r": {"choices": [4, -2]}}}}, "methods.lora.r must be >= 1, got -2"),
+    ({"methods": {"lora": {"rank": 4}}}, "unknown key 'rank' in methods.lora"),
+    ({"methods": {"lora": {}}, "extra": 1}, "unknown key 'extra' in top level"),
+    ({"methods": {"lora": {"targets": ["q", "x"]}}}, "unknown sub-module 'x'"),
+    ({"methods": {"lora": {"r": {"int": [8, 2]}}}}, "low 8 is greater than high 2"),
+    ({"methods": {"lora": {"r": {"choices": [1], "int": [1, 2]}}}}, "exactly one of"),
+    ({"methods": {"ia3": {"targets": {"choices": [["k"]], "per_layer": True}}}}, "cannot be searched per layer"),
+    ({"select": "some", "methods": {"lora": {}}}, "select must be 'one' or 'all'"),
+    ({"select": "all", "methods": {"lora": {}, "ia3": {}}}, "at most one peft-based method"),
+    ({"placement": {"layers": "most"}, "methods": {"lora": {}}}, "placement.layers must be"),
+    ({}, "'methods' is required"),
+    ([1, 2], "must be a mapping"),
+    ({"methods": {"lora": {}}, "version": 2}, "version must be 1"),
+    ({"methods": {"lora": {}}, "sparsity": {"fraction": 1.5}}, "sparsity.fraction must be <= 0.99"),
+    ({"methods": {"lora": {}}, "sparsity": {"criterion": "l1"}}, "sparsity.criterion must be one of random, magnitude"),
+]
+
+
+@pytest.mark.parametrize("data,msg", BAD)
+def test_bad_spaces_raise_precise_errors(data: object, msg: str) -> None:
+    with pytest.raises(SpaceError) as e:
+        SearchSpace.from_dict(data, source="s.yaml")
+    assert msg in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_layer_index_beyond_depth() -> None:
+    sp = SearchSpace.from_dict({"placement": {"layers": [0, 7]}, "methods": {"lora": {}}})
+    with pytest.raises(SpaceError, match=r"layer index 7, but the model has 6 layers \(allowed 0..5\)"):
+        sp.bind(6)
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_text("methods: [lora\n  r: 4\n")
+    with pytest.raises(SpaceError, match="not valid YAML"):
+        SearchSpace.load(p)
+    with pytest.raises(SpaceError, match="search space file not found"):
+        SearchSpace.load(tmp_path / "nope.yaml")
+    with pytest.raises(SpaceError, match="neither a file nor a shipped space; shipped spaces: autopeft"):
+        SearchSpace.load("no-such-space")
+    p.write_text("!!python/object/apply:os.system ['echo hacked']\n")
+    with pytest.raises(SpaceError, match="not valid YAML"):  # safe loading: no object construction
+        SearchSpace.load(p)
+
+
+def test_candidate_validation_errors() -> None:
+    with pytest.raises(ConfigError, match="methods.lora.r must be >= 1, got 0"):
+        Candidate.from_dict({"methods": {"lora": {"r": 0}}, "layers": [0]})
+    with pytest.raises(SpaceError, match="unknown method 'lorax'"):
+        Candidate.from_dict({"methods": {"lorax": {}}, "layers": [0]})
+    with pytest.raises(ConfigError, match="sparsity.fraction must be in"):
+        Candidate.from_dict({"methods": {"lora": {"r": 2}}, "layers": [0], "sparsity": {"fraction": 1.0}})
