@@ -1,12 +1,24 @@
-"""Hand-off commands (dashboard, plot, export, train): registered here, run lazily."""
+"""Hand-off commands: dashboard, plot, export, train. Registered here, run lazily."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import socket
 from typing import Any, Callable
 
 
 def add_commands(sub: Any, study_args: Callable[..., None]) -> None:
+    d = sub.add_parser("dashboard", help="open optuna-dashboard on a study's storage")
+    d.add_argument("--study")
+    d.add_argument("--storage")
+    d.add_argument("--host", default="127.0.0.1")
+    d.add_argument("--port", type=int, default=8080)
+
+    p = sub.add_parser("plot", help="Pareto front (HTML + PNG) and hypervolume over trials")
+    study_args(p)
+    p.add_argument("-o", "--output", default="plots")
+
     e = sub.add_parser("export", help="write a found config for peft / autopeft training")
     study_args(e)
     g = e.add_mutually_exclusive_group(required=True)
@@ -16,23 +28,121 @@ def add_commands(sub: Any, study_args: Callable[..., None]) -> None:
     e.add_argument("--max-memory")
     e.add_argument("-o", "--output", required=True)
 
+    t = sub.add_parser("train", help="train an exported config at full budget and save it")
+    t.add_argument("--config", required=True, help="a directory written by 'autopeft export'")
+    t.add_argument("--model", help="default: the model the config was found with")
+    t.add_argument("--task", help="default: the task the config was found with")
+    t.add_argument("--data-dir")
+    t.add_argument("--train-file")
+    t.add_argument("--validation-file")
+    t.add_argument("--epochs", type=float, default=3.0)
+    t.add_argument("--n-train", type=int, help="training rows (default: all)")
+    t.add_argument("--max-length", type=int, default=128)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
+    t.add_argument("-o", "--output", required=True)
+
 
 def run(args: argparse.Namespace) -> int:
-    if args.cmd == "export":
-        from autopeft.errors import StudyError
-        from autopeft.export import export_config
-        from autopeft.result import FoundConfig, load_study
-        from autopeft.candidate import Candidate
+    return {"dashboard": cmd_dashboard, "plot": cmd_plot, "export": cmd_export, "train": cmd_train}[args.cmd](args)
 
-        res = load_study(args.study, args.storage)
-        if args.best:
-            found = res.best_config(args.max_params, args.max_memory)
+
+def _storage_of(args: argparse.Namespace) -> str:
+    from autopeft.errors import ConfigError
+    from autopeft.study import default_storage, load_optuna_study
+
+    if args.storage is None and args.study is None:
+        raise ConfigError("pass --study NAME or --storage URL")
+    if args.study is not None:
+        load_optuna_study(args.study, args.storage)  # exists? (never creates)
+        return args.storage or default_storage(args.study)
+    import optuna
+
+    from autopeft.study import get_storage
+
+    optuna.get_all_study_summaries(get_storage(args.storage, create=False))
+    return args.storage
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from autopeft.errors import ConfigError
+
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port must be in 1..65535, got {args.port}")
+    url = _storage_of(args)
+    with socket.socket() as s:
+        try:
+            s.bind((args.host, args.port))
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}; pass another --port") from None
+    from optuna_dashboard import run_server
+
+    from autopeft.study import get_storage
+
+    print(f"autopeft: dashboard for {url} at http://{args.host}:{args.port}/ (Ctrl-C to stop)", flush=True)
+    run_server(get_storage(url, create=False), host=args.host, port=args.port)
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from autopeft.plot import plot_study
+    from autopeft.result import load_study
+
+    paths = plot_study(load_study(args.study, args.storage), args.output)
+    for k, p in paths.items():
+        print(f"{k}: {p}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from autopeft.candidate import Candidate
+    from autopeft.errors import StudyError
+    from autopeft.export import export_config
+    from autopeft.result import FoundConfig, load_study
+
+    res = load_study(args.study, args.storage)
+    if args.best:
+        found = res.best_config(args.max_params, args.max_memory)
+    else:
+        ts = [t for t in res.study.get_trials(deepcopy=False) if t.number == args.trial]
+        if not ts or "candidate" not in ts[0].user_attrs:
+            raise StudyError(f"study {res.name!r} has no trial {args.trial}")
+        found = FoundConfig(Candidate.from_dict(ts[0].user_attrs["candidate"]), res.meta, ts[0])
+    d = export_config(found, args.output)
+    print(f"exported {found.candidate.summary()} to {d}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from autopeft.errors import ConfigError
+    from autopeft.export import CONFIG_FILE, load_config
+    from autopeft.final import train_final
+    from autopeft.study import data_spec_dict
+
+    cand = load_config(args.config)
+    info_p = Path(args.config) / CONFIG_FILE
+    info = json.loads(info_p.read_text()) if info_p.is_file() else {}
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    model = args.model or info.get("base_model")
+    model = None if model == "all-MiniLM-L6-v2" else model
+    if args.task or args.train_file:
+        data = data_spec_dict(args.task, args.data_dir, args.train_file, args.validation_file, None, None, None)
+    elif info.get("task"):
+        data = dict(info["task"])
+        if args.data_dir:
+            data["data_dir"] = str(Path(args.data_dir).resolve())
         else:
-            ts = [t for t in res.study.get_trials(deepcopy=False) if t.number == args.trial]
-            if not ts or "candidate" not in ts[0].user_attrs:
-                raise StudyError(f"study {res.name!r} has no trial {args.trial}")
-            found = FoundConfig(Candidate.from_dict(ts[0].user_attrs["candidate"]), res.meta, ts[0])
-        d = export_config(found, args.output)
-        print(f"exported {found.candidate.summary()} to {d}")
-        return 0
-    raise SystemExit(2)
+            data = data_spec_dict(data.get("task"), None, data.get("train_file"), data.get("validation_file"),
+                                  data.get("text_columns"), data.get("label_column"), data.get("metric"))
+    else:
+        raise ConfigError("pass --task or --train-file (the config does not say which task it was found on)")
+    res = train_final(cand, model, data, args.output, epochs=args.epochs, n_train=args.n_train,
+                      max_length=args.max_length, batch_size=args.batch_size, seeds=seeds)
+    print(f"{res['summary']}: {res['metric']} on validation {res['mean']:.4f} ± {res['std']:.4f} over seeds {seeds}; "
+          f"saved to {args.output}")
+    return 0

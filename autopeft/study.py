@@ -236,6 +236,8 @@ class Driver:
         mm = parse_budget(max_memory, None, "max-memory")
         self.max_memory_mib = mm
         self.study: Any = None
+        self.bar: Any = None
+        self.stop_reason = None
 
     # ------------------------------------------------------------------ study set-up
     def _identity(self) -> dict[str, Any]:
@@ -330,121 +332,172 @@ class Driver:
         return ref
 
     # ------------------------------------------------------------------ the loop
-    def run(self) -> "Any":
+    # ------------------------------------------------------------------ the loop, in steps
+    def prepare(self) -> None:
+        """Open the study, fail stale trials of dead drivers, install the sampler."""
         import optuna
         from optuna.trial import TrialState
 
         from autopeft.builder import count_params
-        from autopeft.executors import make_executor
 
         study = self.open() if self.study is None else self.study
         try:
             optuna.storages.fail_stale_trials(study)
-        except (AttributeError, RuntimeError, ValueError):
+        except (AttributeError, RuntimeError, ValueError, NotImplementedError):
             pass
         info = self.info
-        sampler = make_sampler(self.sampler_name, self.seed + len(study.trials), self.bound, self.objectives, self.ref,
-                               lambda c: count_params(c, info), self.max_params, self.max_memory_mib, self.n_startup)
-        study.sampler = sampler
-        n_complete = lambda: len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))  # noqa: E731
-        evaluated = {t.user_attrs["candidate_key"] for t in study.get_trials(deepcopy=False)
-                     if "candidate_key" in t.user_attrs and t.state != TrialState.RUNNING}
-        pending: dict[int, tuple[Any, Candidate, float]] = {}
-        t_start = time.monotonic()
-        fails_in_row, last_reason, rejections = 0, "", 0
-        bar = self._bar(n_complete())
-        ex = make_executor(self.executor_name, self.workers, self.trial_timeout, **self.executor_kwargs)
-        last_hb = 0.0
-        stop_reason = None
+        self.sampler = make_sampler(self.sampler_name, self.seed + len(study.trials), self.bound, self.objectives, self.ref,
+                                    lambda c: count_params(c, info), self.max_params, self.max_memory_mib, self.n_startup)
+        study.sampler = self.sampler
+        self.evaluated = {t.user_attrs["candidate_key"] for t in study.get_trials(deepcopy=False)
+                          if "candidate_key" in t.user_attrs and t.state != TrialState.RUNNING}
+        self.pending: dict[int, tuple[Any, Candidate, float]] = {}
+        self.fails_in_row, self.last_reason, self.rejections = 0, "", 0
+        self.t_start = time.monotonic()
+        self.stop_reason: str | None = None
+
+    def n_complete(self) -> int:
+        from optuna.trial import TrialState
+
+        return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+    def needs_more(self) -> bool:
+        """Whether another trial should be started now (budget, timeout, failures)."""
+        if self.stop_reason is not None:
+            return False
+        if self.timeout is not None and time.monotonic() - self.t_start > self.timeout:
+            self.stop_reason = "timeout"
+            return False
+        return self.n_complete() + len(self.pending) < self.n_trials
+
+    def finished(self) -> bool:
+        return self.stop_reason is not None or (self.n_complete() >= self.n_trials)
+
+    def ask_spec(self) -> TrialSpec | None:
+        """Ask the sampler for a new candidate; return its TrialSpec, or None if it was rejected
+        without training (duplicate, over the parameter budget)."""
+        from optuna.trial import TrialState
+
+        from autopeft.builder import count_params
+
+        study = self.study
+        trial = study.ask()
+        t0 = time.perf_counter()
+        cand = self.bound.suggest(trial)
+        sampler_s = time.perf_counter() - t0
+        key = cand.key
+        params = count_params(cand, self.info)
+        self._set_attrs(trial, cand, params, sampler_s)
+        spec = None
+        if key in self.evaluated or any(c.key == key for _, c, _ in self.pending.values()):
+            trial.set_user_attr("status", "duplicate")
+            trial.set_user_attr("reason", "candidate already evaluated in this study")
+            study.tell(trial, state=TrialState.PRUNED)
+            self.rejections += 1
+        elif self.max_params is not None and params > self.max_params:
+            trial.set_user_attr("status", INFEASIBLE)
+            trial.set_user_attr("reason", f"{params} trainable params > budget {self.max_params:.0f}")
+            study.tell(trial, state=TrialState.PRUNED)
+            self.evaluated.add(key)
+            self.rejections += 1
+        else:
+            self.rejections = 0
+            spec = TrialSpec(
+                trial_id=trial.number, candidate=cand.to_dict(), model=self.model, data=self.data,
+                fidelity=self.fidelity.to_dict(), seed=self.seed,
+                max_memory=self.max_memory_mib * 2**20 if self.max_memory_mib else None,
+                threads=0, trust_remote_code=self.trust_remote_code,
+                fault=self.fault(trial.number) if self.fault else None,
+            )
+            self.pending[trial.number] = (trial, cand, time.monotonic())
+        if self.rejections >= 200:
+            raise StudyError("200 proposals in a row were duplicates or over budget: the space is exhausted "
+                             "or the budget too tight; widen the space or raise --max-params")
+        return spec
+
+    def complete(self, res: TrialResult) -> None:
+        """Record a finished trial in the study (the only place results are written)."""
+        trial, cand, _ = self.pending.pop(res.trial_id)
+        self.evaluated.add(cand.key)
+        self._tell(self.study, trial, res)
+        if res.status == FAILED:
+            self.fails_in_row += 1
+            self.last_reason = res.reason or "unknown"
+        elif res.status == OK:
+            self.fails_in_row = 0
+        if self.fails_in_row >= self.max_failures:
+            self.stop_reason = "failures"
+        if self.bar is not None:
+            self._bar_update(self.bar, self.study, self.n_complete())
+
+    def heartbeat(self) -> None:
+        for trial, _, _ in self.pending.values():
+            try:
+                self.study._storage.record_heartbeat(trial._trial_id)
+            except (AttributeError, NotImplementedError):
+                pass
+
+    def abandon_pending(self) -> None:
+        """Mark trials still running at a stop as failed, with the reason (completed work is untouched)."""
+        from optuna.trial import TrialState
+
+        for trial, _, _ in list(self.pending.values()):
+            try:
+                trial.set_user_attr("status", FAILED)
+                trial.set_user_attr("reason", f"stopped before it finished ({self.stop_reason or 'error'})")
+                self.study.tell(trial, state=TrialState.FAIL)
+            except Exception:  # storage may be gone; stale-trial detection marks it failed on resume
+                pass
+        self.pending.clear()
+
+    def run(self) -> "Any":
+        """Run until the study holds ``n_trials`` complete trials (or a stop); return the result."""
+        self.prepare()
+        self.bar = self._bar(self.n_complete())
         try:
-            while True:
-                done = n_complete()
-                if done >= self.n_trials:
-                    break
-                if self.timeout is not None and time.monotonic() - t_start > self.timeout:
-                    stop_reason = "timeout"
-                    break
-                # fill free slots, never asking beyond what the budget still needs
-                while len(pending) < ex.capacity and done + len(pending) < self.n_trials:
-                    trial = study.ask()
-                    t0 = time.perf_counter()
-                    cand = self.bound.suggest(trial)
-                    sampler_s = time.perf_counter() - t0
-                    key = cand.key
-                    params = count_params(cand, info)
-                    self._set_attrs(trial, cand, params, sampler_s)
-                    if key in evaluated or any(c.key == key for _, c, _ in pending.values()):
-                        trial.set_user_attr("status", "duplicate")
-                        trial.set_user_attr("reason", "candidate already evaluated in this study")
-                        study.tell(trial, state=TrialState.PRUNED)
-                        rejections += 1
-                    elif self.max_params is not None and params > self.max_params:
-                        trial.set_constraint([params - self.max_params])
-                        trial.set_user_attr("status", INFEASIBLE)
-                        trial.set_user_attr("reason", f"{params} trainable params > budget {self.max_params:.0f}")
-                        study.tell(trial, state=TrialState.PRUNED)
-                        evaluated.add(key)
-                        rejections += 1
-                    else:
-                        rejections = 0
-                        spec = TrialSpec(
-                            trial_id=trial.number, candidate=cand.to_dict(), model=self.model, data=self.data,
-                            fidelity=self.fidelity.to_dict(), seed=self.seed,
-                            max_memory=self.max_memory_mib * 2**20 if self.max_memory_mib else None,
-                            threads=0, trust_remote_code=self.trust_remote_code,
-                            fault=self.fault(trial.number) if self.fault else None,
-                        )
-                        ex.submit(spec)
-                        pending[trial.number] = (trial, cand, time.monotonic())
-                    if rejections >= 200:
-                        raise StudyError("200 proposals in a row were duplicates or over budget: the space is exhausted "
-                                         "or the budget too tight; widen the space or raise --max-params")
-                if not pending:
-                    continue
-                results = ex.wait(timeout=min(5.0, HEARTBEAT_S))
-                now = time.monotonic()
-                if now - last_hb >= HEARTBEAT_S / 2:
-                    for trial, _, _ in pending.values():
-                        try:
-                            study._storage.record_heartbeat(trial._trial_id)
-                        except (AttributeError, NotImplementedError):
-                            pass
-                    last_hb = now
-                for res in results:
-                    trial, cand, _ = pending.pop(res.trial_id)
-                    evaluated.add(cand.key)
-                    self._tell(study, trial, res)
-                    if res.status == FAILED:
-                        fails_in_row += 1
-                        last_reason = res.reason or "unknown"
-                    elif res.status == OK:
-                        fails_in_row = 0
-                    if bar is not None:
-                        self._bar_update(bar, study, n_complete())
-                if fails_in_row >= self.max_failures:
-                    stop_reason = "failures"
-                    break
+            if self.executor_name == "ray":
+                from autopeft.ray_executor import run_with_ray
+
+                run_with_ray(self, **self.executor_kwargs)
+            else:
+                self._run_local()
         except KeyboardInterrupt:
-            stop_reason = "interrupted"
+            self.stop_reason = "interrupted"
         finally:
-            ex.shutdown()
-            for trial, _, _ in pending.values():  # abandoned by a stop: record why, never lose completed work
-                try:
-                    trial.set_user_attr("status", FAILED)
-                    trial.set_user_attr("reason", f"stopped before it finished ({stop_reason or 'error'})")
-                    study.tell(trial, state=TrialState.FAIL)
-                except Exception:  # storage may be gone; stale-trial detection marks it failed later
-                    pass
-            if bar is not None:
-                bar.close()
-        self.stop_reason = stop_reason
-        if stop_reason == "failures":
-            raise TrialsFailing(f"{self.max_failures} trials failed in a row; last reason: {last_reason}")
-        if stop_reason == "interrupted":
+            self.abandon_pending()
+            if self.bar is not None:
+                self.bar.close()
+        if self.stop_reason == "failures":
+            raise TrialsFailing(f"{self.max_failures} trials failed in a row; last reason: {self.last_reason}")
+        if self.stop_reason == "interrupted":
             raise KeyboardInterrupt
         from autopeft.result import SearchResult
 
-        return SearchResult(study, self.storage_url)
+        return SearchResult(self.study, self.storage_url)
+
+    def _run_local(self) -> None:
+        from autopeft.executors import make_executor
+
+        ex = make_executor(self.executor_name, self.workers, self.trial_timeout)
+        last_hb = 0.0
+        try:
+            while not self.finished():
+                while len(self.pending) < ex.capacity and self.needs_more():
+                    spec = self.ask_spec()
+                    if spec is not None:
+                        ex.submit(spec)
+                if not self.pending:
+                    if self.stop_reason is not None:
+                        break
+                    continue
+                results = ex.wait(timeout=min(5.0, HEARTBEAT_S))
+                if time.monotonic() - last_hb >= HEARTBEAT_S / 2:
+                    self.heartbeat()
+                    last_hb = time.monotonic()
+                for res in results:
+                    self.complete(res)
+        finally:
+            ex.shutdown()
 
     def _set_attrs(self, trial: Any, cand: Candidate, params: int, sampler_s: float) -> None:
         d = cand.to_dict()

@@ -241,28 +241,46 @@ def _run(spec: TrialSpec, t0: float) -> TrialResult:
     model.to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    rng = np.random.default_rng(spec.seed)
-    steps_per_epoch = math.ceil(len(tr_labels) / fid.batch_size)
+    t_train = time.perf_counter()
+    step, last_loss, failure = train_loop(built, tr_enc, tr_labels, fid, spec.seed, device, pad_id, spec.fault)
+    if failure is not None:
+        return TrialResult(spec.trial_id, FAILED, params=built.trainable, memory_bytes=memory, metric=task.metric,
+                           reason=failure, wall_s=time.perf_counter() - t0, steps=step)
+    train_s = time.perf_counter() - t_train
+    if device.type == "cuda":
+        memory = int(torch.cuda.max_memory_allocated(device))
+    preds = predict(model, ev_enc, fid.batch_size * 2, pad_id, device)
+    score = compute_metric(task.metric, preds, ev_labels)
+    return TrialResult(spec.trial_id, OK, score=float(score), params=built.trainable, memory_bytes=memory,
+                       wall_s=time.perf_counter() - t0, train_s=train_s, metric=task.metric, steps=step, loss=last_loss)
+
+
+def train_loop(built: Any, enc: Any, labels: Sequence[int], fid: Fidelity, seed: int, device: torch.device,
+               pad_id: int, fault: str | None = None) -> tuple[int, float, str | None]:
+    """AdamW with per-method learning rates, linear warm-up (6%) and decay, dynamic padding.
+
+    Returns (steps, last loss, failure reason or None).  Sparsity masks are re-applied after every step.
+    """
+    model = built.model
+    rng = np.random.default_rng(seed)
+    steps_per_epoch = math.ceil(len(labels) / fid.batch_size)
     total_steps = max(1, int(math.ceil(steps_per_epoch * fid.epochs)))
     warmup = max(1, int(0.06 * total_steps))
     opt = torch.optim.AdamW(built.param_groups, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
-    t_train = time.perf_counter()
     model.train()
     step = 0
     last_loss = float("nan")
     while step < total_steps:
-        order = rng.permutation(len(tr_labels)).tolist()
-        for batch in _batches(tr_enc, tr_labels, order, fid.batch_size, pad_id):
+        order = rng.permutation(len(labels)).tolist()
+        for batch in _batches(enc, labels, order, fid.batch_size, pad_id):
             batch = {k: v.to(device) for k, v in batch.items()}
             loss = model(**batch).loss
-            if spec.fault == "nan" and step == 1:
+            if fault == "nan" and step == 1:
                 loss = loss * float("nan")
             if not torch.isfinite(loss):
-                return TrialResult(spec.trial_id, FAILED, params=built.trainable, memory_bytes=memory, metric=task.metric,
-                                   reason=f"NaN loss at step {step + 1} (diverged; try a lower learning rate)",
-                                   wall_s=time.perf_counter() - t0, steps=step)
+                return step, float("nan"), f"NaN loss at step {step + 1} (diverged; try a lower learning rate)"
             loss.backward()
             opt.step()
             sched.step()
@@ -274,13 +292,7 @@ def _run(spec: TrialSpec, t0: float) -> TrialResult:
             step += 1
             if step >= total_steps:
                 break
-    train_s = time.perf_counter() - t_train
-    if device.type == "cuda":
-        memory = int(torch.cuda.max_memory_allocated(device))
-    preds = predict(model, ev_enc, fid.batch_size * 2, pad_id, device)
-    score = compute_metric(task.metric, preds, ev_labels)
-    return TrialResult(spec.trial_id, OK, score=float(score), params=built.trainable, memory_bytes=memory,
-                       wall_s=time.perf_counter() - t0, train_s=train_s, metric=task.metric, steps=step, loss=last_loss)
+    return step, last_loss, None
 
 
 def predict(model: torch.nn.Module, enc: Any, bs: int, pad_id: int, device: torch.device) -> list[int]:

@@ -1,0 +1,119 @@
+"""Plots of a study: the Pareto front (interactive HTML with plotly, PNG with matplotlib) and
+hypervolume over trials.  Hand-designed baselines present in the study are drawn as reference points."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autopeft.pareto import hypervolume, non_dominated, to_max
+
+#: summaries of hand-designed configurations drawn as reference points when a study has them
+BASELINE_PREFIXES = ("lora r=8 [q,v] | layers", "ia3 [k,v,ffn_down] | layers", "serial_adapter size=64", "prefix length=20", "full")
+
+
+def _points(res: Any) -> tuple[list[Any], np.ndarray, np.ndarray]:
+    comp = res._complete()
+    Y = np.array([to_max(res.objectives, t.values) for t in comp]).reshape(-1, len(res.objectives))
+    mask = non_dominated(Y) if len(Y) else np.zeros(0, dtype=bool)
+    return comp, Y, mask
+
+
+def is_baseline(summary: str, num_layers: int) -> bool:
+    all_layers = ",".join(str(i) for i in range(num_layers))
+    if summary.startswith(("lora r=8 [q,v] | layers", "ia3 [k,v,ffn_down] | layers", "serial_adapter size=64 | layers")):
+        return summary.split("| layers ")[1].split(" |")[0] == all_layers and summary.count("|") == 1
+    return summary in ("prefix length=20", "full")
+
+
+def hypervolume_curve(res: Any) -> list[float]:
+    """Hypervolume of the complete trials among the first k trials, for k = 1..n (trial order)."""
+    trials = res.study.get_trials(deepcopy=False)
+    ys: list[list[float]] = []
+    out = []
+    for t in trials:
+        if t.state.name == "COMPLETE" and t.values is not None:
+            ys.append(to_max(res.objectives, t.values))
+        out.append(hypervolume(np.array(ys), res.ref_point) if ys else 0.0)
+    return out
+
+
+def plot_study(res: Any, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``<study>_pareto.html``, ``<study>_pareto.png`` and ``<study>_hypervolume.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    comp, Y, mask = _points(res)
+    if not comp:
+        from autopeft.errors import StudyError
+
+        raise StudyError(f"study {res.name!r} has no completed trial to plot")
+    obj = res.objectives
+    score = np.array([t.values[0] for t in comp])
+    params = np.array([t.user_attrs.get("params", np.nan) for t in comp], dtype=float)
+    mem = np.array([t.user_attrs.get("memory_mib", np.nan) for t in comp], dtype=float)
+    summaries = [t.user_attrs.get("summary", "") for t in comp]
+    nl = int(res.meta.get("num_layers", 0))
+    base = np.array([is_baseline(s, nl) for s in summaries])
+    metric = res.meta.get("metric", "score")
+    paths: dict[str, Path] = {}
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    for ax, x, xl in ((axes[0], params, "trainable parameters"), (axes[1], mem, "training memory (MiB)")):
+        sc = ax.scatter(x[~mask], score[~mask], c=mem[~mask] if ax is axes[0] else params[~mask], s=18, alpha=0.45,
+                        cmap="viridis", label="trials")
+        ax.scatter(x[mask], score[mask], c="crimson", s=40, label="Pareto front", zorder=3)
+        if base.any():
+            ax.scatter(x[base], score[base], marker="*", s=160, c="orange", edgecolor="k", label="hand-designed", zorder=4)
+            for xi, yi, s in zip(x[base], score[base], np.array(summaries)[base]):
+                ax.annotate(s.split(" |")[0], (xi, yi), fontsize=7, xytext=(4, -10), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel(xl)
+        ax.set_ylabel(f"{metric} (held-out search split)")
+        ax.grid(alpha=0.3)
+        fig.colorbar(sc, ax=ax, label="memory (MiB)" if ax is axes[0] else "trainable parameters")
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"{res.name}: {len(comp)} trials, {int(mask.sum())} on the front")
+    fig.tight_layout()
+    paths["png"] = out / f"{res.name}_pareto.png"
+    fig.savefig(paths["png"], dpi=110)
+    plt.close(fig)
+
+    hv = hypervolume_curve(res)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(range(1, len(hv) + 1), hv)
+    ax.set_xlabel("trials")
+    ax.set_ylabel("hypervolume")
+    ax.set_title(f"{res.name}: hypervolume over trials")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    paths["hypervolume_png"] = out / f"{res.name}_hypervolume.png"
+    fig.savefig(paths["hypervolume_png"], dpi=110)
+    plt.close(fig)
+
+    try:
+        import plotly.graph_objects as go
+    except ImportError:
+        return paths
+    hover = [f"trial {t.number}<br>{s}<br>{metric} {v:.4f}<br>{int(p):,} params<br>{m:.1f} MiB"
+             for t, s, v, p, m in zip(comp, summaries, score, params, mem)]
+    fig2 = go.Figure()
+    fig2.add_trace(go.Scatter(x=params[~mask], y=score[~mask], mode="markers", name="trials",
+                              marker=dict(color=mem[~mask], colorscale="Viridis", showscale=True, colorbar=dict(title="MiB")),
+                              text=np.array(hover)[~mask], hoverinfo="text"))
+    fig2.add_trace(go.Scatter(x=params[mask], y=score[mask], mode="markers", name="Pareto front",
+                              marker=dict(color="crimson", size=10), text=np.array(hover)[mask], hoverinfo="text"))
+    if base.any():
+        fig2.add_trace(go.Scatter(x=params[base], y=score[base], mode="markers", name="hand-designed",
+                                  marker=dict(symbol="star", size=16, color="orange"), text=np.array(hover)[base], hoverinfo="text"))
+    fig2.update_layout(title=f"{res.name}: Pareto front", xaxis_type="log", xaxis_title="trainable parameters",
+                       yaxis_title=metric)
+    paths["html"] = out / f"{res.name}_pareto.html"
+    fig2.write_html(str(paths["html"]), include_plotlyjs=True)
+    return paths
