@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-memory", help="budget in MiB, or with a unit like 1.5GiB")
     s.add_argument("--n-train", type=_positive_int, help="training rows per trial (default 2000)")
     s.add_argument("--n-eval", type=_positive_int, help="held-out search rows scored per trial (default 500)")
-    s.add_argument("--epochs", type=_positive_float, help="epochs per trial (default 1)")
+    s.add_argument("--epochs", type=_positive_float, help="epochs per trial (default 2)")
     s.add_argument("--max-length", type=_positive_int, help="max tokens (default 128, capped at the model's limit)")
     s.add_argument("--batch-size", type=_positive_int, help="batch size (default 32)")
     s.add_argument("--workers", type=_positive_int, help="concurrent trials (default: number of cores)")

@@ -29,7 +29,7 @@ class Fidelity:
     """How cheap a trial is: training subset size, epochs, held-out slice, sequence length, batch."""
 
     n_train: int = 2000
-    epochs: float = 1.0
+    epochs: float = 2.0
     n_eval: int = 500
     max_length: int = 128
     batch_size: int = 32
@@ -112,6 +112,21 @@ def _encode(tok: Any, texts: Sequence[tuple[str, ...]], max_length: int) -> list
     return enc
 
 
+def length_grouped_order(enc: Any, bs: int, rng: np.random.Generator, group: int = 16) -> list[int]:
+    """A random order in which each batch holds rows of similar length (less padding), as HF's
+    ``group_by_length``: shuffle, sort by length inside chunks of ``group`` batches, shuffle the batches."""
+    n = len(enc["input_ids"])
+    perm = rng.permutation(n)
+    lens = np.array([len(x) for x in enc["input_ids"]])
+    batches: list[list[int]] = []
+    chunk = bs * group
+    for s in range(0, n, chunk):
+        part = perm[s:s + chunk]
+        part = part[np.argsort(-lens[part], kind="stable")]
+        batches += [part[i:i + bs].tolist() for i in range(0, len(part), bs)]
+    return [i for b in (batches[j] for j in rng.permutation(len(batches))) for i in b]
+
+
 def _batches(enc: Any, labels: Sequence[int], order: Sequence[int], bs: int, pad_id: int) -> Iterator[dict[str, torch.Tensor]]:
     keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in enc]
     for s in range(0, len(order), bs):
@@ -157,7 +172,7 @@ def measure_memory(model: torch.nn.Module, batch_size: int, max_length: int, voc
             return t
 
         g = torch.Generator().manual_seed(0)
-        ids = torch.randint(1000, max(vocab_hint, 1001), (b, max_length), generator=g)
+        ids = torch.randint(vocab_hint // 2, vocab_hint, (b, max_length), generator=g)
         kw: dict[str, torch.Tensor] = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         if has_token_types:
             kw["token_type_ids"] = torch.zeros_like(ids)
@@ -273,7 +288,7 @@ def train_loop(built: Any, enc: Any, labels: Sequence[int], fid: Fidelity, seed:
     step = 0
     last_loss = float("nan")
     while step < total_steps:
-        order = rng.permutation(len(labels)).tolist()
+        order = length_grouped_order(enc, fid.batch_size, rng)
         for batch in _batches(enc, labels, order, fid.batch_size, pad_id):
             batch = {k: v.to(device) for k, v in batch.items()}
             loss = model(**batch).loss

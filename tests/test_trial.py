@@ -1,0 +1,64 @@
+"""Low-cost trials: real numbers on the tiny model and on the real MiniLM + SST-2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autopeft.candidate import Candidate
+from autopeft.trial import FAILED, INFEASIBLE, OK, TrialSpec, run_trial
+
+LORA = {"r": 8, "targets": ["q", "v"], "alpha_ratio": 2.0, "dropout": 0.1}
+FAST = {"n_train": 64, "n_eval": 64, "epochs": 1, "max_length": 32, "batch_size": 16}
+
+
+def spec(model: str, glue: Path, cand: Candidate, **kw: object) -> TrialSpec:
+    return TrialSpec(trial_id=kw.pop("trial_id", 0), candidate=cand.to_dict(), model=model,  # type: ignore[arg-type]
+                     data={"task": "sst2", "data_dir": str(glue)}, fidelity=kw.pop("fidelity", FAST), **kw)  # type: ignore[arg-type]
+
+
+def test_trial_is_deterministic(tiny_model: str, glue_dir: Path) -> None:
+    c = Candidate.make({"lora": LORA}, [0, 1], {"fraction": 0.5, "criterion": "random"})
+    a = run_trial(spec(tiny_model, glue_dir, c, seed=1))
+    b = run_trial(spec(tiny_model, glue_dir, c, seed=1))
+    assert a.status == OK, a.reason
+    assert (a.score, a.params, a.memory_bytes, a.loss) == (b.score, b.params, b.memory_bytes, b.loss)
+    assert a.metric == "accuracy" and 0.0 <= a.score <= 1.0 and a.steps == 4
+
+
+def test_memory_is_repeatable_and_ranks_placement(tiny_model: str, glue_dir: Path) -> None:
+    fid = {**FAST, "n_train": 16}
+    all_l = run_trial(spec(tiny_model, glue_dir, Candidate.make({"lora": LORA}, [0, 1]), fidelity=fid))
+    all_2 = run_trial(spec(tiny_model, glue_dir, Candidate.make({"lora": LORA}, [0, 1]), fidelity=fid, seed=5))
+    top = run_trial(spec(tiny_model, glue_dir, Candidate.make({"lora": LORA}, [1]), fidelity=fid))
+    head = run_trial(spec(tiny_model, glue_dir, Candidate.make({}, []), fidelity=fid))
+    assert abs(all_l.memory_bytes - all_2.memory_bytes) <= 0.05 * all_l.memory_bytes
+    assert head.memory_bytes < top.memory_bytes < all_l.memory_bytes  # backward stops at the lowest adapted layer
+
+
+def test_failures_are_reported_not_raised(tiny_model: str, glue_dir: Path) -> None:
+    c = Candidate.make({"lora": LORA}, [0, 1])
+    nan = run_trial(spec(tiny_model, glue_dir, c, fault="nan"))
+    assert nan.status == FAILED and nan.reason.startswith("NaN loss at step 2")
+    boom = run_trial(spec(tiny_model, glue_dir, c, fault="raise"))
+    assert boom.status == FAILED and "RuntimeError: injected fault" in boom.reason
+    deep = run_trial(spec(tiny_model, glue_dir, Candidate.make({"lora": LORA}, [0, 9])))
+    assert deep.status == FAILED and "layer index 9 is beyond the model's depth" in deep.reason
+    over = run_trial(spec(tiny_model, glue_dir, c, max_memory=1024.0))
+    assert over.status == INFEASIBLE and over.steps == 0 and "> budget" in over.reason
+
+
+def test_max_length_is_capped_at_the_model_limit(tiny_model: str, glue_dir: Path) -> None:
+    r = run_trial(spec(tiny_model, glue_dir, Candidate.make({}, []), fidelity={**FAST, "max_length": 10_000}))
+    assert r.status == OK, r.reason  # the tiny model has 128 positions; longer would crash
+
+
+def test_real_minilm_trial_on_sst2_beats_chance(glue_dir: Path) -> None:
+    """The packaged all-MiniLM-L6-v2, LoRA r=8 on q,v of all layers, 1,600 real SST-2 rows: well above chance."""
+    c = Candidate.make({"lora": LORA}, list(range(6)), lr_multiplier=4.0)
+    r = run_trial(TrialSpec(0, c.to_dict(), None, {"task": "sst2", "data_dir": str(glue_dir)},
+                            {"n_train": 1600, "n_eval": 300, "epochs": 1, "max_length": 64, "batch_size": 32}, threads=2))
+    assert r.status == OK, r.reason
+    assert r.score >= 0.70, r.score  # the majority class of SST-2 is 0.56
+    assert r.params == 74_498  # 6 layers x 2 modules x 8 x (384 + 384) + the 770-parameter head (peft's 74.5 K)
