@@ -512,7 +512,7 @@ class Driver:
         trial.set_user_attr("sampler_s", round(sampler_s, 4))
         trial.set_user_attr("fidelity", self.fidelity.to_dict())
         if self.max_params is not None:
-            trial.set_constraint([params - self.max_params])
+            trial.set_constraint("max_params", float(params - self.max_params))
 
     def _tell(self, study: Any, trial: Any, res: TrialResult) -> None:
         from optuna.trial import TrialState
@@ -530,18 +530,12 @@ class Driver:
             for o in self.objectives:
                 vals.append({"score": res.score, "params": float(res.params), "memory": res.memory_bytes / 2**20,
                              "time": res.wall_s}[o])
-            if self.max_params is not None or self.max_memory_mib is not None:
-                cons = []
-                if self.max_params is not None:
-                    cons.append(res.params - self.max_params)
-                if self.max_memory_mib is not None:
-                    cons.append(res.memory_bytes / 2**20 - self.max_memory_mib)
-                trial.set_constraint(cons)
+            if self.max_memory_mib is not None:
+                trial.set_constraint("max_memory", res.memory_bytes / 2**20 - self.max_memory_mib)
             study.tell(trial, vals)
         elif res.status == INFEASIBLE:
             if self.max_memory_mib is not None and res.memory_bytes is not None:
-                trial.set_constraint([max(0.0, (res.params or 0) - (self.max_params or float("inf"))),
-                                      res.memory_bytes / 2**20 - self.max_memory_mib][-1:])
+                trial.set_constraint("max_memory", res.memory_bytes / 2**20 - self.max_memory_mib)
             study.tell(trial, state=TrialState.PRUNED)
         else:
             study.tell(trial, state=TrialState.FAIL)
