@@ -120,10 +120,9 @@ def validate_candidate(cand: Candidate, info: ModelInfo) -> None:
 @functools.lru_cache(maxsize=2)
 def _load_pretrained(path: str, num_labels: int, trust_remote_code: bool) -> tuple[nn.Module, Any]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    from autopeft._quiet import quiet
 
-    hf_logging.set_verbosity_error()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet()
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         torch.manual_seed(0)  # the new classification head is initialised identically in every process

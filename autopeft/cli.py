@@ -106,7 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from autopeft._quiet import quiet
     from autopeft.errors import AutoPeftError
+
+    quiet()
 
     try:
         args = build_parser().parse_args(argv)

@@ -79,6 +79,9 @@ def _die_with_parent() -> None:
 def _worker_main(conn: Connection, threads: int) -> None:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    from autopeft._quiet import quiet
+
+    quiet()
     import torch
 
     torch.set_num_threads(max(1, threads))

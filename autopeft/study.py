@@ -88,7 +88,11 @@ def load_optuna_study(name: str, storage: str | None) -> Any:
     return study
 
 
+REQUIRED_ATTRS = ("model", "task", "space_hash", "objectives", "ref_point", "fidelity", "metric", "num_labels", "base_params")
+
+
 def check_schema(study: Any) -> None:
+    """Refuse studies that autopeft did not write, or that an incompatible version wrote."""
     v = study.user_attrs.get("autopeft_schema")
     if v is None:
         raise StudyError(f"study {study.study_name!r} was not written by autopeft (no autopeft_schema attribute)")
@@ -97,6 +101,10 @@ def check_schema(study: Any) -> None:
             f"study {study.study_name!r} has autopeft schema {v}, this autopeft reads schema {SCHEMA_VERSION}; "
             "use the autopeft version that wrote it"
         )
+    missing = [k for k in REQUIRED_ATTRS if k not in study.user_attrs]
+    if missing:
+        raise StudyError(f"study {study.study_name!r} lacks the attribute {missing[0]!r}: it is damaged or was not written "
+                         "by a compatible autopeft")
 
 
 # ----------------------------------------------------------------------------- budgets

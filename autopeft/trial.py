@@ -215,6 +215,25 @@ def run_trial(spec: TrialSpec) -> TrialResult:
                            wall_s=time.perf_counter() - t0)
 
 
+def _simulated(spec: TrialSpec, t0: float, seconds: float) -> TrialResult:
+    """A simulated trial for executor benchmarks: sleeps, trains nothing, returns exact params and a
+    deterministic pseudo-score derived from the candidate (never used for real results)."""
+    import hashlib
+
+    from autopeft.builder import count_params, model_info
+    from autopeft.candidate import Candidate
+
+    cand = Candidate.from_dict(spec.candidate)
+    info = model_info(spec.model, 2)
+    params = count_params(cand, info)
+    time.sleep(seconds)
+    h = int(hashlib.sha256(cand.key.encode()).hexdigest()[:8], 16) / 2**32
+    score = 0.6 + 0.05 * math.log10(params) / 7 + 0.2 * h
+    memory = int(info.param_bytes + 16 * params + 2**20 * (50 + 10 * len(cand.layers)))
+    return TrialResult(spec.trial_id, OK, score=score, params=params, memory_bytes=memory, wall_s=time.perf_counter() - t0,
+                       train_s=seconds, metric="simulated")
+
+
 def _run(spec: TrialSpec, t0: float) -> TrialResult:
     from autopeft.builder import build_model, load_base, model_info
     from autopeft.candidate import Candidate
@@ -229,6 +248,8 @@ def _run(spec: TrialSpec, t0: float) -> TrialResult:
         os._exit(3)
     if spec.fault and spec.fault.startswith("sleep:"):
         time.sleep(float(spec.fault.split(":", 1)[1]))
+    if spec.fault and spec.fault.startswith("simulate:"):
+        return _simulated(spec, t0, float(spec.fault.split(":", 1)[1]))
     cand = Candidate.from_dict(spec.candidate)
     task = task_of(spec.data)
     info = model_info(spec.model, task.num_labels, spec.trust_remote_code)

@@ -1,0 +1,70 @@
+"""Parallel efficiency of the Ray executor with simulated trials (no training).
+
+64 trials that each sleep 10 s (0.25 CPU each), 8 concurrent workers, the default sampler:
+efficiency = ideal time (64 / 8 x 10 s = 80 s) / measured time of the trial phase. Also the fixed cost
+of starting the Ray executor (ray.init + Tuner start).
+
+    python bench/ray_efficiency.py [--trials 64 --workers 8 --sleep 10] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--trials", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--sleep", type=float, default=10.0)
+    ap.add_argument("--cpus-per-trial", type=float, default=0.25)
+    ap.add_argument("--space", default="mixed")
+    ap.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"))
+    ap.add_argument("--quick", action="store_true")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.trials, a.workers, a.sleep = 4, 2, 1.0
+    from autopeft._quiet import quiet
+    from autopeft.study import Driver, data_spec_dict
+
+    quiet()
+    import ray
+
+    t0 = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    init_s = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        drv = Driver(model=None, data=data_spec_dict("sst2", a.data_dir, None, None, None, None, None), space=a.space,
+                     n_trials=a.trials, study_name="ray-bench", storage=f"sqlite:///{tmp}/b.db", executor="ray",
+                     workers=a.workers, fault=lambda n: f"simulate:{a.sleep}",
+                     executor_kwargs={"cpus_per_trial": a.cpus_per_trial})
+        drv.open()
+        t1 = time.perf_counter()
+        res = drv.run()
+        run_s = time.perf_counter() - t1
+        trials = res.study.get_trials()
+        first_start = min(t.datetime_start for t in trials).timestamp()
+        last_end = max(t.datetime_complete for t in trials if t.datetime_complete).timestamp()
+        phase_s = last_end - first_start
+        n_ok = sum(t.state.name == "COMPLETE" for t in trials)
+        sampler_s = sum(t.user_attrs.get("sampler_s", 0.0) for t in trials)
+    ray.shutdown()
+    ideal = a.trials / a.workers * a.sleep
+    out = {"trials": n_ok, "workers": a.workers, "ideal_s": ideal, "trial_phase_s": phase_s, "run_s": run_s,
+           "efficiency": ideal / phase_s, "efficiency_incl_startup": ideal / run_s, "ray_init_s": init_s,
+           "executor_startup_s": run_s - phase_s, "sampler_s_total": sampler_s}
+    print(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    main()

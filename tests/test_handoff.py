@@ -1,0 +1,136 @@
+"""Hand-off: export -> PeftConfig.from_pretrained -> final training -> save -> reload with the same score;
+plots; the dashboard over HTTP."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import autopeft
+from autopeft.candidate import Candidate
+from autopeft.cli import main
+from autopeft.export import export_config, load_config
+from autopeft.final import evaluate, load_trained, train_final
+from autopeft.result import FoundConfig
+
+FID = dict(n_train=48, n_eval=48, epochs=1, max_length=32, batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def study(tiny_model: str, glue_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    storage = f"sqlite:///{tmp_path_factory.mktemp('st') / 'h.db'}"
+    autopeft.search(model=tiny_model, task="sst2", data_dir=str(glue_dir), space="tiny", n_trials=4, storage=storage,
+                    study_name="handoff", executor="inline", n_startup=2, **FID)
+    return "handoff", storage
+
+
+def _meta(tiny_model: str, glue_dir: Path) -> dict:
+    return {"model": tiny_model, "num_labels": 2, "task": {"task": "sst2"}, "metric": "accuracy",
+            "fidelity": FID, "objectives": ["score", "params", "memory"]}
+
+
+@pytest.mark.parametrize("methods,layers", [
+    ({"lora": {"r": 4, "targets": ["q", "v"], "alpha_ratio": 2.0, "dropout": 0.0}}, [0, 1]),
+    ({"serial_adapter": {"size": 8, "scaling": 1.0}}, [1]),
+])
+def test_export_train_save_reload_same_score(methods: dict, layers: list[int], tiny_model: str, glue_dir: Path,
+                                             tmp_path: Path) -> None:
+    from peft import PeftConfig, PeftModel
+
+    cand = Candidate.make(methods, layers, {"fraction": 0.5, "criterion": "random"} if "serial_adapter" in methods else {})
+    cfg_dir = export_config(FoundConfig(cand, _meta(tiny_model, glue_dir)), tmp_path / "cfg")
+    assert load_config(cfg_dir) == cand  # round trip
+    info = json.loads((cfg_dir / "autopeft_config.json").read_text())
+    assert info["base_model"] == tiny_model and info["num_labels"] == 2 and info["learning_rates"]
+    if "lora" in methods:
+        pc = PeftConfig.from_pretrained(str(cfg_dir))
+        assert pc.peft_type.value == "LORA" and pc.r == 4
+    data = {"task": "sst2", "data_dir": str(glue_dir)}
+    res = train_final(cand, tiny_model, data, tmp_path / "out", epochs=1, n_train=96, max_length=32, seeds=[0, 1])
+    assert len(res["scores"]) == 2 and 0 <= res["mean"] <= 1
+    model, tok, c2 = load_trained(tmp_path / "out")
+    assert c2 == cand
+    assert evaluate(model, tok, data, 32) == pytest.approx(res["saved_score"])
+    if "lora" in methods:  # plain peft reloads it too, without autopeft's code path
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        base = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2)
+        pm = PeftModel.from_pretrained(base, str(tmp_path / "out"))
+        assert evaluate(pm, AutoTokenizer.from_pretrained(tiny_model), data, 32) == pytest.approx(res["saved_score"])
+
+
+def test_cli_export_best_and_train(study: tuple[str, str], tiny_model: str, glue_dir: Path, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    name, storage = study
+    assert main(["export", "--study", name, "--storage", storage, "--best", "-o", str(tmp_path / "cfg")]) == 0
+    best = autopeft.load_study(name, storage).best_config()
+    assert load_config(tmp_path / "cfg") == best.candidate
+    assert main(["train", "--config", str(tmp_path / "cfg"), "--data-dir", str(glue_dir), "--epochs", "1",
+                 "--n-train", "64", "--max-length", "32", "-o", str(tmp_path / "out")]) == 0
+    assert "on validation" in capsys.readouterr().out
+    assert (tmp_path / "out" / "autopeft_result.json").is_file()
+
+
+def test_plot_writes_html_and_png(study: tuple[str, str], tmp_path: Path) -> None:
+    name, storage = study
+    assert main(["plot", "--study", name, "--storage", storage, "-o", str(tmp_path)]) == 0
+    png = tmp_path / f"{name}_pareto.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert "plotly" in (tmp_path / f"{name}_pareto.html").read_text()[:500_000]
+    assert (tmp_path / f"{name}_hypervolume.png").is_file()
+
+
+@pytest.mark.parametrize("cmd", ["show", "best", "export", "plot", "dashboard"])
+def test_missing_study_is_one_line_and_creates_nothing(cmd: str, study: tuple[str, str], tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    _, storage = study
+    extra = {"export": ["--best", "-o", str(tmp_path / "x")], "plot": ["-o", str(tmp_path / "p")]}.get(cmd, [])
+    assert main([cmd, "--study", "nope", "--storage", storage, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no study named 'nope'" in err and len(err.splitlines()) == 1
+    import optuna
+
+    assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["handoff"]
+    missing = f"sqlite:///{tmp_path / 'none.db'}"
+    assert main([cmd, "--study", "nope", "--storage", missing, *extra]) == 2
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_dashboard_serves_the_study(study: tuple[str, str]) -> None:
+    name, storage = study
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "autopeft.cli", "dashboard", "--study", name, "--storage", storage,
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        body = None
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as r:
+                    body = json.loads(r.read())
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert body is not None, "dashboard did not answer"
+        studies = body["study_summaries"]
+        ours = [s for s in studies if s["study_name"] == name]
+        assert ours and ours[0]["directions"] == ["maximize", "minimize", "minimize"]
+        import optuna
+
+        n = len(optuna.load_study(study_name=name, storage=storage).trials)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{ours[0]['study_id']}?after=0", timeout=5) as r:
+            detail = json.loads(r.read())
+        assert len(detail["trials"]) == n
+        assert "score" in " ".join(detail.get("metric_names") or [])
+    finally:
+        proc.terminate()
+        proc.wait(10)

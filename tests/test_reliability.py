@@ -1,0 +1,157 @@
+"""Nothing is lost: kill -9 mid-study and resume, concurrent drivers on one study, failing trials."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import psutil
+import pytest
+from optuna.trial import TrialState
+
+import autopeft
+from autopeft.cli import main
+
+FID = ["--n-train", "32", "--n-eval", "32", "--epochs", "1", "--max-length", "24", "--batch-size", "16"]
+
+
+def _cmd(tiny_model: str, glue_dir: Path, storage: str, trials: int, study: str = "rel", workers: int = 1) -> list[str]:
+    return [sys.executable, "-m", "autopeft.cli", "search", "--model", tiny_model, "--data-dir", str(glue_dir), "--space",
+            "tiny", "--trials", str(trials), "--study", study, "--storage", storage, "--workers", str(workers),
+            "--n-startup", "3", "--no-progress", *FID]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "AUTOPEFT_HEARTBEAT_S": "1", "AUTOPEFT_GRACE_S": "3", "PYTHONUNBUFFERED": "1"}
+
+
+def _snapshot(storage: str, study: str = "rel") -> dict[int, list[float]]:
+    try:
+        s = optuna.load_study(study_name=study, storage=storage)
+    except KeyError:
+        return {}
+    return {t.number: list(t.values) for t in s.get_trials(states=(TrialState.COMPLETE,))}
+
+
+def test_kill9_at_random_points_then_resume_loses_nothing(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'rel.db'}"
+    rng = random.Random(7)
+    target = 14
+    kept: dict[int, list[float]] = {}
+    kills = 0
+    for round_ in range(4):
+        proc = subprocess.Popen(_cmd(tiny_model, glue_dir, storage, target, workers=2), env=_env(),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(6.0, 12.0))  # start-up takes ~5 s; then trials and storage writes run
+        children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)] if proc.poll() is None else []
+        if proc.poll() is None:
+            before = _snapshot(storage)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            time.sleep(1.0)
+            alive = [p for p in children if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+            assert not alive, f"orphan workers kept running: {alive}"
+            after = _snapshot(storage)
+            for n, v in before.items():
+                assert after[n] == v  # completed before the kill: kept as it was
+        kept.update(_snapshot(storage))
+    assert kills >= 2
+    time.sleep(3.5)  # let the killed drivers' heartbeats go stale
+    assert subprocess.run(_cmd(tiny_model, glue_dir, storage, target), env=_env(), capture_output=True).returncode == 0
+    final = optuna.load_study(study_name="rel", storage=storage)
+    done = {t.number: list(t.values) for t in final.get_trials(states=(TrialState.COMPLETE,))}
+    assert len(done) == target
+    for n, v in kept.items():
+        assert done[n] == v
+    # the trials the kills interrupted are marked failed (stale heartbeat), none stays RUNNING
+    assert not final.get_trials(states=(TrialState.RUNNING,))
+    keys = [t.user_attrs["candidate_key"] for t in final.get_trials(states=(TrialState.COMPLETE,))]
+    assert len(keys) == len(set(keys))
+
+
+def test_concurrent_drivers_share_one_study(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'con.db'}"
+    # create the study first so both drivers resume the same one
+    assert subprocess.run(_cmd(tiny_model, glue_dir, storage, 1, study="con"), env=_env(), capture_output=True).returncode == 0
+    procs = [subprocess.Popen(_cmd(tiny_model, glue_dir, storage, 10, study="con"), env=_env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    errs = [p.communicate(timeout=400)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), errs
+    assert not any("database is locked" in e for e in errs)
+    s = optuna.load_study(study_name="con", storage=storage)
+    comp = s.get_trials(states=(TrialState.COMPLETE,))
+    assert 10 <= len(comp) <= 12  # each driver stops at 10; at most one in flight each may land beyond
+    keys = [t.user_attrs["candidate_key"] for t in comp]
+    assert len(keys) == len(set(keys))
+    assert not s.get_trials(states=(TrialState.RUNNING,))  # no live driver's trial was failed, none left running
+    assert not [t for t in s.get_trials(states=(TrialState.FAIL,)) if "stale" in str(t.user_attrs)]
+
+
+def test_failing_trials_are_recorded_and_search_goes_on(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
+    from autopeft.study import Driver, data_spec_dict
+
+    storage = f"sqlite:///{tmp_path / 'f.db'}"
+    faults = {1: "raise", 2: "nan", 4: "exit"}
+    drv = Driver(model=tiny_model, data=data_spec_dict("sst2", str(glue_dir), None, None, None, None, None), space="tiny",
+                 n_trials=4, study_name="f", storage=storage, workers=1, executor="local", n_startup=2,
+                 fidelity=dict(n_train=32, n_eval=32, epochs=1, max_length=24, batch_size=16),
+                 fault=lambda n: faults.get(n))
+    res = drv.run()
+    trials = res.study.get_trials()
+    reasons = {t.number: t.user_attrs.get("reason") for t in trials if t.state == TrialState.FAIL}
+    assert "RuntimeError: injected fault" in reasons[1]
+    assert reasons[2].startswith("NaN loss")
+    assert "worker process died (exit code 3)" in reasons[4]
+    assert len(res.study.get_trials(states=(TrialState.COMPLETE,))) == 4
+    failed_keys = {t.user_attrs["candidate_key"] for t in trials if t.state == TrialState.FAIL}
+    later = [t.user_attrs["candidate_key"] for t in trials if t.number > 4]
+    assert not failed_keys & set(later)  # a failing candidate is not proposed again
+
+
+def test_every_trial_failing_stops_with_exit_1(tiny_model: str, glue_dir: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from autopeft.study import Driver, TrialsFailing, data_spec_dict
+
+    drv = Driver(model=tiny_model, data=data_spec_dict("sst2", str(glue_dir), None, None, None, None, None), space="tiny",
+                 n_trials=10, study_name="allfail", storage=f"sqlite:///{tmp_path / 'a.db'}", executor="inline",
+                 max_failures=3, fidelity=dict(n_train=32, n_eval=32, epochs=1, max_length=24, batch_size=16),
+                 fault=lambda n: "raise")
+    with pytest.raises(TrialsFailing, match="3 trials failed in a row; last reason: RuntimeError: injected fault"):
+        drv.run()
+    assert len(drv.study.get_trials(states=(TrialState.FAIL,))) == 3
+
+
+def test_trial_timeout(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
+    from autopeft.study import Driver, data_spec_dict
+
+    drv = Driver(model=tiny_model, data=data_spec_dict("sst2", str(glue_dir), None, None, None, None, None), space="tiny",
+                 n_trials=2, study_name="to", storage=f"sqlite:///{tmp_path / 't.db'}", executor="local", workers=1,
+                 trial_timeout=3.0, fidelity=dict(n_train=32, n_eval=32, epochs=1, max_length=24, batch_size=16),
+                 fault=lambda n: "sleep:30" if n == 0 else None)
+    t0 = time.monotonic()
+    res = drv.run()
+    assert time.monotonic() - t0 < 60
+    t = res.study.trials[0]
+    assert t.state == TrialState.FAIL and "exceeded the per-trial timeout of 3 s" in t.user_attrs["reason"]
+
+
+def test_incompatible_study_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    s = optuna.create_study(study_name="old", storage=url)
+    s.set_user_attr("autopeft_schema", 99)
+    assert main(["show", "--study", "old", "--storage", url]) == 2
+    assert "schema 99" in capsys.readouterr().err
+    s2 = optuna.create_study(study_name="broken", storage=url)
+    s2.set_user_attr("autopeft_schema", 1)
+    assert main(["show", "--study", "broken", "--storage", url]) == 2
+    assert "lacks the attribute 'model'" in capsys.readouterr().err
+    plain = optuna.create_study(study_name="plain", storage=url)
+    assert main(["best", "--study", "plain", "--storage", url]) == 2
+    assert "not written by autopeft" in capsys.readouterr().err
