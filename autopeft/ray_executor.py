@@ -11,6 +11,7 @@ recorded failed with the reason; the search goes on.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -26,7 +27,8 @@ def _trainable(config: dict[str, Any]) -> None:
 
     spec = TrialSpec(**config["spec"])
     res = run_trial(spec)
-    tune.report({"autopeft_result": res.to_dict(), "score": res.score if res.score is not None else float("nan")})
+    # one JSON string: Tune flattens nested dicts in results
+    tune.report({"autopeft_result": json.dumps(res.to_dict()), "score": res.score if res.score is not None else float("nan")})
 
 
 def _searcher_class() -> type:
@@ -58,7 +60,7 @@ def _searcher_class() -> type:
             if number is None or number not in self.driver.pending:
                 return
             if result is not None and "autopeft_result" in result and not error:
-                res = TrialResult.from_dict(result["autopeft_result"])
+                res = TrialResult.from_dict(json.loads(result["autopeft_result"]))
             else:
                 started = self.driver.pending[number][2]
                 res = TrialResult(number, FAILED, wall_s=time.monotonic() - started,

@@ -66,7 +66,7 @@ ADVERSARIAL = [
 ]
 
 
-@pytest.mark.parametrize("text", ADVERSARIAL)
+@pytest.mark.parametrize("text", ADVERSARIAL, ids=[f"adv{i}" for i in range(len(ADVERSARIAL))])
 def test_adversarial_yaml(tmp_path: Path, text: str) -> None:
     p = tmp_path / "s.yaml"
     p.write_text(text, encoding="utf-8", errors="surrogateescape")

@@ -130,7 +130,7 @@ def test_dashboard_serves_the_study(study: tuple[str, str]) -> None:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{ours[0]['study_id']}?after=0", timeout=5) as r:
             detail = json.loads(r.read())
         assert len(detail["trials"]) == n
-        assert "score" in " ".join(detail.get("metric_names") or [])
+        assert detail["objective_names"] == ["score (accuracy)", "trainable params", "memory (MiB)"]
     finally:
         proc.terminate()
         proc.wait(10)
