@@ -1,5 +1,10 @@
-"""Task data: local JSONL/CSV/TSV files, task directories (the GLUE copy reads with no options) or HF
-``datasets`` names; label mapping, metric choice, and the seeded held-out search split."""
+"""Task data for the search: local JSONL/CSV/TSV files, task folders (``<data_dir>/<task>/train.jsonl``,
+so the GLUE copy reads with no options) or Hugging Face ``datasets`` names; text/label column inference,
+label ids, the metric choice, the seeded held-out search split, and the metrics themselves.
+
+Every problem a user can cause raises :class:`~autopeft.errors.DataError` with a one-line message that
+names the file/field and says what to do.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,9 @@ import csv
 import functools
 import json
 import os
-from dataclasses import dataclass
+import re
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -15,78 +22,241 @@ import numpy as np
 
 from autopeft.errors import DataError
 
+__all__ = ["METRICS", "TASK_METRICS", "DataSpec", "TaskData", "load_task", "search_split", "compute_metric",
+           "chance_score", "choose_metric", "read_rows", "clear_cache"]
+
 METRICS: tuple[str, ...] = ("accuracy", "f1", "matthews", "macro_f1")
-TASK_METRICS = {"sst2": "accuracy", "rte": "accuracy", "qnli": "accuracy", "wnli": "accuracy", "mnli": "accuracy",
-                "mrpc": "f1", "qqp": "f1", "cola": "matthews"}
-_PAIRS = (("sentence1", "sentence2"), ("question", "sentence"), ("premise", "hypothesis"), ("question1", "question2"),
-          ("question", "passage"))
-_SINGLE = ("sentence", "text", "review", "content", "document")
-_LABELS = ("label", "labels", "target", "class", "y")
-_EXTS = (".jsonl", ".json", ".csv", ".tsv")
+# The metric GLUE reports for a task (MRPC/QQP: F1 of the positive class; CoLA: Matthews correlation).
+TASK_METRICS: dict[str, str] = {"sst2": "accuracy", "rte": "accuracy", "qnli": "accuracy", "wnli": "accuracy",
+                                "mnli": "accuracy", "mrpc": "f1", "qqp": "f1", "cola": "matthews"}
+_PAIRS: tuple[tuple[str, str], ...] = (("sentence1", "sentence2"), ("question", "sentence"), ("premise", "hypothesis"),
+                                       ("question1", "question2"), ("question", "passage"))
+_SINGLE: tuple[str, ...] = ("sentence", "text", "review", "content", "document")
+_LABELS: tuple[str, ...] = ("label", "labels", "target", "class", "category", "y")
+_ID_COLUMNS: frozenset[str] = frozenset({"id", "idx", "guid", "index", "uid", "uuid"})
+_EXTS: tuple[str, ...] = (".jsonl", ".json", ".csv", ".tsv")
+_MINORITY = 0.40  # binary tasks whose minority class is rarer than this are scored with Matthews correlation
+_FLOAT_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long documents exceed the csv module's 128 KiB default
 
 
+# ----------------------------------------------------------------------------- public types
 @dataclass(frozen=True)
 class DataSpec:
-    task: str | None = None
-    data_dir: str | None = None
-    train_file: str | None = None
+    """Where the task's data comes from; JSON-friendly (``DataSpec(**asdict(spec)) == spec``, also after a JSON
+    round trip, which turns ``text_columns`` into a list)."""
+
+    task: str | None = None  # <data_dir>/<task>/train.*, else a HF datasets name ("glue/sst2", "imdb")
+    data_dir: str | None = None  # default: $AUTOPEFT_DATA_DIR
+    train_file: str | None = None  # a local .jsonl/.json/.csv/.tsv file; overrides the task lookup
     validation_file: str | None = None
-    text_columns: tuple[str, ...] | None = None
-    label_column: str | None = None
-    metric: str | None = None
+    text_columns: tuple[str, ...] | None = None  # inferred when None
+    label_column: str | None = None  # inferred when None
+    metric: str | None = None  # one of METRICS; chosen from the task and labels when None
+
+    def __post_init__(self) -> None:
+        for name in ("task", "data_dir", "train_file", "validation_file", "label_column", "metric"):
+            v = getattr(self, name)
+            if isinstance(v, os.PathLike):
+                object.__setattr__(self, name, os.fspath(v))
+            elif v is not None and not isinstance(v, str):
+                raise DataError(f"data setting {name} must be a string, got {type(v).__name__} {v!r}")
+            elif v == "":
+                object.__setattr__(self, name, None)
+        tc: Any = self.text_columns
+        if tc is not None:
+            if isinstance(tc, str):
+                tc = tuple(c.strip() for c in tc.split(",") if c.strip())
+            elif isinstance(tc, (list, tuple)):
+                tc = tuple(tc)
+            else:
+                raise DataError(f"text_columns must be a list of column names, got {type(tc).__name__} {tc!r}")
+            if not 1 <= len(tc) <= 2 or not all(isinstance(c, str) and c for c in tc):
+                raise DataError(f"text_columns must name one or two columns (e.g. sentence or sentence1,sentence2), got {tc!r}")
+            object.__setattr__(self, "text_columns", tc)
 
 
 @dataclass
 class TaskData:
-    name: str
+    """A loaded classification task.  Shared by the load cache: treat it as read-only."""
+
+    name: str  # task name ("sst2"), else the train file's stem (or its folder's name for train.jsonl)
     text_columns: tuple[str, ...]
     label_column: str
-    train_texts: list[tuple[str, ...]]
-    train_labels: list[int]
-    validation_texts: list[tuple[str, ...]] | None
-    validation_labels: list[int] | None
+    train_texts: list[tuple[str, ...]] = field(repr=False)
+    train_labels: list[int] = field(repr=False)
+    validation_texts: list[tuple[str, ...]] | None = field(repr=False)
+    validation_labels: list[int] | None = field(repr=False)
     num_labels: int
-    label_names: list[str]
-    metric: str
-    metric_reason: str
+    label_names: list[str]  # label values as strings, in id order
+    metric: str  # one of METRICS
+    metric_reason: str  # why this metric: "by task name mrpc", "binary, minority class 31.5% < 40%", ...
 
 
-# ----------------------------------------------------------------------------- reading
-def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL/JSON-lines, CSV or TSV file."""
-    p = Path(path)
+# ----------------------------------------------------------------------------- reading files
+@dataclass
+class _Table:
+    rows: list[dict[str, Any]]
+    lines: list[int]  # 1-based line (or item) number of each row, for messages
+    where: str  # the file path or hub name, for messages
+    columns: list[str]
+    class_names: dict[str, list[str]] = field(default_factory=dict)  # HF ClassLabel names per column
+
+
+def read_rows(path: str | Path, role: str = "data") -> list[dict[str, Any]]:
+    """Rows of a JSON-lines (``.jsonl``/``.json``), CSV or TSV file, as dicts."""
+    return _read_table(Path(path), role).rows
+
+
+def _read_table(p: Path, role: str) -> _Table:
+    if not p.exists():
+        raise DataError(f"{role} file not found: {p}")
     if not p.is_file():
-        raise DataError(f"data file not found: {p}")
+        raise DataError(f"{role} file {p} is not a file; pass a .jsonl, .csv or .tsv file")
     ext = p.suffix.lower()
     if ext not in _EXTS:
-        raise DataError(f"cannot read {p}: use a .jsonl, .csv or .tsv file")
-    rows: list[dict[str, Any]] = []
+        raise DataError(f"{role} file {p} has an unsupported extension {p.suffix or '(none)'!r}; use .jsonl, .json, .csv or .tsv")
     try:
-        with open(p, encoding="utf-8", newline="") as f:
-            if ext in (".jsonl", ".json"):
-                for i, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise DataError(f"{p}: line {i} is not valid JSON ({exc.msg}); expected one JSON object per line") from None
-                    if not isinstance(obj, dict):
-                        raise DataError(f"{p}: line {i} is not a JSON object")
-                    rows.append(obj)
-            else:
-                reader = csv.DictReader(f, delimiter="\t" if ext == ".tsv" else ",")
-                for row in reader:
-                    if None in row:
-                        raise DataError(f"{p}: line {reader.line_num} has more fields than the header")
-                    rows.append(row)
-    except UnicodeDecodeError:
-        raise DataError(f"{p} is not UTF-8 text") from None
-    except csv.Error as exc:
-        raise DataError(f"{p}: {exc}") from None
+        with open(p, encoding="utf-8-sig", newline="") as f:
+            text = f.read()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{role} file {p} is not UTF-8 text (byte {exc.start}); re-save it as UTF-8") from None
+    except OSError as exc:
+        raise DataError(f"cannot read {role} file {p}: {exc.strerror or exc}") from None
+    if not text.strip():
+        raise DataError(f"{role} file {p} is empty; it needs at least one row")
+    if ext in (".jsonl", ".json"):
+        rows, lines = _parse_json(text, p, role, ext)
+    else:
+        rows, lines = _parse_delimited(text, p, role, "\t" if ext == ".tsv" else ",")
     if not rows:
-        raise DataError(f"{p} has no rows")
-    return rows
+        raise DataError(f"{role} file {p} has a header but no rows")
+    columns: dict[str, None] = {}
+    for r in rows:
+        if len(r) != len(columns) or any(k not in columns for k in r):
+            columns.update(dict.fromkeys(r))
+    return _Table(rows, lines, str(p), list(columns))
+
+
+def _parse_json(text: str, p: Path, role: str, ext: str) -> tuple[list[dict[str, Any]], list[int]]:
+    if ext == ".json" and text.lstrip().startswith("["):  # a whole-file JSON array of objects
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{role} file {p}: line {exc.lineno} is not valid JSON ({exc.msg})") from None
+        rows = []
+        for i, obj in enumerate(data, 1):
+            if not isinstance(obj, dict):
+                raise DataError(f"{role} file {p}: item {i} of the JSON array is not an object")
+            rows.append(obj)
+        return rows, list(range(1, len(rows) + 1))
+    rows, lines = [], []
+    loads = json.loads
+    for i, line in enumerate(text.split("\n"), 1):
+        try:
+            obj = loads(line)
+        except json.JSONDecodeError as exc:
+            if not line.strip():
+                continue
+            raise DataError(f"{role} file {p}: line {i} is not valid JSON ({exc.msg}); expected one JSON object per line") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{role} file {p}: line {i} is not a JSON object; expected one object per line")
+        rows.append(obj)
+        lines.append(i)
+    return rows, lines
+
+
+def _parse_delimited(text: str, p: Path, role: str, delim: str) -> tuple[list[dict[str, Any]], list[int]]:
+    def parse(quoting: int) -> tuple[list[str], list[dict[str, Any]], list[int], int | None]:
+        reader = csv.reader(text.splitlines(keepends=True), delimiter=delim, quoting=quoting)
+        try:
+            header = next(reader)
+        except StopIteration:
+            return [], [], [], None
+        header = [h.strip() for h in header]
+        rows, lines, bad = [], [], None
+        for rec in reader:
+            if not rec or (len(rec) == 1 and not rec[0].strip()):
+                continue
+            if len(rec) > len(header) and bad is None:
+                bad = reader.line_num
+            rows.append(dict(zip(header, rec)))
+            lines.append(reader.line_num)
+        return header, rows, lines, bad
+
+    try:
+        header, rows, lines, bad = parse(csv.QUOTE_MINIMAL)
+        if delim == "\t" and (bad is not None or len(rows) < sum(1 for ln in text.splitlines()[1:] if ln.strip())):
+            # GLUE-style TSV: quotes are literal characters (a sentence starting with '"' would swallow lines)
+            h2, r2, l2, bad2 = parse(csv.QUOTE_NONE)
+            if bad2 is None:
+                header, rows, lines, bad = h2, r2, l2, None
+    except csv.Error as exc:
+        raise DataError(f"{role} file {p}: {exc}; check the quoting") from None
+    if not header or not any(header):
+        raise DataError(f"{role} file {p} has no header line; the first line must name the columns")
+    if bad is not None:
+        raise DataError(f"{role} file {p}: line {bad} has more fields than the header ({len(header)}); quote fields that contain '{delim}'")
+    return rows, lines
+
+
+def _load_hub(task: str) -> tuple[_Table, _Table | None]:
+    """``task`` from the Hugging Face hub: "glue/sst2" -> load_dataset("nyu-mll/glue", "sst2"), "owner/name/config"
+    -> load_dataset("owner/name", "config"), anything else -> load_dataset(task).  Raises DataError(short reason)."""
+    parts = [s for s in task.split("/") if s]
+    args: tuple[str, ...]
+    if len(parts) == 2 and parts[0] in ("glue", "super_glue"):
+        args = ("nyu-mll/glue" if parts[0] == "glue" else parts[0], parts[1])
+    elif len(parts) == 3:
+        args = ("/".join(parts[:2]), parts[2])
+    else:
+        args = (task,)
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(*args)
+        if "train" not in ds:
+            raise DataError(f"it has no 'train' split (splits: {', '.join(ds)})")
+        val_name = next((s for s in ("validation", "dev") if s in ds), None)
+        val_name = val_name or next((s for s in sorted(ds) if s.startswith("validation")), None)
+        val_name = val_name or ("test" if "test" in ds else None)
+        features = ds["train"].features
+        names = {c: list(f.names) for c, f in features.items() if isinstance(f, datasets.ClassLabel)}
+        tables = []
+        for split in ("train", val_name):
+            if split is None:
+                continue
+            rows = ds[split].to_list()
+            if names:  # ClassLabel -1 marks an unlabelled row (e.g. GLUE test splits)
+                rows = [r for r in rows if all(r.get(c) != -1 for c in names)]
+            tables.append(_Table(rows, list(range(1, len(rows) + 1)), f"{task} ({split} split)",
+                                 list(features), names) if rows else None)
+    except DataError:
+        raise
+    except Exception as exc:  # the hub client raises many types (offline, not found, gated, ...)
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise DataError(f"{type(exc).__name__}: {first}" if first else type(exc).__name__) from None
+    if tables[0] is None:
+        raise DataError("its train split has no labelled rows")
+    return tables[0], (tables[1] if len(tables) > 1 else None)
+
+
+# ----------------------------------------------------------------------------- resolving a spec
+@dataclass(frozen=True)
+class _Source:
+    name: str
+    train: tuple[str, int, int] | None  # (path, mtime_ns, size): file changes invalidate the cache
+    validation: tuple[str, int, int] | None
+    hub: str | None = None
+
+
+def _sig(path: Path) -> tuple[str, int, int]:
+    try:
+        st = path.stat()
+    except OSError:
+        return (str(path), 0, 0)  # _read_table reports the missing file
+    return (str(path), st.st_mtime_ns, st.st_size)
 
 
 def _find(directory: Path, stems: Sequence[str]) -> Path | None:
@@ -97,153 +267,270 @@ def _find(directory: Path, stems: Sequence[str]) -> Path | None:
     return None
 
 
-def _infer_text_columns(cols: Sequence[str], label: str, rows: list[dict[str, Any]], where: str) -> tuple[str, ...]:
+def _task_dir(d: Path) -> tuple[Path, Path | None]:
+    tr = _find(d, ("train",))
+    if tr is None:
+        found = ", ".join(sorted(x.name for x in d.iterdir())[:10]) or "nothing"
+        raise DataError(f"task folder {d} has no train.jsonl, train.csv or train.tsv (found: {found}); add one or pass --train-file")
+    return tr, _find(d, ("validation", "dev"))
+
+
+def _file_name(path: Path) -> str:
+    if path.stem.lower() in ("train", "training") and path.parent.name:
+        return path.parent.name  # .../mrpc/train.jsonl is task "mrpc"
+    return path.stem
+
+
+def _resolve(spec: DataSpec) -> _Source:
+    val = Path(spec.validation_file).expanduser() if spec.validation_file else None
+    if spec.train_file:
+        tr = Path(spec.train_file).expanduser()
+        name = spec.task.rstrip("/").split("/")[-1] if spec.task else _file_name(tr)
+        return _Source(name, _sig(tr), _sig(val) if val else None)
+    if not spec.task:
+        raise DataError("no data given: pass --task (a folder under --data-dir, or a Hugging Face datasets name) or --train-file")
+    task = spec.task
+    from_env = spec.data_dir is None
+    data_dir = spec.data_dir if spec.data_dir is not None else os.environ.get("AUTOPEFT_DATA_DIR") or None
+    name = task.rstrip("/").split("/")[-1] or task
+    if data_dir:
+        root = Path(data_dir).expanduser()
+        if not root.is_dir():
+            how = "$AUTOPEFT_DATA_DIR" if from_env else "--data-dir"
+            raise DataError(f"data dir not found: {root} (from {how}); point it at the folder that holds <task>/train.jsonl")
+        d = root / task
+        if d.is_dir():
+            tr, va = _task_dir(d)
+            return _Source(name, _sig(tr), _sig(val or va) if (val or va) else None)
+    local = Path(task).expanduser()
+    if ("/" in task or os.sep in task or task.startswith(".")) and local.is_dir() and _find(local, ("train",)):
+        tr, va = _task_dir(local)  # --task given as a folder path
+        return _Source(local.resolve().name, _sig(tr), _sig(val or va) if (val or va) else None)
+    return _Source(name, None, _sig(val) if val else None, hub=task)
+
+
+# ----------------------------------------------------------------------------- labels and metric
+def _norm_label(v: Any, where: str, line: int, column: str) -> Any:
+    """A hashable, comparable label value: ints (also from "3" / 3.0), bools, or strings."""
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float):
+        if v.is_integer():
+            return int(v)
+        raise DataError(f"{where}: line {line}: label column {column!r} holds the number {v}; autopeft does "
+                        "classification only, so labels must be classes (ints or strings)")
+    if isinstance(v, str):
+        s = v.strip()
+        if not s:
+            raise DataError(f"{where}: line {line} has no value in label column {column!r}; every row needs a label")
+        if s.lstrip("+-").isdigit():
+            return int(s)
+        if _FLOAT_RE.fullmatch(s):
+            return _norm_label(float(s), where, line, column)
+        return s
+    if v is None:
+        raise DataError(f"{where}: line {line} has no value in label column {column!r}; every row needs a label")
+    raise DataError(f"{where}: line {line}: label column {column!r} holds a {type(v).__name__} ({str(v)[:40]}); "
+                    "autopeft does single-label classification, so each label must be one int or string")
+
+
+def _label_map(values: Sequence[Any]) -> dict[Any, int]:
+    """Ints 0..K-1 keep their ids (GLUE convention); anything else gets ids by sorted unique value."""
+    uniq = set(values)
+    if all(type(v) is int for v in uniq) and uniq == set(range(len(uniq))):
+        return {v: v for v in sorted(uniq)}
+    order = sorted(uniq, key=lambda v: (isinstance(v, str), v if not isinstance(v, str) else 0, str(v)))
+    return {v: i for i, v in enumerate(order)}
+
+
+def choose_metric(task: str, labels: Sequence[int], num_labels: int, override: str | None) -> tuple[str, str]:
+    """(metric, reason): the override, else GLUE's metric by task name, else from the label distribution."""
+    if override is not None:
+        if override not in METRICS:
+            raise DataError(f"unknown metric {override!r}; choose one of {', '.join(METRICS)}")
+        return override, "--metric override"
+    key = task.lower().replace("-", "").replace("_", "")
+    if key in TASK_METRICS:
+        return TASK_METRICS[key], f"by task name {key}"
+    if num_labels >= 3:
+        return "macro_f1", f"{num_labels} classes"
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=2)
+    share = float(counts.min() / counts.sum())
+    if share < _MINORITY:
+        return "matthews", f"binary, minority class {share:.1%} < {_MINORITY:.0%}"
+    return "accuracy", f"binary, minority class {share:.1%} >= {_MINORITY:.0%}"
+
+
+# ----------------------------------------------------------------------------- building TaskData
+def _infer_label(t: _Table) -> str:
+    found = next((c for c in _LABELS if c in t.columns), None)
+    if found is None:
+        lower = {c.lower(): c for c in t.columns}
+        found = next((lower[c] for c in _LABELS if c in lower), None)
+    if found is None:
+        raise DataError(f"{t.where}: no label column found (columns: {', '.join(t.columns)}); pass --label-column")
+    return found
+
+
+def _infer_text_columns(t: _Table, label: str) -> tuple[str, ...]:
+    cols = t.columns
     for a, b in _PAIRS:
         if a in cols and b in cols:
             return (a, b)
     for c in _SINGLE:
         if c in cols:
             return (c,)
-    strs = [c for c in cols if c != label and isinstance(rows[0].get(c), str) and c not in ("idx", "id")]
+    sample = t.rows[:200]
+
+    def is_text(c: str) -> bool:
+        vals = [r.get(c) for r in sample if r.get(c) not in (None, "")]
+        return bool(vals) and all(isinstance(v, str) and not _FLOAT_RE.fullmatch(v.strip()) for v in vals)
+
+    strs = [c for c in cols if c != label and c.lower() not in _ID_COLUMNS and is_text(c)]
     if strs:
         return tuple(strs[:2])
-    raise DataError(f"{where}: cannot tell which columns hold the text (columns: {', '.join(cols)}); pass --text-columns")
+    raise DataError(f"{t.where}: cannot tell which columns hold the text (columns: {', '.join(cols)}); "
+                    "pass --text-columns (e.g. --text-columns sentence1,sentence2)")
 
 
-def _load_hub(task: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+def _as_text(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, list):
+        return " ".join(_as_text(x) for x in v)
+    return str(v).rstrip()
+
+
+def _texts(t: _Table, cols: tuple[str, ...]) -> list[tuple[str, ...]]:
+    out: list[tuple[str, ...]] = []
+    append = out.append
     try:
-        import datasets
-
-        parts = task.split("/")
-        if len(parts) == 2 and parts[0] in ("glue", "super_glue"):
-            ds = datasets.load_dataset(parts[0], parts[1])
+        if len(cols) == 1:
+            (a,) = cols
+            for r in t.rows:
+                x = r[a]
+                append((x.rstrip() if type(x) is str else _as_text(x),))
         else:
-            ds = datasets.load_dataset(task)
-    except Exception as exc:  # the hub client raises many types (offline, not found, ...)
-        msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise DataError(msg) from None
-    train = [dict(r) for r in ds["train"]]
-    val_split = "validation" if "validation" in ds else ("test" if "test" in ds else None)
-    val = [dict(r) for r in ds[val_split]] if val_split else None
-    return train, val
+            for r in t.rows:
+                append(tuple(r[c].rstrip() if type(r[c]) is str else _as_text(r[c]) for c in cols))
+    except KeyError as exc:
+        i = len(out)
+        raise DataError(f"{t.where}: line {t.lines[i]} has no column {exc.args[0]!r}; every row needs the text columns "
+                        f"{', '.join(cols)}") from None
+    return out
 
 
-def _task_files(spec: DataSpec) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]] | None, str]:
-    if spec.train_file:
-        train = read_rows(spec.train_file)
-        val = read_rows(spec.validation_file) if spec.validation_file else None
-        return Path(spec.train_file).stem, train, val, str(spec.train_file)
-    if not spec.task:
-        raise DataError("no data: pass --task (e.g. sst2 with --data-dir) or --train-file")
-    data_dir = spec.data_dir or os.environ.get("AUTOPEFT_DATA_DIR")
-    if data_dir:
-        d = Path(data_dir) / spec.task
-        if d.is_dir():
-            tr = _find(d, ("train",))
-            if tr is None:
-                raise DataError(f"task directory {d} has no train.jsonl, train.csv or train.tsv")
-            va = _find(d, ("validation", "dev"))
-            return spec.task, read_rows(tr), read_rows(va) if va else None, str(tr)
-    if data_dir and not Path(data_dir).is_dir():
-        raise DataError(f"data dir not found: {data_dir}; pass --data-dir pointing at a folder of task folders")
-    try:
-        train, val = _load_hub(spec.task)
-    except DataError as exc:
-        where = f"in data dir {data_dir} (looked for {Path(data_dir) / spec.task}/train.jsonl)" if data_dir else "locally (no --data-dir or $AUTOPEFT_DATA_DIR given)"
-        raise DataError(f"task {spec.task!r} not found {where} and could not be loaded from the Hugging Face hub: {exc}; "
-                        "pass --data-dir or --train-file") from None
-    return spec.task.split("/")[-1], train, val, spec.task
+def _raw_labels(t: _Table, label: str) -> list[Any]:
+    out = []
+    for r, line in zip(t.rows, t.lines):
+        if label not in r:
+            raise DataError(f"{t.where}: line {line} has no label column {label!r}; every row needs a label")
+        out.append(_norm_label(r[label], t.where, line, label))
+    return out
 
 
-def _label_map(values: Sequence[Any]) -> dict[Any, int]:
-    uniq = set(values)
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in uniq) and uniq == set(range(len(uniq))):
-        return {v: v for v in uniq}
-    ints = all(isinstance(v, str) and v.strip().lstrip("-").isdigit() for v in uniq)
-    if ints:
-        conv = sorted(uniq, key=lambda v: int(v))
-        if [int(v) for v in conv] == list(range(len(conv))):
-            return {v: int(v) for v in conv}
-        return {v: i for i, v in enumerate(conv)}
-    return {v: i for i, v in enumerate(sorted(uniq, key=str))}
+def _build(spec: DataSpec, src: _Source, train: _Table, val: _Table | None) -> TaskData:
+    if spec.label_column is not None:
+        label = spec.label_column
+        if label not in train.columns:
+            raise DataError(f"{train.where}: label column {label!r} not found (columns: {', '.join(train.columns)}); "
+                            "pass --label-column with one of them")
+    else:
+        label = _infer_label(train)
+    if spec.text_columns is not None:
+        text_cols = spec.text_columns
+        for c in text_cols:
+            if c not in train.columns:
+                raise DataError(f"{train.where}: text column {c!r} not found (columns: {', '.join(train.columns)}); "
+                                "pass --text-columns with one or two of them")
+        if label in text_cols:
+            raise DataError(f"label column {label!r} is also a text column; pass --text-columns without it")
+    else:
+        text_cols = _infer_text_columns(train, label)
 
-
-def choose_metric(task: str, labels: Sequence[int], num_labels: int, override: str | None) -> tuple[str, str]:
-    if override is not None:
-        if override not in METRICS:
-            raise DataError(f"unknown metric {override!r}; choose one of {', '.join(METRICS)}")
-        return override, "--metric override"
-    if task.lower() in TASK_METRICS:
-        return TASK_METRICS[task.lower()], f"by task name {task.lower()}"
-    if num_labels >= 3:
-        return "macro_f1", f"{num_labels} classes"
-    counts = np.bincount(np.asarray(labels), minlength=2)
-    share = counts.min() / counts.sum()
-    if share < 0.4:
-        return "matthews", f"binary, minority class {share:.1%} < 40%"
-    return "accuracy", f"binary, minority class {share:.1%} >= 40%"
+    tr_raw = _raw_labels(train, label)
+    mapping = _label_map(tr_raw)
+    if len(mapping) < 2:
+        raise DataError(f"{train.where}: label column {label!r} has a single value ({next(iter(mapping))!r}); "
+                        "a classification task needs at least 2 labels")
+    tr_labels = [mapping[v] for v in tr_raw]
+    va_texts: list[tuple[str, ...]] | None = None
+    va_labels: list[int] | None = None
+    if val is not None:
+        missing = [c for c in (label, *text_cols) if c not in val.columns]
+        if missing:
+            raise DataError(f"{val.where}: column {missing[0]!r} not found (columns: {', '.join(val.columns)}); "
+                            "the validation data needs the same columns as the train data")
+        va_raw = _raw_labels(val, label)
+        by_str = {str(k): v for k, v in mapping.items()}
+        va_labels = []
+        for v, line in zip(va_raw, val.lines):
+            i = mapping.get(v)
+            if i is None:
+                i = by_str.get(str(v))
+            if i is None:
+                known = ", ".join(str(k) for k in list(mapping)[:10])
+                raise DataError(f"{val.where}: line {line}: label {v!r} does not occur in the train data (labels: {known}); "
+                                "fix the label or add train rows with it")
+            va_labels.append(i)
+        va_texts = _texts(val, text_cols)
+    names = [str(k) for k in sorted(mapping, key=mapping.__getitem__)]
+    cls = train.class_names.get(label)
+    if cls and all(type(k) is int and k == i for k, i in mapping.items()) and len(cls) >= len(mapping):
+        names = [cls[i] for i in range(len(mapping))]
+    metric, reason = choose_metric(src.name, tr_labels, len(mapping), spec.metric)
+    return TaskData(src.name, tuple(text_cols), label, _texts(train, text_cols), tr_labels, va_texts, va_labels,
+                    len(mapping), names, metric, reason)
 
 
 @functools.lru_cache(maxsize=8)
+def _load_cached(spec: DataSpec, src: _Source) -> TaskData:
+    val = _read_table(Path(src.validation[0]), "validation") if src.validation else None
+    if src.hub is not None:
+        try:
+            train, hub_val = _load_hub(src.hub)
+        except DataError as exc:
+            data_dir = spec.data_dir or os.environ.get("AUTOPEFT_DATA_DIR")
+            where = (f"in data dir {data_dir} (looked for {Path(data_dir) / src.hub}/train.jsonl)" if data_dir
+                     else "locally (no --data-dir or $AUTOPEFT_DATA_DIR set)")
+            raise DataError(f"task {src.hub!r} not found {where} and could not be loaded from the Hugging Face hub: "
+                            f"{exc}; pass --data-dir or --train-file") from None
+        val = val if val is not None else hub_val
+    else:
+        assert src.train is not None
+        train = _read_table(Path(src.train[0]), "train")
+    return _build(spec, src, train, val)
+
+
 def load_task(spec: DataSpec) -> TaskData:
-    name, train, val, where = _task_files(spec)
-    cols = list(train[0].keys())
-    label = spec.label_column
-    if label is None:
-        label = next((c for c in _LABELS if c in cols), None)
-        if label is None:
-            raise DataError(f"{where}: no label column found (columns: {', '.join(cols)}); pass --label-column")
-    elif label not in cols:
-        raise DataError(f"{where}: label column {label!r} not found (columns: {', '.join(cols)}); pass --label-column")
-    text_cols = tuple(spec.text_columns) if spec.text_columns else _infer_text_columns(cols, label, train, where)
-    for c in text_cols:
-        if c not in cols:
-            raise DataError(f"{where}: text column {c!r} not found (columns: {', '.join(cols)}); pass --text-columns")
-
-    def texts(rows: list[dict[str, Any]], w: str) -> list[tuple[str, ...]]:
-        out = []
-        for i, r in enumerate(rows, 1):
-            try:
-                out.append(tuple(("" if r[c] is None else str(r[c])).rstrip() for c in text_cols))
-            except KeyError as exc:
-                raise DataError(f"{w}: row {i} has no column {exc.args[0]!r}") from None
-        return out
-
-    def raw_labels(rows: list[dict[str, Any]], w: str) -> list[Any]:
-        out = []
-        for i, r in enumerate(rows, 1):
-            if label not in r or r[label] is None or r[label] == "":
-                raise DataError(f"{w}: row {i} has no value in label column {label!r}")
-            out.append(r[label])
-        return out
-
-    tr_raw = raw_labels(train, where)
-    mapping = _label_map(tr_raw)
-    if len(mapping) < 2:
-        raise DataError(f"{where}: label column {label!r} has a single value; a classification task needs at least 2 labels")
-    tr_labels = [mapping[v] for v in tr_raw]
-    va_texts = va_labels = None
-    if val is not None:
-        vw = spec.validation_file or f"{name} validation"
-        if any(label not in r for r in val[:1]):
-            raise DataError(f"{vw}: label column {label!r} not found; the validation file needs the same columns")
-        va_raw = raw_labels(val, vw)
-        bad = [v for v in va_raw if v not in mapping]
-        if bad:
-            raise DataError(f"{vw}: label {bad[0]!r} does not occur in the training data")
-        va_texts, va_labels = texts(val, vw), [mapping[v] for v in va_raw]
-    names = [str(k) for k, _ in sorted(mapping.items(), key=lambda kv: kv[1])]
-    metric, reason = choose_metric(name, tr_labels, len(mapping), spec.metric)
-    return TaskData(name, text_cols, label, texts(train, where), tr_labels, va_texts, va_labels, len(mapping), names,
-                    metric, reason)
+    """Load a task, memoised per process by (spec, files' mtime/size): the same TaskData comes back, read-only."""
+    if not isinstance(spec, DataSpec):
+        raise DataError(f"load_task needs a DataSpec, got {type(spec).__name__}")
+    if spec.metric is not None and spec.metric not in METRICS:  # fail before reading anything
+        raise DataError(f"unknown metric {spec.metric!r}; choose one of {', '.join(METRICS)}")
+    return _load_cached(spec, _resolve(spec))
 
 
-# ----------------------------------------------------------------------------- splits and metrics
+def clear_cache() -> None:
+    """Forget memoised tasks (e.g. after editing a file in place within the same mtime tick)."""
+    _load_cached.cache_clear()
+
+
+# ----------------------------------------------------------------------------- split and metrics
 def search_split(task: TaskData, n_train: int | None, n_eval: int, seed: int) -> tuple[list[int], list[int]]:
-    """Seeded held-out slice of the *training* rows: (search-train indices, search-eval indices)."""
+    """Seeded held-out slice of the *training* rows: (search-train indices, search-eval indices).
+
+    A ``numpy.random.default_rng(seed)`` permutation of the train rows: the first ``n_eval`` are the search-eval
+    slice, the next ``n_train`` (None: all the rest) the search-train subset.  Disjoint and deterministic."""
     n = len(task.train_labels)
+    if isinstance(n_eval, bool) or not isinstance(n_eval, (int, np.integer)) or n_eval < 0:
+        raise DataError(f"n_eval must be a non-negative integer, got {n_eval!r}")
     if n_eval >= n:
-        raise DataError(f"--n-eval {n_eval} must be smaller than the {n} training rows")
+        raise DataError(f"n_eval {n_eval} must be smaller than the {n} training rows of {task.name}; lower --n-eval")
+    if n_train is not None and (isinstance(n_train, bool) or not isinstance(n_train, (int, np.integer)) or n_train < 1):
+        raise DataError(f"n_train must be a positive integer or None (all remaining rows), got {n_train!r}")
     perm = np.random.default_rng(seed).permutation(n)
     ev = perm[:n_eval].tolist()
     rest = perm[n_eval:]
@@ -251,34 +538,46 @@ def search_split(task: TaskData, n_train: int | None, n_eval: int, seed: int) ->
     return tr, ev
 
 
+def _check(metric: str) -> None:
+    if metric not in METRICS:
+        raise DataError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+
+
 def compute_metric(metric: str, preds: Sequence[int], labels: Sequence[int]) -> float:
-    p, y = np.asarray(preds), np.asarray(labels)
+    """accuracy; f1 of the positive class (id 1); matthews (multiclass MCC); macro_f1 over the classes present in
+    labels or predictions.  Ill-defined values are 0.0, as in scikit-learn."""
+    _check(metric)
+    p, y = np.asarray(preds, dtype=np.int64).ravel(), np.asarray(labels, dtype=np.int64).ravel()
+    if len(p) != len(y):
+        raise DataError(f"cannot score {len(p)} predictions against {len(y)} labels; they must have the same length")
     if len(y) == 0:
-        raise DataError("cannot score an empty evaluation set")
+        raise DataError("cannot score an empty evaluation set; use a larger --n-eval")
     if metric == "accuracy":
         return float((p == y).mean())
     if metric == "f1":
         return _f1(p, y, 1)
     if metric == "macro_f1":
-        return float(np.mean([_f1(p, y, c) for c in np.unique(y)]))
-    if metric == "matthews":
-        classes = np.union1d(np.unique(y), np.unique(p))
-        C = np.array([[np.sum((y == a) & (p == b)) for b in classes] for a in classes], dtype=float)
-        t, pk, c, s = C.sum(1), C.sum(0), np.trace(C), C.sum()
-        den = np.sqrt((s * s - pk @ pk) * (s * s - t @ t))
-        return float((c * s - t @ pk) / den) if den > 0 else 0.0
-    raise DataError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+        return float(np.mean([_f1(p, y, int(c)) for c in np.union1d(y, p)]))
+    classes, inv = np.unique(np.concatenate([y, p]), return_inverse=True)  # matthews
+    k = len(classes)
+    cm = np.bincount(inv[:len(y)] * k + inv[len(y):], minlength=k * k).reshape(k, k).astype(np.float64)
+    t, pk, c, s = cm.sum(1), cm.sum(0), np.trace(cm), cm.sum()
+    den = np.sqrt((s * s - pk @ pk) * (s * s - t @ t))
+    return float((c * s - t @ pk) / den) if den > 0 else 0.0
 
 
 def _f1(p: np.ndarray, y: np.ndarray, c: int) -> float:
-    tp = np.sum((p == c) & (y == c))
-    fp = np.sum((p == c) & (y != c))
-    fn = np.sum((p != c) & (y == c))
-    return float(2 * tp / (2 * tp + fp + fn)) if tp > 0 else 0.0
+    tp = int(np.sum((p == c) & (y == c)))
+    fp = int(np.sum((p == c) & (y != c)))
+    fn = int(np.sum((p != c) & (y == c)))
+    return 2 * tp / (2 * tp + fp + fn) if tp > 0 else 0.0
 
 
 def chance_score(metric: str, labels: Sequence[int]) -> float:
-    """The metric of always predicting the majority label (the score's hypervolume reference)."""
-    y = np.asarray(labels)
-    major = int(np.bincount(y).argmax())
-    return compute_metric(metric, [major] * len(y), y)
+    """The metric of always predicting the majority label (ties: the smallest id); the hypervolume reference."""
+    _check(metric)
+    y = np.asarray(labels, dtype=np.int64).ravel()
+    if len(y) == 0:
+        raise DataError("cannot compute the chance score of an empty evaluation set; use a larger --n-eval")
+    major = int(np.bincount(y - y.min()).argmax() + y.min())
+    return compute_metric(metric, np.full(len(y), major), y)

@@ -92,6 +92,10 @@ def _worker_main(conn: Connection, threads: int) -> None:
             return
         if msg is None:
             return
+        try:
+            conn.send({"started": msg.get("trial_id")})  # the per-trial timeout runs from here
+        except (BrokenPipeError, OSError):
+            return
         res = run_trial(TrialSpec(**msg))
         try:
             conn.send(res.to_dict())
@@ -105,6 +109,7 @@ class _Slot:
     conn: Connection
     spec: TrialSpec | None = None
     started: float = 0.0
+    acked: bool = False
 
 
 class LocalExecutor(Executor):
@@ -154,7 +159,7 @@ class LocalExecutor(Executor):
                 self._replace(free)
                 self._queue.insert(0, spec)
                 continue
-            free.spec, free.started = spec, time.monotonic()
+            free.spec, free.started, free.acked = spec, time.monotonic(), False
 
     def _replace(self, slot: _Slot) -> None:
         self._kill(slot)
@@ -177,9 +182,13 @@ class LocalExecutor(Executor):
             for s in busy:
                 if s.conn in ready:
                     try:
-                        res = TrialResult.from_dict(s.conn.recv())
+                        msg = s.conn.recv()
                     except (EOFError, OSError):
-                        res = None
+                        msg = None
+                    if isinstance(msg, dict) and "started" in msg:
+                        s.started, s.acked = now, True
+                        continue
+                    res = TrialResult.from_dict(msg) if isinstance(msg, dict) else None
                     if res is not None:
                         self._done.append(res)
                         s.spec = None
@@ -189,7 +198,7 @@ class LocalExecutor(Executor):
                     self._done.append(TrialResult(s.spec.trial_id, FAILED, wall_s=now - s.started,
                                                   reason=f"worker process died (exit code {code})"))
                     self._replace(s)
-                elif self.trial_timeout is not None and now - s.started > self.trial_timeout:
+                elif self.trial_timeout is not None and s.acked and now - s.started > self.trial_timeout:
                     self._done.append(TrialResult(s.spec.trial_id, FAILED, wall_s=now - s.started,
                                                   reason=f"exceeded the per-trial timeout of {self.trial_timeout:g} s"))
                     self._replace(s)

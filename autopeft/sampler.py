@@ -126,6 +126,7 @@ class CostAwareEHVISampler(BaseSampler):
         self.max_memory = max_memory
         self.n_startup = n_startup_trials
         self.n_candidates = n_candidates
+        self._seed = 0 if seed is None else int(seed)
         self._rng = np.random.default_rng(seed)
         self._random = RandomSampler(seed=seed)
         self._plans: dict[int, dict[str, Any]] = {}
@@ -135,6 +136,7 @@ class CostAwareEHVISampler(BaseSampler):
 
     # ------------------------------------------------------------------ optuna interface
     def reseed_rng(self) -> None:
+        self._seed = int(np.random.SeedSequence().entropy % 2**31)
         self._rng = np.random.default_rng()
         self._random.reseed_rng()
 
@@ -147,6 +149,8 @@ class CostAwareEHVISampler(BaseSampler):
     def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution) -> Any:
         plan = self._plans.get(trial._trial_id)
         if plan is None:
+            # one stream per trial number: reproducible, and concurrent drivers on one study diverge
+            self._rng = np.random.default_rng([self._seed, trial.number])
             cand = self.propose(study)
             plan = self.space.optuna_params(cand)
             self._plans[trial._trial_id] = plan

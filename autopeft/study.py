@@ -349,10 +349,7 @@ class Driver:
         from autopeft.builder import count_params
 
         study = self.open() if self.study is None else self.study
-        try:
-            optuna.storages.fail_stale_trials(study)
-        except (AttributeError, RuntimeError, ValueError, NotImplementedError):
-            pass
+        self.fail_stale(study)
         info = self.info
         self.sampler = make_sampler(self.sampler_name, self.seed + len(study.trials), self.bound, self.objectives, self.ref,
                                     lambda c: count_params(c, info), self.max_params, self.max_memory_mib, self.n_startup)
@@ -363,6 +360,30 @@ class Driver:
         self.fails_in_row, self.last_reason, self.rejections = 0, "", 0
         self.t_start = time.monotonic()
         self.stop_reason: str | None = None
+
+    @staticmethod
+    def fail_stale(study: Any) -> list[int]:
+        """Mark RUNNING trials of dead drivers failed, with the reason: those whose heartbeat (recorded
+        right after ``ask``) is older than the grace period.  A live driver's trials are never touched."""
+        from optuna.exceptions import UpdateFinishedTrialError
+        from optuna.trial import TrialState
+
+        storage = study._storage
+        try:
+            stale = storage._get_stale_trial_ids(study._study_id)
+        except (AttributeError, NotImplementedError):
+            return []
+        failed = []
+        for tid in stale:
+            try:
+                storage.set_trial_user_attr(tid, "status", FAILED)
+                storage.set_trial_user_attr(tid, "reason", f"its driver died (no heartbeat for over {GRACE_S:g} s); "
+                                                           "the trial was abandoned and is not retried")
+                if storage.set_trial_state_values(tid, TrialState.FAIL):
+                    failed.append(tid)
+            except (UpdateFinishedTrialError, KeyError, RuntimeError):
+                pass  # another driver got there first, or it finished meanwhile
+        return failed
 
     def n_complete(self) -> int:
         from optuna.trial import TrialState
@@ -390,6 +411,10 @@ class Driver:
 
         study = self.study
         trial = study.ask()
+        try:  # at once, so a driver killed from here on leaves a trial that resume can tell is stale
+            study._storage.record_heartbeat(trial._trial_id)
+        except (AttributeError, NotImplementedError):
+            pass
         t0 = time.perf_counter()
         cand = self.bound.suggest(trial)
         sampler_s = time.perf_counter() - t0
@@ -397,7 +422,7 @@ class Driver:
         params = count_params(cand, self.info)
         self._set_attrs(trial, cand, params, sampler_s)
         spec = None
-        if key in self.evaluated or any(c.key == key for _, c, _ in self.pending.values()):
+        if key in self.evaluated or any(c.key == key for _, c, _ in self.pending.values()) or self._in_storage(key, trial):
             trial.set_user_attr("status", "duplicate")
             trial.set_user_attr("reason", "candidate already evaluated in this study")
             study.tell(trial, state=TrialState.PRUNED)
@@ -422,6 +447,15 @@ class Driver:
             raise StudyError("200 proposals in a row were duplicates or over budget: the space is exhausted "
                              "or the budget too tight; widen the space or raise --max-params")
         return spec
+
+    def _in_storage(self, key: str, trial: Any) -> bool:
+        """Whether another driver on the same study already runs or ran this candidate."""
+        from optuna.trial import TrialState
+
+        for t in self.study.get_trials(deepcopy=False):
+            if t.number != trial.number and t.user_attrs.get("candidate_key") == key and t.state != TrialState.PRUNED:
+                return True
+        return False
 
     def complete(self, res: TrialResult) -> None:
         """Record a finished trial in the study (the only place results are written)."""
