@@ -16,7 +16,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, Union
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from autopeft.errors import DataError
 __all__ = ["METRICS", "TASK_METRICS", "DataSpec", "TaskData", "load_task", "search_split", "compute_metric",
            "chance_score", "choose_metric", "read_rows", "clear_cache"]
 
+IntLabels = Union[Sequence[int], "np.ndarray[Any, Any]"]  # label/prediction ids: a list or a 1-D numpy array
 METRICS: tuple[str, ...] = ("accuracy", "f1", "matthews", "macro_f1")
 # The metric GLUE reports for a task (MRPC/QQP: F1 of the positive class; CoLA: Matthews correlation).
 TASK_METRICS: dict[str, str] = {"sst2": "accuracy", "rte": "accuracy", "qnli": "accuracy", "wnli": "accuracy",
@@ -145,13 +146,14 @@ def _parse_json(text: str, p: Path, role: str, ext: str) -> tuple[list[dict[str,
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise DataError(f"{role} file {p}: line {exc.lineno} is not valid JSON ({exc.msg})") from None
-        rows = []
+        items: list[dict[str, Any]] = []
         for i, obj in enumerate(data, 1):
             if not isinstance(obj, dict):
                 raise DataError(f"{role} file {p}: item {i} of the JSON array is not an object")
-            rows.append(obj)
-        return rows, list(range(1, len(rows) + 1))
-    rows, lines = [], []
+            items.append(obj)
+        return items, list(range(1, len(items) + 1))
+    rows: list[dict[str, Any]] = []
+    lines: list[int] = []
     loads = json.loads
     for i, line in enumerate(text.split("\n"), 1):
         try:
@@ -168,14 +170,16 @@ def _parse_json(text: str, p: Path, role: str, ext: str) -> tuple[list[dict[str,
 
 
 def _parse_delimited(text: str, p: Path, role: str, delim: str) -> tuple[list[dict[str, Any]], list[int]]:
-    def parse(quoting: int) -> tuple[list[str], list[dict[str, Any]], list[int], int | None]:
+    def parse(quoting: Any) -> tuple[list[str], list[dict[str, Any]], list[int], int | None]:
         reader = csv.reader(text.splitlines(keepends=True), delimiter=delim, quoting=quoting)
         try:
             header = next(reader)
         except StopIteration:
             return [], [], [], None
         header = [h.strip() for h in header]
-        rows, lines, bad = [], [], None
+        rows: list[dict[str, Any]] = []
+        lines: list[int] = []
+        bad: int | None = None
         for rec in reader:
             if not rec or (len(rec) == 1 and not rec[0].strip()):
                 continue
@@ -223,7 +227,7 @@ def _load_hub(task: str) -> tuple[_Table, _Table | None]:
         val_name = val_name or ("test" if "test" in ds else None)
         features = ds["train"].features
         names = {c: list(f.names) for c, f in features.items() if isinstance(f, datasets.ClassLabel)}
-        tables = []
+        tables: list[_Table | None] = []
         for split in ("train", val_name):
             if split is None:
                 continue
@@ -301,11 +305,13 @@ def _resolve(spec: DataSpec) -> _Source:
         d = root / task
         if d.is_dir():
             tr, va = _task_dir(d)
-            return _Source(name, _sig(tr), _sig(val or va) if (val or va) else None)
+            v = val or va
+            return _Source(name, _sig(tr), _sig(v) if v else None)
     local = Path(task).expanduser()
     if ("/" in task or os.sep in task or task.startswith(".")) and local.is_dir() and _find(local, ("train",)):
         tr, va = _task_dir(local)  # --task given as a folder path
-        return _Source(local.resolve().name, _sig(tr), _sig(val or va) if (val or va) else None)
+        v = val or va
+        return _Source(local.resolve().name, _sig(tr), _sig(v) if v else None)
     return _Source(name, None, _sig(val) if val else None, hub=task)
 
 
@@ -345,7 +351,7 @@ def _label_map(values: Sequence[Any]) -> dict[Any, int]:
     return {v: i for i, v in enumerate(order)}
 
 
-def choose_metric(task: str, labels: Sequence[int], num_labels: int, override: str | None) -> tuple[str, str]:
+def choose_metric(task: str, labels: IntLabels, num_labels: int, override: str | None) -> tuple[str, str]:
     """(metric, reason): the override, else GLUE's metric by task name, else from the label distribution."""
     if override is not None:
         if override not in METRICS:
@@ -423,7 +429,7 @@ def _texts(t: _Table, cols: tuple[str, ...]) -> list[tuple[str, ...]]:
 
 
 def _raw_labels(t: _Table, label: str) -> list[Any]:
-    out = []
+    out: list[Any] = []
     for r, line in zip(t.rows, t.lines):
         if label not in r:
             raise DataError(f"{t.where}: line {line} has no label column {label!r}; every row needs a label")
@@ -543,7 +549,7 @@ def _check(metric: str) -> None:
         raise DataError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
 
 
-def compute_metric(metric: str, preds: Sequence[int], labels: Sequence[int]) -> float:
+def compute_metric(metric: str, preds: IntLabels, labels: IntLabels) -> float:
     """accuracy; f1 of the positive class (id 1); matthews (multiclass MCC); macro_f1 over the classes present in
     labels or predictions.  Ill-defined values are 0.0, as in scikit-learn."""
     _check(metric)
@@ -573,7 +579,7 @@ def _f1(p: np.ndarray, y: np.ndarray, c: int) -> float:
     return 2 * tp / (2 * tp + fp + fn) if tp > 0 else 0.0
 
 
-def chance_score(metric: str, labels: Sequence[int]) -> float:
+def chance_score(metric: str, labels: IntLabels) -> float:
     """The metric of always predicting the majority label (ties: the smallest id); the hypervolume reference."""
     _check(metric)
     y = np.asarray(labels, dtype=np.int64).ravel()

@@ -62,13 +62,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for name in a.samplers.split(","):
         sampler = make_sampler(name, 0, b, ["score", "params", "memory"], ref, lambda c: count_params(c, info), n_startup=5)
         study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
-        for c in seed_cands:  # pre-fill through the sampler's own path, then time the asks
-            study.enqueue_trial(b.optuna_params(c))
-        for c in seed_cands:
-            t = study.ask()
-            cc = b.suggest(t)
-            t.set_user_attr("candidate", cc.to_dict())
-            study.tell(t, toy_values(cc, info))
+        dists = b.distributions()
+        for c in seed_cands:  # pre-fill without the sampler (as finished trials), then time the asks
+            params = b.optuna_params(c)
+            study.add_trial(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params},
+                                                      values=toy_values(c, info), user_attrs={"candidate": c.to_dict()}))
         times = []
         for _ in range(a.asks):
             t0 = time.perf_counter()

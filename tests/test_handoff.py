@@ -134,3 +134,20 @@ def test_dashboard_serves_the_study(study: tuple[str, str]) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_notebook_runs_top_to_bottom(study: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    name, storage = study
+    monkeypatch.setenv("AUTOPEFT_STUDY", name)
+    monkeypatch.setenv("AUTOPEFT_STORAGE", storage)
+    monkeypatch.setenv("AUTOPEFT_PLOTS", str(tmp_path / "plots"))
+    monkeypatch.setenv("AUTOPEFT_EXPORT", str(tmp_path / "export"))
+    nb = nbformat.read(Path(__file__).resolve().parents[1] / "notebooks" / "inspect_study.ipynb", as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert (tmp_path / "plots" / f"{name}_pareto.png").is_file()
+    assert (tmp_path / "export" / "autopeft_candidate.json").is_file()

@@ -49,14 +49,19 @@ def test_kill9_at_random_points_then_resume_loses_nothing(tiny_model: str, glue_
         proc = subprocess.Popen(_cmd(tiny_model, glue_dir, storage, target, workers=2), env=_env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(6.0, 12.0))  # start-up takes ~5 s; then trials and storage writes run
-        children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)] if proc.poll() is None else []
+        children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)
+                    if "multiprocessing.spawn" in " ".join(c.cmdline())] if proc.poll() is None else []
         if proc.poll() is None:
             before = _snapshot(storage)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             kills += 1
-            time.sleep(1.0)
-            alive = [p for p in children if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+            deadline = time.monotonic() + 10
+            while True:  # workers get SIGKILL from the kernel when their parent dies (PR_SET_PDEATHSIG)
+                alive = [p for p in children if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+                if not alive or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
             assert not alive, f"orphan workers kept running: {alive}"
             after = _snapshot(storage)
             for n, v in before.items():
