@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-length", type=_positive_int, help="max tokens (default 128, capped at the model's limit)")
     s.add_argument("--batch-size", type=_positive_int, help="batch size (default 32)")
     s.add_argument("--workers", type=_positive_int, help="concurrent trials (default: number of cores)")
-    s.add_argument("--executor", default="local", help="local (default), ray, inline")
+    s.add_argument("--executor", default="local", help="local (default), ray (actor pool), ray-tune (Tune Tuner + Searcher), inline")
     s.add_argument("--ray-address", help="join a Ray cluster (ray://host:10001 or auto)")
     s.add_argument("--cpus-per-trial", type=_positive_float, default=1.0)
     s.add_argument("--gpus-per-trial", type=float, default=0.0)
@@ -144,15 +144,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     from autopeft.errors import ConfigError
     from autopeft.study import Driver, data_spec_dict
 
-    if args.executor not in ("local", "ray", "inline"):
-        raise ConfigError(f"unknown executor {args.executor!r}; choose local, ray or inline")
+    from autopeft.study import EXECUTORS
+
+    if args.executor not in EXECUTORS:
+        raise ConfigError(f"unknown executor {args.executor!r}; choose one of {', '.join(EXECUTORS)}")
     data = data_spec_dict(args.task, args.data_dir, args.train_file, args.validation_file,
                           [c.strip() for c in args.text_columns.split(",")] if args.text_columns else None,
                           args.label_column, args.metric)
     fid = {k: v for k, v in dict(n_train=args.n_train, n_eval=args.n_eval, epochs=args.epochs,
                                  max_length=args.max_length, batch_size=args.batch_size).items() if v is not None}
     ex_kw: dict[str, Any] = {}
-    if args.executor == "ray":
+    if args.executor in ("ray", "ray-tune"):
         ex_kw = {"address": args.ray_address, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial}
     t0 = time.monotonic()
     drv = Driver(model=args.model, data=data, space=args.space, n_trials=args.trials, sampler=args.sampler,

@@ -224,14 +224,17 @@ class LocalExecutor(Executor):
 
 
 def make_executor(name: str, workers: int | None, trial_timeout: float | None = None, **kw: Any) -> Executor:
+    """``local``, ``inline`` or ``ray`` (``ray-tune`` runs through :func:`autopeft.ray_executor.run_with_ray`)."""
     from autopeft.errors import ConfigError
 
     if name == "inline":
         return InlineExecutor()
     if name == "local":
         return LocalExecutor(workers, trial_timeout=trial_timeout)
+    if kw and name != "ray":
+        kw = {}
     if name == "ray":
         from autopeft.ray_executor import RayExecutor
 
-        return RayExecutor(workers=workers, trial_timeout=trial_timeout, **kw)
-    raise ConfigError(f"unknown executor {name!r}; choose local, ray or inline")
+        return RayExecutor(workers=workers, trial_timeout=trial_timeout, **kw)  # type: ignore[return-value]
+    raise ConfigError(f"unknown executor {name!r}; choose local, ray, ray-tune or inline")

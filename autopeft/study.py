@@ -22,6 +22,7 @@ from autopeft.pareto import DIRECTIONS, OBJECTIVES, to_max
 from autopeft.trial import FAILED, INFEASIBLE, OK, Fidelity, TrialResult, TrialSpec
 
 SCHEMA_VERSION = 1
+EXECUTORS = ("local", "ray", "ray-tune", "inline")
 SAMPLERS = ("autopeft", "random", "tpe", "nsga2", "gp", "botorch")
 METRIC_LABELS = {"score": "score", "params": "trainable params", "memory": "memory (MiB)", "time": "time (s)"}
 HEARTBEAT_S = float(os.environ.get("AUTOPEFT_HEARTBEAT_S", "10"))
@@ -215,8 +216,8 @@ class Driver:
             raise ConfigError(f"--timeout must be > 0 seconds, got {timeout}")
         if sampler not in SAMPLERS:
             raise ConfigError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        if executor not in ("local", "ray", "inline"):
-            raise ConfigError(f"unknown executor {executor!r}; choose local, ray or inline")
+        if executor not in EXECUTORS:
+            raise ConfigError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
         objectives = list(objectives or ("score", "params", "memory"))
         for o in objectives:
             if o not in OBJECTIVES:
@@ -497,7 +498,7 @@ class Driver:
         self.prepare()
         self.bar = self._bar(self.n_complete())
         try:
-            if self.executor_name == "ray":
+            if self.executor_name == "ray-tune":
                 from autopeft.ray_executor import run_with_ray
 
                 run_with_ray(self, **self.executor_kwargs)
@@ -520,11 +521,13 @@ class Driver:
     def _run_local(self) -> None:
         from autopeft.executors import make_executor
 
-        ex = make_executor(self.executor_name, self.workers, self.trial_timeout)
+        ex = make_executor(self.executor_name, self.workers, self.trial_timeout, **self.executor_kwargs)
         last_hb = 0.0
         try:
+            # one proposal prepared ahead when several workers run, so a freed worker never waits for the sampler
+            ahead = 1 if ex.capacity > 1 else 0
             while not self.finished():
-                while len(self.pending) < ex.capacity and self.needs_more():
+                while len(self.pending) < ex.capacity + ahead and self.needs_more():
                     spec = self.ask_spec()
                     if spec is not None:
                         ex.submit(spec)

@@ -9,6 +9,7 @@ before any training was spent.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import time
@@ -216,20 +217,16 @@ def run_trial(spec: TrialSpec) -> TrialResult:
 
 
 def _simulated(spec: TrialSpec, t0: float, seconds: float) -> TrialResult:
-    """A simulated trial for executor benchmarks: sleeps, trains nothing, returns exact params and a
-    deterministic pseudo-score derived from the candidate (never used for real results)."""
+    """A simulated trial for executor benchmarks: sleeps and trains nothing. Its values are deterministic
+    pseudo-values derived from the candidate's text (never used for real results)."""
     import hashlib
 
-    from autopeft.builder import count_params, model_info
-    from autopeft.candidate import Candidate
-
-    cand = Candidate.from_dict(spec.candidate)
-    info = model_info(spec.model, 2)
-    params = count_params(cand, info)
+    cand = spec.candidate
     time.sleep(seconds)
-    h = int(hashlib.sha256(cand.key.encode()).hexdigest()[:8], 16) / 2**32
-    score = 0.6 + 0.05 * math.log10(params) / 7 + 0.2 * h
-    memory = int(info.param_bytes + 16 * params + 2**20 * (50 + 10 * len(cand.layers)))
+    h = int(hashlib.sha256(json.dumps(cand, sort_keys=True).encode()).hexdigest()[:12], 16)
+    params = 1000 + h % 1_000_000
+    score = 0.6 + 0.3 * ((h >> 20) % 1000) / 1000
+    memory = (100 + (h >> 30) % 900) * 2**20
     return TrialResult(spec.trial_id, OK, score=score, params=params, memory_bytes=memory, wall_s=time.perf_counter() - t0,
                        train_s=seconds, metric="simulated")
 
