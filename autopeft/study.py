@@ -287,8 +287,17 @@ class Driver:
             self.fidelity = Fidelity(**(self._fidelity_arg or {}))
             self.objectives = self._objectives_arg
             self.ref = self._reference_point()
-            study = optuna.create_study(study_name=self.name, storage=st,
-                                        directions=[DIRECTIONS[o] for o in self.objectives])
+            try:
+                study = optuna.create_study(study_name=self.name, storage=st,
+                                            directions=[DIRECTIONS[o] for o in self.objectives])
+            except optuna.exceptions.DuplicatedStudyError:  # another driver created it just now: join it
+                for _ in range(100):
+                    study = optuna.load_study(study_name=self.name, storage=st)
+                    if all(k in study.user_attrs for k in REQUIRED_ATTRS):
+                        break
+                    time.sleep(0.2)
+                self.study = None
+                return self.open()
             meta = {
                 **ident,
                 "autopeft_schema": SCHEMA_VERSION,

@@ -29,11 +29,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--cpus-per-trial", type=float, default=0.25)
     ap.add_argument("--space", default="mixed")
     ap.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"))
+    ap.add_argument("--model", help="default: the packaged MiniLM (only its shapes are used)")
     ap.add_argument("--executor", default="ray", help="ray (actor pool) or ray-tune")
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args(argv)
     if a.quick:
-        a.trials, a.workers, a.sleep = 4, 2, 1.0
+        a.trials, a.workers, a.sleep = 3, 1, 0.5
     from autopeft._quiet import quiet
     from autopeft.study import Driver, data_spec_dict
 
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     init_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
-        drv = Driver(model=None, data=data_spec_dict("sst2", a.data_dir, None, None, None, None, None), space=a.space,
+        drv = Driver(model=a.model, data=data_spec_dict("sst2", a.data_dir, None, None, None, None, None), space=a.space,
                      n_trials=a.trials, study_name="ray-bench", storage=f"sqlite:///{tmp}/b.db", executor=a.executor,
                      workers=a.workers, fault=lambda n: f"simulate:{a.sleep}",
                      executor_kwargs={"cpus_per_trial": a.cpus_per_trial})

@@ -160,3 +160,20 @@ def test_incompatible_study_is_refused(tmp_path: Path, capsys: pytest.CaptureFix
     plain = optuna.create_study(study_name="plain", storage=url)
     assert main(["best", "--study", "plain", "--storage", url]) == 2
     assert "not written by autopeft" in capsys.readouterr().err
+
+
+def test_journal_storage_shared_by_concurrent_drivers(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
+    """The multi-node storage: one journal file (on a shared file system for several machines)."""
+    url = f"journal://{tmp_path / 'shared' / 'study.log'}"
+    procs = [subprocess.Popen(_cmd(tiny_model, glue_dir, url, 6, study="j"), env=_env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errs = [p.communicate(timeout=400)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), errs
+    from autopeft.study import get_storage
+
+    s = optuna.load_study(study_name="j", storage=get_storage(url, create=False))
+    comp = s.get_trials(states=(TrialState.COMPLETE,))
+    assert 6 <= len(comp) <= 8
+    keys = [t.user_attrs["candidate_key"] for t in comp]
+    assert len(keys) == len(set(keys))
+    assert main(["show", "--study", "j", "--storage", url]) == 0

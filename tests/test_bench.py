@@ -1,0 +1,60 @@
+"""Quick modes of the bench/ scripts (they work; speed is measured in BENCHMARKS.md, not here)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _load(name: str):  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_tabular_build_export_and_sampler_comparison(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
+    tab = _load("tabular")
+    tab.main(["build", "--quick", "--model", tiny_model, "--data-dir", str(glue_dir), "--space", "tiny",
+              "--root", str(tmp_path)])
+    tab.main(["export", "--space", "tiny", "--root", str(tmp_path)])
+    csv = tmp_path / "sst2-tiny.csv"
+    import pandas as pd
+
+    df = pd.read_csv(csv)
+    assert len(df) == 6 and {"candidate", "score", "params", "memory_mib"} <= set(df.columns)
+    meta = json.loads((tmp_path / "sst2-tiny.json").read_text())
+    assert meta["model"] == tiny_model and len(meta["ref_point"]) == 3
+    cmp = _load("compare_samplers")
+    out = cmp.main(["--table", str(csv), "--space", "tiny", "--quick", "--plot", str(tmp_path / "hv.png")])
+    for s in ("autopeft", "random"):
+        curve = out["median"][s]
+        assert len(curve) == 5 and all(b >= a for a, b in zip(curve, curve[1:]))  # hypervolume never drops
+    assert (tmp_path / "hv.png").stat().st_size > 5000
+
+
+def test_ask_timing_quick() -> None:
+    out = _load("ask_timing").main(["--quick"])
+    assert set(out) == {"autopeft", "gp"} and all(v > 0 for v in out.values())
+
+
+def test_overhead_on_a_study(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
+    import autopeft
+
+    storage = f"sqlite:///{tmp_path / 'o.db'}"
+    autopeft.search(model=tiny_model, task="sst2", data_dir=str(glue_dir), space="tiny", n_trials=2, storage=storage,
+                    study_name="o", executor="inline", n_train=32, n_eval=32, epochs=1, max_length=24, batch_size=16)
+    out = _load("overhead").main(["--study", "o", "--storage", storage, "--workers", "1", "--total-s", "100"])
+    assert out["trials"] == 2 and out["ideal_s"] > 0 and out["trial_phase_s"] >= 0
+
+
+def test_ray_efficiency_quick(tiny_model: str, glue_dir: Path) -> None:
+    out = _load("ray_efficiency").main(["--quick", "--data-dir", str(glue_dir), "--model", tiny_model, "--space", "tiny"])
+    assert out["trials"] == 3 and 0 < out["efficiency"] <= 1.05
