@@ -42,13 +42,17 @@ def _snapshot(storage: str, study: str = "rel") -> dict[int, list[float]]:
 def test_kill9_at_random_points_then_resume_loses_nothing(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'rel.db'}"
     rng = random.Random(7)
-    target = 14
+    target = 24
     kept: dict[int, list[float]] = {}
     kills = 0
     for round_ in range(4):
+        start_n = len(_snapshot(storage))
         proc = subprocess.Popen(_cmd(tiny_model, glue_dir, storage, target, workers=2), env=_env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(6.0, 12.0))  # start-up takes ~5 s; then trials and storage writes run
+        deadline = time.monotonic() + 90
+        while len(_snapshot(storage)) <= start_n and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)  # wait until this driver has completed a trial: it is mid-study now
+        time.sleep(rng.uniform(0.0, 1.5))  # then kill at a random point: during a trial or a storage write
         children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)
                     if "multiprocessing.spawn" in " ".join(c.cmdline())] if proc.poll() is None else []
         if proc.poll() is None:
@@ -67,7 +71,7 @@ def test_kill9_at_random_points_then_resume_loses_nothing(tiny_model: str, glue_
             for n, v in before.items():
                 assert after[n] == v  # completed before the kill: kept as it was
         kept.update(_snapshot(storage))
-    assert kills >= 2
+    assert kills >= 3
     time.sleep(3.5)  # let the killed drivers' heartbeats go stale
     assert subprocess.run(_cmd(tiny_model, glue_dir, storage, target), env=_env(), capture_output=True).returncode == 0
     final = optuna.load_study(study_name="rel", storage=storage)
