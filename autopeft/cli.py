@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from typing import Any, Sequence
@@ -164,7 +163,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                  seed=args.seed, timeout=args.timeout, max_failures=args.max_failures, trial_timeout=args.trial_timeout,
                  n_startup=args.n_startup, progress=not args.no_progress, executor_kwargs=ex_kw,
                  trust_remote_code=args.trust_remote_code)
-    study = drv.open()
+    drv.open()
     task = drv.task
     print(f"autopeft: study {drv.name!r} in {drv.storage_url}", file=sys.stderr)
     print(f"autopeft: task {task.name} ({len(task.train_labels)} train rows, {task.num_labels} labels), "

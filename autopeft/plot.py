@@ -54,7 +54,6 @@ def plot_study(res: Any, out_dir: str | Path) -> dict[str, Path]:
         from autopeft.errors import StudyError
 
         raise StudyError(f"study {res.name!r} has no completed trial to plot")
-    obj = res.objectives
     score = np.array([t.values[0] for t in comp])
     params = np.array([t.user_attrs.get("params", np.nan) for t in comp], dtype=float)
     mem = np.array([t.user_attrs.get("memory_mib", np.nan) for t in comp], dtype=float)

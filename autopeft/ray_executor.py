@@ -70,6 +70,27 @@ def _searcher_class() -> type:
     return DriverSearcher
 
 
+def ensure_ray(address: str | None, num_cpus: int | None, cpus_per_trial: float, gpus_per_trial: float) -> bool:
+    """Check per-trial resources; start a local Ray or join ``address`` unless Ray is up. True if started here."""
+    import ray
+
+    from autopeft.errors import ConfigError
+
+    if cpus_per_trial <= 0 or gpus_per_trial < 0:
+        raise ConfigError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
+    if ray.is_initialized():
+        return False
+    try:
+        if address:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        raise ConfigError(f"cannot start or join Ray{' at ' + address if address else ''}: "
+                          f"{str(exc).splitlines()[0][:200]}") from None
+    return True
+
+
 def run_with_ray(driver: Any, address: str | None = None, cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0,
                  num_cpus: int | None = None, **_: Any) -> None:
     """Run the driver's remaining trials on Ray Tune."""
@@ -79,20 +100,7 @@ def run_with_ray(driver: Any, address: str | None = None, cpus_per_trial: float 
     import ray
     from ray import tune
 
-    from autopeft.errors import ConfigError
-
-    if cpus_per_trial <= 0 or gpus_per_trial < 0:
-        raise ConfigError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
-    started_here = False
-    if not ray.is_initialized():
-        try:
-            if address:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False)
-            else:
-                ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
-        except (ConnectionError, ValueError, RuntimeError) as exc:
-            raise ConfigError(f"cannot start or join Ray{' at ' + address if address else ''}: {str(exc).splitlines()[0][:200]}") from None
-        started_here = True
+    started_here = ensure_ray(address, num_cpus, cpus_per_trial, gpus_per_trial)
     try:
         searcher = _searcher_class()(driver)
         trainable = tune.with_resources(_trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
@@ -152,21 +160,7 @@ class RayExecutor:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         import ray
 
-        from autopeft.errors import ConfigError
-
-        if cpus_per_trial <= 0 or gpus_per_trial < 0:
-            raise ConfigError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
-        self.started_here = False
-        if not ray.is_initialized():
-            try:
-                if address:
-                    ray.init(address=address, include_dashboard=False, log_to_driver=False)
-                else:
-                    ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
-            except (ConnectionError, ValueError, RuntimeError) as exc:
-                raise ConfigError(f"cannot start or join Ray{' at ' + address if address else ''}: "
-                                  f"{str(exc).splitlines()[0][:200]}") from None
-            self.started_here = True
+        self.started_here = ensure_ray(address, num_cpus, cpus_per_trial, gpus_per_trial)
         self.capacity = max(1, workers or int(ray.cluster_resources().get("CPU", 1) // cpus_per_trial) or 1)
         self.trial_timeout = trial_timeout
         self.opts = {"num_cpus": cpus_per_trial, "num_gpus": gpus_per_trial}

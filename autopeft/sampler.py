@@ -205,8 +205,6 @@ class CostAwareEHVISampler(BaseSampler):
         return last  # the space is (nearly) exhausted; the driver skips a duplicate
 
     def _bo_candidate(self, done: list[tuple[Candidate, list[float]]], pending: list[Candidate], seen: set[str]) -> Candidate:
-        import torch
-
         L = self.space.num_layers
         X = np.stack([self.space.encode(c) for c, _ in done])
         y = np.array([v[0] for _, v in done])
@@ -285,7 +283,6 @@ class CostAwareEHVISampler(BaseSampler):
 
     def _neighbours(self, x: np.ndarray, n: int) -> list[Candidate]:
         out = []
-        d = len(x)
         for _ in range(n):
             z = x.copy()
             k = max(1, int(self._rng.integers(1, 4)))

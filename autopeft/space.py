@@ -343,7 +343,6 @@ class BoundSpace:
             layers = sp.layer_indices(self.num_layers)
         methods: dict[str, dict[str, Any]] = {}
         for mname in chosen:
-            m = get_method(mname)
             cfg: dict[str, Any] = {}
             for pname, p in sp.methods[mname].items():
                 if p.kind is None:

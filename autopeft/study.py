@@ -353,7 +353,6 @@ class Driver:
     # ------------------------------------------------------------------ the loop, in steps
     def prepare(self) -> None:
         """Open the study, fail stale trials of dead drivers, install the sampler."""
-        import optuna
         from optuna.trial import TrialState
 
         from autopeft.builder import count_params

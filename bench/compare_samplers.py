@@ -42,7 +42,7 @@ def run_one(sampler_name: str, seed: int, cands: list, vals: np.ndarray, meta: d
     import optuna
     from optuna.trial import TrialState, create_trial
 
-    from autopeft.builder import ModelInfo, count_params, model_info
+    from autopeft.builder import count_params, model_info
     from autopeft.pareto import hypervolume, to_max
     from autopeft.space import SearchSpace
     from autopeft.study import make_sampler

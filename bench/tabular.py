@@ -43,7 +43,6 @@ def build(task: str, space: str, n: int, minutes: float | None, data_dir: str, w
           root: Path = TABLES, model: str | None = None, fidelity: dict | None = None) -> int:
     import optuna
 
-    from autopeft.builder import model_info
     from autopeft.candidate import Candidate
     from autopeft.study import Driver, data_spec_dict
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
-import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 

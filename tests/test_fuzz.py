@@ -7,7 +7,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -15,7 +15,6 @@ import psutil
 import pytest
 from optuna.trial import TrialState
 
-import autopeft
 from autopeft.cli import main
 
 FID = ["--n-train", "32", "--n-eval", "32", "--epochs", "1", "--max-length", "24", "--batch-size", "16"]
@@ -161,7 +160,7 @@ def test_incompatible_study_is_refused(tmp_path: Path, capsys: pytest.CaptureFix
     s2.set_user_attr("autopeft_schema", 1)
     assert main(["show", "--study", "broken", "--storage", url]) == 2
     assert "lacks the attribute 'model'" in capsys.readouterr().err
-    plain = optuna.create_study(study_name="plain", storage=url)
+    optuna.create_study(study_name="plain", storage=url)
     assert main(["best", "--study", "plain", "--storage", url]) == 2
     assert "not written by autopeft" in capsys.readouterr().err
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 
 from autopeft.candidate import Candidate
 from autopeft.trial import FAILED, INFEASIBLE, OK, TrialSpec, run_trial
