@@ -107,6 +107,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         ts = [t for t in res.study.get_trials(deepcopy=False) if t.number == args.trial]
         if not ts or "candidate" not in ts[0].user_attrs:
             raise StudyError(f"study {res.name!r} has no trial {args.trial}")
+        if ts[0].state.name != "COMPLETE":
+            why = ts[0].user_attrs.get("reason") or ts[0].user_attrs.get("status") or "no result"
+            raise StudyError(f"trial {args.trial} of study {res.name!r} is {ts[0].state.name} ({why}); "
+                             "export a COMPLETE trial (see `autopeft show`)")
         found = FoundConfig(Candidate.from_dict(ts[0].user_attrs["candidate"]), res.meta, ts[0])
     d = export_config(found, args.output)
     print(f"exported {found.candidate.summary()} to {d}")

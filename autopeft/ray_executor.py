@@ -70,6 +70,25 @@ def _searcher_class() -> type:
     return DriverSearcher
 
 
+def _heartbeat_callback(driver: Any) -> Any:
+    """A Tune Callback that records the driver's heartbeats from Tune's event loop, so other drivers on
+    the same study never take this driver's running trials for those of a dead one."""
+    from ray.tune import Callback
+
+    from autopeft.study import HEARTBEAT_S
+
+    class Heartbeat(Callback):
+        def __init__(self) -> None:
+            self.last = 0.0
+
+        def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+            if time.monotonic() - self.last >= HEARTBEAT_S / 2:
+                driver.heartbeat()
+                self.last = time.monotonic()
+
+    return Heartbeat()
+
+
 def ensure_ray(address: str | None, num_cpus: int | None, cpus_per_trial: float, gpus_per_trial: float) -> bool:
     """Check per-trial resources; start a local Ray or join ``address`` unless Ray is up. True if started here."""
     import ray
@@ -91,6 +110,28 @@ def ensure_ray(address: str | None, num_cpus: int | None, cpus_per_trial: float,
     return True
 
 
+def pool_size(workers: int | None, cpus_per_trial: float, gpus_per_trial: float) -> int:
+    """Concurrent trials: ``workers`` (default: as many as fit), capped at what the cluster holds now."""
+    import ray
+
+    from autopeft.errors import ConfigError
+
+    res = ray.cluster_resources()
+    cpus, gpus = float(res.get("CPU", 0)), float(res.get("GPU", 0))
+    fit = int(cpus // cpus_per_trial + 1e-9)
+    if gpus_per_trial > 0:
+        fit = min(fit, int(gpus // gpus_per_trial + 1e-9))
+    if fit < 1:
+        raise ConfigError(f"the Ray cluster has {cpus:g} CPUs and {gpus:g} GPUs, but one trial needs {cpus_per_trial:g} "
+                          f"CPUs and {gpus_per_trial:g} GPUs; lower --cpus-per-trial/--gpus-per-trial or add nodes")
+    if workers is not None and workers > fit:
+        import sys
+
+        print(f"autopeft: --workers {workers} lowered to {fit}: the Ray cluster fits {fit} trials of "
+              f"{cpus_per_trial:g} CPU / {gpus_per_trial:g} GPU at once", file=sys.stderr)
+    return min(workers or fit, fit)
+
+
 def run_with_ray(driver: Any, address: str | None = None, cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0,
                  num_cpus: int | None = None, **_: Any) -> None:
     """Run the driver's remaining trials on Ray Tune."""
@@ -100,20 +141,33 @@ def run_with_ray(driver: Any, address: str | None = None, cpus_per_trial: float 
     import ray
     from ray import tune
 
+    if address and address.startswith("ray://"):
+        from autopeft.errors import ConfigError
+
+        raise ConfigError("--executor ray-tune cannot use a ray:// (Ray Client) address: Tune must run on the cluster; "
+                          "use --executor ray with ray://, or run autopeft on the head node with --ray-address auto")
+    if driver.trial_timeout is not None:
+        from autopeft.errors import ConfigError
+
+        raise ConfigError("--trial-timeout is not supported with --executor ray-tune; use --executor ray")
     started_here = ensure_ray(address, num_cpus, cpus_per_trial, gpus_per_trial)
     try:
+        workers = pool_size(getattr(driver, "workers_arg", driver.workers), cpus_per_trial, gpus_per_trial)
+        driver.workers = workers
         searcher = _searcher_class()(driver)
         trainable = tune.with_resources(_trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
         with tempfile.TemporaryDirectory(prefix="autopeft-ray-") as tmp:
             tuner = tune.Tuner(
                 trainable,
-                tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1, max_concurrent_trials=driver.workers,
+                tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1, max_concurrent_trials=workers,
                                             reuse_actors=True),
-                run_config=tune.RunConfig(storage_path=tmp, name="autopeft", verbose=0,
+                run_config=tune.RunConfig(storage_path=tmp, name="autopeft", verbose=0, callbacks=[_heartbeat_callback(driver)],
                                           failure_config=tune.FailureConfig(max_failures=0),
                                           checkpoint_config=tune.CheckpointConfig(num_to_keep=None, checkpoint_at_end=False)),
             )
-            tuner.fit()
+            tuner.fit()  # Tune handles Ctrl-C itself: it stops the experiment and returns
+        if not driver.finished():
+            driver.stop_reason = "interrupted"  # Tune stopped before the driver was done: Ctrl-C
     finally:
         if started_here:
             ray.shutdown()
@@ -161,7 +215,12 @@ class RayExecutor:
         import ray
 
         self.started_here = ensure_ray(address, num_cpus, cpus_per_trial, gpus_per_trial)
-        self.capacity = max(1, workers or int(ray.cluster_resources().get("CPU", 1) // cpus_per_trial) or 1)
+        try:
+            self.capacity = pool_size(workers, cpus_per_trial, gpus_per_trial)
+        except BaseException:
+            if self.started_here:
+                ray.shutdown()
+            raise
         self.trial_timeout = trial_timeout
         self.opts = {"num_cpus": cpus_per_trial, "num_gpus": gpus_per_trial}
         self.threads = max(1, int(cpus_per_trial))
@@ -172,7 +231,20 @@ class RayExecutor:
         self._n_actors = 0
         # start the whole pool now (imports, torch) so that cost is paid once, before any trial
         actors = [self._cls.options(**self.opts).remote(self.threads) for _ in range(self.capacity)]
-        ray.get([a.pid.remote() for a in actors])
+        start_s = float(os.environ.get("AUTOPEFT_RAY_START_S", "300"))
+        try:
+            ray.get([a.pid.remote() for a in actors], timeout=start_s)
+        except ray.exceptions.GetTimeoutError:
+            have = {k: v for k, v in ray.available_resources().items() if k in ("CPU", "GPU")}
+            for a in actors:
+                ray.kill(a)
+            if self.started_here:
+                ray.shutdown()
+            from autopeft.errors import ConfigError
+
+            raise ConfigError(f"Ray could not start {self.capacity} trial workers within {start_s:g} s "
+                              f"(free on the cluster: {have}); "
+                              "check the cluster's free resources, or lower --workers") from None
         self._idle = actors
         self._n_actors = len(actors)
 

@@ -79,7 +79,7 @@ class SearchResult:
         mp = parse_budget(max_params, self.meta.get("base_params"), "max-params")
         mm = parse_budget(max_memory, None, "max-memory")
         feas = []
-        for t in self.front_trials():
+        for t in self._complete():  # all complete trials: the budget may bind an objective the study does not have
             ua = t.user_attrs
             if mp is not None and ua.get("params", float("inf")) > mp:
                 continue
@@ -94,7 +94,8 @@ class SearchResult:
         return max(feas, key=lambda t: (t.values[0], -t.user_attrs.get("params", 0)))
 
     def best_config(self, max_params: Any = None, max_memory: Any = None) -> "FoundConfig":
-        """The highest-scoring Pareto configuration within the budgets (``"1%"`` of base params allowed)."""
+        """The highest-scoring complete configuration within the budgets (on the Pareto front whenever the
+        budgets bind only the study's objectives) (``"1%"`` of base params allowed)."""
         t = self.best_trial(max_params, max_memory)
         return FoundConfig(Candidate.from_dict(t.user_attrs["candidate"]), self.meta, t)
 

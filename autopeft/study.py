@@ -22,11 +22,13 @@ from autopeft.pareto import DIRECTIONS, OBJECTIVES, to_max
 from autopeft.trial import FAILED, INFEASIBLE, OK, Fidelity, TrialResult, TrialSpec
 
 SCHEMA_VERSION = 1
+ABANDONED = "abandoned"  # status of a trial stopped before it finished (Ctrl-C, --timeout, a dead driver)
 EXECUTORS = ("local", "ray", "ray-tune", "inline")
 SAMPLERS = ("autopeft", "random", "tpe", "nsga2", "gp", "botorch")
 METRIC_LABELS = {"score": "score", "params": "trainable params", "memory": "memory (MiB)", "time": "time (s)"}
 HEARTBEAT_S = float(os.environ.get("AUTOPEFT_HEARTBEAT_S", "10"))
 GRACE_S = float(os.environ.get("AUTOPEFT_GRACE_S", "30"))
+ADOPT_WAIT_S = 10.0  # how long to wait for another driver to finish creating an empty study before adopting it
 
 
 # ----------------------------------------------------------------------------- storage
@@ -235,6 +237,7 @@ class Driver:
         self.storage_url = storage or default_storage(self.name)
         self.n_trials, self.sampler_name, self.seed = n_trials, sampler, seed
         self.timeout, self.max_failures, self.trial_timeout = timeout, max_failures, trial_timeout
+        self.workers_arg = workers  # Ray sizes its pool from the cluster when None
         self.workers = workers or os.cpu_count() or 1
         self.executor_name, self.executor_kwargs = executor, executor_kwargs or {}
         self.progress, self.fault, self.n_startup = progress, fault, n_startup
@@ -264,6 +267,17 @@ class Driver:
             existing = True
         except KeyError:
             existing = False
+        adopt = None
+        complete_attrs = ("autopeft_schema", *REQUIRED_ATTRS)
+        if existing and not study.trials and not all(k in study.user_attrs for k in complete_attrs):
+            # an empty study without our attributes: another driver is creating it right now (wait for it),
+            # or one died between creating it and writing them (adopt it)
+            for _ in range(int(ADOPT_WAIT_S / 0.25)):
+                time.sleep(0.25)
+                if all(k in study.user_attrs for k in complete_attrs):
+                    break
+            else:
+                existing, adopt = False, study
         if existing:
             check_schema(study)
             ua = study.user_attrs
@@ -287,17 +301,25 @@ class Driver:
             self.fidelity = Fidelity(**(self._fidelity_arg or {}))
             self.objectives = self._objectives_arg
             self.ref = self._reference_point()
-            try:
-                study = optuna.create_study(study_name=self.name, storage=st,
-                                            directions=[DIRECTIONS[o] for o in self.objectives])
-            except optuna.exceptions.DuplicatedStudyError:  # another driver created it just now: join it
-                for _ in range(100):
-                    study = optuna.load_study(study_name=self.name, storage=st)
-                    if all(k in study.user_attrs for k in REQUIRED_ATTRS):
-                        break
-                    time.sleep(0.2)
-                self.study = None
-                return self.open()
+            if adopt is not None:
+                want = [DIRECTIONS[o] for o in self.objectives]
+                if [d.name.lower() for d in adopt.directions] != want:
+                    raise StudyError(f"study {self.name!r} in {self.storage_url} is empty but has directions "
+                                     f"{[d.name.lower() for d in adopt.directions]}, not autopeft's {want}; "
+                                     "pass another --study name")
+                study = adopt
+            else:
+                try:
+                    study = optuna.create_study(study_name=self.name, storage=st,
+                                                directions=[DIRECTIONS[o] for o in self.objectives])
+                except optuna.exceptions.DuplicatedStudyError:  # another driver created it just now: join it
+                    for _ in range(100):
+                        study = optuna.load_study(study_name=self.name, storage=st)
+                        if all(k in study.user_attrs for k in REQUIRED_ATTRS):
+                            break
+                        time.sleep(0.2)
+                    self.study = None
+                    return self.open()
             meta = {
                 **ident,
                 "autopeft_schema": SCHEMA_VERSION,
@@ -363,8 +385,10 @@ class Driver:
         self.sampler = make_sampler(self.sampler_name, self.seed + len(study.trials), self.bound, self.objectives, self.ref,
                                     lambda c: count_params(c, info), self.max_params, self.max_memory_mib, self.n_startup)
         study.sampler = self.sampler
+        # candidates never to propose again: evaluated ones (complete, failed, over budget), not abandoned ones
         self.evaluated = {t.user_attrs["candidate_key"] for t in study.get_trials(deepcopy=False)
-                          if "candidate_key" in t.user_attrs and t.state != TrialState.RUNNING}
+                          if "candidate_key" in t.user_attrs and t.state != TrialState.RUNNING
+                          and t.user_attrs.get("status") != ABANDONED}
         self.pending: dict[int, tuple[Any, Candidate, float]] = {}
         self.fails_in_row, self.last_reason, self.rejections = 0, "", 0
         self.t_start = time.monotonic()
@@ -385,9 +409,9 @@ class Driver:
         failed = []
         for tid in stale:
             try:
-                storage.set_trial_user_attr(tid, "status", FAILED)
+                storage.set_trial_user_attr(tid, "status", ABANDONED)
                 storage.set_trial_user_attr(tid, "reason", f"its driver died (no heartbeat for over {GRACE_S:g} s); "
-                                                           "the trial was abandoned and is not retried")
+                                                           "the candidate may be proposed again")
                 if storage.set_trial_state_values(tid, TrialState.FAIL):
                     failed.append(tid)
             except (UpdateFinishedTrialError, KeyError, RuntimeError):
@@ -416,10 +440,25 @@ class Driver:
         without training (duplicate, over the parameter budget)."""
         from optuna.trial import TrialState
 
-        from autopeft.builder import count_params
-
         study = self.study
         trial = study.ask()
+        try:
+            return self._prepare_spec(study, trial)
+        except BaseException as exc:  # never leave a RUNNING trial behind (a bad proposal, Ctrl-C, storage error)
+            if trial.number not in self.pending:
+                try:
+                    trial.set_user_attr("status", ABANDONED if isinstance(exc, KeyboardInterrupt) else FAILED)
+                    trial.set_user_attr("reason", f"while preparing the trial: {type(exc).__name__}: {exc}"[:500])
+                    study.tell(trial, state=TrialState.FAIL)
+                except Exception:  # storage gone: stale detection marks it on resume
+                    pass
+            raise
+
+    def _prepare_spec(self, study: Any, trial: Any) -> TrialSpec | None:
+        from optuna.trial import TrialState
+
+        from autopeft.builder import count_params
+
         try:  # at once, so a driver killed from here on leaves a trial that resume can tell is stale
             study._storage.record_heartbeat(trial._trial_id)
         except (AttributeError, NotImplementedError):
@@ -462,7 +501,8 @@ class Driver:
         from optuna.trial import TrialState
 
         for t in self.study.get_trials(deepcopy=False):
-            if t.number != trial.number and t.user_attrs.get("candidate_key") == key and t.state != TrialState.PRUNED:
+            if (t.number != trial.number and t.user_attrs.get("candidate_key") == key and t.state != TrialState.PRUNED
+                    and t.user_attrs.get("status") != ABANDONED):
                 return True
         return False
 
@@ -489,12 +529,14 @@ class Driver:
                 pass
 
     def abandon_pending(self) -> None:
-        """Mark trials still running at a stop as failed, with the reason (completed work is untouched)."""
+        """Mark trials still running at a stop (Ctrl-C, --timeout, too many failures, an error) as FAIL with
+        status ``abandoned`` and the reason; completed work is untouched, and the sampler may propose an
+        abandoned candidate again (it was stopped, not found wanting)."""
         from optuna.trial import TrialState
 
         for trial, _, _ in list(self.pending.values()):
             try:
-                trial.set_user_attr("status", FAILED)
+                trial.set_user_attr("status", ABANDONED)
                 trial.set_user_attr("reason", f"stopped before it finished ({self.stop_reason or 'error'})")
                 self.study.tell(trial, state=TrialState.FAIL)
             except Exception:  # storage may be gone; stale-trial detection marks it failed on resume
@@ -529,12 +571,16 @@ class Driver:
     def _run_local(self) -> None:
         from autopeft.executors import make_executor
 
-        ex = make_executor(self.executor_name, self.workers, self.trial_timeout, **self.executor_kwargs)
+        workers = self.workers_arg if self.executor_name == "ray" else self.workers
+        ex = make_executor(self.executor_name, workers, self.trial_timeout, **self.executor_kwargs)
         last_hb = 0.0
         try:
             # one proposal prepared ahead when several workers run, so a freed worker never waits for the sampler
             ahead = 1 if ex.capacity > 1 else 0
             while not self.finished():
+                if self.timeout is not None and time.monotonic() - self.t_start > self.timeout:
+                    self.stop_reason = "timeout"  # at once: running trials are abandoned, not waited for
+                    break
                 while len(self.pending) < ex.capacity + ahead and self.needs_more():
                     spec = self.ask_spec()
                     if spec is not None:

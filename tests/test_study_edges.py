@@ -1,0 +1,154 @@
+"""Edge cases of the study: budgets over all trials, exporting a failed trial, abandoned trials,
+adopting an empty study, a proposal that fails to become a trial, and Ray pool sizing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from autopeft import cli
+from autopeft.errors import ConfigError, StudyError
+from autopeft.result import load_study
+from autopeft.study import ABANDONED, SCHEMA_VERSION, Driver, data_spec_dict
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+FID = dict(n_train=32, n_eval=32, epochs=1, max_length=24, batch_size=16)
+CAND = {"methods": {"lora": {"r": 2, "targets": ["q", "v"], "alpha_ratio": 2.0, "dropout": 0.0}}, "layers": [0, 1],
+        "sparsity": {}, "lr_multiplier": 1.0}
+
+
+def _synthetic(storage: str, objectives: list[str], rows: list[tuple[TrialState, list[float] | None, dict]],
+               model: str = "m") -> None:
+    dirs = {"score": "maximize", "params": "minimize", "memory": "minimize"}
+    s = optuna.create_study(study_name="syn", storage=storage, directions=[dirs[o] for o in objectives])
+    attrs = {"autopeft_schema": SCHEMA_VERSION, "model": model, "task": {"task": "sst2"}, "space": "tiny", "space_hash": "h",
+             "objectives": objectives, "ref_point": [0.5, -6.0, -4.0][: len(objectives)], "fidelity": FID,
+             "metric": "accuracy", "num_labels": 2, "base_params": 1_000_000}
+    for k, v in attrs.items():
+        s.set_user_attr(k, v)
+    for state, values, ua in rows:
+        s.add_trial(create_trial(state=state, values=values, params={"x": 0.5}, distributions={"x": FloatDistribution(0, 1)},
+                                 user_attrs={"candidate": CAND, "summary": "lora", **ua}))
+
+
+def test_budget_on_an_objective_the_study_lacks_looks_at_all_trials(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    # A dominates B in (score, params), so B is off the front; only B fits a 200 MiB memory budget
+    _synthetic(storage, ["score", "params"], [
+        (TrialState.COMPLETE, [0.9, 100.0], {"params": 100, "memory_mib": 500.0}),
+        (TrialState.COMPLETE, [0.8, 200.0], {"params": 200, "memory_mib": 150.0}),
+    ])
+    res = load_study("syn", storage)
+    assert list(res.pareto_front["trial"]) == [0]
+    assert res.best_trial().number == 0
+    assert res.best_trial(max_memory=200).number == 1
+    assert res.best_trial(max_params=150).number == 0
+    with pytest.raises(StudyError, match="fits the budget"):
+        res.best_trial(max_memory=100)
+
+
+def test_export_of_a_failed_trial_is_refused(tiny_model: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    _synthetic(storage, ["score", "params", "memory"], [
+        (TrialState.COMPLETE, [0.9, 100.0, 50.0], {"params": 100, "memory_mib": 50.0}),
+        (TrialState.FAIL, None, {"reason": "RuntimeError: injected fault", "status": "failed"}),
+    ], model=tiny_model)
+    out = tmp_path / "exp"
+    assert cli.main(["export", "--study", "syn", "--storage", storage, "--trial", "1", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "trial 1 of study 'syn' is FAIL (RuntimeError: injected fault)" in err and "Traceback" not in err
+    assert not out.exists()
+    assert cli.main(["export", "--study", "syn", "--storage", storage, "--trial", "0", "-o", str(out)]) == 0
+
+
+def _driver(tiny_model: str, glue_dir: Path, storage: str, n: int, **kw: object) -> Driver:
+    return Driver(model=tiny_model, data=data_spec_dict("sst2", str(glue_dir), None, None, None, None, None), space="tiny",
+                  n_trials=n, study_name="edge", storage=storage, n_startup=2, fidelity=FID, **kw)  # type: ignore[arg-type]
+
+
+def test_timeout_abandons_running_trials_and_their_candidates_stay_eligible(tiny_model: str, glue_dir: Path,
+                                                                             tmp_path: Path) -> None:
+    import time
+
+    storage = f"sqlite:///{tmp_path / 'e.db'}"
+    drv = _driver(tiny_model, glue_dir, storage, 5, executor="local", workers=1, timeout=4.0,
+                  fault=lambda n: "sleep:60")
+    t0 = time.monotonic()
+    drv.run()
+    assert time.monotonic() - t0 < 40  # stopped at the timeout, not after the 60 s trial
+    trials = drv.study.get_trials()
+    assert trials and not [t for t in trials if t.state == TrialState.RUNNING]
+    ab = [t for t in trials if t.user_attrs.get("status") == ABANDONED]
+    assert ab and all(t.state == TrialState.FAIL and "stopped before it finished (timeout)" in t.user_attrs["reason"]
+                      for t in ab)
+    again = _driver(tiny_model, glue_dir, storage, 5, executor="inline")
+    again.prepare()
+    assert not {t.user_attrs["candidate_key"] for t in ab} & again.evaluated
+
+
+def test_a_proposal_that_cannot_become_a_trial_is_recorded_failed(tiny_model: str, glue_dir: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    drv = _driver(tiny_model, glue_dir, f"sqlite:///{tmp_path / 'p.db'}", 2, executor="inline")
+    drv.prepare()
+
+    def broken(trial: object) -> None:
+        raise ValueError("decoder broke")
+
+    monkeypatch.setattr(drv.bound, "suggest", broken)
+    with pytest.raises(ValueError, match="decoder broke"):
+        drv.ask_spec()
+    (t,) = drv.study.get_trials()
+    assert t.state == TrialState.FAIL and t.user_attrs["reason"] == "while preparing the trial: ValueError: decoder broke"
+
+
+def test_an_empty_study_without_autopeft_attributes_is_adopted(tiny_model: str, glue_dir: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import autopeft.study as st
+
+    monkeypatch.setattr(st, "ADOPT_WAIT_S", 0.5)
+    storage = f"sqlite:///{tmp_path / 'a.db'}"
+    # a driver that died between creating the study and writing its attributes leaves this behind
+    optuna.create_study(study_name="edge", storage=storage, directions=["maximize", "minimize", "minimize"])
+    res = _driver(tiny_model, glue_dir, storage, 1, executor="inline").run()
+    assert res.study.user_attrs["autopeft_schema"] == SCHEMA_VERSION
+    assert len(res.study.get_trials(states=(TrialState.COMPLETE,))) == 1
+    # an empty foreign study with other directions is refused, not silently changed
+    optuna.create_study(study_name="other", storage=storage, directions=["minimize"])
+    d = Driver(model=tiny_model, data=data_spec_dict("sst2", str(glue_dir), None, None, None, None, None), space="tiny",
+               n_trials=1, study_name="other", storage=storage, fidelity=FID, executor="inline")
+    with pytest.raises(StudyError, match="is empty but has directions"):
+        d.run()
+
+
+def test_ray_pool_is_sized_to_the_cluster(capsys: pytest.CaptureFixture[str]) -> None:
+    import ray
+
+    from autopeft.ray_executor import pool_size, run_with_ray
+
+    class _D:
+        trial_timeout = None
+        workers = 2
+
+    with pytest.raises(ConfigError, match="cannot use a ray:// \\(Ray Client\\) address"):
+        run_with_ray(_D(), address="ray://head:10001")
+    d = _D()
+    d.trial_timeout = 5.0
+    with pytest.raises(ConfigError, match="--trial-timeout is not supported with --executor ray-tune"):
+        run_with_ray(d)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        assert pool_size(None, 0.25, 0.0) == 8
+        assert pool_size(8, 1.0, 0.0) == 2
+        assert "--workers 8 lowered to 2" in capsys.readouterr().err
+        assert pool_size(1, 1.0, 0.0) == 1
+        with pytest.raises(ConfigError, match="one trial needs 4 CPUs"):
+            pool_size(None, 4.0, 0.0)
+        with pytest.raises(ConfigError, match="0 GPUs, but one trial needs 1 CPUs and 0.5 GPUs"):
+            pool_size(None, 1.0, 0.5)
+    finally:
+        ray.shutdown()
