@@ -70,6 +70,20 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
     return result
 
 
+def run_seed(cand_json: str, model: str | None, data: dict[str, Any], n_train: int | None, epochs: float, seed: int,
+             max_length: int = 128, batch_size: int = 32) -> dict[str, Any]:
+    """One full-budget run with one seed, on one thread, saving nothing (for process pools, e.g. bench/retrain.py)."""
+    import tempfile
+
+    from autopeft._quiet import quiet
+
+    quiet()
+    with tempfile.TemporaryDirectory() as tmp:
+        r = train_final(Candidate.from_json(cand_json), model, data, tmp, epochs=epochs, n_train=n_train,
+                        max_length=max_length, batch_size=batch_size, seeds=(seed,), threads=1)
+    return {"score": r["scores"][0], "seconds": r["seconds"][0], "params": r["params"], "n_train": r["n_train"]}
+
+
 def save_trained(built: Any, cand: Candidate, out: Path, model: str | None, num_labels: int) -> None:
     """peft's own files for the peft part (if any) + every trained tensor for autopeft's reload."""
     from peft import PeftModel

@@ -56,3 +56,20 @@ def test_overhead_on_a_study(tiny_model: str, glue_dir: Path, tmp_path: Path) ->
 def test_ray_efficiency_quick(tiny_model: str, glue_dir: Path) -> None:
     out = _load("ray_efficiency").main(["--quick", "--data-dir", str(glue_dir), "--model", tiny_model, "--space", "tiny"])
     assert out["trials"] == 3 and 0 < out["efficiency"] <= 1.05
+
+
+def test_retrain_quick_run_is_resumable_and_reports(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
+    rt = _load("retrain")
+    out = tmp_path / "runs.jsonl"
+    args = ["--quick", "--model", tiny_model, "--data-dir", str(glue_dir), "--space", "tiny", "--seeds", "2",
+            "--out", str(out)]
+    assert rt.main(["run", *args]) == 0
+    runs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(runs) == 10 and {r["name"] for r in runs} == set(rt.BASELINES)  # 5 baselines x 2 seeds
+    assert all(0.0 <= r["score"] <= 1.0 and r["params"] > 0 and r["n_train"] == 32 for r in runs)
+    assert rt.main(["run", *args]) == 0 and len(out.read_text().splitlines()) == 10  # resumed: nothing re-run
+    rep = rt.main(["report", *args, "--json", str(tmp_path / "r.json")])
+    assert set(rep["verdict"]) == set(rt.BASELINES) and all(v is None for v in rep["verdict"].values())  # no found configs
+    full = next(r for r in rep["rows"] if r["name"] == "full fine-tuning")
+    lora = next(r for r in rep["rows"] if r["name"] == "lora r=8 q,v")
+    assert full["params"] > lora["params"] and full["seeds"] == 2

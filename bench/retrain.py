@@ -1,0 +1,249 @@
+"""Found vs hand-designed, and how well the low-cost trial predicts the full-budget score.
+
+`run` re-trains, at full budget and with several seeds, scored on the untouched validation split:
+  - the hand-designed baselines: LoRA r=8 on q,v; IA3; prefix 20; serial adapter 64; full fine-tuning;
+  - up to 5 configs from the Pareto front of a search (``--found NAME@STORAGE``), spread over parameter counts
+    among the front's high scorers;
+  - extra configs from the tabular benchmark's table (spread over its low-cost scores) until ``--n-proxy``
+    configs in all have a low-cost score, for the rank correlation.
+Every (config, seed) run is appended to bench/tables/retrain-<task>.jsonl as it finishes, so the command is
+resumable: run it again and it goes on; ``--minutes`` stops submitting new runs (chunks of ~40 minutes).
+Two runs go side by side, one thread each.
+
+`report` prints (and writes as JSON) for each baseline whether a found config has at least its mean score with at
+most its parameters, and the Spearman rank correlation between the low-cost score and the full-budget score
+(mean over seeds), next to the seed-to-seed correlation of the full-budget score itself (seed 0 vs seed 1: the
+ceiling any proxy can reach), and the cost ratio (low-cost trial seconds / full-budget seconds).
+
+    python bench/retrain.py run --task sst2 --found bench-ours-0@sqlite:///bench/tables/confirm-sst2.db --minutes 38
+    python bench/retrain.py report --task sst2 --found bench-ours-0@sqlite:///bench/tables/confirm-sst2.db
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+TABLES = ROOT / "bench" / "tables"
+GLUE = ROOT.parent / "shared" / "data" / "glue"
+# full budget per task (issue 6): SST-2 8,000 training rows x 1 epoch; MRPC all rows x 3 epochs
+FULL = {"sst2": {"n_train": 8000, "epochs": 1.0}, "mrpc": {"n_train": None, "epochs": 3.0}}
+BASELINES = {
+    "lora r=8 q,v": ({"lora": {"r": 8, "targets": ["q", "v"], "alpha_ratio": 2.0, "dropout": 0.1}}, "all"),
+    "ia3": ({"ia3": {"targets": ["k", "v", "ffn_down"]}}, "all"),
+    "prefix 20": ({"prefix": {"length": 20}}, "none"),
+    "serial adapter 64": ({"serial_adapter": {"size": 64, "scaling": 1.0}}, "all"),
+    "full fine-tuning": ({"full": {}}, "none"),
+}
+
+
+def _data(task: str, data_dir: str) -> dict[str, Any]:
+    from autopeft.study import data_spec_dict
+
+    return data_spec_dict(task, data_dir, None, None, None, None, None)
+
+
+def found_configs(found: str, k: int = 5) -> list[dict[str, Any]]:
+    """Up to ``k`` front configs of a search, spread over log-params among those within 0.05 of its best score."""
+    from autopeft.result import load_study
+
+    name, _, storage = found.partition("@")
+    res = load_study(name, storage or None)
+    front = res.front_trials()
+    if not front:
+        return []
+    best = max(t.values[0] for t in front)
+    good = sorted([t for t in front if t.values[0] >= best - 0.05], key=lambda t: t.user_attrs["params"])
+    if len(good) > k:
+        idx = sorted({round(i * (len(good) - 1) / (k - 1)) for i in range(k)})
+        good = [good[i] for i in idx]
+    return [{"kind": "found", "name": f"found #{t.number}", "candidate": t.user_attrs["candidate"],
+             "low_score": t.values[0], "low_s": t.user_attrs.get("wall_s")} for t in good]
+
+
+def table_rows(task: str, space: str) -> list[dict[str, Any]]:
+    import pandas as pd
+
+    path = TABLES / f"{task}-{space}.csv"
+    if not path.exists():
+        return []
+    df = pd.read_csv(path)
+    return [{"candidate": json.loads(r.candidate), "low_score": float(r.score), "low_s": float(r.wall_s),
+             "baseline": r.baseline if isinstance(r.baseline, str) else ""} for r in df.itertuples()]
+
+
+def plan(task: str, space: str, found: str | None, n_proxy: int, num_layers: int) -> list[dict[str, Any]]:
+    """The configs to re-train: baselines, found, then table configs spread over low-cost scores."""
+    from autopeft.candidate import Candidate
+
+    table = table_rows(task, space)
+    by_key = {Candidate.from_dict(r["candidate"]).key: r for r in table}
+    out: list[dict[str, Any]] = []
+    for name, (methods, layers) in BASELINES.items():
+        c = Candidate.make(methods, list(range(num_layers)) if layers == "all" else [])
+        row = by_key.get(c.key, {})
+        out.append({"kind": "baseline", "name": name, "candidate": c.to_dict(), "low_score": row.get("low_score"),
+                    "low_s": row.get("low_s")})
+    if found:
+        out.extend(found_configs(found))
+    keys = {Candidate.from_dict(o["candidate"]).key for o in out}
+    have = sum(o["low_score"] is not None for o in out)
+    rest = sorted([r for k, r in by_key.items() if k not in keys], key=lambda r: r["low_score"])
+    need = max(0, n_proxy - have)
+    if need and rest:
+        idx = sorted({round(i * (len(rest) - 1) / max(1, need - 1)) for i in range(need)})
+        for i in idx:
+            r = rest[i]
+            out.append({"kind": "proxy", "name": Candidate.from_dict(r["candidate"]).summary(), "candidate": r["candidate"],
+                        "low_score": r["low_score"], "low_s": r["low_s"]})
+    for o in out:
+        o["key"] = Candidate.from_dict(o["candidate"]).key
+    return out
+
+
+def _done(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run(a: argparse.Namespace) -> int:
+    from autopeft.builder import model_info
+
+    data = _data(a.task, a.data_dir)
+    from autopeft.trial import task_of
+
+    info = model_info(a.model, task_of(data).num_labels)
+    configs = plan(a.task, a.space, a.found, a.n_proxy, info.arch.num_layers)
+    full = dict(FULL.get(a.task, {"n_train": None, "epochs": 3.0}))
+    if a.quick:
+        full = {"n_train": 32, "epochs": 1.0}
+    out = Path(a.out or TABLES / f"retrain-{a.task}.jsonl")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = {(r["key"], r["seed"]) for r in _done(out)}
+    jobs = []
+    for c in configs:
+        seeds = a.seeds if c["kind"] != "proxy" else min(a.seeds, 2)
+        for s in range(seeds):
+            if (c["key"], s) not in done:
+                jobs.append((c, s))
+    print(f"{len(configs)} configs, {len(jobs)} runs to do, {len(done)} done", flush=True)
+    deadline = time.monotonic() + a.minutes * 60 if a.minutes else math.inf
+    ml, bs = (24, 16) if a.quick else (128, 32)
+    import multiprocessing as mp
+
+    from autopeft.final import run_seed
+
+    with ProcessPoolExecutor(max_workers=a.workers, mp_context=mp.get_context("spawn")) as pool:
+        running: dict[Any, tuple[dict[str, Any], int]] = {}
+        while jobs or running:
+            while jobs and len(running) < a.workers and time.monotonic() < deadline:
+                c, s = jobs.pop(0)
+                fut = pool.submit(run_seed, json.dumps(c["candidate"]), a.model, data, full["n_train"], full["epochs"], s, ml, bs)
+                running[fut] = (c, s)
+            if not running:
+                break
+            fin, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in fin:
+                c, s = running.pop(fut)
+                try:
+                    r = fut.result()
+                except Exception as exc:  # a diverged or failed run is recorded, not fatal
+                    r = {"score": None, "error": f"{type(exc).__name__}: {exc}"[:300]}
+                rec = {k: c[k] for k in ("kind", "name", "key", "candidate", "low_score", "low_s")}
+                rec.update({"seed": s, "full": full, **r})
+                with out.open("a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                print(f"{c['name']:40s} seed {s}: {r.get('score')}  ({r.get('seconds', 0):.0f} s)", flush=True)
+    left = len(jobs)
+    print(f"{'stopped at --minutes; ' + str(left) + ' runs left, run again to go on' if left else 'all runs done'}")
+    return left
+
+
+def _spearman(x: list[float], y: list[float]) -> float:
+    import pandas as pd
+
+    return float(pd.Series(x).rank().corr(pd.Series(y).rank()))
+
+
+def report(a: argparse.Namespace) -> dict[str, Any]:
+    import statistics
+
+    recs = [r for r in _done(Path(a.out or TABLES / f"retrain-{a.task}.jsonl")) if r.get("score") is not None]
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in recs:
+        by.setdefault(r["key"], []).append(r)
+    rows = []
+    for key, rs in by.items():
+        rs.sort(key=lambda r: r["seed"])
+        scores = [r["score"] for r in rs]
+        rows.append({"kind": rs[0]["kind"], "name": rs[0]["name"], "params": rs[0]["params"], "seeds": len(rs),
+                     "mean": statistics.fmean(scores), "std": statistics.pstdev(scores) if len(scores) > 1 else 0.0,
+                     "scores": scores, "low_score": rs[0]["low_score"], "low_s": rs[0]["low_s"],
+                     "full_s": statistics.fmean(r["seconds"] for r in rs)})
+    rows.sort(key=lambda r: (r["kind"], -r["mean"]))
+    print(f"{'kind':9s} {'config':45s} {'params':>10s} {'full score (mean±sd, seeds)':>28s} {'low-cost':>9s}")
+    for r in rows:
+        low = f"{r['low_score']:.3f}" if r["low_score"] is not None else "-"
+        print(f"{r['kind']:9s} {r['name'][:45]:45s} {r['params']:>10,d} {r['mean']:.3f} ± {r['std']:.3f} ({r['seeds']}){'':9s}"
+              f" {low:>9s}")
+    found = [r for r in rows if r["kind"] == "found"]
+    verdict = {}
+    for b in [r for r in rows if r["kind"] == "baseline"]:
+        win = [f for f in found if f["mean"] >= b["mean"] and f["params"] <= b["params"]]
+        verdict[b["name"]] = max(win, key=lambda f: f["mean"])["name"] if win else None
+        print(f"baseline {b['name']:20s} ({b['mean']:.3f}, {b['params']:,} params): "
+              + (f"beaten by {verdict[b['name']]}" if win else "no found config has >= its score with <= its params"))
+    prox = [r for r in rows if r["low_score"] is not None]
+    out: dict[str, Any] = {"rows": rows, "verdict": verdict}
+    if len(prox) >= 3:
+        out["proxy_rho"] = _spearman([r["low_score"] for r in prox], [r["mean"] for r in prox])
+        out["proxy_n"] = len(prox)
+        two = [r for r in rows if len(r["scores"]) >= 2]
+        if len(two) >= 3:
+            out["seed_rho"] = _spearman([r["scores"][0] for r in two], [r["scores"][1] for r in two])
+            out["seed_n"] = len(two)
+        ratio = [r["low_s"] / r["full_s"] for r in prox if r["low_s"] and r["full_s"]]
+        out["cost_ratio"] = statistics.median(ratio) if ratio else None
+        print(f"proxy Spearman rho {out['proxy_rho']:.3f} over {len(prox)} configs; seed-to-seed rho "
+              f"{out.get('seed_rho', float('nan')):.3f} over {out.get('seed_n', 0)}; "
+              f"median cost ratio {out['cost_ratio'] if out['cost_ratio'] is None else round(out['cost_ratio'], 3)}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=1))
+    return out
+
+
+def main(argv: list[str] | None = None) -> Any:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("cmd", choices=("run", "report"))
+    ap.add_argument("--task", default="sst2")
+    ap.add_argument("--space", default="mixed", help="the tabular benchmark's space (its table gives proxy configs)")
+    ap.add_argument("--found", help="a search's study as NAME@STORAGE; its front gives the found configs")
+    ap.add_argument("--n-proxy", type=int, default=20)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--minutes", type=float, default=38.0)
+    ap.add_argument("--data-dir", default=str(GLUE))
+    ap.add_argument("--model")
+    ap.add_argument("--out", help="JSONL of runs (default bench/tables/retrain-<task>.jsonl)")
+    ap.add_argument("--json", help="report: write the summary here")
+    ap.add_argument("--quick", action="store_true", help="tiny budget (use with --model TINY) for tests")
+    a = ap.parse_args(argv)
+    from autopeft._quiet import quiet
+
+    quiet()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return run(a) if a.cmd == "run" else report(a)
+
+
+if __name__ == "__main__":
+    main()
