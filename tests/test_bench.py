@@ -73,3 +73,14 @@ def test_retrain_quick_run_is_resumable_and_reports(tiny_model: str, glue_dir: P
     full = next(r for r in rep["rows"] if r["name"] == "full fine-tuning")
     lora = next(r for r in rep["rows"] if r["name"] == "lora r=8 q,v")
     assert full["params"] > lora["params"] and full["seeds"] == 2
+
+
+def test_confirm_quick_run_and_report(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
+    cf = _load("confirm")
+    args = ["--quick", "--model", tiny_model, "--data-dir", str(glue_dir), "--space", "tiny", "--samplers", "autopeft,random",
+            "--seeds", "0", "--trials", "10", "--storage", f"sqlite:///{tmp_path / 'c.db'}"]
+    assert cf.main(["run", *args]) == 0
+    rep = cf.main(["report", *args])
+    assert set(rep["studies"]) == {"autopeft-0", "random-0"}
+    for s in rep["studies"].values():
+        assert s["complete"] == 10 and s["hv"][0] >= 0 and 0 <= s["best_score"] <= 1 and s["ref_point"] == rep["studies"]["autopeft-0"]["ref_point"]
