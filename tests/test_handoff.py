@@ -4,6 +4,7 @@ plots; the dashboard over HTTP."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -145,6 +146,8 @@ def test_notebook_runs_top_to_bottom(study: tuple[str, str], tmp_path: Path, mon
     monkeypatch.setenv("AUTOPEFT_STORAGE", storage)
     monkeypatch.setenv("AUTOPEFT_PLOTS", str(tmp_path / "plots"))
     monkeypatch.setenv("AUTOPEFT_EXPORT", str(tmp_path / "export"))
+    repo = str(Path(__file__).resolve().parents[1])  # the kernel imports this checkout, installed or not
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p))
     nb = nbformat.read(Path(__file__).resolve().parents[1] / "notebooks" / "inspect_study.ipynb", as_version=4)
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
