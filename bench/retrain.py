@@ -10,13 +10,19 @@ Every (config, seed) run is appended to bench/tables/retrain-<task>.jsonl as it 
 resumable: run it again and it goes on; ``--minutes`` stops submitting new runs (chunks of ~40 minutes).
 Two runs go side by side, one thread each.
 
+`proxy` scores every re-trained config again with other low-cost fidelities (``--fidelity n_train=1000,epochs=1,
+batch_size=8``, repeatable; seed 0 as in the search), appended to bench/tables/proxy-<task>.jsonl, so the rank
+correlation and cost of candidate default fidelities can be compared on the same configs.
+
 `report` prints (and writes as JSON) for each baseline whether a found config has at least its mean score with at
 most its parameters, and the Spearman rank correlation between the low-cost score and the full-budget score
 (mean over seeds), next to the seed-to-seed correlation of the full-budget score itself (seed 0 vs seed 1: the
-ceiling any proxy can reach), and the cost ratio (low-cost trial seconds / full-budget seconds).
+ceiling any proxy can reach), and the cost ratio (low-cost trial seconds / full-budget seconds); the same for each
+fidelity that `proxy` ran.
 
-    python bench/retrain.py run --task sst2 --found bench-ours-0@sqlite:///bench/tables/confirm-sst2.db --minutes 38
-    python bench/retrain.py report --task sst2 --found bench-ours-0@sqlite:///bench/tables/confirm-sst2.db
+    python bench/retrain.py run --task sst2 --found confirm-sst2-autopeft-0@sqlite:///bench/tables/confirm-sst2.db
+    python bench/retrain.py proxy --task sst2 --fidelity n_train=1000,epochs=1,batch_size=8
+    python bench/retrain.py report --task sst2 --json bench/tables/retrain-sst2.json
 """
 
 from __future__ import annotations
@@ -66,7 +72,7 @@ def found_configs(found: str, k: int = 5) -> list[dict[str, Any]]:
     if len(good) > k:
         idx = sorted({round(i * (len(good) - 1) / (k - 1)) for i in range(k)})
         good = [good[i] for i in idx]
-    return [{"kind": "found", "name": f"found #{t.number}", "candidate": t.user_attrs["candidate"],
+    return [{"kind": "found", "name": f"found #{t.number}: {t.user_attrs.get('summary', '')}", "candidate": t.user_attrs["candidate"],
              "low_score": t.values[0], "low_s": t.user_attrs.get("wall_s")} for t in good]
 
 
@@ -99,9 +105,15 @@ def plan(task: str, space: str, found: str | None, n_proxy: int, num_layers: int
     have = sum(o["low_score"] is not None for o in out)
     rest = sorted([r for k, r in by_key.items() if k not in keys], key=lambda r: r["low_score"])
     need = max(0, n_proxy - have)
-    if need and rest:
-        idx = sorted({round(i * (len(rest) - 1) / max(1, need - 1)) for i in range(need)})
-        for i in idx:
+    if need and rest:  # spread evenly over the range of low-cost scores (many configs tie at chance level)
+        lo, hi = rest[0]["low_score"], rest[-1]["low_score"]
+        picked: list[int] = []
+        for t in range(need):
+            target = lo + (hi - lo) * t / max(1, need - 1)
+            free = [i for i in range(len(rest)) if i not in picked]
+            if free:
+                picked.append(min(free, key=lambda i: abs(rest[i]["low_score"] - target)))
+        for i in sorted(picked):
             r = rest[i]
             out.append({"kind": "proxy", "name": Candidate.from_dict(r["candidate"]).summary(), "candidate": r["candidate"],
                         "low_score": r["low_score"], "low_s": r["low_s"]})
@@ -132,7 +144,7 @@ def run(a: argparse.Namespace) -> int:
     done = {(r["key"], r["seed"]) for r in _done(out)}
     jobs = []
     for c in configs:
-        seeds = a.seeds if c["kind"] != "proxy" else min(a.seeds, 2)
+        seeds = a.seeds if c["kind"] != "proxy" else min(a.seeds, a.proxy_seeds)
         for s in range(seeds):
             if (c["key"], s) not in done:
                 jobs.append((c, s))
@@ -169,6 +181,48 @@ def run(a: argparse.Namespace) -> int:
     return left
 
 
+def _fid_label(f: dict[str, Any]) -> str:
+    return ",".join(f"{k}={f[k]}" for k in sorted(f))
+
+
+def proxy(a: argparse.Namespace) -> int:
+    """Score every re-trained config with other low-cost fidelities (seed 0, as the search), for the rank correlation."""
+    import multiprocessing as mp
+
+    from autopeft.trial import TrialSpec, run_trial
+
+    data = _data(a.task, a.data_dir)
+    recs = _done(Path(a.out or TABLES / f"retrain-{a.task}.jsonl"))
+    configs = {r["key"]: r["candidate"] for r in recs if r.get("score") is not None}
+    out = Path(a.proxy_out or TABLES / f"proxy-{a.task}.jsonl")
+    done = {(r["key"], r["fidelity_label"]) for r in _done(out)}
+    fids = []
+    for text in a.fidelity or []:
+        f = {k: (float(v) if k == "epochs" else int(v)) for k, v in (kv.split("=") for kv in text.split(","))}
+        fids.append(f)
+    jobs = [(k, c, f) for f in fids for k, c in configs.items() if (k, _fid_label(f)) not in done]
+    print(f"{len(configs)} configs x {len(fids)} fidelities: {len(jobs)} trials to run", flush=True)
+    with ProcessPoolExecutor(max_workers=a.workers, mp_context=mp.get_context("spawn")) as pool:
+        futs = {pool.submit(run_trial, TrialSpec(trial_id=i, candidate=c, model=a.model, data=data, fidelity=f, seed=0,
+                                                 threads=1)): (k, f) for i, (k, c, f) in enumerate(jobs)}
+        for fut in futs:
+            k, f = futs[fut]
+            r = fut.result()
+            with out.open("a") as fh:
+                fh.write(json.dumps({"key": k, "fidelity": f, "fidelity_label": _fid_label(f), "score": r.score,
+                                     "wall_s": r.wall_s, "status": r.status}) + "\n")
+    return 0
+
+
+def _work_ratio(low: dict[str, Any] | None, recs: list[dict[str, Any]]) -> float:
+    """Training rows x epochs of a low-cost fidelity over those of the full budget (timing-independent cost)."""
+    from autopeft.trial import Fidelity
+
+    f = Fidelity(**(low or {}))
+    full = recs[0]
+    return f.n_train * f.epochs / (full["n_train"] * full["full"]["epochs"])
+
+
 def _spearman(x: list[float], y: list[float]) -> float:
     import pandas as pd
 
@@ -186,7 +240,7 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
     for key, rs in by.items():
         rs.sort(key=lambda r: r["seed"])
         scores = [r["score"] for r in rs]
-        rows.append({"kind": rs[0]["kind"], "name": rs[0]["name"], "params": rs[0]["params"], "seeds": len(rs),
+        rows.append({"key": key, "kind": rs[0]["kind"], "name": rs[0]["name"], "params": rs[0]["params"], "seeds": len(rs),
                      "mean": statistics.fmean(scores), "std": statistics.pstdev(scores) if len(scores) > 1 else 0.0,
                      "scores": scores, "low_score": rs[0]["low_score"], "low_s": rs[0]["low_s"],
                      "full_s": statistics.fmean(r["seconds"] for r in rs)})
@@ -214,9 +268,24 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
             out["seed_n"] = len(two)
         ratio = [r["low_s"] / r["full_s"] for r in prox if r["low_s"] and r["full_s"]]
         out["cost_ratio"] = statistics.median(ratio) if ratio else None
+        out["work_ratio"] = _work_ratio(a.low_fidelity, recs)
         print(f"proxy Spearman rho {out['proxy_rho']:.3f} over {len(prox)} configs; seed-to-seed rho "
               f"{out.get('seed_rho', float('nan')):.3f} over {out.get('seed_n', 0)}; "
-              f"median cost ratio {out['cost_ratio'] if out['cost_ratio'] is None else round(out['cost_ratio'], 3)}")
+              f"median cost ratio {out['cost_ratio'] if out['cost_ratio'] is None else round(out['cost_ratio'], 3)} "
+              f"(training rows x epochs: {out['work_ratio']:.3f} of the full budget)")
+    pf = Path(a.proxy_out or TABLES / f"proxy-{a.task}.jsonl")
+    full_by_key = {r["key"]: r for r in rows}
+    out["fidelities"] = {}
+    for label in sorted({r["fidelity_label"] for r in _done(pf)}):
+        pr = [r for r in _done(pf) if r["fidelity_label"] == label and r["score"] is not None and r["key"] in full_by_key]
+        if len(pr) < 3:
+            continue
+        rho = _spearman([r["score"] for r in pr], [full_by_key[r["key"]]["mean"] for r in pr])
+        ratio = statistics.median(r["wall_s"] / full_by_key[r["key"]]["full_s"] for r in pr)
+        work = _work_ratio(pr[0]["fidelity"], recs)
+        out["fidelities"][label] = {"rho": rho, "n": len(pr), "cost_ratio": ratio, "work_ratio": work}
+        print(f"fidelity {label}: Spearman rho {rho:.3f} over {len(pr)} configs, median cost ratio {ratio:.3f} "
+              f"(training rows x epochs: {work:.3f} of the full budget)")
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1))
     return out
@@ -224,25 +293,33 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> Any:
     ap = argparse.ArgumentParser()
-    ap.add_argument("cmd", choices=("run", "report"))
+    ap.add_argument("cmd", choices=("run", "proxy", "report"))
     ap.add_argument("--task", default="sst2")
     ap.add_argument("--space", default="mixed", help="the tabular benchmark's space (its table gives proxy configs)")
     ap.add_argument("--found", help="a search's study as NAME@STORAGE; its front gives the found configs")
     ap.add_argument("--n-proxy", type=int, default=20)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--proxy-seeds", type=int, default=1, help="seeds for the extra proxy configs (the seed-to-seed "
+                                                               "ceiling comes from the configs with --seeds seeds)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--minutes", type=float, default=38.0)
     ap.add_argument("--data-dir", default=str(GLUE))
     ap.add_argument("--model")
     ap.add_argument("--out", help="JSONL of runs (default bench/tables/retrain-<task>.jsonl)")
     ap.add_argument("--json", help="report: write the summary here")
+    ap.add_argument("--fidelity", action="append",
+                    help="proxy: a low-cost fidelity to score every re-trained config with, e.g. "
+                         "n_train=1000,epochs=1,batch_size=8 (repeatable)")
+    ap.add_argument("--low-fidelity", type=json.loads, help="report: the fidelity of the low-cost scores in the table "
+                                                            "and the found study, as JSON (default: autopeft's default)")
+    ap.add_argument("--proxy-out", help="JSONL of proxy trials (default bench/tables/proxy-<task>.jsonl)")
     ap.add_argument("--quick", action="store_true", help="tiny budget (use with --model TINY) for tests")
     a = ap.parse_args(argv)
     from autopeft._quiet import quiet
 
     quiet()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return run(a) if a.cmd == "run" else report(a)
+    return {"run": run, "proxy": proxy, "report": report}[a.cmd](a)
 
 
 if __name__ == "__main__":

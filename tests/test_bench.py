@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 
@@ -68,7 +69,15 @@ def test_retrain_quick_run_is_resumable_and_reports(tiny_model: str, glue_dir: P
     assert len(runs) == 10 and {r["name"] for r in runs} == set(rt.BASELINES)  # 5 baselines x 2 seeds
     assert all(0.0 <= r["score"] <= 1.0 and r["params"] > 0 and r["n_train"] == 32 for r in runs)
     assert rt.main(["run", *args]) == 0 and len(out.read_text().splitlines()) == 10  # resumed: nothing re-run
-    rep = rt.main(["report", *args, "--json", str(tmp_path / "r.json")])
+    assert rt.main(["proxy", *args, "--proxy-out", str(tmp_path / "p.jsonl"),
+                    "--fidelity", "n_train=16,epochs=1,batch_size=8,n_eval=16,max_length=24"]) == 0
+    prox = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert len(prox) == 5 and all(p["status"] == "ok" and 0 <= p["score"] <= 1 for p in prox)
+    rep = rt.main(["report", *args, "--proxy-out", str(tmp_path / "p.jsonl"), "--json", str(tmp_path / "r.json")])
+    (fid,) = rep["fidelities"].values()
+    assert fid["n"] == 5 and fid["cost_ratio"] > 0
+    constant = len({p["score"] for p in prox}) == 1 or len({r["mean"] for r in rep["rows"]}) == 1
+    assert math.isnan(fid["rho"]) if constant else -1 <= fid["rho"] <= 1  # a constant ranking has no correlation
     assert set(rep["verdict"]) == set(rt.BASELINES) and all(v is None for v in rep["verdict"].values())  # no found configs
     full = next(r for r in rep["rows"] if r["name"] == "full fine-tuning")
     lora = next(r for r in rep["rows"] if r["name"] == "lora r=8 q,v")
