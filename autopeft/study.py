@@ -6,6 +6,7 @@ fidelity, status and failure reason as attributes, so a study alone rebuilds eve
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -51,13 +52,13 @@ def get_storage(url: str, create: bool = True) -> Any:
     if not isinstance(url, str) or not url:
         raise StudyError("storage must be a URL such as sqlite:///studies/x.db or postgresql://user@host/db")
     if url.startswith("journal://") or url.endswith(".log"):
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
+        from optuna.storages.journal import JournalFileBackend
 
         path = url[len("journal://"):] if url.startswith("journal://") else url
         if not create and not Path(path).exists():
             raise StudyError(f"storage file not found: {path}")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(path))
+        return _journal_storage_class()(JournalFileBackend(path))
     if "://" not in url:
         raise StudyError(f"bad storage URL {url!r}: expected e.g. sqlite:///studies/x.db, postgresql://user@host/db or journal://file.log")
     if url.startswith("sqlite:///"):
@@ -73,6 +74,47 @@ def get_storage(url: str, create: bool = True) -> Any:
     except Exception as exc:  # sqlalchemy raises many types for bad URLs / unreachable servers
         msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise StudyError(f"cannot open storage {url!r}: {msg}") from None
+
+
+_HB_ATTR = "autopeft_heartbeat"
+
+
+@functools.lru_cache(maxsize=None)
+def _journal_storage_class() -> type:
+    """A journal storage with the heartbeats Optuna only gives RDB storages, so a dead driver's running trials
+    are told from a live driver's on a shared journal file too.  A heartbeat is the wall-clock time written as a
+    trial system attribute (one journal line per running trial every ``HEARTBEAT_S / 2`` s); a RUNNING trial whose
+    newest heartbeat (or, before its first, its start) is older than ``GRACE_S`` is stale.  Machines sharing one
+    journal file need clocks that agree to well under ``GRACE_S`` (NTP does)."""
+    from optuna.storages._heartbeat import BaseHeartbeat
+    from optuna.storages.journal import JournalStorage
+    from optuna.trial import TrialState
+
+    class JournalHeartbeatStorage(JournalStorage, BaseHeartbeat):
+        def record_heartbeat(self, trial_id: int) -> None:
+            self.set_trial_system_attr(trial_id, _HB_ATTR, time.time())
+
+        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+            now = time.time()
+            stale = []
+            for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+                last = t.system_attrs.get(_HB_ATTR)
+                if last is None and t.datetime_start is not None:
+                    last = t.datetime_start.timestamp()
+                if last is not None and now - float(last) > GRACE_S:
+                    stale.append(t._trial_id)
+            return stale
+
+        def get_heartbeat_interval(self) -> int | None:
+            return int(max(1, HEARTBEAT_S))
+
+        def get_failed_trial_callback(self) -> Any:
+            return None
+
+        def get_heartbeat_stale_trial_callback(self) -> Any:
+            return None
+
+    return JournalHeartbeatStorage
 
 
 def load_optuna_study(name: str, storage: str | None) -> Any:

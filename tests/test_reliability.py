@@ -180,3 +180,55 @@ def test_journal_storage_shared_by_concurrent_drivers(tiny_model: str, glue_dir:
     keys = [t.user_attrs["candidate_key"] for t in comp]
     assert len(keys) == len(set(keys))
     assert main(["show", "--study", "j", "--storage", url]) == 0
+
+
+def test_journal_heartbeats_tell_dead_trials_from_live(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Journal storage gets heartbeats too: a trial whose heartbeat stopped is stale, a beating one is not."""
+    from autopeft import study as study_mod
+    from autopeft.study import ABANDONED, Driver, get_storage
+
+    monkeypatch.setattr(study_mod, "GRACE_S", 0.6)
+    storage = get_storage(f"journal://{tmp_path / 'hb.log'}")
+    s = optuna.create_study(study_name="hb", storage=storage)
+    dead, live = s.ask(), s.ask()
+    storage.record_heartbeat(dead._trial_id)
+    assert Driver.fail_stale(s) == []  # both fresh
+    for _ in range(4):
+        time.sleep(0.25)
+        storage.record_heartbeat(live._trial_id)
+    assert Driver.fail_stale(s) == [dead._trial_id]
+    reread = optuna.load_study(study_name="hb", storage=get_storage(f"journal://{tmp_path / 'hb.log'}", create=False))
+    states = {t.number: t.state for t in reread.get_trials()}
+    assert states == {dead.number: TrialState.FAIL, live.number: TrialState.RUNNING}
+    assert reread.trials[dead.number].user_attrs["status"] == ABANDONED
+
+
+def test_kill9_on_journal_storage_then_resume(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
+    url = f"journal://{tmp_path / 'kill.log'}"
+    from autopeft.study import get_storage
+
+    def snap() -> dict[int, list[float]]:
+        try:
+            st = optuna.load_study(study_name="jk", storage=get_storage(url, create=False))
+        except Exception:
+            return {}
+        return {t.number: list(t.values) for t in st.get_trials(states=(TrialState.COMPLETE,))}
+
+    proc = subprocess.Popen(_cmd(tiny_model, glue_dir, url, 12, study="jk", workers=2), env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 90
+    while len(snap()) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the driver finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = snap()
+    st = optuna.load_study(study_name="jk", storage=get_storage(url, create=False))
+    assert st.get_trials(states=(TrialState.RUNNING,))  # the killed driver's trials, left running
+    time.sleep(3.5)  # their heartbeats go stale
+    assert subprocess.run(_cmd(tiny_model, glue_dir, url, 12, study="jk"), env=_env(), capture_output=True).returncode == 0
+    final = optuna.load_study(study_name="jk", storage=get_storage(url, create=False))
+    assert not final.get_trials(states=(TrialState.RUNNING,))
+    assert any(t.user_attrs.get("status") == "abandoned" for t in final.get_trials(states=(TrialState.FAIL,)))
+    done = {t.number: list(t.values) for t in final.get_trials(states=(TrialState.COMPLETE,))}
+    assert len(done) == 12 and all(done[n] == v for n, v in before.items())
