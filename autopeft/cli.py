@@ -70,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-eval", type=_positive_int, help="held-out search rows scored per trial (default 500)")
     s.add_argument("--epochs", type=_positive_float, help="epochs per trial (default 2)")
     s.add_argument("--max-length", type=_positive_int, help="max tokens (default 128, capped at the model's limit)")
-    s.add_argument("--batch-size", type=_positive_int, help="batch size (default 32)")
+    s.add_argument("--batch-size", type=_positive_int, help="batch size of the trials (default 32)")
+    s.add_argument("--memory-batch-size", type=_positive_int,
+                   help="batch the memory objective is reported for (default 32, whatever the trial batch)")
     s.add_argument("--workers", type=_positive_int, help="concurrent trials (default: number of cores)")
     s.add_argument("--executor", default="local", help="local (default), ray (actor pool), ray-tune (Tune Tuner + Searcher), inline")
     s.add_argument("--ray-address", help="join a Ray cluster (ray://host:10001 or auto)")
@@ -151,7 +153,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                           [c.strip() for c in args.text_columns.split(",")] if args.text_columns else None,
                           args.label_column, args.metric)
     fid = {k: v for k, v in dict(n_train=args.n_train, n_eval=args.n_eval, epochs=args.epochs,
-                                 max_length=args.max_length, batch_size=args.batch_size).items() if v is not None}
+                                 max_length=args.max_length, batch_size=args.batch_size,
+                                 memory_batch_size=args.memory_batch_size).items() if v is not None}
     ex_kw: dict[str, Any] = {}
     if args.executor in ("ray", "ray-tune"):
         ex_kw = {"address": args.ray_address, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial}

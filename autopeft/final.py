@@ -40,7 +40,7 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
     info = model_info(model, task.num_labels)
     n = len(task.train_labels) if n_train is None else min(n_train, len(task.train_labels))
     fid = Fidelity(n_train=max(1, n), epochs=epochs, n_eval=1, max_length=min(max_length, info.arch.max_positions),
-                   batch_size=batch_size)
+                   batch_size=batch_size, memory_batch_size=batch_size)
     val_texts, val_labels = _validation(task)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -331,6 +331,7 @@ class Driver:
                         f"({ua.get(k)!r}, now {ident[k]!r}); pass another --study name to start a new study"
                     )
             stored_fid = ua["fidelity"]
+            stored_fid = Fidelity.from_stored(stored_fid).to_dict()
             if self._fidelity_arg is not None and Fidelity(**{**stored_fid, **self._fidelity_arg}).to_dict() != stored_fid:
                 raise StudyError(f"study {self.name!r} was run with fidelity {stored_fid}; "
                                  "resume it with the same fidelity or pass another --study name")
@@ -398,7 +399,7 @@ class Driver:
         full = build_model(Candidate.make({"full": {}}, []), base, self.info)
         tb = sum(p.numel() * p.element_size() for p in full.model.parameters() if p.requires_grad)
         max_len = min(self.fidelity.max_length, self.info.arch.max_positions)
-        mem = measure_memory(full.model, self.fidelity.batch_size, max_len, int(base.config.vocab_size), tb,
+        mem = measure_memory(full.model, self.fidelity.memory_batch_size, max_len, int(base.config.vocab_size), tb,
                              "token_type_ids" in tok.model_input_names)
         self._full_memory_mib = mem / 2**20
         ref = []
@@ -730,6 +731,7 @@ def search(
     epochs: float | None = None,
     max_length: int | None = None,
     batch_size: int | None = None,
+    memory_batch_size: int | None = None,
     objectives: Sequence[str] | None = None,
     max_params: Any = None,
     max_memory: Any = None,
@@ -746,7 +748,7 @@ def search(
     """Run (or resume) a search and return its :class:`autopeft.result.SearchResult`."""
     data = data_spec_dict(task, data_dir, train_file, validation_file, text_columns, label_column, metric)
     fid = {k: v for k, v in dict(n_train=n_train, n_eval=n_eval, epochs=epochs, max_length=max_length,
-                                 batch_size=batch_size).items() if v is not None}
+                                 batch_size=batch_size, memory_batch_size=memory_batch_size).items() if v is not None}
     drv = Driver(model=model, data=data, space=space, n_trials=n_trials, sampler=sampler, study_name=study_name,
                  storage=storage, fidelity=fid or None, objectives=objectives, max_params=max_params,
                  max_memory=max_memory, workers=workers, executor=executor, seed=seed, timeout=timeout,

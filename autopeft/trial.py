@@ -27,16 +27,29 @@ OK, FAILED, INFEASIBLE = "ok", "failed", "infeasible"
 
 @dataclass(frozen=True)
 class Fidelity:
-    """How cheap a trial is: training subset size, epochs, held-out slice, sequence length, batch."""
+    """How cheap a trial is: training subset size, epochs, held-out slice, sequence length, batch.
+
+    ``memory_batch_size`` is the batch the memory objective is reported for (the batch a user trains the
+    chosen config with), independent of the trial's own ``batch_size``, so a cheaper trial batch does not
+    change what the memory objective means."""
 
     n_train: int = 2000
     epochs: float = 2.0
     n_eval: int = 500
     max_length: int = 128
     batch_size: int = 32
+    memory_batch_size: int = 32
+
+    @classmethod
+    def from_stored(cls, d: dict[str, Any]) -> "Fidelity":
+        """A fidelity stored by a study; studies written before ``memory_batch_size`` existed measured memory
+        at their trial batch size."""
+        d = dict(d)
+        d.setdefault("memory_batch_size", d.get("batch_size", cls.batch_size))
+        return cls(**d)
 
     def __post_init__(self) -> None:
-        for name in ("n_train", "n_eval", "max_length", "batch_size"):
+        for name in ("n_train", "n_eval", "max_length", "batch_size", "memory_batch_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
@@ -152,6 +165,13 @@ def measure_memory(model: torch.nn.Module, batch_size: int, max_length: int, voc
     max-length sequences and extrapolated linearly to ``batch_size`` (activations are linear in
     the batch), which costs two tiny forward passes.
     """
+    fixed, per_row = memory_parts(model, max_length, vocab_hint, trainable_bytes, has_token_types)
+    return int(fixed + per_row * batch_size)
+
+
+def memory_parts(model: torch.nn.Module, max_length: int, vocab_hint: int, trainable_bytes: int,
+                 has_token_types: bool) -> tuple[int, int]:
+    """(bytes independent of the batch, bytes per max-length row) of training memory; see :func:`measure_memory`."""
     params = list(model.parameters())
     weight_bytes = sum(p.numel() * p.element_size() for p in params)
     param_ptrs = {p.untyped_storage().data_ptr() for p in params}
@@ -186,8 +206,7 @@ def measure_memory(model: torch.nn.Module, batch_size: int, max_length: int, voc
         return total
 
     s1, s2 = saved(1), saved(2)
-    activations = s1 + (s2 - s1) * (batch_size - 1)
-    return int(weight_bytes + 3 * trainable_bytes + activations)
+    return int(weight_bytes + 3 * trainable_bytes + s1 - (s2 - s1)), int(s2 - s1)
 
 
 # ----------------------------------------------------------------------------- the trial
@@ -238,7 +257,7 @@ def _run(spec: TrialSpec, t0: float) -> TrialResult:
 
     if spec.threads and spec.threads > 0:
         torch.set_num_threads(spec.threads)
-    fid = Fidelity(**spec.fidelity)
+    fid = Fidelity.from_stored(spec.fidelity)
     if spec.fault == "raise":
         raise RuntimeError("injected fault")
     if spec.fault == "exit":
@@ -256,8 +275,9 @@ def _run(spec: TrialSpec, t0: float) -> TrialResult:
     built = build_model(cand, base, info, seed=spec.seed)
     model = built.model
     trainable_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    memory = measure_memory(model, fid.batch_size, max_len, int(getattr(base.config, "vocab_size", 30000)),
-                            trainable_bytes, "token_type_ids" in tok.model_input_names)
+    fixed, per_row = memory_parts(model, max_len, int(getattr(base.config, "vocab_size", 30000)), trainable_bytes,
+                                  "token_type_ids" in tok.model_input_names)
+    memory = fixed + per_row * fid.memory_batch_size
     if spec.max_memory is not None and memory > spec.max_memory:
         return TrialResult(spec.trial_id, INFEASIBLE, params=built.trainable, memory_bytes=memory,
                            metric=task.metric, wall_s=time.perf_counter() - t0,
@@ -280,8 +300,8 @@ def _run(spec: TrialSpec, t0: float) -> TrialResult:
         return TrialResult(spec.trial_id, FAILED, params=built.trainable, memory_bytes=memory, metric=task.metric,
                            reason=failure, wall_s=time.perf_counter() - t0, steps=step)
     train_s = time.perf_counter() - t_train
-    if device.type == "cuda":
-        memory = int(torch.cuda.max_memory_allocated(device))
+    if device.type == "cuda":  # measured peak at the trial's batch, moved to the memory batch by the exact per-row count
+        memory = int(torch.cuda.max_memory_allocated(device)) + per_row * (fid.memory_batch_size - fid.batch_size)
     preds = predict(model, ev_enc, fid.batch_size * 2, pad_id, device)
     score = compute_metric(task.metric, preds, ev_labels)
     return TrialResult(spec.trial_id, OK, score=float(score), params=built.trainable, memory_bytes=memory,

@@ -2,8 +2,9 @@
 
 `run` re-trains, at full budget and with several seeds, scored on the untouched validation split:
   - the hand-designed baselines: LoRA r=8 on q,v; IA3; prefix 20; serial adapter 64; full fine-tuning;
-  - up to 5 configs from the Pareto front of a search (``--found NAME@STORAGE``), spread over parameter counts
-    among the front's high scorers;
+  - up to 5 configs from the Pareto front of each search (``--found NAME@STORAGE``, repeatable), chosen from its
+    low-cost results as a user would: its best config, and for each baseline what ``best_config(max_params=<the
+    baseline's params>)`` returns (then, if fewer than 5, configs spread over params among its high scorers);
   - extra configs from the tabular benchmark's table (spread over its low-cost scores) until ``--n-proxy``
     configs in all have a low-cost score, for the rank correlation.
 Every (config, seed) run is appended to bench/tables/retrain-<task>.jsonl as it finishes, so the command is
@@ -58,22 +59,33 @@ def _data(task: str, data_dir: str) -> dict[str, Any]:
     return data_spec_dict(task, data_dir, None, None, None, None, None)
 
 
-def found_configs(found: str, k: int = 5) -> list[dict[str, Any]]:
-    """Up to ``k`` front configs of a search, spread over log-params among those within 0.05 of its best score."""
+def found_configs(found: str, budgets: dict[str, int], k: int = 5) -> list[dict[str, Any]]:
+    """Up to ``k`` front configs of one search, picked from its low-cost results only, as a user would:
+    its best config, then for each baseline what ``best_config(max_params=<that baseline's params>)`` returns,
+    then (if fewer than ``k``) configs spread over log-params among those within 0.05 of the best score."""
     from autopeft.result import load_study
 
     name, _, storage = found.partition("@")
     res = load_study(name, storage or None)
-    front = res.front_trials()
+    front = res.front_trials()  # best low-cost score first
     if not front:
         return []
-    best = max(t.values[0] for t in front)
+    picked: dict[int, str] = {front[0].number: "best score"}
+    for bname, bparams in sorted(budgets.items(), key=lambda kv: kv[1]):
+        fit = [t for t in front if t.user_attrs["params"] <= bparams]
+        if fit and fit[0].number not in picked:
+            picked[fit[0].number] = f"best under {bname}'s params"
+    best = front[0].values[0]
     good = sorted([t for t in front if t.values[0] >= best - 0.05], key=lambda t: t.user_attrs["params"])
-    if len(good) > k:
-        idx = sorted({round(i * (len(good) - 1) / (k - 1)) for i in range(k)})
-        good = [good[i] for i in idx]
-    return [{"kind": "found", "name": f"found #{t.number}: {t.user_attrs.get('summary', '')}", "candidate": t.user_attrs["candidate"],
-             "low_score": t.values[0], "low_s": t.user_attrs.get("wall_s")} for t in good]
+    if len(good) > 1:
+        for i in sorted({round(i * (len(good) - 1) / (k - 1)) for i in range(k)}):
+            if len(picked) >= k:
+                break
+            picked.setdefault(good[i].number, "spread over params")
+    by_num = {t.number: t for t in front}
+    return [{"kind": "found", "name": f"found #{n}: {by_num[n].user_attrs.get('summary', '')}", "source": name, "why": why,
+             "candidate": by_num[n].user_attrs["candidate"], "low_score": by_num[n].values[0],
+             "low_s": by_num[n].user_attrs.get("wall_s")} for n, why in list(picked.items())[:k]]
 
 
 def table_rows(task: str, space: str) -> list[dict[str, Any]]:
@@ -87,9 +99,12 @@ def table_rows(task: str, space: str) -> list[dict[str, Any]]:
              "baseline": r.baseline if isinstance(r.baseline, str) else ""} for r in df.itertuples()]
 
 
-def plan(task: str, space: str, found: str | None, n_proxy: int, num_layers: int) -> list[dict[str, Any]]:
-    """The configs to re-train: baselines, found, then table configs spread over low-cost scores."""
+def plan(task: str, space: str, found: list[str], n_proxy: int, info: Any) -> list[dict[str, Any]]:
+    """The configs to re-train: baselines, found (up to 5 per search), then table configs spread over low-cost scores."""
+    from autopeft.builder import count_params
     from autopeft.candidate import Candidate
+
+    num_layers = info.arch.num_layers
 
     table = table_rows(task, space)
     by_key = {Candidate.from_dict(r["candidate"]).key: r for r in table}
@@ -99,9 +114,14 @@ def plan(task: str, space: str, found: str | None, n_proxy: int, num_layers: int
         row = by_key.get(c.key, {})
         out.append({"kind": "baseline", "name": name, "candidate": c.to_dict(), "low_score": row.get("low_score"),
                     "low_s": row.get("low_s")})
-    if found:
-        out.extend(found_configs(found))
+    budgets = {o["name"]: count_params(Candidate.from_dict(o["candidate"]), info) for o in out
+               if o["name"] != "full fine-tuning"}
     keys = {Candidate.from_dict(o["candidate"]).key for o in out}
+    for f in found or []:
+        for o in found_configs(f, budgets):
+            if Candidate.from_dict(o["candidate"]).key not in keys:
+                keys.add(Candidate.from_dict(o["candidate"]).key)
+                out.append(o)
     have = sum(o["low_score"] is not None for o in out)
     rest = sorted([r for k, r in by_key.items() if k not in keys], key=lambda r: r["low_score"])
     need = max(0, n_proxy - have)
@@ -135,18 +155,17 @@ def run(a: argparse.Namespace) -> int:
     from autopeft.trial import task_of
 
     info = model_info(a.model, task_of(data).num_labels)
-    configs = plan(a.task, a.space, a.found, a.n_proxy, info.arch.num_layers)
+    configs = plan(a.task, a.space, a.found, a.n_proxy, info)
     full = dict(FULL.get(a.task, {"n_train": None, "epochs": 3.0}))
     if a.quick:
         full = {"n_train": 32, "epochs": 1.0}
     out = Path(a.out or TABLES / f"retrain-{a.task}.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
     done = {(r["key"], r["seed"]) for r in _done(out)}
-    jobs = []
-    for c in configs:
-        seeds = a.seeds if c["kind"] != "proxy" else min(a.seeds, a.proxy_seeds)
-        for s in range(seeds):
-            if (c["key"], s) not in done:
+    jobs = []  # seed-major: a run cut short by --minutes still has every config at seed 0
+    for s in range(a.seeds):
+        for c in configs:
+            if s < (a.seeds if c["kind"] != "proxy" else min(a.seeds, a.proxy_seeds)) and (c["key"], s) not in done:
                 jobs.append((c, s))
     print(f"{len(configs)} configs, {len(jobs)} runs to do, {len(done)} done", flush=True)
     deadline = time.monotonic() + a.minutes * 60 if a.minutes else math.inf
@@ -171,7 +190,7 @@ def run(a: argparse.Namespace) -> int:
                     r = fut.result()
                 except Exception as exc:  # a diverged or failed run is recorded, not fatal
                     r = {"score": None, "error": f"{type(exc).__name__}: {exc}"[:300]}
-                rec = {k: c[k] for k in ("kind", "name", "key", "candidate", "low_score", "low_s")}
+                rec = {k: c[k] for k in ("kind", "name", "key", "candidate", "low_score", "low_s", "source", "why") if k in c}
                 rec.update({"seed": s, "full": full, **r})
                 with out.open("a") as f:
                     f.write(json.dumps(rec) + "\n")
@@ -243,7 +262,8 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
         rows.append({"key": key, "kind": rs[0]["kind"], "name": rs[0]["name"], "params": rs[0]["params"], "seeds": len(rs),
                      "mean": statistics.fmean(scores), "std": statistics.pstdev(scores) if len(scores) > 1 else 0.0,
                      "scores": scores, "low_score": rs[0]["low_score"], "low_s": rs[0]["low_s"],
-                     "full_s": statistics.fmean(r["seconds"] for r in rs)})
+                     "full_s": statistics.fmean(r["seconds"] for r in rs), "source": rs[0].get("source"),
+                     "why": rs[0].get("why")})
     rows.sort(key=lambda r: (r["kind"], -r["mean"]))
     print(f"{'kind':9s} {'config':45s} {'params':>10s} {'full score (mean±sd, seeds)':>28s} {'low-cost':>9s}")
     for r in rows:
@@ -251,12 +271,16 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
         print(f"{r['kind']:9s} {r['name'][:45]:45s} {r['params']:>10,d} {r['mean']:.3f} ± {r['std']:.3f} ({r['seeds']}){'':9s}"
               f" {low:>9s}")
     found = [r for r in rows if r["kind"] == "found"]
-    verdict = {}
-    for b in [r for r in rows if r["kind"] == "baseline"]:
-        win = [f for f in found if f["mean"] >= b["mean"] and f["params"] <= b["params"]]
-        verdict[b["name"]] = max(win, key=lambda f: f["mean"])["name"] if win else None
-        print(f"baseline {b['name']:20s} ({b['mean']:.3f}, {b['params']:,} params): "
-              + (f"beaten by {verdict[b['name']]}" if win else "no found config has >= its score with <= its params"))
+    verdict: dict[str, dict[str, str | None]] = {}
+    for src in sorted({str(f["source"]) for f in found}) + ["any search"]:
+        mine = [f for f in found if src == "any search" or str(f["source"]) == src]
+        verdict[src] = {}
+        print(f"found by {src} ({len(mine)} configs re-trained):")
+        for b in [r for r in rows if r["kind"] == "baseline"]:
+            win = [f for f in mine if f["mean"] >= b["mean"] and f["params"] <= b["params"]]
+            verdict[src][b["name"]] = max(win, key=lambda f: f["mean"])["name"] if win else None
+            print(f"  baseline {b['name']:20s} ({b['mean']:.3f}, {b['params']:,} params): "
+                  + (f"beaten by {verdict[src][b['name']]}" if win else "no found config has >= its score with <= its params"))
     prox = [r for r in rows if r["low_score"] is not None]
     out: dict[str, Any] = {"rows": rows, "verdict": verdict}
     if len(prox) >= 3:
@@ -296,7 +320,8 @@ def main(argv: list[str] | None = None) -> Any:
     ap.add_argument("cmd", choices=("run", "proxy", "report"))
     ap.add_argument("--task", default="sst2")
     ap.add_argument("--space", default="mixed", help="the tabular benchmark's space (its table gives proxy configs)")
-    ap.add_argument("--found", help="a search's study as NAME@STORAGE; its front gives the found configs")
+    ap.add_argument("--found", action="append", default=[],
+                    help="a search's study as NAME@STORAGE; its front gives up to 5 found configs (repeatable)")
     ap.add_argument("--n-proxy", type=int, default=20)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--proxy-seeds", type=int, default=1, help="seeds for the extra proxy configs (the seed-to-seed "

@@ -60,25 +60,39 @@ def test_ray_efficiency_quick(tiny_model: str, glue_dir: Path) -> None:
 
 
 def test_retrain_quick_run_is_resumable_and_reports(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
-    rt = _load("retrain")
+    rt, cf = _load("retrain"), _load("confirm")
+    storage = f"sqlite:///{tmp_path / 'found.db'}"
+    assert cf.main(["run", "--quick", "--model", tiny_model, "--data-dir", str(glue_dir), "--space", "tiny",
+                    "--samplers", "autopeft", "--seeds", "0", "--trials", "6", "--storage", storage]) == 0
     out = tmp_path / "runs.jsonl"
     args = ["--quick", "--model", tiny_model, "--data-dir", str(glue_dir), "--space", "tiny", "--seeds", "2",
-            "--out", str(out)]
+            "--out", str(out), "--found", f"confirm-sst2-autopeft-0@{storage}"]
     assert rt.main(["run", *args]) == 0
     runs = [json.loads(x) for x in out.read_text().splitlines()]
-    assert len(runs) == 10 and {r["name"] for r in runs} == set(rt.BASELINES)  # 5 baselines x 2 seeds
+    base = [r for r in runs if r["kind"] == "baseline"]
+    found = [r for r in runs if r["kind"] == "found"]
+    assert len(base) == 10 and {r["name"] for r in base} == set(rt.BASELINES)  # 5 baselines x 2 seeds
+    n_found = len({r["key"] for r in found})
+    assert 1 <= n_found <= 5 and len(found) == 2 * n_found and len(runs) == 10 + len(found)
+    assert {r["source"] for r in found} == {"confirm-sst2-autopeft-0"} and "best score" in {r["why"] for r in found}
     assert all(0.0 <= r["score"] <= 1.0 and r["params"] > 0 and r["n_train"] == 32 for r in runs)
-    assert rt.main(["run", *args]) == 0 and len(out.read_text().splitlines()) == 10  # resumed: nothing re-run
+    assert rt.main(["run", *args]) == 0 and len(out.read_text().splitlines()) == len(runs)  # resumed: nothing re-run
     assert rt.main(["proxy", *args, "--proxy-out", str(tmp_path / "p.jsonl"),
                     "--fidelity", "n_train=16,epochs=1,batch_size=8,n_eval=16,max_length=24"]) == 0
     prox = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
-    assert len(prox) == 5 and all(p["status"] == "ok" and 0 <= p["score"] <= 1 for p in prox)
+    assert len(prox) == 5 + n_found and all(p["status"] == "ok" and 0 <= p["score"] <= 1 for p in prox)
     rep = rt.main(["report", *args, "--proxy-out", str(tmp_path / "p.jsonl"), "--json", str(tmp_path / "r.json")])
     (fid,) = rep["fidelities"].values()
-    assert fid["n"] == 5 and fid["cost_ratio"] > 0
+    assert fid["n"] == 5 + n_found and fid["cost_ratio"] > 0
     constant = len({p["score"] for p in prox}) == 1 or len({r["mean"] for r in rep["rows"]}) == 1
     assert math.isnan(fid["rho"]) if constant else -1 <= fid["rho"] <= 1  # a constant ranking has no correlation
-    assert set(rep["verdict"]) == set(rt.BASELINES) and all(v is None for v in rep["verdict"].values())  # no found configs
+    assert set(rep["verdict"]) == {"confirm-sst2-autopeft-0", "any search"}
+    for src, v in rep["verdict"].items():  # a verdict names a found config that really has >= score and <= params
+        assert set(v) == set(rt.BASELINES)
+        rows = {r["name"]: r for r in rep["rows"]}
+        for b, f in v.items():
+            if f is not None:
+                assert rows[f]["mean"] >= rows[b]["mean"] and rows[f]["params"] <= rows[b]["params"]
     full = next(r for r in rep["rows"] if r["name"] == "full fine-tuning")
     lora = next(r for r in rep["rows"] if r["name"] == "lora r=8 q,v")
     assert full["params"] > lora["params"] and full["seeds"] == 2

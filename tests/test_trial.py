@@ -36,6 +36,22 @@ def test_memory_is_repeatable_and_ranks_placement(tiny_model: str, glue_dir: Pat
     assert head.memory_bytes < top.memory_bytes < all_l.memory_bytes  # backward stops at the lowest adapted layer
 
 
+def test_memory_is_reported_at_the_memory_batch_not_the_trial_batch(tiny_model: str, glue_dir: Path) -> None:
+    from autopeft.trial import Fidelity
+
+    c = Candidate.make({"lora": LORA}, [0, 1])
+    fid = {**FAST, "n_train": 16}
+    small = run_trial(spec(tiny_model, glue_dir, c, fidelity={**fid, "batch_size": 4, "memory_batch_size": 16}))
+    big = run_trial(spec(tiny_model, glue_dir, c, fidelity={**fid, "batch_size": 16, "memory_batch_size": 16}))
+    small4 = run_trial(spec(tiny_model, glue_dir, c, fidelity={**fid, "batch_size": 4, "memory_batch_size": 4}))
+    assert small.steps == 4 and big.steps == 1  # the trial batch is really used for training
+    assert small.memory_bytes == big.memory_bytes > small4.memory_bytes
+    # a fidelity stored before memory_batch_size existed measured memory at its trial batch
+    assert Fidelity.from_stored({"batch_size": 8}).memory_batch_size == 8
+    assert Fidelity.from_stored({"batch_size": 8, "memory_batch_size": 32}).memory_batch_size == 32
+    assert Fidelity().memory_batch_size == 32
+
+
 def test_failures_are_reported_not_raised(tiny_model: str, glue_dir: Path) -> None:
     c = Candidate.make({"lora": LORA}, [0, 1])
     nan = run_trial(spec(tiny_model, glue_dir, c, fault="nan"))
