@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", parser_class=_Parser)
 
     s = sub.add_parser("search", help="run or resume a search")
+    s.add_argument("--spec", help="a study spec: a YAML file of these options (e.g. studies/sst2-lora.yaml); "
+                                  "options on the command line override it")
     s.add_argument("--model", default=None, help="HF model id or local directory (default: the packaged all-MiniLM-L6-v2)")
     s.add_argument("--task", default="sst2", help="task name under --data-dir, or a HF datasets name (default sst2)")
     s.add_argument("--data-dir", default=None, help="directory holding <task>/train.jsonl (default $AUTOPEFT_DATA_DIR)")
@@ -113,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet()
 
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(expand_spec(argv))
     except _UsageError as exc:
         print(str(exc).splitlines()[0], file=sys.stderr)
         return 2
@@ -132,6 +134,56 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(f"autopeft: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
         return 1 if isinstance(exc, TrialsFailing) else 2
+
+
+def expand_spec(argv: list[str]) -> list[str]:
+    """``search --spec FILE ...``: the spec's keys become options placed before the command line's own, so the
+    command line wins and every value is checked exactly as if it had been typed."""
+    if not argv or argv[0] != "search" or not any(a == "--spec" or a.startswith("--spec=") for a in argv):
+        return argv
+    rest, path = [], None
+    it = iter(argv[1:])
+    for a in it:
+        if a == "--spec":
+            path = next(it, None)
+        elif a.startswith("--spec="):
+            path = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+    if not path:
+        raise _UsageError("autopeft search: --spec needs a YAML file")
+    from pathlib import Path
+
+    import yaml
+
+    try:
+        spec = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise _UsageError(f"autopeft search: cannot read study spec {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise _UsageError(f"autopeft search: study spec {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if spec is None:
+        spec = {}
+    if not isinstance(spec, dict):
+        raise _UsageError(f"autopeft search: study spec {path} must be a mapping of search options, not {type(spec).__name__}")
+    search = build_parser()._subparsers._group_actions[0].choices["search"]  # type: ignore[union-attr]
+    actions = {a.dest: a for a in search._actions if a.option_strings and a.dest not in ("help", "spec")}
+    out: list[str] = []
+    for key, value in spec.items():
+        dest = str(key).replace("-", "_")
+        if dest not in actions:
+            raise _UsageError(f"autopeft search: unknown key {key!r} in study spec {path}; allowed: "
+                              + ", ".join(sorted(d.replace("_", "-") for d in actions)))
+        act = actions[dest]
+        if isinstance(act, argparse._StoreTrueAction):
+            if not isinstance(value, bool):
+                raise _UsageError(f"autopeft search: {key!r} in study spec {path} must be true or false")
+            out += [act.option_strings[0]] if value else []
+        elif isinstance(value, (dict, type(None))) or isinstance(value, bool):
+            raise _UsageError(f"autopeft search: {key!r} in study spec {path} must be a number, a string or a list")
+        else:
+            out += [act.option_strings[0], ",".join(map(str, value)) if isinstance(value, list) else str(value)]
+    return ["search", *out, *rest]
 
 
 def _more(args: argparse.Namespace) -> int:
