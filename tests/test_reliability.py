@@ -84,22 +84,28 @@ def test_kill9_at_random_points_then_resume_loses_nothing(tiny_model: str, glue_
     assert len(keys) == len(set(keys))
 
 
-def test_concurrent_drivers_share_one_study(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
-    storage = f"sqlite:///{tmp_path / 'con.db'}"
-    # create the study first so both drivers resume the same one
+def concurrent_drivers(tiny_model: str, glue_dir: Path, storage: str, n_drivers: int = 3) -> None:
+    """Several drivers on one study: no duplicates, no lost writes, no lock errors, no live trial failed."""
+    from autopeft.study import get_storage
+
+    # create the study first so all drivers resume the same one
     assert subprocess.run(_cmd(tiny_model, glue_dir, storage, 1, study="con"), env=_env(), capture_output=True).returncode == 0
     procs = [subprocess.Popen(_cmd(tiny_model, glue_dir, storage, 10, study="con"), env=_env(), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+                              stderr=subprocess.PIPE, text=True) for _ in range(n_drivers)]
     errs = [p.communicate(timeout=400)[1] for p in procs]
     assert all(p.returncode == 0 for p in procs), errs
     assert not any("database is locked" in e for e in errs)
-    s = optuna.load_study(study_name="con", storage=storage)
+    s = optuna.load_study(study_name="con", storage=get_storage(storage, create=False))
     comp = s.get_trials(states=(TrialState.COMPLETE,))
-    assert 10 <= len(comp) <= 12  # each driver stops at 10; at most one in flight each may land beyond
+    assert 10 <= len(comp) <= 10 + n_drivers - 1  # each driver stops at 10; at most one in flight each may land beyond
     keys = [t.user_attrs["candidate_key"] for t in comp]
     assert len(keys) == len(set(keys))
     assert not s.get_trials(states=(TrialState.RUNNING,))  # no live driver's trial was failed, none left running
-    assert not [t for t in s.get_trials(states=(TrialState.FAIL,)) if "stale" in str(t.user_attrs)]
+    assert not [t for t in s.get_trials(states=(TrialState.FAIL,)) if t.user_attrs.get("status") == "abandoned"]
+
+
+def test_concurrent_drivers_share_one_study(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
+    concurrent_drivers(tiny_model, glue_dir, f"sqlite:///{tmp_path / 'con.db'}")
 
 
 def test_failing_trials_are_recorded_and_search_goes_on(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
@@ -203,8 +209,8 @@ def test_journal_heartbeats_tell_dead_trials_from_live(tmp_path: Path, monkeypat
     assert reread.trials[dead.number].user_attrs["status"] == ABANDONED
 
 
-def test_kill9_on_journal_storage_then_resume(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
-    url = f"journal://{tmp_path / 'kill.log'}"
+def kill_once_then_resume(tiny_model: str, glue_dir: Path, url: str) -> None:
+    """kill -9 a driver mid-study; once its heartbeats are stale, a rerun marks its trials abandoned and finishes."""
     from autopeft.study import get_storage
 
     def snap() -> dict[int, list[float]]:
@@ -232,3 +238,7 @@ def test_kill9_on_journal_storage_then_resume(tiny_model: str, glue_dir: Path, t
     assert any(t.user_attrs.get("status") == "abandoned" for t in final.get_trials(states=(TrialState.FAIL,)))
     done = {t.number: list(t.values) for t in final.get_trials(states=(TrialState.COMPLETE,))}
     assert len(done) == 12 and all(done[n] == v for n, v in before.items())
+
+
+def test_kill9_on_journal_storage_then_resume(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
+    kill_once_then_resume(tiny_model, glue_dir, f"journal://{tmp_path / 'kill.log'}")
