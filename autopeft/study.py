@@ -330,8 +330,7 @@ class Driver:
                         f"study {self.name!r} in {self.storage_url} was run with a different {what} "
                         f"({ua.get(k)!r}, now {ident[k]!r}); pass another --study name to start a new study"
                     )
-            stored_fid = ua["fidelity"]
-            stored_fid = Fidelity.from_stored(stored_fid).to_dict()
+            stored_fid = Fidelity.from_stored(ua["fidelity"]).to_dict()
             if self._fidelity_arg is not None and Fidelity(**{**stored_fid, **self._fidelity_arg}).to_dict() != stored_fid:
                 raise StudyError(f"study {self.name!r} was run with fidelity {stored_fid}; "
                                  "resume it with the same fidelity or pass another --study name")
