@@ -217,7 +217,7 @@ def proxy(a: argparse.Namespace) -> int:
     done = {(r["key"], r["fidelity_label"]) for r in _done(out)}
     fids = []
     for text in a.fidelity or []:
-        f = {k: (float(v) if k == "epochs" else int(v)) for k, v in (kv.split("=") for kv in text.split(","))}
+        f = {k: (float(v) if k in ("epochs", "lr_scale") else int(v)) for k, v in (kv.split("=") for kv in text.split(","))}
         fids.append(f)
     jobs = [(k, c, f) for f in fids for k, c in configs.items() if (k, _fid_label(f)) not in done]
     print(f"{len(configs)} configs x {len(fids)} fidelities: {len(jobs)} trials to run", flush=True)

@@ -52,6 +52,23 @@ def test_memory_is_reported_at_the_memory_batch_not_the_trial_batch(tiny_model: 
     assert Fidelity().memory_batch_size == 32
 
 
+def test_fidelity_lr_scale_multiplies_every_learning_rate(tiny_model: str, glue_dir: Path) -> None:
+    import pytest
+
+    from autopeft.errors import ConfigError
+    from autopeft.trial import Fidelity
+
+    plain = run_trial(spec(tiny_model, glue_dir, Candidate.make({"lora": LORA}, [0, 1])))
+    scaled = run_trial(spec(tiny_model, glue_dir, Candidate.make({"lora": LORA}, [0, 1]), fidelity={**FAST, "lr_scale": 3.0}))
+    tripled = run_trial(spec(tiny_model, glue_dir, Candidate.make({"lora": LORA}, [0, 1], lr_multiplier=3.0)))
+    assert plain.status == scaled.status == tripled.status == OK
+    assert scaled.loss == tripled.loss and scaled.loss != plain.loss  # same as tripling the candidate's multiplier
+    assert Fidelity.from_stored({"batch_size": 8}).lr_scale == 1.0  # studies stored before lr_scale keep their rates
+    for bad in (0, -1.0, float("inf"), True):
+        with pytest.raises(ConfigError, match="lr-scale must be a finite number > 0"):
+            Fidelity(lr_scale=bad)
+
+
 def test_failures_are_reported_not_raised(tiny_model: str, glue_dir: Path) -> None:
     c = Candidate.make({"lora": LORA}, [0, 1])
     nan = run_trial(spec(tiny_model, glue_dir, c, fault="nan"))
