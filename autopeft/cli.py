@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=_positive_int, help="batch size of the trials (default 32)")
     s.add_argument("--memory-batch-size", type=_positive_int,
                    help="batch the memory objective is reported for (default 32, whatever the trial batch)")
+    s.add_argument("--lr-scale", type=_positive_float,
+                   help="multiply every learning rate of the trials (default 1; short small-batch trials need more)")
     s.add_argument("--workers", type=_positive_int, help="concurrent trials (default: number of cores)")
     s.add_argument("--executor", default="local", help="local (default), ray (actor pool), ray-tune (Tune Tuner + Searcher), inline")
     s.add_argument("--ray-address", help="join a Ray cluster (ray://host:10001 or auto)")
@@ -206,7 +208,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                           args.label_column, args.metric)
     fid = {k: v for k, v in dict(n_train=args.n_train, n_eval=args.n_eval, epochs=args.epochs,
                                  max_length=args.max_length, batch_size=args.batch_size,
-                                 memory_batch_size=args.memory_batch_size).items() if v is not None}
+                                 memory_batch_size=args.memory_batch_size, lr_scale=args.lr_scale).items()
+           if v is not None}
     ex_kw: dict[str, Any] = {}
     if args.executor in ("ray", "ray-tune"):
         ex_kw = {"address": args.ray_address, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial}

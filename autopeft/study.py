@@ -731,6 +731,7 @@ def search(
     max_length: int | None = None,
     batch_size: int | None = None,
     memory_batch_size: int | None = None,
+    lr_scale: float | None = None,
     objectives: Sequence[str] | None = None,
     max_params: Any = None,
     max_memory: Any = None,
@@ -747,7 +748,8 @@ def search(
     """Run (or resume) a search and return its :class:`autopeft.result.SearchResult`."""
     data = data_spec_dict(task, data_dir, train_file, validation_file, text_columns, label_column, metric)
     fid = {k: v for k, v in dict(n_train=n_train, n_eval=n_eval, epochs=epochs, max_length=max_length,
-                                 batch_size=batch_size, memory_batch_size=memory_batch_size).items() if v is not None}
+                                 batch_size=batch_size, memory_batch_size=memory_batch_size,
+                                 lr_scale=lr_scale).items() if v is not None}
     drv = Driver(model=model, data=data, space=space, n_trials=n_trials, sampler=sampler, study_name=study_name,
                  storage=storage, fidelity=fid or None, objectives=objectives, max_params=max_params,
                  max_memory=max_memory, workers=workers, executor=executor, seed=seed, timeout=timeout,

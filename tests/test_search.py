@@ -92,9 +92,13 @@ def test_cli_search_show_best_list(tiny_model: str, glue_dir: Path, tmp_path: Pa
     monkeypatch.setenv("AUTOPEFT_STUDIES_DIR", str(tmp_path / "studies"))
     argv = ["search", "--model", tiny_model, "--data-dir", str(glue_dir), "--space", "tiny", "--trials", "3",
             "--study", "cli", "--workers", "2", "--n-train", "48", "--n-eval", "48", "--epochs", "1",
-            "--max-length", "32", "--batch-size", "16", "--n-startup", "2", "--no-progress"]
+            "--max-length", "32", "--batch-size", "16", "--lr-scale", "1.5", "--n-startup", "2", "--no-progress"]
     assert main(argv) == 0
     out = capsys.readouterr().out
+    import optuna
+
+    stored = optuna.load_study(study_name="cli", storage=f"sqlite:///{tmp_path / 'studies' / 'cli.db'}").user_attrs
+    assert stored["fidelity"]["lr_scale"] == 1.5 and stored["fidelity"]["batch_size"] == 16
     assert "Pareto front" in out and "complete trials" in out and str(tmp_path / "studies" / "cli.db") in out
     assert main(["show", "--study", "cli", "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
@@ -114,6 +118,7 @@ def test_cli_search_show_best_list(tiny_model: str, glue_dir: Path, tmp_path: Pa
     (["search", "--task", "sst2", "--data-dir", "/no/such/dir"], "data dir not found"),
     (["search", "--storage", "notaurl"], "bad storage URL"),
     (["search", "--trials", "0"], "must be >= 1"),
+    (["search", "--lr-scale", "0"], "must be a finite number > 0"),
     (["show", "--study", "ghost"], "storage file not found"),
     (["best", "--study", "ghost"], "storage file not found"),
 ])
