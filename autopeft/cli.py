@@ -263,6 +263,8 @@ def _print_front(res: Any, fmt: str, all_trials: bool = False) -> None:
             title = "All trials" if all_trials else f"Pareto front ({res.meta.get('metric')} on the held-out search split)"
             print(title)
             print(_front_table(df, res.objectives).to_string(index=False) if len(df) else "(no completed trials yet)")
+            for w in res.warnings:
+                print(f"warning: {w}")
 
 
 def cmd_show(args: argparse.Namespace) -> int:

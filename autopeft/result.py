@@ -105,6 +105,11 @@ class SearchResult:
         Y = np.array([to_max(self.objectives, t.values) for t in comp]).reshape(-1, len(self.objectives))
         return hypervolume(Y, self.ref_point)
 
+    @property
+    def warnings(self) -> list[str]:
+        """Warnings the driver stored in the study, e.g. that most trials scored at the majority-class level."""
+        return [str(v).split(": ", 1)[-1] for k, v in sorted(self.meta.items()) if k.startswith("notice_")]
+
     def __repr__(self) -> str:
         return f"SearchResult({self.name!r}, {len(self._complete())} complete trials, front {len(self.front_trials())})"
 

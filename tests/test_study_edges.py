@@ -152,3 +152,32 @@ def test_ray_pool_is_sized_to_the_cluster(capsys: pytest.CaptureFixture[str]) ->
             pool_size(None, 1.0, 0.5)
     finally:
         ray.shutdown()
+
+
+@pytest.mark.parametrize("flat,warned", [(7, True), (5, False)])
+def test_collapsed_trials_are_warned_about_once(flat: int, warned: bool, capsys: pytest.CaptureFixture[str],
+                                                tmp_path: Path) -> None:
+    """Most trials at the majority-class score: the trials are too short; the driver says so once, in the study."""
+    from types import SimpleNamespace
+
+    from autopeft.result import SearchResult
+    from autopeft.trial import Fidelity
+
+    storage = f"sqlite:///{tmp_path / 'c.db'}"
+    _synthetic(storage, ["score", "params"], [])
+    study = optuna.load_study(study_name="syn", storage=storage)
+    dist = {"x": FloatDistribution(0, 1)}
+    for i in range(8):  # chance is 0.5 (the study's reference point)
+        study.add_trial(create_trial(params={"x": i / 8}, distributions=dist, values=[0.5 if i < flat else 0.8, 100.0 + i]))
+    drv = SimpleNamespace(notices=[], study=study, n_startup=8, ref=[0.5, -6.0], task=SimpleNamespace(metric="f1"),
+                          fidelity=Fidelity(n_train=2000, epochs=2.0))
+    Driver._check_collapse(drv)  # type: ignore[arg-type]
+    Driver._check_collapse(drv)  # type: ignore[arg-type]
+    err = capsys.readouterr().err
+    warnings = SearchResult(optuna.load_study(study_name="syn", storage=storage), storage).warnings
+    if warned:
+        assert err.count("warning:") == 1 and f"{flat} of 8 trials score no better than always predicting" in err
+        assert "(f1 0.500)" in err and "--epochs 4" in err and "--n-train 4000" in err
+        assert len(warnings) == 1 and warnings[0].startswith(f"{flat} of 8 trials")
+    else:
+        assert err == "" and warnings == []
