@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 from autopeft.candidate import Candidate
 from autopeft.errors import ConfigError, StudyError
 from autopeft.pareto import DIRECTIONS, OBJECTIVES, to_max
-from autopeft.trial import FAILED, INFEASIBLE, OK, Fidelity, TrialResult, TrialSpec
+from autopeft.trial import FAILED, INFEASIBLE, OK, Fidelity, TrialResult, TrialSpec, default_fidelity
 
 SCHEMA_VERSION = 1
 ABANDONED = "abandoned"  # status of a trial stopped before it finished (Ctrl-C, --timeout, a dead driver)
@@ -345,7 +345,7 @@ class Driver:
             self.objectives = list(ua["objectives"])
             self.ref = list(ua["ref_point"])
         else:
-            self.fidelity = Fidelity(**(self._fidelity_arg or {}))
+            self.fidelity = default_fidelity(self._fidelity_arg, self._trials_on_gpu())
             self.objectives = self._objectives_arg
             self.ref = self._reference_point()
             if adopt is not None:
@@ -390,6 +390,14 @@ class Driver:
             study.set_metric_names([METRIC_LABELS[o] if o != "score" else f"score ({self.task.metric})" for o in self.objectives])
         self.study = study
         return study
+
+    def _trials_on_gpu(self) -> bool:
+        """Whether trials will run on a GPU: Ray trials that ask for GPUs, or a local CUDA device."""
+        if self.executor_name in ("ray", "ray-tune"):
+            return float(self.executor_kwargs.get("gpus_per_trial") or 0) > 0
+        import torch
+
+        return bool(torch.cuda.is_available())
 
     def _reference_point(self) -> list[float]:
         """Fixed per study: chance score, base model's parameter count, full fine-tuning's memory."""
@@ -572,7 +580,8 @@ class Driver:
     def _check_collapse(self) -> None:
         """Warn once when most trials score no better than always predicting the majority class: the trials are
         then too short to tell configurations apart (measured: MiniLM on MRPC at 2,000 rows x 2 epochs, 14 of 15
-        trials), and the front only ranks parameter counts."""
+        trials; with every learning rate x3 the hand-designed baselines all score above it), and the front only
+        ranks parameter counts."""
         from optuna.trial import TrialState
 
         if any(n.startswith("collapse") for n in self.notices):
@@ -586,8 +595,8 @@ class Driver:
             return
         msg = (f"collapse: {flat} of {len(comp)} trials score no better than always predicting the majority class "
                f"({self.task.metric} {chance:.3f}), so the trials are too short to tell configurations apart on this task; "
-               f"stop and start a new study with longer trials (e.g. --epochs {2 * self.fidelity.epochs:g}, "
-               f"--n-train {2 * self.fidelity.n_train} or --lr-scale 2)")
+               f"start a new study with longer trials and higher learning rates, e.g. --n-train "
+               f"{max(2000, 2 * self.fidelity.n_train)} --batch-size 32 --lr-scale {max(3.0, 2 * self.fidelity.lr_scale):g}")
         self.notices.append(msg)
         self.study.set_user_attr("notice_collapse", msg)
         print(f"autopeft: warning: {msg[len('collapse: '):]}", file=sys.stderr, flush=True)
@@ -743,7 +752,7 @@ def search(
     model: str | None = None,
     task: str | None = "sst2",
     space: str = "lora",
-    n_trials: int = 20,
+    n_trials: int = 30,
     sampler: str = "autopeft",
     storage: str | None = None,
     study_name: str | None = None,

@@ -69,6 +69,16 @@ def test_fidelity_lr_scale_multiplies_every_learning_rate(tiny_model: str, glue_
             Fidelity(lr_scale=bad)
 
 
+def test_default_fidelity_is_the_cpu_preset_unless_on_gpu_or_any_preset_key_is_given() -> None:
+    from autopeft.trial import CPU_FIDELITY, Fidelity, default_fidelity
+
+    assert default_fidelity(None, gpu=False) == Fidelity(n_train=600, epochs=2.0, batch_size=8, lr_scale=2.0)
+    assert default_fidelity({"n_eval": 100}, gpu=False) == Fidelity(**{**CPU_FIDELITY, "n_eval": 100})
+    assert default_fidelity({"n_train": 4000}, gpu=False) == Fidelity(n_train=4000)  # batch 32, lr x1: not mixed
+    assert default_fidelity({"lr_scale": 1.0}, gpu=False) == Fidelity()
+    assert default_fidelity(None, gpu=True) == Fidelity() == Fidelity(n_train=2000, batch_size=32, lr_scale=1.0)
+
+
 def test_failures_are_reported_not_raised(tiny_model: str, glue_dir: Path) -> None:
     c = Candidate.make({"lora": LORA}, [0, 1])
     nan = run_trial(spec(tiny_model, glue_dir, c, fault="nan"))
