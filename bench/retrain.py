@@ -85,7 +85,8 @@ def found_configs(found: str, budgets: dict[str, int], k: int = 5) -> list[dict[
     by_num = {t.number: t for t in front}
     return [{"kind": "found", "name": f"found #{n}: {by_num[n].user_attrs.get('summary', '')}", "source": name, "why": why,
              "candidate": by_num[n].user_attrs["candidate"], "low_score": by_num[n].values[0],
-             "low_s": by_num[n].user_attrs.get("wall_s")} for n, why in list(picked.items())[:k]]
+             "low_s": by_num[n].user_attrs.get("wall_s"), "low_fidelity": res.meta.get("fidelity")}
+            for n, why in list(picked.items())[:k]]
 
 
 def table_rows(task: str, space: str) -> list[dict[str, Any]]:
@@ -190,7 +191,8 @@ def run(a: argparse.Namespace) -> int:
                     r = fut.result()
                 except Exception as exc:  # a diverged or failed run is recorded, not fatal
                     r = {"score": None, "error": f"{type(exc).__name__}: {exc}"[:300]}
-                rec = {k: c[k] for k in ("kind", "name", "key", "candidate", "low_score", "low_s", "source", "why") if k in c}
+                rec = {k: c[k] for k in ("kind", "name", "key", "candidate", "low_score", "low_s", "source", "why", "low_fidelity")
+                       if k in c}
                 rec.update({"seed": s, "full": full, **r})
                 with out.open("a") as f:
                     f.write(json.dumps(rec) + "\n")
@@ -263,7 +265,7 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
                      "mean": statistics.fmean(scores), "std": statistics.pstdev(scores) if len(scores) > 1 else 0.0,
                      "scores": scores, "low_score": rs[0]["low_score"], "low_s": rs[0]["low_s"],
                      "full_s": statistics.fmean(r["seconds"] for r in rs), "source": rs[0].get("source"),
-                     "why": rs[0].get("why")})
+                     "why": rs[0].get("why"), "low_fidelity": rs[0].get("low_fidelity")})
     rows.sort(key=lambda r: (r["kind"], -r["mean"]))
     print(f"{'kind':9s} {'config':45s} {'params':>10s} {'full score (mean±sd, seeds)':>28s} {'low-cost':>9s}")
     for r in rows:
@@ -281,7 +283,12 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
             verdict[src][b["name"]] = max(win, key=lambda f: f["mean"])["name"] if win else None
             print(f"  baseline {b['name']:20s} ({b['mean']:.3f}, {b['params']:,} params): "
                   + (f"beaten by {verdict[src][b['name']]}" if win else "no found config has >= its score with <= its params"))
-    prox = [r for r in rows if r["low_score"] is not None]
+    from autopeft.trial import Fidelity
+
+    want = Fidelity(**(a.low_fidelity or {})).to_dict()
+    # low-cost scores from a search at another fidelity (records without one came from the table's fidelity)
+    prox = [r for r in rows if r["low_score"] is not None
+            and (r["low_fidelity"] is None or Fidelity.from_stored(r["low_fidelity"]).to_dict() == want)]
     out: dict[str, Any] = {"rows": rows, "verdict": verdict}
     if len(prox) >= 3:
         out["proxy_rho"] = _spearman([r["low_score"] for r in prox], [r["mean"] for r in prox])
@@ -336,7 +343,7 @@ def main(argv: list[str] | None = None) -> Any:
                     help="proxy: a low-cost fidelity to score every re-trained config with, e.g. "
                          "n_train=1000,epochs=1,batch_size=8 (repeatable)")
     ap.add_argument("--low-fidelity", type=json.loads, help="report: the fidelity of the low-cost scores in the table "
-                                                            "and the found study, as JSON (default: autopeft's default)")
+                                                            "and the found study, as JSON (default: Fidelity(), 2,000 rows x 2 epochs at batch 32, the table's)")
     ap.add_argument("--proxy-out", help="JSONL of proxy trials (default bench/tables/proxy-<task>.jsonl)")
     ap.add_argument("--quick", action="store_true", help="tiny budget (use with --model TINY) for tests")
     a = ap.parse_args(argv)
