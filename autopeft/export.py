@@ -62,10 +62,12 @@ def export_config(found: Any, directory: str | Path) -> Path:
         "num_labels": meta.get("num_labels"),
         "task": meta.get("task"),
         "metric": meta.get("metric"),
+        # for training the config at full budget: the per-group rates (without the search trials' lr_scale) and
+        # the batch its memory objective was reported for; the search's own short-trial settings are kept apart
         "learning_rates": learning_rates(cand),
-        "epochs": fid.get("epochs"),
         "max_length": fid.get("max_length"),
-        "batch_size": fid.get("batch_size"),
+        "batch_size": fid.get("memory_batch_size", fid.get("batch_size")),
+        "search_fidelity": fid,
         "summary": cand.summary(),
         "peft_part": "adapter_config.json" if pc is not None else None,
         "autopeft_only": [n for n in cand.methods if n in ("serial_adapter", "parallel_adapter")] + (["sparsity"] if cand.sparsity else []),

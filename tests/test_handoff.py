@@ -50,6 +50,8 @@ def test_export_train_save_reload_same_score(methods: dict, layers: list[int], t
     assert load_config(cfg_dir) == cand  # round trip
     info = json.loads((cfg_dir / "autopeft_config.json").read_text())
     assert info["base_model"] == tiny_model and info["num_labels"] == 2 and info["learning_rates"]
+    # full-budget training uses the memory batch and the plain per-method rates, not the short trials' settings
+    assert info["batch_size"] == 16 and info["search_fidelity"]["n_train"] == 48
     if "lora" in methods:
         pc = PeftConfig.from_pretrained(str(cfg_dir))
         assert pc.peft_type.value == "LORA" and pc.r == 4
