@@ -18,6 +18,7 @@ candidate and then answers each parameter from that plan.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from typing import Any, Callable, Sequence
@@ -52,6 +53,36 @@ def _features(cand: Candidate, n_layers: int, params: float) -> list[float]:
         f.append(float(on) * (frac if get_method(name).uses_layers else 1.0))
     f.append(float(methods.get("prefix", {}).get("length", 0)) / 100.0)
     return f
+
+
+#: two candidates that differ only by a learning-rate multiplier within this factor count as the same proposal
+LR_NEAR = 1.05
+
+
+class _Seen:
+    """Candidates already evaluated, failed or pending.  ``c in seen`` is also true for a candidate that differs
+    from one of them only by a learning-rate multiplier within :data:`LR_NEAR`: a trial that costs as much as any
+    other would learn next to nothing (a search at the CPU fidelity spent two of its 40 trials on lr x1.86 and
+    x1.87 of one config)."""
+
+    def __init__(self) -> None:
+        self._lrs: dict[str, list[float]] = {}
+
+    @staticmethod
+    def _split(c: Candidate) -> tuple[str, float]:
+        d = c.to_dict()
+        lr = float(d.pop("lr_multiplier"))
+        return json.dumps(d, sort_keys=True), lr
+
+    def add(self, c: Candidate) -> None:
+        k, lr = self._split(c)
+        self._lrs.setdefault(k, []).append(lr)
+
+    def __contains__(self, c: object) -> bool:
+        if not isinstance(c, Candidate):
+            return False
+        k, lr = self._split(c)
+        return any(abs(math.log(lr / x)) < math.log(LR_NEAR) for x in self._lrs.get(k, ()))
 
 
 class _Ridge:
@@ -175,7 +206,7 @@ class CostAwareEHVISampler(BaseSampler):
     def propose(self, study: Study) -> Candidate:
         t0 = time.perf_counter()
         trials = study.get_trials(deepcopy=False)
-        seen: set[str] = set()
+        seen = _Seen()
         done: list[tuple[Candidate, list[float]]] = []
         pending: list[Candidate] = []
         for t in trials:
@@ -183,7 +214,7 @@ class CostAwareEHVISampler(BaseSampler):
             if cj is None:
                 continue
             c = Candidate(cj)
-            seen.add(c.key)
+            seen.add(c)
             if t.state == TrialState.COMPLETE and t.values is not None:
                 done.append((c, list(t.values)))
             elif t.state in (TrialState.RUNNING, TrialState.WAITING):
@@ -196,15 +227,15 @@ class CostAwareEHVISampler(BaseSampler):
         self.last_info["s"] = time.perf_counter() - t0
         return cand
 
-    def _random_candidate(self, seen: set[str]) -> Candidate:
+    def _random_candidate(self, seen: _Seen) -> Candidate:
         last = None
         for _ in range(200):
             last = self.space.decode(self.space.random_vector(self._rng))
-            if last.key not in seen and self._feasible_params(last):
+            if last not in seen and self._feasible_params(last):
                 return last
         return last  # the space is (nearly) exhausted; the driver skips a duplicate
 
-    def _bo_candidate(self, done: list[tuple[Candidate, list[float]]], pending: list[Candidate], seen: set[str]) -> Candidate:
+    def _bo_candidate(self, done: list[tuple[Candidate, list[float]]], pending: list[Candidate], seen: _Seen) -> Candidate:
         L = self.space.num_layers
         X = np.stack([self.space.encode(c) for c, _ in done])
         y = np.array([v[0] for _, v in done])
@@ -233,7 +264,7 @@ class CostAwareEHVISampler(BaseSampler):
         pool: dict[str, Candidate] = {}
         for _ in range(self.n_candidates):
             c = self.space.decode(self.space.random_vector(self._rng))
-            if c.key not in seen:
+            if c not in seen:
                 pool.setdefault(c.key, c)
         Ymax = np.array([to_max(self.objectives, v) for _, v in done])
         from autopeft.pareto import non_dominated
@@ -241,7 +272,7 @@ class CostAwareEHVISampler(BaseSampler):
         front_idx = np.flatnonzero(non_dominated(Ymax))
         for i in front_idx[:20]:
             for c in self._neighbours(X[i], 16):
-                if c.key not in seen:
+                if c not in seen:
                     pool.setdefault(c.key, c)
         cands = [c for c in pool.values() if self._feasible_params(c)]
         if not cands:
@@ -270,7 +301,7 @@ class CostAwareEHVISampler(BaseSampler):
         best_c, best_a = cands[order[0]], a[order[0]]
         for i in order[:4]:
             neigh = [c for c in self._neighbours(self.space.encode(cands[i]), 24)
-                     if c.key not in seen and c.key not in pool and self._feasible_params(c)]
+                     if c not in seen and c.key not in pool and self._feasible_params(c)]
             if neigh:
                 an = score(neigh)
                 j = int(np.argmax(an))

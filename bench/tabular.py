@@ -8,6 +8,7 @@ export  Writes bench/tables/<task>-<space>.csv: candidate JSON, summary, score, 
 
     python bench/tabular.py build --task sst2 --space mixed --n 120 --minutes 40
     python bench/tabular.py export --task sst2 --space mixed
+    python bench/tabular.py build --task sst2 --space mixed --tag cpu --n 300   # a second table beside the first
     python bench/tabular.py build --quick      # a tiny run for the test suite
 """
 
@@ -31,16 +32,21 @@ BASELINES = {
 }
 
 
-def study_name(task: str, space: str) -> str:
-    return f"table-{task}-{space}"
+def table_name(task: str, space: str, tag: str = "") -> str:
+    """``<task>-<space>`` or ``<task>-<space>-<tag>``: the CSV/JSON stem under bench/tables/."""
+    return f"{task}-{space}-{tag}" if tag else f"{task}-{space}"
 
 
-def storage_url(task: str, space: str, root: Path = TABLES) -> str:
-    return f"sqlite:///{root / (study_name(task, space) + '.db')}"
+def study_name(task: str, space: str, tag: str = "") -> str:
+    return f"table-{table_name(task, space, tag)}"
+
+
+def storage_url(task: str, space: str, root: Path = TABLES, tag: str = "") -> str:
+    return f"sqlite:///{root / (study_name(task, space, tag) + '.db')}"
 
 
 def build(task: str, space: str, n: int, minutes: float | None, data_dir: str, workers: int, quick: bool = False,
-          root: Path = TABLES, model: str | None = None, fidelity: dict | None = None) -> int:
+          root: Path = TABLES, model: str | None = None, fidelity: dict | None = None, tag: str = "") -> int:
     import optuna
 
     from autopeft.candidate import Candidate
@@ -48,7 +54,7 @@ def build(task: str, space: str, n: int, minutes: float | None, data_dir: str, w
 
     root.mkdir(parents=True, exist_ok=True)
     drv = Driver(model=model, data=data_spec_dict(task, data_dir, None, None, None, None, None), space=space, n_trials=n,
-                 sampler="random", study_name=study_name(task, space), storage=storage_url(task, space, root),
+                 sampler="random", study_name=study_name(task, space, tag), storage=storage_url(task, space, root, tag),
                  workers=workers, seed=0, timeout=minutes * 60 if minutes else None, fidelity=fidelity,
                  executor="inline" if quick else "local", progress=not quick)
     study = drv.open()
@@ -61,25 +67,25 @@ def build(task: str, space: str, n: int, minutes: float | None, data_dir: str, w
                 study.enqueue_trial(drv.bound.optuna_params(c), user_attrs={"baseline": name})
     res = drv.run()
     done = len(res.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
-    print(f"{study_name(task, space)}: {done}/{n} complete")
+    print(f"{study_name(task, space, tag)}: {done}/{n} complete")
     return done
 
 
-def export(task: str, space: str, root: Path = TABLES) -> Path:
+def export(task: str, space: str, root: Path = TABLES, tag: str = "") -> Path:
     from autopeft.result import load_study
 
-    res = load_study(study_name(task, space), storage_url(task, space, root))
+    res = load_study(study_name(task, space, tag), storage_url(task, space, root, tag))
     df = res.trials
     df = df[df["state"] == "COMPLETE"].copy()
     df["candidate"] = df["candidate"].map(lambda c: json.dumps(c, sort_keys=True))
     bl = {t.number: t.user_attrs.get("baseline", "") for t in res.study.get_trials(deepcopy=False)}
     df["baseline"] = df["trial"].map(bl)
     cols = ["trial", "summary", "baseline", "score", "params", "memory", "wall_s", "candidate"]
-    out = root / f"{task}-{space}.csv"
+    out = root / f"{table_name(task, space, tag)}.csv"
     df[cols].rename(columns={"memory": "memory_mib"}).to_csv(out, index=False)
     meta = {k: res.meta[k] for k in ("model", "metric", "fidelity", "ref_point", "objectives", "chance_score",
                                      "base_params", "full_memory_mib", "num_layers")}
-    (root / f"{task}-{space}.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (root / f"{table_name(task, space, tag)}.json").write_text(json.dumps(meta, indent=2) + "\n")
     print(f"wrote {out} ({len(df)} rows)")
     return out
 
@@ -96,6 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="tiny run (tiny model required via --model) for tests")
     ap.add_argument("--model")
     ap.add_argument("--root", default=str(TABLES))
+    ap.add_argument("--tag", default="", help="a second table of the same task and space: <task>-<space>-<tag>.csv "
+                    "(a new study; it takes the default fidelity of the machine it starts on)")
     a = ap.parse_args(argv)
     from autopeft._quiet import quiet
 
@@ -103,9 +111,10 @@ def main(argv: list[str] | None = None) -> None:
     root = Path(a.root)
     if a.cmd == "build":
         fid = dict(n_train=32, n_eval=32, epochs=1, max_length=24, batch_size=16) if a.quick else None
-        build(a.task, a.space, 6 if a.quick else a.n, a.minutes, a.data_dir, a.workers, a.quick, root, a.model, fid)
+        build(a.task, a.space, 6 if a.quick else a.n, a.minutes, a.data_dir, a.workers, a.quick, root, a.model, fid,
+              a.tag)
     else:
-        export(a.task, a.space, root)
+        export(a.task, a.space, root, a.tag)
 
 
 if __name__ == "__main__":

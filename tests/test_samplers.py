@@ -126,3 +126,22 @@ def test_closed_form_ehvi_matches_monte_carlo() -> None:
         ys = rng.normal(mu[i], sd[i], 4000)
         mc = np.mean([hypervolume(np.vstack([front, [y, *known[i]]]), ref) - base for y in ys])
         assert ehvi[i] == pytest.approx(mc, rel=0.08, abs=1e-3)
+
+
+def test_autopeft_sampler_skips_candidates_that_differ_only_by_a_near_learning_rate() -> None:
+    from autopeft.sampler import _Seen
+
+    lora = {"lora": {"r": 4, "targets": ["q", "v"], "alpha_ratio": 2.0, "dropout": 0.0}}
+    seen = _Seen()
+    seen.add(Candidate.make(lora, [5], lr_multiplier=1.86))
+    assert Candidate.make(lora, [5], lr_multiplier=1.87) in seen  # within 5 %: same proposal
+    assert Candidate.make(lora, [5], lr_multiplier=1.79) in seen
+    assert Candidate.make(lora, [5], lr_multiplier=1.96) not in seen  # 5.4 % away
+    assert Candidate.make(lora, [4], lr_multiplier=1.86) not in seen  # another structure
+    study = run_study("autopeft", 20, space="mixed", pending=2)
+    cands = [Candidate.from_dict(t.user_attrs["candidate"]) for t in study.trials]
+    for i, a in enumerate(cands):
+        for b in cands[:i]:
+            da, db = a.to_dict(), b.to_dict()
+            la, lb = da.pop("lr_multiplier"), db.pop("lr_multiplier")
+            assert da != db or abs(math.log(la / lb)) >= math.log(1.05), (a.summary(), b.summary())
