@@ -10,6 +10,10 @@ parameter count, full fine-tuning memory), in (score, -log10 params, -log10 MiB)
 
     python bench/compare_samplers.py --task sst2 --space mixed --seeds 10 --trials 60 --random-trials 100 \
         --plot docs/sampler_comparison.png --out bench/tables/compare-sst2-mixed.json
+    # or side by side on 2 cores, then one summary and plot:
+    python bench/compare_samplers.py --samplers gp --out /tmp/a.json & python bench/compare_samplers.py \
+        --samplers random,tpe,nsga2,autopeft --random-trials 100 --out /tmp/b.json; wait
+    python bench/compare_samplers.py --merge /tmp/a.json /tmp/b.json --out ... --plot ...
 """
 
 from __future__ import annotations
@@ -98,7 +102,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--plot", help="write a PNG of median hypervolume vs trials")
     ap.add_argument("--out", help="write the curves as JSON")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--merge", nargs="+", metavar="JSON", help="merge earlier --out files (one sampler set each) "
+                    "into --out/--plot instead of running")
     a = ap.parse_args(argv)
+    if a.merge:
+        return merge(a.merge, a.out, a.plot, f"{a.task} / {a.space}")
     from autopeft._quiet import quiet
 
     quiet()
@@ -111,7 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
     path = Path(a.table) if a.table else ROOT / "bench" / "tables" / f"{a.task}-{a.space}.csv"
     cands, vals, meta = load_table(path)
     if a.quick:
-        a.seeds, a.trials, a.samplers, a.n_startup = 2, min(5, len(cands)), "autopeft,random", 2
+        quick = [x for x in a.samplers.split(",") if x in ("autopeft", "random")]  # the fast ones of those asked
+        a.seeds, a.trials, a.samplers, a.n_startup = 2, min(5, len(cands)), ",".join(quick) or "autopeft,random", 2
     curves: dict[str, list[list[float]]] = {}
     ask_s: dict[str, float] = {}
     for s in a.samplers.split(","):
@@ -132,7 +141,12 @@ def main(argv: list[str] | None = None) -> dict:
                "median": {s: np.median(np.array(c), axis=0).tolist() for s, c in curves.items()},
                "q25": {s: np.quantile(np.array(c), 0.25, axis=0).tolist() for s, c in curves.items()},
                "q75": {s: np.quantile(np.array(c), 0.75, axis=0).tolist() for s, c in curves.items()}, "ask_s": ask_s}
-    if "random" in curves and "autopeft" in curves:
+    return finish(summary, a.out, a.plot, f"{a.task} / {a.space}")
+
+
+def finish(summary: dict, out: str | None, plot: str | None, title: str) -> dict:
+    """Adds the 'random search's 100-trial hypervolume' target, writes the JSON and the plot."""
+    if "random" in summary["median"] and "autopeft" in summary["median"]:
         r = summary["median"]["random"]
         target = r[min(len(r), 100) - 1]
         summary["random_final_trials"] = min(len(r), 100)
@@ -140,27 +154,38 @@ def main(argv: list[str] | None = None) -> dict:
         hit = next((i + 1 for i, v in enumerate(ours) if v >= target), None)
         summary["autopeft_trials_to_random_final"] = hit
         print(f"autopeft reaches random's {min(len(r), 100)}-trial median HV ({target:.4f}) at trial {hit}")
-    if a.out:
-        Path(a.out).write_text(json.dumps(summary))
-    if a.plot:
+    if out:
+        Path(out).write_text(json.dumps(summary))
+    if plot:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for s in curves:
+        for s in summary["median"]:
             x = np.arange(1, len(summary["median"][s]) + 1)
             ax.plot(x, summary["median"][s], label=s)
             ax.fill_between(x, summary["q25"][s], summary["q75"][s], alpha=0.15)
         ax.set_xlabel("trials")
         ax.set_ylabel("hypervolume (median, IQR)")
-        ax.set_title(f"{a.task} / {a.space}: {len(cands)} recorded configs, {a.seeds} seeds")
+        ax.set_title(f"{title}: {summary['rows']} recorded configs, {summary['seeds']} seeds")
         ax.legend()
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(a.plot, dpi=110)
+        fig.savefig(plot, dpi=110)
     return summary
+
+
+def merge(files: list[str], out: str | None, plot: str | None, title: str) -> dict:
+    """One summary (and plot) from runs of different samplers on the same table, e.g. run side by side."""
+    parts = [json.loads(Path(f).read_text()) for f in files]
+    if len({(p["table"], p["seeds"]) for p in parts}) != 1:
+        raise SystemExit("merge: the runs used different tables or seed counts")
+    summary = {k: parts[0][k] for k in ("table", "rows", "seeds", "trials")}
+    for k in ("median", "q25", "q75", "ask_s"):
+        summary[k] = {s: v for p in parts for s, v in p[k].items()}
+    return finish(summary, out, plot, title)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,16 @@ def test_tabular_build_export_and_sampler_comparison(tiny_model: str, glue_dir: 
         curve = out["median"][s]
         assert len(curve) == 5 and all(b >= a for a, b in zip(curve, curve[1:]))  # hypervolume never drops
     assert (tmp_path / "hv.png").stat().st_size > 5000
+    # two runs side by side (one sampler each here), merged into one summary and plot
+    for s in ("autopeft", "random"):
+        cmp.main(["--table", str(csv), "--space", "tiny", "--quick", "--samplers", s, "--out", str(tmp_path / f"{s}.json")])
+    part = json.loads((tmp_path / "random.json").read_text())
+    m = cmp.main(["--merge", str(tmp_path / "autopeft.json"), str(tmp_path / "random.json"),
+                  "--out", str(tmp_path / "m.json"), "--plot", str(tmp_path / "m.png")])
+    assert set(part["median"]) == {"random"} and set(m["median"]) == {"autopeft", "random"}
+    assert m["median"]["random"] == part["median"]["random"]
+    assert m["autopeft_trials_to_random_final"] is None or 1 <= m["autopeft_trials_to_random_final"] <= 5
+    assert (tmp_path / "m.png").stat().st_size > 5000
 
 
 def test_ask_timing_quick() -> None:
