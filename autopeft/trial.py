@@ -215,7 +215,7 @@ def memory_parts(model: torch.nn.Module, max_length: int, vocab_hint: int, train
             # detached: keeps the storage alive for the forward (so freed memory is not re-counted at the same
             # address) without a C++ reference cycle.  Returning ``t`` itself makes the graph hold an output that
             # holds the graph, which gc cannot see: each trial leaked its model copy (130 MiB on MiniLM; 2 workers
-            # reached 12 GiB each after 80 trials and were killed)
+            # reached 12 GiB each after 80 trials each and were killed)
             return t.detach()
 
         g = torch.Generator().manual_seed(0)

@@ -181,7 +181,8 @@ def merge(files: list[str], out: str | None, plot: str | None, title: str) -> di
     """One summary (and plot) from runs of different samplers on the same table, e.g. run side by side."""
     parts = [json.loads(Path(f).read_text()) for f in files]
     if len({(p["table"], p["seeds"]) for p in parts}) != 1:
-        raise SystemExit("merge: the runs used different tables or seed counts")
+        print("compare_samplers: --merge needs runs on one table with one seed count; rerun the odd one", file=sys.stderr)
+        raise SystemExit(2)
     summary = {k: parts[0][k] for k in ("table", "rows", "seeds", "trials")}
     for k in ("median", "q25", "q75", "ask_s"):
         summary[k] = {s: v for p in parts for s, v in p[k].items()}

@@ -7,6 +7,8 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -47,6 +49,11 @@ def test_tabular_build_export_and_sampler_comparison(tiny_model: str, glue_dir: 
     assert m["median"]["random"] == part["median"]["random"]
     assert m["autopeft_trials_to_random_final"] is None or 1 <= m["autopeft_trials_to_random_final"] <= 5
     assert (tmp_path / "m.png").stat().st_size > 5000
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**part, "seeds": 3}))
+    with pytest.raises(SystemExit) as exc:
+        cmp.main(["--merge", str(tmp_path / "autopeft.json"), str(other)])
+    assert exc.value.code == 2
 
 
 def test_ask_timing_quick() -> None:
