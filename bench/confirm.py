@@ -30,12 +30,25 @@ def study_name(task: str, sampler: str, seed: int) -> str:
     return f"confirm-{task}-{sampler}-{seed}"
 
 
+def parse_fidelity(text: str | None) -> dict[str, Any] | None:
+    """``n_train=2000,epochs=2,batch_size=32,lr_scale=3`` -> a Fidelity dict (None: the machine's default)."""
+    if not text:
+        return None
+    out: dict[str, Any] = {}
+    for kv in text.split(","):
+        k, sep, v = kv.partition("=")
+        if not sep:
+            raise SystemExit(f"--fidelity: {kv!r} is not KEY=VALUE (e.g. n_train=2000,epochs=2,batch_size=32,lr_scale=3)")
+        out[k.strip()] = float(v) if k.strip() in ("epochs", "lr_scale") else int(v)
+    return out
+
+
 def run(a: argparse.Namespace) -> int:
     from autopeft.study import Driver, data_spec_dict
 
     storage = a.storage or f"sqlite:///{TABLES / f'confirm-{a.task}.db'}"
     deadline = time.monotonic() + a.minutes * 60 if a.minutes else None
-    fid = dict(n_train=32, n_eval=32, epochs=1, max_length=24, batch_size=16) if a.quick else None
+    fid = dict(n_train=32, n_eval=32, epochs=1, max_length=24, batch_size=16) if a.quick else parse_fidelity(a.fidelity)
     left = 0
     for seed in [int(s) for s in a.seeds.split(",")]:
         for sampler in a.samplers.split(","):
@@ -98,6 +111,8 @@ def main(argv: list[str] | None = None) -> Any:
     ap.add_argument("--model")
     ap.add_argument("--storage")
     ap.add_argument("--json")
+    ap.add_argument("--fidelity", help="the trials' fidelity, e.g. n_train=2000,epochs=2,batch_size=32,lr_scale=3 "
+                                       "(default: the machine's default; a resumed study keeps its own)")
     ap.add_argument("--quick", action="store_true", help="tiny fidelity, in-process (use with --model TINY) for tests")
     a = ap.parse_args(argv)
     from autopeft._quiet import quiet

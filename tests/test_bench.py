@@ -124,3 +124,12 @@ def test_confirm_quick_run_and_report(tiny_model: str, glue_dir: Path, tmp_path:
     assert set(rep["studies"]) == {"autopeft-0", "random-0"}
     for s in rep["studies"].values():
         assert s["complete"] == 10 and s["hv"][0] >= 0 and 0 <= s["best_score"] <= 1 and s["ref_point"] == rep["studies"]["autopeft-0"]["ref_point"]
+
+
+def test_confirm_fidelity_option_parses_and_rejects_bad_pairs() -> None:
+    cf = _load("confirm")
+    assert cf.parse_fidelity("n_train=2000,epochs=2,batch_size=32,lr_scale=3") == {
+        "n_train": 2000, "epochs": 2.0, "batch_size": 32, "lr_scale": 3.0}
+    assert cf.parse_fidelity(None) is None
+    with pytest.raises(SystemExit, match="'epochs' is not KEY=VALUE"):
+        cf.parse_fidelity("n_train=10,epochs")
