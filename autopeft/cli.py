@@ -11,6 +11,8 @@ import sys
 import time
 from typing import Any, Sequence
 
+from autopeft.data import METRICS
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2
@@ -60,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--validation-file")
     s.add_argument("--text-columns", help="comma-separated text columns (default: inferred)")
     s.add_argument("--label-column", help="label column (default: inferred)")
-    s.add_argument("--metric", choices=("accuracy", "f1", "matthews", "macro_f1"))
+    s.add_argument("--metric", choices=METRICS, help="task metric (default: GLUE's for the task, else from the labels); "
+                                                     "auc (binary tasks): threshold-free, for tasks where short trials "
+                                                     "predict only the majority class")
     s.add_argument("--space", default="lora", help="shipped space name or a YAML path (default lora)")
     s.add_argument("--trials", type=_positive_int, default=30, help="complete trials the study holds when done (default 30)")
     s.add_argument("--sampler", default="autopeft", help="autopeft (default), random, tpe, nsga2, gp, botorch")

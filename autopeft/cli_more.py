@@ -35,6 +35,8 @@ def add_commands(sub: Any, study_args: Callable[..., None]) -> None:
     t.add_argument("--data-dir")
     t.add_argument("--train-file")
     t.add_argument("--validation-file")
+    t.add_argument("--metric", help="score the trained model with this metric (default: the search's), e.g. f1 after "
+                                     "a search ranked by auc")
     t.add_argument("--epochs", type=float, default=3.0)
     t.add_argument("--n-train", type=int, help="training rows (default: all)")
     t.add_argument("--max-length", type=int, default=128)
@@ -145,6 +147,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                                   data.get("text_columns"), data.get("label_column"), data.get("metric"))
     else:
         raise ConfigError("pass --task or --train-file (the config does not say which task it was found on)")
+    if args.metric:
+        from autopeft.data import METRICS
+
+        if args.metric not in METRICS:
+            raise ConfigError(f"unknown metric {args.metric!r}; choose one of {', '.join(METRICS)}")
+        data = {**data, "metric": args.metric}
     res = train_final(cand, model, data, args.output, epochs=args.epochs, n_train=args.n_train,
                       max_length=args.max_length, batch_size=args.batch_size, seeds=seeds)
     print(f"{res['summary']}: {res['metric']} on validation {res['mean']:.4f} ± {res['std']:.4f} over seeds {seeds}; "

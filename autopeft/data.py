@@ -22,11 +22,14 @@ import numpy as np
 
 from autopeft.errors import DataError
 
-__all__ = ["METRICS", "TASK_METRICS", "DataSpec", "TaskData", "load_task", "search_split", "compute_metric",
+__all__ = ["METRICS", "SCORE_METRICS", "TASK_METRICS", "DataSpec", "TaskData", "load_task", "search_split", "compute_metric",
            "chance_score", "choose_metric", "read_rows", "clear_cache"]
 
 IntLabels = Union[Sequence[int], "np.ndarray[Any, Any]"]  # label/prediction ids: a list or a 1-D numpy array
-METRICS: tuple[str, ...] = ("accuracy", "f1", "matthews", "macro_f1")
+METRICS: tuple[str, ...] = ("accuracy", "f1", "matthews", "macro_f1", "auc")
+# Binary tasks only: ROC AUC of the positive class's margin; threshold-free, so it still ranks models whose argmax is
+# still the majority class everywhere (short MRPC trials), where F1 and accuracy are flat.
+SCORE_METRICS: frozenset[str] = frozenset({"auc"})
 # The metric GLUE reports for a task (MRPC/QQP: F1 of the positive class; CoLA: Matthews correlation).
 TASK_METRICS: dict[str, str] = {"sst2": "accuracy", "rte": "accuracy", "qnli": "accuracy", "wnli": "accuracy",
                                 "mnli": "accuracy", "mrpc": "f1", "qqp": "f1", "cola": "matthews"}
@@ -356,6 +359,9 @@ def choose_metric(task: str, labels: IntLabels, num_labels: int, override: str |
     if override is not None:
         if override not in METRICS:
             raise DataError(f"unknown metric {override!r}; choose one of {', '.join(METRICS)}")
+        if override in SCORE_METRICS and num_labels != 2:
+            raise DataError(f"metric {override!r} needs a binary task, but {task} has {num_labels} classes; "
+                            "choose accuracy, macro_f1 or matthews")
         return override, "--metric override"
     key = task.lower().replace("-", "").replace("_", "")
     if key in TASK_METRICS:
@@ -549,15 +555,18 @@ def _check(metric: str) -> None:
         raise DataError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
 
 
-def compute_metric(metric: str, preds: IntLabels, labels: IntLabels) -> float:
+def compute_metric(metric: str, preds: IntLabels, labels: IntLabels, scores: Sequence[float] | None = None) -> float:
     """accuracy; f1 of the positive class (id 1); matthews (multiclass MCC); macro_f1 over the classes present in
-    labels or predictions.  Ill-defined values are 0.0, as in scikit-learn."""
+    labels or predictions; auc: ROC AUC of ``scores`` (the positive class's margin, logit 1 - logit 0) against
+    binary labels, ties counted half.  Ill-defined values are 0.0 (auc: 0.5), as in scikit-learn."""
     _check(metric)
     p, y = np.asarray(preds, dtype=np.int64).ravel(), np.asarray(labels, dtype=np.int64).ravel()
     if len(p) != len(y):
         raise DataError(f"cannot score {len(p)} predictions against {len(y)} labels; they must have the same length")
     if len(y) == 0:
         raise DataError("cannot score an empty evaluation set; use a larger --n-eval")
+    if metric == "auc":
+        return _auc(y, scores)
     if metric == "accuracy":
         return float((p == y).mean())
     if metric == "f1":
@@ -572,6 +581,24 @@ def compute_metric(metric: str, preds: IntLabels, labels: IntLabels) -> float:
     return float((c * s - t @ pk) / den) if den > 0 else 0.0
 
 
+def _auc(y: np.ndarray, scores: Sequence[float] | None) -> float:
+    if scores is None:
+        raise DataError("metric auc needs the model's scores, not only its predictions")
+    sc = np.asarray(scores, dtype=np.float64).ravel()
+    if len(sc) != len(y):
+        raise DataError(f"cannot score {len(sc)} scores against {len(y)} labels; they must have the same length")
+    if not set(np.unique(y).tolist()) <= {0, 1}:
+        raise DataError("metric auc needs binary labels 0/1; choose accuracy, macro_f1 or matthews")
+    n1 = int(y.sum())
+    n0 = len(y) - n1
+    if n0 == 0 or n1 == 0:
+        return 0.5
+    from scipy.stats import rankdata  # Mann-Whitney U with average ranks for ties
+
+    ranks = rankdata(sc)
+    return float((ranks[y == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
 def _f1(p: np.ndarray, y: np.ndarray, c: int) -> float:
     tp = int(np.sum((p == c) & (y == c)))
     fp = int(np.sum((p == c) & (y != c)))
@@ -580,10 +607,13 @@ def _f1(p: np.ndarray, y: np.ndarray, c: int) -> float:
 
 
 def chance_score(metric: str, labels: IntLabels) -> float:
-    """The metric of always predicting the majority label (ties: the smallest id); the hypervolume reference."""
+    """The metric of always predicting the majority label (ties: the smallest id); the hypervolume reference.
+    For auc, 0.5 (a constant score ranks nothing)."""
     _check(metric)
     y = np.asarray(labels, dtype=np.int64).ravel()
     if len(y) == 0:
         raise DataError("cannot compute the chance score of an empty evaluation set; use a larger --n-eval")
+    if metric in SCORE_METRICS:
+        return 0.5
     major = int(np.bincount(y - y.min()).argmax() + y.min())
     return compute_metric(metric, np.full(len(y), major), y)

@@ -13,7 +13,7 @@ import torch
 
 from autopeft.candidate import Candidate
 from autopeft.errors import ConfigError, DataError
-from autopeft.trial import Fidelity, _encode, predict, task_of, train_loop
+from autopeft.trial import Fidelity, _encode, predict_logits, score_logits, task_of, train_loop
 
 WEIGHTS_FILE = "autopeft_weights.pt"
 RESULT_FILE = "autopeft_result.json"
@@ -30,7 +30,6 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
                 threads: int | None = None) -> dict[str, Any]:
     """Train ``cand`` on all (or ``n_train``) training rows for each seed; save the first seed's model."""
     from autopeft.builder import build_model, load_base, model_info
-    from autopeft.data import compute_metric
 
     if not seeds:
         raise ConfigError("--seeds needs at least one seed")
@@ -57,8 +56,9 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
         steps, loss, failure = train_loop(built, enc, labels, fid, seed, torch.device("cpu"), tok.pad_token_id or 0)
         if failure is not None:
             raise ConfigError(f"final training diverged (seed {seed}): {failure}")
-        preds = predict(built.model, _encode(tok, val_texts, fid.max_length), 64, tok.pad_token_id or 0, torch.device("cpu"))
-        scores.append(float(compute_metric(task.metric, preds, val_labels)))
+        logits = predict_logits(built.model, _encode(tok, val_texts, fid.max_length), 64, tok.pad_token_id or 0,
+                                torch.device("cpu"))
+        scores.append(score_logits(task.metric, logits, val_labels))
         times.append(time.perf_counter() - t0)
         if k == 0:
             save_trained(built, cand, out, model, task.num_labels)
@@ -122,9 +122,7 @@ def load_trained(directory: str | Path, model: str | None = None) -> tuple[torch
 
 def evaluate(model: torch.nn.Module, tok: Any, data: dict[str, Any], max_length: int = 128) -> float:
     """The model's metric on the task's validation split."""
-    from autopeft.data import compute_metric
-
     task = task_of(data)
     texts, labels = _validation(task)
-    preds = predict(model, _encode(tok, texts, max_length), 64, tok.pad_token_id or 0, torch.device("cpu"))
-    return float(compute_metric(task.metric, preds, labels))
+    logits = predict_logits(model, _encode(tok, texts, max_length), 64, tok.pad_token_id or 0, torch.device("cpu"))
+    return score_logits(task.metric, logits, labels)

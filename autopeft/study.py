@@ -596,7 +596,9 @@ class Driver:
         msg = (f"collapse: {flat} of {len(comp)} trials score no better than always predicting the majority class "
                f"({self.task.metric} {chance:.3f}), so the trials are too short to tell configurations apart on this task; "
                f"start a new study with longer trials and higher learning rates, e.g. --n-train "
-               f"{max(2000, 2 * self.fidelity.n_train)} --batch-size 32 --lr-scale {max(3.0, 2 * self.fidelity.lr_scale):g}")
+               f"{max(2000, 2 * self.fidelity.n_train)} --batch-size 32 --lr-scale {max(3.0, 2 * self.fidelity.lr_scale):g}"
+               + (", or rank by --metric auc, which does not need the argmax to move" if self.task.num_labels == 2
+                  and self.task.metric != "auc" else ""))
         self.notices.append(msg)
         self.study.set_user_attr("notice_collapse", msg)
         print(f"autopeft: warning: {msg[len('collapse: '):]}", file=sys.stderr, flush=True)

@@ -279,7 +279,7 @@ def _simulated(spec: TrialSpec, t0: float, seconds: float) -> TrialResult:
 def _run(spec: TrialSpec, t0: float) -> TrialResult:
     from autopeft.builder import build_model, load_base, model_info
     from autopeft.candidate import Candidate
-    from autopeft.data import compute_metric, search_split
+    from autopeft.data import search_split
 
     if spec.threads and spec.threads > 0:
         torch.set_num_threads(spec.threads)
@@ -328,8 +328,7 @@ def _run(spec: TrialSpec, t0: float) -> TrialResult:
     train_s = time.perf_counter() - t_train
     if device.type == "cuda":  # measured peak at the trial's batch, moved to the memory batch by the exact per-row count
         memory = int(torch.cuda.max_memory_allocated(device)) + per_row * (fid.memory_batch_size - fid.batch_size)
-    preds = predict(model, ev_enc, fid.batch_size * 2, pad_id, device)
-    score = compute_metric(task.metric, preds, ev_labels)
+    score = score_logits(task.metric, predict_logits(model, ev_enc, fid.batch_size * 2, pad_id, device), ev_labels)
     return TrialResult(spec.trial_id, OK, score=float(score), params=built.trainable, memory_bytes=memory,
                        wall_s=time.perf_counter() - t0, train_s=train_s, metric=task.metric, steps=step, loss=last_loss)
 
@@ -375,18 +374,27 @@ def train_loop(built: Any, enc: Any, labels: Sequence[int], fid: Fidelity, seed:
     return step, last_loss, None
 
 
-def predict(model: torch.nn.Module, enc: Any, bs: int, pad_id: int, device: torch.device) -> list[int]:
-    """Argmax predictions for tokenised inputs, in their order."""
+def predict_logits(model: torch.nn.Module, enc: Any, bs: int, pad_id: int, device: torch.device) -> "np.ndarray[Any, Any]":
+    """Logits (rows x labels) for tokenised inputs, in their order."""
     model.eval()
     n = len(enc["input_ids"])
     order = sorted(range(n), key=lambda i: len(enc["input_ids"][i]))  # length-sorted: less padding
-    preds = [0] * n
+    out: np.ndarray[Any, Any] | None = None
     with torch.no_grad():
         pos = 0
         for batch in _batches(enc, [0] * n, order, bs, pad_id):
             batch.pop("labels")
-            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
-            for i, p in zip(order[pos:pos + len(logits)], logits.argmax(-1).tolist()):
-                preds[i] = p
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
+            if out is None:
+                out = np.zeros((n, logits.shape[-1]), dtype=np.float32)
+            out[order[pos:pos + len(logits)]] = logits
             pos += len(logits)
-    return preds
+    return out if out is not None else np.zeros((0, 1), dtype=np.float32)
+
+
+def score_logits(metric: str, logits: "np.ndarray[Any, Any]", labels: Sequence[int]) -> float:
+    """The task metric of a model's logits: argmax predictions, and for binary tasks the positive margin (for auc)."""
+    from autopeft.data import compute_metric
+
+    margin = logits[:, 1] - logits[:, 0] if logits.ndim == 2 and logits.shape[1] == 2 else None
+    return float(compute_metric(metric, logits.argmax(-1), labels, margin))

@@ -217,21 +217,25 @@ def proxy(a: argparse.Namespace) -> int:
     configs = {r["key"]: r["candidate"] for r in recs if r.get("score") is not None}
     out = Path(a.proxy_out or TABLES / f"proxy-{a.task}.jsonl")
     done = {(r["key"], r["fidelity_label"]) for r in _done(out)}
-    fids = []
+    fids = []  # (fidelity, metric override or None); "metric=auc" in --fidelity scores the same trial by ROC AUC
     for text in a.fidelity or []:
-        f = {k: (float(v) if k in ("epochs", "lr_scale") else int(v)) for k, v in (kv.split("=") for kv in text.split(","))}
+        f: dict[str, Any] = {}
+        for k, v in (kv.split("=") for kv in text.split(",")):
+            f[k] = v if k == "metric" else float(v) if k in ("epochs", "lr_scale") else int(v)
         fids.append(f)
     jobs = [(k, c, f) for f in fids for k, c in configs.items() if (k, _fid_label(f)) not in done]
     print(f"{len(configs)} configs x {len(fids)} fidelities: {len(jobs)} trials to run", flush=True)
     with ProcessPoolExecutor(max_workers=a.workers, mp_context=mp.get_context("spawn")) as pool:
-        futs = {pool.submit(run_trial, TrialSpec(trial_id=i, candidate=c, model=a.model, data=data, fidelity=f, seed=0,
+        futs = {pool.submit(run_trial, TrialSpec(trial_id=i, candidate=c, model=a.model,
+                                                 data={**data, "metric": f.get("metric", data.get("metric"))},
+                                                 fidelity={x: v for x, v in f.items() if x != "metric"}, seed=0,
                                                  threads=1)): (k, f) for i, (k, c, f) in enumerate(jobs)}
         for fut in futs:
             k, f = futs[fut]
             r = fut.result()
             with out.open("a") as fh:
                 fh.write(json.dumps({"key": k, "fidelity": f, "fidelity_label": _fid_label(f), "score": r.score,
-                                     "wall_s": r.wall_s, "status": r.status}) + "\n")
+                                     "metric": r.metric, "wall_s": r.wall_s, "status": r.status}) + "\n")
     return 0
 
 
@@ -239,7 +243,7 @@ def _work_ratio(low: dict[str, Any] | None, recs: list[dict[str, Any]]) -> float
     """Training rows x epochs of a low-cost fidelity over those of the full budget (timing-independent cost)."""
     from autopeft.trial import Fidelity
 
-    f = Fidelity(**(low or {}))
+    f = Fidelity(**{k: v for k, v in (low or {}).items() if k != "metric"})
     full = recs[0]
     return f.n_train * f.epochs / (full["n_train"] * full["full"]["epochs"])
 

@@ -95,14 +95,18 @@ def test_retrain_quick_run_is_resumable_and_reports(tiny_model: str, glue_dir: P
     assert all(0.0 <= r["score"] <= 1.0 and r["params"] > 0 and r["n_train"] == 32 for r in runs)
     assert rt.main(["run", *args]) == 0 and len(out.read_text().splitlines()) == len(runs)  # resumed: nothing re-run
     assert rt.main(["proxy", *args, "--proxy-out", str(tmp_path / "p.jsonl"),
-                    "--fidelity", "n_train=16,epochs=1,batch_size=8,n_eval=16,max_length=24"]) == 0
+                    "--fidelity", "n_train=16,epochs=1,batch_size=8,n_eval=16,max_length=24",
+                    "--fidelity", "n_train=16,epochs=1,batch_size=8,n_eval=16,max_length=24,metric=auc"]) == 0
     prox = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
-    assert len(prox) == 5 + n_found and all(p["status"] == "ok" and 0 <= p["score"] <= 1 for p in prox)
+    assert len(prox) == 2 * (5 + n_found) and all(p["status"] == "ok" and 0 <= p["score"] <= 1 for p in prox)
+    assert sorted(p["metric"] for p in prox) == ["accuracy"] * (5 + n_found) + ["auc"] * (5 + n_found)
     rep = rt.main(["report", *args, "--proxy-out", str(tmp_path / "p.jsonl"), "--json", str(tmp_path / "r.json")])
-    (fid,) = rep["fidelities"].values()
-    assert fid["n"] == 5 + n_found and fid["cost_ratio"] > 0
-    constant = len({p["score"] for p in prox}) == 1 or len({r["mean"] for r in rep["rows"]}) == 1
-    assert math.isnan(fid["rho"]) if constant else -1 <= fid["rho"] <= 1  # a constant ranking has no correlation
+    assert len(rep["fidelities"]) == 2 and sum("metric=auc" in k for k in rep["fidelities"]) == 1
+    for label, fid in rep["fidelities"].items():
+        assert fid["n"] == 5 + n_found and fid["cost_ratio"] > 0
+        mine = [p for p in prox if p["fidelity_label"] == label]
+        constant = len({p["score"] for p in mine}) == 1 or len({r["mean"] for r in rep["rows"]}) == 1
+        assert math.isnan(fid["rho"]) if constant else -1 <= fid["rho"] <= 1  # a constant ranking has no correlation
     assert set(rep["verdict"]) == {"confirm-sst2-autopeft-0", "any search"}
     for src, v in rep["verdict"].items():  # a verdict names a found config that really has >= score and <= params
         assert set(v) == set(rt.BASELINES)

@@ -115,6 +115,8 @@ def test_three_classes_use_macro_f1(tmp_path: Path) -> None:
     assert d.text_columns == ("premise", "hypothesis")
     assert d.label_names == ["contradiction", "entailment", "neutral"] and d.num_labels == 3
     assert (d.metric, d.metric_reason) == ("macro_f1", "3 classes")
+    with pytest.raises(DataError, match="metric 'auc' needs a binary task, but nli has 3 classes"):
+        load_task(DataSpec(train_file=str(tmp_path / "nli.jsonl"), metric="auc"))
 
 
 def test_imbalanced_binary_uses_matthews_and_override_wins(tmp_path: Path) -> None:
@@ -123,8 +125,9 @@ def test_imbalanced_binary_uses_matthews_and_override_wins(tmp_path: Path) -> No
     assert (d.metric, d.metric_reason) == ("matthews", "binary, minority class 30.0% < 40%")
     d = load_task(DataSpec(train_file=str(path), metric="f1"))
     assert (d.metric, d.metric_reason) == ("f1", "--metric override")
-    with pytest.raises(DataError, match="unknown metric 'auc'.*accuracy, f1, matthews, macro_f1"):
-        load_task(DataSpec(train_file=str(path), metric="auc"))
+    with pytest.raises(DataError, match="unknown metric 'roc'.*accuracy, f1, matthews, macro_f1, auc"):
+        load_task(DataSpec(train_file=str(path), metric="roc"))
+    assert load_task(DataSpec(train_file=str(path), metric="auc")).metric == "auc"
     balanced = write_jsonl(tmp_path / "bal.jsonl", binary_rows(100, 45))
     assert load_task(DataSpec(train_file=str(balanced))).metric == "accuracy"
 
@@ -272,7 +275,7 @@ def test_metrics_hand_checked() -> None:
     assert compute_metric("macro_f1", preds, labels) == pytest.approx((0.8 + 2 / 3) / 2)
     assert compute_metric("f1", [0, 0], [1, 0]) == 0.0 and compute_metric("matthews", [1, 1], [1, 0]) == 0.0
     with pytest.raises(DataError, match="unknown metric"):
-        compute_metric("auc", preds, labels)
+        compute_metric("roc", preds, labels)
     with pytest.raises(DataError, match="same length"):
         compute_metric("accuracy", [1], [1, 0])
     with pytest.raises(DataError, match="empty"):
@@ -291,6 +294,21 @@ def test_metrics_match_sklearn() -> None:
             assert compute_metric("macro_f1", p, y) == pytest.approx(sk.f1_score(y, p, average="macro"))
             if k == 2:
                 assert compute_metric("f1", p, y) == pytest.approx(sk.f1_score(y, p))
+                sc = np.round(rng.normal(size=200) + y, 1)  # rounded: many ties
+                assert compute_metric("auc", p, y, sc) == pytest.approx(sk.roc_auc_score(y, sc))
+
+
+def test_auc_hand_checked_ties_and_errors() -> None:
+    # positives score 0.9, 0.4; negatives 0.4, 0.1: pairs (0.9>0.4) (0.9>0.1) (0.4=0.4: half) (0.4>0.1) -> 3.5/4
+    assert compute_metric("auc", [1, 0, 0, 0], [1, 1, 0, 0], [0.9, 0.4, 0.4, 0.1]) == pytest.approx(0.875)
+    assert compute_metric("auc", [1, 1, 1, 1], [1, 0, 1, 0], [5.0, 1.0, 3.0, 2.0]) == 1.0  # argmax flat, ranking perfect
+    assert compute_metric("auc", [1, 1, 1, 1], [1, 0, 1, 0], [0.0] * 4) == 0.5
+    assert compute_metric("auc", [1, 1], [1, 1], [0.3, 0.2]) == 0.5  # one class only: undefined
+    with pytest.raises(DataError, match="needs the model's scores"):
+        compute_metric("auc", [1, 0], [1, 0])
+    with pytest.raises(DataError, match="binary labels"):
+        compute_metric("auc", [1, 0, 2], [1, 0, 2], [0.1, 0.2, 0.3])
+    assert chance_score("auc", [1, 1, 1, 0]) == 0.5
 
 
 def test_chance_score_is_majority_prediction() -> None:
@@ -301,7 +319,7 @@ def test_chance_score_is_majority_prediction() -> None:
     assert chance_score("macro_f1", labels) == pytest.approx((2 * 3 / 7 + 0) / 2)
     assert chance_score("f1", [0, 0, 1]) == 0.0  # majority 0: no positive predicted
     assert chance_score("macro_f1", [2, 2, 0, 1]) == pytest.approx((0 + 0 + 2 * 2 / 6) / 3)
-    assert set(METRICS) == {"accuracy", "f1", "matthews", "macro_f1"}
+    assert set(METRICS) == {"accuracy", "f1", "matthews", "macro_f1", "auc"}
 
 
 # ----------------------------------------------------------------------------- search split

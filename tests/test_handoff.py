@@ -77,8 +77,15 @@ def test_cli_export_best_and_train(study: tuple[str, str], tiny_model: str, glue
     assert load_config(tmp_path / "cfg") == best.candidate
     assert main(["train", "--config", str(tmp_path / "cfg"), "--data-dir", str(glue_dir), "--epochs", "1",
                  "--n-train", "64", "--max-length", "32", "-o", str(tmp_path / "out")]) == 0
-    assert "on validation" in capsys.readouterr().out
+    assert "accuracy on validation" in capsys.readouterr().out
     assert (tmp_path / "out" / "autopeft_result.json").is_file()
+    assert main(["train", "--config", str(tmp_path / "cfg"), "--data-dir", str(glue_dir), "--epochs", "1", "--metric", "auc",
+                 "--n-train", "64", "--max-length", "32", "-o", str(tmp_path / "out2")]) == 0
+    auc = json.loads((tmp_path / "out2" / "autopeft_result.json").read_text())
+    assert auc["metric"] == "auc" and 0.0 <= auc["mean"] <= 1.0 and "auc on validation" in capsys.readouterr().out
+    assert main(["train", "--config", str(tmp_path / "cfg"), "--data-dir", str(glue_dir), "--metric", "roc",
+                 "-o", str(tmp_path / "out3")]) == 2
+    assert "unknown metric 'roc'" in capsys.readouterr().err
 
 
 def test_plot_writes_html_and_png(study: tuple[str, str], tmp_path: Path) -> None:

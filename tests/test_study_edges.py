@@ -169,7 +169,7 @@ def test_collapsed_trials_are_warned_about_once(flat: int, warned: bool, capsys:
     dist = {"x": FloatDistribution(0, 1)}
     for i in range(8):  # chance is 0.5 (the study's reference point)
         study.add_trial(create_trial(params={"x": i / 8}, distributions=dist, values=[0.5 if i < flat else 0.8, 100.0 + i]))
-    drv = SimpleNamespace(notices=[], study=study, n_startup=8, ref=[0.5, -6.0], task=SimpleNamespace(metric="f1"),
+    drv = SimpleNamespace(notices=[], study=study, n_startup=8, ref=[0.5, -6.0], task=SimpleNamespace(metric="f1", num_labels=2),
                           fidelity=Fidelity(n_train=2000, epochs=2.0))
     Driver._check_collapse(drv)  # type: ignore[arg-type]
     Driver._check_collapse(drv)  # type: ignore[arg-type]
@@ -178,6 +178,7 @@ def test_collapsed_trials_are_warned_about_once(flat: int, warned: bool, capsys:
     if warned:
         assert err.count("warning:") == 1 and f"{flat} of 8 trials score no better than always predicting" in err
         assert "(f1 0.500)" in err and "--n-train 4000 --batch-size 32 --lr-scale 3" in err
+        assert "or rank by --metric auc" in err
         assert len(warnings) == 1 and warnings[0].startswith(f"{flat} of 8 trials")
     else:
         assert err == "" and warnings == []

@@ -26,6 +26,18 @@ def test_trial_is_deterministic(tiny_model: str, glue_dir: Path) -> None:
     assert a.metric == "accuracy" and 0.0 <= a.score <= 1.0 and a.steps == 4
 
 
+def test_auc_metric_scores_the_same_training_by_ranking(tiny_model: str, glue_dir: Path) -> None:
+    """--metric auc: the same trial (same seed, same training) scored by the positive margin's ROC AUC."""
+    c = Candidate.make({"lora": LORA}, [0, 1])
+    acc = run_trial(spec(tiny_model, glue_dir, c, seed=3))
+    s = spec(tiny_model, glue_dir, c, seed=3)
+    s.data["metric"] = "auc"
+    auc = run_trial(s)
+    assert acc.status == auc.status == OK, (acc.reason, auc.reason)
+    assert (acc.metric, auc.metric) == ("accuracy", "auc") and acc.loss == auc.loss and acc.steps == auc.steps
+    assert 0.0 <= auc.score <= 1.0 and auc.score != acc.score
+
+
 def test_memory_is_repeatable_and_ranks_placement(tiny_model: str, glue_dir: Path) -> None:
     fid = {**FAST, "n_train": 16}
     all_l = run_trial(spec(tiny_model, glue_dir, Candidate.make({"lora": LORA}, [0, 1]), fidelity=fid))
