@@ -56,7 +56,7 @@ def run(a: argparse.Namespace) -> int:
             if remaining is not None and remaining < 30:
                 left += 1
                 continue
-            drv = Driver(model=a.model, data=data_spec_dict(a.task, a.data_dir, None, None, None, None, None),
+            drv = Driver(model=a.model, data=data_spec_dict(a.task, a.data_dir, None, None, None, None, a.metric),
                          space=a.space, n_trials=a.trials, sampler=sampler, study_name=study_name(a.task, sampler, seed),
                          storage=storage, workers=a.workers, seed=seed, timeout=remaining, fidelity=fid,
                          executor="inline" if a.quick else "local", progress=not a.quick)
@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> Any:
     ap.add_argument("--model")
     ap.add_argument("--storage")
     ap.add_argument("--json")
+    ap.add_argument("--metric", help="the search's metric, e.g. auc on MRPC (default: the task's)")
     ap.add_argument("--fidelity", help="the trials' fidelity, e.g. n_train=2000,epochs=2,batch_size=32,lr_scale=3 "
                                        "(default: the machine's default; a resumed study keeps its own)")
     ap.add_argument("--quick", action="store_true", help="tiny fidelity, in-process (use with --model TINY) for tests")
