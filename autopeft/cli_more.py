@@ -147,11 +147,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                   data.get("text_columns"), data.get("label_column"), data.get("metric"))
     else:
         raise ConfigError("pass --task or --train-file (the config does not say which task it was found on)")
-    if args.metric:
-        from autopeft.data import METRICS
-
-        if args.metric not in METRICS:
-            raise ConfigError(f"unknown metric {args.metric!r}; choose one of {', '.join(METRICS)}")
+    if args.metric:  # checked when the task loads
         data = {**data, "metric": args.metric}
     res = train_final(cand, model, data, args.output, epochs=args.epochs, n_train=args.n_train,
                       max_length=args.max_length, batch_size=args.batch_size, seeds=seeds)
