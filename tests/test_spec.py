@@ -19,6 +19,8 @@ def test_study_specs_expand_to_checked_options(tmp_path: Path, capsys: pytest.Ca
         assert args.cmd == "search" and args.study and args.trials >= 1
     paper = build_parser().parse_args(expand_spec(["search", "--spec", str(shipped[0].parent / "autopeft-paper-mrpc.yaml")]))
     assert (paper.space, paper.trials, paper.n_startup, paper.objectives) == ("autopeft", 200, 100, "score,params")
+    mrpc = build_parser().parse_args(expand_spec(["search", "--spec", str(shipped[0].parent / "mrpc-mixed-budget.yaml")]))
+    assert (mrpc.task, mrpc.metric, mrpc.max_params, mrpc.n_train) == ("mrpc", "auc", "0.5%", None)
     # the command line overrides the spec, wherever --spec stands
     over = build_parser().parse_args(expand_spec(["search", "--trials", "7", "--spec",
                                                   str(shipped[0].parent / "sst2-lora.yaml"), "--no-progress"]))
