@@ -194,6 +194,7 @@ class LocalExecutor(Executor):
                         s.spec = None
                         continue
                 if s.proc.sentinel in ready or not s.proc.is_alive():
+                    s.proc.join(2.0)  # the sentinel fires as the child exits, a moment before it can be reaped
                     code = s.proc.exitcode
                     self._done.append(TrialResult(s.spec.trial_id, FAILED, wall_s=now - s.started,
                                                   reason=f"worker process died (exit code {code})"))
