@@ -46,14 +46,15 @@ def storage_url(task: str, space: str, root: Path = TABLES, tag: str = "") -> st
 
 
 def build(task: str, space: str, n: int, minutes: float | None, data_dir: str, workers: int, quick: bool = False,
-          root: Path = TABLES, model: str | None = None, fidelity: dict | None = None, tag: str = "") -> int:
+          root: Path = TABLES, model: str | None = None, fidelity: dict | None = None, tag: str = "",
+          metric: str | None = None) -> int:
     import optuna
 
     from autopeft.candidate import Candidate
     from autopeft.study import Driver, data_spec_dict
 
     root.mkdir(parents=True, exist_ok=True)
-    drv = Driver(model=model, data=data_spec_dict(task, data_dir, None, None, None, None, None), space=space, n_trials=n,
+    drv = Driver(model=model, data=data_spec_dict(task, data_dir, None, None, None, None, metric), space=space, n_trials=n,
                  sampler="random", study_name=study_name(task, space, tag), storage=storage_url(task, space, root, tag),
                  workers=workers, seed=0, timeout=minutes * 60 if minutes else None, fidelity=fidelity,
                  executor="inline" if quick else "local", progress=not quick)
@@ -104,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--root", default=str(TABLES))
     ap.add_argument("--tag", default="", help="a second table of the same task and space: <task>-<space>-<tag>.csv "
                     "(a new study; it takes the default fidelity of the machine it starts on)")
+    ap.add_argument("--metric", help="the trials' metric (default: the task's), e.g. auc on MRPC, whose short trials "
+                                     "leave F1 at the majority class")
     a = ap.parse_args(argv)
     from autopeft._quiet import quiet
 
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.cmd == "build":
         fid = dict(n_train=32, n_eval=32, epochs=1, max_length=24, batch_size=16) if a.quick else None
         build(a.task, a.space, 6 if a.quick else a.n, a.minutes, a.data_dir, a.workers, a.quick, root, a.model, fid,
-              a.tag)
+              a.tag, a.metric)
     else:
         export(a.task, a.space, root, a.tag)
 

@@ -32,7 +32,13 @@ def test_tabular_build_export_and_sampler_comparison(tiny_model: str, glue_dir: 
     df = pd.read_csv(csv)
     assert len(df) == 6 and {"candidate", "score", "params", "memory_mib"} <= set(df.columns)
     meta = json.loads((tmp_path / "sst2-tiny.json").read_text())
-    assert meta["model"] == tiny_model and len(meta["ref_point"]) == 3
+    assert meta["model"] == tiny_model and len(meta["ref_point"]) == 3 and meta["metric"] == "accuracy"
+    tab.main(["build", "--quick", "--model", tiny_model, "--data-dir", str(glue_dir), "--space", "tiny",
+              "--root", str(tmp_path), "--tag", "auc", "--metric", "auc"])
+    tab.main(["export", "--space", "tiny", "--root", str(tmp_path), "--tag", "auc"])
+    auc = json.loads((tmp_path / "sst2-tiny-auc.json").read_text())
+    assert auc["metric"] == "auc" and auc["ref_point"][0] == 0.5  # chance of a ranking score
+    assert len(pd.read_csv(tmp_path / "sst2-tiny-auc.csv")) == 6
     cmp = _load("compare_samplers")
     out = cmp.main(["--table", str(csv), "--space", "tiny", "--quick", "--plot", str(tmp_path / "hv.png")])
     for s in ("autopeft", "random"):
