@@ -85,7 +85,9 @@ def run_one(sampler_name: str, seed: int, cands: list, vals: np.ndarray, meta: d
         used.add(i)
         ys.append(to_max(objectives, vals[i]))
         hv.append(hypervolume(np.array(ys), ref))
-    return hv, t_ask / max(1, len(used))
+    # collapsed: within 2 % of the chance-to-perfect gap above chance (about the majority class)
+    collapsed = sum(1 for y in ys if y[0] <= ref[0] + 0.02 * (1 - ref[0]))
+    return hv, t_ask / max(1, len(used)), collapsed
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -123,6 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
         a.seeds, a.trials, a.samplers, a.n_startup = 2, min(5, len(cands)), ",".join(quick) or "autopeft,random", 2
     curves: dict[str, list[list[float]]] = {}
     ask_s: dict[str, float] = {}
+    collapsed: dict[str, float] = {}
     for s in a.samplers.split(","):
         n = a.random_trials if s == "random" and a.random_trials else a.trials
         runs = []
@@ -130,17 +133,19 @@ def main(argv: list[str] | None = None) -> dict:
             t0 = time.perf_counter()
             runs.append(run_one(s, seed, cands, vals, meta, a.space, n, a.n_startup))
             if not a.quick:
-                print(f"  {s} seed {seed}: HV {runs[-1][0][-1]:.4f} after {n} trials ({time.perf_counter() - t0:.0f} s)",
-                      flush=True)
+                print(f"  {s} seed {seed}: HV {runs[-1][0][-1]:.4f} after {n} trials, {runs[-1][2]} collapsed "
+                      f"({time.perf_counter() - t0:.0f} s)", flush=True)
         curves[s] = [r[0] for r in runs]
         ask_s[s] = float(np.mean([r[1] for r in runs]))
+        collapsed[s] = float(np.mean([r[2] for r in runs]))
         med = np.median(np.array(curves[s]), axis=0)
         marks = {k: float(med[k - 1]) for k in (10, 20, 40, 50, 60, 100) if k <= len(med)}
-        print(f"{s:9s} median HV at " + ", ".join(f"{k}: {v:.4f}" for k, v in marks.items()) + f"  (ask {ask_s[s]:.3f} s)", flush=True)
+        print(f"{s:9s} median HV at " + ", ".join(f"{k}: {v:.4f}" for k, v in marks.items()) + f"  (ask {ask_s[s]:.3f} s; {collapsed[s]:.1f} collapsed trials on average)", flush=True)
     summary = {"table": str(path), "rows": len(cands), "seeds": a.seeds, "trials": a.trials,
                "median": {s: np.median(np.array(c), axis=0).tolist() for s, c in curves.items()},
                "q25": {s: np.quantile(np.array(c), 0.25, axis=0).tolist() for s, c in curves.items()},
-               "q75": {s: np.quantile(np.array(c), 0.75, axis=0).tolist() for s, c in curves.items()}, "ask_s": ask_s}
+               "q75": {s: np.quantile(np.array(c), 0.75, axis=0).tolist() for s, c in curves.items()}, "ask_s": ask_s,
+               "collapsed": collapsed}
     return finish(summary, a.out, a.plot, f"{a.task} / {a.space}")
 
 
@@ -184,8 +189,8 @@ def merge(files: list[str], out: str | None, plot: str | None, title: str) -> di
         print("compare_samplers: --merge needs runs on one table with one seed count; rerun the odd one", file=sys.stderr)
         raise SystemExit(2)
     summary = {k: parts[0][k] for k in ("table", "rows", "seeds", "trials")}
-    for k in ("median", "q25", "q75", "ask_s"):
-        summary[k] = {s: v for p in parts for s, v in p[k].items()}
+    for k in ("median", "q25", "q75", "ask_s", "collapsed"):
+        summary[k] = {s: v for p in parts for s, v in p.get(k, {}).items()}
     return finish(summary, out, plot, title)
 
 
