@@ -100,7 +100,7 @@ def table_rows(task: str, space: str) -> list[dict[str, Any]]:
              "baseline": r.baseline if isinstance(r.baseline, str) else ""} for r in df.itertuples()]
 
 
-def plan(task: str, space: str, found: list[str], n_proxy: int, info: Any) -> list[dict[str, Any]]:
+def plan(task: str, space: str, found: list[str], n_proxy: int, info: Any, picks: int = 5) -> list[dict[str, Any]]:
     """The configs to re-train: baselines, found (up to 5 per search), then table configs spread over low-cost scores."""
     from autopeft.builder import count_params
     from autopeft.candidate import Candidate
@@ -119,7 +119,7 @@ def plan(task: str, space: str, found: list[str], n_proxy: int, info: Any) -> li
                if o["name"] != "full fine-tuning"}
     keys = {Candidate.from_dict(o["candidate"]).key for o in out}
     for f in found or []:
-        for o in found_configs(f, budgets):
+        for o in found_configs(f, budgets, picks):
             if Candidate.from_dict(o["candidate"]).key not in keys:
                 keys.add(Candidate.from_dict(o["candidate"]).key)
                 out.append(o)
@@ -156,7 +156,7 @@ def run(a: argparse.Namespace) -> int:
     from autopeft.trial import task_of
 
     info = model_info(a.model, task_of(data).num_labels)
-    configs = plan(a.task, a.space, a.found, a.n_proxy, info)
+    configs = plan(a.task, a.space, a.found, a.n_proxy, info, a.picks)
     full = dict(FULL.get(a.task, {"n_train": None, "epochs": 3.0}))
     if a.quick:
         full = {"n_train": 32, "epochs": 1.0}
@@ -333,6 +333,8 @@ def main(argv: list[str] | None = None) -> Any:
     ap.add_argument("--space", default="mixed", help="the tabular benchmark's space (its table gives proxy configs)")
     ap.add_argument("--found", action="append", default=[],
                     help="a search's study as NAME@STORAGE; its front gives up to 5 found configs (repeatable)")
+    ap.add_argument("--picks", type=int, default=5, help="found configs per search, at most (in pick order: best "
+                                                         "score, best under each baseline's params, spread)")
     ap.add_argument("--n-proxy", type=int, default=20)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--proxy-seeds", type=int, default=1, help="seeds for the extra proxy configs (the seed-to-seed "

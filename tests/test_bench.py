@@ -98,6 +98,9 @@ def test_retrain_quick_run_is_resumable_and_reports(tiny_model: str, glue_dir: P
     n_found = len({r["key"] for r in found})
     assert 1 <= n_found <= 5 and len(found) == 2 * n_found and len(runs) == 10 + len(found)
     assert {r["source"] for r in found} == {"confirm-sst2-autopeft-0"} and "best score" in {r["why"] for r in found}
+    one = rt.found_configs(f"confirm-sst2-autopeft-0@{storage}", {"ia3": 10**9}, 1)  # --picks 1: the best only
+    best = next(r for r in found if r["why"] == "best score")
+    assert len(one) == 1 and one[0]["why"] == "best score" and one[0]["candidate"] == best["candidate"]
     assert all(0.0 <= r["score"] <= 1.0 and r["params"] > 0 and r["n_train"] == 32 for r in runs)
     assert rt.main(["run", *args]) == 0 and len(out.read_text().splitlines()) == len(runs)  # resumed: nothing re-run
     assert rt.main(["proxy", *args, "--proxy-out", str(tmp_path / "p.jsonl"),
