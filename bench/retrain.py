@@ -77,7 +77,7 @@ def found_configs(found: str, budgets: dict[str, int], k: int = 5) -> list[dict[
             picked[fit[0].number] = f"best under {bname}'s params"
     best = front[0].values[0]
     good = sorted([t for t in front if t.values[0] >= best - 0.05], key=lambda t: t.user_attrs["params"])
-    if len(good) > 1:
+    if len(good) > 1 and k > 1:
         for i in sorted({round(i * (len(good) - 1) / (k - 1)) for i in range(k)}):
             if len(picked) >= k:
                 break
@@ -101,7 +101,7 @@ def table_rows(task: str, space: str) -> list[dict[str, Any]]:
 
 
 def plan(task: str, space: str, found: list[str], n_proxy: int, info: Any, picks: int = 5) -> list[dict[str, Any]]:
-    """The configs to re-train: baselines, found (up to 5 per search), then table configs spread over low-cost scores."""
+    """The configs to re-train: baselines, found (up to ``picks`` per search), then table configs spread over low-cost scores."""
     from autopeft.builder import count_params
     from autopeft.candidate import Candidate
 
@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> Any:
     ap.add_argument("--task", default="sst2")
     ap.add_argument("--space", default="mixed", help="the tabular benchmark's space (its table gives proxy configs)")
     ap.add_argument("--found", action="append", default=[],
-                    help="a search's study as NAME@STORAGE; its front gives up to 5 found configs (repeatable)")
+                    help="a search's study as NAME@STORAGE; its front gives up to --picks found configs (repeatable)")
     ap.add_argument("--picks", type=int, default=5, help="found configs per search, at most (in pick order: best "
                                                          "score, best under each baseline's params, spread)")
     ap.add_argument("--n-proxy", type=int, default=20)
@@ -353,6 +353,8 @@ def main(argv: list[str] | None = None) -> Any:
     ap.add_argument("--proxy-out", help="JSONL of proxy trials (default bench/tables/proxy-<task>.jsonl)")
     ap.add_argument("--quick", action="store_true", help="tiny budget (use with --model TINY) for tests")
     a = ap.parse_args(argv)
+    if a.picks < 1:
+        ap.error(f"--picks must be at least 1, got {a.picks}")
     from autopeft._quiet import quiet
 
     quiet()

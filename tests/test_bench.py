@@ -99,6 +99,11 @@ def test_retrain_quick_run_is_resumable_and_reports(tiny_model: str, glue_dir: P
     assert 1 <= n_found <= 5 and len(found) == 2 * n_found and len(runs) == 10 + len(found)
     assert {r["source"] for r in found} == {"confirm-sst2-autopeft-0"} and "best score" in {r["why"] for r in found}
     one = rt.found_configs(f"confirm-sst2-autopeft-0@{storage}", {"ia3": 10**9}, 1)  # --picks 1: the best only
+    with pytest.raises(SystemExit) as e:
+        rt.main(["run", *args, "--picks", "0"])
+    assert e.value.code == 2
+    real = f"confirm-sst2-autopeft-3@sqlite:///{BENCH / 'tables' / 'confirm-sst2-cpu.db'}"  # a committed search
+    assert [o["why"] for o in rt.found_configs(real, {}, 1)] == ["best score"]  # many near-best: no spread with k=1
     best = next(r for r in found if r["why"] == "best score")
     assert len(one) == 1 and one[0]["why"] == "best score" and one[0]["candidate"] == best["candidate"]
     assert all(0.0 <= r["score"] <= 1.0 and r["params"] > 0 and r["n_train"] == 32 for r in runs)
