@@ -98,6 +98,8 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> Any:
+    from autopeft.data import METRICS
+
     ap = argparse.ArgumentParser()
     ap.add_argument("cmd", choices=("run", "report"))
     ap.add_argument("--task", default="sst2")
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> Any:
     ap.add_argument("--model")
     ap.add_argument("--storage")
     ap.add_argument("--json")
-    ap.add_argument("--metric", help="the search's metric, e.g. auc on MRPC (default: the task's)")
+    ap.add_argument("--metric", choices=METRICS, help="the search's metric, e.g. auc on MRPC (default: the task's)")
     ap.add_argument("--fidelity", help="the trials' fidelity, e.g. n_train=2000,epochs=2,batch_size=32,lr_scale=3 "
                                        "(default: the machine's default; a resumed study keeps its own)")
     ap.add_argument("--quick", action="store_true", help="tiny fidelity, in-process (use with --model TINY) for tests")

@@ -92,6 +92,8 @@ def export(task: str, space: str, root: Path = TABLES, tag: str = "") -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from autopeft.data import METRICS
+
     ap = argparse.ArgumentParser()
     ap.add_argument("cmd", choices=("build", "export"))
     ap.add_argument("--task", default="sst2")
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--root", default=str(TABLES))
     ap.add_argument("--tag", default="", help="a second table of the same task and space: <task>-<space>-<tag>.csv "
                     "(a new study; it takes the default fidelity of the machine it starts on)")
-    ap.add_argument("--metric", help="the trials' metric (default: the task's), e.g. auc on MRPC, whose short trials "
+    ap.add_argument("--metric", choices=METRICS, help="the trials' metric (default: the task's), e.g. auc on MRPC, whose short trials "
                                      "leave F1 at the majority class")
     a = ap.parse_args(argv)
     from autopeft._quiet import quiet
