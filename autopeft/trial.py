@@ -14,6 +14,7 @@ import math
 import os
 import time
 import traceback
+import weakref
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Sequence
 
@@ -199,24 +200,21 @@ def memory_parts(model: torch.nn.Module, max_length: int, vocab_hint: int, train
     param_ptrs = {p.untyped_storage().data_ptr() for p in params}
 
     def saved(b: int) -> int:
-        seen: set[tuple[int, int]] = set()
-        total = 0
+        held: list[tuple[weakref.ref[torch.Tensor], tuple[int, int]]] = []
 
         def pack(t: torch.Tensor) -> torch.Tensor:
-            nonlocal total
             try:
                 st = t.untyped_storage()
                 key = (st.data_ptr(), st.nbytes())
             except (RuntimeError, NotImplementedError):
                 key = (id(t), t.numel() * t.element_size())
-            if key[0] not in param_ptrs and key not in seen:
-                seen.add(key)
-                total += key[1]
-            # detached: keeps the storage alive for the forward (so freed memory is not re-counted at the same
-            # address) without a C++ reference cycle.  Returning ``t`` itself makes the graph hold an output that
-            # holds the graph, which gc cannot see: each trial leaked its model copy (130 MiB on MiniLM; 2 workers
-            # reached 12 GiB each after 80 trials each and were killed)
-            return t.detach()
+            # detached: the graph keeps it (and so its storage) alive for as long as it keeps what it saved, without a
+            # C++ reference cycle.  Returning ``t`` itself makes the graph hold an output that holds the graph, which gc
+            # cannot see: each trial leaked its model copy (130 MiB on MiniLM; 2 workers reached 12 GiB each after 80
+            # trials each and were killed)
+            d = t.detach()
+            held.append((weakref.ref(d), key))
+            return d
 
         g = torch.Generator().manual_seed(0)
         ids = torch.randint(vocab_hint // 2, vocab_hint, (b, max_length), generator=g)
@@ -227,9 +225,14 @@ def memory_parts(model: torch.nn.Module, max_length: int, vocab_hint: int, train
         model.train()
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             out = model(**kw)
+            # only what the output's graph still holds is kept for backward: a side computation whose graph was
+            # dropped during the forward (peft's DoRA computes its weight norm so, then detaches it) freed what it
+            # saved, and that memory may since have been handed to another saved tensor at the same address.
+            # Counting every packed tensor made DoRA's memory vary from run to run (1052-1190 MiB for one config)
+            alive = {key for ref, key in held if ref() is not None}
             del out
         model.train(was_training)
-        return total
+        return sum(n for ptr, n in alive if ptr not in param_ptrs)
 
     s1, s2 = saved(1), saved(2)
     return int(weight_bytes + 3 * trainable_bytes + s1 - (s2 - s1)), int(s2 - s1)

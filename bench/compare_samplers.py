@@ -8,12 +8,17 @@ study with its recorded values (the proposal itself is marked failed, so no samp
 it did not get). Hypervolume uses the study's fixed reference point (chance score, base model's
 parameter count, full fine-tuning memory), in (score, -log10 params, -log10 MiB).
 
+``--protocol surrogate`` answers every proposal instead (bench/surrogate.py): the score from a random forest
+fitted to the table, trainable parameters and memory computed exactly for the proposed candidate. No sampler is
+pulled onto the recorded configs, so the comparison measures what each sampler itself proposes.
+
     python bench/compare_samplers.py --task sst2 --space mixed --seeds 10 --trials 60 --random-trials 100 \
         --plot docs/sampler_comparison.png --out bench/tables/compare-sst2-mixed.json
     # or side by side on 2 cores, then one summary and plot:
     python bench/compare_samplers.py --samplers gp --out /tmp/a.json & python bench/compare_samplers.py \
         --samplers random,tpe,nsga2,autopeft --random-trials 100 --out /tmp/b.json; wait
     python bench/compare_samplers.py --merge /tmp/a.json /tmp/b.json --out ... --plot ...
+    python bench/compare_samplers.py --protocol surrogate --table bench/tables/sst2-mixed-cpu.csv ...
 """
 
 from __future__ import annotations
@@ -43,7 +48,8 @@ def load_table(path: Path) -> tuple[list, np.ndarray, dict]:
 
 
 def run_one(sampler_name: str, seed: int, cands: list, vals: np.ndarray, meta: dict, space: str, n_trials: int,
-            n_startup: int) -> tuple[list[float], float]:
+            n_startup: int, surrogate: tuple | None = None) -> tuple[list[float], float, int]:
+    """One replayed search; ``surrogate`` = (TableSurrogate, ExactCosts) answers every proposal (else: the pool)."""
     import optuna
     from optuna.trial import TrialState, create_trial
 
@@ -64,7 +70,19 @@ def run_one(sampler_name: str, seed: int, cands: list, vals: np.ndarray, meta: d
     hv, ys = [], []
     t_ask = 0.0
     dists = b.distributions()
-    while len(used) < min(n_trials, len(cands)):
+    while surrogate is not None and len(ys) < n_trials:
+        t0 = time.perf_counter()
+        trial = study.ask()
+        c = b.suggest(trial)
+        t_ask += time.perf_counter() - t0
+        forest, costs = surrogate
+        p, mem = costs(c)
+        v = [forest.score(c, p, mem), float(p), mem]
+        trial.set_user_attr("candidate", c.to_dict())
+        study.tell(trial, v)
+        ys.append(to_max(objectives, v))
+        hv.append(hypervolume(np.array(ys), ref))
+    while surrogate is None and len(used) < min(n_trials, len(cands)):
         t0 = time.perf_counter()
         trial = study.ask()
         c = b.suggest(trial)
@@ -87,7 +105,7 @@ def run_one(sampler_name: str, seed: int, cands: list, vals: np.ndarray, meta: d
         hv.append(hypervolume(np.array(ys), ref))
     # collapsed: within 2 % of the chance-to-perfect gap above chance (about the majority class)
     collapsed = sum(1 for y in ys if y[0] <= ref[0] + 0.02 * (1 - ref[0]))
-    return hv, t_ask / max(1, len(used)), collapsed
+    return hv, t_ask / max(1, len(ys)), collapsed
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -101,6 +119,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--random-trials", type=int, help="trials for random search (default --trials), e.g. 100 to set "
                                                       "the target 'random search's 100-trial hypervolume'")
     ap.add_argument("--n-startup", type=int, default=8)
+    ap.add_argument("--protocol", choices=("pool", "surrogate"), default="pool",
+                    help="pool: search the recorded configs only (a proposal is snapped to the nearest); surrogate: "
+                         "answer every proposal, the score from a random forest fitted to the table, costs exact")
     ap.add_argument("--plot", help="write a PNG of median hypervolume vs trials")
     ap.add_argument("--out", help="write the curves as JSON")
     ap.add_argument("--quick", action="store_true")
@@ -120,6 +141,15 @@ def main(argv: list[str] | None = None) -> dict:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     path = Path(a.table) if a.table else ROOT / "bench" / "tables" / f"{a.task}-{a.space}.csv"
     cands, vals, meta = load_table(path)
+    surrogate = None
+    if a.protocol == "surrogate":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from surrogate import ExactCosts, TableSurrogate
+
+        fid = meta.get("fidelity", {})
+        surrogate = (TableSurrogate(cands, vals, int(meta["num_layers"])),
+                     ExactCosts(None if meta["model"] == "all-MiniLM-L6-v2" else meta["model"], 2,
+                                int(fid.get("max_length", 128)), int(fid.get("memory_batch_size", 32))))
     if a.quick:
         quick = [x for x in a.samplers.split(",") if x in ("autopeft", "random")]  # the fast ones of those asked
         a.seeds, a.trials, a.samplers, a.n_startup = 2, min(5, len(cands)), ",".join(quick) or "autopeft,random", 2
@@ -131,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
         runs = []
         for seed in range(a.seeds):
             t0 = time.perf_counter()
-            runs.append(run_one(s, seed, cands, vals, meta, a.space, n, a.n_startup))
+            runs.append(run_one(s, seed, cands, vals, meta, a.space, n, a.n_startup, surrogate))
             if not a.quick:
                 print(f"  {s} seed {seed}: HV {runs[-1][0][-1]:.4f} after {n} trials, {runs[-1][2]} collapsed "
                       f"({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -141,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
         med = np.median(np.array(curves[s]), axis=0)
         marks = {k: float(med[k - 1]) for k in (10, 20, 40, 50, 60, 100) if k <= len(med)}
         print(f"{s:9s} median HV at " + ", ".join(f"{k}: {v:.4f}" for k, v in marks.items()) + f"  (ask {ask_s[s]:.3f} s; {collapsed[s]:.1f} collapsed trials on average)", flush=True)
-    summary = {"table": str(path), "rows": len(cands), "seeds": a.seeds, "trials": a.trials,
+    summary = {"table": str(path), "rows": len(cands), "seeds": a.seeds, "trials": a.trials, "protocol": a.protocol,
                "median": {s: np.median(np.array(c), axis=0).tolist() for s, c in curves.items()},
                "q25": {s: np.quantile(np.array(c), 0.25, axis=0).tolist() for s, c in curves.items()},
                "q75": {s: np.quantile(np.array(c), 0.75, axis=0).tolist() for s, c in curves.items()}, "ask_s": ask_s,
@@ -174,7 +204,8 @@ def finish(summary: dict, out: str | None, plot: str | None, title: str) -> dict
             ax.fill_between(x, summary["q25"][s], summary["q75"][s], alpha=0.15)
         ax.set_xlabel("trials")
         ax.set_ylabel("hypervolume (median, IQR)")
-        ax.set_title(f"{title}: {summary['rows']} recorded configs, {summary['seeds']} seeds")
+        what = "a surrogate of" if summary.get("protocol") == "surrogate" else "a pool of"
+        ax.set_title(f"{title}: {what} {summary['rows']} recorded configs, {summary['seeds']} seeds")
         ax.legend()
         ax.grid(alpha=0.3)
         fig.tight_layout()
@@ -185,10 +216,12 @@ def finish(summary: dict, out: str | None, plot: str | None, title: str) -> dict
 def merge(files: list[str], out: str | None, plot: str | None, title: str) -> dict:
     """One summary (and plot) from runs of different samplers on the same table, e.g. run side by side."""
     parts = [json.loads(Path(f).read_text()) for f in files]
-    if len({(p["table"], p["seeds"]) for p in parts}) != 1:
-        print("compare_samplers: --merge needs runs on one table with one seed count; rerun the odd one", file=sys.stderr)
+    if len({(p["table"], p["seeds"], p.get("protocol", "pool")) for p in parts}) != 1:
+        print("compare_samplers: --merge needs runs on one table with one seed count and one protocol; rerun the odd "
+              "one", file=sys.stderr)
         raise SystemExit(2)
     summary = {k: parts[0][k] for k in ("table", "rows", "seeds", "trials")}
+    summary["protocol"] = parts[0].get("protocol", "pool")
     for k in ("median", "q25", "q75", "ask_s", "collapsed"):
         summary[k] = {s: v for p in parts for s, v in p.get(k, {}).items()}
     return finish(summary, out, plot, title)

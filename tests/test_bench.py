@@ -55,6 +55,25 @@ def test_tabular_build_export_and_sampler_comparison(tiny_model: str, glue_dir: 
     assert m["median"]["random"] == part["median"]["random"]
     assert m["autopeft_trials_to_random_final"] is None or 1 <= m["autopeft_trials_to_random_final"] <= 5
     assert (tmp_path / "m.png").stat().st_size > 5000
+    # the surrogate protocol answers every proposal: costs exactly as the real trials recorded them
+    sur = _load("surrogate")
+    cands, vals, meta = cmp.load_table(csv)
+    costs = sur.ExactCosts(meta["model"], 2, meta["fidelity"]["max_length"], meta["fidelity"]["memory_batch_size"])
+    for c, v in zip(cands, vals):
+        assert costs(c) == (int(v[1]), pytest.approx(v[2], rel=1e-9)), c.summary()
+    s = cmp.main(["--table", str(csv), "--space", "tiny", "--quick", "--protocol", "surrogate", "--out",
+                  str(tmp_path / "sur.json")])
+    assert s["protocol"] == "surrogate"
+    for curve in s["median"].values():
+        assert len(curve) == 5 and all(b >= a for a, b in zip(curve, curve[1:]))
+    forest = sur.TableSurrogate(cands, vals, meta["num_layers"])
+    p, mem = costs(cands[0])
+    assert min(vals[:, 0]) <= forest.score(cands[0], p, mem) <= max(vals[:, 0])  # a forest never extrapolates
+    cv = sur.main(["--table", str(csv), "--folds", "3"])
+    assert -1.0 <= cv["rho"] <= 1.0 and cv["rows"] == 6
+    with pytest.raises(SystemExit) as exc:  # merging runs of two protocols is refused
+        cmp.main(["--merge", str(tmp_path / "sur.json"), str(tmp_path / "random.json")])
+    assert exc.value.code == 2
     other = tmp_path / "other.json"
     other.write_text(json.dumps({**part, "seeds": 3}))
     with pytest.raises(SystemExit) as exc:

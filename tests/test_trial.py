@@ -139,3 +139,29 @@ def test_real_minilm_trial_on_sst2_beats_chance(glue_dir: Path) -> None:
     assert r.status == OK, r.reason
     assert r.score >= 0.70, r.score  # the majority class of SST-2 is 0.56
     assert r.params == 74_498  # 6 layers x 2 modules x 8 x (384 + 384) + the 770-parameter head (peft's 74.5 K)
+
+
+def test_memory_counts_only_what_the_output_graph_keeps() -> None:
+    """A side computation whose graph is dropped during the forward (peft's DoRA computes its weight norm so) frees
+    what it saved: it is not training memory, and counting it made DoRA's memory vary from run to run."""
+    import torch
+
+    from autopeft.trial import memory_parts
+
+    class Toy(torch.nn.Module):
+        def __init__(self, side: bool) -> None:
+            super().__init__()
+            self.emb = torch.nn.Embedding(100, 16)
+            self.w = torch.nn.Parameter(torch.ones(16, 16))
+            self.side = side
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            h = self.emb(input_ids)
+            if self.side:  # saves a (b, L, 16) tanh output, then drops its graph
+                (h @ self.w).tanh().sum().detach()
+            return (h @ self.w).relu().sum()
+
+    plain, side = (memory_parts(Toy(s), 8, 100, 0, False) for s in (False, True))
+    assert plain == side
+    # per row: the relu's output and the matmul's saved input h (8 x 16 float32 each), the embedding's ids (8 int64)
+    assert plain[1] == 2 * 8 * 16 * 4 + 8 * 8
