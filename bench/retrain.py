@@ -254,6 +254,21 @@ def _spearman(x: list[float], y: list[float]) -> float:
     return float(pd.Series(x).rank().corr(pd.Series(y).rank()))
 
 
+def paired_diff(found: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """Found minus baseline, seed by seed over the seeds both ran: mean, standard error and a call.
+
+    'better' / 'worse' when the mean difference is more than two standard errors from zero, else 'tie': with three
+    seeds a gap inside the seed-to-seed spread is not evidence either way (MRPC's configs lie within 0.01 F1)."""
+    import statistics
+
+    fs, bs = dict(zip(found["seed_list"], found["scores"])), dict(zip(base["seed_list"], base["scores"]))
+    d = [fs[s] - bs[s] for s in sorted(set(fs) & set(bs))]
+    mean = statistics.fmean(d) if d else float("nan")
+    se = statistics.stdev(d) / math.sqrt(len(d)) if len(d) >= 2 else float("nan")
+    call = "tie" if not len(d) >= 2 or abs(mean) <= 2 * se else ("better" if mean > 0 else "worse")
+    return {"found": found["name"], "params": found["params"], "diff": mean, "se": se, "n": len(d), "call": call}
+
+
 def report(a: argparse.Namespace) -> dict[str, Any]:
     import statistics
 
@@ -267,7 +282,7 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
         scores = [r["score"] for r in rs]
         rows.append({"key": key, "kind": rs[0]["kind"], "name": rs[0]["name"], "params": rs[0]["params"], "seeds": len(rs),
                      "mean": statistics.fmean(scores), "std": statistics.pstdev(scores) if len(scores) > 1 else 0.0,
-                     "scores": scores, "low_score": rs[0]["low_score"], "low_s": rs[0]["low_s"],
+                     "scores": scores, "seed_list": [r["seed"] for r in rs], "low_score": rs[0]["low_score"], "low_s": rs[0]["low_s"],
                      "full_s": statistics.fmean(r["seconds"] for r in rs), "source": rs[0].get("source"),
                      "why": rs[0].get("why"), "low_fidelity": rs[0].get("low_fidelity")})
     rows.sort(key=lambda r: (r["kind"], -r["mean"]))
@@ -278,22 +293,30 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
               f" {low:>9s}")
     found = [r for r in rows if r["kind"] == "found"]
     verdict: dict[str, dict[str, str | None]] = {}
+    paired: dict[str, dict[str, dict[str, Any]]] = {}
     for src in sorted({str(f["source"]) for f in found}) + ["any search"]:
         mine = [f for f in found if src == "any search" or str(f["source"]) == src]
         verdict[src] = {}
         print(f"found by {src} ({len(mine)} configs re-trained):")
+        paired[src] = {}
         for b in [r for r in rows if r["kind"] == "baseline"]:
             win = [f for f in mine if f["mean"] >= b["mean"] and f["params"] <= b["params"]]
             verdict[src][b["name"]] = max(win, key=lambda f: f["mean"])["name"] if win else None
             print(f"  baseline {b['name']:20s} ({b['mean']:.3f}, {b['params']:,} params): "
                   + (f"beaten by {verdict[src][b['name']]}" if win else "no found config has >= its score with <= its params"))
+            fit = [f for f in mine if f["params"] <= b["params"]]
+            if fit:  # the best found config within its params, against it seed by seed (same seed: same data order)
+                paired[src][b["name"]] = pd_ = paired_diff(max(fit, key=lambda f: f["mean"]), b)
+                if pd_["n"] >= 2:
+                    print(f"    closest within its params: {pd_['found'][:45]}: {pd_['diff']:+.4f} ± {pd_['se']:.4f} "
+                          f"(paired over {pd_['n']} seeds) -> {pd_['call']}")
     from autopeft.trial import Fidelity
 
     want = Fidelity(**(a.low_fidelity or {})).to_dict()
     # low-cost scores from a search at another fidelity (records without one came from the table's fidelity)
     prox = [r for r in rows if r["low_score"] is not None
             and (r["low_fidelity"] is None or Fidelity.from_stored(r["low_fidelity"]).to_dict() == want)]
-    out: dict[str, Any] = {"rows": rows, "verdict": verdict}
+    out: dict[str, Any] = {"rows": rows, "verdict": verdict, "paired": paired}
     if len(prox) >= 3:
         out["proxy_rho"] = _spearman([r["low_score"] for r in prox], [r["mean"] for r in prox])
         out["proxy_n"] = len(prox)

@@ -150,6 +150,24 @@ def test_retrain_quick_run_is_resumable_and_reports(tiny_model: str, glue_dir: P
     full = next(r for r in rep["rows"] if r["name"] == "full fine-tuning")
     lora = next(r for r in rep["rows"] if r["name"] == "lora r=8 q,v")
     assert full["params"] > lora["params"] and full["seeds"] == 2
+    for b, pd_ in rep["paired"]["any search"].items():  # the closest found config within each baseline's params
+        rows = {r["name"]: r for r in rep["rows"]}
+        assert rows[pd_["found"]]["params"] <= rows[b]["params"] and pd_["n"] == 2
+        assert pd_["diff"] == pytest.approx(rows[pd_["found"]]["mean"] - rows[b]["mean"])  # same seeds on both sides
+
+
+def test_paired_call_needs_a_gap_beyond_two_standard_errors() -> None:
+    rt = _load("retrain")
+    base = {"name": "b", "params": 10, "scores": [0.80, 0.82, 0.81], "seed_list": [0, 1, 2]}
+    tie = rt.paired_diff({"name": "f", "params": 5, "scores": [0.81, 0.81, 0.81], "seed_list": [0, 1, 2]}, base)
+    assert tie["call"] == "tie" and tie["diff"] == pytest.approx(0.0, abs=1e-12) and tie["n"] == 3
+    up = rt.paired_diff({"name": "f", "params": 5, "scores": [0.82, 0.835, 0.821], "seed_list": [0, 1, 2]}, base)
+    assert up["call"] == "better" and up["diff"] == pytest.approx(0.0153333, abs=1e-6)
+    assert up["se"] == pytest.approx(0.0026034, abs=1e-6)  # sd of (0.02, 0.015, 0.011) / sqrt(3)
+    down = rt.paired_diff({"name": "f", "params": 5, "scores": [0.79, 0.80], "seed_list": [0, 1]}, base)
+    assert down["n"] == 2 and down["call"] == "worse"  # seeds only both ran: 0 and 1, each 0.02 lower
+    one = rt.paired_diff({"name": "f", "params": 5, "scores": [0.9], "seed_list": [2]}, base)
+    assert one["n"] == 1 and one["call"] == "tie"  # one seed is no evidence
 
 
 def test_confirm_quick_run_and_report(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
