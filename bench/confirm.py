@@ -30,17 +30,41 @@ def study_name(task: str, sampler: str, seed: int) -> str:
     return f"confirm-{task}-{sampler}-{seed}"
 
 
-def parse_fidelity(text: str | None) -> dict[str, Any] | None:
-    """``n_train=2000,epochs=2,batch_size=32,lr_scale=3`` -> a Fidelity dict (None: the machine's default)."""
+class FidelityError(ValueError):
+    """A malformed --fidelity text (the scripts print it as one line and exit 2)."""
+
+
+FIDELITY_KEYS = {"n_train": int, "n_eval": int, "epochs": float, "max_length": int, "batch_size": int,
+                 "memory_batch_size": int, "lr_scale": float}
+
+
+def parse_fidelity(text: str | None, allow_metric: bool = False) -> dict[str, Any] | None:
+    """``n_train=2000,epochs=2,batch_size=32,lr_scale=3`` -> a Fidelity dict (None: the machine's default);
+    ``metric=auc`` too where ``allow_metric``. Raises :class:`FidelityError` with the reason."""
     if not text:
         return None
+    kinds: dict[str, Any] = {**FIDELITY_KEYS, **({"metric": str} if allow_metric else {})}
     out: dict[str, Any] = {}
     for kv in text.split(","):
         k, sep, v = kv.partition("=")
+        k = k.strip()
         if not sep:
-            raise SystemExit(f"--fidelity: {kv!r} is not KEY=VALUE (e.g. n_train=2000,epochs=2,batch_size=32,lr_scale=3)")
-        out[k.strip()] = float(v) if k.strip() in ("epochs", "lr_scale") else int(v)
+            raise FidelityError(f"--fidelity: {kv!r} is not KEY=VALUE (e.g. n_train=2000,epochs=2,batch_size=32,lr_scale=3)")
+        if k not in kinds:
+            raise FidelityError(f"--fidelity: unknown key {k!r}; use {', '.join(sorted(kinds))}")
+        try:
+            out[k] = kinds[k](v.strip())
+        except ValueError:
+            raise FidelityError(f"--fidelity: {k}={v!r} is not a number") from None
     return out
+
+
+def fidelity_arg(ap: argparse.ArgumentParser, text: str | None, allow_metric: bool = False) -> dict[str, Any] | None:
+    """parse_fidelity for a command line: a bad text is one argparse error line and exit 2."""
+    try:
+        return parse_fidelity(text, allow_metric)
+    except FidelityError as exc:
+        ap.error(str(exc))
 
 
 def run(a: argparse.Namespace) -> int:
@@ -48,7 +72,7 @@ def run(a: argparse.Namespace) -> int:
 
     storage = a.storage or f"sqlite:///{TABLES / f'confirm-{a.task}.db'}"
     deadline = time.monotonic() + a.minutes * 60 if a.minutes else None
-    fid = dict(n_train=32, n_eval=32, epochs=1, max_length=24, batch_size=16) if a.quick else parse_fidelity(a.fidelity)
+    fid = dict(n_train=32, n_eval=32, epochs=1, max_length=24, batch_size=16) if a.quick else a.fidelity
     left = 0
     for seed in [int(s) for s in a.seeds.split(",")]:
         for sampler in a.samplers.split(","):
@@ -118,6 +142,7 @@ def main(argv: list[str] | None = None) -> Any:
                                        "(default: the machine's default; a resumed study keeps its own)")
     ap.add_argument("--quick", action="store_true", help="tiny fidelity, in-process (use with --model TINY) for tests")
     a = ap.parse_args(argv)
+    a.fidelity = fidelity_arg(ap, a.fidelity)
     from autopeft._quiet import quiet
 
     quiet()

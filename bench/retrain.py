@@ -217,12 +217,7 @@ def proxy(a: argparse.Namespace) -> int:
     configs = {r["key"]: r["candidate"] for r in recs if r.get("score") is not None}
     out = Path(a.proxy_out or TABLES / f"proxy-{a.task}.jsonl")
     done = {(r["key"], r["fidelity_label"]) for r in _done(out)}
-    fids = []  # (fidelity, metric override or None); "metric=auc" in --fidelity scores the same trial by ROC AUC
-    for text in a.fidelity or []:
-        f: dict[str, Any] = {}
-        for k, v in (kv.split("=") for kv in text.split(",")):
-            f[k] = v if k == "metric" else float(v) if k in ("epochs", "lr_scale") else int(v)
-        fids.append(f)
+    fids = a.fidelity or []  # parsed in main; "metric=auc" in --fidelity scores the same trial by ROC AUC
     jobs = [(k, c, f) for f in fids for k, c in configs.items() if (k, _fid_label(f)) not in done]
     print(f"{len(configs)} configs x {len(fids)} fidelities: {len(jobs)} trials to run", flush=True)
     with ProcessPoolExecutor(max_workers=a.workers, mp_context=mp.get_context("spawn")) as pool:
@@ -378,6 +373,10 @@ def main(argv: list[str] | None = None) -> Any:
     a = ap.parse_args(argv)
     if a.picks < 1:
         ap.error(f"--picks must be at least 1, got {a.picks}")
+    sys.path.insert(0, str(ROOT / "bench"))
+    from confirm import fidelity_arg
+
+    a.fidelity = [fidelity_arg(ap, text, allow_metric=True) for text in a.fidelity or []]
     from autopeft._quiet import quiet
 
     quiet()

@@ -186,5 +186,19 @@ def test_confirm_fidelity_option_parses_and_rejects_bad_pairs() -> None:
     assert cf.parse_fidelity("n_train=2000,epochs=2,batch_size=32,lr_scale=3") == {
         "n_train": 2000, "epochs": 2.0, "batch_size": 32, "lr_scale": 3.0}
     assert cf.parse_fidelity(None) is None
-    with pytest.raises(SystemExit, match="'epochs' is not KEY=VALUE"):
+    with pytest.raises(cf.FidelityError, match="'epochs' is not KEY=VALUE"):
         cf.parse_fidelity("n_train=10,epochs")
+    with pytest.raises(cf.FidelityError, match="unknown key 'metric'"):
+        cf.parse_fidelity("n_train=10,metric=auc")  # a search's metric is --metric, not part of its fidelity
+    assert cf.parse_fidelity("n_train=10,metric=auc", allow_metric=True) == {"n_train": 10, "metric": "auc"}
+
+
+@pytest.mark.parametrize("script,argv", [("confirm", ["run", "--fidelity", "n_train=ten"]),
+                                         ("confirm", ["run", "--fidelity", "n_train=10,epochs"]),
+                                         ("retrain", ["proxy", "--fidelity", "n_trian=10"])])
+def test_bench_fidelity_errors_are_one_line_and_exit_2(script: str, argv: list[str],
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        _load(script).main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and "--fidelity:" in err[-1] and "Traceback" not in "\n".join(err)
