@@ -70,7 +70,8 @@ def test_tabular_build_export_and_sampler_comparison(tiny_model: str, glue_dir: 
     p, mem = costs(cands[0])
     assert min(vals[:, 0]) <= forest.score(cands[0], p, mem) <= max(vals[:, 0])  # a forest never extrapolates
     cv = sur.main(["--table", str(csv), "--folds", "3"])
-    assert -1.0 <= cv["rho"] <= 1.0 and cv["rows"] == 6
+    constant = len(set(vals[:, 0])) == 1  # the tiny model's short trials often all score the majority class
+    assert cv["rows"] == 6 and (math.isnan(cv["rho"]) if constant else -1.0 <= cv["rho"] <= 1.0)
     with pytest.raises(SystemExit) as exc:  # merging runs of two protocols is refused
         cmp.main(["--merge", str(tmp_path / "sur.json"), str(tmp_path / "random.json")])
     assert exc.value.code == 2
@@ -202,3 +203,32 @@ def test_bench_fidelity_errors_are_one_line_and_exit_2(script: str, argv: list[s
         _load(script).main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and "--fidelity:" in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_surrogate_learns_a_real_landscape_and_rejects_unknown_methods() -> None:
+    """On a synthetic table whose score follows the structure (log params, the top layer, sparsity), the forest's
+    out-of-fold ranking is good; it is what the surrogate protocol relies on."""
+    import numpy as np
+
+    from autopeft.arch import ArchInfo
+    from autopeft.builder import ModelInfo, count_params
+    from autopeft.candidate import Candidate
+    from autopeft.space import SearchSpace
+
+    sur = _load("surrogate")
+    arch = ArchInfo("bert", "bert.encoder.layer", {"q": "attention.self.query", "k": "attention.self.key",
+                    "v": "attention.self.value", "o": "attention.output.dense", "ffn_up": "intermediate.dense",
+                    "ffn_down": "output.dense"}, 6, 384, 1536, 12, 512)
+    info = ModelInfo("fake", arch, 2, 22_713_986, 770, ("classifier",), 0)
+    b = SearchSpace.load("mixed").bind(6)
+    rng = np.random.default_rng(0)
+    cands = [b.decode(b.random_vector(rng)) for _ in range(150)]
+    params = np.array([count_params(c, info) for c in cands], dtype=float)
+    score = (0.5 + 0.05 * np.log10(params) + 0.03 * np.array([5 in c.layers for c in cands])
+             - 0.1 * np.array([c.sparsity.get("fraction", 0.0) for c in cands]) + rng.normal(0, 0.005, len(cands)))
+    vals = np.column_stack([score, params, 100.0 + params / 1e4])
+    cv = sur.cross_validate(cands, vals, 6)
+    assert cv["rho"] > 0.8 and cv["r2"] > 0.5 and cv["rows"] == 150, cv
+    odd = Candidate({"layers": [0], "lr_multiplier": 1.0, "methods": {"vera": {"r": 4}}, "sparsity": {}})
+    with pytest.raises(ValueError, match="no features"):
+        sur.features(odd, 6, 100, 50.0)
