@@ -10,7 +10,8 @@ models the score, and the acquisition is the **closed-form expected hypervolume 
 over [GP score, known costs] (``shared/notes/cost-aware-ehvi.md``): exact, no Monte Carlo,
 vectorised over thousands of candidates.  Pending trials enter the front at their posterior mean and
 the GP is conditioned on them there (kriging believer), so concurrent workers get different
-candidates.  Candidates over a budget score zero and are never proposed; nor is any candidate already evaluated, failed or pending.
+candidates.  Candidates over a budget score zero and are never proposed; nor is any candidate
+already evaluated, failed or pending.
 
 It plugs into Optuna as a ``BaseSampler``: on a trial's first ``suggest`` it plans a whole
 candidate and then answers each parameter from that plan.
