@@ -8,10 +8,9 @@ training memory is close to linear in them.  A GP (botorch ``SingleTaskGP``, Mat
 over the whole flat encoding, every dimension including per-layer switches and conditional ones)
 models the score, and the acquisition is the **closed-form expected hypervolume improvement**
 over [GP score, known costs] (``shared/notes/cost-aware-ehvi.md``): exact, no Monte Carlo,
-vectorised over thousands of candidates.  Pending trials enter the front at their posterior mean and
-the GP is conditioned on them there (kriging believer), so concurrent workers get different
-candidates.  Candidates over a budget score zero and are never proposed; nor is any candidate
-already evaluated, failed or pending.
+vectorised over thousands of candidates.  Pending trials enter the front at their posterior mean
+(kriging believer) so concurrent workers get different candidates.  Candidates over a budget
+score zero and are never proposed; nor is any candidate already evaluated, failed or pending.
 
 It plugs into Optuna as a ``BaseSampler``: on a trial's first ``suggest`` it plans a whole
 candidate and then answers each parameter from that plan.
@@ -278,20 +277,17 @@ class CostAwareEHVISampler(BaseSampler):
         cands = [c for c in pool.values() if self._feasible_params(c)]
         if not cands:
             return self._random_candidate(seen)
-        # kriging believer: pending trials join the front at their posterior mean, and the GP is conditioned on
-        # that mean, so its uncertainty next to a pending trial collapses too
+        # kriging believer: pending trials join the front at their posterior mean
         front_Y = Ymax
-        model = gp
         if pending:
             Xp = np.stack([self.space.encode(c) for c in pending])
             mu_p, _ = self._posterior(gp, Xp)
             front_Y = np.concatenate([Ymax, np.column_stack([mu_p, known_coords(pending)])])
-            model = self._believe(gp, Xp, mu_p)
         lower, upper = self._cells(front_Y)
 
         def score(cs: list[Candidate]) -> np.ndarray:
             Xc = np.stack([self.space.encode(c) for c in cs])
-            mu, sd = self._posterior(model, Xc)
+            mu, sd = self._posterior(gp, Xc)
             kc = known_coords(cs)
             a = closed_form_ehvi(mu, sd, kc, lower, upper)
             if self.max_memory is not None and "memory" in self.objectives:
@@ -367,18 +363,6 @@ class CostAwareEHVISampler(BaseSampler):
         self._gp_state = {"d": X.shape[1], "covar": gp.covar_module.state_dict(), "lik": gp.likelihood.state_dict()}
         gp.eval()
         return gp
-
-    @staticmethod
-    def _believe(gp: Any, Xp: np.ndarray, mu_p: np.ndarray) -> Any:
-        """The GP conditioned on pending points observed at its own posterior mean (same hyperparameters).
-
-        Without it a pending trial only moved the front: the GP stayed as unsure next to it as before, so the
-        expected improvement of a near copy (another learning rate of the same structure) stayed high, and a
-        search on MRPC sent three "head only" trials out at once, at lr x1.87, x1.75 and x1.58."""
-        import torch
-
-        return gp.condition_on_observations(torch.as_tensor(Xp, dtype=torch.double),
-                                            torch.as_tensor(mu_p, dtype=torch.double).unsqueeze(-1))
 
     @staticmethod
     def _posterior(gp: Any, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -146,25 +146,3 @@ def test_autopeft_sampler_skips_candidates_that_differ_only_by_a_near_learning_r
             la, lb = da.pop("lr_multiplier"), db.pop("lr_multiplier")
             assert da != db or abs(math.log(la / lb)) >= math.log(1.05), (a.summary(), b.summary())
 
-
-def test_kriging_believer_conditions_the_gp_on_pending_trials() -> None:
-    """A pending trial is believed at the GP's mean: the GP's uncertainty there and next to it collapses, so the
-    expected improvement of a near copy (the same structure at another learning rate) falls."""
-    b = SearchSpace.load("mixed").bind(6)
-    s = make_sampler("autopeft", 0, b, OBJ, REF, lambda c: count_params(c, INFO), n_startup=4)
-    rng = np.random.default_rng(0)
-    done = [b.decode(b.random_vector(rng)) for _ in range(12)]
-    gp = s._fit_gp(np.stack([b.encode(c) for c in done]), np.array([synthetic(c)[0] for c in done]))
-    lora = {"lora": {"r": 4, "targets": ["q", "v"], "alpha_ratio": 2.0, "dropout": 0.0}}
-    pend, near = Candidate.make(lora, [5], lr_multiplier=1.5), Candidate.make(lora, [5], lr_multiplier=1.65)
-    Xq = np.stack([b.encode(pend), b.encode(near)])
-    mu, sd = s._posterior(gp, Xq)
-    mu2, sd2 = s._posterior(s._believe(gp, Xq[:1], mu[:1]), Xq)
-    assert mu2[0] == pytest.approx(mu[0], abs=1e-6)  # believed at its own mean
-    assert sd2[0] < 0.5 * sd[0] and sd2[1] < 0.8 * sd[1], (sd, sd2)
-    Y = np.array([to_max(OBJ, synthetic(c)) for c in done] + [[mu[0], *to_max(OBJ, synthetic(pend))[1:]]])
-    lower, upper = s._cells(Y)
-    known = np.array([to_max(OBJ, synthetic(near))[1:]])
-    before = closed_form_ehvi(mu[1:], sd[1:], known, lower, upper)[0]
-    after = closed_form_ehvi(mu2[1:], sd2[1:], known, lower, upper)[0]
-    assert after < 0.8 * before, (before, after)
