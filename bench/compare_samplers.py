@@ -47,6 +47,11 @@ def load_table(path: Path) -> tuple[list, np.ndarray, dict]:
     return cands, vals, meta
 
 
+def table_model(meta: dict) -> str | None:
+    """The table's model for autopeft (None: the packaged default MiniLM)."""
+    return None if meta["model"] == "all-MiniLM-L6-v2" else meta["model"]
+
+
 def run_one(sampler_name: str, seed: int, cands: list, vals: np.ndarray, meta: dict, space: str, n_trials: int,
             n_startup: int, surrogate: tuple | None = None) -> tuple[list[float], float, int]:
     """One replayed search; ``surrogate`` = (TableSurrogate, ExactCosts) answers every proposal (else: the pool)."""
@@ -63,30 +68,27 @@ def run_one(sampler_name: str, seed: int, cands: list, vals: np.ndarray, meta: d
     index = {c.key: i for i, c in enumerate(cands)}
     objectives = ["score", "params", "memory"]
     ref = meta["ref_point"]
-    info = model_info(None if meta["model"] == "all-MiniLM-L6-v2" else meta["model"], 2)
+    info = model_info(table_model(meta), 2)
     sampler = make_sampler(sampler_name, seed, b, objectives, ref, lambda c: count_params(c, info), n_startup=n_startup)
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
     used: set[int] = set()
     hv, ys = [], []
     t_ask = 0.0
     dists = b.distributions()
-    while surrogate is not None and len(ys) < n_trials:
+    while len(ys) < (n_trials if surrogate is not None else min(n_trials, len(cands))):
         t0 = time.perf_counter()
         trial = study.ask()
         c = b.suggest(trial)
         t_ask += time.perf_counter() - t0
-        forest, costs = surrogate
-        p, mem = costs(c)
-        v = [forest.score(c, p, mem), float(p), mem]
-        trial.set_user_attr("candidate", c.to_dict())
-        study.tell(trial, v)
-        ys.append(to_max(objectives, v))
-        hv.append(hypervolume(np.array(ys), ref))
-    while surrogate is None and len(used) < min(n_trials, len(cands)):
-        t0 = time.perf_counter()
-        trial = study.ask()
-        c = b.suggest(trial)
-        t_ask += time.perf_counter() - t0
+        if surrogate is not None:  # every proposal answered: forest score, exact costs
+            forest, costs = surrogate
+            p, mem = costs(c)
+            v = [forest.score(c, p, mem), float(p), mem]
+            trial.set_user_attr("candidate", c.to_dict())
+            study.tell(trial, v)
+            ys.append(to_max(objectives, v))
+            hv.append(hypervolume(np.array(ys), ref))
+            continue
         i = index.get(c.key)
         if i is None or i in used:
             free = np.array([j for j in range(len(cands)) if j not in used])
@@ -148,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         fid = meta.get("fidelity", {})
         surrogate = (TableSurrogate(cands, vals, int(meta["num_layers"])),
-                     ExactCosts(None if meta["model"] == "all-MiniLM-L6-v2" else meta["model"], 2,
+                     ExactCosts(table_model(meta), 2,
                                 int(fid.get("max_length", 128)), int(fid.get("memory_batch_size", 32))))
     if a.quick:
         quick = [x for x in a.samplers.split(",") if x in ("autopeft", "random")]  # the fast ones of those asked

@@ -145,4 +145,3 @@ def test_autopeft_sampler_skips_candidates_that_differ_only_by_a_near_learning_r
             da, db = a.to_dict(), b.to_dict()
             la, lb = da.pop("lr_multiplier"), db.pop("lr_multiplier")
             assert da != db or abs(math.log(la / lb)) >= math.log(1.05), (a.summary(), b.summary())
-
