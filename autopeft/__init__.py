@@ -7,19 +7,15 @@ from typing import Any
 from autopeft.errors import AutoPeftError, ConfigError, DataError, ModelError, SpaceError, StudyError
 
 __version__ = "0.1.0"
-__all__ = ["search", "load_study", "load_config", "Candidate", "SearchSpace", "run_trial", "TrialSpec", "TrialResult",
+__all__ = ["search", "load_study", "list_studies", "best_config", "open_search", "load_config", "Candidate", "SearchSpace", "run_trial", "TrialSpec", "TrialResult",
            "AutoPeftError", "ConfigError", "DataError", "ModelError", "SpaceError", "StudyError", "__version__"]
 
 
 def __getattr__(name: str) -> Any:  # lazy: importing autopeft stays cheap (the CLI starts fast)
-    if name == "search":
-        from autopeft.study import search
+    if name in ("search", "load_study", "list_studies", "best_config", "open_search"):
+        from autopeft import api
 
-        return search
-    if name == "load_study":
-        from autopeft.result import load_study
-
-        return load_study
+        return getattr(api, name)
     if name == "load_config":
         from autopeft.export import load_config
 

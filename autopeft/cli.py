@@ -136,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("autopeft: interrupted; completed trials are stored, run the same command to resume", file=sys.stderr)
         return 130
     except AutoPeftError as exc:
-        from autopeft.study import TrialsFailing
+        from autopeft.loop import TrialsFailing
 
         print(f"autopeft: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
         return 1 if isinstance(exc, TrialsFailing) else 2
@@ -200,45 +200,33 @@ def _more(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- commands
 def cmd_search(args: argparse.Namespace) -> int:
-    from autopeft.errors import ConfigError
-    from autopeft.study import Driver, data_spec_dict
+    from autopeft import api
 
-    from autopeft.study import EXECUTORS
-
-    if args.executor not in EXECUTORS:
-        raise ConfigError(f"unknown executor {args.executor!r}; choose one of {', '.join(EXECUTORS)}")
-    data = data_spec_dict(args.task, args.data_dir, args.train_file, args.validation_file,
-                          [c.strip() for c in args.text_columns.split(",")] if args.text_columns else None,
-                          args.label_column, args.metric)
-    fid = {k: v for k, v in dict(n_train=args.n_train, n_eval=args.n_eval, epochs=args.epochs,
-                                 max_length=args.max_length, batch_size=args.batch_size,
-                                 memory_batch_size=args.memory_batch_size, lr_scale=args.lr_scale).items()
-           if v is not None}
-    ex_kw: dict[str, Any] = {}
+    opts = {k: getattr(args, k) for k in _SEARCH_OPTIONS}
+    opts.update(n_trials=args.trials, study_name=args.study, progress=not args.no_progress)
     if args.executor in ("ray", "ray-tune"):
-        ex_kw = {"address": args.ray_address, "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial}
+        opts.update(address=args.ray_address, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial)
     t0 = time.monotonic()
-    drv = Driver(model=args.model, data=data, space=args.space, n_trials=args.trials, sampler=args.sampler,
-                 study_name=args.study, storage=args.storage, fidelity=fid or None,
-                 objectives=[o.strip() for o in args.objectives.split(",") if o.strip()],
-                 max_params=args.max_params, max_memory=args.max_memory, workers=args.workers, executor=args.executor,
-                 seed=args.seed, timeout=args.timeout, max_failures=args.max_failures, trial_timeout=args.trial_timeout,
-                 n_startup=args.n_startup, progress=not args.no_progress, executor_kwargs=ex_kw,
-                 trust_remote_code=args.trust_remote_code)
-    drv.open()
-    task = drv.task
-    print(f"autopeft: study {drv.name!r} in {drv.storage_url}", file=sys.stderr)
+    s = api.open_search(**opts)
+    task = s.task
+    print(f"autopeft: study {s.name!r} in {s.storage_url}", file=sys.stderr)
     print(f"autopeft: task {task.name} ({len(task.train_labels)} train rows, {task.num_labels} labels), "
-          f"metric {task.metric} ({task.metric_reason}); space {drv.space_def.name} ({drv.bound.size} encoded dims); "
-          f"sampler {args.sampler}; {drv.workers} worker(s); fidelity {drv.fidelity.to_dict()}", file=sys.stderr)
-    res = drv.run()
-    if drv.stop_reason == "timeout":
+          f"metric {task.metric} ({task.metric_reason}); space {s.space_def.name} ({s.bound.size} encoded dims); "
+          f"sampler {args.sampler}; {s.workers} worker(s); fidelity {s.fidelity.to_dict()}", file=sys.stderr)
+    res = s.run()
+    if s.stop_reason == "timeout":
         print("autopeft: stopped at --timeout; run the same command to continue", file=sys.stderr)
     _print_front(res, "table")
-    print(f"\n{len(res._complete())} complete trials in {time.monotonic() - t0:.0f} s; hypervolume {res.hypervolume():.4f}; "
+    print(f"\n{len(res.complete_trials())} complete trials in {time.monotonic() - t0:.0f} s; hypervolume {res.hypervolume():.4f}; "
           f"study {res.name!r} stored in {res.storage}")
     print(f"inspect: autopeft show --study {res.name}" + (f" --storage {args.storage}" if args.storage else ""))
     return 0
+
+
+_SEARCH_OPTIONS = ("model", "task", "data_dir", "train_file", "validation_file", "text_columns", "label_column", "metric",
+                   "space", "sampler", "storage", "objectives", "max_params", "max_memory", "n_train", "n_eval", "epochs",
+                   "max_length", "batch_size", "memory_batch_size", "lr_scale", "workers", "executor", "seed", "timeout",
+                   "trial_timeout", "max_failures", "n_startup", "trust_remote_code")
 
 
 def _front_table(df: Any, objectives: Sequence[str]) -> Any:
@@ -272,38 +260,31 @@ def _print_front(res: Any, fmt: str, all_trials: bool = False) -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from autopeft.result import load_study
+    from autopeft import api
 
-    _print_front(load_study(args.study, args.storage), args.format, args.all)
+    _print_front(api.load_study(args.study, args.storage), args.format, args.all)
     return 0
 
 
 def cmd_best(args: argparse.Namespace) -> int:
-    from autopeft.result import load_study
+    from autopeft import api
 
-    found = load_study(args.study, args.storage).best_config(args.max_params, args.max_memory)
+    found = api.best_config(args.study, args.storage, args.max_params, args.max_memory)
     print(json.dumps(found.to_dict(), indent=2))
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    import optuna
-    from optuna.trial import TrialState
+    from autopeft import api
+    from autopeft.storage import studies_dir
 
-    from autopeft.study import get_storage, studies_dir
-
-    urls = [args.storage] if args.storage else [f"sqlite:///{p}" for p in sorted(studies_dir().glob("*.db"))]
-    if not urls:
+    rows = api.list_studies(args.storage)
+    if not rows and not args.storage:
         print(f"no studies under {studies_dir()}/")
         return 0
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     print(f"{'study':40s} {'complete':>8s} {'total':>6s}  storage")
-    for url in urls:
-        st = get_storage(url, create=False)
-        for s in optuna.get_all_study_summaries(st, include_best_trial=False):
-            study = optuna.load_study(study_name=s.study_name, storage=st)
-            n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-            print(f"{s.study_name:40s} {n:8d} {s.n_trials:6d}  {url}")
+    for name, n, total, url in rows:
+        print(f"{name:40s} {n:8d} {total:6d}  {url}")
     return 0
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import socket
 from typing import Any, Callable
 
@@ -51,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _storage_of(args: argparse.Namespace) -> str:
     from autopeft.errors import ConfigError
-    from autopeft.study import default_storage, load_optuna_study
+    from autopeft.storage import default_storage, load_optuna_study
 
     if args.storage is None and args.study is None:
         raise ConfigError("pass --study NAME or --storage URL")
@@ -60,7 +59,7 @@ def _storage_of(args: argparse.Namespace) -> str:
         return args.storage or default_storage(args.study)
     import optuna
 
-    from autopeft.study import get_storage
+    from autopeft.storage import get_storage
 
     optuna.get_all_study_summaries(get_storage(args.storage, create=False))
     return args.storage
@@ -79,7 +78,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
             raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}; pass another --port") from None
     from optuna_dashboard import run_server
 
-    from autopeft.study import get_storage
+    from autopeft.storage import get_storage
 
     print(f"autopeft: dashboard for {url} at http://{args.host}:{args.port}/ (Ctrl-C to stop)", flush=True)
     run_server(get_storage(url, create=False), host=args.host, port=args.port)
@@ -87,70 +86,36 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    from autopeft import api
     from autopeft.plot import plot_study
-    from autopeft.result import load_study
 
-    paths = plot_study(load_study(args.study, args.storage), args.output)
+    paths = plot_study(api.load_study(args.study, args.storage), args.output)
     for k, p in paths.items():
         print(f"{k}: {p}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from autopeft.candidate import Candidate
-    from autopeft.errors import StudyError
-    from autopeft.export import export_config
-    from autopeft.result import FoundConfig, load_study
+    from autopeft import api
 
-    res = load_study(args.study, args.storage)
-    if args.best:
-        found = res.best_config(args.max_params, args.max_memory)
-    else:
-        ts = [t for t in res.study.get_trials(deepcopy=False) if t.number == args.trial]
-        if not ts or "candidate" not in ts[0].user_attrs:
-            raise StudyError(f"study {res.name!r} has no trial {args.trial}")
-        if ts[0].state.name != "COMPLETE":
-            why = ts[0].user_attrs.get("reason") or ts[0].user_attrs.get("status") or "no result"
-            raise StudyError(f"trial {args.trial} of study {res.name!r} is {ts[0].state.name} ({why}); "
-                             "export a COMPLETE trial (see `autopeft show`)")
-        found = FoundConfig(Candidate.from_dict(ts[0].user_attrs["candidate"]), res.meta, ts[0])
-    d = export_config(found, args.output)
+    found = api.found_config(args.study, args.storage, None if args.best else args.trial, args.max_params, args.max_memory)
+    d = api.export(found, args.output)
     print(f"exported {found.candidate.summary()} to {d}")
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    from autopeft import api
     from autopeft.errors import ConfigError
-    from autopeft.export import CONFIG_FILE, load_config
-    from autopeft.final import train_final
-    from autopeft.study import data_spec_dict
 
-    cand = load_config(args.config)
-    info_p = Path(args.config) / CONFIG_FILE
-    info = json.loads(info_p.read_text()) if info_p.is_file() else {}
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
-    model = args.model or info.get("base_model")
-    model = None if model == "all-MiniLM-L6-v2" else model
-    if args.task or args.train_file:
-        data = data_spec_dict(args.task, args.data_dir, args.train_file, args.validation_file, None, None, None)
-    elif info.get("task"):
-        data = dict(info["task"])
-        if args.data_dir:
-            data["data_dir"] = str(Path(args.data_dir).resolve())
-        else:
-            data = data_spec_dict(data.get("task"), None, data.get("train_file"), data.get("validation_file"),
-                                  data.get("text_columns"), data.get("label_column"), data.get("metric"))
-    else:
-        raise ConfigError("pass --task or --train-file (the config does not say which task it was found on)")
-    if args.metric:  # checked when the task loads
-        data = {**data, "metric": args.metric}
-    res = train_final(cand, model, data, args.output, epochs=args.epochs, n_train=args.n_train,
-                      max_length=args.max_length, batch_size=args.batch_size, seeds=seeds)
+    res = api.train(args.config, args.output, model=args.model, task=args.task, data_dir=args.data_dir,
+                    train_file=args.train_file, validation_file=args.validation_file, metric=args.metric,
+                    epochs=args.epochs, n_train=args.n_train, max_length=args.max_length, batch_size=args.batch_size,
+                    seeds=seeds)
     print(f"{res['summary']}: {res['metric']} on validation {res['mean']:.4f} ± {res['std']:.4f} over seeds {seeds}; "
           f"saved to {args.output}")
     return 0

@@ -9,6 +9,7 @@ import numpy as np
 from autopeft.candidate import Candidate
 from autopeft.errors import StudyError
 from autopeft.pareto import hypervolume, non_dominated, to_max
+from autopeft.storage import A
 
 
 class SearchResult:
@@ -19,14 +20,15 @@ class SearchResult:
         self.storage = storage
         self.name: str = study.study_name
         self.meta: dict[str, Any] = dict(study.user_attrs)
-        self.objectives: list[str] = list(self.meta["objectives"])
-        self.ref_point: list[float] = list(self.meta["ref_point"])
+        self.objectives: list[str] = list(self.meta[A.OBJECTIVES])
+        self.ref_point: list[float] = list(self.meta[A.REF_POINT])
 
     # ------------------------------------------------------------------ tables
-    def _complete(self) -> list[Any]:
-        from optuna.trial import TrialState
+    def complete_trials(self) -> list[Any]:
+        """The complete trials (FrozenTrials with values), in trial order."""
+        from autopeft.storage import complete_trials
 
-        return [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values is not None]
+        return complete_trials(self.study)
 
     @property
     def trials(self) -> Any:
@@ -36,19 +38,19 @@ class SearchResult:
         rows = []
         for t in self.study.get_trials(deepcopy=False):
             ua = t.user_attrs
-            row = {"trial": t.number, "state": t.state.name, "status": ua.get("status"), "summary": ua.get("summary")}
+            row = {"trial": t.number, "state": t.state.name, "status": ua.get(A.STATUS), "summary": ua.get(A.SUMMARY)}
             for o, v in zip(self.objectives, t.values or [None] * len(self.objectives)):
                 row[o] = v
             if t.values is None:
-                row["params"] = ua.get("params")
-                row["memory"] = ua.get("memory_mib")
-            row.update({"trainable_pct": ua.get("trainable_pct"), "wall_s": ua.get("wall_s"), "sampler_s": ua.get("sampler_s"),
-                        "reason": ua.get("reason"), "candidate": ua.get("candidate")})
+                row["params"] = ua.get(A.PARAMS)
+                row["memory"] = ua.get(A.MEMORY_MIB)
+            row.update({"trainable_pct": ua.get(A.TRAINABLE_PCT), "wall_s": ua.get(A.WALL_S), "sampler_s": ua.get(A.SAMPLER_S),
+                        "reason": ua.get(A.REASON), "candidate": ua.get(A.CANDIDATE)})
             rows.append(row)
         return pd.DataFrame(rows)
 
     def front_trials(self) -> list[Any]:
-        comp = self._complete()
+        comp = self.complete_trials()
         if not comp:
             return []
         Y = np.array([to_max(self.objectives, t.values) for t in comp])
@@ -63,55 +65,55 @@ class SearchResult:
         rows = []
         for t in self.front_trials():
             ua = t.user_attrs
-            row = {"trial": t.number, "summary": ua.get("summary")}
+            row = {"trial": t.number, "summary": ua.get(A.SUMMARY)}
             for o, v in zip(self.objectives, t.values):
                 row[o] = v
-            row["trainable_pct"] = ua.get("trainable_pct")
-            row["candidate"] = ua.get("candidate")
+            row["trainable_pct"] = ua.get(A.TRAINABLE_PCT)
+            row["candidate"] = ua.get(A.CANDIDATE)
             rows.append(row)
         cols = ["trial", "summary", *self.objectives, "trainable_pct", "candidate"]
         return pd.DataFrame(rows, columns=cols)
 
     # ------------------------------------------------------------------ choices
     def best_trial(self, max_params: Any = None, max_memory: Any = None) -> Any:
-        from autopeft.study import parse_budget
+        from autopeft.config import parse_budget
 
-        mp = parse_budget(max_params, self.meta.get("base_params"), "max-params")
+        mp = parse_budget(max_params, self.meta.get(A.BASE_PARAMS), "max-params")
         mm = parse_budget(max_memory, None, "max-memory")
         feas = []
-        for t in self._complete():  # all complete trials: the budget may bind an objective the study does not have
+        for t in self.complete_trials():  # all complete trials: the budget may bind an objective the study does not have
             ua = t.user_attrs
-            if mp is not None and ua.get("params", float("inf")) > mp:
+            if mp is not None and ua.get(A.PARAMS, float("inf")) > mp:
                 continue
-            if mm is not None and ua.get("memory_mib", float("inf")) > mm:
+            if mm is not None and ua.get(A.MEMORY_MIB, float("inf")) > mm:
                 continue
             feas.append(t)
         if not feas:
-            if not self._complete():
+            if not self.complete_trials():
                 raise StudyError(f"study {self.name!r} has no completed trial yet")
             raise StudyError(f"no completed trial of study {self.name!r} fits the budget "
                              f"(max params {max_params}, max memory {max_memory})")
-        return max(feas, key=lambda t: (t.values[0], -t.user_attrs.get("params", 0)))
+        return max(feas, key=lambda t: (t.values[0], -t.user_attrs.get(A.PARAMS, 0)))
 
     def best_config(self, max_params: Any = None, max_memory: Any = None) -> "FoundConfig":
         """The highest-scoring complete configuration within the budgets (on the Pareto front whenever the
         budgets bind only the study's objectives) (``"1%"`` of base params allowed)."""
         t = self.best_trial(max_params, max_memory)
-        return FoundConfig(Candidate.from_dict(t.user_attrs["candidate"]), self.meta, t)
+        return FoundConfig(Candidate.from_dict(t.user_attrs[A.CANDIDATE]), self.meta, t)
 
     def hypervolume(self) -> float:
         """Hypervolume of the front in (score, -log10 params, -log10 memory MiB, ...) above the study's ref point."""
-        comp = self._complete()
+        comp = self.complete_trials()
         Y = np.array([to_max(self.objectives, t.values) for t in comp]).reshape(-1, len(self.objectives))
         return hypervolume(Y, self.ref_point)
 
     @property
     def warnings(self) -> list[str]:
         """Warnings the driver stored in the study, e.g. that most trials scored at the majority-class level."""
-        return [str(v).split(": ", 1)[-1] for k, v in sorted(self.meta.items()) if k.startswith("notice_")]
+        return [str(v).split(": ", 1)[-1] for k, v in sorted(self.meta.items()) if k.startswith(A.NOTICE_PREFIX)]
 
     def __repr__(self) -> str:
-        return f"SearchResult({self.name!r}, {len(self._complete())} complete trials, front {len(self.front_trials())})"
+        return f"SearchResult({self.name!r}, {len(self.complete_trials())} complete trials, front {len(self.front_trials())})"
 
 
 class FoundConfig:
@@ -124,7 +126,7 @@ class FoundConfig:
 
     @property
     def model(self) -> str:
-        return self.meta["model"]
+        return self.meta[A.MODEL]
 
     def to_dict(self) -> dict[str, Any]:
         d = {"candidate": self.candidate.to_dict(), "summary": self.candidate.summary(), "model": self.meta.get("model"),
@@ -132,13 +134,13 @@ class FoundConfig:
              "fidelity": self.meta.get("fidelity")}
         if self.trial is not None:
             d["trial"] = self.trial.number
-            d["values"] = dict(zip(self.meta["objectives"], self.trial.values))
+            d["values"] = dict(zip(self.meta[A.OBJECTIVES], self.trial.values))
         return d
 
     def to_peft_config(self) -> Any:
         from autopeft.export import peft_config_for
 
-        return peft_config_for(self.candidate, None if self.model == "all-MiniLM-L6-v2" else self.model, self.meta["num_labels"])
+        return peft_config_for(self.candidate, None if self.model == "all-MiniLM-L6-v2" else self.model, self.meta[A.NUM_LABELS])
 
     def save(self, directory: str) -> Any:
         from autopeft.export import export_config
@@ -151,7 +153,7 @@ class FoundConfig:
 
 def load_study(name: str, storage: str | None = None) -> SearchResult:
     """Open an existing study (never creates one)."""
-    from autopeft.study import default_storage, load_optuna_study
+    from autopeft.storage import default_storage, load_optuna_study
 
     study = load_optuna_study(name, storage)
     return SearchResult(study, storage or default_storage(name))

@@ -9,121 +9,20 @@ before any training was spent.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import time
 import traceback
 import weakref
-from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from autopeft.errors import AutoPeftError, ConfigError
+from autopeft.errors import AutoPeftError
 
-OK, FAILED, INFEASIBLE = "ok", "failed", "infeasible"
-
-
-@dataclass(frozen=True)
-class Fidelity:
-    """How cheap a trial is: training subset size, epochs, held-out slice, sequence length, batch.
-
-    ``memory_batch_size`` is the batch the memory objective is reported for (the batch a user trains the
-    chosen config with), independent of the trial's own ``batch_size``, so a cheaper trial batch does not
-    change what the memory objective means."""
-
-    n_train: int = 2000
-    epochs: float = 2.0
-    n_eval: int = 500
-    max_length: int = 128
-    batch_size: int = 32
-    memory_batch_size: int = 32
-    #: multiplies every learning rate of the trial (for short, small-batch fidelities, where the per-method
-    #: defaults tuned at batch 32 leave LoRA at the majority class; see BENCHMARKS.md, proxy fidelity)
-    lr_scale: float = 1.0
-
-    @classmethod
-    def from_stored(cls, d: dict[str, Any]) -> "Fidelity":
-        """A fidelity stored by a study; studies written before ``memory_batch_size`` existed measured memory
-        at their trial batch size."""
-        d = dict(d)
-        d.setdefault("memory_batch_size", d.get("batch_size", cls.batch_size))
-        return cls(**d)
-
-    def __post_init__(self) -> None:
-        for name in ("n_train", "n_eval", "max_length", "batch_size", "memory_batch_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, float)) or not self.epochs > 0:
-            raise ConfigError(f"epochs must be a number > 0, got {self.epochs!r}")
-        if isinstance(self.lr_scale, bool) or not isinstance(self.lr_scale, (int, float)) or not 0 < self.lr_scale < math.inf:
-            raise ConfigError(f"lr-scale must be a finite number > 0, got {self.lr_scale!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-#: The default fidelity when trials run on CPU and the user sets none of its keys: 600 rows x 2 epochs at batch 8,
-#: every learning rate doubled.  On CPU it costs 0.14-0.15 of a full-budget run against 0.50 for the dataclass
-#: defaults, with Spearman rho 0.842 to the full-budget score on SST-2 (0.87 x the seed-to-seed ceiling; the
-#: defaults: 0.907, 0.94 x); without the doubled rates LoRA stays at the majority class (BENCHMARKS.md).  On a GPU
-#: a batch-8 step costs about what a batch-32 step does, so GPUs keep the dataclass defaults.
-CPU_FIDELITY: dict[str, Any] = {"n_train": 600, "epochs": 2.0, "batch_size": 8, "lr_scale": 2.0}
-
-
-def default_fidelity(given: dict[str, Any] | None, gpu: bool) -> "Fidelity":
-    """The fidelity of a new study: the user's keys over the defaults; on CPU the defaults are
-    :data:`CPU_FIDELITY` unless the user set any of its keys (then the preset is not mixed in)."""
-    given = dict(given or {})
-    if gpu or any(k in given for k in CPU_FIDELITY):
-        return Fidelity(**given)
-    return Fidelity(**{**CPU_FIDELITY, **given})
-
-
-@dataclass
-class TrialSpec:
-    """Everything a worker needs to run one trial (plain JSON types only)."""
-
-    trial_id: int
-    candidate: dict[str, Any]
-    model: str | None
-    data: dict[str, Any]  # autopeft.data.DataSpec as a dict
-    fidelity: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
-    max_memory: float | None = None  # bytes; over it -> infeasible, before training
-    threads: int = 1
-    device: str = "auto"
-    trust_remote_code: bool = False
-    #: fault injection for tests: "raise", "nan", "exit", "sleep:<s>"
-    fault: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class TrialResult:
-    trial_id: int
-    status: str
-    score: float | None = None
-    params: int | None = None
-    memory_bytes: int | None = None
-    wall_s: float = 0.0
-    train_s: float = 0.0
-    metric: str | None = None
-    reason: str | None = None
-    steps: int = 0
-    loss: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrialResult":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+from autopeft.contract import (  # noqa: F401  (re-exported: the trial's types)
+    CPU_FIDELITY, FAILED, INFEASIBLE, OK, REFERENCE, Fidelity, TrialResult, TrialSpec, default_fidelity)
 
 
 # ----------------------------------------------------------------------------- data plumbing
@@ -264,21 +163,6 @@ def run_trial(spec: TrialSpec) -> TrialResult:
                            wall_s=time.perf_counter() - t0)
 
 
-def _simulated(spec: TrialSpec, t0: float, seconds: float) -> TrialResult:
-    """A simulated trial for executor benchmarks: sleeps and trains nothing. Its values are deterministic
-    pseudo-values derived from the candidate's text (never used for real results)."""
-    import hashlib
-
-    cand = spec.candidate
-    time.sleep(seconds)
-    h = int(hashlib.sha256(json.dumps(cand, sort_keys=True).encode()).hexdigest()[:12], 16)
-    params = 1000 + h % 1_000_000
-    score = 0.6 + 0.3 * ((h >> 20) % 1000) / 1000
-    memory = (100 + (h >> 30) % 900) * 2**20
-    return TrialResult(spec.trial_id, OK, score=score, params=params, memory_bytes=memory, wall_s=time.perf_counter() - t0,
-                       train_s=seconds, metric="simulated")
-
-
 def _run(spec: TrialSpec, t0: float) -> TrialResult:
     from autopeft.builder import build_model, load_base, model_info
     from autopeft.candidate import Candidate
@@ -293,8 +177,8 @@ def _run(spec: TrialSpec, t0: float) -> TrialResult:
         os._exit(3)
     if spec.fault and spec.fault.startswith("sleep:"):
         time.sleep(float(spec.fault.split(":", 1)[1]))
-    if spec.fault and spec.fault.startswith("simulate:"):
-        return _simulated(spec, t0, float(spec.fault.split(":", 1)[1]))
+    if spec.purpose == REFERENCE:
+        return _reference(spec, fid, t0)
     cand = Candidate.from_dict(spec.candidate)
     task = task_of(spec.data)
     info = model_info(spec.model, task.num_labels, spec.trust_remote_code)
@@ -334,6 +218,27 @@ def _run(spec: TrialSpec, t0: float) -> TrialResult:
     score = score_logits(task.metric, predict_logits(model, ev_enc, fid.batch_size * 2, pad_id, device), ev_labels)
     return TrialResult(spec.trial_id, OK, score=float(score), params=built.trainable, memory_bytes=memory,
                        wall_s=time.perf_counter() - t0, train_s=train_s, metric=task.metric, steps=step, loss=last_loss)
+
+
+def _reference(spec: TrialSpec, fid: Fidelity, t0: float) -> TrialResult:
+    """The study's reference point: the spec's candidate (full fine-tuning) and its training memory (measured as for any candidate) and the
+    chance score of the search split (always predicting its majority class)."""
+    from autopeft.builder import build_model, load_base, model_info
+    from autopeft.candidate import Candidate
+    from autopeft.data import chance_score, search_split
+
+    task = task_of(spec.data)
+    info = model_info(spec.model, task.num_labels, spec.trust_remote_code)
+    _, ev = search_split(task, fid.n_train, fid.n_eval, spec.seed)
+    chance = float(chance_score(task.metric, [task.train_labels[i] for i in ev]))
+    base, tok = load_base(spec.model, task.num_labels, spec.trust_remote_code)
+    full = build_model(Candidate.from_dict(spec.candidate), base, info)
+    tb = sum(p.numel() * p.element_size() for p in full.model.parameters() if p.requires_grad)
+    max_len = min(fid.max_length, info.arch.max_positions)
+    mem = measure_memory(full.model, fid.memory_batch_size, max_len, int(base.config.vocab_size), tb,
+                         "token_type_ids" in tok.model_input_names)
+    return TrialResult(spec.trial_id, OK, score=chance, params=full.trainable, memory_bytes=mem, metric=task.metric,
+                       wall_s=time.perf_counter() - t0)
 
 
 def train_loop(built: Any, enc: Any, labels: Sequence[int], fid: Fidelity, seed: int, device: torch.device,

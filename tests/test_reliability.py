@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 
 from autopeft.cli import main
 
+FID_KW = dict(n_train=32, n_eval=32, epochs=1, max_length=24, batch_size=16)
 FID = ["--n-train", "32", "--n-eval", "32", "--epochs", "1", "--max-length", "24", "--batch-size", "16"]
 
 
@@ -86,7 +87,7 @@ def test_kill9_at_random_points_then_resume_loses_nothing(tiny_model: str, glue_
 
 def concurrent_drivers(tiny_model: str, glue_dir: Path, storage: str, n_drivers: int = 3) -> None:
     """Several drivers on one study: no duplicates, no lost writes, no lock errors, no live trial failed."""
-    from autopeft.study import get_storage
+    from autopeft.storage import get_storage
 
     # create the study first so all drivers resume the same one
     assert subprocess.run(_cmd(tiny_model, glue_dir, storage, 1, study="con"), env=_env(), capture_output=True).returncode == 0
@@ -109,15 +110,12 @@ def test_concurrent_drivers_share_one_study(tiny_model: str, glue_dir: Path, tmp
 
 
 def test_failing_trials_are_recorded_and_search_goes_on(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
-    from autopeft.study import Driver, data_spec_dict
+    from autopeft import api
 
     storage = f"sqlite:///{tmp_path / 'f.db'}"
     faults = {1: "raise", 2: "nan", 4: "exit"}
-    drv = Driver(model=tiny_model, data=data_spec_dict("sst2", str(glue_dir), None, None, None, None, None), space="tiny",
-                 n_trials=4, study_name="f", storage=storage, workers=1, executor="local", n_startup=2,
-                 fidelity=dict(n_train=32, n_eval=32, epochs=1, max_length=24, batch_size=16),
-                 fault=lambda n: faults.get(n))
-    res = drv.run()
+    res = api.search(model=tiny_model, task="sst2", data_dir=str(glue_dir), space="tiny", n_trials=4, study_name="f",
+                     storage=storage, workers=1, executor="local", n_startup=2, **FID_KW, fault=lambda n: faults.get(n))
     trials = res.study.get_trials()
     reasons = {t.number: t.user_attrs.get("reason") for t in trials if t.state == TrialState.FAIL}
     assert "RuntimeError: injected fault" in reasons[1]
@@ -131,26 +129,23 @@ def test_failing_trials_are_recorded_and_search_goes_on(tiny_model: str, glue_di
 
 def test_every_trial_failing_stops_with_exit_1(tiny_model: str, glue_dir: Path, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    from autopeft.study import Driver, TrialsFailing, data_spec_dict
+    from autopeft import api
+    from autopeft.loop import TrialsFailing
 
-    drv = Driver(model=tiny_model, data=data_spec_dict("sst2", str(glue_dir), None, None, None, None, None), space="tiny",
-                 n_trials=10, study_name="allfail", storage=f"sqlite:///{tmp_path / 'a.db'}", executor="inline",
-                 max_failures=3, fidelity=dict(n_train=32, n_eval=32, epochs=1, max_length=24, batch_size=16),
-                 fault=lambda n: "raise")
+    storage = f"sqlite:///{tmp_path / 'a.db'}"
     with pytest.raises(TrialsFailing, match="3 trials failed in a row; last reason: RuntimeError: injected fault"):
-        drv.run()
-    assert len(drv.study.get_trials(states=(TrialState.FAIL,))) == 3
+        api.search(model=tiny_model, task="sst2", data_dir=str(glue_dir), space="tiny", n_trials=10, study_name="allfail",
+                   storage=storage, executor="inline", max_failures=3, **FID_KW, fault=lambda n: "raise")
+    assert len(api.load_study("allfail", storage).study.get_trials(states=(TrialState.FAIL,))) == 3
 
 
 def test_trial_timeout(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
-    from autopeft.study import Driver, data_spec_dict
+    from autopeft import api
 
-    drv = Driver(model=tiny_model, data=data_spec_dict("sst2", str(glue_dir), None, None, None, None, None), space="tiny",
-                 n_trials=2, study_name="to", storage=f"sqlite:///{tmp_path / 't.db'}", executor="local", workers=1,
-                 trial_timeout=8.0, fidelity=dict(n_train=32, n_eval=32, epochs=1, max_length=24, batch_size=16),
-                 fault=lambda n: "sleep:60" if n == 0 else None)
     t0 = time.monotonic()
-    res = drv.run()
+    res = api.search(model=tiny_model, task="sst2", data_dir=str(glue_dir), space="tiny", n_trials=2, study_name="to",
+                     storage=f"sqlite:///{tmp_path / 't.db'}", executor="local", workers=1, trial_timeout=8.0, **FID_KW,
+                     fault=lambda n: "sleep:60" if n == 0 else None)
     assert time.monotonic() - t0 < 50
     t = res.study.trials[0]
     assert t.state == TrialState.FAIL and "exceeded the per-trial timeout of 8 s" in t.user_attrs["reason"]
@@ -178,7 +173,7 @@ def test_journal_storage_shared_by_concurrent_drivers(tiny_model: str, glue_dir:
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
     errs = [p.communicate(timeout=400)[1] for p in procs]
     assert all(p.returncode == 0 for p in procs), errs
-    from autopeft.study import get_storage
+    from autopeft.storage import get_storage
 
     s = optuna.load_study(study_name="j", storage=get_storage(url, create=False))
     comp = s.get_trials(states=(TrialState.COMPLETE,))
@@ -190,19 +185,20 @@ def test_journal_storage_shared_by_concurrent_drivers(tiny_model: str, glue_dir:
 
 def test_journal_heartbeats_tell_dead_trials_from_live(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Journal storage gets heartbeats too: a trial whose heartbeat stopped is stale, a beating one is not."""
-    from autopeft import study as study_mod
-    from autopeft.study import ABANDONED, Driver, get_storage
+    from autopeft import storage as study_mod
+    from autopeft.contract import ABANDONED
+    from autopeft.storage import fail_stale, get_storage
 
     monkeypatch.setattr(study_mod, "GRACE_S", 0.6)
     storage = get_storage(f"journal://{tmp_path / 'hb.log'}")
     s = optuna.create_study(study_name="hb", storage=storage)
     dead, live = s.ask(), s.ask()
     storage.record_heartbeat(dead._trial_id)
-    assert Driver.fail_stale(s) == []  # both fresh
+    assert fail_stale(s) == []  # both fresh
     for _ in range(4):
         time.sleep(0.25)
         storage.record_heartbeat(live._trial_id)
-    assert Driver.fail_stale(s) == [dead._trial_id]
+    assert fail_stale(s) == [dead._trial_id]
     reread = optuna.load_study(study_name="hb", storage=get_storage(f"journal://{tmp_path / 'hb.log'}", create=False))
     states = {t.number: t.state for t in reread.get_trials()}
     assert states == {dead.number: TrialState.FAIL, live.number: TrialState.RUNNING}
@@ -211,7 +207,7 @@ def test_journal_heartbeats_tell_dead_trials_from_live(tmp_path: Path, monkeypat
 
 def kill_once_then_resume(tiny_model: str, glue_dir: Path, url: str) -> None:
     """kill -9 a driver mid-study; once its heartbeats are stale, a rerun marks its trials abandoned and finishes."""
-    from autopeft.study import get_storage
+    from autopeft.storage import get_storage
 
     def snap() -> dict[int, list[float]]:
         try:

@@ -14,7 +14,10 @@ from optuna.trial import TrialState, create_trial
 from autopeft import cli
 from autopeft.errors import ConfigError, StudyError
 from autopeft.result import load_study
-from autopeft.study import ABANDONED, SCHEMA_VERSION, Driver, data_spec_dict
+from autopeft.api import open_search
+from autopeft.contract import ABANDONED
+from autopeft.session import Search
+from autopeft.storage import A, SCHEMA_VERSION
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 FID = dict(n_train=32, n_eval=32, epochs=1, max_length=24, batch_size=16)
@@ -66,9 +69,11 @@ def test_export_of_a_failed_trial_is_refused(tiny_model: str, tmp_path: Path, ca
     assert cli.main(["export", "--study", "syn", "--storage", storage, "--trial", "0", "-o", str(out)]) == 0
 
 
-def _driver(tiny_model: str, glue_dir: Path, storage: str, n: int, **kw: object) -> Driver:
-    return Driver(model=tiny_model, data=data_spec_dict("sst2", str(glue_dir), None, None, None, None, None), space="tiny",
-                  n_trials=n, study_name="edge", storage=storage, n_startup=2, fidelity=FID, **kw)  # type: ignore[arg-type]
+def _search(tiny_model: str, glue_dir: Path, storage: str, n: int, study: str = "edge", **kw: object) -> Search:
+    opts = dict(model=tiny_model, task="sst2", data_dir=str(glue_dir), space="tiny", n_trials=n, study_name=study,
+                storage=storage, n_startup=2, **FID)
+    opts.update(kw)
+    return open_search(**opts)
 
 
 def test_timeout_abandons_running_trials_and_their_candidates_stay_eligible(tiny_model: str, glue_dir: Path,
@@ -76,70 +81,73 @@ def test_timeout_abandons_running_trials_and_their_candidates_stay_eligible(tiny
     import time
 
     storage = f"sqlite:///{tmp_path / 'e.db'}"
-    drv = _driver(tiny_model, glue_dir, storage, 5, executor="local", workers=1, timeout=4.0,
-                  fault=lambda n: "sleep:60")
+    s = _search(tiny_model, glue_dir, storage, 5, executor="local", workers=1, timeout=4.0,
+                fault=lambda n: "sleep:60")
     t0 = time.monotonic()
-    drv.run()
+    res = s.run()
     assert time.monotonic() - t0 < 40  # stopped at the timeout, not after the 60 s trial
-    trials = drv.study.get_trials()
+    assert s.stop_reason == "timeout"
+    trials = res.study.get_trials()
     assert trials and not [t for t in trials if t.state == TrialState.RUNNING]
-    ab = [t for t in trials if t.user_attrs.get("status") == ABANDONED]
-    assert ab and all(t.state == TrialState.FAIL and "stopped before it finished (timeout)" in t.user_attrs["reason"]
+    ab = [t for t in trials if t.user_attrs.get(A.STATUS) == ABANDONED]
+    assert ab and all(t.state == TrialState.FAIL and "stopped before it finished (timeout)" in t.user_attrs[A.REASON]
                       for t in ab)
-    again = _driver(tiny_model, glue_dir, storage, 5, executor="inline")
-    again.prepare()
-    assert not {t.user_attrs["candidate_key"] for t in ab} & again.evaluated
+    # the proposer's index does not hold an abandoned candidate: it may be proposed again
+    again = _search(tiny_model, glue_dir, storage, 5, executor="inline")
+    proposer, _ = again.build()
+    proposer.index.refresh(again.store.trials())
+    for t in ab:
+        assert not proposer.index.holds(t.user_attrs[A.CANDIDATE_KEY], other_than=-1)
+    again.close()
 
 
 def test_a_proposal_that_cannot_become_a_trial_is_recorded_failed(tiny_model: str, glue_dir: Path, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    drv = _driver(tiny_model, glue_dir, f"sqlite:///{tmp_path / 'p.db'}", 2, executor="inline")
-    drv.prepare()
+    s = _search(tiny_model, glue_dir, f"sqlite:///{tmp_path / 'p.db'}", 2, executor="inline")
+    proposer, _ = s.build()
 
     def broken(trial: object) -> None:
         raise ValueError("decoder broke")
 
-    monkeypatch.setattr(drv.bound, "suggest", broken)
+    monkeypatch.setattr(s.bound, "suggest", broken)
     with pytest.raises(ValueError, match="decoder broke"):
-        drv.ask_spec()
-    (t,) = drv.study.get_trials()
-    assert t.state == TrialState.FAIL and t.user_attrs["reason"] == "while preparing the trial: ValueError: decoder broke"
+        proposer.ask()
+    (t,) = s.store.trials()
+    assert t.state == TrialState.FAIL and t.user_attrs[A.REASON] == "while preparing the trial: ValueError: decoder broke"
+    s.close()
 
 
 def test_an_empty_study_without_autopeft_attributes_is_adopted(tiny_model: str, glue_dir: Path, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    import autopeft.study as st
+    import autopeft.storage as st
 
     monkeypatch.setattr(st, "ADOPT_WAIT_S", 0.5)
     storage = f"sqlite:///{tmp_path / 'a.db'}"
     # a driver that died between creating the study and writing its attributes leaves this behind
     optuna.create_study(study_name="edge", storage=storage, directions=["maximize", "minimize", "minimize"])
-    res = _driver(tiny_model, glue_dir, storage, 1, executor="inline").run()
+    res = _search(tiny_model, glue_dir, storage, 1, executor="inline").run()
     assert res.study.user_attrs["autopeft_schema"] == SCHEMA_VERSION
     assert len(res.study.get_trials(states=(TrialState.COMPLETE,))) == 1
     # an empty foreign study with other directions is refused, not silently changed
     optuna.create_study(study_name="other", storage=storage, directions=["minimize"])
-    d = Driver(model=tiny_model, data=data_spec_dict("sst2", str(glue_dir), None, None, None, None, None), space="tiny",
-               n_trials=1, study_name="other", storage=storage, fidelity=FID, executor="inline")
     with pytest.raises(StudyError, match="is empty but has directions"):
-        d.run()
+        _search(tiny_model, glue_dir, storage, 1, study="other", executor="inline")
 
 
 def test_ray_pool_is_sized_to_the_cluster(capsys: pytest.CaptureFixture[str]) -> None:
     import ray
 
-    from autopeft.ray_executor import pool_size, run_with_ray
-
-    class _D:
-        trial_timeout = None
-        workers = 2
+    from autopeft.config import SearchConfig
+    from autopeft.executors.ray import pool_size
+    from autopeft.integrations.ray_tune import run_reference
+    from autopeft.contract import TrialSpec
 
     with pytest.raises(ConfigError, match="cannot use a ray:// \\(Ray Client\\) address"):
-        run_with_ray(_D(), address="ray://head:10001")
-    d = _D()
-    d.trial_timeout = 5.0
+        run_reference(TrialSpec(-1, {}, None, {}), {"address": "ray://head:10001"})
     with pytest.raises(ConfigError, match="--trial-timeout is not supported with --executor ray-tune"):
-        run_with_ray(d)
+        SearchConfig.from_options(executor="ray-tune", trial_timeout=5.0)
+    with pytest.raises(ConfigError, match="--gpus-per-trial must be a finite number >= 0, got -1"):
+        SearchConfig.from_options(executor="ray", gpus_per_trial=-1)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         assert pool_size(None, 0.25, 0.0) == 8
@@ -157,11 +165,11 @@ def test_ray_pool_is_sized_to_the_cluster(capsys: pytest.CaptureFixture[str]) ->
 @pytest.mark.parametrize("flat,warned", [(7, True), (5, False)])
 def test_collapsed_trials_are_warned_about_once(flat: int, warned: bool, capsys: pytest.CaptureFixture[str],
                                                 tmp_path: Path) -> None:
-    """Most trials at the majority-class score: the trials are too short; the driver says so once, in the study."""
-    from types import SimpleNamespace
-
+    """Most trials at the majority-class score: the trials are too short; the loop says so once, in the study."""
+    from autopeft.contract import OK, TrialResult
+    from autopeft.loop import CollapseWarning
     from autopeft.result import SearchResult
-    from autopeft.trial import Fidelity
+    from autopeft.storage import StudyStore
 
     storage = f"sqlite:///{tmp_path / 'c.db'}"
     _synthetic(storage, ["score", "params"], [])
@@ -169,10 +177,11 @@ def test_collapsed_trials_are_warned_about_once(flat: int, warned: bool, capsys:
     dist = {"x": FloatDistribution(0, 1)}
     for i in range(8):  # chance is 0.5 (the study's reference point)
         study.add_trial(create_trial(params={"x": i / 8}, distributions=dist, values=[0.5 if i < flat else 0.8, 100.0 + i]))
-    drv = SimpleNamespace(notices=[], study=study, n_startup=8, ref=[0.5, -6.0], task=SimpleNamespace(metric="f1", num_labels=2),
-                          fidelity=Fidelity(n_train=2000, epochs=2.0))
-    Driver._check_collapse(drv)  # type: ignore[arg-type]
-    Driver._check_collapse(drv)  # type: ignore[arg-type]
+    store = StudyStore("syn", storage)
+    store.study = study
+    warn = CollapseWarning(0.5, "f1", 2, 8, {"n_train": 2000, "lr_scale": 1.0}, warned=False)
+    warn(store, TrialResult(7, OK, score=0.8))
+    warn(store, TrialResult(7, OK, score=0.8))
     err = capsys.readouterr().err
     warnings = SearchResult(optuna.load_study(study_name="syn", storage=storage), storage).warnings
     if warned:

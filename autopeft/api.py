@@ -1,0 +1,127 @@
+"""autopeft's Python API: what the CLI commands and notebooks call.
+
+    res = autopeft.search(task="sst2", data_dir="../shared/data/glue", space="lora", n_trials=30)
+    res.pareto_front; res.best_config(max_params="0.5%").save("my_config")
+
+Every function validates its input and raises an :class:`~autopeft.errors.AutoPeftError` subclass with an exact
+message for bad input.  Heavy libraries load inside the functions, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from autopeft.errors import ConfigError, StudyError
+
+
+def open_search(**options: Any) -> Any:
+    """A search ready to run (:class:`autopeft.session.Search`, study opened): ``.run()`` runs it.
+
+    Options are those of :func:`search`."""
+    from autopeft.config import SearchConfig
+    from autopeft.session import Search
+
+    return Search(SearchConfig.from_options(**options)).open()
+
+
+def search(model: str | None = None, task: str | None = "sst2", space: str = "lora", n_trials: int = 30,
+           sampler: str = "autopeft", storage: str | None = None, study_name: str | None = None,
+           **options: Any) -> Any:
+    """Run (or resume) a search and return its :class:`autopeft.result.SearchResult`.
+
+    Keyword options: ``data_dir``, ``train_file``, ``validation_file``, ``text_columns``, ``label_column``,
+    ``metric``; fidelity ``n_train``, ``n_eval``, ``epochs``, ``max_length``, ``batch_size``,
+    ``memory_batch_size``, ``lr_scale``; ``objectives``, ``max_params``, ``max_memory``; ``workers``,
+    ``executor`` (local, ray, ray-tune, inline) and for Ray ``address``, ``cpus_per_trial``, ``gpus_per_trial``,
+    ``num_cpus``; ``seed``, ``timeout``, ``trial_timeout``, ``max_failures``, ``n_startup``, ``progress``,
+    ``trust_remote_code``.  ``trials`` and ``study`` are accepted for ``n_trials`` and ``study_name``."""
+    return open_search(model=model, task=task, space=space, n_trials=n_trials, sampler=sampler, storage=storage,
+                       study_name=study_name, **options).run()
+
+
+def load_study(name: str, storage: str | None = None) -> Any:
+    """An existing study as a :class:`autopeft.result.SearchResult` (never creates one)."""
+    from autopeft.result import load_study as _load
+
+    return _load(name, storage)
+
+
+def list_studies(storage: str | None = None) -> list[tuple[str, int, int, str]]:
+    """(name, complete trials, all trials, storage URL) of each study in ``storage`` (default: every SQLite file
+    under the studies directory)."""
+    from autopeft.storage import list_studies as _list
+    from autopeft.storage import studies_dir
+
+    urls = [storage] if storage else [f"sqlite:///{p}" for p in sorted(studies_dir().glob("*.db"))]
+    return _list(urls)
+
+
+def best_config(name: str, storage: str | None = None, max_params: Any = None, max_memory: Any = None) -> Any:
+    """The best :class:`autopeft.result.FoundConfig` of a stored study under the budgets."""
+    return load_study(name, storage).best_config(max_params, max_memory)
+
+
+def found_config(name: str, storage: str | None = None, trial: int | None = None, max_params: Any = None,
+                 max_memory: Any = None) -> Any:
+    """A stored study's trial ``trial`` (it must be complete), or its best config under the budgets."""
+    res = load_study(name, storage)
+    if trial is None:
+        return res.best_config(max_params, max_memory)
+    from autopeft.candidate import Candidate
+    from autopeft.result import FoundConfig
+    from autopeft.storage import A
+
+    ts = [t for t in res.study.get_trials(deepcopy=False) if t.number == trial]
+    if not ts or A.CANDIDATE not in ts[0].user_attrs:
+        raise StudyError(f"study {res.name!r} has no trial {trial}")
+    if ts[0].state.name != "COMPLETE":
+        why = ts[0].user_attrs.get(A.REASON) or ts[0].user_attrs.get(A.STATUS) or "no result"
+        raise StudyError(f"trial {trial} of study {res.name!r} is {ts[0].state.name} ({why}); "
+                         "export a COMPLETE trial (see `autopeft show`)")
+    return FoundConfig(Candidate.from_dict(ts[0].user_attrs[A.CANDIDATE]), res.meta, ts[0])
+
+
+def export(found: Any, directory: str | Path) -> Path:
+    """Write a found config for peft / autopeft training (see :mod:`autopeft.export`)."""
+    from autopeft.export import export_config
+
+    return export_config(found, directory)
+
+
+def train(config_dir: str | Path, output: str | Path, *, model: str | None = None, task: str | None = None,
+          data_dir: str | None = None, train_file: str | None = None, validation_file: str | None = None,
+          metric: str | None = None, epochs: float = 3.0, n_train: int | None = None, max_length: int = 128,
+          batch_size: int = 32, seeds: Sequence[int] = (0,)) -> dict[str, Any]:
+    """Train an exported config at full budget with each seed, score the validation split, save the model."""
+    from autopeft.builder import DEFAULT_MODEL
+    from autopeft.config import data_spec_dict
+    from autopeft.export import CONFIG_FILE, load_config
+    from autopeft.final import train_final
+
+    cand = load_config(config_dir)
+    info_p = Path(config_dir) / CONFIG_FILE
+    try:
+        info = json.loads(info_p.read_text(encoding="utf-8")) if info_p.is_file() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read {info_p}: {exc}; export the config again with 'autopeft export'") from None
+    if not isinstance(info, dict):
+        raise ConfigError(f"{info_p} must hold a JSON object; export the config again with 'autopeft export'")
+    model = model or info.get("base_model")
+    model = None if model == DEFAULT_MODEL else model
+    if task or train_file:
+        data = data_spec_dict(task, data_dir, train_file, validation_file)
+    elif isinstance(info.get("task"), dict):
+        data = dict(info["task"])
+        if data_dir:
+            data["data_dir"] = str(Path(data_dir).resolve())
+        else:
+            data = data_spec_dict(data.get("task"), None, data.get("train_file"), data.get("validation_file"),
+                                  data.get("text_columns"), data.get("label_column"), data.get("metric"))
+    else:
+        raise ConfigError("pass --task or --train-file (the config does not say which task it was found on)")
+    if metric:  # checked when the task loads
+        data = {**data, "metric": metric}
+    return train_final(cand, model, data, str(output), epochs=epochs, n_train=n_train, max_length=max_length,
+                       batch_size=batch_size, seeds=list(seeds))

@@ -1,0 +1,197 @@
+"""Every option of a search, parsed and validated once: :class:`SearchConfig`.
+
+The API (``autopeft.search(**options)``), the CLI and study spec files (through the CLI's options) all build
+one ``SearchConfig``; nothing downstream re-validates or re-lists the options.  No torch/optuna import.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from autopeft.errors import ConfigError
+
+EXECUTORS = ("local", "ray", "ray-tune", "inline")
+SAMPLERS = ("autopeft", "random", "tpe", "nsga2", "gp", "botorch")
+OBJECTIVES = ("score", "params", "memory", "time")
+DEFAULT_OBJECTIVES = ("score", "params", "memory")
+FIDELITY_KEYS = ("n_train", "n_eval", "epochs", "max_length", "batch_size", "memory_batch_size", "lr_scale")
+DATA_KEYS = ("task", "data_dir", "train_file", "validation_file", "text_columns", "label_column", "metric")
+RAY_KEYS = ("address", "cpus_per_trial", "gpus_per_trial", "num_cpus")
+#: other spellings accepted for a few options (the CLI's names)
+ALIASES = {"trials": "n_trials", "study": "study_name", "ray_address": "address"}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def parse_budget(value: Any, base: float | None, what: str) -> float | None:
+    """``None``, a number, ``"1.5%"`` (of ``base``) or, for memory, ``"512MiB"``/``"2GiB"``."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not value > 0 or not math.isfinite(value):
+            raise ConfigError(f"--{what} must be a finite number > 0, got {value}")
+        return float(value)
+    s = str(value).strip()
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(%|[kKmMgG]i?[bB]?|[kKmMgG])?", s)
+    if not m:
+        raise ConfigError(f"--{what}: cannot read {str(value)[:40]!r}; use a number, a percentage of the base model like "
+                          "1%, or (memory) a size like 512MiB")
+    num, unit = float(m.group(1)), (m.group(2) or "")
+    if not num > 0 or not math.isfinite(num):
+        raise ConfigError(f"--{what} must be a finite number > 0, got {str(value)[:40]!r}")
+    if unit == "%":
+        if base is None:
+            raise ConfigError(f"--{what}: a percentage needs a base value")
+        return num / 100.0 * base
+    u = unit.lower()
+    if what == "max-memory":
+        if u in ("", "m", "mib", "mb"):
+            return num  # MiB by default
+        if u in ("k", "kib", "kb"):
+            return num / 1024
+        return num * 1024  # g, gib, gb
+    if u.endswith("b"):
+        raise ConfigError(f"--{what}: {str(value)[:40]!r} is a size in bytes, not a parameter count; use a count "
+                          "such as 50000 or 5M, or a percentage like 1%")
+    out = num * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[u[:1]]
+    if not math.isfinite(out):
+        raise ConfigError(f"--{what} must be finite, got {str(value)[:40]!r}")
+    return out
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """One search, fully specified. Build it with :meth:`from_options`."""
+
+    model: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)  # autopeft.data.DataSpec as a dict
+    space: str = "lora"
+    n_trials: int = 30
+    sampler: str = "autopeft"
+    study_name: str | None = None
+    storage: str | None = None
+    objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
+    max_params: Any = None  # parsed against the model's size when the search opens
+    max_memory_mib: float | None = None
+    fidelity: dict[str, Any] = field(default_factory=dict)  # only the keys the user set
+    workers: int | None = None
+    executor: str = "local"
+    ray: dict[str, Any] = field(default_factory=dict)  # address, cpus_per_trial, gpus_per_trial, num_cpus
+    seed: int = 0
+    timeout: float | None = None
+    trial_timeout: float | None = None
+    max_failures: int = 5
+    n_startup: int = 8
+    progress: bool = False
+    trust_remote_code: bool = False
+    #: the function that runs a trial, ``module:function`` (benchmarks: ``autopeft.executors.simulated:run``)
+    runner: str = "autopeft.trial:run_trial"
+    #: fault injection for tests: trial number -> fault string of its spec
+    fault: Callable[[int], str | None] | None = None
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def from_options(cls, **options: Any) -> "SearchConfig":
+        """Validate keyword options (the API's names; the aliases in :data:`ALIASES` too)."""
+        opts = {ALIASES.get(k, k): v for k, v in options.items()}
+        data = {k: opts.pop(k) for k in DATA_KEYS if k in opts}
+        fid = {k: v for k, v in ((k, opts.pop(k)) for k in FIDELITY_KEYS if k in opts) if v is not None}
+        ray = {k: v for k, v in ((k, opts.pop(k)) for k in RAY_KEYS if k in opts) if v is not None}
+        if "max_memory" in opts:
+            opts["max_memory_mib"] = parse_budget(opts.pop("max_memory"), None, "max-memory")
+        names = {f.name for f in fields(cls)} - {"data", "fidelity", "ray"}
+        unknown = sorted(set(opts) - names)
+        if unknown:
+            allowed = sorted(names | set(DATA_KEYS) | set(FIDELITY_KEYS) | set(RAY_KEYS) | {"max_memory"})
+            raise ConfigError(f"unknown search option {unknown[0]!r}; allowed: {', '.join(allowed)}")
+        if opts.get("objectives") is not None:
+            obj = opts["objectives"]
+            opts["objectives"] = tuple(o.strip() for o in obj.split(",") if o.strip()) if isinstance(obj, str) else tuple(obj)
+        else:
+            opts.pop("objectives", None)
+        for k in ("executor", "sampler", "space"):
+            if opts.get(k) is None:
+                opts.pop(k, None)
+        cfg = cls(data=data_spec_dict(**data), fidelity=fid, ray=ray, **opts)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        n = self.n_trials
+        if not _is_int(n) or n < 1:
+            raise ConfigError(f"--trials must be an integer >= 1, got {n!r}")
+        if not _is_int(self.max_failures) or self.max_failures < 1:
+            raise ConfigError(f"--max-failures must be an integer >= 1, got {self.max_failures!r}")
+        if not _is_int(self.n_startup) or self.n_startup < 1:
+            raise ConfigError(f"--n-startup must be an integer >= 1, got {self.n_startup!r}")
+        if self.workers is not None and (not _is_int(self.workers) or self.workers < 1):
+            raise ConfigError(f"--workers must be an integer >= 1, got {self.workers!r}")
+        for name in ("timeout", "trial_timeout"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number of seconds > 0, got {v!r}")
+        if not _is_int(self.seed) or not 0 <= self.seed < 2**32:
+            raise ConfigError(f"--seed must be an integer in 0..{2**32 - 1}, got {self.seed!r}")
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"unknown executor {self.executor!r}; choose one of {', '.join(EXECUTORS)}")
+        for o in self.objectives:
+            if o not in OBJECTIVES:
+                raise ConfigError(f"unknown objective {o!r}; choose from {', '.join(OBJECTIVES)}")
+        if not self.objectives or self.objectives[0] != "score" or len(set(self.objectives)) != len(self.objectives):
+            raise ConfigError("objectives must start with 'score' and list each objective once, e.g. score,params,memory")
+        if self.ray and self.executor not in ("ray", "ray-tune"):
+            raise ConfigError(f"{', '.join(sorted(self.ray))} apply to --executor ray or ray-tune, not {self.executor}")
+        cpus, gpus = self.ray.get("cpus_per_trial", 1.0), self.ray.get("gpus_per_trial", 0.0)
+        if isinstance(cpus, bool) or not isinstance(cpus, (int, float)) or not 0 < cpus < math.inf:
+            raise ConfigError(f"--cpus-per-trial must be a finite number > 0, got {cpus!r}")
+        if isinstance(gpus, bool) or not isinstance(gpus, (int, float)) or not 0 <= gpus < math.inf:
+            raise ConfigError(f"--gpus-per-trial must be a finite number >= 0, got {gpus!r}")
+        if self.executor == "ray-tune" and self.trial_timeout is not None:
+            raise ConfigError("--trial-timeout is not supported with --executor ray-tune; use --executor ray")
+        from autopeft.contract import Fidelity
+
+        Fidelity(**{**Fidelity().to_dict(), **self.fidelity})  # the user's keys alone must be valid
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("fault")
+        return d
+
+    @property
+    def trials_on_gpu_hint(self) -> bool | None:
+        """True/False when the executor settles whether trials get a GPU (Ray resources); None: ask torch."""
+        if self.executor in ("ray", "ray-tune"):
+            return float(self.ray.get("gpus_per_trial") or 0) > 0
+        return None
+
+
+def data_spec_dict(task: str | None = "sst2", data_dir: str | None = None, train_file: str | None = None,
+                   validation_file: str | None = None, text_columns: Sequence[str] | str | None = None,
+                   label_column: str | None = None, metric: str | None = None) -> dict[str, Any]:
+    """A task as a plain dict of :class:`autopeft.data.DataSpec` (paths made absolute)."""
+    if train_file:
+        task = None
+    if data_dir is None and task and not train_file:
+        data_dir = os.environ.get("AUTOPEFT_DATA_DIR")
+    from dataclasses import asdict as _asdict
+
+    from autopeft.data import DataSpec
+
+    spec = DataSpec(task=task, data_dir=str(Path(data_dir).resolve()) if data_dir else None,
+                    train_file=str(Path(train_file).resolve()) if train_file else None,
+                    validation_file=str(Path(validation_file).resolve()) if validation_file else None,
+                    text_columns=tuple(text_columns) if isinstance(text_columns, (list, tuple)) else text_columns,
+                    label_column=label_column, metric=metric)
+    d = _asdict(spec)
+    if d.get("text_columns") is not None:
+        d["text_columns"] = list(d["text_columns"])
+    return d

@@ -1,0 +1,130 @@
+"""What an executor sees: :class:`TrialSpec` in, :class:`TrialResult` out (as Syne Tune's ``TrialBackend``).
+
+Plain, JSON-friendly dataclasses with no torch, optuna or ray import, so the search loop, the proposer
+and every executor share them without pulling in a training stack.  :class:`Fidelity` says how cheap a
+trial is; statuses are the strings results and stored trials carry.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from autopeft.errors import ConfigError
+
+#: statuses of a trial result (and of a stored trial)
+OK, FAILED, INFEASIBLE = "ok", "failed", "infeasible"
+#: a stored trial stopped before it finished (Ctrl-C, --timeout, a dead driver); its candidate stays eligible
+ABANDONED = "abandoned"
+#: a stored proposal that was not trained because the study already holds its candidate
+DUPLICATE = "duplicate"
+
+#: what a spec asks the worker to do: a search trial, or the study's reference point (full fine-tuning's
+#: training memory and the chance score of the search split; nothing is trained)
+SEARCH, REFERENCE = "search", "reference"
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """How cheap a trial is: training subset size, epochs, held-out slice, sequence length, batch.
+
+    ``memory_batch_size`` is the batch the memory objective is reported for (the batch a user trains the
+    chosen config with), independent of the trial's own ``batch_size``, so a cheaper trial batch does not
+    change what the memory objective means."""
+
+    n_train: int = 2000
+    epochs: float = 2.0
+    n_eval: int = 500
+    max_length: int = 128
+    batch_size: int = 32
+    memory_batch_size: int = 32
+    #: multiplies every learning rate of the trial (for short, small-batch fidelities, where the per-method
+    #: defaults tuned at batch 32 leave LoRA at the majority class; see BENCHMARKS.md, proxy fidelity)
+    lr_scale: float = 1.0
+
+    @classmethod
+    def from_stored(cls, d: dict[str, Any]) -> "Fidelity":
+        """A fidelity stored by a study; studies written before ``memory_batch_size`` existed measured memory
+        at their trial batch size."""
+        d = dict(d)
+        d.setdefault("memory_batch_size", d.get("batch_size", cls.batch_size))
+        return cls(**d)
+
+    def __post_init__(self) -> None:
+        for name in ("n_train", "n_eval", "max_length", "batch_size", "memory_batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, float)) or not 0 < self.epochs < math.inf:
+            raise ConfigError(f"epochs must be a finite number > 0, got {self.epochs!r}")
+        if isinstance(self.lr_scale, bool) or not isinstance(self.lr_scale, (int, float)) or not 0 < self.lr_scale < math.inf:
+            raise ConfigError(f"lr-scale must be a finite number > 0, got {self.lr_scale!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+#: The default fidelity when trials run on CPU and the user sets none of its keys: 600 rows x 2 epochs at batch 8,
+#: every learning rate doubled.  On CPU it costs 0.14-0.15 of a full-budget run against 0.50 for the dataclass
+#: defaults, with Spearman rho 0.842 to the full-budget score on SST-2 (0.87 x the seed-to-seed ceiling; the
+#: defaults: 0.907, 0.94 x); without the doubled rates LoRA stays at the majority class (BENCHMARKS.md).  On a GPU
+#: a batch-8 step costs about what a batch-32 step does, so GPUs keep the dataclass defaults.
+CPU_FIDELITY: dict[str, Any] = {"n_train": 600, "epochs": 2.0, "batch_size": 8, "lr_scale": 2.0}
+
+
+def default_fidelity(given: dict[str, Any] | None, gpu: bool) -> Fidelity:
+    """The fidelity of a new study: the user's keys over the defaults; on CPU the defaults are
+    :data:`CPU_FIDELITY` unless the user set any of its keys (then the preset is not mixed in)."""
+    given = dict(given or {})
+    if gpu or any(k in given for k in CPU_FIDELITY):
+        return Fidelity(**given)
+    return Fidelity(**{**CPU_FIDELITY, **given})
+
+
+@dataclass
+class TrialSpec:
+    """Everything a worker needs to run one trial (plain JSON types only)."""
+
+    trial_id: int
+    candidate: dict[str, Any]
+    model: str | None
+    data: dict[str, Any]  # autopeft.data.DataSpec as a dict
+    fidelity: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    max_memory: float | None = None  # bytes; over it -> infeasible, before training
+    threads: int = 1
+    device: str = "auto"
+    trust_remote_code: bool = False
+    #: :data:`SEARCH` (train and score the candidate) or :data:`REFERENCE` (measure the reference point)
+    purpose: str = SEARCH
+    #: fault injection for tests: "raise", "nan", "exit", "sleep:<s>"; "simulate:<s>" is a simulated trial
+    fault: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrialResult:
+    """What a trial measured. ``score`` of a :data:`REFERENCE` spec is the chance score, ``memory_bytes`` full
+    fine-tuning's training memory."""
+
+    trial_id: int
+    status: str
+    score: float | None = None
+    params: int | None = None
+    memory_bytes: int | None = None
+    wall_s: float = 0.0
+    train_s: float = 0.0
+    metric: str | None = None
+    reason: str | None = None
+    steps: int = 0
+    loss: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrialResult":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})

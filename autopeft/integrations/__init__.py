@@ -1,0 +1,1 @@
+"""Ways into autopeft from other tools (Ray Tune)."""

@@ -1,0 +1,166 @@
+"""Turns the sampler's proposals into :class:`~autopeft.contract.TrialSpec`s, and keeps the trials in flight.
+
+De-duplication happens once, here, against an index of the study's candidates kept in memory and refreshed from
+storage incrementally (only trials that are new or were still running are looked at again), so several drivers on
+one study never train a candidate twice and a proposal never costs a scan of every stored trial.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Sequence
+
+from autopeft.candidate import Candidate
+from autopeft.contract import ABANDONED, DUPLICATE, FAILED, INFEASIBLE, TrialSpec
+from autopeft.errors import ConfigError, StudyError
+from autopeft.storage import A, StudyStore
+
+#: proposals in a row that may be rejected (duplicates, over budget) before the search gives up
+MAX_REJECTIONS = 200
+
+
+def make_sampler(name: str, seed: int | None, space: Any = None, objectives: Sequence[str] = (), ref: Sequence[float] = (),
+                 count: Callable[[Candidate], float] | None = None, max_params: float | None = None,
+                 max_memory: float | None = None, n_startup: int = 8) -> Any:
+    """The Optuna sampler called ``name`` (``autopeft`` is ours)."""
+    import optuna
+
+    if name == "autopeft":
+        from autopeft.sampler import CostAwareEHVISampler
+
+        return CostAwareEHVISampler(space, objectives, ref, count, max_params=max_params,
+                                    max_memory=max_memory, n_startup_trials=n_startup, seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=n_startup,
+                                          constant_liar=True)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, n_startup))
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup)
+    if name == "botorch":
+        from optuna_integration import BoTorchSampler
+
+        return BoTorchSampler(seed=seed, n_startup_trials=n_startup)
+    from autopeft.config import SAMPLERS
+
+    raise ConfigError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+class CandidateIndex:
+    """Which candidates the study holds: running, or finished in any way but abandoned (an abandoned trial was
+    stopped, not found wanting, so its candidate may be proposed again)."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, set[int]] = {}
+        self._key_of: dict[int, str] = {}
+        self._open: set[int] = set()  # trials read while running: read again on refresh
+        self._upto = -1  # every trial up to this number has been read
+
+    def add(self, number: int, key: str) -> None:
+        self._drop(number)
+        self._key_of[number] = key
+        self._by_key.setdefault(key, set()).add(number)
+
+    def _drop(self, number: int) -> None:
+        key = self._key_of.pop(number, None)
+        if key is not None:
+            self._by_key[key].discard(number)
+
+    def refresh(self, trials: Sequence[Any]) -> None:
+        from optuna.trial import TrialState
+
+        for t in trials:
+            if t.number <= self._upto and t.number not in self._open:
+                continue
+            self._upto = max(self._upto, t.number)
+            key = t.user_attrs.get(A.CANDIDATE_KEY)
+            running = t.state in (TrialState.RUNNING, TrialState.WAITING)
+            if running:
+                self._open.add(t.number)
+            else:
+                self._open.discard(t.number)
+            if key is None:
+                continue
+            if t.user_attrs.get(A.STATUS) == ABANDONED or (t.state == TrialState.PRUNED and
+                                                           t.user_attrs.get(A.STATUS) == DUPLICATE):
+                self._drop(t.number)
+            else:
+                self.add(t.number, key)
+
+    def holds(self, key: str, other_than: int) -> bool:
+        return any(n != other_than for n in self._by_key.get(key, ()))
+
+
+class Proposer:
+    """Asks the study's sampler for candidates and turns them into specs; tracks the trials in flight."""
+
+    def __init__(self, store: StudyStore, bound: Any, count: Callable[[Candidate], int], base_params: int,
+                 spec_fields: dict[str, Any], fidelity: dict[str, Any],
+                 fault: Callable[[int], str | None] | None = None) -> None:
+        self.store, self.bound, self.count = store, bound, count
+        self.base_params, self.spec_fields, self.fidelity, self.fault = base_params, spec_fields, fidelity, fault
+        self.index = CandidateIndex()
+        self.pending: dict[int, tuple[Any, Candidate, float]] = {}
+        self.rejections = 0
+
+    def ask(self) -> TrialSpec | None:
+        """A new trial's spec, or None if the proposal was rejected without training (a duplicate, over the
+        parameter budget).  Never leaves a RUNNING trial behind if preparing it fails."""
+        study = self.store.study
+        trial = study.ask()
+        try:
+            return self._prepare(trial)
+        except BaseException as exc:  # a bad proposal, Ctrl-C, a storage error
+            if trial.number not in self.pending:
+                self.store.fail(trial, ABANDONED if isinstance(exc, KeyboardInterrupt) else FAILED,
+                                f"while preparing the trial: {type(exc).__name__}: {exc}")
+            raise
+
+    def _prepare(self, trial: Any) -> TrialSpec | None:
+        self.store.heartbeat(trial)  # at once: a driver killed from here on leaves a trial resume can tell is stale
+        t0 = time.perf_counter()
+        cand = self.bound.suggest(trial)
+        sampler_s = time.perf_counter() - t0
+        params = self.count(cand)
+        self.index.refresh(self.store.trials())
+        self.store.write_candidate(trial, cand, params, self.base_params, sampler_s, self.fidelity)
+        spec = None
+        mp = self.store.max_params
+        if self.index.holds(cand.key, trial.number):
+            self.store.reject(trial, DUPLICATE, "candidate already evaluated in this study")
+            self.rejections += 1
+        elif mp is not None and params > mp:
+            self.store.reject(trial, INFEASIBLE, f"{params} trainable params > budget {mp:.0f}")
+            self.index.add(trial.number, cand.key)
+            self.rejections += 1
+        else:
+            self.rejections = 0
+            self.index.add(trial.number, cand.key)
+            spec = TrialSpec(trial_id=trial.number, candidate=cand.to_dict(), fidelity=dict(self.fidelity), threads=0,
+                             fault=self.fault(trial.number) if self.fault else None, **self.spec_fields)
+            self.pending[trial.number] = (trial, cand, time.monotonic())
+        if self.rejections >= MAX_REJECTIONS:
+            raise StudyError(f"{MAX_REJECTIONS} proposals in a row were duplicates or over budget: the space is "
+                             "exhausted or the budget too tight; widen the space or raise --max-params")
+        return spec
+
+    def finish(self, trial_id: int) -> Any | None:
+        """The trial of a result, no longer in flight (None if it is not this proposer's)."""
+        entry = self.pending.pop(trial_id, None)
+        return entry[0] if entry is not None else None
+
+    def started(self, trial_id: int) -> float | None:
+        entry = self.pending.get(trial_id)
+        return entry[2] if entry is not None else None
+
+    def heartbeat(self) -> None:
+        for trial, _, _ in self.pending.values():
+            self.store.heartbeat(trial)
+
+    def abandon_all(self, why: str) -> None:
+        """Mark every trial in flight FAIL with status ``abandoned`` and the reason; completed work is untouched."""
+        for trial, _, _ in list(self.pending.values()):
+            self.store.fail(trial, ABANDONED, f"stopped before it finished ({why})")
+        self.pending.clear()

@@ -1,0 +1,178 @@
+"""One search, assembled from a :class:`~autopeft.config.SearchConfig`: the space bound to the model, the study
+store, the proposer with its sampler, the executor and the loop.  :meth:`Search.open` prepares everything (so a
+caller can show what will run) and :meth:`Search.run` runs it; both in one go: ``Search(config).run()``.
+
+A new study's reference point (chance score, full fine-tuning's memory) is measured by a trial the executor runs,
+so the driver never builds a model.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from autopeft.config import SearchConfig, parse_budget
+from autopeft.contract import OK, REFERENCE, Fidelity, TrialSpec, default_fidelity
+from autopeft.errors import StudyError
+from autopeft.storage import A, StudyStore, default_storage, sanitize, space_hash
+
+
+class Search:
+    """A search ready to run; attributes tell what it is (name, storage URL, task, space, fidelity, workers)."""
+
+    def __init__(self, config: SearchConfig) -> None:
+        from autopeft.builder import DEFAULT_MODEL, model_info
+        from autopeft.space import SearchSpace
+        from autopeft.trial import task_of
+
+        self.config = c = config
+        self.space_def = SearchSpace.load(c.space)
+        self.task = task_of(c.data)
+        self.info = model_info(c.model, self.task.num_labels, c.trust_remote_code)
+        self.bound = self.space_def.bind(self.info.arch.num_layers)
+        model_label = c.model or DEFAULT_MODEL
+        task_label = c.data.get("task") or Path(c.data.get("train_file") or "data").stem
+        self.name = c.study_name or sanitize(f"{Path(model_label).name}-{task_label}-{self.space_def.name}")
+        self.storage_url = c.storage or default_storage(self.name)
+        self.max_params = parse_budget(c.max_params, self.info.base_params, "max-params")
+        self.identity = {A.MODEL: model_label, A.TASK: {k: v for k, v in c.data.items() if v is not None and k != "data_dir"},
+                         A.SPACE: self.space_def.name, A.SPACE_HASH: space_hash(self.space_def.raw)}
+        self.workers = c.workers or os.cpu_count() or 1
+        self.store = StudyStore(self.name, self.storage_url)
+        self.executor: Any = None
+        self.fidelity: Fidelity | None = None
+        self.stop_reason: str | None = None
+
+    # ------------------------------------------------------------------ opening
+    def open(self) -> "Search":
+        """Open or create the study (measuring a new one's reference point on the executor)."""
+        c = self.config
+        if c.executor != "ray-tune" and self.executor is None:
+            from autopeft.executors import make_executor
+
+            workers = c.workers if c.executor == "ray" else self.workers  # Ray sizes its pool from the cluster
+            self.executor = make_executor(c.executor, workers, c.trial_timeout, runner=c.runner, **c.ray)
+            self.workers = self.executor.capacity
+        try:
+            self.store.open(self.identity, self._check_resume, self._new_meta)
+        except BaseException:
+            self.close()
+            raise
+        meta = self.store.meta
+        self.fidelity = Fidelity.from_stored(meta[A.FIDELITY])
+        self.store.set_budgets(self.max_params, c.max_memory_mib)
+        return self
+
+    def _check_resume(self, ua: dict[str, Any]) -> None:
+        c = self.config
+        stored = Fidelity.from_stored(ua[A.FIDELITY]).to_dict()
+        if c.fidelity and Fidelity(**{**stored, **c.fidelity}).to_dict() != stored:
+            raise StudyError(f"study {self.name!r} was run with fidelity {stored}; "
+                             "resume it with the same fidelity or pass another --study name")
+        if list(c.objectives) != ua[A.OBJECTIVES] and list(c.objectives) != ["score", "params", "memory"]:
+            raise StudyError(f"study {self.name!r} has objectives {ua[A.OBJECTIVES]}; resume with the same objectives")
+
+    def _trials_on_gpu(self) -> bool:
+        hint = self.config.trials_on_gpu_hint
+        if hint is not None:
+            return hint
+        import torch
+
+        return bool(torch.cuda.is_available())
+
+    def _new_meta(self) -> dict[str, Any]:
+        """The attributes of a new study, its reference point measured by a trial the executor runs."""
+        c = self.config
+        fid = default_fidelity(c.fidelity, self._trials_on_gpu())
+        spec = TrialSpec(trial_id=-1, candidate=_reference_candidate().to_dict(), fidelity=fid.to_dict(),
+                         purpose=REFERENCE, threads=0, **self._spec_fields())
+        if self.executor is not None:
+            res = self.executor.run_one(spec)
+        else:
+            from autopeft.integrations.ray_tune import run_reference
+
+            res = run_reference(spec, c.ray)
+        if res.status != OK:
+            raise StudyError(f"measuring the study's reference point (full fine-tuning's memory) failed: {res.reason}")
+        chance, full_mib = float(res.score), res.memory_bytes / 2**20
+        ref = []
+        for o in c.objectives:
+            ref.append({"score": chance, "params": -math.log10(self.info.base_params), "memory": -math.log10(full_mib),
+                        "time": -math.log10(3600.0)}[o])  # time: one hour per trial
+        return {A.TASK_NAME: self.task.name, A.METRIC: self.task.metric, A.METRIC_REASON: self.task.metric_reason,
+                A.NUM_LABELS: self.task.num_labels, A.OBJECTIVES: list(c.objectives), A.REF_POINT: ref,
+                A.FIDELITY: fid.to_dict(), A.BASE_PARAMS: self.info.base_params, A.HEAD_PARAMS: self.info.head_params,
+                A.NUM_LAYERS: self.info.arch.num_layers, A.FULL_MEMORY_MIB: full_mib, A.CHANCE_SCORE: chance,
+                A.SPACE_DEF: self.space_def.raw, A.SEED: c.seed}
+
+    def _spec_fields(self) -> dict[str, Any]:
+        c = self.config
+        return {"model": c.model, "data": c.data, "seed": c.seed, "trust_remote_code": c.trust_remote_code,
+                "max_memory": c.max_memory_mib * 2**20 if c.max_memory_mib else None}
+
+    # ------------------------------------------------------------------ running
+    def build(self) -> tuple[Any, Any]:
+        """The proposer (with the study's sampler installed) and the loop, after failing dead drivers' trials."""
+        from autopeft.builder import count_params
+        from autopeft.loop import CollapseWarning, SearchLoop, StopPolicy
+        from autopeft.proposer import Proposer, make_sampler
+
+        if self.fidelity is None:
+            self.open()
+        c, store, info = self.config, self.store, self.info
+        store.fail_stale()
+        meta = store.meta
+        sampler = make_sampler(c.sampler, c.seed + len(store.trials()), self.bound, store.objectives,
+                               meta[A.REF_POINT], lambda cand: count_params(cand, info), self.max_params,
+                               c.max_memory_mib, c.n_startup)
+        store.study.sampler = sampler
+        fid = self.fidelity.to_dict()
+        proposer = Proposer(store, self.bound, lambda cand: count_params(cand, info), info.base_params,
+                            self._spec_fields(), fid, c.fault)
+        callbacks: list[Any] = [CollapseWarning(float(meta[A.REF_POINT][0]), self.task.metric, self.task.num_labels,
+                                                c.n_startup, fid, warned=False)]
+        self.bar = None
+        if c.progress:
+            from autopeft.loop import ProgressBar
+
+            self.bar = ProgressBar(c.n_trials, store.n_complete(), self.name, store.objectives)
+            callbacks.append(self.bar)
+        loop = SearchLoop(store, proposer, StopPolicy(c.n_trials, c.max_failures, c.timeout), callbacks)
+        return proposer, loop
+
+    def run(self) -> Any:
+        """Run until the study holds ``n_trials`` complete trials (or a stop); return its SearchResult."""
+        from autopeft.result import SearchResult
+
+        try:
+            _, loop = self.build()
+            try:
+                if self.config.executor == "ray-tune":
+                    from autopeft.integrations.ray_tune import run_search
+
+                    run_search(self, loop)
+                else:
+                    loop.run(self.executor)
+            finally:
+                self.stop_reason = loop.policy.reason
+                if self.bar is not None:
+                    self.bar.close()
+        finally:
+            self.close()
+        return SearchResult(self.store.study, self.storage_url)
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown()
+            self.executor = None
+
+
+def _reference_candidate() -> Any:
+    """Full fine-tuning: the registered method that trains the whole base model."""
+    from autopeft.candidate import Candidate
+    from autopeft.methods import get_method, method_names
+
+    name = next(n for n in method_names() if getattr(get_method(n), "trains_base", False))
+    return Candidate.make({name: {}}, [])

@@ -1,0 +1,409 @@
+"""The study store: opening, creating and adopting studies, heartbeats, the schema, and the **only** writer of
+trial and study attributes.
+
+Readers (result, sampler, plots, commands) import the attribute names from :class:`A` instead of spelling
+strings.  Optuna is imported inside functions, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from autopeft.contract import ABANDONED, DUPLICATE, FAILED, INFEASIBLE, OK, TrialResult
+from autopeft.errors import StudyError
+from autopeft.pareto import DIRECTIONS
+
+SCHEMA_VERSION = 1
+HEARTBEAT_S = float(os.environ.get("AUTOPEFT_HEARTBEAT_S", "10"))
+GRACE_S = float(os.environ.get("AUTOPEFT_GRACE_S", "30"))
+ADOPT_WAIT_S = 10.0  # how long to wait for another driver to finish creating an empty study before adopting it
+METRIC_LABELS = {"score": "score", "params": "trainable params", "memory": "memory (MiB)", "time": "time (s)"}
+
+
+class A:
+    """Names of the attributes a study and its trials carry (user attributes unless said otherwise)."""
+
+    # trial
+    CANDIDATE = "candidate"
+    CANDIDATE_KEY = "candidate_key"
+    SUMMARY = "summary"
+    METHOD = "method"
+    LAYERS = "layers"
+    SPARSITY = "sparsity"
+    PARAMS = "params"
+    TRAINABLE_PCT = "trainable_pct"
+    SAMPLER_S = "sampler_s"
+    FIDELITY = "fidelity"
+    STATUS = "status"
+    REASON = "reason"
+    WALL_S = "wall_s"
+    TRAIN_S = "train_s"
+    STEPS = "steps"
+    LOSS = "loss"
+    METRIC = "metric"
+    MEMORY_MIB = "memory_mib"
+    SCORE = "score"
+    HEARTBEAT = "autopeft_heartbeat"  # a system attribute (journal storages)
+    # study
+    SCHEMA = "autopeft_schema"
+    MODEL = "model"
+    TASK = "task"
+    SPACE = "space"
+    SPACE_HASH = "space_hash"
+    SPACE_DEF = "space_def"
+    TASK_NAME = "task_name"
+    METRIC_REASON = "metric_reason"
+    NUM_LABELS = "num_labels"
+    OBJECTIVES = "objectives"
+    REF_POINT = "ref_point"
+    BASE_PARAMS = "base_params"
+    HEAD_PARAMS = "head_params"
+    NUM_LAYERS = "num_layers"
+    FULL_MEMORY_MIB = "full_memory_mib"
+    CHANCE_SCORE = "chance_score"
+    SEED = "seed"
+    NOTICE_PREFIX = "notice_"
+
+
+REQUIRED_ATTRS = (A.MODEL, A.TASK, A.SPACE_HASH, A.OBJECTIVES, A.REF_POINT, A.FIDELITY, A.METRIC, A.NUM_LABELS,
+                  A.BASE_PARAMS)
+_RESULT_ATTRS = (A.STATUS, A.REASON, A.WALL_S, A.TRAIN_S, A.STEPS, A.LOSS, A.METRIC)
+
+
+# ----------------------------------------------------------------------------- where studies live
+def studies_dir() -> Path:
+    return Path(os.environ.get("AUTOPEFT_STUDIES_DIR", "studies"))
+
+
+def default_storage(name: str) -> str:
+    return f"sqlite:///{studies_dir() / (name + '.db')}"
+
+
+def sanitize(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "study"
+
+
+def space_hash(raw: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def get_storage(url: str, create: bool = True) -> Any:
+    """An Optuna storage for ``url`` (RDB with heartbeats, or a journal file ``*.log``/``journal://``)."""
+    import optuna
+
+    if not isinstance(url, str) or not url:
+        raise StudyError("storage must be a URL such as sqlite:///studies/x.db or postgresql://user@host/db")
+    if url.startswith("journal://") or url.endswith(".log"):
+        from optuna.storages.journal import JournalFileBackend
+
+        path = url[len("journal://"):] if url.startswith("journal://") else url
+        if not create and not Path(path).exists():
+            raise StudyError(f"storage file not found: {path}")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return _journal_storage_class()(JournalFileBackend(path))
+    if "://" not in url:
+        raise StudyError(f"bad storage URL {url!r}: expected e.g. sqlite:///studies/x.db, postgresql://user@host/db or journal://file.log")
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///"):])
+        if not create and not path.exists():
+            raise StudyError(f"storage file not found: {path} (no study has been stored there)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return optuna.storages.RDBStorage(
+            url, heartbeat_interval=int(max(1, HEARTBEAT_S)), grace_period=int(max(2, GRACE_S)),
+            engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
+        )
+    except Exception as exc:  # sqlalchemy raises many types for bad URLs / unreachable servers
+        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise StudyError(f"cannot open storage {url!r}: {msg}") from None
+
+
+@functools.lru_cache(maxsize=None)
+def _journal_storage_class() -> type:
+    """A journal storage with the heartbeats Optuna only gives RDB storages, so a dead driver's running trials
+    are told from a live driver's on a shared journal file too.  A heartbeat is the wall-clock time written as a
+    trial system attribute (one journal line per running trial every ``HEARTBEAT_S / 2`` s); a RUNNING trial whose
+    newest heartbeat (or, before its first, its start) is older than ``GRACE_S`` is stale.  Machines sharing one
+    journal file need clocks that agree to well under ``GRACE_S`` (NTP does)."""
+    from optuna.storages._heartbeat import BaseHeartbeat
+    from optuna.storages.journal import JournalStorage
+    from optuna.trial import TrialState
+
+    class JournalHeartbeatStorage(JournalStorage, BaseHeartbeat):
+        def record_heartbeat(self, trial_id: int) -> None:
+            self.set_trial_system_attr(trial_id, A.HEARTBEAT, time.time())
+
+        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+            now = time.time()
+            stale = []
+            for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+                last = t.system_attrs.get(A.HEARTBEAT)
+                if last is None and t.datetime_start is not None:
+                    last = t.datetime_start.timestamp()
+                if last is not None and now - float(last) > GRACE_S:
+                    stale.append(t._trial_id)
+            return stale
+
+        def get_heartbeat_interval(self) -> int | None:
+            return int(max(1, HEARTBEAT_S))
+
+        def get_failed_trial_callback(self) -> Any:
+            return None
+
+        def get_heartbeat_stale_trial_callback(self) -> Any:
+            return None
+
+    return JournalHeartbeatStorage
+
+
+def check_schema(study: Any) -> None:
+    """Refuse studies that autopeft did not write, or that an incompatible version wrote."""
+    v = study.user_attrs.get(A.SCHEMA)
+    if v is None:
+        raise StudyError(f"study {study.study_name!r} was not written by autopeft (no autopeft_schema attribute)")
+    if v != SCHEMA_VERSION:
+        raise StudyError(
+            f"study {study.study_name!r} has autopeft schema {v}, this autopeft reads schema {SCHEMA_VERSION}; "
+            "use the autopeft version that wrote it"
+        )
+    missing = [k for k in REQUIRED_ATTRS if k not in study.user_attrs]
+    if missing:
+        raise StudyError(f"study {study.study_name!r} lacks the attribute {missing[0]!r}: it is damaged or was not written "
+                         "by a compatible autopeft")
+
+
+def load_optuna_study(name: str, storage: str | None) -> Any:
+    """An existing study; never creates one."""
+    import optuna
+
+    url = storage or default_storage(name)
+    st = get_storage(url, create=False)
+    try:
+        study = optuna.load_study(study_name=name, storage=st)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(st)]
+        hint = f"; studies there: {', '.join(names)}" if names else "; that storage holds no study"
+        raise StudyError(f"no study named {name!r} in {url}{hint}") from None
+    check_schema(study)
+    return study
+
+
+def list_studies(urls: Sequence[str]) -> list[tuple[str, int, int, str]]:
+    """(name, complete trials, all trials, storage URL) of every study in these storages."""
+    import optuna
+    from optuna.trial import TrialState
+
+    out = []
+    for url in urls:
+        st = get_storage(url, create=False)
+        for s in optuna.get_all_study_summaries(st, include_best_trial=False):
+            study = optuna.load_study(study_name=s.study_name, storage=st)
+            n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+            out.append((s.study_name, n, s.n_trials, url))
+    return out
+
+
+def complete_trials(study: Any) -> list[Any]:
+    from optuna.trial import TrialState
+
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values is not None]
+
+
+# ----------------------------------------------------------------------------- the writer
+class StudyStore:
+    """One search's handle on its study: every write to it goes through here."""
+
+    def __init__(self, name: str, url: str) -> None:
+        self.name, self.url = name, url
+        self.study: Any = None
+        self.objectives: list[str] = []
+        self.max_params: float | None = None
+        self.max_memory_mib: float | None = None
+
+    # ------------------------------------------------------------------ opening
+    def open(self, identity: dict[str, Any], check_resume: Callable[[dict[str, Any]], None],
+             new_meta: Callable[[], dict[str, Any]]) -> bool:
+        """Open the study, or create it with ``new_meta()``'s attributes (which must include ``objectives``).
+
+        ``identity`` (model, task, space hash, ...) must match a stored study's; ``check_resume(user_attrs)``
+        refuses other mismatches.  An empty study without our attributes is being created by another driver
+        (waited for) or was left by one that died while creating it (adopted).  Returns True if it existed."""
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        st = get_storage(self.url)
+        complete_attrs = (A.SCHEMA, *REQUIRED_ATTRS)
+        for _ in range(100):  # another driver may create it at the same moment: then join it
+            try:
+                study = optuna.load_study(study_name=self.name, storage=st)
+                existing = True
+            except KeyError:
+                study, existing = None, False
+            adopt = None
+            if existing and not study.trials and not all(k in study.user_attrs for k in complete_attrs):
+                for _ in range(int(ADOPT_WAIT_S / 0.25)):
+                    time.sleep(0.25)
+                    if all(k in study.user_attrs for k in complete_attrs):
+                        break
+                else:
+                    existing, adopt = False, study
+            if existing:
+                check_schema(study)
+                ua = study.user_attrs
+                for k, what in ((A.MODEL, "model"), (A.TASK, "task"), (A.SPACE_HASH, "search space")):
+                    if ua.get(k) != identity[k]:
+                        raise StudyError(
+                            f"study {self.name!r} in {self.url} was run with a different {what} "
+                            f"({ua.get(k)!r}, now {identity[k]!r}); pass another --study name to start a new study")
+                check_resume(dict(ua))
+                self.study, self.objectives = study, list(ua[A.OBJECTIVES])
+                return True
+            meta = {**identity, **new_meta(), A.SCHEMA: SCHEMA_VERSION}
+            want = [DIRECTIONS[o] for o in meta[A.OBJECTIVES]]
+            if adopt is not None:
+                if [d.name.lower() for d in adopt.directions] != want:
+                    raise StudyError(f"study {self.name!r} in {self.url} is empty but has directions "
+                                     f"{[d.name.lower() for d in adopt.directions]}, not autopeft's {want}; "
+                                     "pass another --study name")
+                study = adopt
+            else:
+                try:
+                    study = optuna.create_study(study_name=self.name, storage=st, directions=want)
+                except optuna.exceptions.DuplicatedStudyError:
+                    time.sleep(0.2)
+                    continue
+            for k, v in meta.items():
+                study.set_user_attr(k, v)
+            study.set_metric_names([METRIC_LABELS[o] if o != "score" else f"score ({meta[A.METRIC]})"
+                                    for o in meta[A.OBJECTIVES]])
+            self.study, self.objectives = study, list(meta[A.OBJECTIVES])
+            return False
+        raise StudyError(f"study {self.name!r} in {self.url} could not be opened: another driver keeps re-creating it")
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return dict(self.study.user_attrs)
+
+    def set_budgets(self, max_params: float | None, max_memory_mib: float | None) -> None:
+        self.max_params, self.max_memory_mib = max_params, max_memory_mib
+
+    # ------------------------------------------------------------------ reading
+    def trials(self, states: Sequence[Any] | None = None) -> list[Any]:
+        return self.study.get_trials(deepcopy=False, states=tuple(states) if states is not None else None)
+
+    def n_complete(self) -> int:
+        from optuna.trial import TrialState
+
+        return len(self.trials((TrialState.COMPLETE,)))
+
+    # ------------------------------------------------------------------ writing trials
+    def heartbeat(self, trial: Any) -> None:
+        try:
+            self.study._storage.record_heartbeat(trial._trial_id)
+        except (AttributeError, NotImplementedError):
+            pass
+
+    def write_candidate(self, trial: Any, cand: Any, params: int, base_params: int, sampler_s: float,
+                        fidelity: dict[str, Any]) -> None:
+        d = cand.to_dict()
+        trial.set_user_attr(A.CANDIDATE, d)
+        trial.set_user_attr(A.CANDIDATE_KEY, cand.key)
+        trial.set_user_attr(A.SUMMARY, cand.summary())
+        trial.set_user_attr(A.METHOD, "+".join(d["methods"]) or "head")
+        trial.set_user_attr(A.LAYERS, ",".join(map(str, d["layers"])))
+        trial.set_user_attr(A.SPARSITY, d["sparsity"].get("fraction", 0.0))
+        trial.set_user_attr(A.PARAMS, params)
+        trial.set_user_attr(A.TRAINABLE_PCT, round(100.0 * params / base_params, 4))
+        trial.set_user_attr(A.SAMPLER_S, round(sampler_s, 4))
+        trial.set_user_attr(A.FIDELITY, fidelity)
+        if self.max_params is not None:
+            trial.set_constraint("max_params", float(params - self.max_params))
+
+    def reject(self, trial: Any, status: str, reason: str) -> None:
+        """A proposal not trained: a duplicate or over the parameter budget (stored as PRUNED)."""
+        from optuna.trial import TrialState
+
+        trial.set_user_attr(A.STATUS, status)
+        trial.set_user_attr(A.REASON, reason)
+        self.study.tell(trial, state=TrialState.PRUNED)
+
+    def fail(self, trial: Any, status: str, reason: str) -> None:
+        """Mark a trial failed (``FAILED``) or stopped (``ABANDONED``); never raises (storage may be gone: stale
+        detection marks it on resume)."""
+        from optuna.trial import TrialState
+
+        try:
+            trial.set_user_attr(A.STATUS, status)
+            trial.set_user_attr(A.REASON, reason[:500])
+            self.study.tell(trial, state=TrialState.FAIL)
+        except Exception:
+            pass
+
+    def tell(self, trial: Any, res: TrialResult) -> None:
+        """Record a finished trial's result."""
+        from optuna.trial import TrialState
+
+        for k in _RESULT_ATTRS:
+            v = getattr(res, k)
+            if v is not None:
+                trial.set_user_attr(k, round(v, 3) if isinstance(v, float) else v)
+        if res.memory_bytes is not None:
+            trial.set_user_attr(A.MEMORY_MIB, round(res.memory_bytes / 2**20, 3))
+        if res.score is not None:
+            trial.set_user_attr(A.SCORE, res.score)
+        mm = self.max_memory_mib
+        if res.status == OK:
+            vals = [{"score": res.score, "params": float(res.params), "memory": res.memory_bytes / 2**20,
+                     "time": res.wall_s}[o] for o in self.objectives]
+            if mm is not None:
+                trial.set_constraint("max_memory", res.memory_bytes / 2**20 - mm)
+            self.study.tell(trial, vals)
+        elif res.status == INFEASIBLE:
+            if mm is not None and res.memory_bytes is not None:
+                trial.set_constraint("max_memory", res.memory_bytes / 2**20 - mm)
+            self.study.tell(trial, state=TrialState.PRUNED)
+        else:
+            self.study.tell(trial, state=TrialState.FAIL)
+
+    def set_notice(self, key: str, message: str) -> None:
+        self.study.set_user_attr(A.NOTICE_PREFIX + key, message)
+
+    def fail_stale(self) -> list[int]:
+        """Mark RUNNING trials of dead drivers failed, with the reason: those whose heartbeat (recorded
+        right after ``ask``) is older than the grace period.  A live driver's trials are never touched."""
+        return fail_stale(self.study)
+
+
+def fail_stale(study: Any) -> list[int]:
+    """See :meth:`StudyStore.fail_stale`."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    try:
+        stale = storage._get_stale_trial_ids(study._study_id)
+    except (AttributeError, NotImplementedError):
+        return []
+    failed = []
+    for tid in stale:
+        try:
+            storage.set_trial_user_attr(tid, A.STATUS, ABANDONED)
+            storage.set_trial_user_attr(tid, A.REASON, f"its driver died (no heartbeat for over {GRACE_S:g} s); "
+                                                       "the candidate may be proposed again")
+            if storage.set_trial_state_values(tid, TrialState.FAIL):
+                failed.append(tid)
+        except (UpdateFinishedTrialError, KeyError, RuntimeError):
+            pass  # another driver got there first, or it finished meanwhile
+    return failed
+
+
+__all__ = ["A", "StudyStore", "SCHEMA_VERSION", "HEARTBEAT_S", "GRACE_S", "REQUIRED_ATTRS", "DIRECTIONS", "OK",
+           "FAILED", "INFEASIBLE", "ABANDONED", "DUPLICATE", "studies_dir", "default_storage", "sanitize", "space_hash",
+           "get_storage", "check_schema", "load_optuna_study", "list_studies", "complete_trials", "fail_stale"]
