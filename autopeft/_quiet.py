@@ -1,4 +1,6 @@
-"""Keep third-party chatter (progress bars, deprecation warnings) out of autopeft's output."""
+"""Keep third-party chatter (progress bars, deprecation and experimental-feature warnings) out of autopeft's output.
+
+Imports nothing: environment variables and warning filters only, so the CLI can call it before parsing."""
 
 from __future__ import annotations
 
@@ -14,16 +16,6 @@ def quiet() -> None:
     for cat in (FutureWarning, DeprecationWarning):
         warnings.filterwarnings("ignore", category=cat)
     warnings.filterwarnings("ignore", module=r"(transformers|peft|torch|botorch|gpytorch|linear_operator|optuna)(\..*)?")
-    try:
-        from optuna.exceptions import ExperimentalWarning
-
-        warnings.filterwarnings("ignore", category=ExperimentalWarning)
-    except ImportError:
-        pass
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
+    # optuna's ExperimentalWarning, matched by text so optuna need not be imported here
+    warnings.filterwarnings("ignore", message=r".*(is experimental|is an experimental feature).*")
+    warnings.filterwarnings("ignore", message=r"Heartbeat of storage is supposed to be used with Study.optimize")

@@ -23,7 +23,12 @@ def open_search(**options: Any) -> Any:
     from autopeft.config import SearchConfig
     from autopeft.session import Search
 
-    return Search(SearchConfig.from_options(**options)).open()
+    search = Search(SearchConfig.from_options(**options))
+    if search.config.executor == "ray-tune":  # Ray Tune drives the trials: no executor
+        from autopeft.integrations.ray_tune import run_reference, run_search
+
+        search.reference_runner, search.driver = run_reference, run_search
+    return search.open()
 
 
 def search(model: str | None = None, task: str | None = "sst2", space: str = "lora", n_trials: int = 30,
@@ -58,6 +63,13 @@ def list_studies(storage: str | None = None) -> list[tuple[str, int, int, str]]:
     return _list(urls)
 
 
+def studies_dir() -> Path:
+    """Where studies are stored by default (``$AUTOPEFT_STUDIES_DIR``, else ``studies/``)."""
+    from autopeft.storage import studies_dir as _dir
+
+    return _dir()
+
+
 def best_config(name: str, storage: str | None = None, max_params: Any = None, max_memory: Any = None) -> Any:
     """The best :class:`autopeft.result.FoundConfig` of a stored study under the budgets."""
     return load_study(name, storage).best_config(max_params, max_memory)
@@ -88,6 +100,42 @@ def export(found: Any, directory: str | Path) -> Path:
     from autopeft.export import export_config
 
     return export_config(found, directory)
+
+
+def plot(name: str, storage: str | None = None, output: str | Path = "plots") -> dict[str, Path]:
+    """Write a study's Pareto front (HTML + PNG) and hypervolume curve; returns the paths."""
+    from autopeft.plot import plot_study
+
+    return plot_study(load_study(name, storage), output)
+
+
+def dashboard(name: str | None = None, storage: str | None = None, host: str = "127.0.0.1", port: int = 8080,
+              on_start: Any = None) -> None:
+    """Serve optuna-dashboard on a study's storage until interrupted (the storage must exist; nothing is created)."""
+    import socket
+
+    from autopeft.storage import default_storage, get_storage, list_studies as _list, load_optuna_study
+
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ConfigError(f"--port must be in 1..65535, got {port}")
+    if storage is None and name is None:
+        raise ConfigError("pass --study NAME or --storage URL")
+    if name is not None:
+        load_optuna_study(name, storage)  # exists? (never creates)
+        url = storage or default_storage(name)
+    else:
+        url = str(storage)
+        _list([url])  # a readable storage?
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; pass another --port") from None
+    from optuna_dashboard import run_server
+
+    if on_start is not None:
+        on_start(url)
+    run_server(get_storage(url, create=False), host=host, port=port)
 
 
 def train(config_dir: str | Path, output: str | Path, *, model: str | None = None, task: str | None = None,

@@ -18,6 +18,8 @@ from autopeft.errors import ConfigError
 EXECUTORS = ("local", "ray", "ray-tune", "inline")
 SAMPLERS = ("autopeft", "random", "tpe", "nsga2", "gp", "botorch")
 OBJECTIVES = ("score", "params", "memory", "time")
+DEFAULT_SPACE = "lora"  # a shipped search space
+METRICS: tuple[str, ...] = ("accuracy", "f1", "matthews", "macro_f1", "auc")
 DEFAULT_OBJECTIVES = ("score", "params", "memory")
 FIDELITY_KEYS = ("n_train", "n_eval", "epochs", "max_length", "batch_size", "memory_batch_size", "lr_scale")
 DATA_KEYS = ("task", "data_dir", "train_file", "validation_file", "text_columns", "label_column", "metric")
@@ -72,7 +74,7 @@ class SearchConfig:
 
     model: str | None = None
     data: dict[str, Any] = field(default_factory=dict)  # autopeft.data.DataSpec as a dict
-    space: str = "lora"
+    space: str = DEFAULT_SPACE
     n_trials: int = 30
     sampler: str = "autopeft"
     study_name: str | None = None

@@ -29,3 +29,7 @@ class ConfigError(AutoPeftError):
 
 class StudyError(AutoPeftError):
     """A study does not exist, or cannot be resumed with these settings."""
+
+
+class TrialsFailing(StudyError):
+    """Too many trials failed in a row (CLI exit code 1)."""

@@ -12,14 +12,10 @@ import time
 from typing import Any, Callable, Protocol
 
 from autopeft.contract import FAILED, OK, TrialResult
-from autopeft.errors import StudyError
+from autopeft.errors import TrialsFailing
 from autopeft.executors.base import Executor
 from autopeft.proposer import Proposer
 from autopeft.storage import HEARTBEAT_S, StudyStore
-
-
-class TrialsFailing(StudyError):
-    """Too many trials failed in a row (CLI exit code 1)."""
 
 
 class Callback(Protocol):
@@ -84,7 +80,7 @@ class SearchLoop:
         trial = self.proposer.finish(res.trial_id)
         if trial is None:
             return
-        self.store.tell(trial, res)
+        self.store.record(trial, res)
         self.policy.record(res)
         for cb in self.callbacks:
             cb(self.store, res)

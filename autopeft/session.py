@@ -44,6 +44,10 @@ class Search:
         self.executor: Any = None
         self.fidelity: Fidelity | None = None
         self.stop_reason: str | None = None
+        #: for ``--executor ray-tune`` (set by :mod:`autopeft.api`): how to measure the reference point, and how to
+        #: drive the loop, without an executor
+        self.reference_runner: Any = None
+        self.driver: Any = None
 
     # ------------------------------------------------------------------ opening
     def open(self) -> "Search":
@@ -88,12 +92,7 @@ class Search:
         fid = default_fidelity(c.fidelity, self._trials_on_gpu())
         spec = TrialSpec(trial_id=-1, candidate=_reference_candidate().to_dict(), fidelity=fid.to_dict(),
                          purpose=REFERENCE, threads=0, **self._spec_fields())
-        if self.executor is not None:
-            res = self.executor.run_one(spec)
-        else:
-            from autopeft.integrations.ray_tune import run_reference
-
-            res = run_reference(spec, c.ray)
+        res = self.executor.run_one(spec) if self.executor is not None else self.reference_runner(spec, c.ray)
         if res.status != OK:
             raise StudyError(f"measuring the study's reference point (full fine-tuning's memory) failed: {res.reason}")
         chance, full_mib = float(res.score), res.memory_bytes / 2**20
@@ -149,10 +148,8 @@ class Search:
         try:
             _, loop = self.build()
             try:
-                if self.config.executor == "ray-tune":
-                    from autopeft.integrations.ray_tune import run_search
-
-                    run_search(self, loop)
+                if self.driver is not None:
+                    self.driver(self, loop)
                 else:
                     loop.run(self.executor)
             finally:

@@ -7,7 +7,6 @@ strings.  Optuna is imported inside functions, so importing this module stays ch
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -107,7 +106,9 @@ def get_storage(url: str, create: bool = True) -> Any:
         if not create and not Path(path).exists():
             raise StudyError(f"storage file not found: {path}")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return _journal_storage_class()(JournalFileBackend(path))
+        from autopeft.journal import journal_storage_class
+
+        return journal_storage_class(HEARTBEAT_S, GRACE_S, A.HEARTBEAT)(JournalFileBackend(path))
     if "://" not in url:
         raise StudyError(f"bad storage URL {url!r}: expected e.g. sqlite:///studies/x.db, postgresql://user@host/db or journal://file.log")
     if url.startswith("sqlite:///"):
@@ -123,44 +124,6 @@ def get_storage(url: str, create: bool = True) -> Any:
     except Exception as exc:  # sqlalchemy raises many types for bad URLs / unreachable servers
         msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise StudyError(f"cannot open storage {url!r}: {msg}") from None
-
-
-@functools.lru_cache(maxsize=None)
-def _journal_storage_class() -> type:
-    """A journal storage with the heartbeats Optuna only gives RDB storages, so a dead driver's running trials
-    are told from a live driver's on a shared journal file too.  A heartbeat is the wall-clock time written as a
-    trial system attribute (one journal line per running trial every ``HEARTBEAT_S / 2`` s); a RUNNING trial whose
-    newest heartbeat (or, before its first, its start) is older than ``GRACE_S`` is stale.  Machines sharing one
-    journal file need clocks that agree to well under ``GRACE_S`` (NTP does)."""
-    from optuna.storages._heartbeat import BaseHeartbeat
-    from optuna.storages.journal import JournalStorage
-    from optuna.trial import TrialState
-
-    class JournalHeartbeatStorage(JournalStorage, BaseHeartbeat):
-        def record_heartbeat(self, trial_id: int) -> None:
-            self.set_trial_system_attr(trial_id, A.HEARTBEAT, time.time())
-
-        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-            now = time.time()
-            stale = []
-            for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-                last = t.system_attrs.get(A.HEARTBEAT)
-                if last is None and t.datetime_start is not None:
-                    last = t.datetime_start.timestamp()
-                if last is not None and now - float(last) > GRACE_S:
-                    stale.append(t._trial_id)
-            return stale
-
-        def get_heartbeat_interval(self) -> int | None:
-            return int(max(1, HEARTBEAT_S))
-
-        def get_failed_trial_callback(self) -> Any:
-            return None
-
-        def get_heartbeat_stale_trial_callback(self) -> Any:
-            return None
-
-    return JournalHeartbeatStorage
 
 
 def check_schema(study: Any) -> None:
@@ -346,7 +309,7 @@ class StudyStore:
         except Exception:
             pass
 
-    def tell(self, trial: Any, res: TrialResult) -> None:
+    def record(self, trial: Any, res: TrialResult) -> None:
         """Record a finished trial's result."""
         from optuna.trial import TrialState
 

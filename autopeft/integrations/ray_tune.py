@@ -73,7 +73,9 @@ def _searcher_class() -> type:
             from autopeft.config import SearchConfig
             from autopeft.session import Search
 
-            search = Search(SearchConfig.from_options(**{**options, "executor": "ray-tune"})).open()
+            search = Search(SearchConfig.from_options(**{**options, "executor": "ray-tune"}))
+            search.reference_runner, search.driver = run_reference, run_search
+            search.open()
             _, loop = search.build()
             return cls(search, loop)
 

@@ -1,0 +1,36 @@
+"""Printing a study's front or trials as a table, JSON or CSV."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+
+def front_table(df: Any, objectives: Sequence[str]) -> Any:
+    out = df.copy()
+    if "params" in out:
+        out["params"] = out["params"].map(lambda v: f"{int(v):,}" if v == v and v is not None else "")
+    if "memory" in out:
+        out = out.rename(columns={"memory": "memory_mib"})
+    return out.drop(columns=[c for c in ("candidate",) if c in out])
+
+
+def print_front(res: Any, fmt: str, all_trials: bool = False) -> None:
+    import pandas as pd
+
+    df = res.trials if all_trials else res.pareto_front
+    if fmt == "json":
+        print(df.to_json(orient="records", indent=2))
+    elif fmt == "csv":
+        d = df.copy()
+        if "candidate" in d:
+            d["candidate"] = d["candidate"].map(json.dumps)
+        print(d.to_csv(index=False), end="")
+    else:
+        with pd.option_context("display.max_rows", 500, "display.max_colwidth", 70, "display.width", 200,
+                               "display.float_format", "{:.4g}".format):
+            title = "All trials" if all_trials else f"Pareto front ({res.meta.get('metric')} on the held-out search split)"
+            print(title)
+            print(front_table(df, res.objectives).to_string(index=False) if len(df) else "(no completed trials yet)")
+            for w in res.warnings:
+                print(f"warning: {w}")

@@ -1,0 +1,28 @@
+"""``autopeft export``: write a found config for peft / autopeft training."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from autopeft.commands._args import study_args
+
+
+def add(sub: Any) -> None:
+    p = sub.add_parser("export", help="write a found config for peft / autopeft training")
+    study_args(p)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--trial", type=int, help="the number of a COMPLETE trial")
+    g.add_argument("--best", action="store_true", help="the best config under the budgets")
+    p.add_argument("--max-params", help="budget for --best: a count, or a percentage of the base model like 0.5%%")
+    p.add_argument("--max-memory", help="budget for --best in MiB, or with a unit like 1.5GiB")
+    p.add_argument("-o", "--output", required=True, help="directory to write")
+
+
+def run(args: argparse.Namespace) -> int:
+    from autopeft import api
+
+    found = api.found_config(args.study, args.storage, None if args.best else args.trial, args.max_params, args.max_memory)
+    d = api.export(found, args.output)
+    print(f"exported {found.candidate.summary()} to {d}")
+    return 0

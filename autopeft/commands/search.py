@@ -1,0 +1,91 @@
+"""``autopeft search``: run or resume a search, then print its Pareto front."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from autopeft.commands._args import positive_float, positive_int, seed, study_args
+from autopeft.commands._output import print_front
+from autopeft.config import DEFAULT_SPACE, METRICS
+
+#: options passed to the API under the same name
+_SAME = ("model", "task", "data_dir", "train_file", "validation_file", "text_columns", "label_column", "metric", "space",
+         "sampler", "storage", "objectives", "max_params", "max_memory", "n_train", "n_eval", "epochs", "max_length",
+         "batch_size", "memory_batch_size", "lr_scale", "workers", "executor", "seed", "timeout", "trial_timeout",
+         "max_failures", "n_startup", "trust_remote_code")
+
+
+def add(sub: Any) -> None:
+    s = sub.add_parser("search", help="run or resume a search")
+    s.add_argument("--spec", help="a study spec: a YAML file of these options (e.g. studies/sst2-lora.yaml); "
+                                  "options on the command line override it")
+    s.add_argument("--model", default=None, help="HF model id or local directory (default: the packaged all-MiniLM-L6-v2)")
+    s.add_argument("--task", default="sst2", help="task name under --data-dir, or a HF datasets name (default sst2)")
+    s.add_argument("--data-dir", default=None, help="directory holding <task>/train.jsonl (default $AUTOPEFT_DATA_DIR)")
+    s.add_argument("--train-file", help="a local JSONL/CSV training file (instead of --task)")
+    s.add_argument("--validation-file")
+    s.add_argument("--text-columns", help="comma-separated text columns (default: inferred)")
+    s.add_argument("--label-column", help="label column (default: inferred)")
+    s.add_argument("--metric", choices=METRICS, help="task metric (default: GLUE's for the task, else from the labels); "
+                                                     "auc (binary tasks): threshold-free, for tasks where short trials "
+                                                     "predict only the majority class")
+    s.add_argument("--space", default=DEFAULT_SPACE, help=f"shipped space name or a YAML path (default {DEFAULT_SPACE})")
+    s.add_argument("--trials", type=positive_int, default=30, help="complete trials the study holds when done (default 30)")
+    s.add_argument("--sampler", default="autopeft", help="autopeft (default), random, tpe, nsga2, gp, botorch")
+    study_args(s, required=False)
+    s.add_argument("--objectives", default="score,params,memory", help="comma-separated; score first (also: time)")
+    s.add_argument("--max-params", help="budget: a count, or a percentage of the base model like 0.5%%")
+    s.add_argument("--max-memory", help="budget in MiB, or with a unit like 1.5GiB")
+    s.add_argument("--n-train", type=positive_int, help="training rows per trial (default 600 on CPU, 2000 on GPU)")
+    s.add_argument("--n-eval", type=positive_int, help="held-out search rows scored per trial (default 500)")
+    s.add_argument("--epochs", type=positive_float, help="epochs per trial (default 2)")
+    s.add_argument("--max-length", type=positive_int, help="max tokens (default 128, capped at the model's limit)")
+    s.add_argument("--batch-size", type=positive_int, help="batch size of the trials (default 8 on CPU, 32 on GPU)")
+    s.add_argument("--memory-batch-size", type=positive_int,
+                   help="batch the memory objective is reported for (default 32, whatever the trial batch)")
+    s.add_argument("--lr-scale", type=positive_float,
+                   help="multiply every learning rate of the trials (default 2 on CPU, 1 on GPU; setting any of --n-train, --epochs, --batch-size, --lr-scale drops the CPU preset: the rest take the GPU values)")
+    s.add_argument("--workers", type=positive_int, help="concurrent trials (default: number of cores)")
+    s.add_argument("--executor", default="local", help="local (default), ray (actor pool), ray-tune (Tune Tuner + Searcher), inline")
+    s.add_argument("--ray-address", help="join a Ray cluster (ray://host:10001 or auto)")
+    s.add_argument("--cpus-per-trial", type=positive_float, default=1.0, help="CPUs per Ray trial (default 1)")
+    s.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per Ray trial, fractions allowed (default 0)")
+    s.add_argument("--seed", type=seed, default=0, help="random seed of the sampler and the trials (default 0)")
+    s.add_argument("--timeout", type=positive_float, help="stop cleanly after this many seconds")
+    s.add_argument("--trial-timeout", type=positive_float, help="fail a trial that runs longer than this (seconds)")
+    s.add_argument("--max-failures", type=positive_int, default=5, help="stop after this many failed trials in a row")
+    s.add_argument("--n-startup", type=positive_int, default=8, help="random trials before the model steers")
+    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the hub (off by default)")
+
+
+def options(args: argparse.Namespace) -> dict[str, Any]:
+    """The API options of the parsed command line."""
+    opts = {k: getattr(args, k) for k in _SAME}
+    opts.update(n_trials=args.trials, study_name=args.study, progress=not args.no_progress)
+    if args.executor in ("ray", "ray-tune"):
+        opts.update(address=args.ray_address, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial)
+    return opts
+
+
+def run(args: argparse.Namespace) -> int:
+    from autopeft import api
+
+    t0 = time.monotonic()
+    s = api.open_search(**options(args))
+    task = s.task
+    print(f"autopeft: study {s.name!r} in {s.storage_url}", file=sys.stderr)
+    print(f"autopeft: task {task.name} ({len(task.train_labels)} train rows, {task.num_labels} labels), "
+          f"metric {task.metric} ({task.metric_reason}); space {s.space_def.name} ({s.bound.size} encoded dims); "
+          f"sampler {args.sampler}; {s.workers} worker(s); fidelity {s.fidelity.to_dict()}", file=sys.stderr)
+    res = s.run()
+    if s.stop_reason == "timeout":
+        print("autopeft: stopped at --timeout; run the same command to continue", file=sys.stderr)
+    print_front(res, "table")
+    print(f"\n{len(res.complete_trials())} complete trials in {time.monotonic() - t0:.0f} s; hypervolume {res.hypervolume():.4f}; "
+          f"study {res.name!r} stored in {res.storage}")
+    print(f"inspect: autopeft show --study {res.name}" + (f" --storage {args.storage}" if args.storage else ""))
+    return 0
