@@ -63,8 +63,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AutoPeftError as exc:
         from autopeft.errors import TrialsFailing
 
-        print(f"autopeft: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        print(f"autopeft: error: {_first_line(exc)}", file=sys.stderr)
         return 1 if isinstance(exc, TrialsFailing) else 2
+    except OSError as exc:  # a file or folder the command was pointed at (read-only, full, exists, missing)
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"autopeft: error: {exc.strerror or _first_line(exc)}{where}; check the path and its permissions",
+              file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if not type(exc).__module__.startswith(("optuna", "sqlalchemy", "sqlite3")):
+            raise
+        print(f"autopeft: error: the study storage failed: {_first_line(exc)} (is the file readable, writable and not "
+              "damaged? pass another --storage or --study)", file=sys.stderr)
+        return 2
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+#: bounds on a study spec file (an alias bomb expands to billions of values)
+SPEC_MAX_BYTES = 64 * 1024
+SPEC_MAX_NODES = 10_000
+
+
+def _size(obj: object, limit: int = SPEC_MAX_NODES) -> int:
+    """Number of values in a loaded YAML document, counting aliases each time they occur; stops past ``limit``."""
+    n, stack = 0, [obj]
+    while stack and n <= limit:
+        o = stack.pop()
+        n += 1
+        if isinstance(o, dict):
+            stack.extend(o.keys())
+            stack.extend(o.values())
+        elif isinstance(o, list):
+            stack.extend(o)
+    return n
 
 
 def expand_spec(argv: list[str]) -> list[str]:
@@ -88,11 +123,20 @@ def expand_spec(argv: list[str]) -> list[str]:
     import yaml
 
     try:
+        if Path(path).stat().st_size > SPEC_MAX_BYTES:
+            raise _UsageError(f"autopeft search: study spec {path} is over {SPEC_MAX_BYTES // 1024} KiB; a spec is a short "
+                              "mapping of search options")
         spec = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise _UsageError(f"autopeft search: cannot read study spec {path}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise _UsageError(f"autopeft search: study spec {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    except UnicodeDecodeError:
+        raise _UsageError(f"autopeft search: study spec {path} is not UTF-8 text (a YAML file of search options)") from None
+    except (yaml.YAMLError, RecursionError) as exc:
+        first = str(exc).splitlines()[0][:200] if str(exc) else "nested too deeply"
+        raise _UsageError(f"autopeft search: study spec {path} is not valid YAML: {first}") from None
+    if _size(spec) > SPEC_MAX_NODES:
+        raise _UsageError(f"autopeft search: study spec {path} expands to over {SPEC_MAX_NODES} values (YAML aliases?); "
+                          "a spec is a short mapping of search options")
     if spec is None:
         spec = {}
     if not isinstance(spec, dict):
@@ -102,8 +146,11 @@ def expand_spec(argv: list[str]) -> list[str]:
     out: list[str] = []
     for key, value in spec.items():
         dest = str(key).replace("-", "_")
+        if dest == "trust_remote_code":
+            raise _UsageError(f"autopeft search: study spec {path} may not switch on trust-remote-code (it runs the "
+                              "model's own code); pass --trust-remote-code on the command line")
         if dest not in actions:
-            raise _UsageError(f"autopeft search: unknown key {key!r} in study spec {path}; allowed: "
+            raise _UsageError(f"autopeft search: unknown key {str(key)[:40]!r} in study spec {path}; allowed: "
                               + ", ".join(sorted(d.replace("_", "-") for d in actions)))
         act = actions[dest]
         if isinstance(act, argparse._StoreTrueAction):

@@ -141,6 +141,10 @@ class SearchConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a finite number of seconds > 0, got {v!r}")
         if not _is_int(self.seed) or not 0 <= self.seed < 2**32:
             raise ConfigError(f"--seed must be an integer in 0..{2**32 - 1}, got {self.seed!r}")
+        if self.study_name is not None:
+            from autopeft.storage import check_name
+
+            check_name(self.study_name)
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if self.executor not in EXECUTORS:

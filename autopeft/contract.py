@@ -19,6 +19,9 @@ OK, FAILED, INFEASIBLE = "ok", "failed", "infeasible"
 ABANDONED = "abandoned"
 #: a stored proposal that was not trained because the study already holds its candidate
 DUPLICATE = "duplicate"
+#: a stored proposal that was not trained because the study already held ``n_trials`` running or complete trials
+#: (several drivers share one total)
+SURPLUS = "surplus"
 
 #: what a spec asks the worker to do: a search trial, or the study's reference point (full fine-tuning's
 #: training memory and the chance score of the search split; nothing is trained)

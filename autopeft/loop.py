@@ -70,7 +70,31 @@ class SearchLoop:
 
     # ------------------------------------------------------------------ steps shared with other drivers (Ray Tune)
     def needs_more(self) -> bool:
-        return self.policy.needs_more(self.store.n_complete(), len(self.proposer.pending))
+        """Whether to start another trial: ``n_trials`` is a total that every driver of the study shares, so the
+        running trials of other drivers count too."""
+        return self.policy.needs_more(*self._counts())
+
+    def _counts(self) -> tuple[int, int]:
+        """(complete trials, running trials) of the whole study."""
+        from optuna.trial import TrialState
+
+        trials = self.store.trials((TrialState.COMPLETE, TrialState.RUNNING))
+        n_complete = sum(t.state == TrialState.COMPLETE for t in trials)
+        return n_complete, len(trials) - n_complete
+
+    def ask(self) -> Any | None:
+        """The next spec to run, or None (a rejected proposal, or one over the shared total)."""
+        from optuna.trial import TrialState
+
+        spec = self.proposer.ask()
+        if spec is None:
+            return None
+        # drivers asking at the same moment: the lowest trial numbers keep the places up to n_trials
+        ahead = [t for t in self.store.trials((TrialState.COMPLETE, TrialState.RUNNING)) if t.number < spec.trial_id]
+        if len(ahead) >= self.policy.n_trials:
+            self.proposer.withdraw(spec.trial_id, f"the study already had {self.policy.n_trials} trials running or complete")
+            return None
+        return spec
 
     def finished(self) -> bool:
         return self.policy.finished(self.store.n_complete())
@@ -110,12 +134,17 @@ class SearchLoop:
             if self.policy.timed_out():
                 break  # at once: running trials are abandoned, not waited for
             while len(pending) < executor.capacity + ahead and self.needs_more():
-                spec = self.proposer.ask()
+                spec = self.ask()
                 if spec is not None:
                     executor.submit(spec)
             if not pending:
                 if self.policy.reason is not None:
                     break
+                # other drivers' trials fill the total: wait for them (or for their driver to be found dead)
+                time.sleep(0.5)
+                if time.monotonic() - last_hb >= HEARTBEAT_S / 2:
+                    self.store.fail_stale()
+                    last_hb = time.monotonic()
                 continue
             results = executor.wait(timeout=min(5.0, HEARTBEAT_S))
             if time.monotonic() - last_hb >= HEARTBEAT_S / 2:

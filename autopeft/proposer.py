@@ -11,7 +11,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from autopeft.candidate import Candidate
-from autopeft.contract import ABANDONED, DUPLICATE, FAILED, INFEASIBLE, TrialSpec
+from autopeft.contract import ABANDONED, DUPLICATE, FAILED, INFEASIBLE, SURPLUS, TrialSpec
 from autopeft.errors import ConfigError, StudyError
 from autopeft.storage import A, StudyStore
 
@@ -84,7 +84,7 @@ class CandidateIndex:
             if key is None:
                 continue
             if t.user_attrs.get(A.STATUS) == ABANDONED or (t.state == TrialState.PRUNED and
-                                                           t.user_attrs.get(A.STATUS) == DUPLICATE):
+                                                           t.user_attrs.get(A.STATUS) in (DUPLICATE, SURPLUS)):
                 self._drop(t.number)
             else:
                 self.add(t.number, key)
@@ -145,6 +145,12 @@ class Proposer:
             raise StudyError(f"{MAX_REJECTIONS} proposals in a row were duplicates or over budget: the space is "
                              "exhausted or the budget too tight; widen the space or raise --max-params")
         return spec
+
+    def withdraw(self, trial_id: int, reason: str) -> None:
+        """Take back a spec not yet submitted: stored PRUNED with status ``surplus``; its candidate stays eligible."""
+        trial, cand, _ = self.pending.pop(trial_id)
+        self.store.reject(trial, SURPLUS, reason)
+        self.index.refresh(self.store.trials())
 
     def finish(self, trial_id: int) -> Any | None:
         """The trial of a result, no longer in flight (None if it is not this proposer's)."""

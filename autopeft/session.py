@@ -28,6 +28,11 @@ class Search:
         from autopeft.trial import task_of
 
         self.config = c = config
+        if c.trust_remote_code:
+            import sys
+
+            print(f"autopeft: warning: --trust-remote-code: the code shipped with model {c.model!r} will run",
+                  file=sys.stderr)
         self.space_def = SearchSpace.load(c.space)
         self.task = task_of(c.data)
         self.info = model_info(c.model, self.task.num_labels, c.trust_remote_code)

@@ -81,8 +81,21 @@ def studies_dir() -> Path:
     return Path(os.environ.get("AUTOPEFT_STUDIES_DIR", "studies"))
 
 
+#: a study name that is also a safe file name (default storage is ``<studies dir>/<name>.db``)
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
+
+
+def check_name(name: str) -> str:
+    """``name`` if it is a plain study name, else a StudyError (a path belongs in --storage)."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+        shown = str(name)[:60] + ("..." if len(str(name)) > 60 else "")
+        raise StudyError(f"study name {shown!r} must be 1-200 letters, digits, '_', '.' or '-' (no path separators, "
+                         "not starting with '.' or '-'); to store a study elsewhere, pass --storage")
+    return name
+
+
 def default_storage(name: str) -> str:
-    return f"sqlite:///{studies_dir() / (name + '.db')}"
+    return f"sqlite:///{studies_dir() / (check_name(name) + '.db')}"
 
 
 def sanitize(name: str) -> str:
@@ -111,19 +124,50 @@ def get_storage(url: str, create: bool = True) -> Any:
         return journal_storage_class(HEARTBEAT_S, GRACE_S, A.HEARTBEAT)(JournalFileBackend(path))
     if "://" not in url:
         raise StudyError(f"bad storage URL {url!r}: expected e.g. sqlite:///studies/x.db, postgresql://user@host/db or journal://file.log")
+    if url.startswith("sqlite") and not url.startswith("sqlite:///"):
+        raise StudyError(f"storage {url[:60]!r} keeps nothing (in-memory SQLite); give a file such as "
+                         "sqlite:///studies/x.db")
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///"):])
-        if not create and not path.exists():
-            raise StudyError(f"storage file not found: {path} (no study has been stored there)")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not create:
+            if not path.is_file():
+                raise StudyError(f"storage file not found: {path} (no study has been stored there)")
+            _check_sqlite_has_studies(path)
+        else:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StudyError(f"cannot create the folder of storage {path}: {exc.strerror}") from None
+    last = ""
+    for attempt in range(6):  # drivers creating one new database at once race on its schema: retry, then adopt it
+        try:
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=int(max(1, HEARTBEAT_S)), grace_period=int(max(2, GRACE_S)),
+                engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
+                skip_table_creation=not create,
+            )
+        except Exception as exc:  # sqlalchemy raises many types for bad URLs / unreachable servers / schema races
+            last = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            if not any(k in last for k in ("already exists", "UNIQUE constraint failed", "database is locked")):
+                break
+            time.sleep(0.2 * (attempt + 1))
+    raise StudyError(f"cannot open storage {url[:200]!r}: {last}")
+
+
+def _check_sqlite_has_studies(path: Path) -> None:
+    """A file a read-only command may open: an SQLite database with Optuna's tables (never created here)."""
+    import sqlite3
+
     try:
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=int(max(1, HEARTBEAT_S)), grace_period=int(max(2, GRACE_S)),
-            engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
-        )
-    except Exception as exc:  # sqlalchemy raises many types for bad URLs / unreachable servers
-        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise StudyError(f"cannot open storage {url!r}: {msg}") from None
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            ok = con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='studies'").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise StudyError(f"storage file {path} is not a readable SQLite database ({exc}); check the path") from None
+    if not ok:
+        raise StudyError(f"storage file {path} holds no Optuna studies (it is left untouched); check the path")
 
 
 def check_schema(study: Any) -> None:

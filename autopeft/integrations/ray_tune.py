@@ -84,7 +84,7 @@ def _searcher_class() -> type:
             if loop.finished():
                 return Searcher.FINISHED
             while loop.needs_more():
-                spec = loop.proposer.ask()
+                spec = loop.ask()
                 if spec is not None:
                     self.by_tune_id[trial_id] = spec.trial_id
                     return {"spec": spec.to_dict()}
