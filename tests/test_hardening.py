@@ -1,0 +1,116 @@
+"""Bad input and races found by the reliability and security probe: each ends in one line and exit code 2 with
+nothing written where it should not be, and drivers racing on a new study share its total exactly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from autopeft.cli import main
+
+
+def _one_line(capsys: pytest.CaptureFixture[str], argv: list[str], contains: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert contains in err, err
+
+
+def test_study_names_cannot_escape_the_studies_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "studies").mkdir()
+    for name in ("../escape-rel", str(tmp_path / "abs" / "escape-abs"), "x" * 5000, ".hidden"):
+        _one_line(capsys, ["search", "--study", name, "--data-dir", str(tmp_path / "none")], "must be 1-200 letters")
+        _one_line(capsys, ["show", "--study", name], "must be 1-200 letters")
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == []
+
+
+def test_read_only_commands_never_create_a_schema(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    other = tmp_path / "other.db"
+    other.write_bytes(b"")
+    for cmd in (["show", "--study", "x"], ["best", "--study", "x"], ["list"], ["export", "--study", "x", "--best", "-o",
+                                                                                 str(tmp_path / "o")]):
+        _one_line(capsys, [*cmd, "--storage", f"sqlite:///{other}"], "holds no Optuna studies")
+    assert other.stat().st_size == 0 and not (tmp_path / "o").exists()
+
+
+def test_in_memory_sqlite_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _one_line(capsys, ["list", "--storage", "sqlite://"], "keeps nothing (in-memory SQLite)")
+
+
+@pytest.mark.parametrize("text,message", [
+    ("trust-remote-code: true\n", "may not switch on trust-remote-code"),
+    ("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b]\n"
+     "d: &d [*c, *c, *c, *c, *c, *c, *c, *c]\ntrials: [*d, *d, *d, *d, *d, *d, *d, *d]\n", "expands to over 10000 values"),
+    (None, "is not UTF-8 text"),
+])
+def test_bad_study_specs(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str | None, message: str) -> None:
+    p = tmp_path / "spec.yaml"
+    if text is None:
+        p.write_bytes(bytes(range(256)) * 4)
+    else:
+        p.write_text(text, encoding="utf-8")
+    t0 = time.monotonic()
+    _one_line(capsys, ["search", "--spec", str(p)], message)
+    assert time.monotonic() - t0 < 10
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["search", "--seed", "-1"], "--seed: must be in 0..4294967295, got -1"),
+    (["search", "--seed", str(2**64)], "--seed: must be in 0..4294967295"),
+    (["train", "--config", "c", "-o", "o", "--epochs", "inf"], "--epochs: must be a finite number > 0, got inf"),
+    (["train", "--config", "c", "-o", "o", "--n-train", "0"], "--n-train: must be >= 1, got 0"),
+    (["search", "--executor", "ray", "--gpus-per-trial", "-1", "--data-dir", "/nonexistent"],
+     "--gpus-per-trial must be a finite number >= 0, got -1"),
+    ([], "a command is required"),
+])
+def test_bad_options_end_in_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    _one_line(capsys, argv, message)
+
+
+def test_export_onto_an_existing_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from autopeft.storage import SCHEMA_VERSION
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    s = optuna.create_study(study_name="s", storage=url, directions=["maximize", "minimize", "minimize"])
+    for k, v in {"autopeft_schema": SCHEMA_VERSION, "model": "m", "task": {"task": "sst2"}, "space_hash": "h",
+                 "objectives": ["score", "params", "memory"], "ref_point": [0.5, -6.0, -4.0], "fidelity": {},
+                 "metric": "accuracy", "num_labels": 2, "base_params": 1000}.items():
+        s.set_user_attr(k, v)
+    cand = {"methods": {}, "layers": [], "sparsity": {}, "lr_multiplier": 1.0}
+    s.add_trial(optuna.trial.create_trial(values=[0.8, 10.0, 5.0], user_attrs={"candidate": cand}))
+    blocker = tmp_path / "taken"
+    blocker.write_text("x")
+    _one_line(capsys, ["export", "--study", "s", "--storage", url, "--trial", "0", "-o", str(blocker)], str(blocker))
+    assert blocker.read_text() == "x"
+
+
+def test_three_drivers_creating_one_new_study_share_its_total(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
+    """Started together on a study that does not exist yet: all start, and it ends with exactly --trials complete."""
+    storage = f"sqlite:///{tmp_path / 'race.db'}"
+    barrier = tmp_path / "go"
+    code = ("import pathlib, sys, time\n"
+            f"while not pathlib.Path({str(barrier)!r}).exists(): time.sleep(0.01)\n"
+            "from autopeft.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    argv = ["search", "--model", tiny_model, "--data-dir", str(glue_dir), "--space", "tiny", "--trials", "6",
+            "--study", "race", "--storage", storage, "--workers", "1", "--n-startup", "3", "--no-progress",
+            "--n-train", "32", "--n-eval", "32", "--epochs", "1", "--max-length", "24", "--batch-size", "16"]
+    env = {**__import__("os").environ, "AUTOPEFT_HEARTBEAT_S": "1", "AUTOPEFT_GRACE_S": "10"}
+    procs = [subprocess.Popen([sys.executable, "-c", code, *argv], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    time.sleep(3)  # all three are importing, then wait at the barrier
+    barrier.write_text("go")
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errs
+    s = optuna.load_study(study_name="race", storage=storage)
+    assert len(s.get_trials(states=(TrialState.COMPLETE,))) == 6
+    assert not s.get_trials(states=(TrialState.RUNNING,))
+    keys = [t.user_attrs["candidate_key"] for t in s.get_trials(states=(TrialState.COMPLETE,))]
+    assert len(keys) == len(set(keys))
