@@ -97,7 +97,7 @@ class Search:
         fid = default_fidelity(c.fidelity, self._trials_on_gpu())
         spec = TrialSpec(trial_id=-1, candidate=_reference_candidate().to_dict(), fidelity=fid.to_dict(),
                          purpose=REFERENCE, threads=0, **self._spec_fields())
-        res = self.executor.run_one(spec) if self.executor is not None else self.reference_runner(spec, c.ray)
+        res = self.executor.run_one(spec) if self.executor is not None else self.reference_runner(spec, c.ray, c.runner)
         if res.status != OK:
             raise StudyError(f"measuring the study's reference point (full fine-tuning's memory) failed: {res.reason}")
         chance, full_mib = float(res.score), res.memory_bytes / 2**20

@@ -3,7 +3,7 @@
 The study is pre-filled with N trials (random candidates of the space, values from a deterministic toy
 landscape on MiniLM's real shapes); each sampler then proposes `--asks` more, each told before the next.
 
-    python bench/ask_timing.py --trials 100 --asks 10 [--space mixed] [--samplers autopeft,gp,botorch] [--quick]
+    python -m bench.ask_timing --trials 100 --asks 10 [--space mixed] [--samplers autopeft,gp,botorch] [--quick]
 """
 
 from __future__ import annotations
@@ -11,20 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import optuna
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from autopeft._quiet import quiet  # noqa: E402
-from autopeft.builder import count_params, model_info  # noqa: E402
-from autopeft.candidate import Candidate  # noqa: E402
-from autopeft.space import SearchSpace  # noqa: E402
-from autopeft.study import make_sampler  # noqa: E402
+from autopeft._quiet import quiet
+from autopeft.builder import count_params, model_info
+from autopeft.candidate import Candidate
+from autopeft.proposer import make_sampler
+from autopeft.space import SearchSpace
+from bench.common import add_quick, add_space
 
 
 def toy_values(c: Candidate, info) -> list[float]:  # type: ignore[no-untyped-def]
@@ -39,9 +36,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap = argparse.ArgumentParser()
     ap.add_argument("--trials", type=int, default=100)
     ap.add_argument("--asks", type=int, default=10)
-    ap.add_argument("--space", default="mixed")
+    add_space(ap)
     ap.add_argument("--samplers", default="autopeft,gp,botorch")
-    ap.add_argument("--quick", action="store_true", help="tiny run for the test suite")
+    add_quick(ap)
     a = ap.parse_args(argv)
     if a.quick:
         a.trials, a.asks, a.samplers = 12, 2, "autopeft,gp"

@@ -12,13 +12,13 @@ parameter count, full fine-tuning memory), in (score, -log10 params, -log10 MiB)
 fitted to the table, trainable parameters and memory computed exactly for the proposed candidate. No sampler is
 pulled onto the recorded configs, so the comparison measures what each sampler itself proposes.
 
-    python bench/compare_samplers.py --task sst2 --space mixed --seeds 10 --trials 60 --random-trials 100 \
+    python -m bench.compare_samplers --task sst2 --space mixed --seeds 10 --trials 60 --random-trials 100 \
         --plot docs/sampler_comparison.png --out bench/tables/compare-sst2-mixed.json
     # or side by side on 2 cores, then one summary and plot:
-    python bench/compare_samplers.py --samplers gp --out /tmp/a.json & python bench/compare_samplers.py \
+    python -m bench.compare_samplers --samplers gp --out /tmp/a.json & python -m bench.compare_samplers \
         --samplers random,tpe,nsga2,autopeft --random-trials 100 --out /tmp/b.json; wait
-    python bench/compare_samplers.py --merge /tmp/a.json /tmp/b.json --out ... --plot ...
-    python bench/compare_samplers.py --protocol surrogate --table bench/tables/sst2-mixed-cpu.csv ...
+    python -m bench.compare_samplers --merge /tmp/a.json /tmp/b.json --out ... --plot ...
+    python -m bench.compare_samplers --protocol surrogate --table bench/tables/sst2-mixed-cpu.csv ...
 """
 
 from __future__ import annotations
@@ -31,8 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.common import TABLES, add_quick, add_space, add_task
 
 
 def load_table(path: Path) -> tuple[list, np.ndarray, dict]:
@@ -60,8 +59,8 @@ def run_one(sampler_name: str, seed: int, cands: list, vals: np.ndarray, meta: d
 
     from autopeft.builder import count_params, model_info
     from autopeft.pareto import hypervolume, to_max
+    from autopeft.proposer import make_sampler
     from autopeft.space import SearchSpace
-    from autopeft.study import make_sampler
 
     b = SearchSpace.load(space).bind(int(meta["num_layers"]))
     X = np.stack([b.encode(c) for c in cands])
@@ -112,8 +111,8 @@ def run_one(sampler_name: str, seed: int, cands: list, vals: np.ndarray, meta: d
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--task", default="sst2")
-    ap.add_argument("--space", default="mixed")
+    add_task(ap)
+    add_space(ap)
     ap.add_argument("--table", help="CSV path (default bench/tables/<task>-<space>.csv)")
     ap.add_argument("--samplers", default="random,tpe,nsga2,autopeft,gp")
     ap.add_argument("--seeds", type=int, default=10)
@@ -126,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
                          "answer every proposal, the score from a random forest fitted to the table, costs exact")
     ap.add_argument("--plot", help="write a PNG of median hypervolume vs trials")
     ap.add_argument("--out", help="write the curves as JSON")
-    ap.add_argument("--quick", action="store_true")
+    add_quick(ap)
     ap.add_argument("--merge", nargs="+", metavar="JSON", help="merge earlier --out files (one sampler set each) "
                     "into --out/--plot instead of running")
     a = ap.parse_args(argv)
@@ -141,12 +140,11 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)  # the GP samplers' fits are small; one core leaves the other to trial runs
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    path = Path(a.table) if a.table else ROOT / "bench" / "tables" / f"{a.task}-{a.space}.csv"
+    path = Path(a.table) if a.table else TABLES / f"{a.task}-{a.space}.csv"
     cands, vals, meta = load_table(path)
     surrogate = None
     if a.protocol == "surrogate":
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from surrogate import ExactCosts, TableSurrogate
+        from bench.surrogate import ExactCosts, TableSurrogate
 
         fid = meta.get("fidelity", {})
         surrogate = (TableSurrogate(cands, vals, int(meta["num_layers"])),

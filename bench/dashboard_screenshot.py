@@ -1,6 +1,6 @@
 """Headless-browser screenshot of optuna-dashboard's Pareto view for a study (Debian's chromium).
 
-    python bench/dashboard_screenshot.py --study all-MiniLM-L6-v2-sst2-lora --storage sqlite:///studies/x.db -o docs/dashboard_pareto.png
+    python -m bench.dashboard_screenshot --study all-MiniLM-L6-v2-sst2-lora --storage sqlite:///studies/x.db -o docs/dashboard_pareto.png
 """
 
 from __future__ import annotations

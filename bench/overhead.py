@@ -4,17 +4,13 @@ overhead = span of the trial phase (first trial start -> last trial end) / (sum 
 and, given the command's total wall time (`--total-s`, e.g. from `time autopeft search ...`), the same with start-up.
 
     time autopeft search --data-dir ../shared/data/glue          # note the real time, e.g. 313 s
-    python bench/overhead.py --study all-MiniLM-L6-v2-sst2-lora --workers 2 --total-s 313
+    python -m bench.overhead --study all-MiniLM-L6-v2-sst2-lora --workers 2 --total-s 313
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -25,7 +21,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--total-s", type=float, help="the command's measured end-to-end wall time")
     a = ap.parse_args(argv)
     from autopeft._quiet import quiet
-    from autopeft.result import load_study
+    from autopeft.api import load_study
 
     quiet()
     res = load_study(a.study, a.storage)

@@ -4,7 +4,7 @@
 efficiency = ideal time (64 / 8 x 10 s = 80 s) / measured time of the trial phase. Also the fixed cost
 of starting the Ray executor (ray.init + Tuner start).
 
-    python bench/ray_efficiency.py [--trials 64 --workers 8 --sleep 10] [--quick]
+    python -m bench.ray_efficiency [--trials 64 --workers 8 --sleep 10] [--quick]
 """
 
 from __future__ import annotations
@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import add_data_dir, add_model, add_quick, add_space
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
@@ -27,16 +26,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--sleep", type=float, default=10.0)
     ap.add_argument("--cpus-per-trial", type=float, default=0.25)
-    ap.add_argument("--space", default="mixed")
-    ap.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"))
-    ap.add_argument("--model", help="default: the packaged MiniLM (only its shapes are used)")
+    add_space(ap)
+    add_data_dir(ap)
+    add_model(ap, "only its shapes are used")
     ap.add_argument("--executor", default="ray", help="ray (actor pool) or ray-tune")
-    ap.add_argument("--quick", action="store_true")
+    add_quick(ap)
     a = ap.parse_args(argv)
     if a.quick:
         a.trials, a.workers, a.sleep = 3, 1, 0.5
     from autopeft._quiet import quiet
-    from autopeft.study import Driver, data_spec_dict
+    from autopeft.config import SearchConfig
+    from autopeft.executors.simulated import RUNNER
+    from autopeft.session import Search
 
     quiet()
     import ray
@@ -46,20 +47,22 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     init_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
-        drv = Driver(model=a.model, data=data_spec_dict("sst2", a.data_dir, None, None, None, None, None), space=a.space,
-                     n_trials=a.trials, study_name="ray-bench", storage=f"sqlite:///{tmp}/b.db", executor=a.executor,
-                     workers=a.workers, fault=lambda n: f"simulate:{a.sleep}",
-                     executor_kwargs={"cpus_per_trial": a.cpus_per_trial})
-        drv.open()
+        # trials that sleep --sleep seconds and train nothing (the simulated runner reads "simulate:<s>")
+        search = Search(SearchConfig.from_options(
+            model=a.model, task="sst2", data_dir=a.data_dir, space=a.space, n_trials=a.trials, study_name="ray-bench",
+            storage=f"sqlite:///{tmp}/b.db", executor=a.executor, workers=a.workers, runner=RUNNER,
+            fault=lambda n: f"simulate:{a.sleep}", cpus_per_trial=a.cpus_per_trial))
+        if a.executor != "ray":  # the study and its reference point, outside the timed run (Tune starts at run())
+            search.open()
         t1 = time.perf_counter()
         if a.executor == "ray":  # the pool's start-up, measured on its own
-            from autopeft.ray_executor import RayExecutor
+            from autopeft.executors.ray import RayExecutor
 
             t2 = time.perf_counter()
-            RayExecutor(workers=a.workers, cpus_per_trial=a.cpus_per_trial).shutdown()
+            RayExecutor(workers=a.workers, cpus_per_trial=a.cpus_per_trial, runner=RUNNER).shutdown()
             pool_s = time.perf_counter() - t2
             t1 = time.perf_counter()
-        res = drv.run()
+        res = search.run()  # for ray it opens the study first, starting the actor pool: part of run_s, as before
         run_s = time.perf_counter() - t1
         trials = res.study.get_trials()
         first_start = min(t.datetime_start for t in trials).timestamp()

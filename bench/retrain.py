@@ -1,7 +1,8 @@
 """Found vs hand-designed, and how well the low-cost trial predicts the full-budget score.
 
 `run` re-trains, at full budget and with several seeds, scored on the untouched validation split:
-  - the hand-designed baselines: LoRA r=8 on q,v; IA3; prefix 20; serial adapter 64; full fine-tuning;
+  - the methods' hand-designed baselines (``autopeft.methods.baseline_candidates``: LoRA r=8 on q,v; IA3;
+    prefix 20; serial adapter 64) and full fine-tuning;
   - up to 5 configs from the Pareto front of each search (``--found NAME@STORAGE``, repeatable), chosen from its
     low-cost results as a user would: its best config, and for each baseline what ``best_config(max_params=<the
     baseline's params>)`` returns (then, if fewer than 5, configs spread over params among its high scorers);
@@ -21,9 +22,9 @@ most its parameters, and the Spearman rank correlation between the low-cost scor
 ceiling any proxy can reach), and the cost ratio (low-cost trial seconds / full-budget seconds); the same for each
 fidelity that `proxy` ran.
 
-    python bench/retrain.py run --task sst2 --found confirm-sst2-autopeft-0@sqlite:///bench/tables/confirm-sst2.db
-    python bench/retrain.py proxy --task sst2 --fidelity n_train=1000,epochs=1,batch_size=8
-    python bench/retrain.py report --task sst2 --json bench/tables/retrain-sst2.json
+    python -m bench.retrain run --task sst2 --found confirm-sst2-autopeft-0@sqlite:///bench/tables/confirm-sst2.db
+    python -m bench.retrain proxy --task sst2 --fidelity n_train=1000,epochs=1,batch_size=8
+    python -m bench.retrain report --task sst2 --json bench/tables/retrain-sst2.json
 """
 
 from __future__ import annotations
@@ -32,38 +33,38 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-TABLES = ROOT / "bench" / "tables"
-GLUE = ROOT.parent / "shared" / "data" / "glue"
+from bench.common import (TABLES, add_chunk, add_data_dir, add_model, add_quick, add_space, add_task, fidelity_arg,
+                          spearman)
+
 # full budget per task (issue 6): SST-2 8,000 training rows x 1 epoch; MRPC all rows x 3 epochs
 FULL = {"sst2": {"n_train": 8000, "epochs": 1.0}, "mrpc": {"n_train": None, "epochs": 3.0}}
-BASELINES = {
-    "lora r=8 q,v": ({"lora": {"r": 8, "targets": ["q", "v"], "alpha_ratio": 2.0, "dropout": 0.1}}, "all"),
-    "ia3": ({"ia3": {"targets": ["k", "v", "ffn_down"]}}, "all"),
-    "prefix 20": ({"prefix": {"length": 20}}, "none"),
-    "serial adapter 64": ({"serial_adapter": {"size": 64, "scaling": 1.0}}, "all"),
-    "full fine-tuning": ({"full": {}}, "none"),
-}
+FULL_FT = "full fine-tuning"
+
+
+def baselines(num_layers: int) -> dict[str, Any]:
+    """The configs every search is compared with: the methods' hand-designed baselines, then full fine-tuning."""
+    from autopeft.candidate import Candidate
+    from autopeft.methods import baseline_candidates
+
+    return {**baseline_candidates(num_layers), FULL_FT: Candidate.make({"full": {}}, [])}
 
 
 def _data(task: str, data_dir: str) -> dict[str, Any]:
-    from autopeft.study import data_spec_dict
+    from autopeft.config import data_spec_dict
 
-    return data_spec_dict(task, data_dir, None, None, None, None, None)
+    return data_spec_dict(task, data_dir)
 
 
 def found_configs(found: str, budgets: dict[str, int], k: int = 5) -> list[dict[str, Any]]:
     """Up to ``k`` front configs of one search, picked from its low-cost results only, as a user would:
     its best config, then for each baseline what ``best_config(max_params=<that baseline's params>)`` returns,
     then (if fewer than ``k``) configs spread over log-params among those within 0.05 of the best score."""
-    from autopeft.result import load_study
+    from autopeft.api import load_study
 
     name, _, storage = found.partition("@")
     res = load_study(name, storage or None)
@@ -110,13 +111,11 @@ def plan(task: str, space: str, found: list[str], n_proxy: int, info: Any, picks
     table = table_rows(task, space)
     by_key = {Candidate.from_dict(r["candidate"]).key: r for r in table}
     out: list[dict[str, Any]] = []
-    for name, (methods, layers) in BASELINES.items():
-        c = Candidate.make(methods, list(range(num_layers)) if layers == "all" else [])
+    for name, c in baselines(num_layers).items():
         row = by_key.get(c.key, {})
         out.append({"kind": "baseline", "name": name, "candidate": c.to_dict(), "low_score": row.get("low_score"),
                     "low_s": row.get("low_s")})
-    budgets = {o["name"]: count_params(Candidate.from_dict(o["candidate"]), info) for o in out
-               if o["name"] != "full fine-tuning"}
+    budgets = {o["name"]: count_params(Candidate.from_dict(o["candidate"]), info) for o in out if o["name"] != FULL_FT}
     keys = {Candidate.from_dict(o["candidate"]).key for o in out}
     for f in found or []:
         for o in found_configs(f, budgets, picks):
@@ -210,7 +209,8 @@ def proxy(a: argparse.Namespace) -> int:
     """Score every re-trained config with other low-cost fidelities (seed 0, as the search), for the rank correlation."""
     import multiprocessing as mp
 
-    from autopeft.trial import TrialSpec, run_trial
+    from autopeft.contract import TrialSpec
+    from autopeft.trial import run_trial
 
     data = _data(a.task, a.data_dir)
     recs = _done(Path(a.out or TABLES / f"retrain-{a.task}.jsonl"))
@@ -236,17 +236,11 @@ def proxy(a: argparse.Namespace) -> int:
 
 def _work_ratio(low: dict[str, Any] | None, recs: list[dict[str, Any]]) -> float:
     """Training rows x epochs of a low-cost fidelity over those of the full budget (timing-independent cost)."""
-    from autopeft.trial import Fidelity
+    from autopeft.contract import Fidelity
 
     f = Fidelity(**{k: v for k, v in (low or {}).items() if k != "metric"})
     full = recs[0]
     return f.n_train * f.epochs / (full["n_train"] * full["full"]["epochs"])
-
-
-def _spearman(x: list[float], y: list[float]) -> float:
-    import pandas as pd
-
-    return float(pd.Series(x).rank().corr(pd.Series(y).rank()))
 
 
 def paired_diff(found: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
@@ -305,7 +299,7 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
                 if pd_["n"] >= 2:
                     print(f"    closest within its params: {pd_['found'][:45]}: {pd_['diff']:+.4f} ± {pd_['se']:.4f} "
                           f"(paired over {pd_['n']} seeds) -> {pd_['call']}")
-    from autopeft.trial import Fidelity
+    from autopeft.contract import Fidelity
 
     want = Fidelity(**(a.low_fidelity or {})).to_dict()
     # low-cost scores from a search at another fidelity (records without one came from the table's fidelity)
@@ -313,11 +307,11 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
             and (r["low_fidelity"] is None or Fidelity.from_stored(r["low_fidelity"]).to_dict() == want)]
     out: dict[str, Any] = {"rows": rows, "verdict": verdict, "paired": paired}
     if len(prox) >= 3:
-        out["proxy_rho"] = _spearman([r["low_score"] for r in prox], [r["mean"] for r in prox])
+        out["proxy_rho"] = spearman([r["low_score"] for r in prox], [r["mean"] for r in prox])
         out["proxy_n"] = len(prox)
         two = [r for r in rows if len(r["scores"]) >= 2]
         if len(two) >= 3:
-            out["seed_rho"] = _spearman([r["scores"][0] for r in two], [r["scores"][1] for r in two])
+            out["seed_rho"] = spearman([r["scores"][0] for r in two], [r["scores"][1] for r in two])
             out["seed_n"] = len(two)
         ratio = [r["low_s"] / r["full_s"] for r in prox if r["low_s"] and r["full_s"]]
         out["cost_ratio"] = statistics.median(ratio) if ratio else None
@@ -333,7 +327,7 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
         pr = [r for r in _done(pf) if r["fidelity_label"] == label and r["score"] is not None and r["key"] in full_by_key]
         if len(pr) < 3:
             continue
-        rho = _spearman([r["score"] for r in pr], [full_by_key[r["key"]]["mean"] for r in pr])
+        rho = spearman([r["score"] for r in pr], [full_by_key[r["key"]]["mean"] for r in pr])
         ratio = statistics.median(r["wall_s"] / full_by_key[r["key"]]["full_s"] for r in pr)
         work = _work_ratio(pr[0]["fidelity"], recs)
         out["fidelities"][label] = {"rho": rho, "n": len(pr), "cost_ratio": ratio, "work_ratio": work}
@@ -347,8 +341,8 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> Any:
     ap = argparse.ArgumentParser()
     ap.add_argument("cmd", choices=("run", "proxy", "report"))
-    ap.add_argument("--task", default="sst2")
-    ap.add_argument("--space", default="mixed", help="the tabular benchmark's space (its table gives proxy configs)")
+    add_task(ap)
+    add_space(ap, "the tabular benchmark's space (its table gives proxy configs)")
     ap.add_argument("--found", action="append", default=[],
                     help="a search's study as NAME@STORAGE; its front gives up to --picks found configs (repeatable)")
     ap.add_argument("--picks", type=int, default=5, help="found configs per search, at most (in pick order: best "
@@ -357,10 +351,9 @@ def main(argv: list[str] | None = None) -> Any:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--proxy-seeds", type=int, default=1, help="seeds for the extra proxy configs (the seed-to-seed "
                                                                "ceiling comes from the configs with --seeds seeds)")
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--minutes", type=float, default=38.0)
-    ap.add_argument("--data-dir", default=str(GLUE))
-    ap.add_argument("--model")
+    add_chunk(ap, 38.0)
+    add_data_dir(ap)
+    add_model(ap)
     ap.add_argument("--out", help="JSONL of runs (default bench/tables/retrain-<task>.jsonl)")
     ap.add_argument("--json", help="report: write the summary here")
     ap.add_argument("--fidelity", action="append",
@@ -369,13 +362,10 @@ def main(argv: list[str] | None = None) -> Any:
     ap.add_argument("--low-fidelity", type=json.loads, help="report: the fidelity of the low-cost scores in the table "
                                                             "and the found study, as JSON (default: Fidelity(), 2,000 rows x 2 epochs at batch 32, the table's)")
     ap.add_argument("--proxy-out", help="JSONL of proxy trials (default bench/tables/proxy-<task>.jsonl)")
-    ap.add_argument("--quick", action="store_true", help="tiny budget (use with --model TINY) for tests")
+    add_quick(ap, "a tiny budget (with --model TINY)")
     a = ap.parse_args(argv)
     if a.picks < 1:
         ap.error(f"--picks must be at least 1, got {a.picks}")
-    sys.path.insert(0, str(ROOT / "bench"))
-    from confirm import fidelity_arg
-
     a.fidelity = [fidelity_arg(ap, text, allow_metric=True) for text in a.fidelity or []]
     from autopeft._quiet import quiet
 

@@ -8,21 +8,19 @@ benchmarks. A random forest on hand-made structural features is a different mode
 (our GP on the flat encoding, Optuna's GP, TPE's Parzen estimators), so the protocol does not favour any of them;
 its quality is reported as the out-of-fold Spearman rho and R^2 on the table (``cross_validate``).
 
-    python bench/surrogate.py --table bench/tables/sst2-mixed-cpu.csv      # cross-validated quality of the surrogate
+    python -m bench.surrogate --table bench/tables/sst2-mixed-cpu.csv      # cross-validated quality of the surrogate
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.common import spearman
 
 # every registered method that a shipped space can hold; a method not listed here is a user error in the table
 METHODS = ("lora", "dora", "ia3", "prefix", "serial_adapter", "parallel_adapter", "full")
@@ -107,7 +105,6 @@ class TableSurrogate:
 
 def cross_validate(cands: list[Any], vals: np.ndarray, num_layers: int, folds: int = 5, seed: int = 0) -> dict[str, float]:
     """Out-of-fold Spearman rho and R^2 of the surrogate's score on the table (how far to trust it)."""
-    import pandas as pd
     from sklearn.model_selection import KFold
 
     X = np.stack([features(c, num_layers, int(v[1]), float(v[2])) for c, v in zip(cands, vals)])
@@ -115,20 +112,19 @@ def cross_validate(cands: list[Any], vals: np.ndarray, num_layers: int, folds: i
     pred = np.empty_like(y)
     for tr, te in KFold(folds, shuffle=True, random_state=seed).split(X):
         pred[te] = _forest(seed).fit(X[tr], y[tr]).predict(X[te])
-    rho = float(pd.Series(pred).rank().corr(pd.Series(y).rank()))
+    rho = spearman(pred, y)
     r2 = float(1 - ((y - pred) ** 2).sum() / ((y - y.mean()) ** 2).sum())
     return {"rho": rho, "r2": r2, "rows": len(y), "folds": folds}
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--table", required=True, help="a table CSV from bench/tabular.py export")
+    ap.add_argument("--table", required=True, help="a table CSV from `python -m bench.tabular export`")
     ap.add_argument("--folds", type=int, default=5)
     a = ap.parse_args(argv)
     if a.folds < 2:
         ap.error(f"--folds must be at least 2, got {a.folds}")
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from compare_samplers import load_table
+    from bench.compare_samplers import load_table
 
     cands, vals, meta = load_table(Path(a.table))
     out = cross_validate(cands, vals, int(meta["num_layers"]), a.folds)

@@ -6,30 +6,20 @@ build   Evaluates a random design of candidates from a shipped space (plus the h
         cleanly (run it in chunks of at most ~40 minutes). `export` writes the committed table.
 export  Writes bench/tables/<task>-<space>.csv: candidate JSON, summary, score, params, memory (MiB), seconds.
 
-    python bench/tabular.py build --task sst2 --space mixed --n 120 --minutes 40
-    python bench/tabular.py export --task sst2 --space mixed
-    python bench/tabular.py build --task sst2 --space mixed --tag cpu --n 300   # a second table beside the first
-    python bench/tabular.py build --quick      # a tiny run for the test suite
+    python -m bench.tabular build --task sst2 --space mixed --n 120 --minutes 40
+    python -m bench.tabular export --task sst2 --space mixed
+    python -m bench.tabular build --task sst2 --space mixed --tag cpu --n 300   # a second table beside the first
+    python -m bench.tabular build --quick --model TINY     # a tiny run for the test suite
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-TABLES = ROOT / "bench" / "tables"
-GLUE = ROOT.parent / "shared" / "data" / "glue"
-
-BASELINES = {
-    "lora r=8 q,v": lambda L: ({"lora": {"r": 8, "targets": ["q", "v"], "alpha_ratio": 2.0, "dropout": 0.1}}, list(range(L))),
-    "ia3": lambda L: ({"ia3": {"targets": ["k", "v", "ffn_down"]}}, list(range(L))),
-    "prefix 20": lambda L: ({"prefix": {"length": 20}}, []),
-    "serial adapter 64": lambda L: ({"serial_adapter": {"size": 64, "scaling": 1.0}}, list(range(L))),
-}
+from bench.common import (QUICK_FIDELITY, TABLES, add_chunk, add_data_dir, add_metric, add_model, add_quick,
+                          add_space, add_task)
 
 
 def table_name(task: str, space: str, tag: str = "") -> str:
@@ -48,32 +38,28 @@ def storage_url(task: str, space: str, root: Path = TABLES, tag: str = "") -> st
 def build(task: str, space: str, n: int, minutes: float | None, data_dir: str, workers: int, quick: bool = False,
           root: Path = TABLES, model: str | None = None, fidelity: dict | None = None, tag: str = "",
           metric: str | None = None) -> int:
-    import optuna
-
-    from autopeft.candidate import Candidate
-    from autopeft.study import Driver, data_spec_dict
+    from autopeft.api import open_search
+    from autopeft.methods import baseline_candidates
 
     root.mkdir(parents=True, exist_ok=True)
-    drv = Driver(model=model, data=data_spec_dict(task, data_dir, None, None, None, None, metric), space=space, n_trials=n,
-                 sampler="random", study_name=study_name(task, space, tag), storage=storage_url(task, space, root, tag),
-                 workers=workers, seed=0, timeout=minutes * 60 if minutes else None, fidelity=fidelity,
-                 executor="inline" if quick else "local", progress=not quick)
-    study = drv.open()
+    search = open_search(model=model, task=task, data_dir=data_dir, metric=metric, space=space, n_trials=n,
+                         sampler="random", study_name=study_name(task, space, tag),
+                         storage=storage_url(task, space, root, tag), workers=workers, seed=0,
+                         timeout=minutes * 60 if minutes else None, executor="inline" if quick else "local",
+                         progress=not quick, **(fidelity or {}))
+    study = search.store.study
     if not study.trials:  # the hand-designed baselines first (those the space can express)
-        L = drv.info.arch.num_layers
-        for name, make in BASELINES.items():
-            methods, layers = make(L)
-            c = Candidate.make(methods, layers)
-            if drv.bound.contains(c):
-                study.enqueue_trial(drv.bound.optuna_params(c), user_attrs={"baseline": name})
-    res = drv.run()
-    done = len(res.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
+        for name, c in baseline_candidates(search.info.arch.num_layers).items():
+            if search.bound.contains(c):
+                study.enqueue_trial(search.bound.optuna_params(c), user_attrs={"baseline": name})
+    res = search.run()
+    done = len(res.complete_trials())
     print(f"{study_name(task, space, tag)}: {done}/{n} complete")
     return done
 
 
 def export(task: str, space: str, root: Path = TABLES, tag: str = "") -> Path:
-    from autopeft.result import load_study
+    from autopeft.api import load_study
 
     res = load_study(study_name(task, space, tag), storage_url(task, space, root, tag))
     df = res.trials
@@ -92,30 +78,27 @@ def export(task: str, space: str, root: Path = TABLES, tag: str = "") -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from autopeft.data import METRICS
-
     ap = argparse.ArgumentParser()
     ap.add_argument("cmd", choices=("build", "export"))
-    ap.add_argument("--task", default="sst2")
-    ap.add_argument("--space", default="mixed")
+    add_task(ap)
+    add_space(ap)
     ap.add_argument("--n", type=int, default=120)
-    ap.add_argument("--minutes", type=float, default=40.0)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--data-dir", default=str(GLUE))
-    ap.add_argument("--quick", action="store_true", help="tiny run (tiny model required via --model) for tests")
-    ap.add_argument("--model")
+    add_chunk(ap, 40.0)
+    add_data_dir(ap)
+    add_quick(ap, "a tiny run (with --model TINY)")
+    add_model(ap)
     ap.add_argument("--root", default=str(TABLES))
     ap.add_argument("--tag", default="", help="a second table of the same task and space: <task>-<space>-<tag>.csv "
                     "(a new study; it takes the default fidelity of the machine it starts on)")
-    ap.add_argument("--metric", choices=METRICS, help="the trials' metric (default: the task's), e.g. auc on MRPC, whose short trials "
-                                     "leave F1 at the majority class")
+    add_metric(ap, "the trials' metric (default: the task's), e.g. auc on MRPC, whose short trials leave F1 at the "
+                   "majority class")
     a = ap.parse_args(argv)
     from autopeft._quiet import quiet
 
     quiet()
     root = Path(a.root)
     if a.cmd == "build":
-        fid = dict(n_train=32, n_eval=32, epochs=1, max_length=24, batch_size=16) if a.quick else None
+        fid = QUICK_FIDELITY if a.quick else None
         build(a.task, a.space, 6 if a.quick else a.n, a.minutes, a.data_dir, a.workers, a.quick, root, a.model, fid,
               a.tag, a.metric)
     else:

@@ -31,9 +31,9 @@ def trainable(config: dict[str, Any]) -> None:
     process (``functools.lru_cache`` in autopeft.builder / autopeft.trial), and Tune reuses actors."""
     from ray import tune
 
-    from autopeft.trial import run_trial
+    from autopeft.executors.base import DEFAULT_RUNNER, load_runner
 
-    res = run_trial(TrialSpec(**config["spec"]))
+    res = load_runner(config.get("runner", DEFAULT_RUNNER))(TrialSpec(**config["spec"]))
     # one JSON string: Tune flattens nested dicts in results
     tune.report({"autopeft_result": json.dumps(res.to_dict()), "score": res.score if res.score is not None else float("nan")})
 
@@ -87,7 +87,7 @@ def _searcher_class() -> type:
                 spec = loop.ask()
                 if spec is not None:
                     self.by_tune_id[trial_id] = spec.trial_id
-                    return {"spec": spec.to_dict()}
+                    return {"spec": spec.to_dict(), "runner": self.search.config.runner}
             if not loop.proposer.pending and loop.finished():
                 return Searcher.FINISHED
             return None  # enough trials running; Tune asks again later
@@ -138,7 +138,7 @@ def _check_address(address: str | None) -> None:
                           "use --executor ray with ray://, or run autopeft on the head node with --ray-address auto")
 
 
-def run_reference(spec: TrialSpec, ray_options: dict[str, Any]) -> TrialResult:
+def run_reference(spec: TrialSpec, ray_options: dict[str, Any], runner: str = "autopeft.trial:run_trial") -> TrialResult:
     """Measure a new study's reference point as one Ray task (Ray started or joined as for the search)."""
     import ray
 
@@ -149,9 +149,9 @@ def run_reference(spec: TrialSpec, ray_options: dict[str, Any]) -> TrialResult:
     _STARTED.append(ensure_ray(ray_options.get("address"), ray_options.get("num_cpus"), cpus, gpus))
 
     def _run(d: dict[str, Any]) -> dict[str, Any]:
-        from autopeft.trial import run_trial
+        from autopeft.executors.base import load_runner
 
-        return run_trial(TrialSpec(**d)).to_dict()
+        return load_runner(runner)(TrialSpec(**d)).to_dict()
 
     return TrialResult.from_dict(ray.get(ray.remote(_run).options(num_cpus=cpus, num_gpus=gpus).remote(spec.to_dict())))
 

@@ -1,0 +1,106 @@
+"""What the bench scripts share: where the data and the committed tables are, their common options (``--task``,
+``--space``, ``--data-dir``, ``--model``, ``--metric``, ``--quick``, ``--workers``/``--minutes``, ``--fidelity``)
+and the rank correlation they report.
+
+The data directory defaults to the shared GLUE copy beside the repository (``../shared/data/glue``);
+``$AUTOPEFT_DATA_DIR`` replaces that default and ``--data-dir`` overrides both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from autopeft.contract import Fidelity
+
+TABLES = Path(__file__).resolve().parent / "tables"
+GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
+DATA_DIR_ENV = "AUTOPEFT_DATA_DIR"
+#: the trials of a ``--quick`` run (on the tiny test model: a second or two each)
+QUICK_FIDELITY: dict[str, Any] = {"n_train": 32, "n_eval": 32, "epochs": 1, "max_length": 24, "batch_size": 16}
+#: each fidelity key and the type its value is read as (int or float, as Fidelity's defaults)
+FIDELITY_KEYS: dict[str, type] = {f.name: type(f.default) for f in fields(Fidelity)}
+
+
+def default_data_dir() -> str:
+    """``$AUTOPEFT_DATA_DIR`` if set, else the shared GLUE copy."""
+    return os.environ.get(DATA_DIR_ENV) or str(GLUE)
+
+
+def add_task(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--task", default="sst2", help="a GLUE task of --data-dir (default sst2)")
+
+
+def add_space(ap: argparse.ArgumentParser, help: str = "a shipped search space (default mixed)") -> None:
+    ap.add_argument("--space", default="mixed", help=help)
+
+
+def add_chunk(ap: argparse.ArgumentParser, minutes: float) -> None:
+    """--workers and --minutes of a resumable run of real trials (run again to go on)."""
+    ap.add_argument("--workers", type=int, default=2, help="trials side by side (default 2)")
+    ap.add_argument("--minutes", type=float, default=minutes,
+                    help=f"stop cleanly after this long; run again to go on (default {minutes:g})")
+
+
+def add_data_dir(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--data-dir", default=default_data_dir(),
+                    help=f"the GLUE copy (default ${DATA_DIR_ENV}, else {GLUE})")
+
+
+def add_model(ap: argparse.ArgumentParser, note: str = "") -> None:
+    ap.add_argument("--model", help="a Hugging Face model name or path (default: the packaged all-MiniLM-L6-v2"
+                                    + (f"; {note}" if note else "") + ")")
+
+
+def add_metric(ap: argparse.ArgumentParser, help: str) -> None:
+    from autopeft.data import METRICS
+
+    ap.add_argument("--metric", choices=METRICS, help=help)
+
+
+def add_quick(ap: argparse.ArgumentParser, what: str = "a tiny run") -> None:
+    ap.add_argument("--quick", action="store_true", help=f"{what}, for the test suite")
+
+
+class FidelityError(ValueError):
+    """A malformed --fidelity text (the scripts print it as one line and exit 2)."""
+
+
+def parse_fidelity(text: str | None, allow_metric: bool = False) -> dict[str, Any] | None:
+    """``n_train=2000,epochs=2,batch_size=32,lr_scale=3`` -> a Fidelity dict (None: the machine's default);
+    ``metric=auc`` too where ``allow_metric``. Raises :class:`FidelityError` with the reason."""
+    if not text:
+        return None
+    kinds: dict[str, Any] = {**FIDELITY_KEYS, **({"metric": str} if allow_metric else {})}
+    out: dict[str, Any] = {}
+    for kv in text.split(","):
+        k, sep, v = kv.partition("=")
+        k = k.strip()
+        if not sep:
+            raise FidelityError(f"--fidelity: {kv!r} is not KEY=VALUE (e.g. n_train=2000,epochs=2,batch_size=32,lr_scale=3)")
+        if k not in kinds:
+            raise FidelityError(f"--fidelity: unknown key {k!r}; use {', '.join(sorted(kinds))}")
+        try:
+            out[k] = kinds[k](v.strip())
+        except ValueError:
+            raise FidelityError(f"--fidelity: {k}={v!r} is not a number") from None
+    return out
+
+
+def fidelity_arg(ap: argparse.ArgumentParser, text: str | None, allow_metric: bool = False) -> dict[str, Any] | None:
+    """parse_fidelity for a command line: a bad text is one argparse error line and exit 2."""
+    try:
+        return parse_fidelity(text, allow_metric)
+    except FidelityError as exc:
+        ap.error(str(exc))
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (ties share their mean rank); NaN where either side is constant."""
+    import pandas as pd
+
+    return float(pd.Series(list(x)).rank().corr(pd.Series(list(y)).rank()))
