@@ -8,11 +8,12 @@ Hugging Face model, so nothing (hidden size, depth, names) is hard-coded elsewhe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-import torch.nn as nn
+from typing import TYPE_CHECKING, Any
 
 from autopeft.errors import ModelError
+
+if TYPE_CHECKING:  # type hints only: describing an architecture loads no torch
+    import torch.nn as nn
 
 #: Abstract sub-module names, in a fixed order.
 SUBMODULES: tuple[str, ...] = ("q", "k", "v", "o", "ffn_up", "ffn_down")

@@ -13,7 +13,7 @@ import torch.nn as nn
 from autopeft.arch import ArchInfo, arch_from_config
 from autopeft.candidate import Candidate
 from autopeft.errors import ConfigError, ModelError
-from autopeft.methods import get_method
+from autopeft.methods import get_method, learning_rates
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
@@ -81,18 +81,26 @@ def head_module_names(model: nn.Module, arch: ArchInfo) -> list[str]:
 def count_params(cand: Candidate, info: ModelInfo) -> int:
     """Exact number of trainable parameters (masked sparse weights excluded), head included."""
     methods = cand.methods
-    if "full" in methods:
-        return info.base_params
-    total = info.head_params
     fraction = cand.sparsity.get("fraction", 0.0)
-    for name, cfg in methods.items():
-        for shape in get_method(name).param_shapes(cfg, cand.layers, info.arch):
-            n = 1
-            for s in shape:
-                n *= s
-            total += n
-            if fraction and len(shape) >= 2:
-                total -= int(round(fraction * n))
+    whole = next((n for n in methods if get_method(n).trains_base), None)
+    if whole is not None:  # it trains every weight, the head included: its count is the candidate's
+        return _method_count(whole, methods[whole], cand.layers, info, fraction)
+    return info.head_params + sum(_method_count(n, cfg, cand.layers, info, fraction) for n, cfg in methods.items())
+
+
+def _method_count(name: str, cfg: dict[str, Any], layers: list[int], info: ModelInfo, fraction: float) -> int:
+    m = get_method(name)
+    exact = m.trainable_count(cfg, layers, info)
+    if exact is not None:
+        return exact
+    total = 0
+    for shape in m.param_shapes(cfg, layers, info.arch):
+        n = 1
+        for s in shape:
+            n *= s
+        total += n
+        if fraction and m.sparsifiable and len(shape) >= 2:
+            total -= int(round(fraction * n))
     return total
 
 
@@ -107,8 +115,10 @@ def validate_candidate(cand: Candidate, info: ModelInfo) -> None:
     peft_methods = [n for n in cand.methods if get_method(n).uses_peft]
     if len(peft_methods) > 1:
         raise ConfigError(f"at most one peft-based method per candidate, got {', '.join(peft_methods)}")
-    if "full" in cand.methods and len(cand.methods) > 1:
-        raise ConfigError("method 'full' cannot be combined with other methods")
+    if len(cand.methods) > 1:
+        for name in cand.methods:
+            if get_method(name).exclusive:
+                raise ConfigError(f"method {name!r} cannot be combined with other methods")
     for name, cfg in cand.methods.items():
         for k, v in cfg.items():
             if isinstance(v, list) and v and not isinstance(v[0], str) and len(v) != len(cand.layers):
@@ -187,29 +197,39 @@ def build_model(cand: Candidate, base: nn.Module, info: ModelInfo, seed: int = 0
             if "modules_to_save" in n:
                 head_ids.add(id(p))
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    own_ids = {id(p): name for name, ps in own.items() for p in ps}
-    lr_mult = cand.lr_multiplier
-    groups: dict[str, list[nn.Parameter]] = {}
-    for n, p in trainable.items():
-        if id(p) in head_ids and "full" not in methods:
-            g = "head"
-        elif id(p) in own_ids:
-            g = own_ids[id(p)]
-        else:
-            g = peft_name or "full"
-        groups.setdefault(g, []).append(p)
-    lrs = {name: get_method(name).default_lr for name in methods}
-    head_lr = max(lrs.values()) if lrs else 1e-3
-    param_groups = [
-        {"params": ps, "lr": (head_lr if g == "head" else lrs[g]) * lr_mult, "name": g} for g, ps in groups.items()
-    ]
+    groups = _group(trainable, head_ids, own, peft_name, methods)
+    lrs = learning_rates(cand)
+    param_groups = [{"params": ps, "lr": lrs[g], "name": g} for g, ps in groups.items()]
     masks = None
     fraction = cand.sparsity.get("fraction", 0.0)
     if fraction:
         from autopeft.sparsity import apply_sparsity
 
-        maskable = {n: p for n, p in trainable.items() if id(p) not in head_ids}
+        # only the tensors of sparsifiable methods, as count_params counts them (peft stores IA3's scales as
+        # (n, 1) / (1, n) matrices: masking every non-head tensor of ndim >= 2 zeroed 40% of them uncounted)
+        sparse_ids = {id(p) for g, ps in groups.items() if g in methods and get_method(g).sparsifiable for p in ps}
+        maskable = {n: p for n, p in trainable.items() if id(p) in sparse_ids}
         masks = apply_sparsity(maskable, fraction, cand.sparsity["criterion"], seed=seed,
                                warmup_steps=cand.sparsity.get("warmup_steps", 0))
     n_train = sum(p.numel() for p in trainable.values()) - (masks.masked_count() if masks is not None else 0)
     return BuiltModel(model, param_groups, masks, n_train)
+
+
+def _group(trainable: dict[str, nn.Parameter], head_ids: set[int], own: dict[str, list[nn.Parameter]],
+           peft_name: str | None, methods: dict[str, dict[str, Any]]) -> dict[str, list[nn.Parameter]]:
+    """Optimizer groups by method name (``head`` apart unless a method trains the whole base model)."""
+    whole = next((n for n in methods if get_method(n).trains_base), None)
+    rest = peft_name or whole  # peft's parameters, or the base model's when a method trains all of it
+    own_ids = {id(p): name for name, ps in own.items() for p in ps}
+    groups: dict[str, list[nn.Parameter]] = {}
+    for n, p in trainable.items():
+        if id(p) in head_ids and whole is None:
+            g = "head"
+        elif id(p) in own_ids:
+            g = own_ids[id(p)]
+        elif rest is not None:
+            g = rest
+        else:
+            raise RuntimeError(f"parameter {n} trains but no method of {', '.join(methods) or 'head only'} owns it")
+        groups.setdefault(g, []).append(p)
+    return groups

@@ -62,7 +62,7 @@ class Candidate:
             layers = []
         sp = dict(sparsity or {})
         fraction = float(sp.get("fraction", 0.0) or 0.0)
-        maskable = any(len(s) >= 2 for n in out if n not in ("full",) for s in _shapes_probe(n, out[n]))
+        maskable = any(get_method(n).sparsifiable for n in out)
         if fraction <= 0.0 or not maskable:
             sp_out: dict[str, Any] = {}
         else:
@@ -182,18 +182,3 @@ class Candidate:
 
     def __repr__(self) -> str:
         return f"Candidate({self.summary()})"
-
-
-def _shapes_probe(name: str, cfg: Mapping[str, Any]) -> list[tuple[int, ...]]:
-    """Tensor ranks of a method on a dummy shape (to know if sparsity can apply)."""
-    from autopeft.arch import ArchInfo
-    from autopeft.methods import get_method
-
-    if name == "full":
-        return [(2, 2)]
-    dummy = ArchInfo("bert", "x", {s: s for s in ("q", "k", "v", "o", "ffn_up", "ffn_down")}, 1, 4, 8, 1, 8)
-    c = dict(cfg)
-    for k, v in c.items():
-        if isinstance(v, list) and v and not isinstance(v[0], str):
-            c[k] = v[:1]
-    return get_method(name).param_shapes(c, [0], dummy)

@@ -16,6 +16,7 @@ from typing import Any
 
 from autopeft.candidate import CANDIDATE_FILE, Candidate
 from autopeft.errors import ConfigError
+from autopeft.methods import get_method, learning_rates
 
 CONFIG_FILE = "autopeft_config.json"
 
@@ -23,7 +24,6 @@ CONFIG_FILE = "autopeft_config.json"
 def peft_config_for(cand: Candidate, model: str | None, num_labels: int) -> Any:
     """The peft config of the candidate's peft-based method, or ``None`` if it has none."""
     from autopeft.builder import model_info
-    from autopeft.methods import get_method
 
     info = model_info(model, num_labels)
     for name, cfg in cand.methods.items():
@@ -37,12 +37,10 @@ def peft_config_for(cand: Candidate, model: str | None, num_labels: int) -> Any:
     return None
 
 
-def learning_rates(cand: Candidate) -> dict[str, float]:
-    from autopeft.methods import get_method
-
-    lrs = {n: get_method(n).default_lr * cand.lr_multiplier for n in cand.methods}
-    lrs["head"] = (max(lrs.values()) if lrs else 1e-3 * cand.lr_multiplier)
-    return lrs
+def _autopeft_only(cand: Candidate) -> list[str]:
+    """What needs autopeft to train: methods that neither peft builds nor plain full fine-tuning is, and sparsity."""
+    own = [n for n in cand.methods if not get_method(n).uses_peft and not get_method(n).trains_base]
+    return own + (["sparsity"] if cand.sparsity else [])
 
 
 def export_config(found: Any, directory: str | Path) -> Path:
@@ -70,7 +68,7 @@ def export_config(found: Any, directory: str | Path) -> Path:
         "search_fidelity": fid,
         "summary": cand.summary(),
         "peft_part": "adapter_config.json" if pc is not None else None,
-        "autopeft_only": [n for n in cand.methods if n in ("serial_adapter", "parallel_adapter")] + (["sparsity"] if cand.sparsity else []),
+        "autopeft_only": _autopeft_only(cand),
     }
     if getattr(found, "trial", None) is not None:
         info["trial"] = found.trial.number

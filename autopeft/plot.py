@@ -4,28 +4,48 @@ hypervolume over trials.  Hand-designed baselines present in the study are drawn
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
+from autopeft.errors import AutoPeftError
 from autopeft.pareto import hypervolume, non_dominated, to_max
-
-#: summaries of hand-designed configurations drawn as reference points when a study has them
-BASELINE_PREFIXES = ("lora r=8 [q,v] | layers", "ia3 [k,v,ffn_down] | layers", "serial_adapter size=64", "prefix length=20", "full")
+from autopeft.storage import A
 
 
 def _points(res: Any) -> tuple[list[Any], np.ndarray, np.ndarray]:
-    comp = res._complete()
+    comp = res.complete_trials()
     Y = np.array([to_max(res.objectives, t.values) for t in comp]).reshape(-1, len(res.objectives))
     mask = non_dominated(Y) if len(Y) else np.zeros(0, dtype=bool)
     return comp, Y, mask
 
 
-def is_baseline(summary: str, num_layers: int) -> bool:
-    all_layers = ",".join(str(i) for i in range(num_layers))
-    if summary.startswith(("lora r=8 [q,v] | layers", "ia3 [k,v,ffn_down] | layers", "serial_adapter size=64 | layers")):
-        return summary.split("| layers ")[1].split(" |")[0] == all_layers and summary.count("|") == 1
-    return summary in ("prefix length=20", "full")
+def baseline_keys(num_layers: int) -> set[str]:
+    """Keys of the hand-designed configurations for a model of ``num_layers`` layers: every method's
+    :meth:`~autopeft.methods.PeftMethod.baselines`, and each method that trains the whole base model at its
+    defaults (full fine-tuning)."""
+    from autopeft.candidate import Candidate
+    from autopeft.methods import baseline_candidates, get_method, method_names
+
+    cands = list(baseline_candidates(num_layers).values())
+    for name in method_names():
+        m = get_method(name)
+        if m.trains_base:
+            defaults = {k: d.default for k, d in m.params.items()}
+            cands.append(Candidate.make({name: defaults}, list(range(num_layers)) if m.uses_layers else []))
+    return {c.key for c in cands if c.methods}  # with no layers a layered baseline vanishes: not a reference
+
+
+def is_baseline(candidate: Mapping[str, Any] | None, keys: set[str]) -> bool:
+    """Whether a trial's stored candidate (``user_attrs["candidate"]``) is one of the hand-designed ``keys``."""
+    from autopeft.candidate import Candidate
+
+    if candidate is None:
+        return False
+    try:
+        return Candidate.from_dict(candidate).key in keys
+    except AutoPeftError:  # e.g. a method this process does not know: not one of its baselines
+        return False
 
 
 def hypervolume_curve(res: Any) -> list[float]:
@@ -55,12 +75,12 @@ def plot_study(res: Any, out_dir: str | Path) -> dict[str, Path]:
 
         raise StudyError(f"study {res.name!r} has no completed trial to plot")
     score = np.array([t.values[0] for t in comp])
-    params = np.array([t.user_attrs.get("params", np.nan) for t in comp], dtype=float)
-    mem = np.array([t.user_attrs.get("memory_mib", np.nan) for t in comp], dtype=float)
-    summaries = [t.user_attrs.get("summary", "") for t in comp]
-    nl = int(res.meta.get("num_layers", 0))
-    base = np.array([is_baseline(s, nl) for s in summaries])
-    metric = res.meta.get("metric", "score")
+    params = np.array([t.user_attrs.get(A.PARAMS, np.nan) for t in comp], dtype=float)
+    mem = np.array([t.user_attrs.get(A.MEMORY_MIB, np.nan) for t in comp], dtype=float)
+    summaries = [t.user_attrs.get(A.SUMMARY, "") for t in comp]
+    keys = baseline_keys(int(res.meta.get(A.NUM_LAYERS, 0)))
+    base = np.array([is_baseline(t.user_attrs.get(A.CANDIDATE), keys) for t in comp], dtype=bool)
+    metric = res.meta.get(A.METRIC, "score")
     paths: dict[str, Path] = {}
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))

@@ -122,6 +122,8 @@ def test_bad_candidates(tiny_model: str) -> None:
         build_model(Candidate.make({"lora": LORA}, [0, 5]), base, info)
     with pytest.raises(ConfigError, match="at most one peft-based method"):
         build_model(Candidate.make({"lora": LORA, "ia3": {"targets": ["k"]}}, [0]), base, info)
+    with pytest.raises(ConfigError, match=r"^method 'full' cannot be combined with other methods$"):
+        build_model(Candidate.make({"full": {}, "serial_adapter": {"size": 4, "scaling": 1.0}}, [0]), base, info)
 
 
 def test_model_that_cannot_load(tmp_path: object) -> None:

@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from autopeft.contract import FAILED, TrialResult, TrialSpec
+from autopeft.contract import FAILED, REFERENCE, TrialResult, TrialSpec
 
 #: the function that runs one trial, as ``module:function`` (imported where the trial runs)
 DEFAULT_RUNNER = "autopeft.trial:run_trial"
@@ -97,7 +97,8 @@ class Executor(ABC):
         self._done.append(TrialResult(run.spec.trial_id, FAILED, wall_s=time.monotonic() - run.started, reason=reason))
 
     def wait(self, timeout: float | None = None) -> list[TrialResult]:
-        """Results finished since the last call (blocks up to ``timeout`` seconds for at least one)."""
+        """Results finished since the last call (blocks up to ``timeout`` seconds for at least one).  The per-trial
+        timeout applies to search trials, not to measuring a study's reference point."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._done and self._running:
             step = 1.0 if deadline is None else min(1.0, max(0.0, deadline - time.monotonic()))
@@ -116,7 +117,7 @@ class Executor(ABC):
             if self.trial_timeout is not None:
                 now = time.monotonic()
                 for handle, run in list(self._running.items()):
-                    if run.acked and now - run.started > self.trial_timeout:
+                    if run.acked and run.spec.purpose != REFERENCE and now - run.started > self.trial_timeout:
                         del self._running[handle]
                         self._kill(handle)
                         self._fail(run, f"exceeded the per-trial timeout of {self.trial_timeout:g} s")

@@ -3,15 +3,20 @@ process (``--executor inline``).
 
 Local workers are spawned, one torch thread each by default, so base model and data load once per worker.
 A worker that dies or overruns its per-trial timeout is killed and replaced, and its trial is reported failed.
-Workers die with the driver: the parent-death signal is the child's very first act, before any import, so a
-driver killed while workers start leaves none behind.
+Workers are started as ``python -m autopeft.executors.local`` processes talking over a socket pair, not through
+``multiprocessing``'s spawn, which re-imports the user's ``__main__`` script in every worker: ``autopeft.search()``
+then works from a plain script with no ``if __name__ == "__main__"`` guard, from Jupyter and from any module.
+Workers die with the driver: the parent-death signal is armed before the worker imports anything heavy, and a
+worker whose driver died before it was armed exits at once, so a killed driver leaves none behind.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import signal
+import socket
+import subprocess
+import sys
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -52,7 +57,7 @@ def _die_with_parent() -> None:
 
 
 def _worker_main(conn: Connection, threads: int, runner: str, parent: int) -> None:
-    _die_with_parent()
+    _die_with_parent()  # armed again here: cheap, and the entry point may not have
     if os.getppid() != parent:  # the driver died before the signal was armed
         os._exit(0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
@@ -97,15 +102,17 @@ class LocalExecutor(Executor):
                  runner: str = DEFAULT_RUNNER) -> None:
         super().__init__(workers or os.cpu_count() or 1, trial_timeout, runner)
         self.threads = threads_per_trial
-        self._ctx = mp.get_context("spawn")
         self._slots: list[_Slot] = []
 
     def _spawn(self) -> _Slot:
-        parent, child = self._ctx.Pipe(duplex=True)
-        p = self._ctx.Process(target=_worker_main, args=(child, self.threads, self.runner, os.getpid()), daemon=True)
-        p.start()
-        child.close()
-        return _Slot(p, parent)
+        mine, theirs = socket.socketpair()
+        try:
+            p = subprocess.Popen([sys.executable, "-m", "autopeft.executors.local", str(theirs.fileno()), str(self.threads),
+                                  self.runner, str(os.getpid())], pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                                 close_fds=True)
+        finally:
+            theirs.close()
+        return _Slot(p, Connection(mine.detach()))
 
     def _launch(self, spec: TrialSpec) -> Any | None:
         for _ in range(3):
@@ -126,7 +133,7 @@ class LocalExecutor(Executor):
         return None
 
     def _poll(self, handles: list[Any], timeout: float) -> list[Event]:
-        ready = wait([s.conn for s in handles] + [s.proc.sentinel for s in handles], timeout=timeout)
+        ready = wait([s.conn for s in handles], timeout=timeout)  # a dead worker's socket reads as end-of-file
         events = []
         for s in handles:
             if s.conn in ready:
@@ -141,17 +148,20 @@ class LocalExecutor(Executor):
                     s.busy = False
                     events.append(Event(s, "result", TrialResult.from_dict(msg)))
                     continue
-            if s.proc.sentinel in ready or not s.proc.is_alive():
-                s.proc.join(2.0)  # the sentinel fires as the child exits, a moment before it can be reaped
-                events.append(Event(s, "died", reason=f"worker process died (exit code {s.proc.exitcode})"))
+            if s.conn in ready or s.proc.poll() is not None:
+                try:
+                    code = s.proc.wait(5.0)
+                except subprocess.TimeoutExpired:
+                    code = None
+                events.append(Event(s, "died", reason=f"worker process died (exit code {code})"))
                 self._drop(s)
         return events
 
     def _drop(self, slot: _Slot) -> None:
         try:
             slot.proc.kill()
-            slot.proc.join(5)
-        except (OSError, ValueError):
+            slot.proc.wait(5)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
             pass
         slot.conn.close()
         if slot in self._slots:
@@ -166,8 +176,15 @@ class LocalExecutor(Executor):
                 s.conn.send(None)
             except (BrokenPipeError, OSError):
                 pass
-        for s in self._slots:
-            s.proc.join(0.5)
-            if s.proc.is_alive():
-                self._drop(s)
+        for s in list(self._slots):
+            try:
+                s.proc.wait(0.5)
+            except subprocess.TimeoutExpired:
+                pass
+            self._drop(s)
         self._slots.clear()
+
+
+if __name__ == "__main__":  # a worker: python -m autopeft.executors.local FD THREADS RUNNER PARENT_PID
+    _die_with_parent()
+    _worker_main(Connection(int(sys.argv[1])), int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
-
-import torch.nn as nn
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 from autopeft.arch import SUBMODULES, ArchInfo
 from autopeft.errors import SpaceError
+
+if TYPE_CHECKING:  # type hints only: importing a method (and so the search space) loads no torch
+    import torch.nn as nn
+
+    from autopeft.builder import ModelInfo
+
+#: a hand-designed configuration: the method's settings (every parameter) and its layers
+Baseline = tuple[dict[str, Any], list[int]]
 
 
 @dataclass(frozen=True)
@@ -68,13 +74,25 @@ class PeftMethod:
 
     A method declares its YAML parameters (``params``), whether it sits on the chosen layers
     (``uses_layers``), whether it is built by HF peft (``uses_peft``; at most one per candidate),
-    its default learning rate, and two functions of a candidate's settings: the shapes of the
-    tensors it trains (exact parameter counting with no model) and how to build it.
+    whether it excludes every other method (``exclusive``), trains the whole base model
+    (``trains_base``: the head is then no group of its own) or may be masked by sparsity
+    (``sparsifiable``), its default learning rate, and functions of a candidate's settings: the
+    shapes of the tensors it trains (exact parameter counting with no model), how to build it,
+    how deep backward goes, its extra cost features for the sampler and its hand-designed baselines.
+    The core asks these hooks and never a method's name, so a new method is one module.
     """
 
     name: ClassVar[str]
     uses_peft: ClassVar[bool] = False
     uses_layers: ClassVar[bool] = True
+    #: cannot be combined with any other method in a candidate
+    exclusive: ClassVar[bool] = False
+    #: trains every weight of the base model, head included
+    trains_base: ClassVar[bool] = False
+    #: sparsity masks may apply to this method's weight matrices (every method declares it)
+    sparsifiable: ClassVar[bool]
+    #: how many values :meth:`cost_features` returns
+    n_cost_features: ClassVar[int] = 0
     #: parameter whose value 0 switches the method off (only under ``select: all``)
     size_param: ClassVar[str | None] = None
     default_lr: ClassVar[float]
@@ -91,6 +109,24 @@ class PeftMethod:
     def apply(self, model: nn.Module, cfg: dict[str, Any], layers: Sequence[int], arch: ArchInfo) -> list[nn.Parameter]:
         """Insert the method's own modules into ``model`` (only for non-peft methods); return new params."""
         raise NotImplementedError  # abstract: overridden by non-peft methods
+
+    def trainable_count(self, cfg: dict[str, Any], layers: Sequence[int], info: ModelInfo) -> int | None:
+        """Exact trainable count when it does not follow from :meth:`param_shapes`; ``None``: count the shapes."""
+        return None
+
+    def backprop_depth(self, cfg: dict[str, Any], layers: Sequence[int], num_layers: int) -> float:
+        """Fraction of the network (from the top) that the backward pass goes through for this method."""
+        if self.uses_layers and layers:
+            return (num_layers - min(layers)) / num_layers
+        return 0.0
+
+    def cost_features(self, cfg: dict[str, Any], layer_fraction: float) -> list[float]:
+        """Method-specific features (``n_cost_features`` of them) of the sampler's memory/time model."""
+        return []
+
+    def baselines(self, num_layers: int) -> dict[str, Baseline]:
+        """Hand-designed configurations of this method: name -> (settings with every parameter, layers)."""
+        return {}
 
     def summary(self, cfg: dict[str, Any]) -> str:
         """A short human-readable description, e.g. ``lora r=8 [q,v]``."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from autopeft.methods import register_method
+from autopeft.methods import Baseline, register_method
 from autopeft.methods.lora import Lora
 
 
@@ -10,3 +10,6 @@ from autopeft.methods.lora import Lora
 class Dora(Lora):
     name = "dora"
     use_dora = True
+
+    def baselines(self, num_layers: int) -> dict[str, Baseline]:
+        return {}  # LoRA's baseline is not DoRA's

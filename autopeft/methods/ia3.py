@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from autopeft.arch import ArchInfo
-from autopeft.methods import ParamDecl, PeftMethod, register_method, target_regex
+from autopeft.methods import Baseline, ParamDecl, PeftMethod, register_method, target_regex
 
 _FEEDFORWARD = ("ffn_up", "ffn_down")  # IA3 scales the *input* of these (the FFN activations)
 
@@ -14,6 +14,7 @@ _FEEDFORWARD = ("ffn_up", "ffn_down")  # IA3 scales the *input* of these (the FF
 class IA3(PeftMethod):
     name = "ia3"
     uses_peft = True
+    sparsifiable = False  # scaling vectors only
     default_lr = 5e-3
     params = {"targets": ParamDecl("targets", default=["k", "v", "ffn_down"])}
 
@@ -24,6 +25,9 @@ class IA3(PeftMethod):
                 fin, fout = arch.in_out(t)
                 shapes.append((fin,) if t in _FEEDFORWARD else (fout,))
         return shapes
+
+    def baselines(self, num_layers: int) -> dict[str, Baseline]:
+        return {"ia3": ({"targets": ["k", "v", "ffn_down"]}, list(range(num_layers)))}
 
     def peft_config(self, cfg: dict[str, Any], layers: Sequence[int], arch: ArchInfo, head: list[str]) -> Any:
         from peft import IA3Config

@@ -7,13 +7,14 @@ from collections import Counter
 from typing import Any, Sequence
 
 from autopeft.arch import ArchInfo
-from autopeft.methods import ParamDecl, PeftMethod, register_method, target_regex
+from autopeft.methods import Baseline, ParamDecl, PeftMethod, register_method, target_regex
 
 
 @register_method
 class Lora(PeftMethod):
     name = "lora"
     uses_peft = True
+    sparsifiable = True
     size_param = "r"
     default_lr = 5e-4
     use_dora = False
@@ -38,6 +39,9 @@ class Lora(PeftMethod):
                 if self.use_dora:
                     shapes.append((fout,))
         return shapes
+
+    def baselines(self, num_layers: int) -> dict[str, Baseline]:
+        return {"lora r=8 q,v": ({"r": 8, "targets": ["q", "v"], "alpha_ratio": 2.0, "dropout": 0.1}, list(range(num_layers)))}
 
     def peft_config(self, cfg: dict[str, Any], layers: Sequence[int], arch: ArchInfo, head: list[str]) -> Any:
         from peft import LoraConfig

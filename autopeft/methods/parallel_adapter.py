@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from autopeft.methods import register_method
+from autopeft.methods import Baseline, register_method
 from autopeft.methods.serial_adapter import SerialAdapter
 
 
@@ -10,3 +10,6 @@ from autopeft.methods.serial_adapter import SerialAdapter
 class ParallelAdapter(SerialAdapter):
     name = "parallel_adapter"
     kind = "parallel"
+
+    def baselines(self, num_layers: int) -> dict[str, Baseline]:
+        return {}  # the serial adapter's baseline is not the parallel one's

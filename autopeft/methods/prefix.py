@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from autopeft.arch import ArchInfo
-from autopeft.methods import ParamDecl, PeftMethod, register_method
+from autopeft.methods import Baseline, ParamDecl, PeftMethod, register_method
 
 
 @register_method
@@ -16,12 +16,23 @@ class Prefix(PeftMethod):
     name = "prefix"
     uses_peft = True
     uses_layers = False
+    sparsifiable = True
+    n_cost_features = 1
     size_param = "length"
     default_lr = 1e-2
     params = {"length": ParamDecl("int", default=20, low=1)}
 
     def param_shapes(self, cfg: dict[str, Any], layers: Sequence[int], arch: ArchInfo) -> list[tuple[int, ...]]:
         return [(cfg["length"], arch.num_layers * 2 * arch.hidden_size)]
+
+    def backprop_depth(self, cfg: dict[str, Any], layers: Sequence[int], num_layers: int) -> float:
+        return 1.0  # the prefixes sit in every layer, so backward reaches the bottom one
+
+    def cost_features(self, cfg: dict[str, Any], layer_fraction: float) -> list[float]:
+        return [float(cfg["length"]) / 100.0]
+
+    def baselines(self, num_layers: int) -> dict[str, Baseline]:
+        return {"prefix 20": ({"length": 20}, [])}
 
     def peft_config(self, cfg: dict[str, Any], layers: Sequence[int], arch: ArchInfo, head: list[str]) -> Any:
         from peft import PrefixTuningConfig

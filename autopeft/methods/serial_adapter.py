@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
-
-import torch.nn as nn
+from typing import TYPE_CHECKING, Any, Sequence
 
 from autopeft.arch import ArchInfo
-from autopeft.methods import ParamDecl, PeftMethod, register_method
+from autopeft.methods import Baseline, ParamDecl, PeftMethod, register_method
+
+if TYPE_CHECKING:
+    import torch.nn as nn
 
 
 @register_method
 class SerialAdapter(PeftMethod):
     name = "serial_adapter"
     kind = "serial"
+    sparsifiable = True
     size_param = "size"
     default_lr = 1e-3
     params = {
@@ -28,6 +30,9 @@ class SerialAdapter(PeftMethod):
         h, s = arch.hidden_size, cfg["size"]
         one = [(s, h), (s,), (h, s), (h,)]
         return one * (self._per_layer() * len(layers))
+
+    def baselines(self, num_layers: int) -> dict[str, Baseline]:
+        return {"serial adapter 64": ({"size": 64, "scaling": 1.0}, list(range(num_layers)))}
 
     def apply(self, model: nn.Module, cfg: dict[str, Any], layers: Sequence[int], arch: ArchInfo) -> list[nn.Parameter]:
         from autopeft.adapters import add_bottleneck_adapters
