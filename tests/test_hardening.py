@@ -114,3 +114,52 @@ def test_three_drivers_creating_one_new_study_share_its_total(tiny_model: str, g
     assert not s.get_trials(states=(TrialState.RUNNING,))
     keys = [t.user_attrs["candidate_key"] for t in s.get_trials(states=(TrialState.COMPLETE,))]
     assert len(keys) == len(set(keys))
+
+
+def test_the_api_runs_from_a_plain_script_without_a_main_guard(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
+    """Workers must not re-import the user's script (multiprocessing's spawn did: nested searches, junk trials)."""
+    storage = f"sqlite:///{tmp_path / 'plain.db'}"
+    script = tmp_path / "plain.py"
+    script.write_text(
+        "import autopeft\n"
+        f"res = autopeft.search(model={tiny_model!r}, task='sst2', data_dir={str(glue_dir)!r}, space='tiny', n_trials=2,\n"
+        f"                      storage={storage!r}, study_name='plain', executor='local', workers=2, n_startup=2,\n"
+        "                      n_train=32, n_eval=32, epochs=1, max_length=24, batch_size=16)\n"
+        "print('FRONT', len(res.pareto_front))\n", encoding="utf-8")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("FRONT") == 1  # the script ran once, not once per worker
+    s = optuna.load_study(study_name="plain", storage=storage)
+    assert len(s.trials) == 2 and all(t.state == TrialState.COMPLETE for t in s.trials)
+
+
+def test_no_process_outlives_a_killed_driver(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
+    """kill -9 of the driver at 10 random moments, worker start-up included: 2 s later nothing of the search runs."""
+    import os
+    import random
+    import signal
+    import uuid
+
+    import psutil
+
+    rng = random.Random(0)
+    argv = [sys.executable, "-m", "autopeft.cli", "search", "--model", tiny_model, "--data-dir", str(glue_dir), "--space",
+            "tiny", "--trials", "50", "--study", "orph", "--storage", f"sqlite:///{tmp_path / 'o.db'}", "--workers", "2",
+            "--no-progress", "--n-train", "32", "--n-eval", "32", "--epochs", "1", "--max-length", "24",
+            "--batch-size", "16"]
+    for i in range(10):
+        mark = uuid.uuid4().hex
+        proc = subprocess.Popen(argv, env={**os.environ, "AUTOPEFT_TEST_MARK": mark}, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.5, 9.0) if i else 3.0)  # the first kill lands while the workers start
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        time.sleep(2.0)
+        left = []
+        for p in psutil.process_iter(["pid"]):
+            try:
+                if p.environ().get("AUTOPEFT_TEST_MARK") == mark:
+                    left.append(p.pid)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                pass
+        assert left == [], f"kill {i}: processes {left} outlived the driver"
