@@ -12,14 +12,20 @@ vectorised over thousands of candidates.  Pending trials enter the front at thei
 (kriging believer) so concurrent workers get different candidates.  Candidates over a budget
 score zero and are never proposed; nor is any candidate already evaluated, failed or pending.
 
-It plugs into Optuna as a ``BaseSampler``: on a trial's first ``suggest`` it plans a whole
-candidate and then answers each parameter from that plan.
+It plugs into Optuna as a ``BaseSampler`` with relative sampling: the relative search space is the
+space's distributions, and ``sample_relative`` (called once, at a trial's first suggestion) plans a
+whole candidate and returns it as Optuna params; :meth:`autopeft.space.BoundSpace.suggest` then gets
+each active dimension from that plan.  Past trials are read from their params (decoded by the space),
+so any trial of the study whose params form a candidate counts, whichever sampler proposed it.  A
+parameter outside the plan (another name, or a value the asked distribution does not contain) is
+sampled independently at random.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from typing import Any, Callable, Sequence
 
@@ -30,6 +36,7 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
 from autopeft.candidate import Candidate
+from autopeft.errors import AutoPeftError
 from autopeft.pareto import to_max
 from autopeft.space import BoundSpace
 
@@ -37,21 +44,17 @@ CostFn = Callable[[Candidate], float]
 
 
 def _features(cand: Candidate, n_layers: int, params: float) -> list[float]:
-    from autopeft.methods import get_method, method_names
+    from autopeft.methods import cost_feature_vector, get_method, method_names
 
     methods = cand.methods
-    if "full" in methods or "prefix" in methods:
-        depth = 1.0
-    elif cand.layers:
-        depth = (n_layers - min(cand.layers)) / n_layers
-    else:
-        depth = 0.0
-    frac = len(cand.layers) / n_layers
+    layers = cand.layers
+    depth = max((get_method(n).backprop_depth(cfg, layers, n_layers) for n, cfg in methods.items()), default=0.0)
+    frac = len(layers) / n_layers
     f = [1.0, depth, frac, params / 1e6]
     for name in method_names():
         on = name in methods
         f.append(float(on) * (frac if get_method(name).uses_layers else 1.0))
-    f.append(float(methods.get("prefix", {}).get("length", 0)) / 100.0)
+    f.extend(cost_feature_vector(methods, frac))
     return f
 
 
@@ -160,10 +163,19 @@ class CostAwareEHVISampler(BaseSampler):
         self._seed = 0 if seed is None else int(seed)
         self._rng = np.random.default_rng(seed)
         self._random = RandomSampler(seed=seed)
-        self._plans: dict[int, dict[str, Any]] = {}
         self._gp_state: dict[str, Any] | None = None
         self._params_cache: dict[str, int] = {}
+        self._lock = threading.Lock()  # one proposal at a time (optimize(n_jobs>1) shares the sampler)
         self.last_info: dict[str, Any] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ optuna interface
     def reseed_rng(self) -> None:
@@ -172,25 +184,21 @@ class CostAwareEHVISampler(BaseSampler):
         self._random.reseed_rng()
 
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        return {}
+        return self.space.distributions()
 
     def sample_relative(self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
-        return {}
-
-    def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution) -> Any:
-        plan = self._plans.get(trial._trial_id)
-        if plan is None:
+        """Plan the trial's whole candidate; its Optuna params, restricted to ``search_space``."""
+        if not any(name in search_space for name in self.space.by_name):
+            return {}
+        with self._lock:
             # one stream per trial number: reproducible, and concurrent drivers on one study diverge
             self._rng = np.random.default_rng([self._seed, trial.number])
-            cand = self.propose(study)
-            plan = self.space.optuna_params(cand)
-            self._plans[trial._trial_id] = plan
-        if param_name in plan and param_distribution._contains(param_distribution.to_internal_repr(plan[param_name])):
-            return plan[param_name]
-        return self._random.sample_independent(study, trial, param_name, param_distribution)
+            cand = self.propose(study, trial)
+        return {k: v for k, v in self.space.optuna_params(cand).items() if k in search_space}
 
-    def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
-        self._plans.pop(trial._trial_id, None)
+    def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution) -> Any:
+        # a parameter outside the plan: not a dimension of the space, or the plan's value is not in the asked distribution
+        return self._random.sample_independent(study, trial, param_name, param_distribution)
 
     # ------------------------------------------------------------------ costs
     def _params(self, c: Candidate) -> int:
@@ -203,17 +211,30 @@ class CostAwareEHVISampler(BaseSampler):
         return self.max_params is None or self._params(c) <= self.max_params
 
     # ------------------------------------------------------------------ proposing
-    def propose(self, study: Study) -> Candidate:
+    def history(self, study: Study, trial: FrozenTrial | None = None) -> list[tuple[FrozenTrial, Candidate]]:
+        """Every trial of ``study`` (but ``trial``) whose params form a candidate of the space, with that
+        candidate.  Params outside the space are ignored; a trial lacking an active dimension is skipped."""
+        names = self.space.by_name
+        out: list[tuple[FrozenTrial, Candidate]] = []
+        for t in study.get_trials(deepcopy=False):
+            if trial is not None and t.number == trial.number:
+                continue
+            params = {k: v for k, v in t.params.items() if k in names}
+            if not params:
+                continue
+            try:
+                out.append((t, self.space.candidate_from_params(params)))
+            except AutoPeftError:
+                continue
+        return out
+
+    def propose(self, study: Study, trial: FrozenTrial | None = None) -> Candidate:
+        """The next candidate for ``trial`` (not read as history) given the study's other trials."""
         t0 = time.perf_counter()
-        trials = study.get_trials(deepcopy=False)
         seen = _Seen()
         done: list[tuple[Candidate, list[float]]] = []
         pending: list[Candidate] = []
-        for t in trials:
-            cj = t.user_attrs.get("candidate")
-            if cj is None:
-                continue
-            c = Candidate(cj)
+        for t, c in self.history(study, trial):
             seen.add(c)
             if t.state == TrialState.COMPLETE and t.values is not None:
                 done.append((c, list(t.values)))

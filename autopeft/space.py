@@ -12,13 +12,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from autopeft.candidate import Candidate
 from autopeft.errors import SpaceError
 from autopeft.methods import ParamDecl, get_method, method_names
+
+if TYPE_CHECKING:
+    from optuna.distributions import BaseDistribution
+    from optuna.trial import BaseTrial
 
 SCHEMA_VERSION = 1
 TOP_KEYS = ("version", "name", "description", "select", "placement", "methods", "sparsity", "training")
@@ -67,7 +71,7 @@ class Dim:
     def width(self) -> int:
         return len(self.choices) if self.kind == "cat" else 1
 
-    def distribution(self) -> Any:
+    def distribution(self) -> BaseDistribution:
         import optuna.distributions as od
 
         if self.kind in ("cat", "ord"):
@@ -116,7 +120,18 @@ class Dim:
             return int(min(max(round(v), self.low), self.high))
         return float(v)
 
+    def suggest(self, trial: BaseTrial) -> Any:
+        """Ask ``trial`` for this dimension through Optuna's public API (the value in Optuna's form)."""
+        if self.kind in ("cat", "ord"):
+            return trial.suggest_categorical(self.name, [_to_optuna(c) for c in self.choices])
+        if self.kind == "bool":
+            return trial.suggest_categorical(self.name, [False, True])
+        if self.kind == "int":
+            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(self.name, self.low, self.high, log=self.log)
+
     def from_optuna(self, value: Any) -> Any:
+        """Inverse of :func:`_to_optuna` for this dimension: an Optuna param value -> the dimension's value."""
         if self.kind in ("cat", "ord"):
             for c in self.choices:
                 if _to_optuna(c) == value:
@@ -244,8 +259,9 @@ class SearchSpace:
                 f"{source}: with select: all, at most one peft-based method may be listed "
                 f"(got {', '.join(peft_methods)}); serial_adapter and parallel_adapter combine with any"
             )
-        if select == "all" and "full" in methods and len(methods) > 1:
-            raise SpaceError(f"{source}: method 'full' cannot be combined with other methods under select: all")
+        exclusive = [m for m in methods if get_method(m).exclusive]
+        if select == "all" and exclusive and len(methods) > 1:
+            raise SpaceError(f"{source}: method {exclusive[0]!r} cannot be combined with other methods under select: all")
         sparsity_raw = data.get("sparsity", {}) or {}
         if not isinstance(sparsity_raw, Mapping):
             raise SpaceError(f"{source}: sparsity must be a mapping with keys {', '.join(SPARSITY_KEYS)}")
@@ -437,16 +453,36 @@ class BoundSpace:
         return rng.random(self.size)
 
     # ------------------------------------------------------------------ optuna
-    def distributions(self) -> dict[str, Any]:
-        """Every dimension as an Optuna distribution (the flat, fixed search space)."""
+    def distributions(self) -> dict[str, BaseDistribution]:
+        """Every dimension as an Optuna distribution (the flat, fixed search space; a new dict each call)."""
         return {d.name: d.distribution() for d in self.dims}
 
-    def suggest(self, trial: Any) -> Candidate:
-        """Define-by-run: ask an Optuna trial for the active dimensions, return the candidate."""
+    def suggest(self, trial: BaseTrial) -> Candidate:
+        """Define-by-run: ask an Optuna trial for the active dimensions, return the candidate.
+
+        Only the public ``suggest_*`` API, with each dimension's own distribution, so a sampler's relative
+        plan over :meth:`distributions` answers every suggestion; inactive dimensions are not asked."""
         vals: dict[str, Any] = {}
         for d in self.dims:
             if self._active(d, vals):
-                vals[d.name] = d.from_optuna(trial._suggest(d.name, d.distribution()))
+                vals[d.name] = d.from_optuna(d.suggest(trial))
+        return self.candidate_from_values(vals)
+
+    def candidate_from_params(self, params: Mapping[str, Any]) -> Candidate:
+        """The candidate whose Optuna params (see :meth:`optuna_params`) are ``params``, e.g. a past trial's.
+
+        Inverse of :meth:`optuna_params`.  Every active dimension must be present; inactive ones are ignored;
+        a name that is no dimension of the space raises :class:`SpaceError`."""
+        for k in params:
+            if k not in self.by_name:
+                raise SpaceError(f"parameter {k!r} is not a dimension of search space {self.space.name!r}")
+        vals: dict[str, Any] = {}
+        for d in self.dims:  # method and layer switches come before what depends on them
+            if not self._active(d, vals):
+                continue
+            if d.name not in params:
+                raise SpaceError(f"parameter {d.name!r} of search space {self.space.name!r} is missing")
+            vals[d.name] = d.from_optuna(params[d.name])
         return self.candidate_from_values(vals)
 
     def optuna_params(self, cand: Candidate) -> dict[str, Any]:

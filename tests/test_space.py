@@ -39,9 +39,72 @@ def test_encoding_round_trips(name: str) -> None:
         assert b.contains(c)
         # the candidate survives JSON and Optuna params
         assert Candidate.from_json(c.to_json()) == c
-        assert b.candidate_from_values({k: b.by_name[k].from_optuna(v) for k, v in b.optuna_params(c).items()}) == c
+        assert b.candidate_from_params(b.optuna_params(c)) == c
         seen.add(c.key)
     assert len(seen) > 50  # sampling covers the space
+
+
+@pytest.mark.parametrize("layers", [6, 12])
+@pytest.mark.parametrize("name", shipped_spaces())
+def test_optuna_params_round_trip(name: str, layers: int) -> None:
+    """A trial's params rebuild its candidate: candidate_from_params inverts optuna_params, and suggest (public
+    suggest_* API only) on a trial holding those params returns the candidate."""
+    b = SearchSpace.load(name).bind(layers)
+    rng = np.random.default_rng(layers)
+    for c in b.sample(rng, 100):
+        params = b.optuna_params(c)
+        assert b.candidate_from_params(params) == c
+        assert b.suggest(optuna.trial.FixedTrial(params)) == c
+        assert b.suggest(_Recorder(params)) == c
+
+
+class _Recorder:
+    """A trial with only Optuna's public suggest API; it records the distribution of every suggestion."""
+
+    def __init__(self, params: dict[str, object]) -> None:
+        self.params = params
+        self.asked: dict[str, optuna.distributions.BaseDistribution] = {}
+
+    def suggest_categorical(self, name: str, choices: list[object]) -> object:
+        self.asked[name] = optuna.distributions.CategoricalDistribution(choices)
+        return self.params[name]
+
+    def suggest_int(self, name: str, low: int, high: int, *, log: bool = False) -> object:
+        self.asked[name] = optuna.distributions.IntDistribution(low, high, log=log)
+        return self.params[name]
+
+    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> object:
+        self.asked[name] = optuna.distributions.FloatDistribution(low, high, log=log)
+        return self.params[name]
+
+
+@pytest.mark.parametrize("name", ["tiny", "mixed", "autopeft"])
+def test_suggest_asks_the_active_dimensions_with_their_distributions(name: str) -> None:
+    b = SearchSpace.load(name).bind(4)
+    dists = b.distributions()
+    for c in b.sample(np.random.default_rng(0), 30):
+        params = b.optuna_params(c)
+        trial = _Recorder(params)
+        assert b.suggest(trial) == c
+        assert list(trial.asked) == list(params)  # the active dimensions only, switches before what they switch
+        assert all(trial.asked[k] == dists[k] for k in trial.asked)
+
+
+def test_candidate_from_params_errors_and_inactive_params() -> None:
+    b = SearchSpace.load("tiny").bind(2)
+    c = Candidate.make({"serial_adapter": {"size": 8, "scaling": 1.0}}, [0, 1])
+    params = b.optuna_params(c)
+    assert params == {"method": "serial_adapter", "layer.0": True, "layer.1": True, "serial_adapter.size": 8,
+                      "sparsity.fraction": 0.0}
+    assert b.candidate_from_params({**params, "lora.r": 4}) == c  # an inactive dimension is ignored
+    with pytest.raises(SpaceError, match=r"^parameter 'x' is not a dimension of search space 'tiny'$"):
+        b.candidate_from_params({**params, "x": 1.0})
+    with pytest.raises(SpaceError, match=r"^parameter 'serial_adapter\.size' of search space 'tiny' is missing$"):
+        b.candidate_from_params({k: v for k, v in params.items() if k != "serial_adapter.size"})
+    with pytest.raises(SpaceError, match=r"^value 5 is not a choice of serial_adapter\.size$"):
+        b.candidate_from_params({**params, "serial_adapter.size": 5})
+    lora = b.candidate_from_params({**params, "method": "lora", "lora.r": 2, "lora.targets": "q,k,v,o"})
+    assert lora.methods["lora"]["targets"] == ["q", "k", "v", "o"] and lora.methods["lora"]["r"] == 2
 
 
 def test_inactive_dimensions_are_ignored_on_decode() -> None:
@@ -107,6 +170,8 @@ BAD = [
     ({"methods": {"ia3": {"targets": {"choices": [["k"]], "per_layer": True}}}}, "cannot be searched per layer"),
     ({"select": "some", "methods": {"lora": {}}}, "select must be 'one' or 'all'"),
     ({"select": "all", "methods": {"lora": {}, "ia3": {}}}, "at most one peft-based method"),
+    ({"select": "all", "methods": {"serial_adapter": {}, "full": {}}},
+     "method 'full' cannot be combined with other methods under select: all"),
     ({"placement": {"layers": "most"}, "methods": {"lora": {}}}, "placement.layers must be"),
     ({}, "'methods' is required"),
     ([1, 2], "must be a mapping"),
