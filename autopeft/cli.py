@@ -83,23 +83,8 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
-#: bounds on a study spec file (an alias bomb expands to billions of values)
+#: a study spec is a short mapping of options: bounded (an alias bomb expands to billions of values)
 SPEC_MAX_BYTES = 64 * 1024
-SPEC_MAX_NODES = 10_000
-
-
-def _size(obj: object, limit: int = SPEC_MAX_NODES) -> int:
-    """Number of values in a loaded YAML document, counting aliases each time they occur; stops past ``limit``."""
-    n, stack = 0, [obj]
-    while stack and n <= limit:
-        o = stack.pop()
-        n += 1
-        if isinstance(o, dict):
-            stack.extend(o.keys())
-            stack.extend(o.values())
-        elif isinstance(o, list):
-            stack.extend(o)
-    return n
 
 
 def expand_spec(argv: list[str]) -> list[str]:
@@ -118,25 +103,12 @@ def expand_spec(argv: list[str]) -> list[str]:
             rest.append(a)
     if not path:
         raise _UsageError("autopeft search: --spec needs a YAML file")
-    from pathlib import Path
-
-    import yaml
+    from autopeft.yamlio import load_yaml
 
     try:
-        if Path(path).stat().st_size > SPEC_MAX_BYTES:
-            raise _UsageError(f"autopeft search: study spec {path} is over {SPEC_MAX_BYTES // 1024} KiB; a spec is a short "
-                              "mapping of search options")
-        spec = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise _UsageError(f"autopeft search: cannot read study spec {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise _UsageError(f"autopeft search: study spec {path} is not UTF-8 text (a YAML file of search options)") from None
-    except (yaml.YAMLError, RecursionError) as exc:
-        first = str(exc).splitlines()[0][:200] if str(exc) else "nested too deeply"
-        raise _UsageError(f"autopeft search: study spec {path} is not valid YAML: {first}") from None
-    if _size(spec) > SPEC_MAX_NODES:
-        raise _UsageError(f"autopeft search: study spec {path} expands to over {SPEC_MAX_NODES} values (YAML aliases?); "
-                          "a spec is a short mapping of search options")
+        spec = load_yaml(path, "study spec", SPEC_MAX_BYTES)
+    except ValueError as exc:
+        raise _UsageError(f"autopeft search: {exc}") from None
     if spec is None:
         spec = {}
     if not isinstance(spec, dict):

@@ -9,27 +9,31 @@ same dimensions as distributions (define-by-run, active ones only).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from autopeft.candidate import Candidate
 from autopeft.errors import SpaceError
-from autopeft.methods import ParamDecl, get_method, method_names
+from autopeft.methods import get_method, method_names
+from autopeft.space_dims import (  # noqa: F401  (Dim and the limits are part of this module's interface)
+    _LR_MULT, _SPARSITY_CRITERION, _SPARSITY_FRACTION, _SPARSITY_WARMUP, MAX_CHOICES, SPEC_KEYS, Dim, _check_keys, _dim,
+    _in_dim, _Param, _parse_param, _to_optuna)
+from autopeft.yamlio import excerpt
 
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
     from optuna.trial import BaseTrial
 
 SCHEMA_VERSION = 1
+#: bounds on a space (README, search_spaces/README.md): the file's size and the choices of one parameter
+MAX_FILE_BYTES = 256 * 1024
 TOP_KEYS = ("version", "name", "description", "select", "placement", "methods", "sparsity", "training")
 PLACEMENT_KEYS = ("layers",)
 SPARSITY_KEYS = ("fraction", "criterion", "warmup_steps")
 TRAINING_KEYS = ("lr_multiplier",)
-SPEC_KEYS = ("choices", "int", "float", "log", "per_layer")
 SUBMODULES = ("q", "k", "v", "o", "ffn_up", "ffn_down")
 
 def _shipped_dir() -> Path:
@@ -45,120 +49,6 @@ def _shipped_dir() -> Path:
 def shipped_spaces() -> list[str]:
     """Names of the spaces shipped with the package."""
     return sorted(p.stem for p in _shipped_dir().glob("*.yaml"))
-
-
-# ----------------------------------------------------------------------------- dimensions
-@dataclass(frozen=True)
-class Dim:
-    """One searched dimension.
-
-    ``kind``: ``cat`` (one-hot encoded choices), ``ord`` (numeric choices, encoded by index),
-    ``int``/``float`` (ranges, optionally log-scaled) or ``bool`` (a layer switch).
-    ``method``: active only when that method is selected (``select: one``); ``layer``: active only
-    when that layer's switch is on.
-    """
-
-    name: str
-    kind: str
-    choices: tuple[Any, ...] = ()
-    low: float = 0.0
-    high: float = 1.0
-    log: bool = False
-    method: str | None = None
-    layer: int | None = None
-
-    @property
-    def width(self) -> int:
-        return len(self.choices) if self.kind == "cat" else 1
-
-    def distribution(self) -> BaseDistribution:
-        import optuna.distributions as od
-
-        if self.kind in ("cat", "ord"):
-            return od.CategoricalDistribution([_to_optuna(c) for c in self.choices])
-        if self.kind == "bool":
-            return od.CategoricalDistribution([False, True])
-        if self.kind == "int":
-            return od.IntDistribution(int(self.low), int(self.high), log=self.log)
-        return od.FloatDistribution(self.low, self.high, log=self.log)
-
-    def encode(self, value: Any) -> list[float]:
-        """Map a value to its slice of the unit-cube encoding."""
-        if self.kind == "cat":
-            out = [0.0] * len(self.choices)
-            out[self.choices.index(value)] = 1.0
-            return out
-        if self.kind == "ord":
-            n = len(self.choices)
-            return [self.choices.index(value) / (n - 1) if n > 1 else 0.5]
-        if self.kind == "bool":
-            return [1.0 if value else 0.0]
-        if self.high == self.low:
-            return [0.5]
-        if self.log:
-            return [(math.log(value) - math.log(self.low)) / (math.log(self.high) - math.log(self.low))]
-        return [(value - self.low) / (self.high - self.low)]
-
-    def neutral(self) -> list[float]:
-        """Encoding of an inactive dimension."""
-        return [0.0] * self.width if self.kind == "cat" else [0.5]
-
-    def decode(self, x: Sequence[float]) -> Any:
-        """Inverse of :meth:`encode` for any point of the unit cube (argmax / rounding)."""
-        if self.kind == "cat":
-            return self.choices[int(np.argmax(x))]
-        u = min(max(float(x[0]), 0.0), 1.0)
-        if self.kind == "ord":
-            return self.choices[int(round(u * (len(self.choices) - 1)))]
-        if self.kind == "bool":
-            return u >= 0.5
-        if self.log:
-            v = math.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low)))
-        else:
-            v = self.low + u * (self.high - self.low)
-        if self.kind == "int":
-            return int(min(max(round(v), self.low), self.high))
-        return float(v)
-
-    def suggest(self, trial: BaseTrial) -> Any:
-        """Ask ``trial`` for this dimension through Optuna's public API (the value in Optuna's form)."""
-        if self.kind in ("cat", "ord"):
-            return trial.suggest_categorical(self.name, [_to_optuna(c) for c in self.choices])
-        if self.kind == "bool":
-            return trial.suggest_categorical(self.name, [False, True])
-        if self.kind == "int":
-            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
-        return trial.suggest_float(self.name, self.low, self.high, log=self.log)
-
-    def from_optuna(self, value: Any) -> Any:
-        """Inverse of :func:`_to_optuna` for this dimension: an Optuna param value -> the dimension's value."""
-        if self.kind in ("cat", "ord"):
-            for c in self.choices:
-                if _to_optuna(c) == value:
-                    return c
-            raise SpaceError(f"value {value!r} is not a choice of {self.name}")
-        return value
-
-
-def _to_optuna(value: Any) -> Any:
-    """Optuna categorical choices must be scalars: lists become comma-joined strings."""
-    if isinstance(value, (list, tuple)):
-        return ",".join(str(v) for v in value)
-    return value
-
-
-@dataclass(frozen=True)
-class _Param:
-    """A method parameter from YAML: fixed (``value``) or searched (``dim`` template)."""
-
-    name: str
-    value: Any = None
-    kind: str | None = None  # None: fixed
-    choices: tuple[Any, ...] = ()
-    low: float = 0.0
-    high: float = 1.0
-    log: bool = False
-    per_layer: bool = False
 
 
 # ----------------------------------------------------------------------------- the space
@@ -180,7 +70,6 @@ class SearchSpace:
     @classmethod
     def load(cls, name_or_path: str | Path) -> "SearchSpace":
         """Load a shipped space by name (e.g. ``lora``) or a YAML file by path."""
-        import yaml
 
         p = Path(name_or_path)
         if p.suffix not in (".yaml", ".yml") and (not p.is_file() or "/" not in str(name_or_path)):
@@ -193,18 +82,12 @@ class SearchSpace:
             p = shipped
         if not p.is_file():
             raise SpaceError(f"search space file not found: {p}")
+        from autopeft.yamlio import load_yaml
+
         try:
-            text = p.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SpaceError(f"cannot read search space file {p}: {exc}") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            line = getattr(getattr(exc, "problem_mark", None), "line", None)
-            where = f" (line {line + 1})" if line is not None else ""
-            raise SpaceError(f"search space file {p} is not valid YAML{where}") from None
-        except RecursionError:
-            raise SpaceError(f"search space file {p} is nested too deeply") from None
+            data = load_yaml(p, "search space file", MAX_FILE_BYTES)
+        except ValueError as exc:
+            raise SpaceError(str(exc)) from None
         return cls.from_dict(data, source=str(p), default_name=p.stem)
 
     @classmethod
@@ -214,7 +97,7 @@ class SearchSpace:
         _check_keys(data, TOP_KEYS, "top level", source)
         version = data.get("version", SCHEMA_VERSION)
         if version != SCHEMA_VERSION:
-            raise SpaceError(f"{source}: version must be {SCHEMA_VERSION}, got {version!r}")
+            raise SpaceError(f"{source}: version must be {SCHEMA_VERSION}, got {excerpt(version)}")
         name = data.get("name", default_name)
         if not isinstance(name, str) or not name:
             raise SpaceError(f"{source}: name must be a non-empty string")
@@ -223,7 +106,7 @@ class SearchSpace:
             raise SpaceError(f"{source}: description must be a string")
         select = data.get("select", "one")
         if select not in ("one", "all"):
-            raise SpaceError(f"{source}: select must be 'one' or 'all', got {select!r}")
+            raise SpaceError(f"{source}: select must be 'one' or 'all', got {excerpt(select)}")
         placement = data.get("placement", {}) or {}
         if not isinstance(placement, Mapping):
             raise SpaceError(f"{source}: placement must be a mapping with key 'layers'")
@@ -234,14 +117,14 @@ class SearchSpace:
                 raise SpaceError(f"{source}: placement.layers must be 'all', 'per_layer' or a non-empty list of layer indices >= 0")
             layers = sorted(set(layers))
         elif layers not in ("all", "per_layer"):
-            raise SpaceError(f"{source}: placement.layers must be 'all', 'per_layer' or a list of layer indices, got {layers!r}")
+            raise SpaceError(f"{source}: placement.layers must be 'all', 'per_layer' or a list of layer indices, got {excerpt(layers)}")
         methods_raw = data.get("methods")
         if not isinstance(methods_raw, Mapping) or not methods_raw:
             raise SpaceError(f"{source}: 'methods' is required: a mapping from method name to its settings; known methods: {', '.join(method_names())}")
         methods: dict[str, dict[str, _Param]] = {}
         for mname, block in methods_raw.items():
             if not isinstance(mname, str) or mname not in method_names():
-                raise SpaceError(f"{source}: unknown method {mname!r} under methods; known methods: {', '.join(method_names())}")
+                raise SpaceError(f"{source}: unknown method {excerpt(mname)} under methods; known methods: {', '.join(method_names())}")
             block = block if block is not None else {}
             if not isinstance(block, Mapping):
                 raise SpaceError(f"{source}: methods.{mname} must be a mapping of its parameters")
@@ -499,80 +382,3 @@ class BoundSpace:
         except (KeyError, ValueError, TypeError, SpaceError):
             return False
 
-
-def _in_dim(d: Dim, v: Any) -> bool:
-    if d.kind in ("cat", "ord"):
-        return v in d.choices
-    if d.kind == "bool":
-        return isinstance(v, bool)
-    return d.low <= v <= d.high
-
-
-# ----------------------------------------------------------------------------- param parsing
-_SPARSITY_FRACTION = ParamDecl("float", default=0.0, low=0.0, high=0.99)
-_SPARSITY_CRITERION = ParamDecl("str", default="random", options=("random", "magnitude"))
-_SPARSITY_WARMUP = ParamDecl("int", default=10, low=0)
-_LR_MULT = ParamDecl("float", default=1.0, low=1e-3, high=1e3, exclusive_low=True)
-
-
-def _check_keys(block: Mapping[Any, Any], allowed: Iterable[str], where: str, source: str) -> None:
-    allowed = tuple(allowed)
-    for k in block:
-        if k not in allowed:
-            raise SpaceError(f"{source}: unknown key {k!r} in {where}; allowed keys: {', '.join(allowed)}")
-
-
-def _parse_param(raw: Any, decl: ParamDecl, where: str, source: str, allow_zero: bool = False) -> _Param:
-    name = where.rsplit(".", 1)[-1]
-    if isinstance(raw, Mapping):
-        _check_keys(raw, SPEC_KEYS, where, source)
-        kinds = [k for k in ("choices", "int", "float") if k in raw]
-        if len(kinds) != 1:
-            raise SpaceError(f"{source}: {where} needs exactly one of 'choices', 'int' or 'float'")
-        per_layer = raw.get("per_layer", False)
-        if not isinstance(per_layer, bool):
-            raise SpaceError(f"{source}: {where}.per_layer must be true or false")
-        if per_layer and not decl.per_layer_ok:
-            raise SpaceError(f"{source}: {where} cannot be searched per layer")
-        allow_zero = allow_zero and not per_layer
-        log = raw.get("log", False)
-        if not isinstance(log, bool):
-            raise SpaceError(f"{source}: {where}.log must be true or false")
-        kind = kinds[0]
-        if kind == "choices":
-            if log:
-                raise SpaceError(f"{source}: {where}: 'log' applies to 'int' and 'float' ranges, not to 'choices'")
-            choices = raw["choices"]
-            if not isinstance(choices, list) or not choices:
-                raise SpaceError(f"{source}: {where}.choices must be a non-empty list")
-            vals = tuple(decl.check(c, f"{source}: {where}", allow_zero) for c in choices)
-            if len(set(map(repr, vals))) != len(vals):
-                raise SpaceError(f"{source}: {where}.choices has duplicates")
-            numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals)
-            if numeric:
-                vals = tuple(sorted(vals))
-            return _Param(name, kind="ord" if numeric else "cat", choices=vals, per_layer=per_layer)
-        if decl.kind not in ("int", "float") or (kind == "float" and decl.kind == "int"):
-            raise SpaceError(f"{source}: {where} takes {decl.kind} values; use 'choices'" if decl.kind not in ("int", "float")
-                             else f"{source}: {where} is an integer: use 'int: [low, high]'")
-        rng = raw[kind]
-        if (not isinstance(rng, list) or len(rng) != 2
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in rng)
-                or (kind == "int" and not all(isinstance(v, int) for v in rng))):
-            raise SpaceError(f"{source}: {where}.{kind} must be a list [low, high] of {'integers' if kind == 'int' else 'numbers'}")
-        low, high = rng
-        decl.check(low, f"{source}: {where} low", allow_zero)
-        decl.check(high, f"{source}: {where} high", allow_zero)
-        if low > high:
-            raise SpaceError(f"{source}: {where}.{kind}: low {low} is greater than high {high}")
-        if log and low <= 0:
-            raise SpaceError(f"{source}: {where}: a log range needs low > 0, got {low}")
-        return _Param(name, kind=kind, low=float(low) if kind == "float" else low,
-                      high=float(high) if kind == "float" else high, log=log, per_layer=per_layer)
-    return _Param(name, value=decl.check(raw, f"{source}: {where}", allow_zero))
-
-
-def _dim(name: str, p: _Param, method: str | None, layer: int | None) -> Dim:
-    if p.kind in ("cat", "ord"):
-        return Dim(name, p.kind, p.choices, method=method, layer=layer)
-    return Dim(name, p.kind, low=p.low, high=p.high, log=p.log, method=method, layer=layer)  # type: ignore[arg-type]

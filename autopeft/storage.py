@@ -49,7 +49,7 @@ class A:
     METRIC = "metric"
     MEMORY_MIB = "memory_mib"
     SCORE = "score"
-    HEARTBEAT = "autopeft_heartbeat"  # a system attribute (journal storages)
+    HEARTBEAT = "autopeft_heartbeat"  # a system attribute (journal storages; autopeft.backends.HEARTBEAT_ATTR)
     # study
     SCHEMA = "autopeft_schema"
     MODEL = "model"
@@ -107,67 +107,11 @@ def space_hash(raw: dict[str, Any]) -> str:
 
 
 def get_storage(url: str, create: bool = True) -> Any:
-    """An Optuna storage for ``url`` (RDB with heartbeats, or a journal file ``*.log``/``journal://``)."""
-    import optuna
+    """An Optuna storage for ``url`` (RDB with heartbeats, or a journal file ``*.log``/``journal://``); with
+    ``create=False`` it must exist and hold Optuna's tables (nothing is created or migrated)."""
+    from autopeft.backends import open_storage
 
-    if not isinstance(url, str) or not url:
-        raise StudyError("storage must be a URL such as sqlite:///studies/x.db or postgresql://user@host/db")
-    if url.startswith("journal://") or url.endswith(".log"):
-        from optuna.storages.journal import JournalFileBackend
-
-        path = url[len("journal://"):] if url.startswith("journal://") else url
-        if not create and not Path(path).exists():
-            raise StudyError(f"storage file not found: {path}")
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        from autopeft.journal import journal_storage_class
-
-        return journal_storage_class(HEARTBEAT_S, GRACE_S, A.HEARTBEAT)(JournalFileBackend(path))
-    if "://" not in url:
-        raise StudyError(f"bad storage URL {url!r}: expected e.g. sqlite:///studies/x.db, postgresql://user@host/db or journal://file.log")
-    if url.startswith("sqlite") and not url.startswith("sqlite:///"):
-        raise StudyError(f"storage {url[:60]!r} keeps nothing (in-memory SQLite); give a file such as "
-                         "sqlite:///studies/x.db")
-    if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///"):])
-        if not create:
-            if not path.is_file():
-                raise StudyError(f"storage file not found: {path} (no study has been stored there)")
-            _check_sqlite_has_studies(path)
-        else:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StudyError(f"cannot create the folder of storage {path}: {exc.strerror}") from None
-    last = ""
-    for attempt in range(6):  # drivers creating one new database at once race on its schema: retry, then adopt it
-        try:
-            return optuna.storages.RDBStorage(
-                url, heartbeat_interval=int(max(1, HEARTBEAT_S)), grace_period=int(max(2, GRACE_S)),
-                engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
-                skip_table_creation=not create,
-            )
-        except Exception as exc:  # sqlalchemy raises many types for bad URLs / unreachable servers / schema races
-            last = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            if not any(k in last for k in ("already exists", "UNIQUE constraint failed", "database is locked")):
-                break
-            time.sleep(0.2 * (attempt + 1))
-    raise StudyError(f"cannot open storage {url[:200]!r}: {last}")
-
-
-def _check_sqlite_has_studies(path: Path) -> None:
-    """A file a read-only command may open: an SQLite database with Optuna's tables (never created here)."""
-    import sqlite3
-
-    try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            ok = con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='studies'").fetchone()
-        finally:
-            con.close()
-    except sqlite3.Error as exc:
-        raise StudyError(f"storage file {path} is not a readable SQLite database ({exc}); check the path") from None
-    if not ok:
-        raise StudyError(f"storage file {path} holds no Optuna studies (it is left untouched); check the path")
+    return open_storage(url, create, HEARTBEAT_S, GRACE_S)
 
 
 def check_schema(study: Any) -> None:

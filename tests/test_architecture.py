@@ -51,7 +51,7 @@ _WRITES = {"set_user_attr", "set_trial_user_attr", "set_trial_system_attr", "set
 def test_only_the_storage_layer_writes_trials() -> None:
     offenders = []
     for p in PKG.rglob("*.py"):
-        if p.name in ("storage.py", "journal.py"):  # the storage layer
+        if p.name in ("storage.py", "backends.py"):  # the storage layer
             continue
         for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in _WRITES:

@@ -48,7 +48,7 @@ def test_in_memory_sqlite_is_refused(tmp_path: Path, capsys: pytest.CaptureFixtu
 @pytest.mark.parametrize("text,message", [
     ("trust-remote-code: true\n", "may not switch on trust-remote-code"),
     ("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b]\n"
-     "d: &d [*c, *c, *c, *c, *c, *c, *c, *c]\ntrials: [*d, *d, *d, *d, *d, *d, *d, *d]\n", "expands to over 10000 values"),
+     "d: &d [*c, *c, *c, *c, *c, *c, *c, *c]\ntrials: [*d, *d, *d, *d, *d, *d, *d, *d]\n", "expands to over 20000 values"),
     (None, "is not UTF-8 text"),
 ])
 def test_bad_study_specs(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str | None, message: str) -> None:
@@ -163,3 +163,25 @@ def test_no_process_outlives_a_killed_driver(tiny_model: str, glue_dir: Path, tm
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 pass
         assert left == [], f"kill {i}: processes {left} outlived the driver"
+
+
+@pytest.mark.parametrize("text,message", [
+    ("a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+     "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+     "methods: {lora: {r: {choices: *d}}}\n", "expands to over 20000 values"),
+    ("methods: {lora: {r: {choices: [" + ",".join(str(i) for i in range(1, 5001)) + "]}}}\n",
+     "has 5000 entries, at most 1000 are allowed"),
+    ("methods: {lora: {r: 8}}\ntraining: {lr_multiplier: {float: [.nan, 2]}}\n", "must be a finite number, got nan"),
+    ("methods: {lora: {r: " + "x" * 100_000 + "}}\n", "must be a number, got 'xxxxxxxx"),
+])
+def test_space_files_are_bounded_and_messages_short(tmp_path: Path, text: str, message: str) -> None:
+    from autopeft.errors import SpaceError
+    from autopeft.space import SearchSpace
+
+    p = tmp_path / "s.yaml"
+    p.write_text(text, encoding="utf-8")
+    t0 = time.monotonic()
+    with pytest.raises(SpaceError) as exc:
+        SearchSpace.load(p).bind(4)
+    assert message in str(exc.value) and len(str(exc.value)) < 400 and "\n" not in str(exc.value)
+    assert time.monotonic() - t0 < 5

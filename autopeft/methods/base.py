@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 from autopeft.arch import SUBMODULES, ArchInfo
 from autopeft.errors import SpaceError
+from autopeft.yamlio import excerpt
 
 if TYPE_CHECKING:  # type hints only: importing a method (and so the search space) loads no torch
     import torch.nn as nn
@@ -43,17 +44,19 @@ class ParamDecl:
                 raise SpaceError(f"{where} must be a non-empty list of sub-modules from {', '.join(SUBMODULES)}")
             for s in v:
                 if s not in SUBMODULES:
-                    raise SpaceError(f"{where}: unknown sub-module {s!r}; allowed: {', '.join(SUBMODULES)}")
+                    raise SpaceError(f"{where}: unknown sub-module {excerpt(s)}; allowed: {', '.join(SUBMODULES)}")
             return [s for s in SUBMODULES if s in v]
         if self.kind == "str":
             if v not in self.options:
-                raise SpaceError(f"{where} must be one of {', '.join(self.options)}, got {v!r}")
+                raise SpaceError(f"{where} must be one of {', '.join(self.options)}, got {excerpt(v)}")
             return v
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise SpaceError(f"{where} must be a number, got {v!r}")
+            raise SpaceError(f"{where} must be a number, got {excerpt(v)}")
+        if v != v or v in (float("inf"), float("-inf")):
+            raise SpaceError(f"{where} must be a finite number, got {excerpt(v)}")
         if self.kind == "int":
             if isinstance(v, float) and not v.is_integer():
-                raise SpaceError(f"{where} must be an integer, got {v!r}")
+                raise SpaceError(f"{where} must be an integer, got {excerpt(v)}")
             v = int(v)
         else:
             v = float(v)
@@ -62,10 +65,10 @@ class ParamDecl:
         if self.low is not None and (v < self.low or (self.exclusive_low and v == self.low)):
             op = ">" if self.exclusive_low else ">="
             extra = " (0 switches the method off only under select: all)" if self.low == 1 and v == 0 else ""
-            raise SpaceError(f"{where} must be {op} {self.low:g}, got {v!r}{extra}")
+            raise SpaceError(f"{where} must be {op} {self.low:g}, got {excerpt(v)}{extra}")
         if self.high is not None and (v > self.high or (self.exclusive_high and v == self.high)):
             op = "<" if self.exclusive_high else "<="
-            raise SpaceError(f"{where} must be {op} {self.high:g}, got {v!r}")
+            raise SpaceError(f"{where} must be {op} {self.high:g}, got {excerpt(v)}")
         return v
 
 

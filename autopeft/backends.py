@@ -1,0 +1,115 @@
+"""Optuna storage backends from URLs: RDB storages (SQLite, PostgreSQL, ...) with Optuna's heartbeats, and journal
+files with ours (Optuna gives heartbeats to RDB storages only).  Part of the storage layer: only
+:mod:`autopeft.storage` uses it."""
+
+from __future__ import annotations
+
+import functools
+import time
+from pathlib import Path
+from typing import Any
+
+from autopeft.errors import StudyError
+
+
+HEARTBEAT_ATTR = "autopeft_heartbeat"  # the trial system attribute of a journal heartbeat
+
+
+def open_storage(url: str, create: bool, heartbeat_s: float, grace_s: float) -> Any:
+    """An Optuna storage for ``url`` (RDB with heartbeats, or a journal file ``*.log``/``journal://``)."""
+    import optuna
+
+    if not isinstance(url, str) or not url:
+        raise StudyError("storage must be a URL such as sqlite:///studies/x.db or postgresql://user@host/db")
+    if url.startswith("journal://") or url.endswith(".log"):
+        from optuna.storages.journal import JournalFileBackend
+
+        path = url[len("journal://"):] if url.startswith("journal://") else url
+        if not create and not Path(path).exists():
+            raise StudyError(f"storage file not found: {path}")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return journal_storage_class(heartbeat_s, grace_s, HEARTBEAT_ATTR)(JournalFileBackend(path))
+    if "://" not in url:
+        raise StudyError(f"bad storage URL {url!r}: expected e.g. sqlite:///studies/x.db, postgresql://user@host/db or journal://file.log")
+    if url.startswith("sqlite") and not url.startswith("sqlite:///"):
+        raise StudyError(f"storage {url[:60]!r} keeps nothing (in-memory SQLite); give a file such as "
+                         "sqlite:///studies/x.db")
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///"):])
+        if not create:
+            if not path.is_file():
+                raise StudyError(f"storage file not found: {path} (no study has been stored there)")
+            _check_sqlite_has_studies(path)
+        else:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StudyError(f"cannot create the folder of storage {path}: {exc.strerror}") from None
+    last = ""
+    for attempt in range(6):  # drivers creating one new database at once race on its schema: retry, then adopt it
+        try:
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=int(max(1, heartbeat_s)), grace_period=int(max(2, grace_s)),
+                engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
+                skip_table_creation=not create,
+            )
+        except Exception as exc:  # sqlalchemy raises many types for bad URLs / unreachable servers / schema races
+            last = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            if not any(k in last for k in ("already exists", "UNIQUE constraint failed", "database is locked")):
+                break
+            time.sleep(0.2 * (attempt + 1))
+    raise StudyError(f"cannot open storage {url[:200]!r}: {last}")
+
+
+def _check_sqlite_has_studies(path: Path) -> None:
+    """A file a read-only command may open: an SQLite database with Optuna's tables (never created here)."""
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            ok = con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='studies'").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise StudyError(f"storage file {path} is not a readable SQLite database ({exc}); check the path") from None
+    if not ok:
+        raise StudyError(f"storage file {path} holds no Optuna studies (it is left untouched); check the path")
+
+
+@functools.lru_cache(maxsize=None)
+def journal_storage_class(heartbeat_s: float, grace_s: float, attr: str) -> type:
+    """A journal storage with the heartbeats Optuna only gives RDB storages, so a dead driver's running trials
+    are told from a live driver's on a shared journal file too.  A heartbeat is the wall-clock time written as a
+    trial system attribute (one journal line per running trial every ``heartbeat_s / 2`` s); a RUNNING trial whose
+    newest heartbeat (or, before its first, its start) is older than ``grace_s`` is stale.  Machines sharing one
+    journal file need clocks that agree to well under ``grace_s`` (NTP does)."""
+    from optuna.storages._heartbeat import BaseHeartbeat
+    from optuna.storages.journal import JournalStorage
+    from optuna.trial import TrialState
+
+    class JournalHeartbeatStorage(JournalStorage, BaseHeartbeat):
+        def record_heartbeat(self, trial_id: int) -> None:
+            self.set_trial_system_attr(trial_id, attr, time.time())
+
+        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+            now = time.time()
+            stale = []
+            for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+                last = t.system_attrs.get(attr)
+                if last is None and t.datetime_start is not None:
+                    last = t.datetime_start.timestamp()
+                if last is not None and now - float(last) > grace_s:
+                    stale.append(t._trial_id)
+            return stale
+
+        def get_heartbeat_interval(self) -> int | None:
+            return int(max(1, heartbeat_s))
+
+        def get_failed_trial_callback(self) -> Any:
+            return None
+
+        def get_heartbeat_stale_trial_callback(self) -> Any:
+            return None
+
+    return JournalHeartbeatStorage
