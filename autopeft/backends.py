@@ -25,12 +25,25 @@ def open_storage(url: str, create: bool, heartbeat_s: float, grace_s: float) -> 
         from optuna.storages.journal import JournalFileBackend
 
         path = url[len("journal://"):] if url.startswith("journal://") else url
-        if not create and not Path(path).exists():
+        p = Path(path)
+        if not path:
+            raise StudyError("storage journal:// names no file; give one, e.g. journal://studies/big.log")
+        if p.is_dir():
+            raise StudyError(f"storage {path} is a folder; a journal storage is a file, e.g. {p / 'study.log'}")
+        if not create and not p.is_file():
             raise StudyError(f"storage file not found: {path}")
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return journal_storage_class(heartbeat_s, grace_s, HEARTBEAT_ATTR)(JournalFileBackend(path))
+        if p.is_file() and (p.stat().st_size or not create):
+            _check_journal(p)
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            return journal_storage_class(heartbeat_s, grace_s, HEARTBEAT_ATTR)(JournalFileBackend(path))
+        except OSError as exc:
+            raise StudyError(f"cannot open journal storage {path}: {exc.strerror or exc}") from None
+        except Exception as exc:  # optuna replays the file's lines: anything else is not a journal
+            raise StudyError(f"storage file {path} is not an Optuna journal ({type(exc).__name__}); pass the journal "
+                             "file of a study, or a new file name") from None
     if "://" not in url:
-        raise StudyError(f"bad storage URL {url!r}: expected e.g. sqlite:///studies/x.db, postgresql://user@host/db or journal://file.log")
+        raise StudyError(f"bad storage URL {url[:100]!r}: expected e.g. sqlite:///studies/x.db, postgresql://user@host/db or journal://file.log")
     if url.startswith("sqlite") and not url.startswith("sqlite:///"):
         raise StudyError(f"storage {url[:60]!r} keeps nothing (in-memory SQLite); give a file such as "
                          "sqlite:///studies/x.db")
@@ -75,6 +88,22 @@ def _check_sqlite_has_studies(path: Path) -> None:
         raise StudyError(f"storage file {path} is not a readable SQLite database ({exc}); check the path") from None
     if not ok:
         raise StudyError(f"storage file {path} holds no Optuna studies (it is left untouched); check the path")
+
+
+def _check_journal(p: Path) -> None:
+    """Refuse a file that is not an Optuna journal (its first line is a JSON object with an ``op_code``), so no
+    command reads it as one and ``search`` never appends to it."""
+    import json
+
+    try:
+        with p.open("rb") as f:
+            first = f.readline(1 << 20)
+        ok = isinstance(json.loads(first), dict) and "op_code" in json.loads(first)
+    except (OSError, ValueError):
+        ok = False
+    if not ok:
+        raise StudyError(f"storage file {p} is not an Optuna journal (left untouched); pass the journal file of a "
+                         "study, or a new file name")
 
 
 @functools.lru_cache(maxsize=None)

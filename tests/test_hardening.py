@@ -185,3 +185,38 @@ def test_space_files_are_bounded_and_messages_short(tmp_path: Path, text: str, m
         SearchSpace.load(p).bind(4)
     assert message in str(exc.value) and len(str(exc.value)) < 400 and "\n" not in str(exc.value)
     assert time.monotonic() - t0 < 5
+
+
+@pytest.mark.parametrize("url,message", [
+    ("journal://", "names no file"),
+    ("journal:///etc", "is a folder"),
+    ("journal:///proc/x/y.log", "storage file not found: /proc/x/y.log"),
+    ("sqlite:////proc/x/y.db", "storage file not found: /proc/x/y.db"),
+])
+def test_bad_storage_urls_are_one_line(url: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    _one_line(capsys, ["list", "--storage", url], message)
+
+
+@pytest.mark.parametrize("url,message", [
+    ("journal:///proc/x/y.log", "cannot open journal storage /proc/x/y.log"),
+    ("sqlite:////proc/x/y.db", "cannot create the folder of storage /proc/x/y.db"),
+])
+def test_storage_that_cannot_be_created_is_a_clear_error(url: str, message: str) -> None:
+    from autopeft.errors import StudyError
+    from autopeft.storage import get_storage
+
+    with pytest.raises(StudyError, match=message):
+        get_storage(url, create=True)
+
+
+def test_files_that_are_not_journals_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from autopeft.errors import StudyError
+    from autopeft.storage import get_storage
+
+    for name, data in (("text.log", b"root:x:0:0:root:/root:/bin/bash\n"), ("bin.log", bytes(range(256)))):
+        p = tmp_path / name
+        p.write_bytes(data)
+        _one_line(capsys, ["list", "--storage", f"journal://{p}"], "is not an Optuna journal")
+        with pytest.raises(StudyError, match="is not an Optuna journal"):
+            get_storage(f"journal://{p}", create=True)  # what search opens: it must not append to the file
+        assert p.read_bytes() == data
