@@ -46,7 +46,9 @@ _EXTS: tuple[str, ...] = (".jsonl", ".json", ".csv", ".tsv")
 _MINORITY = 0.40  # binary tasks whose minority class is rarer than this are scored with Matthews correlation
 _FLOAT_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
-csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long documents exceed the csv module's 128 KiB default
+#: the longest row (a JSONL line, a CSV field) read: one 30 MB line took 5.5 GB to load
+MAX_ROW_CHARS = 1 << 20
+csv.field_size_limit(MAX_ROW_CHARS)  # long documents exceed the csv module's 128 KiB default
 
 
 # ----------------------------------------------------------------------------- public types
@@ -163,12 +165,18 @@ def _parse_json(text: str, p: Path, role: str, ext: str) -> tuple[list[dict[str,
     lines: list[int] = []
     loads = json.loads
     for i, line in enumerate(text.split("\n"), 1):
+        if len(line) > MAX_ROW_CHARS:
+            raise DataError(f"{role} file {p}: line {i} has {len(line):,} characters, over the limit of {MAX_ROW_CHARS:,} "
+                            "per row; shorten or split the text")
         try:
             obj = loads(line)
-        except json.JSONDecodeError as exc:
+        except RecursionError:
+            raise DataError(f"{role} file {p}: line {i} nests too deeply; expected one flat JSON object per line") from None
+        except ValueError as exc:  # JSONDecodeError, or an integer of over 4,300 digits
             if not line.strip():
                 continue
-            raise DataError(f"{role} file {p}: line {i} is not valid JSON ({exc.msg}); expected one JSON object per line") from None
+            why = getattr(exc, "msg", None) or str(exc).split(";")[0][:100]
+            raise DataError(f"{role} file {p}: line {i} is not valid JSON ({why}); expected one JSON object per line") from None
         if not isinstance(obj, dict):
             raise DataError(f"{role} file {p}: line {i} is not a JSON object; expected one object per line")
         rows.append(obj)
@@ -323,13 +331,21 @@ def _resolve(spec: DataSpec) -> _Source:
 
 
 # ----------------------------------------------------------------------------- labels and metric
+_MISSING = frozenset({"nan", "na", "n/a", "null", "none"})
+
+
 def _norm_label(v: Any, where: str, line: int, column: str) -> Any:
     """A hashable, comparable label value: ints (also from "3" / 3.0), bools, or strings."""
     if isinstance(v, bool):
         return v
     if isinstance(v, int):
+        if abs(v) >= 10**18:
+            raise DataError(f"{where}: line {line}: label column {column!r} holds a huge number; labels must be classes "
+                            "(short ints or strings)")
         return v
     if isinstance(v, float):
+        if v != v:
+            raise DataError(f"{where}: line {line} has no value (NaN) in label column {column!r}; every row needs a label")
         if v.is_integer():
             return int(v)
         raise DataError(f"{where}: line {line}: label column {column!r} holds the number {v}; autopeft does "
@@ -338,7 +354,12 @@ def _norm_label(v: Any, where: str, line: int, column: str) -> Any:
         s = v.strip()
         if not s:
             raise DataError(f"{where}: line {line} has no value in label column {column!r}; every row needs a label")
+        if s.lower() in _MISSING:
+            raise DataError(f"{where}: line {line} has no value ({s}) in label column {column!r}; every row needs a label")
         if s.lstrip("+-").isdigit():
+            if len(s) > 18:
+                raise DataError(f"{where}: line {line}: label column {column!r} holds a {len(s)}-digit number; labels "
+                                "must be classes (short ints or strings)")
             return int(s)
         if _FLOAT_RE.fullmatch(s):
             return _norm_label(float(s), where, line, column)

@@ -173,7 +173,7 @@ def test_no_process_outlives_a_killed_driver(tiny_model: str, glue_dir: Path, tm
      "has 5000 entries, at most 1000 are allowed"),
     ("methods: {lora: {r: 8}}\ntraining: {lr_multiplier: {float: [.nan, 2]}}\n", "must be a finite number, got nan"),
     ("methods: {lora: {r: " + "x" * 100_000 + "}}\n", "must be a number, got 'xxxxxxxx"),
-])
+], ids=["alias-bomb", "5000-choices", "nan", "long-value"])
 def test_space_files_are_bounded_and_messages_short(tmp_path: Path, text: str, message: str) -> None:
     from autopeft.errors import SpaceError
     from autopeft.space import SearchSpace
@@ -220,3 +220,23 @@ def test_files_that_are_not_journals_are_refused(tmp_path: Path, capsys: pytest.
         with pytest.raises(StudyError, match="is not an Optuna journal"):
             get_storage(f"journal://{p}", create=True)  # what search opens: it must not append to the file
         assert p.read_bytes() == data
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("deep.jsonl", '{"text": "a", "label": 0}\n{"text": ' + "[" * 100_000 + "]" * 100_000 + ', "label": 1}\n',
+     "line 2 nests too deeply"),
+    ("digits.jsonl", '{"text": "a", "label": 0}\n{"text": "b", "label": ' + "9" * 5001 + "}\n", "line 2 is not valid JSON"),
+    ("digits.csv", "text,label\na,0\nb," + "7" * 5001 + "\n", "holds a 5001-digit number"),
+    ("nan.csv", "text,label\na,0\nb,1\nc,nan\n", "line 4 has no value (nan) in label column 'label'"),
+    ("long.jsonl", '{"text": "a", "label": 0}\n{"text": "' + "x" * 2_000_000 + '", "label": 1}\n',
+     "line 2 has 2,000,024 characters, over the limit of 1,048,576 per row"),
+], ids=["deep", "digits-jsonl", "digits-csv", "nan-label", "long-line"])
+def test_bad_data_files_are_one_clear_error(tmp_path: Path, name: str, content: str, message: str) -> None:
+    from autopeft.data import DataSpec, load_task
+    from autopeft.errors import DataError
+
+    p = tmp_path / name
+    p.write_text(content, encoding="utf-8")
+    with pytest.raises(DataError) as exc:
+        load_task(DataSpec(train_file=str(p), text_columns=("text",), label_column="label"))
+    assert message in str(exc.value) and "\n" not in str(exc.value) and len(str(exc.value)) < 400
