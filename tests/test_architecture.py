@@ -122,3 +122,20 @@ def test_an_executor_refuses_options_it_does_not_take() -> None:
 
     with pytest.raises(ConfigError, match="executor 'local' takes no option 'cpus_per_trial'"):
         make_executor("local", 1, cpus_per_trial=0.5)
+
+
+def test_the_loop_runs_on_simulated_trials(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
+    """The whole loop (config -> session -> proposer -> executor -> store) with the simulated runner: values are
+    the simulator's deterministic pseudo-values, the reference point its own, and the total exact."""
+    from autopeft import api
+    from autopeft.contract import TrialSpec
+    from autopeft.executors import simulated
+
+    res = api.search(model=tiny_model, task="sst2", data_dir=str(glue_dir), space="tiny", n_trials=7, sampler="random",
+                     storage=f"sqlite:///{tmp_path / 'sim.db'}", study_name="sim", executor="inline",
+                     runner=simulated.RUNNER, n_train=32, n_eval=32)
+    comp = res.complete_trials()
+    assert len(comp) == 7 and res.meta["chance_score"] == 0.5 and res.meta["full_memory_mib"] == 2000.0
+    for t in comp:
+        want = simulated.run(TrialSpec(t.number, t.user_attrs["candidate"], None, {}))
+        assert t.values == [want.score, float(want.params), want.memory_bytes / 2**20]
