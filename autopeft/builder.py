@@ -62,8 +62,12 @@ def model_info(model: str | None, num_labels: int, trust_remote_code: bool = Fal
     except Exception as exc:  # transformers raises OSError, ValueError, ... for a bad id or dir
         raise _hf_error(str(model), exc) from None
     arch = arch_from_config(cfg)
-    with torch.device("meta"):
-        m = AutoModelForSequenceClassification.from_config(cfg, trust_remote_code=trust_remote_code)
+    try:
+        with torch.device("meta"):
+            m = AutoModelForSequenceClassification.from_config(cfg, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # a config transformers cannot build (negative sizes, hidden size not divisible by heads)
+        raise ModelError(f"model {str(model)[:200]!r} has a config that cannot be built: "
+                         f"{(str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]}; check its config.json") from None
     head = head_module_names(m, arch)
     base = sum(p.numel() for p in m.parameters())
     head_n = sum(p.numel() for n, p in m.named_parameters() if n.split(".")[0] in head)

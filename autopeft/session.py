@@ -15,7 +15,7 @@ from typing import Any
 
 from autopeft.config import SearchConfig, parse_budget
 from autopeft.contract import OK, REFERENCE, Fidelity, TrialSpec, default_fidelity
-from autopeft.errors import StudyError
+from autopeft.errors import ConfigError, StudyError
 from autopeft.storage import A, StudyStore, default_storage, sanitize, space_hash
 
 
@@ -42,6 +42,9 @@ class Search:
         self.name = c.study_name or sanitize(f"{Path(model_label).name}-{task_label}-{self.space_def.name}")
         self.storage_url = c.storage or default_storage(self.name)
         self.max_params = parse_budget(c.max_params, self.info.base_params, "max-params")
+        if self.max_params is not None and self.max_params < self.info.head_params:
+            raise ConfigError(f"--max-params {self.max_params:.6g} is below the {self.info.head_params:,} parameters of the "
+                              "classification head, which every configuration trains; raise the budget")
         self.identity = {A.MODEL: model_label, A.TASK: {k: v for k, v in c.data.items() if v is not None and k != "data_dir"},
                          A.SPACE: self.space_def.name, A.SPACE_HASH: space_hash(self.space_def.raw)}
         self.workers = c.workers or os.cpu_count() or 1

@@ -151,7 +151,7 @@ def test_no_process_outlives_a_killed_driver(tiny_model: str, glue_dir: Path, tm
         mark = uuid.uuid4().hex
         proc = subprocess.Popen(argv, env={**os.environ, "AUTOPEFT_TEST_MARK": mark}, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.5, 9.0) if i else 3.0)  # the first kill lands while the workers start
+        time.sleep(rng.uniform(0.3, 5.0) if i else 2.5)  # the first kill lands while the workers start
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         time.sleep(2.0)
@@ -240,3 +240,33 @@ def test_bad_data_files_are_one_clear_error(tmp_path: Path, name: str, content: 
     with pytest.raises(DataError) as exc:
         load_task(DataSpec(train_file=str(p), text_columns=("text",), label_column="label"))
     assert message in str(exc.value) and "\n" not in str(exc.value) and len(str(exc.value)) < 400
+
+
+@pytest.mark.parametrize("change,message", [({"vocab_size": -5}, "cannot be built"),
+                                            ({"hidden_size": 63, "num_attention_heads": 2}, "cannot be built")])
+def test_model_configs_that_cannot_be_built_are_one_clear_error(tiny_model: str, tmp_path: Path, change: dict,
+                                                                message: str) -> None:
+    import json
+    import shutil
+
+    from autopeft.builder import model_info
+    from autopeft.errors import ModelError
+
+    d = tmp_path / "broken"
+    shutil.copytree(tiny_model, d)
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, **change}))
+    with pytest.raises(ModelError, match=message) as exc:
+        model_info(str(d), 2)
+    assert "\n" not in str(exc.value)
+
+
+def test_a_budget_below_the_head_is_refused_up_front(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
+    from autopeft.api import open_search
+    from autopeft.errors import ConfigError
+
+    storage = tmp_path / "b.db"
+    with pytest.raises(ConfigError, match="is below the 130 parameters of the classification head"):
+        open_search(model=tiny_model, task="sst2", data_dir=str(glue_dir), space="tiny", max_params="1e-9",
+                    storage=f"sqlite:///{storage}", executor="inline")
+    assert not storage.exists()
