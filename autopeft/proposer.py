@@ -124,8 +124,10 @@ class Proposer:
         cand = self.bound.suggest(trial)
         sampler_s = time.perf_counter() - t0
         params = self.count(cand)
-        self.index.refresh(self.store.trials())
+        # written first, then compared: of two drivers proposing one candidate at the same moment, at least the later
+        # writer sees the other (both may step back; neither trains a candidate the other trains)
         self.store.write_candidate(trial, cand, params, self.base_params, sampler_s, self.fidelity)
+        self.index.refresh(self.store.trials())
         spec = None
         mp = self.store.max_params
         if self.index.holds(cand.key, trial.number):
