@@ -118,7 +118,8 @@ class SearchLoop:
         """Until the study holds enough complete trials or a stop; raises :class:`TrialsFailing` or
         ``KeyboardInterrupt`` for those stops after recording every trial's final state."""
         try:
-            self._run(executor)
+            with self.proposer.heartbeats(HEARTBEAT_S / 2):
+                self._run(executor)
         except KeyboardInterrupt:
             self.policy.reason = "interrupted"
         finally:
@@ -147,9 +148,6 @@ class SearchLoop:
                     last_hb = time.monotonic()
                 continue
             results = executor.wait(timeout=min(5.0, HEARTBEAT_S))
-            if time.monotonic() - last_hb >= HEARTBEAT_S / 2:
-                self.proposer.heartbeat()
-                last_hb = time.monotonic()
             for res in results:
                 self.complete(res)
 

@@ -7,6 +7,7 @@ one study never train a candidate twice and a proposal never costs a scan of eve
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Callable, Sequence
 
@@ -164,11 +165,42 @@ class Proposer:
         return entry[2] if entry is not None else None
 
     def heartbeat(self) -> None:
-        for trial, _, _ in self.pending.values():
-            self.store.heartbeat(trial)
+        for trial, _, _ in list(self.pending.values()):
+            try:
+                self.store.heartbeat(trial)
+            except Exception:  # the trial finished meanwhile, or the storage hiccuped: the next beat retries
+                pass
+
+    def heartbeats(self, interval: float) -> "Heartbeats":
+        """A context in which the trials in flight get a heartbeat every ``interval`` seconds from a thread."""
+        return Heartbeats(self, interval)
 
     def abandon_all(self, why: str) -> None:
         """Mark every trial in flight FAIL with status ``abandoned`` and the reason; completed work is untouched."""
         for trial, _, _ in list(self.pending.values()):
             self.store.fail(trial, ABANDONED, f"stopped before it finished ({why})")
         self.pending.clear()
+
+
+class Heartbeats:
+    """Records the heartbeats of a proposer's trials in flight from a daemon thread, so a driver that is busy (a
+    slow sampler fit, a slow storage write, a loaded machine) never looks dead to the other drivers of its study:
+    only a driver that is really gone stops beating.  Found when a driver's result was refused because another
+    driver had failed its trial as stale while its sampler was fitting (PostgreSQL, 3 drivers on 2 cores)."""
+
+    def __init__(self, proposer: Proposer, interval: float) -> None:
+        self.proposer, self.interval = proposer, max(0.05, interval)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="autopeft-heartbeat", daemon=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.proposer.heartbeat()
+
+    def __enter__(self) -> "Heartbeats":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

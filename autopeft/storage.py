@@ -298,30 +298,63 @@ class StudyStore:
             pass
 
     def record(self, trial: Any, res: TrialResult) -> None:
-        """Record a finished trial's result."""
+        """Record a finished trial's result.  If its trial was meanwhile failed as stale (this driver looked dead to
+        another one, e.g. its machine stalled past the grace period), the result is stored as a new trial rather
+        than lost, unless the candidate has a complete trial by then."""
+        from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
+        attrs: dict[str, Any] = {}
         for k in _RESULT_ATTRS:
             v = getattr(res, k)
             if v is not None:
-                trial.set_user_attr(k, round(v, 3) if isinstance(v, float) else v)
+                attrs[k] = round(v, 3) if isinstance(v, float) else v
         if res.memory_bytes is not None:
-            trial.set_user_attr(A.MEMORY_MIB, round(res.memory_bytes / 2**20, 3))
+            attrs[A.MEMORY_MIB] = round(res.memory_bytes / 2**20, 3)
         if res.score is not None:
-            trial.set_user_attr(A.SCORE, res.score)
+            attrs[A.SCORE] = res.score
         mm = self.max_memory_mib
+        constraints: dict[str, float] = {}
+        values: list[float] | None = None
         if res.status == OK:
-            vals = [{"score": res.score, "params": float(res.params), "memory": res.memory_bytes / 2**20,
-                     "time": res.wall_s}[o] for o in self.objectives]
-            if mm is not None:
-                trial.set_constraint("max_memory", res.memory_bytes / 2**20 - mm)
-            self.study.tell(trial, vals)
-        elif res.status == INFEASIBLE:
-            if mm is not None and res.memory_bytes is not None:
-                trial.set_constraint("max_memory", res.memory_bytes / 2**20 - mm)
-            self.study.tell(trial, state=TrialState.PRUNED)
+            values = [{"score": res.score, "params": float(res.params), "memory": res.memory_bytes / 2**20,
+                       "time": res.wall_s}[o] for o in self.objectives]
+            state = TrialState.COMPLETE
         else:
-            self.study.tell(trial, state=TrialState.FAIL)
+            state = TrialState.PRUNED if res.status == INFEASIBLE else TrialState.FAIL
+        if mm is not None and res.memory_bytes is not None and res.status in (OK, INFEASIBLE):
+            constraints["max_memory"] = res.memory_bytes / 2**20 - mm
+        try:
+            for k, v in attrs.items():
+                trial.set_user_attr(k, v)
+            for k, c in constraints.items():
+                trial.set_constraint(k, c)
+        except UpdateFinishedTrialError:
+            self._record_late(trial, attrs, constraints, values, state)
+            return
+        if values is not None:
+            self.study.tell(trial, values)
+        else:
+            self.study.tell(trial, state=state)
+
+    def _record_late(self, trial: Any, attrs: dict[str, Any], constraints: dict[str, float],
+                     values: list[float] | None, state: Any) -> None:
+        import optuna
+        from optuna.trial import TrialState
+
+        old = self.study._storage.get_trial(trial._trial_id)
+        key = old.user_attrs.get(A.CANDIDATE_KEY)
+        if state == TrialState.FAIL or any(t.user_attrs.get(A.CANDIDATE_KEY) == key
+                                           for t in self.trials((TrialState.COMPLETE,))):
+            return
+        user = {k: v for k, v in old.user_attrs.items() if k not in (A.STATUS, A.REASON)}
+        user.update(attrs)
+        user[A.REASON] = f"result of trial {old.number}, which was failed as stale while it ran"
+        system = {k: v for k, v in old.system_attrs.items() if k.startswith("constraints:")}
+        system.update({f"constraints:{k}": c for k, c in constraints.items()})
+        self.study.add_trial(optuna.trial.create_trial(params=old.params, distributions=old.distributions,
+                                                        user_attrs=user, system_attrs=system, values=values,
+                                                        state=state))
 
     def set_notice(self, key: str, message: str) -> None:
         self.study.set_user_attr(A.NOTICE_PREFIX + key, message)

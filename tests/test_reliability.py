@@ -7,6 +7,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -216,24 +217,76 @@ def kill_once_then_resume(tiny_model: str, glue_dir: Path, url: str) -> None:
             return {}
         return {t.number: list(t.values) for t in st.get_trials(states=(TrialState.COMPLETE,))}
 
+    err = tempfile.TemporaryFile(mode="w+")
     proc = subprocess.Popen(_cmd(tiny_model, glue_dir, url, 12, study="jk", workers=2), env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.monotonic() + 90
     while len(snap()) < 2 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
-    assert proc.poll() is None, "the driver finished before it could be killed"
+    if proc.poll() is not None:
+        err.seek(0)
+        pytest.fail(f"the driver ended (exit {proc.returncode}) before it could be killed: {err.read()[-2000:]}")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = snap()
     st = optuna.load_study(study_name="jk", storage=get_storage(url, create=False))
     assert st.get_trials(states=(TrialState.RUNNING,))  # the killed driver's trials, left running
     time.sleep(3.5)  # their heartbeats go stale
-    assert subprocess.run(_cmd(tiny_model, glue_dir, url, 12, study="jk"), env=_env(), capture_output=True).returncode == 0
+    rerun = subprocess.run(_cmd(tiny_model, glue_dir, url, 12, study="jk"), env=_env(), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
     final = optuna.load_study(study_name="jk", storage=get_storage(url, create=False))
     assert not final.get_trials(states=(TrialState.RUNNING,))
     assert any(t.user_attrs.get("status") == "abandoned" for t in final.get_trials(states=(TrialState.FAIL,)))
     done = {t.number: list(t.values) for t in final.get_trials(states=(TrialState.COMPLETE,))}
     assert len(done) == 12 and all(done[n] == v for n, v in before.items())
+
+
+def test_a_busy_driver_keeps_its_trials_alive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Heartbeats come from a thread: a driver stuck for longer than the grace period (a slow sampler fit on a loaded
+    machine) is not taken for dead by another driver; once it stops beating, its trial is stale."""
+    from autopeft import storage as study_mod
+    from autopeft.proposer import Proposer
+    from autopeft.storage import StudyStore, fail_stale, get_storage
+
+    monkeypatch.setattr(study_mod, "GRACE_S", 0.6)
+    url = f"journal://{tmp_path / 'busy.log'}"
+    s = optuna.create_study(study_name="busy", storage=get_storage(url))
+    store = StudyStore("busy", url)
+    store.study = s
+    prop = Proposer(store, None, lambda c: 0, 1, {}, {})
+    trial = s.ask()
+    prop.pending[trial.number] = (trial, None, time.monotonic())
+    other = optuna.load_study(study_name="busy", storage=get_storage(url, create=False))  # another driver
+    with prop.heartbeats(0.1):
+        time.sleep(1.5)  # the main thread is busy for 2.5 grace periods
+        assert fail_stale(other) == []
+    time.sleep(1.0)  # now it has stopped beating
+    assert fail_stale(other) == [trial._trial_id]
+
+
+def test_a_result_whose_trial_was_failed_as_stale_is_kept(tmp_path: Path) -> None:
+    """If another driver failed a trial as stale while it was still training, its result is stored as a new trial
+    (not lost, no storage error); if the candidate has a complete trial by then, nothing is added."""
+    from autopeft.contract import OK, TrialResult
+    from autopeft.storage import A, StudyStore, get_storage
+
+    url = f"sqlite:///{tmp_path / 'late.db'}"
+    s = optuna.create_study(study_name="late", storage=get_storage(url), directions=["maximize", "minimize"])
+    store = StudyStore("late", url)
+    store.study, store.objectives = s, ["score", "params"]
+    trials = []
+    for key in ("k1", "k2"):
+        t = s.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+        t.set_user_attr(A.CANDIDATE_KEY, key)
+        s._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)  # failed as stale by another driver
+        trials.append(t)
+    store.record(trials[0], TrialResult(trials[0].number, OK, score=0.7, params=120, memory_bytes=2**21, wall_s=1.5))
+    done = s.get_trials(states=(TrialState.COMPLETE,))
+    assert [(t.values, t.user_attrs[A.CANDIDATE_KEY], t.user_attrs[A.MEMORY_MIB]) for t in done] == [([0.7, 120.0], "k1", 2.0)]
+    assert done[0].params == trials[0].params and "failed as stale" in done[0].user_attrs[A.REASON]
+    # the same candidate again (another driver trained it meanwhile): kept once
+    store.record(trials[0], TrialResult(trials[0].number, OK, score=0.6, params=120, memory_bytes=2**21, wall_s=1.5))
+    assert len(s.get_trials(states=(TrialState.COMPLETE,))) == 1
 
 
 def test_kill9_on_journal_storage_then_resume(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:

@@ -113,25 +113,6 @@ def _searcher_class() -> type:
     return AutoPeftSearcher
 
 
-def _heartbeat_callback(proposer: Any) -> Any:
-    """A Tune Callback that records the trials' heartbeats from Tune's event loop, so other drivers on the same
-    study never take this driver's running trials for those of a dead one."""
-    from ray.tune import Callback
-
-    from autopeft.storage import HEARTBEAT_S
-
-    class Heartbeat(Callback):
-        def __init__(self) -> None:
-            self.last = 0.0
-
-        def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
-            if time.monotonic() - self.last >= HEARTBEAT_S / 2:
-                proposer.heartbeat()
-                self.last = time.monotonic()
-
-    return Heartbeat()
-
-
 def _check_address(address: str | None) -> None:
     if address and address.startswith("ray://"):
         raise ConfigError("--executor ray-tune cannot use a ray:// (Ray Client) address: Tune must run on the cluster; "
@@ -163,6 +144,7 @@ def run_search(search: Any, loop: Any) -> None:
     from ray import tune
 
     from autopeft.executors.ray import ensure_ray, pool_size
+    from autopeft.storage import HEARTBEAT_S
 
     opts = search.config.ray
     _check_address(opts.get("address"))
@@ -179,11 +161,11 @@ def run_search(search: Any, loop: Any) -> None:
                 tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1, max_concurrent_trials=workers,
                                             reuse_actors=True),
                 run_config=tune.RunConfig(storage_path=tmp, name="autopeft", verbose=0,
-                                          callbacks=[_heartbeat_callback(loop.proposer)],
                                           failure_config=tune.FailureConfig(max_failures=0),
                                           checkpoint_config=tune.CheckpointConfig(num_to_keep=None, checkpoint_at_end=False)),
             )
-            tuner.fit()  # Tune handles Ctrl-C itself: it stops the experiment and returns
+            with loop.proposer.heartbeats(HEARTBEAT_S / 2):
+                tuner.fit()  # Tune handles Ctrl-C itself: it stops the experiment and returns
         if not loop.finished():
             loop.policy.reason = "interrupted"  # Tune stopped before the search was done: Ctrl-C
     finally:
