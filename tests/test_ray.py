@@ -4,12 +4,12 @@ no candidate runs twice, and a crashed worker's trial is recorded failed while t
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
-
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 @pytest.mark.parametrize("executor", ["ray", "ray-tune"])
@@ -30,3 +30,27 @@ def test_ray_search(executor: str, tiny_model: str, glue_dir: Path, tmp_path: Pa
     keys = [t.user_attrs["candidate_key"] for t in study.trials if t.state != TrialState.PRUNED]
     assert len(keys) == len(set(keys))
     assert not study.get_trials(states=(TrialState.RUNNING,))
+
+
+_ATTACH = """
+import os, subprocess, sys
+from autopeft.executors.ray import ensure_ray
+import ray
+assert ensure_ray(None, 1, 1.0, 0.0)  # a local Ray, started as --executor ray starts it
+gcs = ray.get_runtime_context().gcs_address
+probe = "from ray._raylet import GcsClient; GcsClient(address=%r).internal_kv_keys(b'', namespace=None, timeout=5); print('ATTACHED')"
+for mode in ("disabled", "token"):  # a client without the token, then one with it (Ray's ~/.ray/auth_token)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}, "RAY_AUTH_MODE": mode}
+    r = subprocess.run([sys.executable, "-c", probe % gcs], env=env, capture_output=True, text=True, timeout=120)
+    print(mode, "ATTACHED" in r.stdout, "InvalidAuthToken" in r.stderr)
+ray.shutdown()
+"""
+
+
+def test_a_local_ray_refuses_clients_without_its_token() -> None:
+    """The Ray that autopeft starts listens on every interface (Ray 2.60 cannot bind it to loopback), so it keeps
+    Ray's token authentication: a client without the token is refused, one with it attaches."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    r = subprocess.run([sys.executable, "-c", _ATTACH], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split("\n")[-3:] == ["disabled False True", "token True False", ""], r.stdout

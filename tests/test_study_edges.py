@@ -3,7 +3,6 @@ adopting an empty study, a proposal that fails to become a trial, and Ray pool s
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import optuna
@@ -19,7 +18,6 @@ from autopeft.contract import ABANDONED
 from autopeft.session import Search
 from autopeft.storage import A, SCHEMA_VERSION
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 FID = dict(n_train=32, n_eval=32, epochs=1, max_length=24, batch_size=16)
 CAND = {"methods": {"lora": {"r": 2, "targets": ["q", "v"], "alpha_ratio": 2.0, "dropout": 0.0}}, "layers": [0, 1],
         "sparsity": {}, "lr_multiplier": 1.0}

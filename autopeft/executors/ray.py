@@ -16,8 +16,13 @@ from autopeft.executors.base import DEFAULT_RUNNER, Event, Executor, load_runner
 
 
 def ensure_ray(address: str | None, num_cpus: int | None, cpus_per_trial: float, gpus_per_trial: float) -> bool:
-    """Check per-trial resources; start a local Ray or join ``address`` unless Ray is up. True if started here."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    """Check per-trial resources; start a local Ray or join ``address`` unless Ray is up. True if started here.
+
+    A local Ray keeps Ray's own token authentication (on by default since Ray 2.5x: the token is
+    ``~/.ray/auth_token``, created by Ray if missing), because its GCS server, raylet and workers listen on every
+    interface (Ray 2.60 has no setting to bind them to loopback): without a token, anyone who can reach the machine
+    could attach and run code.  ``RAY_AUTH_MODE=disabled`` turns it off, with a warning.  A cluster given with
+    ``address`` is the user's: its own authentication applies (``RAY_AUTH_TOKEN``/``~/.ray/auth_token``)."""
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     import ray
 
@@ -29,6 +34,10 @@ def ensure_ray(address: str | None, num_cpus: int | None, cpus_per_trial: float,
         if address:
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
         else:
+            if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+                print("autopeft: warning: RAY_AUTH_MODE=disabled: the local Ray listens on every network interface "
+                      "without authentication, so anyone who can reach this machine can run code on it",
+                      file=sys.stderr)
             ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         raise ConfigError(f"cannot start or join Ray{' at ' + address if address else ''}: "
