@@ -71,11 +71,36 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     except Exception as exc:
-        if not type(exc).__module__.startswith(("optuna", "sqlalchemy", "sqlite3")):
+        if not type(exc).__module__.startswith(("optuna", "sqlalchemy", "sqlite3", "psycopg")):
             raise
-        print(f"autopeft: error: the study storage failed: {_first_line(exc)} (is the file readable, writable and not "
-              "damaged? pass another --storage or --study)", file=sys.stderr)
+        print(f"autopeft: error: {_storage_failure(exc, getattr(args, 'storage', None))}", file=sys.stderr)
         return 2
+
+
+def _storage_failure(exc: BaseException, storage: str | None) -> str:
+    """One line for a storage failure: its root cause (Optuna wraps the database's own error in a generic one) and
+    what to do.  Completed trials are never lost: each is committed when it finishes."""
+    root: BaseException = exc
+    seen = {id(root)}
+    while True:  # the innermost cause: sqlite3's "database or disk is full" under sqlalchemy's and optuna's wrappers
+        nxt = getattr(root, "orig", None) or root.__cause__ or root.__context__
+        if nxt is None or id(nxt) in seen:
+            break
+        seen.add(id(nxt))
+        root = nxt
+    why = _first_line(root)
+    where = f" ({storage[:200]})" if storage else ""
+    low = why.lower()
+    if "full" in low or "no space" in low or "file too large" in low:
+        todo = ("free some disk space, then run the same command to resume (completed trials are stored; the "
+                "interrupted one is marked abandoned after the grace period)")
+    elif "readonly" in low or "read-only" in low or "permission" in low:
+        todo = "make the storage writable, or pass another --storage (--study for the default folder)"
+    elif "malformed" in low or "not a database" in low or "corrupt" in low:
+        todo = "the file is damaged: restore it from a copy, or pass another --storage"
+    else:
+        todo = "is the storage reachable, readable and writable? pass another --storage or --study"
+    return f"the study storage{where} failed: {why}; {todo}"
 
 
 def _first_line(exc: BaseException) -> str:

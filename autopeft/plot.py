@@ -62,8 +62,13 @@ def hypervolume_curve(res: Any) -> list[float]:
 
 def plot_study(res: Any, out_dir: str | Path) -> dict[str, Path]:
     """Write ``<study>_pareto.html``, ``<study>_pareto.png`` and ``<study>_hypervolume.png``."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        from autopeft.errors import ConfigError
 
+        raise ConfigError("autopeft plot needs matplotlib (and plotly for the HTML): pip install matplotlib plotly, "
+                          "or pip install 'autopeft[plot]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -134,5 +139,6 @@ def plot_study(res: Any, out_dir: str | Path) -> dict[str, Path]:
     fig2.update_layout(title=f"{res.name}: Pareto front", xaxis_type="log", xaxis_title="trainable parameters",
                        yaxis_title=metric)
     paths["html"] = out / f"{res.name}_pareto.html"
-    fig2.write_html(str(paths["html"]), include_plotlyjs=True)
+    # plotly.js once beside the pages (``plotly.min.js``, 4.6 MB), not inlined into each; works offline, unlike the CDN
+    fig2.write_html(str(paths["html"]), include_plotlyjs="directory")
     return paths

@@ -1,5 +1,6 @@
 """Fuzzing bad input (hypothesis): malformed and adversarial search-space YAML and CLI arguments end in a
-clean autopeft error / exit code 2, never a traceback or a hang, and leave an existing study untouched."""
+clean autopeft error / exit code 2, never a traceback or a hang, and leave an existing study untouched.  Then the
+probe's corpus (:mod:`fuzz_corpus`): every case it found, one test each."""
 
 from __future__ import annotations
 
@@ -112,3 +113,38 @@ def test_cli_fuzz_never_tracebacks(existing: str, tmp_path_factory: pytest.TempP
     if code == 2:
         assert len(err.strip().splitlines()) == 1, (argv, err)
     assert len(optuna.load_study(study_name="keep", storage=existing).trials) == 1
+
+
+# ----------------------------------------------------------------------------- the probe's corpus
+import fuzz_corpus  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def corpus_root(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("corpus")
+    fuzz_corpus.prepare(root, tiny_model, huge=True)
+    (root / "work").mkdir()
+    return root
+
+
+@pytest.mark.parametrize("case", fuzz_corpus.CASES, ids=[c.id for c in fuzz_corpus.CASES])
+def test_corpus_case(case: fuzz_corpus.Case, corpus_root: Path, tiny_model: str, glue_dir: Path,
+                     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exit code 2, one line naming the problem, no traceback, within the limits, and nothing written in the
+    folder it ran in, its parent, the studies folder or the model folder."""
+    import time
+
+    tops = (corpus_root, Path(tiny_model))
+    before = fuzz_corpus.snapshot(*tops)
+    if case.limited or case.env:  # once hung or ran out of memory, or needs its own environment: a subprocess
+        why = fuzz_corpus.run_subprocess(case, corpus_root, tiny_model, str(glue_dir),
+                                         pythonpath=str(Path(__file__).resolve().parents[1]))
+    else:
+        argv, _ = fuzz_corpus.fill(case, corpus_root, tiny_model, str(glue_dir))
+        monkeypatch.chdir(corpus_root / "work")
+        monkeypatch.setenv("AUTOPEFT_STUDIES_DIR", str(corpus_root / "studies_default"))
+        t0 = time.monotonic()
+        rc = main(argv)
+        why = fuzz_corpus.verdict(rc, capsys.readouterr().err, case.message, time.monotonic() - t0)
+    assert why is None, why
+    assert fuzz_corpus.changed(before, fuzz_corpus.snapshot(*tops)) == []

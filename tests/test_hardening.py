@@ -270,3 +270,36 @@ def test_a_budget_below_the_head_is_refused_up_front(tiny_model: str, glue_dir: 
         open_search(model=tiny_model, task="sst2", data_dir=str(glue_dir), space="tiny", max_params="1e-9",
                     storage=f"sqlite:///{storage}", executor="inline")
     assert not storage.exists()
+
+
+def test_a_full_disk_ends_in_one_line_and_loses_nothing(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
+    """The disk fills up mid-search (the driver may not grow any file past a limit: RLIMIT_FSIZE, which fails writes
+    as a full disk does): one line, exit 2, the trials completed before stay as they were, and once there is room a
+    rerun finishes the study with every trial in a final state."""
+    import resource
+    import signal
+
+    from test_reliability import _cmd, _env
+
+    url = f"sqlite:///{tmp_path / 'full.db'}"
+    assert subprocess.run(_cmd(tiny_model, glue_dir, url, 2, study="full"), env=_env(), capture_output=True).returncode == 0
+    before = {t.number: t.values for t in optuna.load_study(study_name="full", storage=url).get_trials(
+        states=(TrialState.COMPLETE,))}
+    limit = (tmp_path / "full.db").stat().st_size + 4096  # one more page, then the disk is full
+
+    def full_disk() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    r = subprocess.run(_cmd(tiny_model, glue_dir, url, 8, study="full"), env=_env(), capture_output=True, text=True,
+                       preexec_fn=full_disk, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("autopeft: error:") and "full" in last, r.stderr
+    s = optuna.load_study(study_name="full", storage=url)
+    assert {t.number: t.values for t in s.get_trials(states=(TrialState.COMPLETE,)) if t.number in before} == before
+    time.sleep(3.5)  # a trial the full disk left RUNNING is stale now
+    r = subprocess.run(_cmd(tiny_model, glue_dir, url, 8, study="full"), env=_env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = optuna.load_study(study_name="full", storage=url)
+    assert len(s.get_trials(states=(TrialState.COMPLETE,))) == 8 and not s.get_trials(states=(TrialState.RUNNING,))
