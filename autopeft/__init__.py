@@ -7,12 +7,12 @@ from typing import Any
 from autopeft.errors import AutoPeftError, ConfigError, DataError, ModelError, SpaceError, StudyError
 
 __version__ = "0.1.0"
-__all__ = ["search", "load_study", "list_studies", "best_config", "open_search", "load_config", "Candidate", "SearchSpace", "run_trial", "TrialSpec", "TrialResult",
+__all__ = ["search", "load_study", "list_studies", "best_config", "open_search", "load_config", "load_for_training", "Candidate", "SearchSpace", "run_trial", "TrialSpec", "TrialResult",
            "AutoPeftError", "ConfigError", "DataError", "ModelError", "SpaceError", "StudyError", "__version__"]
 
 
 def __getattr__(name: str) -> Any:  # lazy: importing autopeft stays cheap (the CLI starts fast)
-    if name in ("search", "load_study", "list_studies", "best_config", "open_search"):
+    if name in ("search", "load_study", "list_studies", "best_config", "open_search", "load_for_training"):
         from autopeft import api
 
         return getattr(api, name)

@@ -102,6 +102,20 @@ def export(found: Any, directory: str | Path) -> Path:
     return export_config(found, directory)
 
 
+def describe_export(directory: str | Path) -> str:
+    """One line: what plain peft loads from an export, and what needs autopeft."""
+    from autopeft.export import describe
+
+    return describe(directory)
+
+
+def load_for_training(directory: str | Path, model: str | None = None, seed: int = 0) -> Any:
+    """An export rebuilt on its base model for transformers' ``Trainer`` (see :class:`autopeft.export.Trainable`)."""
+    from autopeft.export import load_for_training as _load
+
+    return _load(directory, model, seed)
+
+
 def plot(name: str, storage: str | None = None, output: str | Path = "plots") -> dict[str, Path]:
     """Write a study's Pareto front (HTML + PNG) and hypervolume curve; returns the paths."""
     from autopeft.plot import plot_study

@@ -6,11 +6,17 @@ A directory written by :func:`export_config` holds
   which :func:`load_config` reads back and :func:`autopeft.builder.build_model` applies;
 - ``autopeft_config.json``: how it was found (base model, number of labels, per-group learning
   rates, epochs, max length, metric, task).
+
+The base model is stored as its Hugging Face id when it has one (the packaged default is
+``sentence-transformers/all-MiniLM-L6-v2``, resolved back to the packaged copy when installed) and as an absolute
+path otherwise, so the export loads from any working directory.  :func:`load_for_training` rebuilds any export
+(our bottleneck adapters and sparsity included) for training with transformers' ``Trainer``.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +36,40 @@ def peft_config_for(cand: Candidate, model: str | None, num_labels: int) -> Any:
         m = get_method(name)
         if m.uses_peft:
             pc = m.peft_config(cfg, cand.layers, info.arch, list(info.head_modules))
-            from autopeft.builder import resolve_model
-
-            pc.base_model_name_or_path = resolve_model(model) if model in (None, "all-MiniLM-L6-v2") else model
+            pc.base_model_name_or_path = model_reference(model)
             return pc
     return None
+
+
+def model_reference(model: str | None) -> str:
+    """How an export names its base model: the Hugging Face id when it has one, else an absolute path."""
+    from autopeft.builder import DEFAULT_MODEL
+
+    if model in (None, "", DEFAULT_MODEL, DEFAULT_HUB_ID):
+        return DEFAULT_HUB_ID
+    p = Path(str(model)).expanduser()
+    return str(p.resolve()) if p.exists() else str(model)
+
+
+#: the hub id of the packaged default model (all-MiniLM-L6-v2)
+DEFAULT_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def describe(directory: str | Path) -> str:
+    """One line: what plain peft can load from an export, and what needs autopeft."""
+    d = Path(directory)
+    info = json.loads((d / CONFIG_FILE).read_text(encoding="utf-8"))
+    own = info.get("autopeft_only") or []
+    if info.get("peft_part") and not own:
+        return (f"plain peft loads it: PeftConfig.from_pretrained({str(d)!r}) (base {info['base_model']}); "
+                f"autopeft.load_for_training({str(d)!r}) builds it for transformers' Trainer")
+    needs = " and ".join(own) or "full fine-tuning"
+    if info.get("peft_part"):
+        return (f"{needs} need(s) autopeft: autopeft.load_for_training({str(d)!r}) builds the whole config for "
+                f"transformers' Trainer; plain peft's PeftConfig.from_pretrained loads only the peft part, without "
+                f"{needs}")
+    return (f"plain peft cannot load it (no adapter_config.json: {needs} is not a peft method); "
+            f"autopeft.load_for_training({str(d)!r}) builds it for transformers' Trainer")
 
 
 def _autopeft_only(cand: Candidate) -> list[str]:
@@ -56,7 +91,7 @@ def export_config(found: Any, directory: str | Path) -> Path:
         pc.save_pretrained(str(d))
     fid = meta.get("fidelity", {})
     info = {
-        "base_model": model,
+        "base_model": model_reference(model_arg),
         "num_labels": meta.get("num_labels"),
         "task": meta.get("task"),
         "metric": meta.get("metric"),
@@ -83,3 +118,58 @@ def load_config(directory: str | Path) -> Candidate:
     if not p.is_file():
         raise ConfigError(f"no {CANDIDATE_FILE} in {directory}: pass a directory written by 'autopeft export'")
     return Candidate.from_json(p.read_text(encoding="utf-8"))
+
+
+@dataclass
+class Trainable:
+    """An export rebuilt for training: pass ``model`` to transformers' ``Trainer`` with
+    ``optimizers=(trainable.optimizer(), None)`` (the per-group learning rates) and ``callbacks=trainable.callbacks``
+    (which keep sparse weights at zero)."""
+
+    model: Any
+    tokenizer: Any
+    candidate: Candidate
+    param_groups: list[dict[str, Any]]
+    trainable_params: int
+    callbacks: list[Any] = field(default_factory=list)
+    masks: Any = None  # autopeft.sparsity.SparsityMasks, if the config is sparse
+
+    def optimizer(self, weight_decay: float = 0.0) -> Any:
+        import torch
+
+        groups = [{"params": g["params"], "lr": g["lr"]} for g in self.param_groups]
+        return torch.optim.AdamW(groups, weight_decay=weight_decay)
+
+
+def load_for_training(directory: str | Path, model: str | None = None, seed: int = 0) -> Trainable:
+    """Rebuild an export (any candidate: peft methods, our bottleneck adapters, sparsity) on a fresh copy of its base
+    model, ready to train with transformers' ``Trainer``."""
+    from autopeft.builder import build_model, load_base, model_info
+
+    d = Path(directory)
+    cand = load_config(d)
+    p = d / CONFIG_FILE
+    try:
+        info_json = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{p} is missing or not valid JSON ({type(exc).__name__}): export the config again") from None
+    base_model = model if model is not None else info_json.get("base_model")
+    num_labels = int(info_json.get("num_labels") or 2)
+    info = model_info(base_model, num_labels)
+    base, tok = load_base(base_model, num_labels)
+    built = build_model(cand, base, info, seed=seed)
+    callbacks = [_sparsity_callback(built.masks)] if built.masks is not None else []
+    return Trainable(built.model, tok, cand, built.param_groups, built.trainable, callbacks, built.masks)
+
+
+def _sparsity_callback(masks: Any) -> Any:
+    """A ``TrainerCallback`` that fixes magnitude masks after their warm-up and re-zeroes masked weights after each
+    optimizer step (as autopeft's own loop does), so AdamW cannot revive them."""
+    from transformers import TrainerCallback
+
+    class SparsityCallback(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            masks.maybe_fix(state.global_step)
+            masks.enforce()
+
+    return SparsityCallback()

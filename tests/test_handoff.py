@@ -88,6 +88,74 @@ def test_cli_export_best_and_train(study: tuple[str, str], tiny_model: str, glue
     assert "unknown metric 'roc'" in capsys.readouterr().err
 
 
+def test_every_export_says_what_loads_where_and_loads_from_elsewhere(tiny_model: str, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peft-only export loads with plain peft from another working directory (its base model is an absolute
+    path); one with our adapters or sparsity says plain peft cannot load it and builds with load_for_training."""
+    from peft import PeftConfig
+
+    from autopeft.export import describe
+
+    lora = Candidate.make({"lora": {"r": 4, "targets": ["q", "v"], "alpha_ratio": 2.0, "dropout": 0.0}}, [0, 1], {})
+    serial = Candidate.make({"serial_adapter": {"size": 8, "scaling": 1.0}}, [1], {"fraction": 0.5, "criterion": "random"})
+    mixed = Candidate.make({"lora": {"r": 4, "targets": ["q", "v"], "alpha_ratio": 2.0, "dropout": 0.0},
+                            "serial_adapter": {"size": 8, "scaling": 1.0}}, [0, 1], {})
+    rel = os.path.relpath(tiny_model, tmp_path)  # the model as typed, relative to where the search ran
+    monkeypatch.chdir(tmp_path)
+    meta = {**_meta(tiny_model, Path(".")), "model": rel}
+    lines = {}
+    for name, cand in (("lora", lora), ("serial", serial), ("mixed", mixed)):
+        d = export_config(FoundConfig(cand, meta), tmp_path / name)
+        lines[name] = describe(d)
+        assert json.loads((d / "autopeft_config.json").read_text())["base_model"] == str(Path(tiny_model).resolve())
+    assert lines["lora"].startswith("plain peft loads it: PeftConfig.from_pretrained(")
+    assert lines["serial"].startswith("plain peft cannot load it (no adapter_config.json: serial_adapter and sparsity")
+    assert lines["mixed"].startswith("serial_adapter need(s) autopeft") and "loads only the peft part" in lines["mixed"]
+    assert not (tmp_path / "serial" / "adapter_config.json").exists()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    pc = PeftConfig.from_pretrained(str(tmp_path / "lora"))
+    assert pc.base_model_name_or_path == str(Path(tiny_model).resolve()) and Path(pc.base_model_name_or_path).is_dir()
+
+
+def test_the_default_model_is_exported_by_its_hub_id() -> None:
+    from autopeft.builder import resolve_model
+    from autopeft.export import model_reference
+
+    assert model_reference(None) == model_reference("all-MiniLM-L6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
+    assert Path(resolve_model("sentence-transformers/all-MiniLM-L6-v2"), "config.json").is_file()  # the packaged copy
+
+
+def test_a_sparse_bottleneck_export_trains_with_transformers_trainer(tiny_model: str, glue_dir: Path,
+                                                                     tmp_path: Path) -> None:
+    """The documented path for exports plain peft cannot load: load_for_training, then transformers' Trainer with
+    its optimizer and callbacks; the masked half of the adapter weights stays exactly zero, the rest trains."""
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    cand = Candidate.make({"serial_adapter": {"size": 8, "scaling": 1.0}}, [0, 1], {"fraction": 0.5, "criterion": "random"})
+    d = export_config(FoundConfig(cand, _meta(tiny_model, glue_dir)), tmp_path / "cfg")
+    t = autopeft.load_for_training(d)
+    assert len(t.callbacks) == 1
+    before = {n: p.detach().clone() for n, p in t.model.named_parameters() if p.requires_grad and p.ndim >= 2
+              and "adapter" in n}
+    rows = [json.loads(x) for x in (glue_dir / "sst2" / "train.jsonl").read_text().splitlines()[:64]]
+    enc = t.tokenizer([r["sentence"] for r in rows], padding="max_length", truncation=True, max_length=32)
+    ds = [{"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i], "labels": r["label"]}
+          for i, r in enumerate(rows)]
+    args = TrainingArguments(output_dir=str(tmp_path / "tr"), per_device_train_batch_size=16, num_train_epochs=2,
+                             report_to=[], save_strategy="no", use_cpu=True, logging_strategy="no")
+    Trainer(model=t.model, args=args, train_dataset=ds, optimizers=(t.optimizer(), None), callbacks=t.callbacks).train()
+    after = dict(t.model.named_parameters())
+    assert set(t.masks.masks) == set(before)
+    for n, keep in t.masks.masks.items():
+        w, w0 = after[n].detach(), before[n]
+        assert int((~keep).sum()) == round(0.5 * w.numel()) and not w[~keep].any(), n  # the masked half stays zero
+        assert not torch.equal(w[keep], w0[keep]), n  # and the kept half trained
+    assert t.trainable_params < sum(p.numel() for p in t.model.parameters() if p.requires_grad)
+
+
 def test_plot_writes_html_and_png(study: tuple[str, str], tmp_path: Path) -> None:
     name, storage = study
     assert main(["plot", "--study", name, "--storage", storage, "-o", str(tmp_path)]) == 0

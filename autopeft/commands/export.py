@@ -25,4 +25,5 @@ def run(args: argparse.Namespace) -> int:
     found = api.found_config(args.study, args.storage, None if args.best else args.trial, args.max_params, args.max_memory)
     d = api.export(found, args.output)
     print(f"exported {found.candidate.summary()} to {d}")
+    print(api.describe_export(d))
     return 0
