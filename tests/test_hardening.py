@@ -303,3 +303,32 @@ def test_a_full_disk_ends_in_one_line_and_loses_nothing(tiny_model: str, glue_di
     assert r.returncode == 0, r.stderr[-2000:]
     s = optuna.load_study(study_name="full", storage=url)
     assert len(s.get_trials(states=(TrialState.COMPLETE,))) == 8 and not s.get_trials(states=(TrialState.RUNNING,))
+
+
+def test_resuming_in_a_read_only_studies_folder_is_one_line(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
+    """A study whose folder became read-only (a read-only bind mount: root ignores file modes): resuming ends in one
+    line naming the storage and what to do, and the study is unchanged; show still reads it."""
+    import os
+
+    from test_reliability import _cmd, _env
+
+    d = tmp_path / "studies"
+    d.mkdir()
+    url = f"sqlite:///{d / 'ro.db'}"
+    assert subprocess.run(_cmd(tiny_model, glue_dir, url, 2, study="ro"), env=_env(), capture_output=True).returncode == 0
+    data = (d / "ro.db").read_bytes()
+    if os.geteuid() != 0 or subprocess.run(["mount", "--bind", str(d), str(d)], capture_output=True).returncode:
+        pytest.skip("needs root to bind-mount the studies folder read-only")
+    try:
+        assert subprocess.run(["mount", "-o", "remount,ro,bind", str(d)], capture_output=True).returncode == 0
+        r = subprocess.run(_cmd(tiny_model, glue_dir, url, 4, study="ro"), env=_env(), capture_output=True, text=True)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert lines[-1].startswith("autopeft: error: the study storage") and "readonly" in lines[-1], lines[-1]
+        assert "make the storage writable" in lines[-1] and str(d / "ro.db") in lines[-1]
+        show = subprocess.run([sys.executable, "-m", "autopeft.cli", "show", "--study", "ro", "--storage", url],
+                              env=_env(), capture_output=True, text=True)
+        assert show.returncode == 0, show.stderr[-2000:]
+    finally:
+        subprocess.run(["umount", str(d)], capture_output=True)
+    assert (d / "ro.db").read_bytes() == data
