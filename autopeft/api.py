@@ -155,8 +155,12 @@ def dashboard(name: str | None = None, storage: str | None = None, host: str = "
 def train(config_dir: str | Path, output: str | Path, *, model: str | None = None, task: str | None = None,
           data_dir: str | None = None, train_file: str | None = None, validation_file: str | None = None,
           metric: str | None = None, epochs: float = 3.0, n_train: int | None = None, max_length: int = 128,
-          batch_size: int = 32, seeds: Sequence[int] = (0,)) -> dict[str, Any]:
-    """Train an exported config at full budget with each seed, score the validation split, save the model."""
+          batch_size: int = 32, seeds: Sequence[int] = (0,), text_columns: Sequence[str] | str | None = None,
+          label_column: str | None = None, **trainer: Any) -> dict[str, Any]:
+    """Train an exported config at full budget with transformers' ``Trainer`` and each seed, score the validation
+    split, save the model.  ``trainer`` keywords: device, bf16, fp16, grad_accum, grad_ckpt, resume, report_to,
+    training_args (a dict of any other ``TrainingArguments`` fields), progress (see
+    :func:`autopeft.final.train_final`)."""
     from autopeft.builder import DEFAULT_MODEL
     from autopeft.config import data_spec_dict
     from autopeft.export import CONFIG_FILE, load_config
@@ -173,7 +177,7 @@ def train(config_dir: str | Path, output: str | Path, *, model: str | None = Non
     model = model or info.get("base_model")
     model = None if model == DEFAULT_MODEL else model
     if task or train_file:
-        data = data_spec_dict(task, data_dir, train_file, validation_file)
+        data = data_spec_dict(task, data_dir, train_file, validation_file, text_columns, label_column)
     elif isinstance(info.get("task"), dict):
         data = dict(info["task"])
         if data_dir:
@@ -185,5 +189,9 @@ def train(config_dir: str | Path, output: str | Path, *, model: str | None = Non
         raise ConfigError("pass --task or --train-file (the config does not say which task it was found on)")
     if metric:  # checked when the task loads
         data = {**data, "metric": metric}
+    allowed = {"device", "bf16", "fp16", "grad_accum", "grad_ckpt", "resume", "report_to", "training_args", "progress"}
+    unknown = sorted(set(trainer) - allowed)
+    if unknown:
+        raise ConfigError(f"train() got unknown keyword(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
     return train_final(cand, model, data, str(output), epochs=epochs, n_train=n_train, max_length=max_length,
-                       batch_size=batch_size, seeds=list(seeds))
+                       batch_size=batch_size, seeds=list(seeds), **trainer)

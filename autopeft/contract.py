@@ -85,6 +85,23 @@ def default_fidelity(given: dict[str, Any] | None, gpu: bool) -> Fidelity:
     return Fidelity(**{**CPU_FIDELITY, **given})
 
 
+def fidelity_note(given: dict[str, Any] | None, gpu: bool) -> str | None:
+    """One line when the user's fidelity options switch the CPU preset off (so other defaults change with them), else
+    None: e.g. ``--n-train 200`` alone also changes the batch size 8 -> 32 and the learning-rate scale 2 -> 1."""
+    given = {k: v for k, v in (given or {}).items() if v is not None}
+    set_keys = [k for k in CPU_FIDELITY if k in given]
+    if gpu or not set_keys or len(set_keys) == len(CPU_FIDELITY):
+        return None
+    plain = Fidelity()
+    changed = [f"{k.replace('_', '-')} {getattr(plain, k):g} (preset {v:g})" for k, v in CPU_FIDELITY.items()
+               if k not in given and getattr(plain, k) != v]
+    if not changed:
+        return None
+    opts = ", ".join("--" + k.replace("_", "-") for k in set_keys)
+    return (f"{opts} turns the CPU trial preset off, so these take their plain defaults too: {', '.join(changed)}; "
+            "give them as well to keep the preset")
+
+
 @dataclass
 class TrialSpec:
     """Everything a worker needs to run one trial (plain JSON types only)."""

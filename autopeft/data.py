@@ -50,6 +50,9 @@ _FLOAT_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 MAX_ROW_CHARS = 1 << 20
 csv.field_size_limit(MAX_ROW_CHARS)  # long documents exceed the csv module's 128 KiB default
 
+#: the small demo tasks shipped in the package (see its README): used when no data dir is given
+DEMO_DIR = Path(__file__).resolve().parent / "demo_data"
+
 
 # ----------------------------------------------------------------------------- public types
 @dataclass(frozen=True)
@@ -102,6 +105,12 @@ class TaskData:
     label_names: list[str]  # label values as strings, in id order
     metric: str  # one of METRICS
     metric_reason: str  # why this metric: "by task name mrpc", "binary, minority class 31.5% < 40%", ...
+    source: str = ""  # where the training rows came from: a file path, or "hub:<name>"
+
+    @property
+    def embedded(self) -> bool:
+        """Whether this is the small demo copy shipped in the package (autopeft/demo_data)."""
+        return self.source.startswith(str(DEMO_DIR))
 
 
 # ----------------------------------------------------------------------------- reading files
@@ -317,11 +326,15 @@ def _resolve(spec: DataSpec) -> _Source:
         if not root.is_dir():
             how = "$AUTOPEFT_DATA_DIR" if from_env else "--data-dir"
             raise DataError(f"data dir not found: {root} (from {how}); point it at the folder that holds <task>/train.jsonl")
-        d = root / task
-        if d.is_dir():
-            tr, va = _task_dir(d)
-            v = val or va
-            return _Source(name, _sig(tr), _sig(v) if v else None)
+        for d in (root / task, root / name):  # "glue/mrpc" is <data dir>/glue/mrpc, else <data dir>/mrpc
+            if d.is_dir():
+                tr, va = _task_dir(d)
+                v = val or va
+                return _Source(name, _sig(tr), _sig(v) if v else None)
+    elif "/" not in task and os.sep not in task and (DEMO_DIR / task).is_dir():  # no data dir at all: the demo copy shipped in the package (sst2)
+        tr, va = _task_dir(DEMO_DIR / task)
+        v = val or va
+        return _Source(name, _sig(tr), _sig(v) if v else None)
     local = Path(task).expanduser()
     if ("/" in task or os.sep in task or task.startswith(".")) and local.is_dir() and _find(local, ("train",)):
         tr, va = _task_dir(local)  # --task given as a folder path
@@ -519,7 +532,7 @@ def _build(spec: DataSpec, src: _Source, train: _Table, val: _Table | None) -> T
         names = [cls[i] for i in range(len(mapping))]
     metric, reason = choose_metric(src.name, tr_labels, len(mapping), spec.metric)
     return TaskData(src.name, tuple(text_cols), label, _texts(train, text_cols), tr_labels, va_texts, va_labels,
-                    len(mapping), names, metric, reason)
+                    len(mapping), names, metric, reason, source=src.train[0] if src.train else f"hub:{src.hub}")
 
 
 @functools.lru_cache(maxsize=8)

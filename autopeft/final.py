@@ -25,63 +25,215 @@ def _validation(task: Any) -> tuple[list[tuple[str, ...]], list[int]]:
     return task.validation_texts, task.validation_labels
 
 
+#: rows of the training set held out to pick the best epoch (never the validation split, which is the reported score)
+HOLDOUT_FRACTION, HOLDOUT_MAX = 0.1, 1000
+TRAINABLE_FILE = "autopeft_trainable.pt"  # every trainable tensor, in each Trainer checkpoint
+
+
+def pick_device() -> str:
+    """The device final training runs on: CUDA when there is one, else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def training_arguments(out: Path, *, seed: int, epochs: float, batch_size: int, total_steps: int, device: str,
+                       eval_each_epoch: bool, bf16: bool = False, fp16: bool = False, grad_accum: int = 1,
+                       grad_ckpt: bool = False, report_to: str = "none", progress: bool = True,
+                       extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The keyword arguments of transformers' ``TrainingArguments`` for one seed: autopeft's schedule (linear,
+    6 % warm-up; the per-method learning rates live in the optimizer), evaluation and a checkpoint each epoch with the
+    best kept, the user's precision/accumulation/logging choices, then ``extra`` (any other TrainingArguments field)."""
+    from transformers import TrainingArguments
+
+    if bf16 and fp16:
+        raise ConfigError("--bf16 and --fp16 exclude each other; pick one")
+    if device == "cpu" and fp16:
+        raise ConfigError("--fp16 needs a CUDA GPU; on the CPU use --bf16 or neither")
+    kw: dict[str, Any] = dict(
+        output_dir=str(out), seed=seed, num_train_epochs=epochs, per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=64, gradient_accumulation_steps=grad_accum, gradient_checkpointing=grad_ckpt,
+        bf16=bf16, fp16=fp16, use_cpu=device == "cpu", lr_scheduler_type="linear",
+        warmup_steps=max(1, int(0.06 * total_steps)), weight_decay=0.01,
+        eval_strategy="epoch" if eval_each_epoch else "no", save_strategy="epoch" if eval_each_epoch else "no",
+        load_best_model_at_end=eval_each_epoch, metric_for_best_model="score", greater_is_better=True,
+        save_total_limit=1, logging_strategy="steps", logging_steps=max(1, total_steps // 20),
+        report_to=[] if report_to in ("none", "") else [r.strip() for r in report_to.split(",")],
+        disable_tqdm=not progress, remove_unused_columns=False,
+    )
+    fields = set(TrainingArguments.__dataclass_fields__)
+    for k, v in (extra or {}).items():
+        if k not in fields:
+            close = sorted(f for f in fields if k.replace("-", "_") in f)[:5]
+            raise ConfigError(f"--training-args: {k!r} is not a field of transformers' TrainingArguments"
+                              + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        kw[k] = v
+    return kw
+
+
+def _trainer_class() -> Any:
+    from transformers import Trainer
+
+    class AutoPeftTrainer(Trainer):
+        """Trainer whose checkpoints also hold every trainable tensor, so resuming and restoring the best epoch are
+        exact for any candidate: peft saves only its own adapters, not our bottleneck adapters beside them."""
+
+        def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+            super()._save(output_dir, state_dict)
+            out = Path(output_dir or self.args.output_dir)
+            torch.save({n: p.detach().cpu() for n, p in self.model.named_parameters() if p.requires_grad},
+                       out / TRAINABLE_FILE)
+
+        def _restore_trainable(self, checkpoint: str | None) -> None:
+            f = Path(checkpoint or "") / TRAINABLE_FILE
+            if checkpoint and f.is_file():
+                saved = torch.load(f, weights_only=True)
+                params = dict(self.model.named_parameters())
+                with torch.no_grad():
+                    for n, t in saved.items():
+                        params[n].copy_(t.to(params[n].device))
+
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            self._restore_trainable(resume_from_checkpoint)
+
+        def _load_best_model(self) -> None:
+            super()._load_best_model()
+            self._restore_trainable(self.state.best_model_checkpoint)
+
+    return AutoPeftTrainer
+
+
+def _rows(enc: Any, labels: Sequence[int]) -> list[dict[str, Any]]:
+    keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in enc]
+    return [{**{k: enc[k][i] for k in keys}, "labels": int(labels[i])} for i in range(len(labels))]
+
+
 def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_dir: str | Path, *, epochs: float = 3.0,
                 n_train: int | None = None, max_length: int = 128, batch_size: int = 32, seeds: Sequence[int] = (0,),
-                threads: int | None = None) -> dict[str, Any]:
-    """Train ``cand`` on all (or ``n_train``) training rows for each seed; save the first seed's model."""
+                threads: int | None = None, device: str | None = None, bf16: bool = False, fp16: bool = False,
+                grad_accum: int = 1, grad_ckpt: bool = False, resume: bool = False, report_to: str = "none",
+                training_args: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train ``cand`` at full budget with transformers' ``Trainer``, once per seed: all (or ``n_train``) training rows
+    less a held-out tenth (at most 1,000 rows) that picks the best epoch, scored once on the validation split; the
+    first seed's model is saved.  ``resume`` continues from the checkpoints of an interrupted run in ``out_dir`` and
+    keeps seeds already finished there."""
+    import numpy as np
+    from transformers import DataCollatorWithPadding
+
     from autopeft.builder import build_model, load_base, model_info
+    from autopeft.export import _sparsity_callback
 
     if not seeds:
         raise ConfigError("--seeds needs at least one seed")
     if threads:
         torch.set_num_threads(threads)
+    device = device or pick_device()
+    task = task_of(data)
+    info = model_info(model, task.num_labels)
+    n_all = len(task.train_labels)
+    n = n_all if n_train is None else min(n_train, n_all)
+    max_length = min(max_length, info.arch.max_positions)
+    val_texts, val_labels = _validation(task)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    scores, times, params = [], [], 0
+    for k, seed in enumerate(seeds):
+        done_f = out / "seeds" / f"seed{seed}.json"
+        if resume and done_f.is_file():  # finished before the interruption
+            r = json.loads(done_f.read_text(encoding="utf-8"))
+            scores.append(r["score"])
+            times.append(r["seconds"])
+            params = r["params"]
+            continue
+        t0 = time.perf_counter()
+        base, tok = load_base(model, task.num_labels)
+        built = build_model(cand, base, info, seed=seed)
+        params = built.trainable
+        idx = np.random.default_rng(seed).permutation(n_all)[:n].tolist()
+        n_hold = min(HOLDOUT_MAX, int(HOLDOUT_FRACTION * n)) if n >= 100 else 0
+        hold, fit = idx[:n_hold], idx[n_hold:]
+        train_ds = _rows(_encode(tok, [task.train_texts[i] for i in fit], max_length), [task.train_labels[i] for i in fit])
+        hold_ds = (_rows(_encode(tok, [task.train_texts[i] for i in hold], max_length), [task.train_labels[i] for i in hold])
+                   if hold else [])
+        steps_per_epoch = -(-len(train_ds) // (batch_size * grad_accum))
+        total = max(1, int(np.ceil(steps_per_epoch * epochs)))
+        ckpt = out / "checkpoints" / f"seed{seed}"
+        from transformers import TrainingArguments
+
+        args = TrainingArguments(**training_arguments(
+            ckpt, seed=seed, epochs=epochs, batch_size=batch_size, total_steps=total, device=device,
+            eval_each_epoch=bool(hold_ds), bf16=bf16, fp16=fp16, grad_accum=grad_accum, grad_ckpt=grad_ckpt,
+            report_to=report_to, progress=progress, extra=training_args))
+        opt = torch.optim.AdamW([{"params": g["params"], "lr": g["lr"]} for g in built.param_groups], weight_decay=0.01)
+
+        def metrics(pred: Any) -> dict[str, float]:
+            logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
+            return {"score": score_logits(task.metric, np.asarray(logits), pred.label_ids.tolist())}
+
+        trainer = _trainer_class()(
+            model=built.model, args=args, train_dataset=train_ds, eval_dataset=hold_ds or None,
+            data_collator=DataCollatorWithPadding(tok), compute_metrics=metrics, optimizers=(opt, None),
+            callbacks=[_sparsity_callback(built.masks)] if built.masks is not None else None)
+        has_ckpt = ckpt.is_dir() and any(ckpt.glob("checkpoint-*"))
+        trainer.train(resume_from_checkpoint=True if resume and has_ckpt else None)
+        logits = predict_logits(built.model, _encode(tok, val_texts, max_length), 64, tok.pad_token_id or 0,
+                                next(built.model.parameters()).device)
+        score = score_logits(task.metric, logits, val_labels)
+        scores.append(score)
+        times.append(time.perf_counter() - t0)
+        if k == 0:
+            save_trained(built, cand, out, model, task.num_labels)
+        done_f.parent.mkdir(exist_ok=True)
+        done_f.write_text(json.dumps({"score": score, "seconds": times[-1], "params": params,
+                                      "best_epoch_checkpoint": trainer.state.best_model_checkpoint,
+                                      "log_history": trainer.state.log_history}) + "\n")
+    result = {"summary": cand.summary(), "candidate": cand.to_dict(), "model": model, "task": data, "metric": task.metric,
+              "split": "validation", "seeds": list(seeds), "scores": scores, "mean": statistics.fmean(scores),
+              "std": statistics.pstdev(scores) if len(scores) > 1 else 0.0, "params": params,
+              "n_train": n, "holdout": min(HOLDOUT_MAX, int(HOLDOUT_FRACTION * n)) if n >= 100 else 0,
+              "epochs": epochs, "seconds": times, "saved_seed": seeds[0], "saved_score": scores[0], "device": device,
+              "trainer": "transformers.Trainer"}
+    (out / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return result
+
+
+def _train_lean(cand: Candidate, model: str | None, data: dict[str, Any], n_train: int | None, epochs: float, seed: int,
+                max_length: int, batch_size: int) -> dict[str, Any]:
+    """One full-budget run on autopeft's lean loop (the trials' loop), saving nothing: what the committed
+    ``bench/retrain.py`` tables were measured with, kept so they reproduce."""
+    import numpy as np
+
+    from autopeft.builder import build_model, load_base, model_info
+
     task = task_of(data)
     info = model_info(model, task.num_labels)
     n = len(task.train_labels) if n_train is None else min(n_train, len(task.train_labels))
     fid = Fidelity(n_train=max(1, n), epochs=epochs, n_eval=1, max_length=min(max_length, info.arch.max_positions),
                    batch_size=batch_size, memory_batch_size=batch_size)
     val_texts, val_labels = _validation(task)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    scores, times = [], []
-    for k, seed in enumerate(seeds):
-        t0 = time.perf_counter()
-        base, tok = load_base(model, task.num_labels)
-        built = build_model(cand, base, info, seed=seed)
-        import numpy as np
-
-        idx = np.random.default_rng(seed).permutation(len(task.train_labels))[:n].tolist()
-        enc = _encode(tok, [task.train_texts[i] for i in idx], fid.max_length)
-        labels = [task.train_labels[i] for i in idx]
-        steps, loss, failure = train_loop(built, enc, labels, fid, seed, torch.device("cpu"), tok.pad_token_id or 0)
-        if failure is not None:
-            raise ConfigError(f"final training diverged (seed {seed}): {failure}")
-        logits = predict_logits(built.model, _encode(tok, val_texts, fid.max_length), 64, tok.pad_token_id or 0,
-                                torch.device("cpu"))
-        scores.append(score_logits(task.metric, logits, val_labels))
-        times.append(time.perf_counter() - t0)
-        if k == 0:
-            save_trained(built, cand, out, model, task.num_labels)
-    result = {"summary": cand.summary(), "candidate": cand.to_dict(), "model": model, "task": data, "metric": task.metric,
-              "split": "validation", "seeds": list(seeds), "scores": scores, "mean": statistics.fmean(scores),
-              "std": statistics.pstdev(scores) if len(scores) > 1 else 0.0, "params": built.trainable,
-              "n_train": n, "epochs": epochs, "seconds": times, "saved_seed": seeds[0], "saved_score": scores[0]}
-    (out / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    return result
+    t0 = time.perf_counter()
+    base, tok = load_base(model, task.num_labels)
+    built = build_model(cand, base, info, seed=seed)
+    idx = np.random.default_rng(seed).permutation(len(task.train_labels))[:n].tolist()
+    enc = _encode(tok, [task.train_texts[i] for i in idx], fid.max_length)
+    steps, loss, failure = train_loop(built, enc, [task.train_labels[i] for i in idx], fid, seed, torch.device("cpu"),
+                                      tok.pad_token_id or 0)
+    if failure is not None:
+        raise ConfigError(f"final training diverged (seed {seed}): {failure}")
+    logits = predict_logits(built.model, _encode(tok, val_texts, fid.max_length), 64, tok.pad_token_id or 0,
+                            torch.device("cpu"))
+    return {"score": score_logits(task.metric, logits, val_labels), "seconds": time.perf_counter() - t0,
+            "params": built.trainable, "n_train": n}
 
 
 def run_seed(cand_json: str, model: str | None, data: dict[str, Any], n_train: int | None, epochs: float, seed: int,
              max_length: int = 128, batch_size: int = 32) -> dict[str, Any]:
-    """One full-budget run with one seed, on one thread, saving nothing (for process pools, e.g. bench/retrain.py)."""
-    import tempfile
-
+    """One full-budget run with one seed, on one thread, saving nothing (for process pools, e.g. bench/retrain.py;
+    on the lean loop its committed tables were measured with)."""
     from autopeft._quiet import quiet
 
     quiet()
-    with tempfile.TemporaryDirectory() as tmp:
-        r = train_final(Candidate.from_json(cand_json), model, data, tmp, epochs=epochs, n_train=n_train,
-                        max_length=max_length, batch_size=batch_size, seeds=(seed,), threads=1)
-    return {"score": r["scores"][0], "seconds": r["seconds"][0], "params": r["params"], "n_train": r["n_train"]}
+    torch.set_num_threads(1)
+    return _train_lean(Candidate.from_json(cand_json), model, data, n_train, epochs, seed, max_length, batch_size)
 
 
 def save_trained(built: Any, cand: Candidate, out: Path, model: str | None, num_labels: int) -> None:

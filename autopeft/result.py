@@ -109,8 +109,21 @@ class SearchResult:
 
     @property
     def warnings(self) -> list[str]:
-        """Warnings the driver stored in the study, e.g. that most trials scored at the majority-class level."""
-        return [str(v).split(": ", 1)[-1] for k, v in sorted(self.meta.items()) if k.startswith(A.NOTICE_PREFIX)]
+        """Warnings the driver stored in the study, e.g. that most trials scored at the majority-class level; and if
+        every complete trial scored at that level, that the front only ranks costs."""
+        out = [str(v).split(": ", 1)[-1] for k, v in sorted(self.meta.items()) if k.startswith(A.NOTICE_PREFIX)]
+        chance, metric = self.meta.get(A.CHANCE_SCORE), self.meta.get(A.METRIC)
+        objectives = list(self.meta.get(A.OBJECTIVES) or [])
+        comp = self.complete_trials()
+        if chance is not None and "score" in objectives and comp:
+            i = objectives.index("score")
+            best = max(float(t.values[i]) for t in comp)
+            if best <= float(chance) + 0.005:
+                out.append(f"every one of the {len(comp)} complete trials scored at the majority-class level ({metric} "
+                           f"{float(chance):.3f}; best {best:.3f}), so this front only ranks parameter counts and memory: "
+                           "start a new study (--study NAME) with longer trials and higher learning rates, e.g. "
+                           "--n-train 2000 --epochs 3 --batch-size 32 --lr-scale 3, or rank by --metric auc")
+        return out
 
     def __repr__(self) -> str:
         return f"SearchResult({self.name!r}, {len(self.complete_trials())} complete trials, front {len(self.front_trials())})"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from autopeft.config import SearchConfig, parse_budget
-from autopeft.contract import OK, REFERENCE, Fidelity, TrialSpec, default_fidelity
+from autopeft.contract import OK, REFERENCE, Fidelity, TrialSpec, default_fidelity, fidelity_note
 from autopeft.errors import ConfigError, StudyError
 from autopeft.storage import A, StudyStore, default_storage, sanitize, space_hash
 
@@ -45,13 +45,19 @@ class Search:
         if self.max_params is not None and self.max_params < self.info.head_params:
             raise ConfigError(f"--max-params {self.max_params:.6g} is below the {self.info.head_params:,} parameters of the "
                               "classification head, which every configuration trains; raise the budget")
-        self.identity = {A.MODEL: model_label, A.TASK: {k: v for k, v in c.data.items() if v is not None and k != "data_dir"},
+        task_id = {k: v for k, v in c.data.items() if v is not None and k != "data_dir"}
+        if self.task.embedded:  # the demo copy is another sample of the task: never resumed as the full one
+            task_id["data"] = "autopeft demo copy"
+        self.identity = {A.MODEL: model_label, A.TASK: task_id,
                          A.SPACE: self.space_def.name, A.SPACE_HASH: space_hash(self.space_def.raw)}
         self.workers = c.workers or os.cpu_count() or 1
+        #: a line for the user when their fidelity options switched a preset off (None if not)
+        self.fidelity_note = fidelity_note(c.fidelity, self._trials_on_gpu())
         self.store = StudyStore(self.name, self.storage_url)
         self.executor: Any = None
         self.fidelity: Fidelity | None = None
         self.stop_reason: str | None = None
+        self.resumed = False  # whether open() found the study stored already
         #: for ``--executor ray-tune`` (set by :mod:`autopeft.api`): how to measure the reference point, and how to
         #: drive the loop, without an executor
         self.reference_runner: Any = None
@@ -68,7 +74,7 @@ class Search:
             self.executor = make_executor(c.executor, workers, c.trial_timeout, runner=c.runner, **c.ray)
             self.workers = self.executor.capacity
         try:
-            self.store.open(self.identity, self._check_resume, self._new_meta)
+            self.resumed = self.store.open(self.identity, self._check_resume, self._new_meta)
         except BaseException:
             self.close()
             raise

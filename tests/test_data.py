@@ -348,3 +348,22 @@ def test_search_split_on_glue(glue: Path) -> None:
     tr, ev = search_split(d, 500, 200, seed=0)
     assert len(tr) == 500 and len(ev) == 200 and not set(tr) & set(ev)
     assert 0.35 < np.mean([d.train_labels[i] for i in ev]) < 0.65
+
+
+def test_no_data_options_use_the_demo_copy_shipped_in_the_package(monkeypatch: pytest.MonkeyPatch, glue: Path) -> None:
+    """A fresh machine with no data: task sst2 loads the embedded demo set (6,000 training rows of GLUE's SST-2 and
+    the whole validation split), which is a true subset of the full copy."""
+    monkeypatch.delenv("AUTOPEFT_DATA_DIR", raising=False)
+    t = load_task(DataSpec(task="sst2"))
+    assert t.embedded and len(t.train_labels) == 6000 and len(t.validation_labels or []) == 872
+    assert (t.train_labels.count(0), t.train_labels.count(1)) == (2629, 3371) and t.metric == "accuracy"
+    full = load_task(DataSpec(task="sst2", data_dir=str(glue)))
+    assert not full.embedded and len(full.train_labels) == 67349
+    assert set(zip(t.train_texts, t.train_labels)) <= set(zip(full.train_texts, full.train_labels))
+    assert list(t.validation_texts or []) == list(full.validation_texts or [])
+
+
+def test_a_hub_style_task_name_finds_its_folder_in_the_data_dir(glue: Path) -> None:
+    """studies/ray-cluster.yaml's ``task: glue/mrpc`` with ``--data-dir DATA`` reads DATA/mrpc (no DATA/glue/mrpc)."""
+    t = load_task(DataSpec(task="glue/mrpc", data_dir=str(glue)))
+    assert t.name == "mrpc" and len(t.train_labels) == 3668 and t.metric == "f1"

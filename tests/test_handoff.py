@@ -156,6 +156,73 @@ def test_a_sparse_bottleneck_export_trains_with_transformers_trainer(tiny_model:
     assert t.trainable_params < sum(p.numel() for p in t.model.parameters() if p.requires_grad)
 
 
+def test_final_training_runs_on_transformers_trainer_and_resumes(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
+    """`autopeft train` runs transformers' Trainer: evaluation and a checkpoint (with every trainable tensor) each
+    epoch on a held-out tenth of the training rows, loss logged, the best epoch kept; after an interruption,
+    --resume continues from the checkpoints and gives the same model."""
+    cand = Candidate.make({"lora": {"r": 4, "targets": ["q", "v"], "alpha_ratio": 2.0, "dropout": 0.0},
+                           "serial_adapter": {"size": 8, "scaling": 1.0}}, [0, 1], {})
+    cfg = export_config(FoundConfig(cand, _meta(tiny_model, glue_dir)), tmp_path / "cfg")
+    out = tmp_path / "out"
+    argv = ["train", "--config", str(cfg), "--data-dir", str(glue_dir), "--n-train", "200", "--epochs", "2",
+            "--max-length", "32", "--batch-size", "16", "-o", str(out), "--no-progress", "--training-args",
+            "logging_steps=1"]
+    assert main(argv) == 0
+    r = json.loads((out / "autopeft_result.json").read_text())
+    assert r["trainer"] == "transformers.Trainer" and r["holdout"] == 20 and r["device"] == "cpu"
+    ckpts = sorted((out / "checkpoints" / "seed0").glob("checkpoint-*"))
+    assert ckpts and all((c / "autopeft_trainable.pt").is_file() for c in ckpts)
+    log = json.loads((out / "seeds" / "seed0.json").read_text())["log_history"]  # the whole run's log
+    assert len([h for h in log if "eval_score" in h]) == 2  # evaluated each epoch
+    assert len([h for h in log if "loss" in h]) >= 20  # 180 rows / 16 = 12 steps an epoch, each logged
+    (out / "seeds" / "seed0.json").unlink()  # interrupted before the seed was recorded: its checkpoints remain
+    assert main(argv + ["--resume"]) == 0
+    assert json.loads((out / "autopeft_result.json").read_text())["scores"] == r["scores"]
+    model, tok, _ = load_trained(out)
+    assert evaluate(model, tok, {"task": "sst2", "data_dir": str(glue_dir)}, 32) == pytest.approx(r["scores"][0])
+
+
+def test_final_training_device_and_trainer_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import torch
+
+    from autopeft import api, final
+    from autopeft.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert final.pick_device() == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert final.pick_device() == "cpu"
+    kw = final.training_arguments(tmp_path, seed=3, epochs=2, batch_size=8, total_steps=100, device="cuda",
+                                  eval_each_epoch=True, bf16=True, grad_accum=4, grad_ckpt=True, report_to="tensorboard",
+                                  extra={"max_grad_norm": 0.5})
+    assert (kw["bf16"], kw["gradient_accumulation_steps"], kw["gradient_checkpointing"], kw["report_to"], kw["use_cpu"],
+            kw["max_grad_norm"], kw["warmup_steps"], kw["load_best_model_at_end"], kw["seed"]) == (
+        True, 4, True, ["tensorboard"], False, 0.5, 6, True, 3)
+    with pytest.raises(ConfigError, match="'learning_rat' is not a field of transformers' TrainingArguments"):
+        final.training_arguments(tmp_path, seed=0, epochs=1, batch_size=8, total_steps=10, device="cpu",
+                                 eval_each_epoch=False, extra={"learning_rat": 1})
+    with pytest.raises(ConfigError, match="--fp16 needs a CUDA GPU"):
+        final.training_arguments(tmp_path, seed=0, epochs=1, batch_size=8, total_steps=10, device="cpu",
+                                 eval_each_epoch=False, fp16=True)
+    seen: dict = {}
+
+    def fake_train(config_dir: str, output: str, **kw: object) -> dict:
+        seen.update(kw)
+        return {"summary": "s", "metric": "accuracy", "mean": 0.5, "std": 0.0}
+
+    monkeypatch.setattr(api, "train", fake_train)
+    (tmp_path / "ta.yaml").write_text("max_grad_norm: 0.5\noptim: adamw_torch\n")
+    assert main(["train", "--config", "c", "-o", "o", "--bf16", "--gradient-accumulation-steps", "4",
+                 "--gradient-checkpointing", "--resume", "--report-to", "tensorboard", "--device", "cuda",
+                 "--training-args", "eval_steps=7", "--training-args", str(tmp_path / "ta.yaml"),
+                 "--text-columns", "title,body", "--label-column", "y"]) == 0
+    assert {k: seen[k] for k in ("bf16", "grad_accum", "grad_ckpt", "resume", "report_to", "device", "training_args",
+                                 "text_columns", "label_column")} == {
+        "bf16": True, "grad_accum": 4, "grad_ckpt": True, "resume": True, "report_to": "tensorboard", "device": "cuda",
+        "training_args": {"eval_steps": 7, "max_grad_norm": 0.5, "optim": "adamw_torch"}, "text_columns": "title,body",
+        "label_column": "y"}
+
+
 def test_plot_writes_html_and_png(study: tuple[str, str], tmp_path: Path) -> None:
     name, storage = study
     assert main(["plot", "--study", name, "--storage", storage, "-o", str(tmp_path)]) == 0

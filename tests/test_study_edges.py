@@ -189,3 +189,34 @@ def test_collapsed_trials_are_warned_about_once(flat: int, warned: bool, capsys:
         assert len(warnings) == 1 and warnings[0].startswith(f"{flat} of 8 trials")
     else:
         assert err == "" and warnings == []
+
+
+def test_options_that_switch_the_cpu_preset_off_are_said() -> None:
+    from autopeft.contract import fidelity_note
+
+    note = fidelity_note({"n_train": 200}, gpu=False)
+    assert note is not None and note.startswith("--n-train turns the CPU trial preset off")
+    assert "batch-size 32 (preset 8)" in note and "lr-scale 1 (preset 2)" in note and "epochs" not in note  # same 2
+    assert fidelity_note({"n_train": 200}, gpu=True) is None  # GPUs have no preset
+    assert fidelity_note({}, gpu=False) is None and fidelity_note({"max_length": 64}, gpu=False) is None
+    assert fidelity_note({"n_train": 600, "epochs": 2, "batch_size": 8, "lr_scale": 2}, gpu=False) is None
+
+
+def test_a_front_all_at_chance_says_so(tmp_path: Path) -> None:
+    from autopeft import api
+    from autopeft.storage import SCHEMA_VERSION
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    s = optuna.create_study(study_name="c", storage=url, directions=["maximize", "minimize", "minimize"])
+    for k, v in {"autopeft_schema": SCHEMA_VERSION, "model": "m", "task": {"task": "sst2"}, "space_hash": "h",
+                 "objectives": ["score", "params", "memory"], "ref_point": [0.44, -6.0, -4.0], "fidelity": {},
+                 "metric": "accuracy", "num_labels": 2, "base_params": 1000, "chance_score": 0.44}.items():
+        s.set_user_attr(k, v)
+    cand = {"methods": {}, "layers": [], "sparsity": {}, "lr_multiplier": 1.0}
+    for score, params in ((0.44, 10.0), (0.44, 5.0)):
+        s.add_trial(optuna.trial.create_trial(values=[score, params, 5.0], user_attrs={"candidate": cand}))
+    warns = api.load_study("c", url).warnings
+    assert len(warns) == 1 and warns[0].startswith("every one of the 2 complete trials scored at the majority-class "
+                                                   "level (accuracy 0.440; best 0.440)")
+    s.add_trial(optuna.trial.create_trial(values=[0.61, 20.0, 5.0], user_attrs={"candidate": cand}))
+    assert api.load_study("c", url).warnings == []

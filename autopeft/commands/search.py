@@ -81,6 +81,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"autopeft: task {task.name} ({len(task.train_labels)} train rows, {task.num_labels} labels), "
           f"metric {task.metric} ({task.metric_reason}); space {s.space_def.name} ({s.bound.size} encoded dims); "
           f"sampler {args.sampler}; {s.workers} worker(s); fidelity {s.fidelity.to_dict()}", file=sys.stderr)
+    if s.fidelity_note and not s.resumed:
+        print(f"autopeft: note: {s.fidelity_note}", file=sys.stderr)
+    if task.embedded:
+        print(f"autopeft: data: the demo copy of {task.name} shipped with autopeft ({len(task.train_labels):,} training "
+              "rows); pass --data-dir with the full task (or --task glue/sst2 for the Hugging Face hub)", file=sys.stderr)
     res = s.run()
     if s.stop_reason == "timeout":
         print("autopeft: stopped at --timeout; run the same command to continue", file=sys.stderr)

@@ -22,8 +22,22 @@ def add(sub: Any) -> None:
     t.add_argument("--n-train", type=positive_int, help="training rows (default: all)")
     t.add_argument("--max-length", type=positive_int, default=128, help="max tokens (default 128)")
     t.add_argument("--batch-size", type=positive_int, default=32, help="batch size (default 32)")
+    t.add_argument("--text-columns", help="comma-separated text columns (default: inferred)")
+    t.add_argument("--label-column", help="label column (default: inferred)")
     t.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2 (default 0)")
     t.add_argument("-o", "--output", required=True, help="directory to save the trained model in")
+    g = t.add_argument_group("transformers Trainer")
+    g.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when there is one, else cpu")
+    g.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision (default off)")
+    g.add_argument("--fp16", action="store_true", help="float16 mixed precision, CUDA only (default off)")
+    g.add_argument("--gradient-accumulation-steps", type=positive_int, default=1, help="default 1")
+    g.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory (default off)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --output from its checkpoints; finished seeds are kept")
+    g.add_argument("--report-to", default="none", help="none (default), or e.g. tensorboard, wandb, mlflow (installed)")
+    g.add_argument("--training-args", action="append", default=[], metavar="FILE|KEY=VALUE",
+                   help="any other TrainingArguments field, as KEY=VALUE (repeatable) or a JSON/YAML file of them")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar (loss lines are still logged)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,7 +51,38 @@ def run(args: argparse.Namespace) -> int:
     res = api.train(args.config, args.output, model=args.model, task=args.task, data_dir=args.data_dir,
                     train_file=args.train_file, validation_file=args.validation_file, metric=args.metric,
                     epochs=args.epochs, n_train=args.n_train, max_length=args.max_length, batch_size=args.batch_size,
-                    seeds=seeds)
+                    seeds=seeds, text_columns=args.text_columns, label_column=args.label_column, device=args.device,
+                    bf16=args.bf16, fp16=args.fp16, grad_accum=args.gradient_accumulation_steps,
+                    grad_ckpt=args.gradient_checkpointing, resume=args.resume, report_to=args.report_to,
+                    training_args=training_args(args.training_args), progress=not args.no_progress)
     print(f"{res['summary']}: {res['metric']} on validation {res['mean']:.4f} ± {res['std']:.4f} over seeds {seeds}; "
           f"saved to {args.output}")
     return 0
+
+
+def training_args(items: list[str]) -> dict[str, Any]:
+    """``--training-args`` values: KEY=VALUE (the value read as YAML: 0.1, true, [a, b]) or a JSON/YAML file of them."""
+    from pathlib import Path
+
+    from autopeft.errors import ConfigError
+    from autopeft.yamlio import excerpt, load_yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" in item and not Path(item).is_file():
+            key, _, value = item.partition("=")
+            import yaml
+
+            try:
+                out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+            except yaml.YAMLError:
+                raise ConfigError(f"--training-args: cannot read the value of {key.strip()!r}: {excerpt(value)}") from None
+        else:
+            try:
+                d = load_yaml(item, "training arguments file", 64 * 1024)
+            except ValueError as exc:
+                raise ConfigError(f"--training-args: {exc}") from None
+            if not isinstance(d, dict):
+                raise ConfigError(f"--training-args: {item} must hold a mapping of TrainingArguments fields")
+            out.update({str(k): v for k, v in d.items()})
+    return out
