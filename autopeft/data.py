@@ -605,18 +605,19 @@ def compute_metric(metric: str, preds: IntLabels, labels: IntLabels, scores: Seq
         raise DataError("cannot score an empty evaluation set; use a larger --n-eval")
     if metric == "auc":
         return _auc(y, scores)
-    if metric == "accuracy":
-        return float((p == y).mean())
-    if metric == "f1":
-        return _f1(p, y, 1)
-    if metric == "macro_f1":
-        return float(np.mean([_f1(p, y, int(c)) for c in np.union1d(y, p)]))
-    classes, inv = np.unique(np.concatenate([y, p]), return_inverse=True)  # matthews
-    k = len(classes)
-    cm = np.bincount(inv[:len(y)] * k + inv[len(y):], minlength=k * k).reshape(k, k).astype(np.float64)
-    t, pk, c, s = cm.sum(1), cm.sum(0), np.trace(cm), cm.sum()
-    den = np.sqrt((s * s - pk @ pk) * (s * s - t @ t))
-    return float((c * s - t @ pk) / den) if den > 0 else 0.0
+    import warnings
+
+    from sklearn import metrics as skm  # scikit-learn's definitions; ill-defined values are 0.0
+
+    with warnings.catch_warnings():  # one class predicted (a collapsed trial) is a normal case here, not a warning
+        warnings.simplefilter("ignore")
+        if metric == "accuracy":
+            return float(skm.accuracy_score(y, p))
+        if metric == "f1":
+            return float(skm.f1_score(y, p, labels=[1], average="macro", zero_division=0.0))
+        if metric == "macro_f1":
+            return float(skm.f1_score(y, p, average="macro", zero_division=0.0))
+        return float(skm.matthews_corrcoef(y, p))
 
 
 def _auc(y: np.ndarray, scores: Sequence[float] | None) -> float:
@@ -627,21 +628,11 @@ def _auc(y: np.ndarray, scores: Sequence[float] | None) -> float:
         raise DataError(f"cannot score {len(sc)} scores against {len(y)} labels; they must have the same length")
     if not set(np.unique(y).tolist()) <= {0, 1}:
         raise DataError("metric auc needs binary labels 0/1; choose accuracy, macro_f1 or matthews")
-    n1 = int(y.sum())
-    n0 = len(y) - n1
-    if n0 == 0 or n1 == 0:
-        return 0.5
-    from scipy.stats import rankdata  # Mann-Whitney U with average ranks for ties
+    if y.min() == y.max():
+        return 0.5  # one class only: a score ranks nothing (scikit-learn raises here)
+    from sklearn.metrics import roc_auc_score
 
-    ranks = rankdata(sc)
-    return float((ranks[y == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
-
-
-def _f1(p: np.ndarray, y: np.ndarray, c: int) -> float:
-    tp = int(np.sum((p == c) & (y == c)))
-    fp = int(np.sum((p == c) & (y != c)))
-    fn = int(np.sum((p != c) & (y == c)))
-    return 2 * tp / (2 * tp + fp + fn) if tp > 0 else 0.0
+    return float(roc_auc_score(y, sc))
 
 
 def chance_score(metric: str, labels: IntLabels) -> float:

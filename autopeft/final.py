@@ -57,7 +57,7 @@ def training_arguments(out: Path, *, seed: int, epochs: float, batch_size: int, 
         load_best_model_at_end=eval_each_epoch, metric_for_best_model="score", greater_is_better=True,
         save_total_limit=1, logging_strategy="steps", logging_steps=max(1, total_steps // 20),
         report_to=[] if report_to in ("none", "") else [r.strip() for r in report_to.split(",")],
-        disable_tqdm=not progress, remove_unused_columns=False,
+        disable_tqdm=not progress, remove_unused_columns=False, train_sampling_strategy="group_by_length",
     )
     fields = set(TrainingArguments.__dataclass_fields__)
     for k, v in (extra or {}).items():
