@@ -91,7 +91,7 @@ def _storage_failure(exc: BaseException, storage: str | None) -> str:
     why = _first_line(root)
     where = f" ({storage[:200]})" if storage else ""
     low = why.lower()
-    if "full" in low or "no space" in low or "file too large" in low:
+    if "is full" in low or "disk full" in low or "no space" in low or "file too large" in low:
         todo = ("free some disk space, then run the same command to resume (completed trials are stored; the "
                 "interrupted one is marked abandoned after the grace period)")
     elif "readonly" in low or "read-only" in low or "permission" in low:
