@@ -92,6 +92,8 @@ class SearchConfig:
     max_failures: int = 5
     n_startup: int = 8
     progress: bool = False
+    #: one line per finished trial on stderr (above the progress bar when there is one); the CLI turns it on
+    trial_lines: bool = False
     trust_remote_code: bool = False
     #: the function that runs a trial, ``module:function`` (benchmarks: ``autopeft.executors.simulated:run``)
     runner: str = "autopeft.trial:run_trial"

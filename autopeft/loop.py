@@ -192,6 +192,33 @@ class CollapseWarning:
         print(f"autopeft: warning: {msg}", file=sys.stderr, flush=True)
 
 
+class TrialLog:
+    """One line per finished trial: its number, status, configuration, score and costs (or why it failed), written
+    above the progress bar if there is one."""
+
+    def __init__(self, metric: str, bar: "ProgressBar | None" = None) -> None:
+        self.metric, self.bar = metric, bar
+
+    def __call__(self, store: StudyStore, result: TrialResult) -> None:
+        import sys
+
+        from autopeft.storage import A
+
+        try:
+            summary = store.trial(result.trial_id).user_attrs.get(A.SUMMARY, "")
+        except Exception:
+            summary = ""
+        if result.status == OK:
+            line = (f"trial {result.trial_id}: {summary} | {self.metric} {result.score:.4f} | {result.params:,} params | "
+                    f"{(result.memory_bytes or 0) / 2**20:.0f} MiB | {result.wall_s:.0f} s")
+        else:
+            line = f"trial {result.trial_id} {result.status}: {summary} | {result.reason or ''}"
+        if self.bar is not None:
+            self.bar.bar.write(f"autopeft: {line}", file=sys.stderr)
+        else:
+            print(f"autopeft: {line}", file=sys.stderr, flush=True)
+
+
 class ProgressBar:
     """A tqdm bar of complete trials, with the best score and the front's size."""
 

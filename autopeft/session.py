@@ -152,6 +152,10 @@ class Search:
 
             self.bar = ProgressBar(c.n_trials, store.n_complete(), self.name, store.objectives)
             callbacks.append(self.bar)
+        if c.trial_lines:
+            from autopeft.loop import TrialLog
+
+            callbacks.append(TrialLog(self.task.metric, self.bar))
         loop = SearchLoop(store, proposer, StopPolicy(c.n_trials, c.max_failures, c.timeout), callbacks)
         return proposer, loop
 

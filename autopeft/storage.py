@@ -249,6 +249,11 @@ class StudyStore:
     def trials(self, states: Sequence[Any] | None = None) -> list[Any]:
         return self.study.get_trials(deepcopy=False, states=tuple(states) if states is not None else None)
 
+    def trial(self, number: int) -> Any:
+        """One trial by its number (a FrozenTrial), without reading every trial."""
+        st = self.study._storage
+        return st.get_trial(st.get_trial_id_from_study_id_trial_number(self.study._study_id, number))
+
     def n_complete(self) -> int:
         from optuna.trial import TrialState
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +95,11 @@ def test_cli_search_show_best_list(tiny_model: str, glue_dir: Path, tmp_path: Pa
             "--study", "cli", "--workers", "2", "--n-train", "48", "--n-eval", "48", "--epochs", "1",
             "--max-length", "32", "--batch-size", "16", "--lr-scale", "1.5", "--n-startup", "2", "--no-progress"]
     assert main(argv) == 0
-    out = capsys.readouterr().out
+    cap = capsys.readouterr()
+    out = cap.out
+    assert "loading the model and data" in cap.err.splitlines()[0]
+    lines = re.findall(r"^autopeft: trial \d+: .+ \| accuracy 0\.\d{4} \| [\d,]+ params \| \d+ MiB \| \d+ s$", cap.err, re.M)
+    assert len(lines) >= 3, cap.err  # one line per finished trial (--no-progress)
     import optuna
 
     stored = optuna.load_study(study_name="cli", storage=f"sqlite:///{tmp_path / 'studies' / 'cli.db'}").user_attrs
@@ -102,14 +107,14 @@ def test_cli_search_show_best_list(tiny_model: str, glue_dir: Path, tmp_path: Pa
     assert "Pareto front" in out and "complete trials" in out and str(tmp_path / "studies" / "cli.db") in out
     assert main(["show", "--study", "cli", "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert rows and all("score" in r and "params" in r for r in rows)
+    assert rows and all("score" in r and isinstance(r["params"], int) and "memory_mib" in r for r in rows)
     assert main(["best", "--study", "cli"]) == 0
     best = json.loads(capsys.readouterr().out)
     assert best["candidate"]["methods"] is not None and best["values"]["score"] == max(r["score"] for r in rows)
     assert main(["list"]) == 0
     assert "cli" in capsys.readouterr().out
     assert main(["show", "--study", "cli", "--format", "csv"]) == 0
-    assert capsys.readouterr().out.startswith("trial,summary,score,params,memory")
+    assert capsys.readouterr().out.startswith("trial,summary,score,params,memory_mib")
 
 
 @pytest.mark.parametrize("argv,msg", [

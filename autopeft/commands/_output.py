@@ -19,10 +19,13 @@ def print_front(res: Any, fmt: str, all_trials: bool = False) -> None:
     import pandas as pd
 
     df = res.trials if all_trials else res.pareto_front
+    if fmt in ("json", "csv"):  # machine-readable: counts as integers, units in the names
+        d = df.rename(columns={"memory": "memory_mib", "time": "time_s"})
+        if "params" in d:
+            d["params"] = d["params"].astype("Int64")
     if fmt == "json":
-        print(df.to_json(orient="records", indent=2))
+        print(d.to_json(orient="records", indent=2))
     elif fmt == "csv":
-        d = df.copy()
         if "candidate" in d:
             d["candidate"] = d["candidate"].map(json.dumps)
         print(d.to_csv(index=False), end="")

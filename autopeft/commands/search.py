@@ -65,7 +65,7 @@ def add(sub: Any) -> None:
 def options(args: argparse.Namespace) -> dict[str, Any]:
     """The API options of the parsed command line."""
     opts = {k: getattr(args, k) for k in _SAME}
-    opts.update(n_trials=args.trials, study_name=args.study, progress=not args.no_progress)
+    opts.update(n_trials=args.trials, study_name=args.study, progress=not args.no_progress, trial_lines=True)
     if args.executor in ("ray", "ray-tune"):
         opts.update(address=args.ray_address, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial)
     return opts
@@ -75,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
     from autopeft import api
 
     t0 = time.monotonic()
+    print("autopeft: loading the model and data; a new study first measures full fine-tuning's memory (one short "
+          "run)", file=sys.stderr, flush=True)
     s = api.open_search(**options(args))
     task = s.task
     print(f"autopeft: study {s.name!r} in {s.storage_url}", file=sys.stderr)
