@@ -23,12 +23,25 @@ def open_search(**options: Any) -> Any:
     from autopeft.config import SearchConfig
     from autopeft.session import Search
 
+    if options.get("progress") is None:  # by default a bar where someone watches: a terminal or a notebook
+        options["progress"] = _interactive()
     search = Search(SearchConfig.from_options(**options))
     if search.config.executor == "ray-tune":  # Ray Tune drives the trials: no executor
         from autopeft.integrations.ray_tune import run_reference, run_search
 
         search.reference_runner, search.driver = run_reference, run_search
     return search.open()
+
+
+def _interactive() -> bool:
+    import sys
+
+    if "ipykernel" in sys.modules:  # Jupyter: tqdm draws in the notebook's output
+        return True
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def search(model: str | None = None, task: str | None = "sst2", space: str = "lora", n_trials: int = 30,
@@ -40,8 +53,8 @@ def search(model: str | None = None, task: str | None = "sst2", space: str = "lo
     ``metric``; fidelity ``n_train``, ``n_eval``, ``epochs``, ``max_length``, ``batch_size``,
     ``memory_batch_size``, ``lr_scale``; ``objectives``, ``max_params``, ``max_memory``; ``workers``,
     ``executor`` (local, ray, ray-tune, inline) and for Ray ``address``, ``cpus_per_trial``, ``gpus_per_trial``,
-    ``num_cpus``; ``seed``, ``timeout``, ``trial_timeout``, ``max_failures``, ``n_startup``, ``progress``,
-    ``trust_remote_code``.  ``trials`` and ``study`` are accepted for ``n_trials`` and ``study_name``."""
+    ``num_cpus``; ``seed``, ``timeout``, ``trial_timeout``, ``max_failures``, ``n_startup``, ``progress`` (default: a bar in a
+    terminal or a notebook), ``trust_remote_code``.  ``trials`` and ``study`` are accepted for ``n_trials`` and ``study_name``."""
     return open_search(model=model, task=task, space=space, n_trials=n_trials, sampler=sampler, storage=storage,
                        study_name=study_name, **options).run()
 

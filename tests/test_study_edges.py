@@ -220,3 +220,17 @@ def test_a_front_all_at_chance_says_so(tmp_path: Path) -> None:
                                                    "level (accuracy 0.440; best 0.440)")
     s.add_trial(optuna.trial.create_trial(values=[0.61, 20.0, 5.0], user_attrs={"candidate": cand}))
     assert api.load_study("c", url).warnings == []
+
+
+def test_the_api_shows_progress_where_someone_watches(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from autopeft import api
+
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert api._interactive() is True
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    assert api._interactive() is False
+    monkeypatch.setitem(sys.modules, "ipykernel", sys)  # inside Jupyter
+    assert api._interactive() is True
