@@ -230,11 +230,15 @@ def _parse_delimited(text: str, p: Path, role: str, delim: str) -> tuple[list[di
 
 
 def _load_hub(task: str) -> tuple[_Table, _Table | None]:
-    """``task`` from the Hugging Face hub: "glue/sst2" -> load_dataset("nyu-mll/glue", "sst2"), "owner/name/config"
-    -> load_dataset("owner/name", "config"), anything else -> load_dataset(task).  Raises DataError(short reason)."""
+    """``task`` from the Hugging Face hub: "NAME:CONFIG" (``--dataset NAME --dataset-config CONFIG``) ->
+    load_dataset(NAME, CONFIG); "glue/sst2" -> load_dataset("nyu-mll/glue", "sst2"), "owner/name/config" ->
+    load_dataset("owner/name", "config"), anything else -> load_dataset(task).  Raises DataError(short reason)."""
     parts = [s for s in task.split("/") if s]
     args: tuple[str, ...]
-    if len(parts) == 2 and parts[0] in ("glue", "super_glue"):
+    if ":" in task:
+        name, _, config = task.rpartition(":")
+        args = ("nyu-mll/glue" if name == "glue" else name, config)
+    elif len(parts) == 2 and parts[0] in ("glue", "super_glue"):
         args = ("nyu-mll/glue" if parts[0] == "glue" else parts[0], parts[1])
     elif len(parts) == 3:
         args = ("/".join(parts[:2]), parts[2])
@@ -320,7 +324,7 @@ def _resolve(spec: DataSpec) -> _Source:
     task = spec.task
     from_env = spec.data_dir is None
     data_dir = spec.data_dir if spec.data_dir is not None else os.environ.get("AUTOPEFT_DATA_DIR") or None
-    name = task.rstrip("/").split("/")[-1] or task
+    name = (task.rsplit(":", 1)[-1] if ":" in task else task.rstrip("/").split("/")[-1]) or task  # NAME:CONFIG: CONFIG
     if data_dir:
         root = Path(data_dir).expanduser()
         if not root.is_dir():

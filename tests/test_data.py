@@ -367,3 +367,29 @@ def test_a_hub_style_task_name_finds_its_folder_in_the_data_dir(glue: Path) -> N
     """studies/ray-cluster.yaml's ``task: glue/mrpc`` with ``--data-dir DATA`` reads DATA/mrpc (no DATA/glue/mrpc)."""
     t = load_task(DataSpec(task="glue/mrpc", data_dir=str(glue)))
     assert t.name == "mrpc" and len(t.train_labels) == 3668 and t.metric == "f1"
+
+
+def test_dataset_and_its_config_name_a_hub_task(monkeypatch: pytest.MonkeyPatch, glue: Path) -> None:
+    """--dataset NAME --dataset-config CONFIG, as in transformers' examples: load_dataset(NAME, CONFIG) (glue: the
+    nyu-mll/glue repository), the task named by its config; with --data-dir the config's folder is used."""
+    import datasets
+
+    from autopeft.commands.search import hub_task
+
+    assert hub_task("glue", "sst2") == "glue:sst2" and hub_task("imdb", None) == "imdb" and hub_task(None, None) is None
+    with pytest.raises(AutoPeftError, match="--dataset-config needs --dataset"):
+        hub_task(None, "sst2")
+    calls = []
+
+    def fake(*args: str) -> dict:
+        calls.append(args)
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    monkeypatch.delenv("AUTOPEFT_DATA_DIR", raising=False)
+    for task, want in (("glue:sst2", ("nyu-mll/glue", "sst2")), ("stanfordnlp/imdb:plain_text", ("stanfordnlp/imdb", "plain_text"))):
+        with pytest.raises(DataError, match="could not be loaded from the Hugging Face hub: ConnectionError: offline"):
+            load_task(DataSpec(task=task))
+        assert calls[-1] == want
+    t = load_task(DataSpec(task="glue:mrpc", data_dir=str(glue)))  # a local copy of the config is used first
+    assert t.name == "mrpc" and t.metric == "f1" and len(t.train_labels) == 3668

@@ -25,6 +25,8 @@ def add(sub: Any) -> None:
     s.add_argument("--model", default=None, help="HF model id or local directory (default: the packaged all-MiniLM-L6-v2)")
     s.add_argument("--task", default="sst2", help="task name under --data-dir, or a HF datasets name (default sst2)")
     s.add_argument("--data-dir", default=None, help="directory holding <task>/train.jsonl (default $AUTOPEFT_DATA_DIR)")
+    s.add_argument("--dataset", help="a Hugging Face datasets name, as in transformers' examples (instead of --task)")
+    s.add_argument("--dataset-config", help="its configuration, e.g. --dataset glue --dataset-config sst2")
     s.add_argument("--train-file", help="a local JSONL/CSV training file (instead of --task)")
     s.add_argument("--validation-file")
     s.add_argument("--text-columns", help="comma-separated text columns (default: inferred)")
@@ -65,6 +67,9 @@ def add(sub: Any) -> None:
 def options(args: argparse.Namespace) -> dict[str, Any]:
     """The API options of the parsed command line."""
     opts = {k: getattr(args, k) for k in _SAME}
+    task = hub_task(args.dataset, args.dataset_config)
+    if task is not None:
+        opts["task"] = task
     opts.update(n_trials=args.trials, study_name=args.study, progress=not args.no_progress, trial_lines=True)
     if args.executor in ("ray", "ray-tune"):
         opts.update(address=args.ray_address, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial)
@@ -96,3 +101,14 @@ def run(args: argparse.Namespace) -> int:
           f"study {res.name!r} stored in {res.storage}")
     print(f"inspect: autopeft show --study {res.name}" + (f" --storage {args.storage}" if args.storage else ""))
     return 0
+
+
+def hub_task(dataset: str | None, config: str | None) -> str | None:
+    """``--dataset NAME [--dataset-config CONFIG]`` as a task: ``NAME`` or ``NAME:CONFIG`` (the hub's name)."""
+    from autopeft.errors import ConfigError
+
+    if config and not dataset:
+        raise ConfigError("--dataset-config needs --dataset (the Hugging Face datasets name it configures)")
+    if not dataset:
+        return None
+    return f"{dataset}:{config}" if config else dataset

@@ -14,6 +14,8 @@ def add(sub: Any) -> None:
     t.add_argument("--model", help="default: the model the config was found with")
     t.add_argument("--task", help="default: the task the config was found with")
     t.add_argument("--data-dir", help="directory holding <task>/train.jsonl (default $AUTOPEFT_DATA_DIR)")
+    t.add_argument("--dataset", help="a Hugging Face datasets name (instead of --task)")
+    t.add_argument("--dataset-config", help="its configuration, e.g. --dataset glue --dataset-config sst2")
     t.add_argument("--train-file", help="a local JSONL/CSV training file (instead of --task)")
     t.add_argument("--validation-file")
     t.add_argument("--metric", help="score the trained model with this metric (default: the search's), e.g. f1 after "
@@ -48,7 +50,10 @@ def run(args: argparse.Namespace) -> int:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds[:40]!r}") from None
-    res = api.train(args.config, args.output, model=args.model, task=args.task, data_dir=args.data_dir,
+    from autopeft.commands.search import hub_task
+
+    task = hub_task(args.dataset, args.dataset_config) or args.task
+    res = api.train(args.config, args.output, model=args.model, task=task, data_dir=args.data_dir,
                     train_file=args.train_file, validation_file=args.validation_file, metric=args.metric,
                     epochs=args.epochs, n_train=args.n_train, max_length=args.max_length, batch_size=args.batch_size,
                     seeds=seeds, text_columns=args.text_columns, label_column=args.label_column, device=args.device,
