@@ -60,6 +60,28 @@ def hypervolume_curve(res: Any) -> list[float]:
     return out
 
 
+def _count(v: float, _: Any = None) -> str:
+    """A parameter count as a short tick label: 3k, 25k, 1.2M."""
+    return f"{v / 1e6:g}M" if v >= 1e6 else f"{v / 1e3:g}k" if v >= 1e3 else f"{v:g}"
+
+
+def _axis(axis: Any, set_scale: Any, x: Any, counts: bool) -> None:
+    """Log scale with plain labels on the decades only (the default labels every minor tick as 3x10^2 and they
+    overlap); a linear scale when the values span less than one decade (memory usually does)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+    finite = np.asarray(x, dtype=float)
+    finite = finite[np.isfinite(finite) & (finite > 0)]
+    if not counts and (finite.size == 0 or finite.max() / finite.min() < 10):
+        set_scale("linear")
+        axis.set_major_locator(MaxNLocator(6))
+        return
+    set_scale("log")
+    axis.set_major_locator(LogLocator(base=10, numticks=8))
+    axis.set_major_formatter(FuncFormatter(_count if counts else lambda v, _=None: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def plot_study(res: Any, out_dir: str | Path) -> dict[str, Path]:
     """Write ``<study>_pareto.html``, ``<study>_pareto.png`` and ``<study>_hypervolume.png``."""
     try:
@@ -71,6 +93,7 @@ def plot_study(res: Any, out_dir: str | Path) -> dict[str, Path]:
                           "or pip install 'autopeft[plot]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -97,11 +120,14 @@ def plot_study(res: Any, out_dir: str | Path) -> dict[str, Path]:
             ax.scatter(x[base], score[base], marker="*", s=160, c="orange", edgecolor="k", label="hand-designed", zorder=4)
             for xi, yi, s in zip(x[base], score[base], np.array(summaries)[base]):
                 ax.annotate(s.split(" |")[0], (xi, yi), fontsize=7, xytext=(4, -10), textcoords="offset points")
-        ax.set_xscale("log")
+        _axis(ax.xaxis, ax.set_xscale, x, counts=ax is axes[0])
         ax.set_xlabel(xl)
         ax.set_ylabel(f"{metric} (held-out search split)")
         ax.grid(alpha=0.3)
-        fig.colorbar(sc, ax=ax, label="memory (MiB)" if ax is axes[0] else "trainable parameters")
+        cb = fig.colorbar(sc, ax=ax, label="memory (MiB)" if ax is axes[0] else "trainable parameters")
+        if ax is not axes[0]:
+            cb.formatter = FuncFormatter(_count)
+            cb.update_ticks()
     axes[0].legend(fontsize=8, loc="lower right")
     fig.suptitle(f"{res.name}: {len(comp)} trials, {int(mask.sum())} on the front")
     fig.tight_layout()
