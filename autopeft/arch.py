@@ -58,6 +58,24 @@ _FAMILIES["xlm-roberta"] = _FAMILIES["roberta"]
 _FAMILIES["electra"] = ("electra.encoder.layer", _FAMILIES["bert"][1])
 
 
+def _module_aliases() -> dict[str, str]:
+    """Model module names (as peft's ``target_modules`` spells them) -> our sub-module names: each family's paths and
+    their unambiguous last parts (BERT's ``query``, DistilBERT's ``q_lin``), and the Llama-style projections."""
+    out: dict[str, str] = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "up_proj": "ffn_up",
+                           "down_proj": "ffn_down", "fc1": "ffn_up", "fc2": "ffn_down"}
+    seen: dict[str, set[str]] = {}
+    for _, names in _FAMILIES.values():
+        for sub, path in names.items():
+            out[path] = sub
+            seen.setdefault(path.rsplit(".", 1)[-1], set()).add(sub)
+    out.update({last: next(iter(subs)) for last, subs in seen.items() if len(subs) == 1})  # "dense" is ambiguous
+    return out
+
+
+#: a module name as peft's ``target_modules`` has it -> our sub-module name (``query`` -> ``q``)
+MODULE_ALIASES: dict[str, str] = _module_aliases()
+
+
 @dataclass(frozen=True)
 class ArchInfo:
     """Shapes and module names of one supported encoder."""

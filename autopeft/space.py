@@ -129,6 +129,12 @@ class SearchSpace:
             if not isinstance(block, Mapping):
                 raise SpaceError(f"{source}: methods.{mname} must be a mapping of its parameters")
             method = get_method(mname)
+            for alias, canon in method.aliases.items():  # peft's names for our parameters
+                if alias in block:
+                    if canon in block:
+                        raise SpaceError(f"{source}: methods.{mname} gives both {alias} and {canon}; they are one "
+                                         "parameter, keep one")
+                    block = {(canon if k == alias else k): v for k, v in block.items()}
             _check_keys(block, tuple(method.params), f"methods.{mname}", source)
             parsed = {}
             for pname, decl in method.params.items():

@@ -216,3 +216,26 @@ def test_candidate_validation_errors() -> None:
         Candidate.from_dict({"methods": {"lorax": {}}, "layers": [0]})
     with pytest.raises(ConfigError, match="sparsity.fraction must be in"):
         Candidate.from_dict({"methods": {"lora": {"r": 2}}, "layers": [0], "sparsity": {"fraction": 1.0}})
+
+
+def test_spaces_accept_peft_names(tmp_path: Path) -> None:
+    """peft's own names: target_modules with the model's module names (query, q_proj, ...) and lora_dropout are the
+    same space as ours; giving both spellings of one parameter, or an ambiguous module name, is an error."""
+    from autopeft.errors import SpaceError
+    from autopeft.space import SearchSpace
+
+    def load(text: str) -> SearchSpace:
+        p = tmp_path / "s.yaml"
+        p.write_text(text)
+        return SearchSpace.load(p)
+
+    ours = load("methods: {lora: {r: {choices: [4, 8]}, targets: {choices: [[q, v], [q, k, v, o]]}, dropout: 0.05}}\n")
+    peft = load("methods: {lora: {r: {choices: [4, 8]}, target_modules: {choices: [[query, value], "
+                "[q_proj, k_proj, v_proj, attention.output.dense]]}, lora_dropout: 0.05}}\n")
+    assert peft.raw != ours.raw and peft.bind(6).size == ours.bind(6).size
+    assert [d.name for d in peft.bind(6).dims] == [d.name for d in ours.bind(6).dims]
+    assert load("methods: {ia3: {target_modules: [key, value, output.dense]}}\n").bind(2).size >= 0
+    with pytest.raises(SpaceError, match="gives both target_modules and targets"):
+        load("methods: {lora: {targets: [q], target_modules: [query]}}\n")
+    with pytest.raises(SpaceError, match="unknown sub-module 'dense'"):
+        load("methods: {lora: {target_modules: [dense]}}\n").bind(2)

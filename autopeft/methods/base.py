@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
-from autopeft.arch import SUBMODULES, ArchInfo
+from autopeft.arch import MODULE_ALIASES, SUBMODULES, ArchInfo
 from autopeft.errors import SpaceError
 from autopeft.yamlio import excerpt
 
@@ -42,9 +42,11 @@ class ParamDecl:
                 v = [s.strip() for s in v.split(",")]
             if not isinstance(v, list) or not v or not all(isinstance(s, str) for s in v):
                 raise SpaceError(f"{where} must be a non-empty list of sub-modules from {', '.join(SUBMODULES)}")
+            v = [MODULE_ALIASES.get(s, s) for s in v]  # peft's module names (query, q_proj, ...) as ours
             for s in v:
                 if s not in SUBMODULES:
-                    raise SpaceError(f"{where}: unknown sub-module {excerpt(s)}; allowed: {', '.join(SUBMODULES)}")
+                    raise SpaceError(f"{where}: unknown sub-module {excerpt(s)}; allowed: {', '.join(SUBMODULES)} or "
+                                     "the model's module names (e.g. query, value, q_proj, v_proj)")
             return [s for s in SUBMODULES if s in v]
         if self.kind == "str":
             if v not in self.options:
@@ -100,6 +102,8 @@ class PeftMethod:
     size_param: ClassVar[str | None] = None
     default_lr: ClassVar[float]
     params: ClassVar[dict[str, ParamDecl]] = {}
+    #: other names a space may give a parameter (peft's own: ``target_modules``, ``lora_dropout``) -> ours
+    aliases: ClassVar[dict[str, str]] = {}
 
     def param_shapes(self, cfg: dict[str, Any], layers: Sequence[int], arch: ArchInfo) -> list[tuple[int, ...]]:
         """Shapes of every tensor this method trains, in any order."""

@@ -16,6 +16,7 @@ class IA3(PeftMethod):
     uses_peft = True
     sparsifiable = False  # scaling vectors only
     default_lr = 5e-3
+    aliases = {"target_modules": "targets"}
     params = {"targets": ParamDecl("targets", default=["k", "v", "ffn_down"])}
 
     def param_shapes(self, cfg: dict[str, Any], layers: Sequence[int], arch: ArchInfo) -> list[tuple[int, ...]]:

@@ -18,6 +18,7 @@ class Lora(PeftMethod):
     size_param = "r"
     default_lr = 5e-4
     use_dora = False
+    aliases = {"target_modules": "targets", "lora_dropout": "dropout"}
     params = {
         "r": ParamDecl("int", default=8, low=1, per_layer_ok=True),
         "targets": ParamDecl("targets", default=["q", "v"]),
