@@ -80,9 +80,16 @@ def run(args: argparse.Namespace) -> int:
     from autopeft import api
 
     t0 = time.monotonic()
-    print("autopeft: loading the model and data; a new study first measures full fine-tuning's memory (one short "
-          "run)", file=sys.stderr, flush=True)
-    s = api.open_search(**options(args))
+    status = _isatty()  # a transient status line in a terminal (bad input must still end in exactly one line)
+    if status:
+        sys.stderr.write("autopeft: loading the model and data (a new study first measures full fine-tuning's memory)\r")
+        sys.stderr.flush()
+    try:
+        s = api.open_search(**options(args))
+    finally:
+        if status:
+            sys.stderr.write("\033[K")  # clear it: the header or the error line takes its place
+            sys.stderr.flush()
     task = s.task
     print(f"autopeft: study {s.name!r} in {s.storage_url}", file=sys.stderr)
     print(f"autopeft: task {task.name} ({len(task.train_labels)} train rows, {task.num_labels} labels), "
@@ -112,3 +119,10 @@ def hub_task(dataset: str | None, config: str | None) -> str | None:
     if not dataset:
         return None
     return f"{dataset}:{config}" if config else dataset
+
+
+def _isatty() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
