@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # type hints only: describing an architecture loads no torch
     import torch.nn as nn
 
 #: Abstract sub-module names, in a fixed order.
-SUBMODULES: tuple[str, ...] = ("q", "k", "v", "o", "ffn_up", "ffn_down")
+SUBMODULES: tuple[str, ...] = ("q", "k", "v", "o", "ffn_up", "ffn_down", "ffn_gate")
 
 # model_type -> (path of the layer list inside the *ForSequenceClassification model, sub-module names)
 _FAMILIES: dict[str, tuple[str, dict[str, str]]] = {
@@ -62,7 +62,7 @@ def _module_aliases() -> dict[str, str]:
     """Model module names (as peft's ``target_modules`` spells them) -> our sub-module names: each family's paths and
     their unambiguous last parts (BERT's ``query``, DistilBERT's ``q_lin``), and the Llama-style projections."""
     out: dict[str, str] = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "up_proj": "ffn_up",
-                           "down_proj": "ffn_down", "fc1": "ffn_up", "fc2": "ffn_down"}
+                           "down_proj": "ffn_down", "gate_proj": "ffn_gate", "fc1": "ffn_up", "fc2": "ffn_down"}
     seen: dict[str, set[str]] = {}
     for _, names in _FAMILIES.values():
         for sub, path in names.items():
@@ -88,6 +88,8 @@ class ArchInfo:
     intermediate_size: int
     num_heads: int
     max_positions: int
+    #: exact (in, out) features per sub-module when they differ from the hidden/intermediate sizes (GQA's k and v)
+    shapes: tuple[tuple[str, int, int], ...] = ()
 
     def module_name(self, layer: int, sub: str) -> str:
         """Full dotted name of abstract sub-module ``sub`` in layer ``layer``."""
@@ -101,6 +103,12 @@ class ArchInfo:
 
     def in_out(self, sub: str) -> tuple[int, int]:
         """(in_features, out_features) of an abstract sub-module's linear layer."""
+        for name, fin, fout in self.shapes:
+            if name == sub:
+                return fin, fout
+        if sub not in self.names:
+            raise ModelError(f"model type {self.model_type!r} has no {sub!r} projection; its sub-modules are "
+                             f"{', '.join(self.names)}")
         if sub == "ffn_up":
             return self.hidden_size, self.intermediate_size
         if sub == "ffn_down":
@@ -122,13 +130,61 @@ def supported_model_types() -> list[str]:
     return sorted(_FAMILIES)
 
 
-def arch_from_config(config: Any) -> ArchInfo:
-    """Describe a Hugging Face config (``PretrainedConfig``) of a supported encoder."""
+#: sub-module -> the names its linear layer has in a transformer layer (full relative paths first, then last parts)
+_PATTERNS: dict[str, tuple[str, ...]] = {
+    "q": ("self_attn.q_proj", "attention.self.query", "attention.q_lin", "q_proj", "query", "q_lin"),
+    "k": ("self_attn.k_proj", "attention.self.key", "attention.k_lin", "k_proj", "key", "k_lin"),
+    "v": ("self_attn.v_proj", "attention.self.value", "attention.v_lin", "v_proj", "value", "v_lin"),
+    "o": ("self_attn.o_proj", "attention.output.dense", "attention.out_lin", "o_proj", "out_proj", "out_lin"),
+    "ffn_up": ("mlp.up_proj", "intermediate.dense", "ffn.lin1", "up_proj", "fc1", "lin1"),
+    "ffn_down": ("mlp.down_proj", "output.dense", "ffn.lin2", "down_proj", "fc2", "lin2"),
+    "ffn_gate": ("mlp.gate_proj", "gate_proj"),
+}
+
+
+def arch_from_model(config: Any, model: Any) -> ArchInfo:
+    """Describe a model no family table lists by looking into its module tree (built on the meta device): the
+    layer list is the outermost ``ModuleList`` as long as the config's depth, and each sub-module is the layer's
+    ``nn.Linear`` whose path matches :data:`_PATTERNS`; shapes are read off the modules, so grouped-query attention's
+    narrower k and v are exact.  Llama, Qwen2, Mistral, Phi-3-style decoders and BERT-like encoders are found so."""
+    import torch.nn as nn
+
     model_type = getattr(config, "model_type", None)
+    depth = next((getattr(config, k) for k in ("num_hidden_layers", "n_layer", "num_layers") if hasattr(config, k)), None)
+    lists = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and depth and len(m) == depth]
+    if not lists:
+        raise ModelError(f"model type {model_type!r}: found no list of its {depth} transformer layers in the model; "
+                         "autopeft supports " + ", ".join(supported_model_types()) + " and Llama-style decoders")
+    layers_path, layer_list = lists[0]
+    linears = {n: m for n, m in layer_list[0].named_modules() if isinstance(m, nn.Linear)}
+    names: dict[str, str] = {}
+    for sub, pats in _PATTERNS.items():
+        hit = next((n for pat in pats for n in linears if n == pat or n.endswith("." + pat)), None)
+        if hit is not None and hit not in names.values():
+            names[sub] = hit
+    missing = [s for s in ("q", "v", "o", "ffn_up", "ffn_down") if s not in names]
+    if missing:
+        raise ModelError(f"model type {model_type!r}: could not find the {', '.join(missing)} projection(s) among the "
+                         f"linear layers of {layers_path}.0 ({', '.join(sorted(linears)[:12]) or 'none'}); fused "
+                         "projections (GPT-2's c_attn) are not supported yet")
+    hidden = int(getattr(config, "hidden_size", None) or getattr(config, "n_embd"))
+    shapes = tuple((s, int(linears[n].in_features), int(linears[n].out_features)) for s, n in names.items())
+    inter = next(fout for s, _, fout in shapes if s == "ffn_up")
+    heads = int(getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 0))
+    max_pos = int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 512))
+    return ArchInfo(str(model_type), layers_path, names, int(depth), hidden, inter, heads, max_pos, shapes)
+
+
+def arch_from_config(config: Any, model: Any = None) -> ArchInfo:
+    """Describe a Hugging Face config (``PretrainedConfig``): a family of the table, else (given the model, e.g.
+    built on the meta device) by looking into its module tree."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in _FAMILIES and model is not None:
+        return arch_from_model(config, model)
     if model_type not in _FAMILIES:
         raise ModelError(
             f"model type {model_type!r} is not supported; supported types: "
-            f"{', '.join(supported_model_types())}"
+            f"{', '.join(supported_model_types())} and Llama-style decoders"
         )
     layers_path, names = _FAMILIES[model_type]
     if model_type == "distilbert":

@@ -40,6 +40,7 @@ class ModelInfo:
     head_params: int  # the classification head, which always trains
     head_modules: tuple[str, ...] = field(default=())
     param_bytes: int = 0
+    supports_cache: bool = True  # its transformer's forward takes past_key_values (prefix tuning needs it)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "num_labels": self.num_labels, "base_params": self.base_params,
@@ -61,18 +62,22 @@ def model_info(model: str | None, num_labels: int, trust_remote_code: bool = Fal
         cfg = AutoConfig.from_pretrained(path, num_labels=num_labels, trust_remote_code=trust_remote_code)
     except Exception as exc:  # transformers raises OSError, ValueError, ... for a bad id or dir
         raise _hf_error(str(model), exc) from None
-    arch = arch_from_config(cfg)
     try:
         with torch.device("meta"):
             m = AutoModelForSequenceClassification.from_config(cfg, trust_remote_code=trust_remote_code)
     except Exception as exc:  # a config transformers cannot build (negative sizes, hidden size not divisible by heads)
         raise ModelError(f"model {str(model)[:200]!r} has a config that cannot be built: "
                          f"{(str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]}; check its config.json") from None
+    arch = arch_from_config(cfg, m)
     head = head_module_names(m, arch)
     base = sum(p.numel() for p in m.parameters())
     head_n = sum(p.numel() for n, p in m.named_parameters() if n.split(".")[0] in head)
     nbytes = sum(p.numel() * p.element_size() for p in m.parameters())
-    return ModelInfo(str(model) if model else DEFAULT_MODEL, arch, num_labels, base, head_n, tuple(head), nbytes)
+    import inspect
+
+    body = getattr(m, getattr(m, "base_model_prefix", ""), m)
+    cache = "past_key_values" in inspect.signature(body.forward).parameters
+    return ModelInfo(str(model) if model else DEFAULT_MODEL, arch, num_labels, base, head_n, tuple(head), nbytes, cache)
 
 
 def head_module_names(model: nn.Module, arch: ArchInfo) -> list[str]:
@@ -116,6 +121,10 @@ def validate_candidate(cand: Candidate, info: ModelInfo) -> None:
                 f"layer index {i} is beyond the model's depth: {info.model} has {info.arch.num_layers} layers "
                 f"(allowed 0..{info.arch.num_layers - 1})"
             )
+    for name in cand.methods:
+        why = get_method(name).unsupported(info)
+        if why:
+            raise ConfigError(f"method {name!r} cannot be used with model {info.model}: {why}")
     peft_methods = [n for n in cand.methods if get_method(n).uses_peft]
     if len(peft_methods) > 1:
         raise ConfigError(f"at most one peft-based method per candidate, got {', '.join(peft_methods)}")
@@ -142,8 +151,9 @@ def _load_pretrained(path: str, num_labels: int, trust_remote_code: bool) -> tup
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, trust_remote_code=trust_remote_code)
     except Exception as exc:  # transformers raises many types for a bad id or directory
         raise _hf_error(path, exc) from None
-    if tok.pad_token is None:
+    if tok.pad_token is None:  # decoders (Llama, SmolLM2) ship none: pad with end-of-sequence
         tok.pad_token = tok.eos_token or tok.unk_token
+    if getattr(model.config, "pad_token_id", None) is None:  # sequence classification finds the last token by it
         model.config.pad_token_id = tok.pad_token_id
     model.eval()
     return model, tok

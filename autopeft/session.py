@@ -36,6 +36,7 @@ class Search:
         self.space_def = SearchSpace.load(c.space)
         self.task = task_of(c.data)
         self.info = model_info(c.model, self.task.num_labels, c.trust_remote_code)
+        self._drop_unsupported_methods()
         self.bound = self.space_def.bind(self.info.arch.num_layers)
         model_label = c.model or DEFAULT_MODEL
         task_label = c.data.get("task") or Path(c.data.get("train_file") or "data").stem
@@ -62,6 +63,24 @@ class Search:
         #: drive the loop, without an executor
         self.reference_runner: Any = None
         self.driver: Any = None
+
+    def _drop_unsupported_methods(self) -> None:
+        """Methods the model cannot take leave the space, with the reason printed; if none is left, a clear error."""
+        import sys
+
+        from autopeft.methods import get_method
+
+        why = {m: get_method(m).unsupported(self.info) for m in self.space_def.methods}
+        bad = {m: w for m, w in why.items() if w}
+        if not bad:
+            return
+        if len(bad) == len(why):
+            raise ConfigError(f"no method of space {self.space_def.name!r} can be used with model {self.info.model}: "
+                              + "; ".join(f"{m}: {w}" for m, w in bad.items()))
+        for m, w in bad.items():
+            print(f"autopeft: note: method {m} left out of space {self.space_def.name!r} for model {self.info.model}: "
+                  f"{w}", file=sys.stderr)
+        self.space_def = self.space_def.without_methods(list(bad))
 
     # ------------------------------------------------------------------ opening
     def open(self) -> "Search":

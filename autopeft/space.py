@@ -169,6 +169,13 @@ class SearchSpace:
         }
         return cls(name, description, select, layers, methods, sparsity, training, source, dict(data))
 
+    def without_methods(self, names: Sequence[str]) -> "SearchSpace":
+        """This space less some methods (e.g. ones a model cannot take); a space left with none is a SpaceError."""
+        raw = {**self.raw, "methods": {k: v for k, v in (self.raw.get("methods") or {}).items() if k not in names}}
+        if not raw["methods"]:
+            raise SpaceError(f"{self.source}: no method of the space is left once {', '.join(names)} is removed")
+        return SearchSpace.from_dict(raw, self.source, self.name)
+
     # ------------------------------------------------------------------ binding
     def dims(self, num_layers: int) -> list[Dim]:
         """The fixed list of searched dimensions for a model with ``num_layers`` layers."""

@@ -54,6 +54,37 @@ def build_tiny_bert(path: Path, layers: int = 2) -> Path:
     return path
 
 
+def build_tiny_llama(path: Path, layers: int = 2) -> Path:
+    """A randomly initialised Llama-architecture decoder with grouped-query attention (4 query heads, 2 key/value
+    heads: k and v are half as wide as q), a gated FFN and no pad token (as SmolLM2), with a BPE tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForSequenceClassification, PreTrainedTokenizerFast
+
+    path.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    words = _SENTENCES
+    if GLUE.is_dir():
+        with open(GLUE / "sst2" / "train.jsonl", encoding="utf-8") as f:
+            words = words + [json.loads(next(f))["sentence"] for _ in range(2000)]
+    tok.train_from_iterator(words, trainers.BpeTrainer(vocab_size=600, special_tokens=["<unk>", "<s>", "</s>"]))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    fast.save_pretrained(path)
+    cfg = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=64, num_hidden_layers=layers, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=96, max_position_embeddings=128, num_labels=2,
+                      tie_word_embeddings=True, pad_token_id=None, bos_token_id=1, eos_token_id=2)
+    import torch
+
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(cfg).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(build_tiny_llama(tmp_path_factory.mktemp("tiny_llama")))
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(build_tiny_bert(tmp_path_factory.mktemp("tiny_bert")))

@@ -117,6 +117,10 @@ class PeftMethod:
         """Insert the method's own modules into ``model`` (only for non-peft methods); return new params."""
         raise NotImplementedError  # abstract: overridden by non-peft methods
 
+    def unsupported(self, info: ModelInfo) -> str | None:
+        """Why this method cannot be applied to the model, or ``None`` if it can."""
+        return None
+
     def trainable_count(self, cfg: dict[str, Any], layers: Sequence[int], info: ModelInfo) -> int | None:
         """Exact trainable count when it does not follow from :meth:`param_shapes`; ``None``: count the shapes."""
         return None

@@ -23,7 +23,14 @@ class Prefix(PeftMethod):
     params = {"length": ParamDecl("int", default=20, low=1)}
 
     def param_shapes(self, cfg: dict[str, Any], layers: Sequence[int], arch: ArchInfo) -> list[tuple[int, ...]]:
-        return [(cfg["length"], arch.num_layers * 2 * arch.hidden_size)]
+        # a key and a value prefix per layer, each as wide as the key projection's output (narrower than the hidden
+        # size under grouped-query attention, e.g. Llama/SmolLM2)
+        return [(cfg["length"], arch.num_layers * 2 * arch.in_out("k")[1])]
+
+    def unsupported(self, info: Any) -> str | None:
+        if not info.supports_cache:
+            return "its transformer takes no past_key_values, which prefix tuning feeds the prefixes through"
+        return None
 
     def backprop_depth(self, cfg: dict[str, Any], layers: Sequence[int], num_layers: int) -> float:
         return 1.0  # the prefixes sit in every layer, so backward reaches the bottom one
@@ -37,4 +44,7 @@ class Prefix(PeftMethod):
     def peft_config(self, cfg: dict[str, Any], layers: Sequence[int], arch: ArchInfo, head: list[str]) -> Any:
         from peft import PrefixTuningConfig
 
-        return PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=cfg["length"], modules_to_save=head)
+        kw: dict[str, Any] = {}
+        if arch.in_out("k")[1] == arch.hidden_size:  # peft reads these from the config, under other names for some
+            kw = dict(num_layers=arch.num_layers, token_dim=arch.hidden_size, num_attention_heads=arch.num_heads)
+        return PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=cfg["length"], modules_to_save=head, **kw)

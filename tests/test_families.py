@@ -1,0 +1,139 @@
+"""Every method on every supported family (the README's table): each cell builds a tiny random model of the family,
+applies the method on chosen layers, checks that the counted trainable parameters equal the built model's exactly,
+that the modules sit where the candidate says (and nowhere else), and that one training step changes them."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from autopeft.builder import build_model, count_params, load_base, model_info
+from autopeft.candidate import Candidate
+from autopeft.errors import ConfigError
+
+#: family -> (transformers config class, its keyword arguments) of a tiny model; the tokenizer is the tiny BERT's or
+#: the tiny Llama's
+FAMILIES: dict[str, tuple[str, dict[str, Any], str]] = {
+    "bert": ("BertConfig", dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128,
+                                max_position_embeddings=128), "bert"),
+    "roberta": ("RobertaConfig", dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128,
+                                      max_position_embeddings=130, pad_token_id=0), "bert"),
+    "distilbert": ("DistilBertConfig", dict(dim=64, n_layers=3, n_heads=4, hidden_dim=128, max_position_embeddings=128,
+                                            pad_token_id=0), "bert"),
+    "llama": ("LlamaConfig", dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                                  intermediate_size=96, max_position_embeddings=128, tie_word_embeddings=True), "llama"),
+    "qwen2": ("Qwen2Config", dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                                  intermediate_size=96, max_position_embeddings=128), "llama"),
+    "mistral": ("MistralConfig", dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=1,
+                                      intermediate_size=96, max_position_embeddings=128, head_dim=16), "llama"),
+}
+LAYERS = [0, 2]
+METHODS: dict[str, tuple[dict[str, Any], list[int], dict[str, Any]]] = {
+    "lora": ({"lora": {"r": 4, "targets": ["q", "k", "v", "o", "ffn_up", "ffn_down"], "alpha_ratio": 2.0,
+                       "dropout": 0.0}}, LAYERS, {}),
+    "lora per-layer r + sparsity": ({"lora": {"r": [2, 8], "targets": ["q", "v"], "alpha_ratio": 2.0, "dropout": 0.0}},
+                                    LAYERS, {"fraction": 0.5, "criterion": "random"}),
+    "dora": ({"dora": {"r": 4, "targets": ["q", "v"], "alpha_ratio": 2.0, "dropout": 0.0}}, LAYERS, {}),
+    "ia3": ({"ia3": {"targets": ["k", "v", "ffn_down"]}}, LAYERS, {}),
+    "prefix": ({"prefix": {"length": 5}}, [], {}),
+    "serial_adapter + sparsity": ({"serial_adapter": {"size": 8, "scaling": 1.0}}, LAYERS,
+                                  {"fraction": 0.25, "criterion": "magnitude"}),
+    "parallel_adapter": ({"parallel_adapter": {"size": 8, "scaling": 1.0}}, LAYERS, {}),
+    "full": ({"full": {}}, [], {}),
+}
+
+
+#: cells a method cannot take, and the reason the error gives
+UNSUPPORTED = {("distilbert", "prefix"): "method 'prefix' cannot be used with model .*: its transformer takes no "
+                                         "past_key_values"}
+
+
+@pytest.fixture(scope="module")
+def family_dirs(tiny_model: str, tiny_llama: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    import transformers
+
+    out = {}
+    for fam, (cls, kw, tok_from) in FAMILIES.items():
+        d = tmp_path_factory.mktemp(fam)
+        src = Path(tiny_model if tok_from == "bert" else tiny_llama)
+        for f in src.iterdir():
+            if "token" in f.name or f.name in ("vocab.txt", "special_tokens_map.json"):
+                shutil.copy(f, d / f.name)
+        vocab = transformers.AutoTokenizer.from_pretrained(str(d)).vocab_size + 8
+        cfg = getattr(transformers, cls)(vocab_size=vocab, num_labels=2, **kw)
+        torch.manual_seed(0)
+        transformers.AutoModelForSequenceClassification.from_config(cfg).save_pretrained(d)
+        out[fam] = str(d)
+    return out
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_method_on_family(family: str, method: str, family_dirs: dict[str, str]) -> None:
+    path = family_dirs[family]
+    methods, layers, sparsity = METHODS[method]
+    cand = Candidate.make(methods, layers, sparsity)
+    info = model_info(path, 2)
+    base, tok = load_base(path, 2)
+    if (family, method) in UNSUPPORTED:
+        with pytest.raises(ConfigError, match=UNSUPPORTED[family, method]):
+            build_model(cand, base, info, seed=0)
+        return
+    built = build_model(cand, base, info, seed=0)
+    model = built.model
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    masked = built.masks.masked_count() if built.masks is not None else 0
+    assert count_params(cand, info) == built.trainable == sum(p.numel() for p in trainable.values()) - masked
+    # placement: the method's own tensors sit in the chosen layers only
+    own = [n for n in trainable if any(k in n for k in ("lora_", "ia3_", "autopeft_adapters"))]
+    if layers and "full" not in methods:
+        idx = {int(n.split(f"{info.arch.layers_path.split('.')[-1]}.")[1].split(".")[0]) for n in own}
+        assert own and idx == set(layers), (family, method, sorted(idx))
+    # one step: the loss is finite and every trainable tensor (but masked entries) moves
+    enc = tok(["a gripping and beautiful film", "dull"], padding=True, return_tensors="pt")
+    before = {n: p.detach().clone() for n, p in trainable.items()}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    loss = model(**enc, labels=torch.tensor([1, 0])).loss
+    assert torch.isfinite(loss)
+    loss.backward()
+    opt.step()
+    if built.masks is not None:
+        built.masks.maybe_fix(1)
+        built.masks.enforce()
+    moved = [n for n, p in trainable.items() if not torch.equal(p.detach(), before[n])]
+    assert len(moved) >= len(trainable) // 2, (family, method, sorted(set(trainable) - set(moved))[:5])
+
+
+def test_an_unsupported_model_says_what_was_not_found(tmp_path: Path, tiny_model: str) -> None:
+    """GPT-2 fuses q, k and v into one Conv1D: one clear error naming what is missing."""
+    import transformers
+
+    from autopeft.errors import ModelError
+
+    d = tmp_path / "gpt2"
+    for f in Path(tiny_model).iterdir():
+        if "token" in f.name or f.name in ("vocab.txt", "special_tokens_map.json"):
+            shutil.copy(f, d / f.name) if d.exists() else (d.mkdir(), shutil.copy(f, d / f.name))
+    cfg = transformers.GPT2Config(vocab_size=700, n_embd=64, n_layer=2, n_head=4, n_positions=128, num_labels=2)
+    transformers.AutoModelForSequenceClassification.from_config(cfg).save_pretrained(d)
+    with pytest.raises(ModelError, match="could not find the q, v, o, ffn_up, ffn_down projection"):
+        model_info(str(d), 2)
+
+
+def test_a_method_the_model_cannot_take_leaves_the_space_with_a_note(family_dirs: dict[str, str], glue_dir: Path,
+                                                                     tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from autopeft.api import open_search
+
+    s = open_search(model=family_dirs["distilbert"], task="sst2", data_dir=str(glue_dir), space="mixed", n_trials=1,
+                    storage=f"sqlite:///{tmp_path / 'd.db'}", executor="inline", n_train=32, n_eval=32, epochs=1,
+                    max_length=24, batch_size=16)
+    try:
+        assert "prefix" not in s.space_def.methods and "lora" in s.space_def.methods
+        assert "note: method prefix left out of space 'mixed'" in capsys.readouterr().err
+    finally:
+        s.close()
