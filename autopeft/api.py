@@ -36,7 +36,9 @@ def open_search(**options: Any) -> Any:
 def _interactive() -> bool:
     import sys
 
-    if "ipykernel" in sys.modules:  # Jupyter: tqdm draws in the notebook's output
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    if shell is not None and type(shell).__name__ == "ZMQInteractiveShell":  # a Jupyter kernel: tqdm draws there
         return True
     try:
         return sys.stderr.isatty()

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 
 from bench.common import add_data_dir, add_model, add_quick, add_space
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

@@ -19,7 +19,8 @@ def test_ray_search(executor: str, tiny_model: str, glue_dir: Path, tmp_path: Pa
     res = api.search(model=tiny_model, task="sst2", data_dir=str(glue_dir), space="tiny", n_trials=6, study_name="ray",
                      storage=f"sqlite:///{tmp_path / 'ray.db'}", executor=executor, workers=2, n_startup=3,
                      n_train=32, n_eval=32, epochs=1, max_length=24, batch_size=16,
-                     fault=lambda n: "exit" if n == 2 else None, cpus_per_trial=1.0, num_cpus=2)
+                     fault=lambda n: "exit" if n == 2 else None, cpus_per_trial=1.0, num_cpus=2,
+                     progress=executor == "ray-tune")  # Tune pickles its searcher: the bar's file handle must not go
     study = res.study
     comp = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(comp) == 6

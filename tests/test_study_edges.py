@@ -227,10 +227,16 @@ def test_the_api_shows_progress_where_someone_watches(monkeypatch: pytest.Monkey
 
     from autopeft import api
 
-    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    import types
+
+    monkeypatch.delitem(sys.modules, "IPython", raising=False)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     assert api._interactive() is True
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
     assert api._interactive() is False
-    monkeypatch.setitem(sys.modules, "ipykernel", sys)  # inside Jupyter
+    fake = types.ModuleType("IPython")
+    fake.get_ipython = lambda: None  # type: ignore[attr-defined]  # IPython imported (as the test suite does), no kernel
+    monkeypatch.setitem(sys.modules, "IPython", fake)
+    assert api._interactive() is False
+    fake.get_ipython = lambda: type("ZMQInteractiveShell", (), {})()  # type: ignore[attr-defined]  # inside Jupyter
     assert api._interactive() is True

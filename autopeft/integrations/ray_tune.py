@@ -67,6 +67,11 @@ def _searcher_class() -> type:
             self.search, self.loop = search, loop
             self.by_tune_id: dict[str, int] = {}
 
+        def __getstate__(self) -> dict[str, Any]:
+            """What Tune pickles into its experiment state: not the live study, loop and progress bar (a file handle
+            cannot be pickled); a search resumes from its study (run the same command), not from Tune's state."""
+            return {**self.__dict__, "search": None, "loop": None}
+
         @classmethod
         def create(cls, **options: Any) -> "AutoPeftSearcher":
             """A searcher for a new or resumed study, from ``autopeft.search``'s options."""
