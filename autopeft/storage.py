@@ -78,7 +78,19 @@ _RESULT_ATTRS = (A.STATUS, A.REASON, A.WALL_S, A.TRAIN_S, A.STEPS, A.LOSS, A.MET
 
 # ----------------------------------------------------------------------------- where studies live
 def studies_dir() -> Path:
-    return Path(os.environ.get("AUTOPEFT_STUDIES_DIR", "studies"))
+    """``$AUTOPEFT_STUDIES_DIR``; else ``studies/`` here, or the project's when run from inside a project (a notebook
+    in ``notebooks/`` finds ``../studies``: the nearest folder up to the one holding pyproject.toml or .git)."""
+    env = os.environ.get("AUTOPEFT_STUDIES_DIR")
+    if env:
+        return Path(env)
+    here = Path.cwd()
+    if not (here / "studies").is_dir():
+        for parent in here.parents:
+            if (parent / "studies").is_dir():
+                return parent / "studies"
+            if (parent / "pyproject.toml").exists() or (parent / ".git").exists():
+                break  # the project's root: look no higher
+    return Path("studies")
 
 
 #: a study name that is also a safe file name (default storage is ``<studies dir>/<name>.db``)

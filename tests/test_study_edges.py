@@ -240,3 +240,25 @@ def test_the_api_shows_progress_where_someone_watches(monkeypatch: pytest.Monkey
     assert api._interactive() is False
     fake.get_ipython = lambda: type("ZMQInteractiveShell", (), {})()  # type: ignore[attr-defined]  # inside Jupyter
     assert api._interactive() is True
+
+
+def test_studies_are_found_from_inside_the_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A notebook runs in notebooks/: the project's studies/ is found; outside a project, ./studies as before."""
+    from autopeft.storage import studies_dir
+
+    monkeypatch.delenv("AUTOPEFT_STUDIES_DIR", raising=False)
+    proj = tmp_path / "proj"
+    (proj / "studies").mkdir(parents=True)
+    (proj / "pyproject.toml").write_text("")
+    (proj / "notebooks" / "deep").mkdir(parents=True)
+    monkeypatch.chdir(proj / "notebooks" / "deep")
+    assert studies_dir() == proj / "studies"
+    monkeypatch.chdir(proj)
+    assert studies_dir() == Path("studies")
+    elsewhere = tmp_path / "other" / "sub"
+    elsewhere.mkdir(parents=True)
+    (tmp_path / "other" / "pyproject.toml").write_text("")  # a project without studies/: a new ./studies
+    monkeypatch.chdir(elsewhere)
+    assert studies_dir() == Path("studies")
+    monkeypatch.setenv("AUTOPEFT_STUDIES_DIR", str(tmp_path / "mine"))
+    assert studies_dir() == tmp_path / "mine"
