@@ -10,10 +10,14 @@ message for bad input.  Heavy libraries load inside the functions, so importing 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 from autopeft.errors import ConfigError, StudyError
+
+# tqdm.auto (imported by our dependencies) warns in a Jupyter kernel without ipywidgets; its plain bar works there
+warnings.filterwarnings("ignore", message=r"IProgress not found")
 
 
 def open_search(**options: Any) -> Any:

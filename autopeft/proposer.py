@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 from autopeft.candidate import Candidate
 from autopeft.contract import ABANDONED, DUPLICATE, FAILED, INFEASIBLE, SURPLUS, TrialSpec
 from autopeft.errors import ConfigError, StudyError
-from autopeft.storage import A, StudyStore
+from autopeft.storage import A, StudyStore, optuna_quiet
 
 #: proposals in a row that may be rejected (duplicates, over budget) before the search gives up
 MAX_REJECTIONS = 200
@@ -110,7 +110,8 @@ class Proposer:
         """A new trial's spec, or None if the proposal was rejected without training (a duplicate, over the
         parameter budget).  Never leaves a RUNNING trial behind if preparing it fails."""
         study = self.store.study
-        trial = study.ask()
+        with optuna_quiet():
+            trial = study.ask()
         try:
             return self._prepare(trial)
         except BaseException as exc:  # a bad proposal, Ctrl-C, a storage error

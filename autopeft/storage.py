@@ -2,18 +2,21 @@
 trial and study attributes.
 
 Readers (result, sampler, plots, commands) import the attribute names from :class:`A` instead of spelling
-strings.  Optuna is imported inside functions, so importing this module stays cheap.
+strings.  It is over 400 lines on purpose: every write to a study is here, so there is one place to audit what a study
+holds and how a crash, a race or a full disk leaves it.  Optuna is imported inside functions, so importing this module stays cheap.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from autopeft.contract import ABANDONED, DUPLICATE, FAILED, INFEASIBLE, OK, TrialResult
 from autopeft.errors import StudyError
@@ -118,12 +121,23 @@ def space_hash(raw: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+@contextlib.contextmanager
+def optuna_quiet() -> Iterator[None]:
+    """Optuna's warnings about features autopeft uses on purpose (heartbeats outside ``Study.optimize``, experimental
+    arguments and metric names) stay out of the user's output, the API's too."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*(is experimental|is an experimental feature).*")
+        warnings.filterwarnings("ignore", message=r"Heartbeat of storage is supposed to be used with Study.optimize")
+        yield
+
+
 def get_storage(url: str, create: bool = True) -> Any:
     """An Optuna storage for ``url`` (RDB with heartbeats, or a journal file ``*.log``/``journal://``); with
     ``create=False`` it must exist and hold Optuna's tables (nothing is created or migrated)."""
     from autopeft.backends import open_storage
 
-    return open_storage(url, create, HEARTBEAT_S, GRACE_S)
+    with optuna_quiet():
+        return open_storage(url, create, HEARTBEAT_S, GRACE_S)
 
 
 def check_schema(study: Any) -> None:
@@ -244,8 +258,9 @@ class StudyStore:
                     continue
             for k, v in meta.items():
                 study.set_user_attr(k, v)
-            study.set_metric_names([METRIC_LABELS[o] if o != "score" else f"score ({meta[A.METRIC]})"
-                                    for o in meta[A.OBJECTIVES]])
+            with optuna_quiet():
+                study.set_metric_names([METRIC_LABELS[o] if o != "score" else f"score ({meta[A.METRIC]})"
+                                        for o in meta[A.OBJECTIVES]])
             self.study, self.objectives = study, list(meta[A.OBJECTIVES])
             return False
         raise StudyError(f"study {self.name!r} in {self.url} could not be opened: another driver keeps re-creating it")

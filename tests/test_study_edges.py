@@ -262,3 +262,20 @@ def test_studies_are_found_from_inside_the_project(tmp_path: Path, monkeypatch: 
     assert studies_dir() == Path("studies")
     monkeypatch.setenv("AUTOPEFT_STUDIES_DIR", str(tmp_path / "mine"))
     assert studies_dir() == tmp_path / "mine"
+
+
+def test_the_api_leaks_no_optuna_warnings(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
+    """autopeft uses heartbeats outside Study.optimize, experimental arguments and metric names on purpose: a search
+    and a load through the API warn about none of them."""
+    import warnings
+
+    from autopeft import api
+
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        api.search(model=tiny_model, task="sst2", data_dir=str(glue_dir), space="tiny", n_trials=2, storage=url,
+                   study_name="w", executor="inline", n_startup=2, progress=False, **FID)
+        api.load_study("w", url).pareto_front
+    noisy = [str(w.message)[:80] for w in caught if "experimental" in str(w.message) or "Heartbeat" in str(w.message)]
+    assert noisy == []
