@@ -132,9 +132,12 @@ def supported_model_types() -> list[str]:
 
 #: sub-module -> the names its linear layer has in a transformer layer (full relative paths first, then last parts)
 _PATTERNS: dict[str, tuple[str, ...]] = {
-    "q": ("self_attn.q_proj", "attention.self.query", "attention.q_lin", "q_proj", "query", "q_lin"),
-    "k": ("self_attn.k_proj", "attention.self.key", "attention.k_lin", "k_proj", "key", "k_lin"),
-    "v": ("self_attn.v_proj", "attention.self.value", "attention.v_lin", "v_proj", "value", "v_lin"),
+    "q": ("self_attn.q_proj", "attention.self.query", "attention.self.query_proj", "attention.q_lin", "q_proj",
+          "query_proj", "query", "q_lin"),
+    "k": ("self_attn.k_proj", "attention.self.key", "attention.self.key_proj", "attention.k_lin", "k_proj", "key_proj",
+          "key", "k_lin"),
+    "v": ("self_attn.v_proj", "attention.self.value", "attention.self.value_proj", "attention.v_lin", "v_proj",
+          "value_proj", "value", "v_lin"),
     "o": ("self_attn.o_proj", "attention.output.dense", "attention.out_lin", "o_proj", "out_proj", "out_lin"),
     "ffn_up": ("mlp.up_proj", "intermediate.dense", "ffn.lin1", "up_proj", "fc1", "lin1"),
     "ffn_down": ("mlp.down_proj", "output.dense", "ffn.lin2", "down_proj", "fc2", "lin2"),
@@ -159,8 +162,9 @@ def arch_from_model(config: Any, model: Any) -> ArchInfo:
     linears = {n: m for n, m in layer_list[0].named_modules() if isinstance(m, nn.Linear)}
     names: dict[str, str] = {}
     for sub, pats in _PATTERNS.items():
-        hit = next((n for pat in pats for n in linears if n == pat or n.endswith("." + pat)), None)
-        if hit is not None and hit not in names.values():
+        used = set(names.values())  # "output.dense" also ends "attention.output.dense", which is o's already
+        hit = next((n for pat in pats for n in linears if (n == pat or n.endswith("." + pat)) and n not in used), None)
+        if hit is not None:
             names[sub] = hit
     missing = [s for s in ("q", "v", "o", "ffn_up", "ffn_down") if s not in names]
     if missing:

@@ -24,6 +24,10 @@ FAMILIES: dict[str, tuple[str, dict[str, Any], str]] = {
                                       max_position_embeddings=130, pad_token_id=0), "bert"),
     "distilbert": ("DistilBertConfig", dict(dim=64, n_layers=3, n_heads=4, hidden_dim=128, max_position_embeddings=128,
                                             pad_token_id=0), "bert"),
+    "electra": ("ElectraConfig", dict(embedding_size=32, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                      intermediate_size=128, max_position_embeddings=128), "bert"),
+    "deberta-v2": ("DebertaV2Config", dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                           intermediate_size=128, max_position_embeddings=128, pad_token_id=0), "bert"),
     "llama": ("LlamaConfig", dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
                                   intermediate_size=96, max_position_embeddings=128, tie_word_embeddings=True), "llama"),
     "qwen2": ("Qwen2Config", dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
@@ -48,8 +52,8 @@ METHODS: dict[str, tuple[dict[str, Any], list[int], dict[str, Any]]] = {
 
 
 #: cells a method cannot take, and the reason the error gives
-UNSUPPORTED = {("distilbert", "prefix"): "method 'prefix' cannot be used with model .*: its transformer takes no "
-                                         "past_key_values"}
+_NO_CACHE = "method 'prefix' cannot be used with model .*: its transformer takes no past_key_values"
+UNSUPPORTED = {("distilbert", "prefix"): _NO_CACHE, ("deberta-v2", "prefix"): _NO_CACHE}
 
 
 @pytest.fixture(scope="module")
