@@ -41,9 +41,9 @@ def _shipped_dir() -> Path:
     here = Path(__file__).resolve().parent.parent / "search_spaces"
     if here.is_dir():
         return here
-    from importlib.resources import files
-
-    return Path(str(files("autopeft.search_spaces")))
+    # installed from a wheel: the package data sits in autopeft/search_spaces (a namespace package, for which
+    # importlib.resources.files() gives a MultiplexedPath whose str() is not a path)
+    return Path(__file__).resolve().parent / "search_spaces"
 
 
 def shipped_spaces() -> list[str]:

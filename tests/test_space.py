@@ -239,3 +239,15 @@ def test_spaces_accept_peft_names(tmp_path: Path) -> None:
         load("methods: {lora: {targets: [q], target_modules: [query]}}\n")
     with pytest.raises(SpaceError, match="unknown sub-module 'dense'"):
         load("methods: {lora: {target_modules: [dense]}}\n").bind(2)
+
+
+def test_shipped_spaces_are_found_in_an_installed_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Installed from a wheel there is no source checkout: the spaces are package data in autopeft/search_spaces
+    (found before as a MultiplexedPath string, so no shipped space was found)."""
+    import autopeft.space as space_mod
+
+    pkg = tmp_path / "site-packages" / "autopeft"
+    (pkg / "search_spaces").mkdir(parents=True)
+    (pkg / "search_spaces" / "lora.yaml").write_text("methods: {lora: {r: 8}}\n")
+    monkeypatch.setattr(space_mod, "__file__", str(pkg / "space.py"))
+    assert space_mod.shipped_spaces() == ["lora"]
