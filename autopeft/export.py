@@ -43,11 +43,14 @@ def peft_config_for(cand: Candidate, model: str | None, num_labels: int) -> Any:
 
 def model_reference(model: str | None) -> str:
     """How an export names its base model: the Hugging Face id when it has one, else an absolute path."""
-    from autopeft.builder import DEFAULT_MODEL
+    from autopeft.builder import DEFAULT_MODEL, resolve_model
+    from autopeft.gguf_models import gguf_file, packaged
 
     if model in (None, "", DEFAULT_MODEL, DEFAULT_HUB_ID):
         return DEFAULT_HUB_ID
-    p = Path(str(model)).expanduser()
+    p = packaged(str(model)) or Path(str(model)).expanduser()
+    if gguf_file(p) is not None:  # a GGUF model: its converted folder, which plain transformers and peft load
+        return str(Path(resolve_model(str(model))).resolve())
     return str(p.resolve()) if p.exists() else str(model)
 
 

@@ -159,6 +159,9 @@ def test_real_smollm2_from_its_gguf(tmp_path_factory: pytest.TempPathFactory, mo
     assert Path(d, "config.json").is_file() and ".gguf" not in d
     t0 = time.monotonic()
     assert resolve_model("smollm2") == d and time.monotonic() - t0 < 1.0  # converted once, then cached
+    from autopeft.export import model_reference
+
+    assert model_reference("smollm2") == str(Path(d).resolve())  # exports name the converted folder: peft loads it
     info = model_info("smollm2", 2)
     a = info.arch
     assert (a.model_type, a.num_layers, a.hidden_size, a.in_out("k"), a.in_out("ffn_gate")) == (

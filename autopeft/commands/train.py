@@ -60,8 +60,9 @@ def run(args: argparse.Namespace) -> int:
                     bf16=args.bf16, fp16=args.fp16, grad_accum=args.gradient_accumulation_steps,
                     grad_ckpt=args.gradient_checkpointing, resume=args.resume, report_to=args.report_to,
                     training_args=training_args(args.training_args), progress=not args.no_progress)
-    print(f"{res['summary']}: {res['metric']} on validation {res['mean']:.4f} ± {res['std']:.4f} over seeds {seeds}; "
-          f"saved to {args.output}")
+    print(f"{res['summary']}: {res['metric']} on validation {res['mean']:.4f} ± {res['std']:.4f} over seeds {seeds} "
+          f"({res.get('n_train', '?')} training rows, {res.get('holdout', 0)} of them held out to pick the epoch; on "
+          f"{res.get('device', 'cpu')}); saved to {args.output}")
     return 0
 
 
