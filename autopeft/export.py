@@ -137,18 +137,29 @@ class Trainable:
     callbacks: list[Any] = field(default_factory=list)
     masks: Any = None  # autopeft.sparsity.SparsityMasks, if the config is sparse
 
-    def optimizer(self, weight_decay: float = 0.0) -> Any:
+    def optimizer(self, weight_decay: float = 0.01) -> Any:
+        """AdamW over the per-method groups, with the trials' weight decay."""
         import torch
 
         groups = [{"params": g["params"], "lr": g["lr"]} for g in self.param_groups]
         return torch.optim.AdamW(groups, weight_decay=weight_decay)
 
 
+def trainable(cand: Candidate, model: str | None, num_labels: int, seed: int = 0) -> Trainable:
+    """``cand`` built on a fresh copy of ``model``, with its optimizer groups and (if sparse) the mask callback: what
+    :func:`load_for_training` and ``autopeft train`` hand to transformers' ``Trainer``."""
+    from autopeft.builder import build_model, load_base, model_info
+
+    info = model_info(model, num_labels)
+    base, tok = load_base(model, num_labels)
+    built = build_model(cand, base, info, seed=seed)
+    callbacks = [_sparsity_callback(built.masks)] if built.masks is not None else []
+    return Trainable(built.model, tok, cand, built.param_groups, built.trainable, callbacks, built.masks)
+
+
 def load_for_training(directory: str | Path, model: str | None = None, seed: int = 0) -> Trainable:
     """Rebuild an export (any candidate: peft methods, our bottleneck adapters, sparsity) on a fresh copy of its base
     model, ready to train with transformers' ``Trainer``."""
-    from autopeft.builder import build_model, load_base, model_info
-
     d = Path(directory)
     cand = load_config(d)
     p = d / CONFIG_FILE
@@ -157,12 +168,7 @@ def load_for_training(directory: str | Path, model: str | None = None, seed: int
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{p} is missing or not valid JSON ({type(exc).__name__}): export the config again") from None
     base_model = model if model is not None else info_json.get("base_model")
-    num_labels = int(info_json.get("num_labels") or 2)
-    info = model_info(base_model, num_labels)
-    base, tok = load_base(base_model, num_labels)
-    built = build_model(cand, base, info, seed=seed)
-    callbacks = [_sparsity_callback(built.masks)] if built.masks is not None else []
-    return Trainable(built.model, tok, cand, built.param_groups, built.trainable, callbacks, built.masks)
+    return trainable(cand, base_model, int(info_json.get("num_labels") or 2), seed)
 
 
 def _sparsity_callback(masks: Any) -> Any:

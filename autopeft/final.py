@@ -4,6 +4,7 @@ saved so that peft (``PeftModel.from_pretrained``) or autopeft (:func:`load_trai
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -117,10 +118,10 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
     first seed's model is saved.  ``resume`` continues from the checkpoints of an interrupted run in ``out_dir`` and
     keeps seeds already finished there."""
     import numpy as np
-    from transformers import DataCollatorWithPadding
+    from transformers import DataCollatorWithPadding, TrainingArguments
 
-    from autopeft.builder import build_model, load_base, model_info
-    from autopeft.export import _sparsity_callback
+    from autopeft.builder import model_info
+    from autopeft.export import trainable
 
     if not seeds:
         raise ConfigError("--seeds needs at least one seed")
@@ -131,10 +132,24 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
     info = model_info(model, task.num_labels)
     n_all = len(task.train_labels)
     n = n_all if n_train is None else min(n_train, n_all)
+    n_hold = min(HOLDOUT_MAX, int(HOLDOUT_FRACTION * n)) if n >= 100 else 0
     max_length = min(max_length, info.arch.max_positions)
     val_texts, val_labels = _validation(task)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output {out} is a file; pass a folder (new or from an earlier run) with -o")
+    def make_args(ckpt: Path, seed: int, total_steps: int) -> Any:
+        kw = training_arguments(ckpt, seed=seed, epochs=epochs, batch_size=batch_size, total_steps=total_steps,
+                                device=device, eval_each_epoch=n_hold > 0, bf16=bf16, fp16=fp16,
+                                grad_accum=grad_accum, grad_ckpt=grad_ckpt, report_to=report_to, progress=progress,
+                                extra=training_args)
+        try:
+            return TrainingArguments(**kw)
+        except (ValueError, TypeError, ImportError, RuntimeError) as exc:  # a bad value, a missing --report-to tool
+            raise ConfigError(f"transformers refused the training arguments: "
+                              f"{(str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]}") from None
+
+    make_args(out / "checkpoints", seeds[0], 1)  # bad arguments end here, before any model is loaded or file written
     scores, times, params = [], [], 0
     for k, seed in enumerate(seeds):
         done_f = out / "seeds" / f"seed{seed}.json"
@@ -145,11 +160,9 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
             params = r["params"]
             continue
         t0 = time.perf_counter()
-        base, tok = load_base(model, task.num_labels)
-        built = build_model(cand, base, info, seed=seed)
-        params = built.trainable
+        built = trainable(cand, model, task.num_labels, seed)
+        tok, params = built.tokenizer, built.trainable_params
         idx = np.random.default_rng(seed).permutation(n_all)[:n].tolist()
-        n_hold = min(HOLDOUT_MAX, int(HOLDOUT_FRACTION * n)) if n >= 100 else 0
         hold, fit = idx[:n_hold], idx[n_hold:]
         train_ds = _rows(_encode(tok, [task.train_texts[i] for i in fit], max_length), [task.train_labels[i] for i in fit])
         hold_ds = (_rows(_encode(tok, [task.train_texts[i] for i in hold], max_length), [task.train_labels[i] for i in hold])
@@ -157,13 +170,7 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
         steps_per_epoch = -(-len(train_ds) // (batch_size * grad_accum))
         total = max(1, int(np.ceil(steps_per_epoch * epochs)))
         ckpt = out / "checkpoints" / f"seed{seed}"
-        from transformers import TrainingArguments
-
-        args = TrainingArguments(**training_arguments(
-            ckpt, seed=seed, epochs=epochs, batch_size=batch_size, total_steps=total, device=device,
-            eval_each_epoch=bool(hold_ds), bf16=bf16, fp16=fp16, grad_accum=grad_accum, grad_ckpt=grad_ckpt,
-            report_to=report_to, progress=progress, extra=training_args))
-        opt = torch.optim.AdamW([{"params": g["params"], "lr": g["lr"]} for g in built.param_groups], weight_decay=0.01)
+        args = make_args(ckpt, seed, total)
 
         def metrics(pred: Any) -> dict[str, float]:
             logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
@@ -171,10 +178,13 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
 
         trainer = _trainer_class()(
             model=built.model, args=args, train_dataset=train_ds, eval_dataset=hold_ds or None,
-            data_collator=DataCollatorWithPadding(tok), compute_metrics=metrics, optimizers=(opt, None),
-            callbacks=[_sparsity_callback(built.masks)] if built.masks is not None else None)
+            data_collator=DataCollatorWithPadding(tok), compute_metrics=metrics, optimizers=(built.optimizer(), None),
+            callbacks=built.callbacks or None)
         has_ckpt = ckpt.is_dir() and any(ckpt.glob("checkpoint-*"))
         trainer.train(resume_from_checkpoint=True if resume and has_ckpt else None)
+        if any(not math.isfinite(h["loss"]) for h in trainer.state.log_history if "loss" in h):
+            raise ConfigError(f"final training diverged (seed {seed}): a NaN or infinite loss; try a lower learning "
+                              "rate (--training-args max_grad_norm=0.5 also helps)")
         logits = predict_logits(built.model, _encode(tok, val_texts, max_length), 64, tok.pad_token_id or 0,
                                 next(built.model.parameters()).device)
         score = score_logits(task.metric, logits, val_labels)
@@ -182,14 +192,14 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
         times.append(time.perf_counter() - t0)
         if k == 0:
             save_trained(built, cand, out, model, task.num_labels)
-        done_f.parent.mkdir(exist_ok=True)
+        done_f.parent.mkdir(parents=True, exist_ok=True)
         done_f.write_text(json.dumps({"score": score, "seconds": times[-1], "params": params,
                                       "best_epoch_checkpoint": trainer.state.best_model_checkpoint,
                                       "log_history": trainer.state.log_history}) + "\n")
     result = {"summary": cand.summary(), "candidate": cand.to_dict(), "model": model, "task": data, "metric": task.metric,
               "split": "validation", "seeds": list(seeds), "scores": scores, "mean": statistics.fmean(scores),
               "std": statistics.pstdev(scores) if len(scores) > 1 else 0.0, "params": params,
-              "n_train": n, "holdout": min(HOLDOUT_MAX, int(HOLDOUT_FRACTION * n)) if n >= 100 else 0,
+              "n_train": n, "holdout": n_hold,
               "epochs": epochs, "seconds": times, "saved_seed": seeds[0], "saved_score": scores[0], "device": device,
               "trainer": "transformers.Trainer"}
     (out / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

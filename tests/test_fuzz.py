@@ -147,4 +147,4 @@ def test_corpus_case(case: fuzz_corpus.Case, corpus_root: Path, tiny_model: str,
         rc = main(argv)
         why = fuzz_corpus.verdict(rc, capsys.readouterr().err, case.message, time.monotonic() - t0)
     assert why is None, why
-    assert fuzz_corpus.changed(before, fuzz_corpus.snapshot(*tops)) == []
+    assert fuzz_corpus.changed(before, fuzz_corpus.snapshot(*tops)) == [], case.id
