@@ -58,6 +58,8 @@ def open_storage(url: str, create: bool, heartbeat_s: float, grace_s: float) -> 
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StudyError(f"cannot create the folder of storage {path}: {exc.strerror}") from None
+    elif not create:
+        _check_rdb_has_studies(url)
     last = ""
     for attempt in range(6):  # drivers creating one new database at once race on its schema: retry, then adopt it
         try:
@@ -68,10 +70,35 @@ def open_storage(url: str, create: bool, heartbeat_s: float, grace_s: float) -> 
             )
         except Exception as exc:  # sqlalchemy raises many types for bad URLs / unreachable servers / schema races
             last = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            if not any(k in last for k in ("already exists", "UNIQUE constraint failed", "database is locked")):
+            if not any(k in last for k in ("already exists", "UNIQUE constraint failed", "database is locked",
+                                           "duplicate key value violates unique constraint")):
                 break
             time.sleep(0.2 * (attempt + 1))
     raise StudyError(f"cannot open storage {url[:200]!r}: {last}")
+
+
+# Optuna's tables that exist once a storage is fully created: a read-only command opening a storage without them
+# would stamp the schema itself (optuna's RDBStorage writes version_info and alembic_version even with
+# skip_table_creation) and race a driver that is creating it.
+_SCHEMA_TABLES = {"studies", "version_info", "alembic_version"}
+
+
+def _check_rdb_has_studies(url: str) -> None:
+    """A server database a read-only command may open: Optuna's tables are all there (nothing is created here)."""
+    import sqlalchemy as sa
+
+    try:
+        eng = sa.create_engine(url)
+        try:
+            with eng.connect() as con:
+                names = set(sa.inspect(con).get_table_names())
+        finally:
+            eng.dispose()
+    except Exception as exc:  # bad URL, missing driver, unreachable server: say which, in one line
+        last = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise StudyError(f"cannot open storage {url[:200]!r}: {last}") from None
+    if not _SCHEMA_TABLES <= names:
+        raise StudyError(f"storage {url[:200]!r} holds no Optuna studies (yet); check the URL")
 
 
 def _check_sqlite_has_studies(path: Path) -> None:
@@ -81,7 +108,8 @@ def _check_sqlite_has_studies(path: Path) -> None:
     try:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
-            ok = con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='studies'").fetchone()
+            names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            ok = _SCHEMA_TABLES <= names
         finally:
             con.close()
     except sqlite3.Error as exc:

@@ -68,3 +68,29 @@ def test_concurrent_drivers_on_postgresql(pg_url: str, tiny_model: str, glue_dir
 
 def test_kill9_on_postgresql_then_resume(pg_url: str, tiny_model: str, glue_dir: Path) -> None:
     kill_once_then_resume(tiny_model, glue_dir, _fresh_db(pg_url, "kill"))
+
+
+def test_a_reader_never_stamps_a_database_a_driver_is_still_creating(pg_url: str) -> None:
+    """Found in CI: a reader (`show`, `list`, the kill test's poll) opened a new database while a driver was creating
+    Optuna's tables; optuna's RDBStorage stamps version_info/alembic_version even with skip_table_creation, so both
+    created alembic_version at once and the driver died on PostgreSQL's duplicate pg_type key. A reader now refuses
+    a database whose tables are not all there, and leaves it as it was."""
+    import sqlalchemy as sa
+
+    from autopeft.errors import StudyError
+    from autopeft.storage import get_storage
+
+    url = _fresh_db(pg_url, "half")
+    eng = sa.create_engine(url)
+    with eng.begin() as c:  # a driver half-way through creating the schema
+        c.execute(sa.text("CREATE TABLE studies (study_id integer primary key, study_name varchar(512))"))
+        c.execute(sa.text("CREATE TABLE version_info (version_info_id integer primary key, schema_version integer, "
+                          "library_version varchar(256))"))
+    with pytest.raises(StudyError, match="holds no Optuna studies"):
+        get_storage(url, create=False)
+    with eng.connect() as c:
+        assert set(sa.inspect(c).get_table_names()) == {"studies", "version_info"}
+        assert c.execute(sa.text("SELECT count(*) FROM version_info")).scalar() == 0
+    eng.dispose()
+    get_storage(url)  # the driver finishes creating it; then readers open it
+    assert get_storage(url, create=False) is not None
