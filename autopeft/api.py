@@ -175,7 +175,7 @@ def train(config_dir: str | Path, output: str | Path, *, model: str | None = Non
           data_dir: str | None = None, train_file: str | None = None, validation_file: str | None = None,
           metric: str | None = None, epochs: float = 3.0, n_train: int | None = None, max_length: int = 128,
           batch_size: int = 32, seeds: Sequence[int] = (0,), text_columns: Sequence[str] | str | None = None,
-          label_column: str | None = None, **trainer: Any) -> dict[str, Any]:
+          label_column: str | None = None, task_type: str | None = None, **trainer: Any) -> dict[str, Any]:
     """Train an exported config at full budget with transformers' ``Trainer`` and each seed, score the validation
     split, save the model.  ``trainer`` keywords: device, bf16, fp16, grad_accum, grad_ckpt, resume, report_to,
     training_args (a dict of any other ``TrainingArguments`` fields), progress (see
@@ -196,19 +196,22 @@ def train(config_dir: str | Path, output: str | Path, *, model: str | None = Non
     model = model or info.get("base_model")
     model = None if model == DEFAULT_MODEL else model
     if task or train_file:
-        data = data_spec_dict(task, data_dir, train_file, validation_file, text_columns, label_column)
+        data = data_spec_dict(task, data_dir, train_file, validation_file, text_columns, label_column,
+                              task_type=task_type)
     elif isinstance(info.get("task"), dict):
         data = dict(info["task"])
         if data_dir:
             data["data_dir"] = str(Path(data_dir).resolve())
         else:
             data = data_spec_dict(data.get("task"), None, data.get("train_file"), data.get("validation_file"),
-                                  data.get("text_columns"), data.get("label_column"), data.get("metric"))
+                                  data.get("text_columns"), data.get("label_column"), data.get("metric"),
+                                  data.get("task_type"))
     else:
         raise ConfigError("pass --task or --train-file (the config does not say which task it was found on)")
     if metric:  # checked when the task loads
         data = {**data, "metric": metric}
-    allowed = {"device", "bf16", "fp16", "grad_accum", "grad_ckpt", "resume", "report_to", "training_args", "progress"}
+    allowed = {"device", "bf16", "fp16", "grad_accum", "grad_ckpt", "resume", "report_to", "training_args", "progress",
+               "generate", "n_eval"}
     unknown = sorted(set(trainer) - allowed)
     if unknown:
         raise ConfigError(f"train() got unknown keyword(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")

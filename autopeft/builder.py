@@ -41,7 +41,7 @@ class ModelInfo:
 
     model: str
     arch: ArchInfo
-    num_labels: int
+    num_labels: int  # 0: a causal-LM task (the model with its LM head, no classification head)
     base_params: int  # every parameter of the classification model (full fine-tuning's count)
     head_params: int  # the classification head, which always trains
     head_modules: tuple[str, ...] = field(default=())
@@ -60,22 +60,25 @@ def _hf_error(model: str, exc: Exception) -> ModelError:
 
 @functools.lru_cache(maxsize=8)
 def model_info(model: str | None, num_labels: int, trust_remote_code: bool = False) -> ModelInfo:
-    """Shapes and exact counts from the config alone (the model is built on the meta device)."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    """Shapes and exact counts from the config alone (the model is built on the meta device).  ``num_labels`` 0 is a
+    causal-LM task: the model with its LM head, which stays frozen (no classification head)."""
+    from transformers import AutoConfig
 
     path = resolve_model(model)
     try:
-        cfg = AutoConfig.from_pretrained(path, num_labels=num_labels, trust_remote_code=trust_remote_code)
+        cfg = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                         **({"num_labels": num_labels} if num_labels else {}))
     except Exception as exc:  # transformers raises OSError, ValueError, ... for a bad id or dir
         raise _hf_error(str(model), exc) from None
+    auto = _auto_class(num_labels, str(model), cfg)
     try:
         with torch.device("meta"):
-            m = AutoModelForSequenceClassification.from_config(cfg, trust_remote_code=trust_remote_code)
+            m = auto.from_config(cfg, trust_remote_code=trust_remote_code)
     except Exception as exc:  # a config transformers cannot build (negative sizes, hidden size not divisible by heads)
         raise ModelError(f"model {str(model)[:200]!r} has a config that cannot be built: "
                          f"{(str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]}; check its config.json") from None
     arch = arch_from_config(cfg, m)
-    head = head_module_names(m, arch)
+    head = head_module_names(m, arch) if num_labels else []
     base = sum(p.numel() for p in m.parameters())
     head_n = sum(p.numel() for n, p in m.named_parameters() if n.split(".")[0] in head)
     nbytes = sum(p.numel() * p.element_size() for p in m.parameters())
@@ -84,6 +87,25 @@ def model_info(model: str | None, num_labels: int, trust_remote_code: bool = Fal
     body = getattr(m, getattr(m, "base_model_prefix", ""), m)
     cache = "past_key_values" in inspect.signature(body.forward).parameters
     return ModelInfo(str(model) if model else DEFAULT_MODEL, arch, num_labels, base, head_n, tuple(head), nbytes, cache)
+
+
+def _auto_class(num_labels: int, model: str, cfg: Any) -> Any:
+    """transformers' auto class for the task: sequence classification, or (num_labels 0) causal LM."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if num_labels:
+        return AutoModelForSequenceClassification
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+    # BERT, RoBERTa, ELECTRA have causal-LM classes too, but as encoders (bidirectional attention, a masked-LM
+    # pretraining): a model type with a masked-LM head is not a decoder unless its config says it is
+    encoder = cfg.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(cfg, "is_decoder", False)
+    if encoder or (cfg.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not getattr(cfg, "auto_map", None)):
+        raise ModelError(f"model {model[:200]!r} ({cfg.model_type}) has no causal-LM head in transformers, so it cannot "
+                         "be fine-tuned on a causal-LM task; use a decoder (Llama, Qwen2, Mistral, GPT-2, SmolLM2) or "
+                         "pass --task-type classification with a label column")
+    return AutoModelForCausalLM
 
 
 def head_module_names(model: nn.Module, arch: ArchInfo) -> list[str]:
@@ -147,14 +169,18 @@ def validate_candidate(cand: Candidate, info: ModelInfo) -> None:
 # ----------------------------------------------------------------------------- loading
 @functools.lru_cache(maxsize=2)
 def _load_pretrained(path: str, num_labels: int, trust_remote_code: bool) -> tuple[nn.Module, Any]:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
     from autopeft._quiet import quiet
 
     quiet()
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        auto = _auto_class(num_labels, path, AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code))
         torch.manual_seed(0)  # the new classification head is initialised identically in every process
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, trust_remote_code=trust_remote_code)
+        model = auto.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                     **({"num_labels": num_labels} if num_labels else {}))
+    except ModelError:
+        raise
     except Exception as exc:  # transformers raises many types for a bad id or directory
         raise _hf_error(path, exc) from None
     if tok.pad_token is None:  # decoders (Llama, SmolLM2) ship none: pad with end-of-sequence
@@ -202,6 +228,8 @@ def build_model(cand: Candidate, base: nn.Module, info: ModelInfo, seed: int = 0
         from peft import get_peft_model
 
         pcfg = get_method(peft_name).peft_config(methods[peft_name], cand.layers, arch, list(info.head_modules))
+        if not info.num_labels:  # a causal-LM task: peft's causal-LM wrapper (prefixes, generate), nothing else saved
+            pcfg.task_type, pcfg.modules_to_save = "CAUSAL_LM", None
         model = get_peft_model(base, pcfg)
         for ps in own.values():  # peft freezes everything it did not add
             for p in ps:

@@ -20,9 +20,11 @@ SAMPLERS = ("autopeft", "random", "tpe", "nsga2", "gp", "botorch")
 OBJECTIVES = ("score", "params", "memory", "time")
 DEFAULT_SPACE = "lora"  # a shipped search space
 METRICS: tuple[str, ...] = ("accuracy", "f1", "matthews", "macro_f1", "auc")
+#: what a task is (autopeft.data): sequence classification, or causal-LM fine-tuning searched by its loss
+TASK_TYPES: tuple[str, ...] = ("classification", "causal-lm")
 DEFAULT_OBJECTIVES = ("score", "params", "memory")
 FIDELITY_KEYS = ("n_train", "n_eval", "epochs", "max_length", "batch_size", "memory_batch_size", "lr_scale")
-DATA_KEYS = ("task", "data_dir", "train_file", "validation_file", "text_columns", "label_column", "metric")
+DATA_KEYS = ("task", "data_dir", "train_file", "validation_file", "text_columns", "label_column", "metric", "task_type")
 RAY_KEYS = ("address", "cpus_per_trial", "gpus_per_trial", "num_cpus")
 #: other spellings accepted for a few options (the CLI's names)
 ALIASES = {"trials": "n_trials", "study": "study_name", "ray_address": "address"}
@@ -184,7 +186,8 @@ class SearchConfig:
 
 def data_spec_dict(task: str | None = "sst2", data_dir: str | None = None, train_file: str | None = None,
                    validation_file: str | None = None, text_columns: Sequence[str] | str | None = None,
-                   label_column: str | None = None, metric: str | None = None) -> dict[str, Any]:
+                   label_column: str | None = None, metric: str | None = None,
+                   task_type: str | None = None) -> dict[str, Any]:
     """A task as a plain dict of :class:`autopeft.data.DataSpec` (paths made absolute)."""
     if train_file:
         task = None
@@ -198,8 +201,8 @@ def data_spec_dict(task: str | None = "sst2", data_dir: str | None = None, train
                     train_file=str(Path(train_file).resolve()) if train_file else None,
                     validation_file=str(Path(validation_file).resolve()) if validation_file else None,
                     text_columns=tuple(text_columns) if isinstance(text_columns, (list, tuple)) else text_columns,
-                    label_column=label_column, metric=metric)
-    d = _asdict(spec)
+                    label_column=label_column, metric=metric, task_type=task_type)
+    d = {k: v for k, v in _asdict(spec).items() if k != "task_type" or v is not None}  # old studies' identity
     if d.get("text_columns") is not None:
         d["text_columns"] = list(d["text_columns"])
     return d

@@ -76,24 +76,38 @@ class Fidelity:
 CPU_FIDELITY: dict[str, Any] = {"n_train": 600, "epochs": 2.0, "batch_size": 8, "lr_scale": 2.0}
 
 
-def default_fidelity(given: dict[str, Any] | None, gpu: bool) -> Fidelity:
+#: Causal-LM tasks: the cost is set by tokens, not rows (a GSM8K row is ~210 tokens with SmolLM2's chat template,
+#: median; 90th percentile 315), and the LM head's logits (rows x tokens x vocabulary) dominate a small decoder's
+#: activations, so the memory objective is reported at batch 8.  These replace the dataclass defaults.
+LM_FIDELITY: dict[str, Any] = {"n_train": 1000, "epochs": 1.0, "n_eval": 200, "max_length": 256, "batch_size": 8,
+                               "memory_batch_size": 8}
+#: ... and on CPU: 16 steps of 4 rows (~14k tokens) and 32 scored rows.  Measured with SmolLM2-135M on GSM8K, one
+#: thread: 156-183 s per trial; the untrained loss 1.450 fell to 1.164 (LoRA r=8 q,v), 1.046 (IA3) and rose to
+#: 1.965 (prefix 20): the configs separate (BENCHMARKS.md, "Causal-LM search").
+LM_CPU_FIDELITY: dict[str, Any] = {"n_train": 64, "epochs": 1.0, "batch_size": 4, "lr_scale": 2.0, "n_eval": 32}
+
+
+def default_fidelity(given: dict[str, Any] | None, gpu: bool, lm: bool = False) -> Fidelity:
     """The fidelity of a new study: the user's keys over the defaults; on CPU the defaults are
-    :data:`CPU_FIDELITY` unless the user set any of its keys (then the preset is not mixed in)."""
+    :data:`CPU_FIDELITY` unless the user set any of its keys (then the preset is not mixed in).  A causal-LM task
+    (``lm``) starts from :data:`LM_FIDELITY` and uses :data:`LM_CPU_FIDELITY` on CPU, by the same rule."""
     given = dict(given or {})
-    if gpu or any(k in given for k in CPU_FIDELITY):
-        return Fidelity(**given)
-    return Fidelity(**{**CPU_FIDELITY, **given})
+    base, preset = (LM_FIDELITY, LM_CPU_FIDELITY) if lm else ({}, CPU_FIDELITY)
+    if gpu or any(k in given for k in preset):
+        return Fidelity(**{**base, **given})
+    return Fidelity(**{**base, **preset, **given})
 
 
-def fidelity_note(given: dict[str, Any] | None, gpu: bool) -> str | None:
+def fidelity_note(given: dict[str, Any] | None, gpu: bool, lm: bool = False) -> str | None:
     """One line when the user's fidelity options switch the CPU preset off (so other defaults change with them), else
     None: e.g. ``--n-train 200`` alone also changes the batch size 8 -> 32 and the learning-rate scale 2 -> 1."""
     given = {k: v for k, v in (given or {}).items() if v is not None}
-    set_keys = [k for k in CPU_FIDELITY if k in given]
-    if gpu or not set_keys or len(set_keys) == len(CPU_FIDELITY):
+    base, preset = (LM_FIDELITY, LM_CPU_FIDELITY) if lm else ({}, CPU_FIDELITY)
+    set_keys = [k for k in preset if k in given]
+    if gpu or not set_keys or len(set_keys) == len(preset):
         return None
-    plain = Fidelity()
-    changed = [f"{k.replace('_', '-')} {getattr(plain, k):g} (preset {v:g})" for k, v in CPU_FIDELITY.items()
+    plain = Fidelity(**base)
+    changed = [f"{k.replace('_', '-')} {getattr(plain, k):g} (preset {v:g})" for k, v in preset.items()
                if k not in given and getattr(plain, k) != v]
     if not changed:
         return None

@@ -24,11 +24,11 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 
-from autopeft.config import METRICS  # the option's choices live with the options
+from autopeft.config import METRICS, TASK_TYPES  # the options' choices live with the options
 from autopeft.errors import DataError
 
-__all__ = ["METRICS", "SCORE_METRICS", "TASK_METRICS", "DataSpec", "TaskData", "load_task", "search_split", "compute_metric",
-           "chance_score", "choose_metric", "read_rows", "clear_cache"]
+__all__ = ["CLASSIFICATION", "CAUSAL_LM", "TASK_TYPES", "LM_METRIC", "METRICS", "SCORE_METRICS", "TASK_METRICS", "DataSpec", "TaskData", "load_task", "search_split", "compute_metric",
+           "chance_score", "choose_metric", "final_answer", "exact_match", "read_rows", "clear_cache"]
 
 IntLabels = Union[Sequence[int], "np.ndarray[Any, Any]"]  # label/prediction ids: a list or a 1-D numpy array
 # Binary tasks only: ROC AUC of the positive class's margin; threshold-free, so it still ranks models whose argmax is
@@ -43,6 +43,16 @@ _SINGLE: tuple[str, ...] = ("sentence", "text", "review", "content", "document")
 _LABELS: tuple[str, ...] = ("label", "labels", "target", "class", "category", "y")
 _ID_COLUMNS: frozenset[str] = frozenset({"id", "idx", "guid", "index", "uid", "uuid"})
 _EXTS: tuple[str, ...] = (".jsonl", ".json", ".csv", ".tsv")
+# causal-LM data: (prompt, response) column pairs, else one text column trained on whole
+_LM_PAIRS: tuple[tuple[str, str], ...] = (("question", "answer"), ("prompt", "response"), ("prompt", "completion"),
+                                          ("instruction", "output"), ("input", "output"), ("query", "response"),
+                                          ("source", "target"))
+_LM_SINGLE: tuple[str, ...] = ("text", "content", "document")
+#: what a task is: a sequence classification (labels, a head, a score to maximise) or causal-LM fine-tuning (no
+#: labels; the loss of the response tokens, minimised)
+CLASSIFICATION, CAUSAL_LM = TASK_TYPES
+#: the search metric of a causal-LM task: mean cross-entropy of the response tokens on the search split (minimised)
+LM_METRIC = "loss"
 _MINORITY = 0.40  # binary tasks whose minority class is rarer than this are scored with Matthews correlation
 _FLOAT_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
@@ -67,9 +77,10 @@ class DataSpec:
     text_columns: tuple[str, ...] | None = None  # inferred when None
     label_column: str | None = None  # inferred when None
     metric: str | None = None  # one of METRICS; chosen from the task and labels when None
+    task_type: str | None = None  # one of TASK_TYPES; inferred from the columns when None
 
     def __post_init__(self) -> None:
-        for name in ("task", "data_dir", "train_file", "validation_file", "label_column", "metric"):
+        for name in ("task", "data_dir", "train_file", "validation_file", "label_column", "metric", "task_type"):
             v = getattr(self, name)
             if isinstance(v, os.PathLike):
                 object.__setattr__(self, name, os.fspath(v))
@@ -88,11 +99,16 @@ class DataSpec:
             if not 1 <= len(tc) <= 2 or not all(isinstance(c, str) and c for c in tc):
                 raise DataError(f"text_columns must name one or two columns (e.g. sentence or sentence1,sentence2), got {tc!r}")
             object.__setattr__(self, "text_columns", tc)
+        if self.task_type is not None and self.task_type not in TASK_TYPES:
+            raise DataError(f"unknown task type {self.task_type!r}; choose {' or '.join(TASK_TYPES)}")
 
 
 @dataclass
 class TaskData:
-    """A loaded classification task.  Shared by the load cache: treat it as read-only."""
+    """A loaded task.  Shared by the load cache: treat it as read-only.
+
+    A causal-LM task (``kind == CAUSAL_LM``) has no labels: ``text_columns`` is (prompt, response) or (text,),
+    ``train_labels`` is empty, ``num_labels`` is 0 (no classification head) and ``metric`` is ``loss``."""
 
     name: str  # task name ("sst2"), else the train file's stem (or its folder's name for train.jsonl)
     text_columns: tuple[str, ...]
@@ -106,6 +122,16 @@ class TaskData:
     metric: str  # one of METRICS
     metric_reason: str  # why this metric: "by task name mrpc", "binary, minority class 31.5% < 40%", ...
     source: str = ""  # where the training rows came from: a file path, or "hub:<name>"
+    kind: str = CLASSIFICATION  # one of TASK_TYPES
+    validation_source: str = ""  # where the evaluation rows came from (a validation, dev or test file), or ""
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train_texts)
+
+    @property
+    def is_lm(self) -> bool:
+        return self.kind == CAUSAL_LM
 
     @property
     def embedded(self) -> bool:
@@ -304,7 +330,7 @@ def _task_dir(d: Path) -> tuple[Path, Path | None]:
     if tr is None:
         found = ", ".join(sorted(x.name for x in d.iterdir())[:10]) or "nothing"
         raise DataError(f"task folder {d} has no train.jsonl, train.csv or train.tsv (found: {found}); add one or pass --train-file")
-    return tr, _find(d, ("validation", "dev"))
+    return tr, _find(d, ("validation", "dev", "test"))  # train/test only (GSM8K): test is the evaluation split
 
 
 def _file_name(path: Path) -> str:
@@ -485,7 +511,66 @@ def _raw_labels(t: _Table, label: str) -> list[Any]:
     return out
 
 
+def _given_columns(t: _Table, cols: tuple[str, ...], how: str) -> tuple[str, ...]:
+    for c in cols:
+        if c not in t.columns:
+            raise DataError(f"{t.where}: text column {c!r} not found (columns: {', '.join(t.columns)}); "
+                            f"pass --text-columns {how}")
+    return cols
+
+
+def _infer_kind(spec: DataSpec, t: _Table) -> str:
+    """Classification when a label column is given or found; causal LM when none is but the rows hold a prompt and
+    a response (GSM8K's question/answer) or one text column; else the missing-label error, naming both ways."""
+    if spec.task_type is not None:
+        return spec.task_type
+    if spec.label_column is not None:
+        return CLASSIFICATION
+    lower = {c.lower() for c in t.columns}
+    if any(c in lower for c in _LABELS):
+        return CLASSIFICATION
+    pair = next(((a, b) for a, b in _LM_PAIRS if a in t.columns and b in t.columns), None)
+    cols = pair or next(((c,) for c in _LM_SINGLE if c in t.columns), ())
+    # only when nothing else is left: {"text", "stars"} is a classification whose label has another name
+    if cols and not [c for c in t.columns if c not in cols and c.lower() not in _ID_COLUMNS]:
+        return CAUSAL_LM
+    raise DataError(f"{t.where}: no label column found (columns: {', '.join(t.columns)}); pass --label-column for "
+                    "classification, or --task-type causal-lm --text-columns PROMPT,RESPONSE for language modelling")
+
+
+def _build_lm(spec: DataSpec, src: _Source, train: _Table, val: _Table | None) -> TaskData:
+    if spec.metric is not None and spec.metric != LM_METRIC:
+        raise DataError(f"metric {spec.metric!r} is for classification; a causal-LM task is searched by its loss "
+                        "(drop --metric)")
+    if spec.label_column is not None:
+        raise DataError("--label-column is for classification; a causal-LM task has none (pass --text-columns "
+                        "PROMPT,RESPONSE)")
+    if spec.text_columns is not None:
+        cols = _given_columns(train, spec.text_columns, "PROMPT,RESPONSE (or one TEXT column)")
+    else:
+        pair = next(((a, b) for a, b in _LM_PAIRS if a in train.columns and b in train.columns), None)
+        single = next((c for c in _LM_SINGLE if c in train.columns), None)
+        if pair is None and single is None:
+            raise DataError(f"{train.where}: cannot tell the prompt and response columns (columns: "
+                            f"{', '.join(train.columns)}); pass --text-columns PROMPT,RESPONSE (or one TEXT column)")
+        cols = pair if pair is not None else (single,)  # type: ignore[assignment]
+    va_texts = None
+    if val is not None:
+        missing = [c for c in cols if c not in val.columns]
+        if missing:
+            raise DataError(f"{val.where}: column {missing[0]!r} not found (columns: {', '.join(val.columns)}); "
+                            "the evaluation data needs the same columns as the train data")
+        va_texts = _texts(val, tuple(cols))
+    what = "prompt and response" if len(cols) == 2 else "text"
+    reason = f"causal LM ({what}: {', '.join(cols)}); loss of the {'response' if len(cols) == 2 else 'text'} tokens"
+    return TaskData(src.name, tuple(cols), "", _texts(train, tuple(cols)), [], va_texts, None, 0, [], LM_METRIC,
+                    reason, source=src.train[0] if src.train else f"hub:{src.hub}", kind=CAUSAL_LM,
+                    validation_source=src.validation[0] if src.validation else "")
+
+
 def _build(spec: DataSpec, src: _Source, train: _Table, val: _Table | None) -> TaskData:
+    if _infer_kind(spec, train) == CAUSAL_LM:
+        return _build_lm(spec, src, train, val)
     if spec.label_column is not None:
         label = spec.label_column
         if label not in train.columns:
@@ -494,11 +579,7 @@ def _build(spec: DataSpec, src: _Source, train: _Table, val: _Table | None) -> T
     else:
         label = _infer_label(train)
     if spec.text_columns is not None:
-        text_cols = spec.text_columns
-        for c in text_cols:
-            if c not in train.columns:
-                raise DataError(f"{train.where}: text column {c!r} not found (columns: {', '.join(train.columns)}); "
-                                "pass --text-columns with one or two of them")
+        text_cols = _given_columns(train, spec.text_columns, "with one or two of them")
         if label in text_cols:
             raise DataError(f"label column {label!r} is also a text column; pass --text-columns without it")
     else:
@@ -536,7 +617,8 @@ def _build(spec: DataSpec, src: _Source, train: _Table, val: _Table | None) -> T
         names = [cls[i] for i in range(len(mapping))]
     metric, reason = choose_metric(src.name, tr_labels, len(mapping), spec.metric)
     return TaskData(src.name, tuple(text_cols), label, _texts(train, text_cols), tr_labels, va_texts, va_labels,
-                    len(mapping), names, metric, reason, source=src.train[0] if src.train else f"hub:{src.hub}")
+                    len(mapping), names, metric, reason, source=src.train[0] if src.train else f"hub:{src.hub}",
+                    validation_source=src.validation[0] if src.validation else "")
 
 
 @functools.lru_cache(maxsize=8)
@@ -562,7 +644,7 @@ def load_task(spec: DataSpec) -> TaskData:
     """Load a task, memoised per process by (spec, files' mtime/size): the same TaskData comes back, read-only."""
     if not isinstance(spec, DataSpec):
         raise DataError(f"load_task needs a DataSpec, got {type(spec).__name__}")
-    if spec.metric is not None and spec.metric not in METRICS:  # fail before reading anything
+    if spec.metric is not None and spec.metric not in (*METRICS, LM_METRIC):  # fail before reading anything
         raise DataError(f"unknown metric {spec.metric!r}; choose one of {', '.join(METRICS)}")
     return _load_cached(spec, _resolve(spec))
 
@@ -578,7 +660,7 @@ def search_split(task: TaskData, n_train: int | None, n_eval: int, seed: int) ->
 
     A ``numpy.random.default_rng(seed)`` permutation of the train rows: the first ``n_eval`` are the search-eval
     slice, the next ``n_train`` (None: all the rest) the search-train subset.  Disjoint and deterministic."""
-    n = len(task.train_labels)
+    n = task.n_train
     if isinstance(n_eval, bool) or not isinstance(n_eval, (int, np.integer)) or n_eval < 0:
         raise DataError(f"n_eval must be a non-negative integer, got {n_eval!r}")
     if n_eval >= n:
@@ -637,6 +719,35 @@ def _auc(y: np.ndarray, scores: Sequence[float] | None) -> float:
     from sklearn.metrics import roc_auc_score
 
     return float(roc_auc_score(y, sc))
+
+
+_GSM8K_ANSWER = re.compile(r"####\s*([^\n]*)")
+_NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
+
+
+def final_answer(text: str) -> str:
+    """The final answer of a response, for exact match: what follows ``####`` (GSM8K's convention), else the last
+    number in the text, else the whole text; numbers lose thousands separators, ``$`` and a trailing ``.0``."""
+    m = _GSM8K_ANSWER.search(text)
+    ans = m.group(1).strip() if m else None
+    if ans is None:
+        nums = _NUMBER.findall(text)
+        ans = nums[-1] if nums else text.strip()
+    num = _NUMBER.fullmatch(ans.strip().rstrip("."))
+    if num:
+        ans = num.group(0).replace(",", "").replace("$", "")
+        if "." in ans:
+            ans = ans.rstrip("0").rstrip(".")
+    return ans.strip()
+
+
+def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Share of predictions whose :func:`final_answer` equals the reference's (GSM8K accuracy)."""
+    if len(predictions) != len(references):
+        raise DataError(f"cannot score {len(predictions)} answers against {len(references)} references")
+    if not references:
+        raise DataError("cannot score an empty evaluation set")
+    return sum(final_answer(p) == final_answer(r) for p, r in zip(predictions, references)) / len(references)
 
 
 def chance_score(metric: str, labels: IntLabels) -> float:

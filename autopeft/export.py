@@ -168,7 +168,7 @@ def load_for_training(directory: str | Path, model: str | None = None, seed: int
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{p} is missing or not valid JSON ({type(exc).__name__}): export the config again") from None
     base_model = model if model is not None else info_json.get("base_model")
-    return trainable(cand, base_model, int(info_json.get("num_labels") or 2), seed)
+    return trainable(cand, base_model, int(info_json.get("num_labels", 2)), seed)  # num_labels 0: causal LM
 
 
 def _sparsity_callback(masks: Any) -> Any:

@@ -14,7 +14,7 @@ import torch
 
 from autopeft.candidate import Candidate
 from autopeft.errors import ConfigError, DataError
-from autopeft.trial import Fidelity, _encode, predict_logits, score_logits, task_of, train_loop
+from autopeft.trial import Fidelity, _encode, encode_lm, lm_loss, predict_logits, score_logits, task_of, train_loop
 
 WEIGHTS_FILE = "autopeft_weights.pt"
 RESULT_FILE = "autopeft_result.json"
@@ -22,8 +22,43 @@ RESULT_FILE = "autopeft_result.json"
 
 def _validation(task: Any) -> tuple[list[tuple[str, ...]], list[int]]:
     if not task.validation_texts:
-        raise DataError(f"task {task.name!r} has no validation split; pass --validation-file")
+        raise DataError(f"task {task.name!r} has no validation (or test) split; pass --validation-file")
     return task.validation_texts, task.validation_labels
+
+
+def _split_name(task: Any) -> str:
+    """What the reported score was measured on: ``validation``, ``dev`` or ``test`` (the file's name)."""
+    stem = Path(task.validation_source).stem.lower() if task.validation_source else ""
+    return stem if stem in ("dev", "test") else "validation"
+
+
+#: rows of the evaluation split answered by generation for exact match on CPU (all of them on a GPU); ``generate``
+#: overrides it.  Greedy answers of SmolLM2-135M to GSM8K take about a second per row here.
+GENERATE_ROWS_CPU = 100
+MAX_NEW_TOKENS = 256
+
+
+def generate_answers(model: torch.nn.Module, tok: Any, prompts: Sequence[str], device: Any,
+                     max_new_tokens: int = MAX_NEW_TOKENS, batch_size: int = 16) -> list[str]:
+    """Greedy answers to prompts, each given as the user turn of the tokenizer's chat template (as in training)."""
+    template = bool(getattr(tok, "chat_template", None))
+    texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+             if template else p + "\n" for p in prompts]
+    side = tok.padding_side
+    tok.padding_side = "left"  # generation continues every row from its last token
+    out: list[str] = []
+    model.eval()
+    try:
+        with torch.no_grad():
+            for s in range(0, len(texts), batch_size):
+                enc = tok(texts[s:s + batch_size], return_tensors="pt", padding=True,
+                          add_special_tokens=not template).to(device)
+                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                out += tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    finally:
+        tok.padding_side = side
+    return out
 
 
 #: rows of the training set held out to pick the best epoch (never the validation split, which is the reported score)
@@ -108,17 +143,31 @@ def _rows(enc: Any, labels: Sequence[int]) -> list[dict[str, Any]]:
     return [{**{k: enc[k][i] for k in keys}, "labels": int(labels[i])} for i in range(len(labels))]
 
 
+def _dataset(task: Any, tok: Any, idx: Sequence[int], max_length: int) -> list[dict[str, Any]]:
+    """Training rows for the Trainer: class labels, or (causal LM) per-token labels with the prompt masked."""
+    texts = [task.train_texts[i] for i in idx]
+    if task.is_lm:
+        enc = encode_lm(tok, texts, max_length)
+        return [{k: enc[k][i] for k in enc} for i in range(len(enc["input_ids"]))]
+    return _rows(_encode(tok, texts, max_length), [task.train_labels[i] for i in idx])
+
+
 def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_dir: str | Path, *, epochs: float = 3.0,
                 n_train: int | None = None, max_length: int = 128, batch_size: int = 32, seeds: Sequence[int] = (0,),
                 threads: int | None = None, device: str | None = None, bf16: bool = False, fp16: bool = False,
                 grad_accum: int = 1, grad_ckpt: bool = False, resume: bool = False, report_to: str = "none",
-                training_args: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
+                training_args: dict[str, Any] | None = None, progress: bool = True,
+                generate: int | None = None, n_eval: int | None = None) -> dict[str, Any]:
     """Train ``cand`` at full budget with transformers' ``Trainer``, once per seed: all (or ``n_train``) training rows
     less a held-out tenth (at most 1,000 rows) that picks the best epoch, scored once on the validation split; the
     first seed's model is saved.  ``resume`` continues from the checkpoints of an interrupted run in ``out_dir`` and
-    keeps seeds already finished there."""
+    keeps seeds already finished there.
+
+    A causal-LM task trains on the response tokens, picks the epoch by the held-out loss and reports the evaluation
+    split's loss; when its rows have a prompt and a response, also the exact match of greedy answers (the number after
+    ``####`` for GSM8K) on ``generate`` rows (default: all on a GPU, :data:`GENERATE_ROWS_CPU` on CPU; 0: none)."""
     import numpy as np
-    from transformers import DataCollatorWithPadding, TrainingArguments
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, TrainingArguments
 
     from autopeft.builder import model_info
     from autopeft.export import trainable
@@ -130,11 +179,22 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
     device = device or pick_device()
     task = task_of(data)
     info = model_info(model, task.num_labels)
-    n_all = len(task.train_labels)
+    n_all = task.n_train
     n = n_all if n_train is None else min(n_train, n_all)
     n_hold = min(HOLDOUT_MAX, int(HOLDOUT_FRACTION * n)) if n >= 100 else 0
     max_length = min(max_length, info.arch.max_positions)
     val_texts, val_labels = _validation(task)
+    if n_eval is not None:  # the first rows of the evaluation split (a quicker, coarser report)
+        if isinstance(n_eval, bool) or not isinstance(n_eval, int) or n_eval < 1:
+            raise ConfigError(f"--n-eval must be an integer >= 1, got {n_eval!r}")
+        val_texts = val_texts[:n_eval]
+        val_labels = val_labels[:n_eval] if val_labels is not None else None
+    if generate is not None and (isinstance(generate, bool) or not isinstance(generate, int) or generate < 0):
+        raise ConfigError(f"--generate must be an integer >= 0 (rows answered for exact match), got {generate!r}")
+    n_gen = 0
+    if task.is_lm and len(task.text_columns) == 2:
+        n_gen = min(len(val_texts), generate if generate is not None else
+                    (len(val_texts) if device == "cuda" else GENERATE_ROWS_CPU))
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output {out} is a file; pass a folder (new or from an earlier run) with -o")
@@ -143,6 +203,9 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
                                 device=device, eval_each_epoch=n_hold > 0, bf16=bf16, fp16=fp16,
                                 grad_accum=grad_accum, grad_ckpt=grad_ckpt, report_to=report_to, progress=progress,
                                 extra=training_args)
+        if task.is_lm:  # the epoch is picked by the held-out loss; logits (rows x tokens x vocabulary) are not kept
+            kw.update(metric_for_best_model="loss", greater_is_better=False, prediction_loss_only=True,
+                      per_device_eval_batch_size=(training_args or {}).get("per_device_eval_batch_size", batch_size))
         try:
             return TrainingArguments(**kw)
         except (ValueError, TypeError, ImportError, RuntimeError) as exc:  # a bad value, a missing --report-to tool
@@ -150,12 +213,14 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
                               f"{(str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]}") from None
 
     make_args(out / "checkpoints", seeds[0], 1)  # bad arguments end here, before any model is loaded or file written
-    scores, times, params = [], [], 0
+    scores, times, params, matches = [], [], 0, []
     for k, seed in enumerate(seeds):
         done_f = out / "seeds" / f"seed{seed}.json"
         if resume and done_f.is_file():  # finished before the interruption
             r = json.loads(done_f.read_text(encoding="utf-8"))
             scores.append(r["score"])
+            if r.get("exact_match") is not None:
+                matches.append(r["exact_match"])
             times.append(r["seconds"])
             params = r["params"]
             continue
@@ -164,9 +229,8 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
         tok, params = built.tokenizer, built.trainable_params
         idx = np.random.default_rng(seed).permutation(n_all)[:n].tolist()
         hold, fit = idx[:n_hold], idx[n_hold:]
-        train_ds = _rows(_encode(tok, [task.train_texts[i] for i in fit], max_length), [task.train_labels[i] for i in fit])
-        hold_ds = (_rows(_encode(tok, [task.train_texts[i] for i in hold], max_length), [task.train_labels[i] for i in hold])
-                   if hold else [])
+        train_ds = _dataset(task, tok, fit, max_length)
+        hold_ds = _dataset(task, tok, hold, max_length) if hold else []
         steps_per_epoch = -(-len(train_ds) // (batch_size * grad_accum))
         total = max(1, int(np.ceil(steps_per_epoch * epochs)))
         ckpt = out / "checkpoints" / f"seed{seed}"
@@ -176,32 +240,46 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
             logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
             return {"score": score_logits(task.metric, np.asarray(logits), pred.label_ids.tolist())}
 
+        collator = (DataCollatorForSeq2Seq(tok, label_pad_token_id=-100, padding=True) if task.is_lm
+                    else DataCollatorWithPadding(tok))
         trainer = _trainer_class()(
             model=built.model, args=args, train_dataset=train_ds, eval_dataset=hold_ds or None,
-            data_collator=DataCollatorWithPadding(tok), compute_metrics=metrics, optimizers=(built.optimizer(), None),
-            callbacks=built.callbacks or None)
+            data_collator=collator, compute_metrics=None if task.is_lm else metrics,
+            optimizers=(built.optimizer(), None), callbacks=built.callbacks or None)
         has_ckpt = ckpt.is_dir() and any(ckpt.glob("checkpoint-*"))
         trainer.train(resume_from_checkpoint=True if resume and has_ckpt else None)
         if any(not math.isfinite(h["loss"]) for h in trainer.state.log_history if "loss" in h):
             raise ConfigError(f"final training diverged (seed {seed}): a NaN or infinite loss; try a lower learning "
                               "rate (--training-args max_grad_norm=0.5 also helps)")
-        logits = predict_logits(built.model, _encode(tok, val_texts, max_length), 64, tok.pad_token_id or 0,
-                                next(built.model.parameters()).device)
-        score = score_logits(task.metric, logits, val_labels)
+        dev = next(built.model.parameters()).device
+        match = None
+        if task.is_lm:
+            score = lm_loss(built.model, encode_lm(tok, val_texts, max_length), batch_size, tok.pad_token_id or 0, dev)
+            if n_gen:
+                from autopeft.data import exact_match
+
+                rows = val_texts[:n_gen]
+                match = exact_match(generate_answers(built.model, tok, [r[0] for r in rows], dev), [r[1] for r in rows])
+                matches.append(match)
+        else:
+            logits = predict_logits(built.model, _encode(tok, val_texts, max_length), 64, tok.pad_token_id or 0, dev)
+            score = score_logits(task.metric, logits, val_labels)
         scores.append(score)
         times.append(time.perf_counter() - t0)
         if k == 0:
             save_trained(built, cand, out, model, task.num_labels)
         done_f.parent.mkdir(parents=True, exist_ok=True)
-        done_f.write_text(json.dumps({"score": score, "seconds": times[-1], "params": params,
+        done_f.write_text(json.dumps({"score": score, "exact_match": match, "seconds": times[-1], "params": params,
                                       "best_epoch_checkpoint": trainer.state.best_model_checkpoint,
                                       "log_history": trainer.state.log_history}) + "\n")
     result = {"summary": cand.summary(), "candidate": cand.to_dict(), "model": model, "task": data, "metric": task.metric,
-              "split": "validation", "seeds": list(seeds), "scores": scores, "mean": statistics.fmean(scores),
+              "split": _split_name(task), "seeds": list(seeds), "scores": scores, "mean": statistics.fmean(scores),
               "std": statistics.pstdev(scores) if len(scores) > 1 else 0.0, "params": params,
-              "n_train": n, "holdout": n_hold,
+              "n_train": n, "holdout": n_hold, "n_eval": len(val_texts),
               "epochs": epochs, "seconds": times, "saved_seed": seeds[0], "saved_score": scores[0], "device": device,
               "trainer": "transformers.Trainer"}
+    if matches:
+        result.update({"exact_match": matches, "exact_match_mean": statistics.fmean(matches), "generated_rows": n_gen})
     (out / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return result
 

@@ -238,7 +238,8 @@ class ProgressBar:
         self.bar.n = min(len(comp), self.total)
         if comp:
             Y = np.array([to_max(self.objectives, t.values) for t in comp])
-            self.bar.set_postfix(best=f"{max(t.values[0] for t in comp):.3f}", front=int(non_dominated(Y).sum()))
+            best = comp[int(np.argmax(Y[:, 0]))].values[0]  # the highest score, or the lowest loss
+            self.bar.set_postfix(best=f"{best:.3f}", front=int(non_dominated(Y).sum()))
         self.bar.refresh()
 
     def close(self) -> None:

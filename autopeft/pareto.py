@@ -1,9 +1,9 @@
 """Pareto fronts and hypervolumes in autopeft's objective space.
 
-Objectives are turned into "maximise" coordinates: the task score as is; trainable parameters,
+Objectives are turned into "maximise" coordinates: the task score as is, a causal-LM task's loss negated; trainable parameters,
 memory and time as ``-log10`` (they span orders of magnitude).  The reference point is fixed
 per study (stored in its attributes): score at the constant majority-class predictor's value
-(chance), parameters at the base model's full count, memory at full fine-tuning's measured
+(chance; for a loss, the untrained model's), parameters at the base model's full count, memory at full fine-tuning's measured
 memory, time at 10x the first trial's.  Points below the reference add nothing.
 """
 
@@ -14,7 +14,9 @@ from typing import Sequence
 
 import numpy as np
 
-DIRECTIONS = {"score": "maximize", "params": "minimize", "memory": "minimize", "time": "minimize"}
+DIRECTIONS = {"score": "maximize", "loss": "minimize", "params": "minimize", "memory": "minimize", "time": "minimize"}
+#: the objectives that measure the task (objective 0 of a study): a score (classification) or a loss (causal LM)
+TASK_OBJECTIVES = ("score", "loss")
 OBJECTIVES = tuple(DIRECTIONS)
 
 
@@ -24,6 +26,8 @@ def to_max(objectives: Sequence[str], values: Sequence[float]) -> list[float]:
     for name, v in zip(objectives, values):
         if name == "score":
             out.append(float(v))
+        elif name == "loss":
+            out.append(-float(v))
         else:
             out.append(-math.log10(max(float(v), 1e-12)))
     return out

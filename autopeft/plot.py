@@ -122,7 +122,7 @@ def plot_study(res: Any, out_dir: str | Path) -> dict[str, Path]:
                 ax.annotate(s.split(" |")[0], (xi, yi), fontsize=7, xytext=(4, -10), textcoords="offset points")
         _axis(ax.xaxis, ax.set_xscale, x, counts=ax is axes[0])
         ax.set_xlabel(xl)
-        ax.set_ylabel(f"{metric} (held-out search split)")
+        ax.set_ylabel(f"{metric} (held-out search split{', lower is better' if metric == 'loss' else ''})")
         ax.grid(alpha=0.3)
         cb = fig.colorbar(sc, ax=ax, label="memory (MiB)" if ax is axes[0] else "trainable parameters")
         if ax is not axes[0]:

@@ -135,6 +135,10 @@ class Proposer:
         if self.index.holds(cand.key, trial.number):
             self.store.reject(trial, DUPLICATE, "candidate already evaluated in this study")
             self.rejections += 1
+        elif params <= 0:  # e.g. "head only" on a causal-LM task, which has no classification head
+            self.store.reject(trial, INFEASIBLE, "it trains no parameter (this task has no classification head)")
+            self.index.add(trial.number, cand.key)
+            self.rejections += 1
         elif mp is not None and params > mp:
             self.store.reject(trial, INFEASIBLE, f"{params} trainable params > budget {mp:.0f}")
             self.index.add(trial.number, cand.key)

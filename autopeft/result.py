@@ -55,11 +55,11 @@ class SearchResult:
             return []
         Y = np.array([to_max(self.objectives, t.values) for t in comp])
         mask = non_dominated(Y)
-        return sorted([t for t, m in zip(comp, mask) if m], key=lambda t: -t.values[0])
+        return sorted([t for t, m in zip(comp, mask) if m], key=lambda t: -to_max(self.objectives[:1], t.values[:1])[0])
 
     @property
     def pareto_front(self) -> Any:
-        """One row per non-dominated complete trial, best score first."""
+        """One row per non-dominated complete trial, best score (lowest loss) first."""
         import pandas as pd
 
         rows = []
@@ -93,7 +93,7 @@ class SearchResult:
                 raise StudyError(f"study {self.name!r} has no completed trial yet")
             raise StudyError(f"no completed trial of study {self.name!r} fits the budget "
                              f"(max params {max_params}, max memory {max_memory})")
-        return max(feas, key=lambda t: (t.values[0], -t.user_attrs.get(A.PARAMS, 0)))
+        return max(feas, key=lambda t: (to_max(self.objectives[:1], t.values[:1])[0], -t.user_attrs.get(A.PARAMS, 0)))
 
     def best_config(self, max_params: Any = None, max_memory: Any = None) -> "FoundConfig":
         """The highest-scoring complete configuration within the budgets (on the Pareto front whenever the
@@ -123,6 +123,14 @@ class SearchResult:
                            f"{float(chance):.3f}; best {best:.3f}), so this front only ranks parameter counts and memory: "
                            "start a new study (--study NAME) with longer trials and higher learning rates, e.g. "
                            "--n-train 2000 --epochs 3 --batch-size 32 --lr-scale 3, or rank by --metric auc")
+        if chance is not None and "loss" in objectives and comp:
+            i = objectives.index("loss")
+            best = min(float(t.values[i]) for t in comp)
+            if best >= float(chance) - 1e-3:
+                out.append(f"none of the {len(comp)} complete trials lowered the loss below the untrained model's "
+                           f"({float(chance):.4f}; best {best:.4f}), so this front only ranks parameter counts and "
+                           "memory: start a new study (--study NAME) with more rows or epochs (--n-train, --epochs) or "
+                           "a higher --lr-scale")
         return out
 
     def __repr__(self) -> str:

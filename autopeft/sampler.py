@@ -37,7 +37,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autopeft.candidate import Candidate
 from autopeft.errors import AutoPeftError
-from autopeft.pareto import to_max
+from autopeft.pareto import TASK_OBJECTIVES, to_max
 from autopeft.space import BoundSpace
 
 CostFn = Callable[[Candidate], float]
@@ -150,8 +150,8 @@ class CostAwareEHVISampler(BaseSampler):
         n_candidates: int = 1024,
         seed: int | None = None,
     ) -> None:
-        if objectives[0] != "score":
-            raise ValueError("objective 0 must be the task score")
+        if objectives[0] not in TASK_OBJECTIVES:
+            raise ValueError("objective 0 must be the task's score or loss")
         self.space = space
         self.objectives = list(objectives)
         self.ref = np.asarray(ref_point, dtype=float)
@@ -208,7 +208,8 @@ class CostAwareEHVISampler(BaseSampler):
         return v
 
     def _feasible_params(self, c: Candidate) -> bool:
-        return self.max_params is None or self._params(c) <= self.max_params
+        p = self._params(c)
+        return p > 0 and (self.max_params is None or p <= self.max_params)  # 0: nothing would train
 
     # ------------------------------------------------------------------ proposing
     def history(self, study: Study, trial: FrozenTrial | None = None) -> list[tuple[FrozenTrial, Candidate]]:
@@ -259,7 +260,7 @@ class CostAwareEHVISampler(BaseSampler):
     def _bo_candidate(self, done: list[tuple[Candidate, list[float]]], pending: list[Candidate], seen: _Seen) -> Candidate:
         L = self.space.num_layers
         X = np.stack([self.space.encode(c) for c, _ in done])
-        y = np.array([v[0] for _, v in done])
+        y = np.array([to_max(self.objectives[:1], v[:1])[0] for _, v in done])  # a loss enters negated
         # known-cost models: params exact; memory / time by ridge on exact features
         cost_models: dict[str, _Ridge] = {}
         for j, name in enumerate(self.objectives):

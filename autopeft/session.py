@@ -52,8 +52,10 @@ class Search:
         self.identity = {A.MODEL: model_label, A.TASK: task_id,
                          A.SPACE: self.space_def.name, A.SPACE_HASH: space_hash(self.space_def.raw)}
         self.workers = c.workers or os.cpu_count() or 1
+        #: the study's objectives: "score" is the task's loss on a causal-LM task (minimised)
+        self.objectives = [("loss" if o == "score" and self.task.is_lm else o) for o in c.objectives]
         #: a line for the user when their fidelity options switched a preset off (None if not)
-        self.fidelity_note = fidelity_note(c.fidelity, self._trials_on_gpu())
+        self.fidelity_note = fidelity_note(c.fidelity, self._trials_on_gpu(), self.task.is_lm)
         self.store = StudyStore(self.name, self.storage_url)
         self.executor: Any = None
         self.fidelity: Fidelity | None = None
@@ -108,7 +110,7 @@ class Search:
         if c.fidelity and Fidelity(**{**stored, **c.fidelity}).to_dict() != stored:
             raise StudyError(f"study {self.name!r} was run with fidelity {stored}; "
                              "resume it with the same fidelity or pass another --study name")
-        if list(c.objectives) != ua[A.OBJECTIVES] and list(c.objectives) != ["score", "params", "memory"]:
+        if self.objectives != ua[A.OBJECTIVES] and list(c.objectives) != ["score", "params", "memory"]:
             raise StudyError(f"study {self.name!r} has objectives {ua[A.OBJECTIVES]}; resume with the same objectives")
 
     def _trials_on_gpu(self) -> bool:
@@ -122,7 +124,7 @@ class Search:
     def _new_meta(self) -> dict[str, Any]:
         """The attributes of a new study, its reference point measured by a trial the executor runs."""
         c = self.config
-        fid = default_fidelity(c.fidelity, self._trials_on_gpu())
+        fid = default_fidelity(c.fidelity, self._trials_on_gpu(), self.task.is_lm)
         spec = TrialSpec(trial_id=-1, candidate=_reference_candidate().to_dict(), fidelity=fid.to_dict(),
                          purpose=REFERENCE, threads=0, **self._spec_fields())
         res = self.executor.run_one(spec) if self.executor is not None else self.reference_runner(spec, c.ray, c.runner)
@@ -130,11 +132,11 @@ class Search:
             raise StudyError(f"measuring the study's reference point (full fine-tuning's memory) failed: {res.reason}")
         chance, full_mib = float(res.score), res.memory_bytes / 2**20
         ref = []
-        for o in c.objectives:
-            ref.append({"score": chance, "params": -math.log10(self.info.base_params), "memory": -math.log10(full_mib),
+        for o in self.objectives:
+            ref.append({"score": chance, "loss": -chance, "params": -math.log10(self.info.base_params), "memory": -math.log10(full_mib),
                         "time": -math.log10(3600.0)}[o])  # time: one hour per trial
         return {A.TASK_NAME: self.task.name, A.METRIC: self.task.metric, A.METRIC_REASON: self.task.metric_reason,
-                A.NUM_LABELS: self.task.num_labels, A.OBJECTIVES: list(c.objectives), A.REF_POINT: ref,
+                A.NUM_LABELS: self.task.num_labels, A.OBJECTIVES: list(self.objectives), A.REF_POINT: ref,
                 A.FIDELITY: fid.to_dict(), A.BASE_PARAMS: self.info.base_params, A.HEAD_PARAMS: self.info.head_params,
                 A.NUM_LAYERS: self.info.arch.num_layers, A.FULL_MEMORY_MIB: full_mib, A.CHANCE_SCORE: chance,
                 A.SPACE_DEF: self.space_def.raw, A.SEED: c.seed}
@@ -163,8 +165,9 @@ class Search:
         fid = self.fidelity.to_dict()
         proposer = Proposer(store, self.bound, lambda cand: count_params(cand, info), info.base_params,
                             self._spec_fields(), fid, c.fault)
-        callbacks: list[Any] = [CollapseWarning(float(meta[A.REF_POINT][0]), self.task.metric, self.task.num_labels,
-                                                c.n_startup, fid, warned=False)]
+        callbacks: list[Any] = [] if self.task.is_lm else [
+            CollapseWarning(float(meta[A.REF_POINT][0]), self.task.metric, self.task.num_labels, c.n_startup, fid,
+                            warned=False)]
         self.bar = None
         if c.progress:
             from autopeft.loop import ProgressBar

@@ -26,7 +26,7 @@ SCHEMA_VERSION = 1
 HEARTBEAT_S = float(os.environ.get("AUTOPEFT_HEARTBEAT_S", "10"))
 GRACE_S = float(os.environ.get("AUTOPEFT_GRACE_S", "30"))
 ADOPT_WAIT_S = 10.0  # how long to wait for another driver to finish creating an empty study before adopting it
-METRIC_LABELS = {"score": "score", "params": "trainable params", "memory": "memory (MiB)", "time": "time (s)"}
+METRIC_LABELS = {"score": "score", "loss": "loss", "params": "trainable params", "memory": "memory (MiB)", "time": "time (s)"}
 
 
 class A:
@@ -349,7 +349,7 @@ class StudyStore:
         constraints: dict[str, float] = {}
         values: list[float] | None = None
         if res.status == OK:
-            values = [{"score": res.score, "params": float(res.params), "memory": res.memory_bytes / 2**20,
+            values = [{"score": res.score, "loss": res.score, "params": float(res.params), "memory": res.memory_bytes / 2**20,
                        "time": res.wall_s}[o] for o in self.objectives]
             state = TrialState.COMPLETE
         else:

@@ -48,6 +48,44 @@ def _encode(tok: Any, texts: Sequence[tuple[str, ...]], max_length: int) -> list
     return enc
 
 
+def encode_lm(tok: Any, texts: Sequence[tuple[str, ...]], max_length: int) -> dict[str, list[list[int]]]:
+    """Causal-LM rows -> ``input_ids``, ``attention_mask`` and ``labels`` (-100 where no loss is taken).
+
+    (prompt, response) rows: the prompt in the tokenizer's chat template as a user turn when it has one (else the
+    prompt and a newline), the response after it, then end-of-sequence; only the response tokens carry a loss.  A
+    prompt too long for ``max_length`` loses its start (at least half the length stays for the response).  (text,)
+    rows are trained on whole.  Rows left with no token to predict are dropped."""
+    template = bool(getattr(tok, "chat_template", None))
+    eos = tok.eos_token or ""
+    out: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": []}
+    for row in texts:
+        if len(row) == 1:
+            ids = tok(row[0] + eos, add_special_tokens=True)["input_ids"][:max_length]
+            labels = list(ids)
+        else:
+            prompt, response = row[0], row[1]
+            if template:
+                user = [{"role": "user", "content": prompt}]
+                p_text = tok.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+                full = tok.apply_chat_template(user + [{"role": "assistant", "content": response}], tokenize=False)
+                r_text = full[len(p_text):] if full.startswith(p_text) else response + eos
+                p_ids = tok(p_text, add_special_tokens=False)["input_ids"]
+            else:
+                p_ids = tok(prompt + "\n", add_special_tokens=True)["input_ids"]
+                r_text = response + eos
+            r_ids = tok(r_text, add_special_tokens=False)["input_ids"]
+            keep = max(max_length - len(r_ids), max_length // 2, 1)
+            p_ids = p_ids[-keep:] if len(p_ids) > keep else p_ids
+            ids = (p_ids + r_ids)[:max_length]
+            labels = ([-100] * len(p_ids) + r_ids)[:max_length]
+        if len(ids) < 2 or all(x == -100 for x in labels[1:]):
+            continue
+        out["input_ids"].append(ids)
+        out["attention_mask"].append([1] * len(ids))
+        out["labels"].append(labels)
+    return out
+
+
 def length_grouped_order(enc: Any, bs: int, rng: np.random.Generator, group: int = 16) -> list[int]:
     """A random order in which each batch holds rows of similar length (less padding), as HF's
     ``group_by_length``: shuffle, sort by length inside chunks of ``group`` batches, shuffle the batches."""
@@ -63,36 +101,41 @@ def length_grouped_order(enc: Any, bs: int, rng: np.random.Generator, group: int
     return [i for b in (batches[j] for j in rng.permutation(len(batches))) for i in b]
 
 
-def _batches(enc: Any, labels: Sequence[int], order: Sequence[int], bs: int, pad_id: int) -> Iterator[dict[str, torch.Tensor]]:
-    keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in enc]
+def _batches(enc: Any, labels: Sequence[int] | None, order: Sequence[int], bs: int,
+             pad_id: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Padded batches in ``order``: class ``labels`` per row, or (``None``) the per-token labels ``enc`` holds
+    (causal LM; padding gets -100, no loss)."""
+    keys = [k for k in ("input_ids", "token_type_ids", "attention_mask", "labels") if k in enc]
     for s in range(0, len(order), bs):
         idx = order[s:s + bs]
         L = max(len(enc["input_ids"][i]) for i in idx)
         batch = {}
         for k in keys:
-            fill = pad_id if k == "input_ids" else 0
+            fill = pad_id if k == "input_ids" else -100 if k == "labels" else 0
             batch[k] = torch.tensor([enc[k][i] + [fill] * (L - len(enc[k][i])) for i in idx], dtype=torch.long)
-        batch["labels"] = torch.tensor([labels[i] for i in idx], dtype=torch.long)
+        if labels is not None:
+            batch["labels"] = torch.tensor([labels[i] for i in idx], dtype=torch.long)
         yield batch
 
 
 # ----------------------------------------------------------------------------- memory
 def measure_memory(model: torch.nn.Module, batch_size: int, max_length: int, vocab_hint: int,
-                   trainable_bytes: int, has_token_types: bool) -> int:
+                   trainable_bytes: int, has_token_types: bool, lm: bool = False) -> int:
     """Training memory in bytes for one max-length batch, without training.
 
     = bytes of all weights + 3 x trainable bytes (gradients and AdamW's two moments) + bytes of
     the activations autograd saves for backward.  Saved activations are counted exactly with
     ``saved_tensors_hooks`` (de-duplicated by storage; parameters excluded) on batches of 1 and 2
     max-length sequences and extrapolated linearly to ``batch_size`` (activations are linear in
-    the batch), which costs two tiny forward passes.
+    the batch), which costs two tiny forward passes.  For a causal LM (``lm``) the forward takes labels, so the loss's
+    saved log-probabilities over the vocabulary (often the largest activation of a small decoder) are counted.
     """
-    fixed, per_row = memory_parts(model, max_length, vocab_hint, trainable_bytes, has_token_types)
+    fixed, per_row = memory_parts(model, max_length, vocab_hint, trainable_bytes, has_token_types, lm)
     return int(fixed + per_row * batch_size)
 
 
 def memory_parts(model: torch.nn.Module, max_length: int, vocab_hint: int, trainable_bytes: int,
-                 has_token_types: bool) -> tuple[int, int]:
+                 has_token_types: bool, lm: bool = False) -> tuple[int, int]:
     """(bytes independent of the batch, bytes per max-length row) of training memory; see :func:`measure_memory`."""
     params = list(model.parameters())
     weight_bytes = sum(p.numel() * p.element_size() for p in params)
@@ -120,6 +163,8 @@ def memory_parts(model: torch.nn.Module, max_length: int, vocab_hint: int, train
         kw: dict[str, torch.Tensor] = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         if has_token_types:
             kw["token_type_ids"] = torch.zeros_like(ids)
+        if lm:
+            kw["labels"] = ids
         was_training = model.training
         model.train()
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -189,7 +234,7 @@ def _run(spec: TrialSpec, t0: float) -> TrialResult:
     model = built.model
     trainable_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     fixed, per_row = memory_parts(model, max_len, int(getattr(base.config, "vocab_size", 30000)), trainable_bytes,
-                                  "token_type_ids" in tok.model_input_names)
+                                  "token_type_ids" in tok.model_input_names, task.is_lm)
     memory = fixed + per_row * fid.memory_batch_size
     if spec.max_memory is not None and memory > spec.max_memory:
         return TrialResult(spec.trial_id, INFEASIBLE, params=built.trainable, memory_bytes=memory,
@@ -197,11 +242,14 @@ def _run(spec: TrialSpec, t0: float) -> TrialResult:
                            reason=f"memory {memory / 2**20:.1f} MiB > budget {spec.max_memory / 2**20:.1f} MiB")
     train_idx, eval_idx = search_split(task, fid.n_train, fid.n_eval, spec.seed)
     tr_texts = [task.train_texts[i] for i in train_idx]
-    tr_labels = [task.train_labels[i] for i in train_idx]
     ev_texts = [task.train_texts[i] for i in eval_idx]
-    ev_labels = [task.train_labels[i] for i in eval_idx]
-    tr_enc = _encode(tok, tr_texts, max_len)
-    ev_enc = _encode(tok, ev_texts, max_len)
+    tr_labels: list[int] | None = None
+    if task.is_lm:
+        tr_enc, ev_enc = encode_lm(tok, tr_texts, max_len), encode_lm(tok, ev_texts, max_len)
+    else:
+        tr_labels = [task.train_labels[i] for i in train_idx]
+        ev_labels = [task.train_labels[i] for i in eval_idx]
+        tr_enc, ev_enc = _encode(tok, tr_texts, max_len), _encode(tok, ev_texts, max_len)
     pad_id = tok.pad_token_id or 0
 
     model.to(device)
@@ -215,7 +263,14 @@ def _run(spec: TrialSpec, t0: float) -> TrialResult:
     train_s = time.perf_counter() - t_train
     if device.type == "cuda":  # measured peak at the trial's batch, moved to the memory batch by the exact per-row count
         memory = int(torch.cuda.max_memory_allocated(device)) + per_row * (fid.memory_batch_size - fid.batch_size)
-    score = score_logits(task.metric, predict_logits(model, ev_enc, fid.batch_size * 2, pad_id, device), ev_labels)
+    if task.is_lm:  # logits are rows x tokens x vocabulary: score at the trial's batch, not twice it
+        score = lm_loss(model, ev_enc, fid.batch_size, pad_id, device)
+    else:
+        score = score_logits(task.metric, predict_logits(model, ev_enc, fid.batch_size * 2, pad_id, device), ev_labels)
+    if not math.isfinite(score):
+        return TrialResult(spec.trial_id, FAILED, params=built.trainable, memory_bytes=memory, metric=task.metric,
+                           reason=f"the search split's {task.metric} is not finite (diverged; try a lower learning rate)",
+                           wall_s=time.perf_counter() - t0, steps=step)
     return TrialResult(spec.trial_id, OK, score=float(score), params=built.trainable, memory_bytes=memory,
                        wall_s=time.perf_counter() - t0, train_s=train_s, metric=task.metric, steps=step, loss=last_loss)
 
@@ -230,26 +285,33 @@ def _reference(spec: TrialSpec, fid: Fidelity, t0: float) -> TrialResult:
     task = task_of(spec.data)
     info = model_info(spec.model, task.num_labels, spec.trust_remote_code)
     _, ev = search_split(task, fid.n_train, fid.n_eval, spec.seed)
-    chance = float(chance_score(task.metric, [task.train_labels[i] for i in ev]))
     base, tok = load_base(spec.model, task.num_labels, spec.trust_remote_code)
+    max_len = min(fid.max_length, info.arch.max_positions)
+    if task.is_lm:  # the untrained model's loss on the search split: what a config must improve on
+        device = _pick_device(spec.device)
+        chance = lm_loss(base.to(device), encode_lm(tok, [task.train_texts[i] for i in ev], max_len), fid.batch_size,
+                         tok.pad_token_id or 0, device)
+        base.to("cpu")
+    else:
+        chance = float(chance_score(task.metric, [task.train_labels[i] for i in ev]))
     full = build_model(Candidate.from_dict(spec.candidate), base, info)
     tb = sum(p.numel() * p.element_size() for p in full.model.parameters() if p.requires_grad)
-    max_len = min(fid.max_length, info.arch.max_positions)
     mem = measure_memory(full.model, fid.memory_batch_size, max_len, int(base.config.vocab_size), tb,
-                         "token_type_ids" in tok.model_input_names)
+                         "token_type_ids" in tok.model_input_names, task.is_lm)
     return TrialResult(spec.trial_id, OK, score=chance, params=full.trainable, memory_bytes=mem, metric=task.metric,
                        wall_s=time.perf_counter() - t0)
 
 
-def train_loop(built: Any, enc: Any, labels: Sequence[int], fid: Fidelity, seed: int, device: torch.device,
+def train_loop(built: Any, enc: Any, labels: Sequence[int] | None, fid: Fidelity, seed: int, device: torch.device,
                pad_id: int, fault: str | None = None) -> tuple[int, float, str | None]:
     """AdamW with per-method learning rates, linear warm-up (6%) and decay, dynamic padding.
 
     Returns (steps, last loss, failure reason or None).  Sparsity masks are re-applied after every step.
+    ``labels`` None: a causal-LM encoding that holds its own per-token labels.
     """
     model = built.model
     rng = np.random.default_rng(seed)
-    steps_per_epoch = math.ceil(len(labels) / fid.batch_size)
+    steps_per_epoch = math.ceil(len(enc["input_ids"]) / fid.batch_size)
     total_steps = max(1, int(math.ceil(steps_per_epoch * fid.epochs)))
     warmup = max(1, int(0.06 * total_steps))
     groups = [{**g, "lr": g["lr"] * fid.lr_scale} for g in built.param_groups]
@@ -298,6 +360,27 @@ def predict_logits(model: torch.nn.Module, enc: Any, bs: int, pad_id: int, devic
             out[order[pos:pos + len(logits)]] = logits
             pos += len(logits)
     return out if out is not None else np.zeros((0, 1), dtype=np.float32)
+
+
+def lm_loss(model: torch.nn.Module, enc: Any, bs: int, pad_id: int, device: torch.device) -> float:
+    """Mean cross-entropy per predicted token (labels not -100) over a causal-LM encoding (the search metric
+    ``loss``): summed over every token of every row, then divided once, so long rows weigh by their tokens."""
+    model.eval()
+    n = len(enc["input_ids"])
+    if n == 0:
+        raise AutoPeftError("no evaluation row has a token to predict; use a larger --n-eval or --max-length")
+    order = sorted(range(n), key=lambda i: len(enc["input_ids"][i]))
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in _batches(enc, None, order, max(1, bs), pad_id):
+            labels = batch.pop("labels").to(device)
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+            shift = labels[:, 1:]
+            total += float(torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]).float(), shift.reshape(-1), ignore_index=-100,
+                reduction="sum"))
+            count += int((shift != -100).sum())
+    return total / max(count, 1)
 
 
 def score_logits(metric: str, logits: "np.ndarray[Any, Any]", labels: Sequence[int]) -> float:

@@ -32,7 +32,9 @@ def print_front(res: Any, fmt: str, all_trials: bool = False) -> None:
     else:
         with pd.option_context("display.max_rows", 500, "display.max_colwidth", 70, "display.width", 200,
                                "display.float_format", "{:.4g}".format):
-            title = "All trials" if all_trials else f"Pareto front ({res.meta.get('metric')} on the held-out search split)"
+            m = res.meta.get("metric")
+            title = "All trials" if all_trials else (f"Pareto front ({m} on the held-out search split"
+                                                     f"{', lower is better' if m == 'loss' else ''})")
             print(title)
             print(front_table(df, res.objectives).to_string(index=False) if len(df) else "(no completed trials yet)")
             for w in res.warnings:

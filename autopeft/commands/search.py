@@ -9,10 +9,10 @@ from typing import Any
 
 from autopeft.commands._args import positive_float, positive_int, seed, study_args
 from autopeft.commands._output import print_front
-from autopeft.config import DEFAULT_SPACE, METRICS
+from autopeft.config import DEFAULT_SPACE, METRICS, TASK_TYPES
 
 #: options passed to the API under the same name
-_SAME = ("model", "task", "data_dir", "train_file", "validation_file", "text_columns", "label_column", "metric", "space",
+_SAME = ("model", "task", "data_dir", "train_file", "validation_file", "text_columns", "label_column", "metric", "task_type", "space",
          "sampler", "storage", "objectives", "max_params", "max_memory", "n_train", "n_eval", "epochs", "max_length",
          "batch_size", "memory_batch_size", "lr_scale", "workers", "executor", "seed", "timeout", "trial_timeout",
          "max_failures", "n_startup", "trust_remote_code")
@@ -31,6 +31,8 @@ def add(sub: Any) -> None:
     s.add_argument("--validation-file")
     s.add_argument("--text-columns", help="comma-separated text columns (default: inferred)")
     s.add_argument("--label-column", help="label column (default: inferred)")
+    s.add_argument("--task-type", choices=TASK_TYPES, help="classification or causal-lm (default: inferred: no label "
+                   "column but a prompt/response pair such as GSM8K's question/answer, or one text column, is causal-lm)")
     s.add_argument("--metric", choices=METRICS, help="task metric (default: GLUE's for the task, else from the labels); "
                                                      "auc (binary tasks): threshold-free, for tasks where short trials "
                                                      "predict only the majority class")
@@ -92,13 +94,14 @@ def run(args: argparse.Namespace) -> int:
             sys.stderr.flush()
     task = s.task
     print(f"autopeft: study {s.name!r} in {s.storage_url}", file=sys.stderr)
-    print(f"autopeft: task {task.name} ({len(task.train_labels)} train rows, {task.num_labels} labels), "
+    what = "causal LM" if task.is_lm else f"{task.num_labels} labels"
+    print(f"autopeft: task {task.name} ({task.n_train} train rows, {what}), "
           f"metric {task.metric} ({task.metric_reason}); space {s.space_def.name} ({s.bound.size} encoded dims); "
           f"sampler {args.sampler}; {s.workers} worker(s); fidelity {s.fidelity.to_dict()}", file=sys.stderr)
     if s.fidelity_note and not s.resumed:
         print(f"autopeft: note: {s.fidelity_note}", file=sys.stderr)
     if task.embedded:
-        print(f"autopeft: data: the demo copy of {task.name} shipped with autopeft ({len(task.train_labels):,} training "
+        print(f"autopeft: data: the demo copy of {task.name} shipped with autopeft ({task.n_train:,} training "
               "rows); pass --data-dir with the full task (or --task glue/sst2 for the Hugging Face hub)", file=sys.stderr)
     res = s.run()
     if s.stop_reason == "timeout":

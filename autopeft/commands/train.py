@@ -26,6 +26,12 @@ def add(sub: Any) -> None:
     t.add_argument("--batch-size", type=positive_int, default=32, help="batch size (default 32)")
     t.add_argument("--text-columns", help="comma-separated text columns (default: inferred)")
     t.add_argument("--label-column", help="label column (default: inferred)")
+    t.add_argument("--task-type", choices=("classification", "causal-lm"), help="default: inferred from the columns")
+    t.add_argument("--n-eval", type=positive_int, help="score only the first N rows of the evaluation split "
+                   "(default: all)")
+    t.add_argument("--generate", type=int, default=None, metavar="ROWS",
+                   help="causal LM: evaluation rows answered greedily for exact match (default: all on a GPU, 100 on "
+                        "CPU; 0: none)")
     t.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2 (default 0)")
     t.add_argument("-o", "--output", required=True, help="directory to save the trained model in")
     g = t.add_argument_group("transformers Trainer")
@@ -56,11 +62,15 @@ def run(args: argparse.Namespace) -> int:
     res = api.train(args.config, args.output, model=args.model, task=task, data_dir=args.data_dir,
                     train_file=args.train_file, validation_file=args.validation_file, metric=args.metric,
                     epochs=args.epochs, n_train=args.n_train, max_length=args.max_length, batch_size=args.batch_size,
-                    seeds=seeds, text_columns=args.text_columns, label_column=args.label_column, device=args.device,
+                    seeds=seeds, text_columns=args.text_columns, label_column=args.label_column,
+                    task_type=args.task_type, device=args.device,
                     bf16=args.bf16, fp16=args.fp16, grad_accum=args.gradient_accumulation_steps,
                     grad_ckpt=args.gradient_checkpointing, resume=args.resume, report_to=args.report_to,
-                    training_args=training_args(args.training_args), progress=not args.no_progress)
-    print(f"{res['summary']}: {res['metric']} on validation {res['mean']:.4f} ± {res['std']:.4f} over seeds {seeds} "
+                    training_args=training_args(args.training_args), progress=not args.no_progress,
+                    generate=args.generate, n_eval=args.n_eval)
+    em = (f"; exact match {res['exact_match_mean']:.4f} on {res['generated_rows']} {res['split']} rows"
+          if "exact_match" in res else "")
+    print(f"{res['summary']}: {res['metric']} on {res['split']} {res['mean']:.4f} ± {res['std']:.4f}{em} over seeds {seeds} "
           f"({res.get('n_train', '?')} training rows, {res.get('holdout', 0)} of them held out to pick the epoch; on "
           f"{res.get('device', 'cpu')}); saved to {args.output}")
     return 0
