@@ -194,7 +194,8 @@ def remap_layers(cand: Candidate, src_layers: int, dst_layers: int) -> Candidate
 
 
 def front_seeds(ref: str, default_url: str | None, this: tuple[str, str], num_layers: int) -> tuple[list[Seed], str]:
-    """The other study's front (best score first) mapped to ``num_layers`` layers, and a line saying what was read.
+    """The other study's front (best score first) mapped to ``num_layers`` layers (labelled ``--warm-start NAME trial
+    N``), and a line saying what was read.
     ``default_url``: where NAME is looked for without ``@URL`` (this search's ``--storage``; None: NAME's default)."""
     from autopeft.config import split_ref
     from autopeft.result import SearchResult
@@ -210,7 +211,7 @@ def front_seeds(ref: str, default_url: str | None, this: tuple[str, str], num_la
     if not front:
         raise ConfigError(f"--warm-start {name}: the study has no complete trial yet, so no front to start from")
     seeds = [Seed(remap_layers(Candidate.from_dict(t.user_attrs[A.CANDIDATE]), src_layers, num_layers),
-                  f"--warm-start {name} trial {t.number}", f"warm-start:{name}#{t.number}") for t in front]
+                  f"--warm-start {ref} trial {t.number}", f"warm-start:{name}#{t.number}") for t in front]
     mapped = "" if src_layers == num_layers else f", layers mapped by relative depth from {src_layers} to {num_layers}"
     return seeds, (f"--warm-start {name}: {len(front)} front configs of {res.meta.get(A.MODEL)} on "
                    f"{res.meta.get(A.TASK_NAME)} ({res.meta.get(A.METRIC)}{mapped})")
@@ -218,11 +219,11 @@ def front_seeds(ref: str, default_url: str | None, this: tuple[str, str], num_la
 
 # ----------------------------------------------------------------------------- resolving
 def resolve(entries: Sequence[tuple[str, Any]], warm: Sequence[Seed], bound: Any, count: Callable[[Candidate], int],
-            max_params: float | None) -> tuple[list[Seed], list[str]]:
+            max_params: float | None, warm_start: str | None = None) -> tuple[list[Seed], list[str]]:
     """The seeds to queue, in order (explicit entries, then the warm start's front), and notes for the user.
 
     Explicit entries outside the space or over ``max_params`` raise :class:`ConfigError`; baselines and the warm
-    start's front leave them out with a note (and raise if none fits)."""
+    start's front (``warm``, read from study ``warm_start``) leave them out with a note (and raise if none fits)."""
     from autopeft.methods import baseline_candidates
 
     seeds: list[Seed] = []
@@ -238,9 +239,9 @@ def resolve(entries: Sequence[tuple[str, Any]], warm: Sequence[Seed], bound: Any
             why = f"{count(cand):,} trainable params > --max-params {max_params:,.0f}"
         if why is not None:
             raise ConfigError(f"{where} ({cand.summary()}): {why}")
-        seeds.append(Seed(cand, where, "enqueue:" + where.removeprefix("--enqueue ")))
+        seeds.append(Seed(cand, where, "enqueue:" + where.removeprefix("--enqueue ").removeprefix("enqueue ")))
     if warm:
-        seeds += _fitting(list(warm), warm[0].label.rsplit(" trial ", 1)[0], bound, count, max_params, notes)
+        seeds += _fitting(list(warm), f"--warm-start {warm_start}", bound, count, max_params, notes)
     return seeds, notes
 
 

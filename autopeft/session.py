@@ -97,7 +97,8 @@ class Search:
         if c.warm_start:
             warm, line = front_seeds(c.warm_start, c.storage, (self.name, self.storage_url), self.info.arch.num_layers)
             lines.append(line)
-        seeds, notes = resolve(entries, warm, self.bound, lambda cand: count_params(cand, self.info), self.max_params)
+        seeds, notes = resolve(entries, warm, self.bound, lambda cand: count_params(cand, self.info), self.max_params,
+                               c.warm_start)
         for line in lines + [f"note: {n}" for n in notes]:
             print(f"autopeft: {line}", file=sys.stderr)
         return seeds
