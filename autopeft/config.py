@@ -97,6 +97,10 @@ class SearchConfig:
     #: one line per finished trial on stderr (above the progress bar when there is one); the CLI turns it on
     trial_lines: bool = False
     trust_remote_code: bool = False
+    #: configs evaluated first (:mod:`autopeft.seeding`): files, export folders, ``baselines``, candidate dicts
+    enqueue: tuple[Any, ...] = ()
+    #: another study (``NAME`` or ``NAME@STORAGE_URL``) whose Pareto front is evaluated first
+    warm_start: str | None = None
     #: the function that runs a trial, ``module:function`` (benchmarks: ``autopeft.executors.simulated:run``)
     runner: str = "autopeft.trial:run_trial"
     #: fault injection for tests: trial number -> fault string of its spec
@@ -122,7 +126,9 @@ class SearchConfig:
             opts["objectives"] = tuple(o.strip() for o in obj.split(",") if o.strip()) if isinstance(obj, str) else tuple(obj)
         else:
             opts.pop("objectives", None)
-        for k in ("executor", "sampler", "space"):
+        if "enqueue" in opts:
+            opts["enqueue"] = _enqueue_sources(opts["enqueue"])
+        for k in ("executor", "sampler", "space", "warm_start"):
             if opts.get(k) is None:
                 opts.pop(k, None)
         cfg = cls(data=data_spec_dict(**data), fidelity=fid, ray=ray, **opts)
@@ -167,6 +173,10 @@ class SearchConfig:
             raise ConfigError(f"--gpus-per-trial must be a finite number >= 0, got {gpus!r}")
         if self.executor == "ray-tune" and self.trial_timeout is not None:
             raise ConfigError("--trial-timeout is not supported with --executor ray-tune; use --executor ray")
+        if self.warm_start is not None:
+            if not isinstance(self.warm_start, str):
+                raise ConfigError(f"--warm-start must be a study name or NAME@STORAGE_URL, got {self.warm_start!r}")
+            split_ref(self.warm_start)
         from autopeft.contract import Fidelity
 
         Fidelity(**{**Fidelity().to_dict(), **self.fidelity})  # the user's keys alone must be valid
@@ -182,6 +192,38 @@ class SearchConfig:
         if self.executor in ("ray", "ray-tune"):
             return float(self.ray.get("gpus_per_trial") or 0) > 0
         return None
+
+
+def split_ref(ref: str) -> tuple[str, str | None]:
+    """``--warm-start``'s ``NAME`` or ``NAME@STORAGE_URL`` (a study name has no ``@``: the first one splits)."""
+    from autopeft.storage import check_name
+
+    name, at, url = str(ref).partition("@")
+    if at and not url:
+        raise ConfigError(f"--warm-start {str(ref)[:60]!r}: give NAME or NAME@STORAGE_URL")
+    check_name(name)
+    return name, url or None
+
+
+def _enqueue_sources(value: Any) -> tuple[Any, ...]:
+    """``--enqueue``'s sources: a comma-separated string, or a list of paths, ``baselines`` and (API) candidates
+    (dicts, or :class:`~autopeft.candidate.Candidate` objects)."""
+    if value is None:
+        return ()
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(f"enqueue must be a path, 'baselines', or a list of paths and configs, got {type(value).__name__}")
+    out: list[Any] = []
+    for v in items:
+        if hasattr(v, "to_dict") and hasattr(v, "key"):  # a Candidate
+            v = v.to_dict()
+        if isinstance(v, (str, os.PathLike)) and str(v).strip():
+            out.append(str(v).strip())
+        elif isinstance(v, dict):
+            out.append(v)
+        elif not (isinstance(v, str) and isinstance(value, str)):  # an empty piece of "a.yaml,,b.yaml" is skipped
+            raise ConfigError(f"enqueue: each item must be a path, 'baselines' or a config mapping, got {str(v)[:60]!r}")
+    return tuple(out)
 
 
 def data_spec_dict(task: str | None = "sst2", data_dir: str | None = None, train_file: str | None = None,

@@ -34,6 +34,9 @@ class Search:
             print(f"autopeft: warning: --trust-remote-code: the code shipped with model {c.model!r} will run",
                   file=sys.stderr)
         self.space_def = SearchSpace.load(c.space)
+        from autopeft.seeding import read_sources
+
+        entries = read_sources(c.enqueue)  # a bad --enqueue file fails before any model loads
         self.task = task_of(c.data)
         self.info = model_info(c.model, self.task.num_labels, c.trust_remote_code)
         self._drop_unsupported_methods()
@@ -46,6 +49,8 @@ class Search:
         if self.max_params is not None and self.max_params < self.info.head_params:
             raise ConfigError(f"--max-params {self.max_params:.6g} is below the {self.info.head_params:,} parameters of the "
                               "classification head, which every configuration trains; raise the budget")
+        #: configs to run first (--enqueue, --warm-start), checked against the space and budget; queued by build()
+        self.seeds = self._resolve_seeds(entries)
         task_id = {k: v for k, v in c.data.items() if v is not None and k != "data_dir"}
         if self.task.embedded:  # the demo copy is another sample of the task: never resumed as the full one
             task_id["data"] = "autopeft demo copy"
@@ -83,6 +88,22 @@ class Search:
             print(f"autopeft: note: method {m} left out of space {self.space_def.name!r} for model {self.info.model}: "
                   f"{w}", file=sys.stderr)
         self.space_def = self.space_def.without_methods(list(bad))
+
+    def _resolve_seeds(self, entries: list[tuple[str, Any]]) -> list[Any]:
+        import sys
+
+        from autopeft.builder import count_params
+        from autopeft.seeding import front_seeds, resolve
+
+        c, warm, lines = self.config, [], []
+        if c.warm_start:
+            warm, line = front_seeds(c.warm_start, c.storage, (self.name, self.storage_url), self.info.arch.num_layers)
+            lines.append(line)
+        seeds, notes = resolve(entries, warm, self.bound, lambda cand: count_params(cand, self.info), self.max_params,
+                               c.warm_start)
+        for line in lines + [f"note: {n}" for n in notes]:
+            print(f"autopeft: {line}", file=sys.stderr)
+        return seeds
 
     # ------------------------------------------------------------------ opening
     def open(self) -> "Search":
@@ -165,6 +186,7 @@ class Search:
         fid = self.fidelity.to_dict()
         proposer = Proposer(store, self.bound, lambda cand: count_params(cand, info), info.base_params,
                             self._spec_fields(), fid, c.fault)
+        self._queue_seeds(proposer)
         callbacks: list[Any] = [] if self.task.is_lm else [
             CollapseWarning(float(meta[A.REF_POINT][0]), self.task.metric, self.task.num_labels, c.n_startup, fid,
                             warned=False)]
@@ -180,6 +202,18 @@ class Search:
             callbacks.append(TrialLog(self.task.metric, self.bar))
         loop = SearchLoop(store, proposer, StopPolicy(c.n_trials, c.max_failures, c.timeout), callbacks)
         return proposer, loop
+
+    def _queue_seeds(self, proposer: Any) -> None:
+        """Queue this search's seeds and a killed driver's unfinished queued configs, less what the study holds."""
+        import sys
+
+        from autopeft.seeding import describe, queue, requeue
+
+        trials = self.store.trials()
+        proposer.index.refresh(trials)
+        queued = queue(self.store, self.bound, [*requeue(trials), *self.seeds], lambda key: proposer.index.holds(key, -1))
+        if queued:
+            print(f"autopeft: {describe(queued)}", file=sys.stderr)
 
     def run(self) -> Any:
         """Run until the study holds ``n_trials`` complete trials (or a stop); return its SearchResult."""

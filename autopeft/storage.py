@@ -52,6 +52,7 @@ class A:
     METRIC = "metric"
     MEMORY_MIB = "memory_mib"
     SCORE = "score"
+    SEEDED_BY = "seeded_by"  # a queued config's source: enqueue:FILE entry N, baseline:NAME, warm-start:STUDY#TRIAL
     HEARTBEAT = "autopeft_heartbeat"  # a system attribute (journal storages; autopeft.backends.HEARTBEAT_ATTR)
     # study
     SCHEMA = "autopeft_schema"
@@ -308,6 +309,13 @@ class StudyStore:
         trial.set_user_attr(A.FIDELITY, fidelity)
         if self.max_params is not None:
             trial.set_constraint("max_params", float(params - self.max_params))
+
+    def enqueue(self, params: dict[str, Any], cand: Any, source: str) -> None:
+        """Queue a config to run before any proposal (a WAITING trial with fixed params; see :mod:`autopeft.seeding`),
+        carrying its candidate and key (so de-duplication counts it as held while it waits) and its source."""
+        with optuna_quiet():
+            self.study.enqueue_trial(params, user_attrs={A.CANDIDATE: cand.to_dict(), A.CANDIDATE_KEY: cand.key,
+                                                         A.SUMMARY: cand.summary(), A.SEEDED_BY: source})
 
     def reject(self, trial: Any, status: str, reason: str) -> None:
         """A proposal not trained: a duplicate or over the parameter budget (stored as PRUNED)."""

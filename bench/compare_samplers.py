@@ -28,6 +28,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -52,8 +53,9 @@ def table_model(meta: dict) -> str | None:
 
 
 def run_one(sampler_name: str, seed: int, cands: list, vals: np.ndarray, meta: dict, space: str, n_trials: int,
-            n_startup: int, surrogate: tuple | None = None) -> tuple[list[float], float, int]:
-    """One replayed search; ``surrogate`` = (TableSurrogate, ExactCosts) answers every proposal (else: the pool)."""
+            n_startup: int, surrogate: tuple | None = None, first: Sequence = ()) -> tuple[list[float], float, int]:
+    """One replayed search; ``surrogate`` = (TableSurrogate, ExactCosts) answers every proposal (else: the pool).
+    ``first``: candidates queued before the sampler's proposals, as ``--enqueue``/``--warm-start`` queue them."""
     import optuna
     from optuna.trial import TrialState, create_trial
 
@@ -70,6 +72,8 @@ def run_one(sampler_name: str, seed: int, cands: list, vals: np.ndarray, meta: d
     info = model_info(table_model(meta), 2)
     sampler = make_sampler(sampler_name, seed, b, objectives, ref, lambda c: count_params(c, info), n_startup=n_startup)
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
+    for c in first:
+        study.enqueue_trial(b.optuna_params(c))
     used: set[int] = set()
     hv, ys = [], []
     t_ask = 0.0

@@ -45,7 +45,7 @@ def test_declarations_load_no_torch() -> None:
 
 
 _WRITES = {"set_user_attr", "set_trial_user_attr", "set_trial_system_attr", "set_constraint", "tell",
-           "set_trial_state_values", "set_metric_names", "set_system_attr"}
+           "set_trial_state_values", "set_metric_names", "set_system_attr", "enqueue_trial", "add_trial"}
 
 
 def test_only_the_storage_layer_writes_trials() -> None:

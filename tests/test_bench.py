@@ -55,6 +55,10 @@ def test_tabular_build_export_and_sampler_comparison(tiny_model: str, glue_dir: 
     assert m["median"]["random"] == part["median"]["random"]
     assert m["autopeft_trials_to_random_final"] is None or 1 <= m["autopeft_trials_to_random_final"] <= 5
     assert (tmp_path / "m.png").stat().st_size > 5000
+    # warm start on the replay: the source table's front is queued first (here the table warm-starts itself)
+    ws = _load("warm_start")
+    w = ws.main(["--table", str(csv), "--source", str(csv), "--space", "tiny", "--quick", "--protocol", "pool"])
+    assert w["queued"] >= 1 and len(w["median"]["warm"]) == len(w["median"]["cold"]) == 5
     # the surrogate protocol answers every proposal: costs exactly as the real trials recorded them
     sur = _load("surrogate")
     cands, vals, meta = cmp.load_table(csv)

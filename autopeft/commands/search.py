@@ -15,7 +15,7 @@ from autopeft.config import DEFAULT_SPACE, METRICS, TASK_TYPES
 _SAME = ("model", "task", "data_dir", "train_file", "validation_file", "text_columns", "label_column", "metric", "task_type", "space",
          "sampler", "storage", "objectives", "max_params", "max_memory", "n_train", "n_eval", "epochs", "max_length",
          "batch_size", "memory_batch_size", "lr_scale", "workers", "executor", "seed", "timeout", "trial_timeout",
-         "max_failures", "n_startup", "trust_remote_code")
+         "max_failures", "n_startup", "trust_remote_code", "enqueue", "warm_start")
 
 
 def add(sub: Any) -> None:
@@ -62,6 +62,11 @@ def add(sub: Any) -> None:
     s.add_argument("--trial-timeout", type=positive_float, help="fail a trial that runs longer than this (seconds)")
     s.add_argument("--max-failures", type=positive_int, default=5, help="stop after this many failed trials in a row")
     s.add_argument("--n-startup", type=positive_int, default=8, help="random trials before the model steers")
+    s.add_argument("--enqueue", help="configs to evaluate first, comma-separated: YAML/JSON files (a config like "
+                   "autopeft_candidate.json, a list of them, or the output of 'show --format json'), export folders, "
+                   "or 'baselines' (the hand-designed configs of the space's methods)")
+    s.add_argument("--warm-start", help="evaluate another study's Pareto front first (best score first), re-trained "
+                   "here: NAME (in --storage, or its default file) or NAME@STORAGE_URL")
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the hub (off by default)")
 
