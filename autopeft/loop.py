@@ -64,9 +64,12 @@ class SearchLoop:
     """Runs the trials of one search on an executor; the proposer and the store do the bookkeeping."""
 
     def __init__(self, store: StudyStore, proposer: Proposer, policy: StopPolicy,
-                 callbacks: list[Callable[[StudyStore, TrialResult], None]] | None = None) -> None:
+                 callbacks: list[Callable[[StudyStore, TrialResult], None]] | None = None,
+                 after_stale: Callable[[], None] | None = None) -> None:
         self.store, self.proposer, self.policy = store, proposer, policy
         self.callbacks = list(callbacks or [])
+        #: called when this loop failed a dead driver's trials (the session puts its queued configs back)
+        self.after_stale = after_stale
 
     # ------------------------------------------------------------------ steps shared with other drivers (Ray Tune)
     def needs_more(self) -> bool:
@@ -144,7 +147,8 @@ class SearchLoop:
                 # other drivers' trials fill the total: wait for them (or for their driver to be found dead)
                 time.sleep(0.5)
                 if time.monotonic() - last_hb >= HEARTBEAT_S / 2:
-                    self.store.fail_stale()
+                    if self.store.fail_stale() and self.after_stale is not None:
+                        self.after_stale()
                     last_hb = time.monotonic()
                 continue
             results = executor.wait(timeout=min(5.0, HEARTBEAT_S))

@@ -200,7 +200,8 @@ class Search:
             from autopeft.loop import TrialLog
 
             callbacks.append(TrialLog(self.task.metric, self.bar))
-        loop = SearchLoop(store, proposer, StopPolicy(c.n_trials, c.max_failures, c.timeout), callbacks)
+        loop = SearchLoop(store, proposer, StopPolicy(c.n_trials, c.max_failures, c.timeout), callbacks,
+                          after_stale=lambda: self._queue_seeds(proposer))
         return proposer, loop
 
     def _queue_seeds(self, proposer: Any) -> None:
