@@ -179,3 +179,35 @@ def test_real_smollm2_from_its_gguf(tmp_path_factory: pytest.TempPathFactory, mo
     loss.backward()
     grads = [p.grad for n, p in built.model.named_parameters() if p.requires_grad and "lora_B" in n]
     assert len(grads) == 60 and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+DECODERS = [f for f, (_, _, tok_from) in FAMILIES.items() if tok_from == "llama"]
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("family", DECODERS)
+def test_method_on_decoder_for_causal_lm(family: str, method: str, family_dirs: dict[str, str]) -> None:
+    """The causal-LM column of the table: the decoder with its own (tied, frozen) LM head, no classification head;
+    counts exact, one step on the next-token loss moves the method's tensors."""
+    path = family_dirs[family]
+    methods, layers, sparsity = METHODS[method]
+    cand = Candidate.make(methods, layers, sparsity)
+    info = model_info(path, 0)
+    base, tok = load_base(path, 0)
+    assert info.head_params == 0 and type(base).__name__.endswith("ForCausalLM")
+    built = build_model(cand, base, info, seed=0)
+    trainable = {n: p for n, p in built.model.named_parameters() if p.requires_grad}
+    masked = built.masks.masked_count() if built.masks is not None else 0
+    assert count_params(cand, info) == built.trainable == sum(p.numel() for p in trainable.values()) - masked
+    if "full" not in methods:
+        assert not any("lm_head" in n or "embed_tokens" in n or "modules_to_save" in n for n in trainable)
+    enc = tok(["a gripping and beautiful film", "dull"], padding=True, return_tensors="pt")
+    before = {n: p.detach().clone() for n, p in trainable.items()}
+    opt = torch.optim.AdamW(built.model.parameters(), lr=1e-2)
+    built.model.train()
+    loss = built.model(**enc, labels=enc["input_ids"]).loss
+    assert torch.isfinite(loss)
+    loss.backward()
+    opt.step()
+    moved = [n for n, p in trainable.items() if not torch.equal(p.detach(), before[n])]
+    assert len(moved) >= len(trainable) // 2, (family, method, sorted(set(trainable) - set(moved))[:5])

@@ -68,9 +68,10 @@ def run(args: argparse.Namespace) -> int:
                     grad_ckpt=args.gradient_checkpointing, resume=args.resume, report_to=args.report_to,
                     training_args=training_args(args.training_args), progress=not args.no_progress,
                     generate=args.generate, n_eval=args.n_eval)
-    em = (f"; exact match {res['exact_match_mean']:.4f} on {res['generated_rows']} {res['split']} rows"
+    split = res.get("split", "validation")
+    em = (f"; exact match {res['exact_match_mean']:.4f} on {res['generated_rows']} {split} rows"
           if "exact_match" in res else "")
-    print(f"{res['summary']}: {res['metric']} on {res['split']} {res['mean']:.4f} ± {res['std']:.4f}{em} over seeds {seeds} "
+    print(f"{res['summary']}: {res['metric']} on {split} {res['mean']:.4f} ± {res['std']:.4f}{em} over seeds {seeds} "
           f"({res.get('n_train', '?')} training rows, {res.get('holdout', 0)} of them held out to pick the epoch; on "
           f"{res.get('device', 'cpu')}); saved to {args.output}")
     return 0
