@@ -1,0 +1,103 @@
+"""SmolLM2-135M on GSM8K (issue 18): the configs a search found vs LoRA r=8 on q,v and LoRA r=32 on q,v (the peft
+method comparison's default), each trained by ``autopeft train``'s code path (transformers' Trainer) at one budget,
+scored on the first ``--n-eval`` rows of GSM8K's test split by loss and on ``--generate`` rows by exact match.
+
+Two configs train side by side, one thread each; every result is appended to ``--out`` (JSON lines) as it finishes,
+so the command resumes.  The budget is stated in the output: on this 2-core CPU it is far below a full GSM8K epoch.
+
+    python -m bench.llm_gsm8k run --study smollm2-gsm8k-lora --storage sqlite:///bench/tables/llm-gsm8k.db \\
+        --found 2 --n-train 256 --n-eval 100 --generate 30 --out bench/tables/llm-gsm8k-final.jsonl
+    python -m bench.llm_gsm8k report --out bench/tables/llm-gsm8k-final.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+DATA = str(Path(__file__).resolve().parents[1].parent / "shared" / "data")
+
+
+def _lora(r: int) -> dict[str, Any]:
+    return {"methods": {"lora": {"r": r, "targets": ["q", "v"], "alpha_ratio": 2.0, "dropout": 0.05}},
+            "layers": list(range(30))}
+
+
+def _one(label: str, cand: dict[str, Any], a: dict[str, Any]) -> dict[str, Any]:
+    import tempfile
+
+    from autopeft.candidate import Candidate
+    from autopeft.config import data_spec_dict
+    from autopeft.final import train_final
+
+    with tempfile.TemporaryDirectory() as d:
+        res = train_final(Candidate.from_dict(cand), "smollm2", data_spec_dict("gsm8k", a["data_dir"]), d,
+                          epochs=a["epochs"], n_train=a["n_train"], max_length=a["max_length"],
+                          batch_size=a["batch_size"], seeds=[0], threads=1, device="cpu", progress=False,
+                          n_eval=a["n_eval"], generate=a["generate"])
+    return {"label": label, "summary": res["summary"], "params": res["params"], "test_loss": res["mean"],
+            "exact_match": res.get("exact_match_mean"), "generated_rows": res.get("generated_rows"),
+            "seconds": res["seconds"][0], "budget": {k: a[k] for k in ("n_train", "epochs", "batch_size",
+                                                                           "max_length", "n_eval", "generate")}}
+
+
+def run(a: argparse.Namespace) -> None:
+    import optuna
+
+    from autopeft.storage import A, get_storage
+    from autopeft.result import SearchResult
+
+    study = optuna.load_study(study_name=a.study, storage=get_storage(a.storage, create=False))
+    res = SearchResult(study, a.storage)
+    configs = [("lora r=8 q,v", _lora(8)), ("lora r=32 q,v", _lora(32))]
+    for t in res.front_trials()[:a.found]:  # the lowest search losses first
+        configs.append((f"found #{t.number} (search loss {t.values[0]:.4f})", t.user_attrs[A.CANDIDATE]))
+    out = Path(a.out)
+    done = {json.loads(x)["label"] for x in out.read_text().splitlines()} if out.is_file() else set()
+    todo = [(lbl, c) for lbl, c in configs if lbl not in done]
+    budget = {"n_train": a.n_train, "epochs": a.epochs, "batch_size": a.batch_size, "max_length": a.max_length,
+              "n_eval": a.n_eval, "generate": a.generate, "data_dir": a.data_dir}
+    with ProcessPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+        futs = [pool.submit(_one, lbl, c, budget) for lbl, c in todo]
+        for f in futs:
+            r = f.result()
+            with out.open("a") as fh:
+                fh.write(json.dumps(r) + "\n")
+            print(json.dumps(r), flush=True)
+
+
+def report(a: argparse.Namespace) -> None:
+    rows = [json.loads(x) for x in Path(a.out).read_text().splitlines()]
+    print("| config | trainable params | test loss | exact match | seconds |\n|---|---:|---:|---:|---:|")
+    for r in rows:
+        em = "" if r["exact_match"] is None else f"{r['exact_match']:.3f} ({r['generated_rows']} rows)"
+        print(f"| {r['label']}: {r['summary']} | {r['params']:,} | {r['test_loss']:.4f} | {em} | {r['seconds']:.0f} |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--study", required=True)
+    r.add_argument("--storage", required=True)
+    r.add_argument("--found", type=int, default=2, help="front configs to train (lowest search loss first)")
+    r.add_argument("--n-train", type=int, default=256)
+    r.add_argument("--epochs", type=float, default=1.0)
+    r.add_argument("--batch-size", type=int, default=4)
+    r.add_argument("--max-length", type=int, default=256)
+    r.add_argument("--n-eval", type=int, default=100)
+    r.add_argument("--generate", type=int, default=30)
+    r.add_argument("--data-dir", default=DATA)
+    r.add_argument("--out", required=True)
+    rp = sub.add_parser("report")
+    rp.add_argument("--out", required=True)
+    a = p.parse_args()
+    run(a) if a.cmd == "run" else report(a)
+
+
+if __name__ == "__main__":
+    main()
