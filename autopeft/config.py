@@ -92,6 +92,8 @@ class SearchConfig:
     timeout: float | None = None
     trial_timeout: float | None = None
     max_failures: int = 5
+    #: stop early when every trial so far scored at the majority-class level (autopeft.loop.COLLAPSE_STOP_TRIALS)
+    collapse_stop: bool = True
     n_startup: int = 8
     progress: bool = False
     #: one line per finished trial on stderr (above the progress bar when there is one); the CLI turns it on
@@ -141,6 +143,8 @@ class SearchConfig:
             raise ConfigError(f"--trials must be an integer >= 1, got {n!r}")
         if not _is_int(self.max_failures) or self.max_failures < 1:
             raise ConfigError(f"--max-failures must be an integer >= 1, got {self.max_failures!r}")
+        if not isinstance(self.collapse_stop, bool):
+            raise ConfigError(f"collapse-stop must be true or false, got {self.collapse_stop!r}")
         if not _is_int(self.n_startup) or self.n_startup < 1:
             raise ConfigError(f"--n-startup must be an integer >= 1, got {self.n_startup!r}")
         if self.workers is not None and (not _is_int(self.workers) or self.workers < 1):

@@ -30,6 +30,7 @@ class StopPolicy:
         self.n_trials, self.max_failures, self.timeout = n_trials, max_failures, timeout
         self.t_start = time.monotonic()
         self.reason: str | None = None
+        self.message = ""  # why, for a stop the user must hear about (collapse)
         self.fails_in_row, self.last_failure = 0, ""
 
     def record(self, res: TrialResult) -> None:
@@ -160,6 +161,11 @@ class SearchLoop:
 #: warn when at least this fraction of the complete trials (and at least this many) score at the majority-class level
 COLLAPSE_FRACTION = 0.75
 COLLAPSE_MIN_TRIALS = 6
+#: stop the search when every one of at least this many complete trials (and two past the start-up design) is within
+#: COLLAPSE_STOP_MARGIN of the majority-class score (of the untrained model's loss, for a causal LM): the budget left
+#: would be spent on noise (issue 17: 20 of 20 trials at Matthews ~0, the last ones on the cheapest configs)
+COLLAPSE_STOP_TRIALS = 10
+COLLAPSE_STOP_MARGIN = 0.02
 
 
 class CollapseWarning:
@@ -169,19 +175,26 @@ class CollapseWarning:
     ranks parameter counts."""
 
     def __init__(self, chance: float, metric: str, num_labels: int, n_startup: int, fidelity: dict[str, Any],
-                 warned: bool) -> None:
+                 warned: bool, policy: StopPolicy | None = None) -> None:
         self.chance, self.metric, self.num_labels, self.n_startup = chance, metric, num_labels, n_startup
         self.fidelity, self.warned = fidelity, warned
+        #: set: stop the search (reason "collapse") once every trial is flat (see COLLAPSE_STOP_TRIALS)
+        self.policy = policy
+        self.lm = num_labels == 0  # a causal-LM task: flat = no lower loss than the untrained model's
+
+    def _flat(self, value: float, margin: float) -> bool:
+        return value >= self.chance - margin if self.lm else value <= self.chance + margin
 
     def __call__(self, store: StudyStore, result: TrialResult) -> None:
         from autopeft.storage import complete_trials
 
-        if self.warned or result.status != OK:
+        if result.status != OK:
             return
         comp = complete_trials(store.study)
-        if len(comp) < max(COLLAPSE_MIN_TRIALS, self.n_startup):
+        self._maybe_stop(store, comp)
+        if self.warned or self.lm or len(comp) < max(COLLAPSE_MIN_TRIALS, self.n_startup):
             return
-        flat = sum(1 for t in comp if t.values[0] <= self.chance + 1e-9)
+        flat = sum(1 for t in comp if self._flat(t.values[0], 1e-9))
         if flat < COLLAPSE_FRACTION * len(comp):
             return
         f = self.fidelity
@@ -194,6 +207,26 @@ class CollapseWarning:
         self.warned = True
         store.set_notice("collapse", "collapse: " + msg)
         print(f"autopeft: warning: {msg}", file=sys.stderr, flush=True)
+
+    def _maybe_stop(self, store: StudyStore, comp: list[Any]) -> None:
+        p = self.policy
+        if p is None or p.reason is not None or len(comp) < max(COLLAPSE_STOP_TRIALS, self.n_startup + 2):
+            return
+        if not all(self._flat(t.values[0], COLLAPSE_STOP_MARGIN) for t in comp):
+            return
+        f = self.fidelity
+        if self.lm:
+            what = f"lowered the loss by {COLLAPSE_STOP_MARGIN} below the untrained model's ({self.chance:.4f})"
+            how = f"--n-train {4 * f['n_train']} --lr-scale {2 * f['lr_scale']:g}"
+        else:
+            what = f"scored {COLLAPSE_STOP_MARGIN} above always predicting the majority class ({self.metric} {self.chance:.3f})"
+            how = (f"--n-train {max(2000, 2 * f['n_train'])} --batch-size 32 --lr-scale {max(3.0, 2 * f['lr_scale']):g}"
+                   + (" or --metric auc" if self.num_labels == 2 and self.metric != "auc" else ""))
+        p.reason = "collapse"
+        p.message = (f"stopped early: none of the {len(comp)} complete trials {what}, so the rest of the budget would "
+                     f"be spent on noise; start a new study (--study NAME) with longer trials, e.g. {how} "
+                     "(--no-collapse-stop runs the budget anyway)")
+        store.set_notice("collapse_stop", "collapse: " + p.message)
 
 
 class TrialLog:

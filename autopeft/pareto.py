@@ -45,6 +45,23 @@ def non_dominated(Y: np.ndarray) -> np.ndarray:
     return ~dominated
 
 
+def front_mask(Y: np.ndarray, groups: Sequence[str]) -> np.ndarray:
+    """:func:`non_dominated`, keeping one point per group: configurations that differ only in learning rate (one
+    ``groups`` value) have the same costs, so only the best score of them is a trade-off; the others would crowd the
+    front with copies of one structure (issue 17: three "head only" trials at chance, all on the front).  Ties keep the
+    first."""
+    Y = np.asarray(Y, dtype=float)
+    mask = non_dominated(Y)
+    best: dict[str, int] = {}
+    for i in np.flatnonzero(mask):
+        g = groups[i]
+        if g not in best or Y[i, 0] > Y[best[g], 0]:
+            best[g] = int(i)
+    out = np.zeros(len(Y), dtype=bool)
+    out[list(best.values())] = True
+    return out
+
+
 def hypervolume(Y: np.ndarray, ref: Sequence[float]) -> float:
     """Hypervolume of maximisation points ``Y`` above reference ``ref`` (exact, via botorch)."""
     import torch

@@ -9,14 +9,16 @@ from typing import Any, Mapping
 import numpy as np
 
 from autopeft.errors import AutoPeftError
-from autopeft.pareto import hypervolume, non_dominated, to_max
+from autopeft.pareto import front_mask, hypervolume, to_max
 from autopeft.storage import A
 
 
 def _points(res: Any) -> tuple[list[Any], np.ndarray, np.ndarray]:
     comp = res.complete_trials()
     Y = np.array([to_max(res.objectives, t.values) for t in comp]).reshape(-1, len(res.objectives))
-    mask = non_dominated(Y) if len(Y) else np.zeros(0, dtype=bool)
+    from autopeft.result import structure_key
+
+    mask = front_mask(Y, [structure_key(t) for t in comp]) if len(Y) else np.zeros(0, dtype=bool)
     return comp, Y, mask
 
 

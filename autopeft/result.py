@@ -8,8 +8,17 @@ import numpy as np
 
 from autopeft.candidate import Candidate
 from autopeft.errors import StudyError
-from autopeft.pareto import hypervolume, non_dominated, to_max
+from autopeft.pareto import front_mask, hypervolume, to_max
 from autopeft.storage import A
+
+
+def structure_key(trial: Any) -> str:
+    """A stored trial's configuration without its learning rate: trials with one key differ only in learning rate."""
+    import json
+
+    cand = dict(trial.user_attrs.get(A.CANDIDATE) or {})
+    cand.pop("lr_multiplier", None)
+    return json.dumps(cand, sort_keys=True) if cand else f"trial {trial.number}"
 
 
 class SearchResult:
@@ -54,7 +63,7 @@ class SearchResult:
         if not comp:
             return []
         Y = np.array([to_max(self.objectives, t.values) for t in comp])
-        mask = non_dominated(Y)
+        mask = front_mask(Y, [structure_key(t) for t in comp])
         return sorted([t for t, m in zip(comp, mask) if m], key=lambda t: -to_max(self.objectives[:1], t.values[:1])[0])
 
     @property

@@ -65,6 +65,7 @@ class Search:
         self.executor: Any = None
         self.fidelity: Fidelity | None = None
         self.stop_reason: str | None = None
+        self.stop_message = ""
         self.resumed = False  # whether open() found the study stored already
         #: for ``--executor ray-tune`` (set by :mod:`autopeft.api`): how to measure the reference point, and how to
         #: drive the loop, without an executor
@@ -187,9 +188,10 @@ class Search:
         proposer = Proposer(store, self.bound, lambda cand: count_params(cand, info), info.base_params,
                             self._spec_fields(), fid, c.fault)
         self._queue_seeds(proposer)
-        callbacks: list[Any] = [] if self.task.is_lm else [
-            CollapseWarning(float(meta[A.REF_POINT][0]), self.task.metric, self.task.num_labels, c.n_startup, fid,
-                            warned=False)]
+        policy = StopPolicy(c.n_trials, c.max_failures, c.timeout)
+        callbacks: list[Any] = [CollapseWarning(float(meta.get(A.CHANCE_SCORE, meta[A.REF_POINT][0])), self.task.metric, self.task.num_labels,
+                                                c.n_startup, fid, warned=False,
+                                                policy=policy if c.collapse_stop else None)]
         self.bar = None
         if c.progress:
             from autopeft.loop import ProgressBar
@@ -200,7 +202,7 @@ class Search:
             from autopeft.loop import TrialLog
 
             callbacks.append(TrialLog(self.task.metric, self.bar))
-        loop = SearchLoop(store, proposer, StopPolicy(c.n_trials, c.max_failures, c.timeout), callbacks,
+        loop = SearchLoop(store, proposer, policy, callbacks,
                           after_stale=lambda: self._queue_seeds(proposer))
         return proposer, loop
 
@@ -229,6 +231,7 @@ class Search:
                     loop.run(self.executor)
             finally:
                 self.stop_reason = loop.policy.reason
+                self.stop_message = loop.policy.message
                 if self.bar is not None:
                     self.bar.close()
         finally:

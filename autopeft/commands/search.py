@@ -15,7 +15,7 @@ from autopeft.config import DEFAULT_SPACE, METRICS, TASK_TYPES
 _SAME = ("model", "task", "data_dir", "train_file", "validation_file", "text_columns", "label_column", "metric", "task_type", "space",
          "sampler", "storage", "objectives", "max_params", "max_memory", "n_train", "n_eval", "epochs", "max_length",
          "batch_size", "memory_batch_size", "lr_scale", "workers", "executor", "seed", "timeout", "trial_timeout",
-         "max_failures", "n_startup", "trust_remote_code", "enqueue", "warm_start")
+         "max_failures", "collapse_stop", "n_startup", "trust_remote_code", "enqueue", "warm_start")
 
 
 def add(sub: Any) -> None:
@@ -61,6 +61,9 @@ def add(sub: Any) -> None:
     s.add_argument("--timeout", type=positive_float, help="stop cleanly after this many seconds")
     s.add_argument("--trial-timeout", type=positive_float, help="fail a trial that runs longer than this (seconds)")
     s.add_argument("--max-failures", type=positive_int, default=5, help="stop after this many failed trials in a row")
+    s.add_argument("--no-collapse-stop", dest="collapse_stop", action="store_false",
+                   help="run the whole budget even when every trial so far scored at the majority-class level (by "
+                        "default the search stops after 10 such trials and says how to make trials learn)")
     s.add_argument("--n-startup", type=positive_int, default=8, help="random trials before the model steers")
     s.add_argument("--enqueue", help="configs to evaluate first, comma-separated: YAML/JSON files (a config like "
                    "autopeft_candidate.json, a list of them, or the output of 'show --format json'), export folders, "
@@ -109,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"autopeft: data: the demo copy of {task.name} shipped with autopeft ({task.n_train:,} training "
               "rows); pass --data-dir with the full task (or --task glue/sst2 for the Hugging Face hub)", file=sys.stderr)
     res = s.run()
+    if s.stop_reason == "collapse":
+        print(f"autopeft: {s.stop_message}", file=sys.stderr)
     if s.stop_reason == "timeout":
         print("autopeft: stopped at --timeout; run the same command to continue", file=sys.stderr)
     print_front(res, "table")
