@@ -146,7 +146,7 @@ def test_no_process_outlives_a_killed_driver(tiny_model: str, glue_dir: Path, tm
     argv = [sys.executable, "-m", "autopeft.cli", "search", "--model", tiny_model, "--data-dir", str(glue_dir), "--space",
             "tiny", "--trials", "50", "--study", "orph", "--storage", f"sqlite:///{tmp_path / 'o.db'}", "--workers", "2",
             "--no-progress", "--n-train", "32", "--n-eval", "32", "--epochs", "1", "--max-length", "24",
-            "--batch-size", "16"]
+            "--batch-size", "16", "--no-collapse-stop"]  # one study over 10 runs: it must never stop by itself
     for i in range(10):
         mark = uuid.uuid4().hex
         proc = subprocess.Popen(argv, env={**os.environ, "AUTOPEFT_TEST_MARK": mark}, stdout=subprocess.DEVNULL,
