@@ -33,7 +33,7 @@ def _split_name(task: Any) -> str:
 
 
 #: rows of the evaluation split answered by generation for exact match on CPU (all of them on a GPU); ``generate``
-#: overrides it.  Greedy answers of SmolLM2-135M to GSM8K take about a second per row here.
+#: overrides it.  Greedy answers of SmolLM2-135M to GSM8K took 42 s for 8 rows here (one thread, batch 8, 256 new tokens).
 GENERATE_ROWS_CPU = 100
 MAX_NEW_TOKENS = 256
 
