@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 from autopeft.candidate import Candidate
 from autopeft.contract import ABANDONED, DUPLICATE, FAILED, INFEASIBLE, SURPLUS, TrialSpec
 from autopeft.errors import ConfigError, StudyError
-from autopeft.storage import A, StudyStore, optuna_quiet
+from autopeft.storage import A, StudyStore, finished_meanwhile, optuna_quiet
 
 #: proposals in a row that may be rejected (duplicates, over budget) before the search gives up
 MAX_REJECTIONS = 200
@@ -104,6 +104,9 @@ class Proposer:
         self.base_params, self.spec_fields, self.fidelity, self.fault = base_params, spec_fields, fidelity, fault
         self.index = CandidateIndex()
         self.pending: dict[int, tuple[Any, Candidate, float]] = {}
+        #: the trial being prepared (asked, not yet in flight): the heartbeat thread beats it too, since a sampler fit
+        #: can outlast the grace period on a loaded machine (CI: a live trial was failed as stale by another driver)
+        self.preparing: Any | None = None
         self.rejections = 0
 
     def ask(self) -> TrialSpec | None:
@@ -112,13 +115,21 @@ class Proposer:
         study = self.store.study
         with optuna_quiet():
             trial = study.ask()
+        self.preparing = trial
         try:
             return self._prepare(trial)
         except BaseException as exc:  # a bad proposal, Ctrl-C, a storage error
+            if finished_meanwhile(exc):
+                # another driver failed it as stale before it started (this driver stalled past the grace period):
+                # nothing was trained, nothing is lost; the next proposal goes on
+                self.pending.pop(trial.number, None)
+                return None
             if trial.number not in self.pending:
                 self.store.fail(trial, ABANDONED if isinstance(exc, KeyboardInterrupt) else FAILED,
                                 f"while preparing the trial: {type(exc).__name__}: {exc}")
             raise
+        finally:
+            self.preparing = None
 
     def _prepare(self, trial: Any) -> TrialSpec | None:
         self.store.heartbeat(trial)  # at once: a driver killed from here on leaves a trial resume can tell is stale
@@ -170,7 +181,9 @@ class Proposer:
         return entry[2] if entry is not None else None
 
     def heartbeat(self) -> None:
-        for trial, _, _ in list(self.pending.values()):
+        preparing = self.preparing
+        trials = [trial for trial, _, _ in list(self.pending.values())]
+        for trial in trials + ([preparing] if preparing is not None and preparing not in trials else []):
             try:
                 self.store.heartbeat(trial)
             except Exception:  # the trial finished meanwhile, or the storage hiccuped: the next beat retries

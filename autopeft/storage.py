@@ -318,12 +318,17 @@ class StudyStore:
                                                          A.SUMMARY: cand.summary(), A.SEEDED_BY: source})
 
     def reject(self, trial: Any, status: str, reason: str) -> None:
-        """A proposal not trained: a duplicate or over the parameter budget (stored as PRUNED)."""
+        """A proposal not trained: a duplicate or over the parameter budget (stored as PRUNED).  A trial another
+        driver failed as stale meanwhile stays failed (nothing was trained)."""
         from optuna.trial import TrialState
 
-        trial.set_user_attr(A.STATUS, status)
-        trial.set_user_attr(A.REASON, reason)
-        self.study.tell(trial, state=TrialState.PRUNED)
+        try:
+            trial.set_user_attr(A.STATUS, status)
+            trial.set_user_attr(A.REASON, reason)
+            self.study.tell(trial, state=TrialState.PRUNED)
+        except Exception as exc:
+            if not finished_meanwhile(exc):
+                raise
 
     def fail(self, trial: Any, status: str, reason: str) -> None:
         """Mark a trial failed (``FAILED``) or stopped (``ABANDONED``); never raises (storage may be gone: stale
@@ -369,13 +374,14 @@ class StudyStore:
                 trial.set_user_attr(k, v)
             for k, c in constraints.items():
                 trial.set_constraint(k, c)
-        except UpdateFinishedTrialError:
+            if values is not None:
+                self.study.tell(trial, values)
+            else:
+                self.study.tell(trial, state=state)
+        except (UpdateFinishedTrialError, ValueError) as exc:
+            if not finished_meanwhile(exc):
+                raise
             self._record_late(trial, attrs, constraints, values, state)
-            return
-        if values is not None:
-            self.study.tell(trial, values)
-        else:
-            self.study.tell(trial, state=state)
 
     def _record_late(self, trial: Any, attrs: dict[str, Any], constraints: dict[str, float],
                      values: list[float] | None, state: Any) -> None:
@@ -405,6 +411,15 @@ class StudyStore:
         return fail_stale(self.study)
 
 
+def finished_meanwhile(exc: BaseException) -> bool:
+    """Whether ``exc`` says a trial this driver still held was finished by someone else (another driver failed it as
+    stale): Optuna's ``UpdateFinishedTrialError`` from a write, or ``study.tell``'s "Cannot tell a FAIL trial"."""
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    return isinstance(exc, UpdateFinishedTrialError) or (isinstance(exc, ValueError)
+                                                         and str(exc).startswith("Cannot tell a "))
+
+
 def fail_stale(study: Any) -> list[int]:
     """See :meth:`StudyStore.fail_stale`."""
     from optuna.exceptions import UpdateFinishedTrialError
@@ -430,4 +445,5 @@ def fail_stale(study: Any) -> list[int]:
 
 __all__ = ["A", "StudyStore", "SCHEMA_VERSION", "HEARTBEAT_S", "GRACE_S", "REQUIRED_ATTRS", "DIRECTIONS", "OK",
            "FAILED", "INFEASIBLE", "ABANDONED", "DUPLICATE", "studies_dir", "default_storage", "sanitize", "space_hash",
-           "get_storage", "check_schema", "load_optuna_study", "list_studies", "complete_trials", "fail_stale"]
+           "get_storage", "check_schema", "load_optuna_study", "list_studies", "complete_trials", "fail_stale",
+           "finished_meanwhile"]

@@ -267,6 +267,48 @@ def test_a_busy_driver_keeps_its_trials_alive(tmp_path: Path, monkeypatch: pytes
     assert fail_stale(other) == [trial._trial_id]
 
 
+def test_a_trial_being_prepared_is_kept_alive_and_one_failed_meanwhile_is_dropped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sampler's fit happens after ``ask`` and before the trial is in flight: the heartbeat thread beats it too
+    (CI: 3 drivers on 2 cores, a fit outlasted the grace period and another driver failed the live trial, whose
+    driver then stopped on "Trial#N has already finished and can not be updated").  A trial failed meanwhile anyway
+    (a stall past the grace period) is dropped, and the driver asks again instead of stopping."""
+    from autopeft import storage as study_mod
+    from autopeft.candidate import Candidate
+    from autopeft.proposer import Proposer
+    from autopeft.storage import StudyStore, fail_stale, get_storage
+
+    monkeypatch.setattr(study_mod, "GRACE_S", 0.6)
+    url = f"journal://{tmp_path / 'prep.log'}"
+    s = optuna.create_study(study_name="prep", storage=get_storage(url))
+    store = StudyStore("prep", url)
+    store.study, store.max_params = s, None
+    other = optuna.load_study(study_name="prep", storage=get_storage(url, create=False))  # another driver
+
+    class SlowBound:
+        def __init__(self, fail_it: bool) -> None:
+            self.fail_it = fail_it
+
+        def suggest(self, trial: optuna.Trial) -> Candidate:
+            time.sleep(1.5)  # a slow sampler fit: 2.5 grace periods
+            if self.fail_it:
+                s._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # another driver got there
+            else:
+                assert fail_stale(other) == []
+            trial.suggest_int("x", 0, 3)
+            return Candidate.make({"lora": {"r": 4}}, [0])
+
+    prop = Proposer(store, SlowBound(False), lambda c: 10, 100, {"model": "m", "data": {}}, {})
+    with prop.heartbeats(0.1):
+        spec = prop.ask()
+    assert spec is not None and spec.trial_id in prop.pending
+    assert s.get_trials()[0].state == TrialState.RUNNING
+    prop.bound = SlowBound(True)
+    with prop.heartbeats(0.1):
+        assert prop.ask() is None  # no exception: the lost proposal is dropped
+    assert len(prop.pending) == 1 and s.get_trials()[1].state == TrialState.FAIL
+
+
 def test_a_result_whose_trial_was_failed_as_stale_is_kept(tmp_path: Path) -> None:
     """If another driver failed a trial as stale while it was still training, its result is stored as a new trial
     (not lost, no storage error); if the candidate has a complete trial by then, nothing is added."""
@@ -290,6 +332,18 @@ def test_a_result_whose_trial_was_failed_as_stale_is_kept(tmp_path: Path) -> Non
     # the same candidate again (another driver trained it meanwhile): kept once
     store.record(trials[0], TrialResult(trials[0].number, OK, score=0.6, params=120, memory_bytes=2**21, wall_s=1.5))
     assert len(s.get_trials(states=(TrialState.COMPLETE,))) == 1
+    # failed between its result's attributes and the tell: study.tell refuses ("Cannot tell a FAIL trial"); kept too
+    t = s.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    t.set_user_attr(A.CANDIDATE_KEY, "k3")
+    real_tell = s.tell
+
+    def tell_after_stale(trial: optuna.Trial, *a: object, **k: object) -> object:
+        s._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        return real_tell(trial, *a, **k)
+
+    s.tell = tell_after_stale  # type: ignore[method-assign]
+    store.record(t, TrialResult(t.number, OK, score=0.5, params=90, memory_bytes=2**21, wall_s=1.0))
+    assert sorted(tr.values[0] for tr in s.get_trials(states=(TrialState.COMPLETE,))) == [0.5, 0.7]
 
 
 def test_kill9_on_journal_storage_then_resume(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
