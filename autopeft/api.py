@@ -59,7 +59,8 @@ def search(model: str | None = None, task: str | None = "sst2", space: str = "lo
     ``metric``, ``task_type`` (classification or causal-lm; inferred); fidelity ``n_train``, ``n_eval``, ``epochs``, ``max_length``, ``batch_size``,
     ``memory_batch_size``, ``lr_scale``; ``objectives``, ``max_params``, ``max_memory``; ``workers``,
     ``executor`` (local, ray, ray-tune, inline) and for Ray ``address``, ``cpus_per_trial``, ``gpus_per_trial``,
-    ``num_cpus``; ``seed``, ``timeout``, ``trial_timeout``, ``max_failures``, ``collapse_stop`` (default True: stop after 10 trials all at the majority-class level), ``n_startup``, ``progress`` (default: a bar in a
+    ``num_cpus``; ``seed``, ``timeout``, ``trial_timeout``, ``max_failures``, ``collapse_stop`` (default True: stop after 10 trials all at the majority-class level), ``pruner`` (``"none"``
+    or ``"cost-sh"``: see :mod:`autopeft.pruner`), ``n_startup``, ``progress`` (default: a bar in a
     terminal or a notebook), ``trust_remote_code``; configs to run first: ``enqueue`` (paths, ``"baselines"``, config
     dicts or Candidates; see :mod:`autopeft.seeding`) and ``warm_start`` (``"NAME"`` or ``"NAME@STORAGE_URL"``).  ``trials`` and ``study`` are accepted for ``n_trials`` and ``study_name``."""
     return open_search(model=model, task=task, space=space, n_trials=n_trials, sampler=sampler, storage=storage,

@@ -94,6 +94,8 @@ class SearchConfig:
     max_failures: int = 5
     #: stop early when every trial so far scored at the majority-class level (autopeft.loop.COLLAPSE_STOP_TRIALS)
     collapse_stop: bool = True
+    #: early stopping on learning curves (:mod:`autopeft.pruner`): ``none`` or ``cost-sh``
+    pruner: str = "none"
     n_startup: int = 8
     progress: bool = False
     #: one line per finished trial on stderr (above the progress bar when there is one); the CLI turns it on
@@ -130,7 +132,7 @@ class SearchConfig:
             opts.pop("objectives", None)
         if "enqueue" in opts:
             opts["enqueue"] = _enqueue_sources(opts["enqueue"])
-        for k in ("executor", "sampler", "space", "warm_start"):
+        for k in ("executor", "sampler", "space", "warm_start", "pruner"):
             if opts.get(k) is None:
                 opts.pop(k, None)
         cfg = cls(data=data_spec_dict(**data), fidelity=fid, ray=ray, **opts)
@@ -145,6 +147,9 @@ class SearchConfig:
             raise ConfigError(f"--max-failures must be an integer >= 1, got {self.max_failures!r}")
         if not isinstance(self.collapse_stop, bool):
             raise ConfigError(f"collapse-stop must be true or false, got {self.collapse_stop!r}")
+        from autopeft.pruner import check_pruner
+
+        check_pruner(self.pruner)
         if not _is_int(self.n_startup) or self.n_startup < 1:
             raise ConfigError(f"--n-startup must be an integer >= 1, got {self.n_startup!r}")
         if self.workers is not None and (not _is_int(self.workers) or self.workers < 1):

@@ -22,6 +22,8 @@ DUPLICATE = "duplicate"
 #: a stored proposal that was not trained because the study already held ``n_trials`` running or complete trials
 #: (several drivers share one total)
 SURPLUS = "surplus"
+#: a trial the pruner stopped early (stored PRUNED with its last rung score and the reason; never proposed again)
+PRUNED = "pruned"
 
 #: what a spec asks the worker to do: a search trial, or the study's reference point (full fine-tuning's
 #: training memory and the chance score of the search split; nothing is trained)
@@ -135,6 +137,8 @@ class TrialSpec:
     purpose: str = SEARCH
     #: fault injection for tests: "raise", "nan", "exit", "sleep:<s>"; "simulate:<s>" is a simulated trial
     fault: str | None = None
+    #: early stopping: rungs and the cost peers' rung scores (:func:`autopeft.pruner.prune_spec`); None: train to the end
+    prune: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -156,6 +160,8 @@ class TrialResult:
     reason: str | None = None
     steps: int = 0
     loss: float | None = None
+    #: the learning curve: ``[fraction of training, step, search-split score]`` at each rung, then the final score
+    curve: list[list[float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any, Callable, Protocol
 
-from autopeft.contract import FAILED, OK, TrialResult
+from autopeft.contract import FAILED, OK, PRUNED, TrialResult
 from autopeft.errors import TrialsFailing
 from autopeft.executors.base import Executor
 from autopeft.proposer import Proposer
@@ -23,7 +23,8 @@ class Callback(Protocol):
 
 
 class StopPolicy:
-    """When a search stops: the study holds ``n_trials`` complete trials, ``max_failures`` failed in a row,
+    """When a search stops: the study holds ``n_trials`` evaluated trials (complete, or stopped early by the pruner),
+    ``max_failures`` failed in a row,
     ``timeout`` seconds passed, or the user interrupted.  ``reason`` says which (None: not stopped)."""
 
     def __init__(self, n_trials: int, max_failures: int, timeout: float | None) -> None:
@@ -39,7 +40,7 @@ class StopPolicy:
             self.last_failure = res.reason or "unknown"
             if self.fails_in_row >= self.max_failures:
                 self.reason = "failures"
-        elif res.status == OK:
+        elif res.status in (OK, PRUNED):
             self.fails_in_row = 0
 
     def timed_out(self) -> bool:
@@ -82,9 +83,8 @@ class SearchLoop:
         """(complete trials, running trials) of the whole study."""
         from optuna.trial import TrialState
 
-        trials = self.store.trials((TrialState.COMPLETE, TrialState.RUNNING))
-        n_complete = sum(t.state == TrialState.COMPLETE for t in trials)
-        return n_complete, len(trials) - n_complete
+        running = len(self.store.trials((TrialState.RUNNING,)))
+        return len(self.store.finished_trials()), running
 
     def ask(self) -> Any | None:
         """The next spec to run, or None (a rejected proposal, or one over the shared total)."""
@@ -94,14 +94,15 @@ class SearchLoop:
         if spec is None:
             return None
         # drivers asking at the same moment: the lowest trial numbers keep the places up to n_trials
-        ahead = [t for t in self.store.trials((TrialState.COMPLETE, TrialState.RUNNING)) if t.number < spec.trial_id]
+        ahead = [t for t in self.store.trials((TrialState.RUNNING,)) + self.store.finished_trials()
+                 if t.number < spec.trial_id]
         if len(ahead) >= self.policy.n_trials:
             self.proposer.withdraw(spec.trial_id, f"the study already had {self.policy.n_trials} trials running or complete")
             return None
         return spec
 
     def finished(self) -> bool:
-        return self.policy.finished(self.store.n_complete())
+        return self.policy.finished(len(self.store.finished_trials()))
 
     def complete(self, res: TrialResult) -> None:
         """Store a finished trial's result (through the store, the only writer) and tell the callbacks."""
@@ -272,7 +273,7 @@ class ProgressBar:
         from autopeft.storage import complete_trials
 
         comp = complete_trials(store.study)
-        self.bar.n = min(len(comp), self.total)
+        self.bar.n = min(len(store.finished_trials()), self.total)  # pruned trials count, as --trials counts them
         if comp:
             Y = np.array([to_max(self.objectives, t.values) for t in comp])
             best = comp[int(np.argmax(Y[:, 0]))].values[0]  # the highest score, or the lowest loss

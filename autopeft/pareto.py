@@ -76,3 +76,32 @@ def hypervolume(Y: np.ndarray, ref: Sequence[float]) -> float:
     if Y.shape[1] == 1:
         return float(Y.max() - ref_a[0])
     return float(Hypervolume(torch.as_tensor(ref_a, dtype=torch.double)).compute(torch.as_tensor(Y, dtype=torch.double)))
+
+def _G(z: np.ndarray) -> np.ndarray:
+    """G(z) = z (1 - Phi(z)) - phi(z); G(+inf) = 0."""
+    from scipy.special import ndtr
+
+    z = np.where(np.isposinf(z), 1e6, z)
+    phi = np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+    return z * (1.0 - ndtr(z)) - phi
+
+
+def closed_form_ehvi(mu: np.ndarray, sigma: np.ndarray, known: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """Expected hypervolume improvement when objective 0 is Gaussian and the others are known.
+
+    mu, sigma: (n,) posterior of objective 0 (maximisation). known: (n, m-1) known coordinates.
+    lower, upper: (c, m) cells of the non-dominated region. Returns (n,) EHVI.
+    """
+    if len(lower) == 0:
+        return np.zeros(len(mu))
+    w = np.ones((len(mu), len(lower)))
+    for k in range(known.shape[1]):
+        hi = np.minimum(upper[None, :, k + 1], known[:, k:k + 1])
+        w *= np.clip(hi - lower[None, :, k + 1], 0.0, None)
+    s = np.maximum(sigma, 1e-9)[:, None]
+    zu = (upper[None, :, 0] - mu[:, None]) / s
+    zl = (lower[None, :, 0] - mu[:, None]) / s
+    e = s * (_G(zu) - _G(zl))
+    return (w * np.clip(e, 0.0, None)).sum(1)
+
+

@@ -99,8 +99,11 @@ class Proposer:
 
     def __init__(self, store: StudyStore, bound: Any, count: Callable[[Candidate], int], base_params: int,
                  spec_fields: dict[str, Any], fidelity: dict[str, Any],
-                 fault: Callable[[int], str | None] | None = None) -> None:
+                 fault: Callable[[int], str | None] | None = None,
+                 prune_for: Callable[[int], dict[str, Any] | None] | None = None) -> None:
         self.store, self.bound, self.count = store, bound, count
+        #: a trial's early-stopping spec from its param count (:func:`autopeft.pruner.prune_spec`); None: no pruning
+        self.prune_for = prune_for
         self.base_params, self.spec_fields, self.fidelity, self.fault = base_params, spec_fields, fidelity, fault
         self.index = CandidateIndex()
         self.pending: dict[int, tuple[Any, Candidate, float]] = {}
@@ -158,7 +161,8 @@ class Proposer:
             self.rejections = 0
             self.index.add(trial.number, cand.key)
             spec = TrialSpec(trial_id=trial.number, candidate=cand.to_dict(), fidelity=dict(self.fidelity), threads=0,
-                             fault=self.fault(trial.number) if self.fault else None, **self.spec_fields)
+                             fault=self.fault(trial.number) if self.fault else None,
+                             prune=self.prune_for(params) if self.prune_for else None, **self.spec_fields)
             self.pending[trial.number] = (trial, cand, time.monotonic())
         if self.rejections >= MAX_REJECTIONS:
             raise StudyError(f"{MAX_REJECTIONS} proposals in a row were duplicates or over budget: the space is "

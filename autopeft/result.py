@@ -51,6 +51,8 @@ class SearchResult:
             for o, v in zip(self.objectives, t.values or [None] * len(self.objectives)):
                 row[o] = v
             if t.values is None:
+                if ua.get(A.SCORE) is not None:  # stopped early by the pruner: its last rung score
+                    row[self.objectives[0]] = ua.get(A.SCORE)
                 row["params"] = ua.get(A.PARAMS)
                 row["memory"] = ua.get(A.MEMORY_MIB)
             row.update({"trainable_pct": ua.get(A.TRAINABLE_PCT), "wall_s": ua.get(A.WALL_S), "sampler_s": ua.get(A.SAMPLER_S),

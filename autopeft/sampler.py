@@ -36,9 +36,11 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
 from autopeft.candidate import Candidate
+from autopeft.contract import PRUNED
 from autopeft.errors import AutoPeftError
-from autopeft.pareto import TASK_OBJECTIVES, to_max
+from autopeft.pareto import TASK_OBJECTIVES, closed_form_ehvi, to_max  # noqa: F401  (closed_form_ehvi: re-exported)
 from autopeft.space import BoundSpace
+from autopeft.storage import A
 
 CostFn = Callable[[Candidate], float]
 
@@ -105,34 +107,6 @@ class _Ridge:
         if self.w is None:
             return np.full(len(X), np.nan)
         return X @ self.w * self.sd + self.mu
-
-
-def _G(z: np.ndarray) -> np.ndarray:
-    """G(z) = z (1 - Phi(z)) - phi(z); G(+inf) = 0."""
-    from scipy.special import ndtr
-
-    z = np.where(np.isposinf(z), 1e6, z)
-    phi = np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
-    return z * (1.0 - ndtr(z)) - phi
-
-
-def closed_form_ehvi(mu: np.ndarray, sigma: np.ndarray, known: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
-    """Expected hypervolume improvement when objective 0 is Gaussian and the others are known.
-
-    mu, sigma: (n,) posterior of objective 0 (maximisation). known: (n, m-1) known coordinates.
-    lower, upper: (c, m) cells of the non-dominated region. Returns (n,) EHVI.
-    """
-    if len(lower) == 0:
-        return np.zeros(len(mu))
-    w = np.ones((len(mu), len(lower)))
-    for k in range(known.shape[1]):
-        hi = np.minimum(upper[None, :, k + 1], known[:, k:k + 1])
-        w *= np.clip(hi - lower[None, :, k + 1], 0.0, None)
-    s = np.maximum(sigma, 1e-9)[:, None]
-    zu = (upper[None, :, 0] - mu[:, None]) / s
-    zl = (lower[None, :, 0] - mu[:, None]) / s
-    e = s * (_G(zu) - _G(zl))
-    return (w * np.clip(e, 0.0, None)).sum(1)
 
 
 class CostAwareEHVISampler(BaseSampler):
@@ -235,17 +209,21 @@ class CostAwareEHVISampler(BaseSampler):
         seen = _Seen()
         done: list[tuple[Candidate, list[float]]] = []
         pending: list[Candidate] = []
+        stopped: list[tuple[Candidate, float]] = []
         for t, c in self.history(study, trial):
             seen.add(c)
             if t.state == TrialState.COMPLETE and t.values is not None:
                 done.append((c, list(t.values)))
             elif t.state in (TrialState.RUNNING, TrialState.WAITING):
                 pending.append(c)
+            elif (t.state == TrialState.PRUNED and t.user_attrs.get(A.STATUS) == PRUNED
+                  and isinstance(t.user_attrs.get(A.SCORE), (int, float))):
+                stopped.append((c, float(t.user_attrs[A.SCORE])))
         if len(done) < self.n_startup:
             cand = self._random_candidate(seen)
             self.last_info = {"mode": "random", "s": time.perf_counter() - t0}
             return cand
-        cand = self._bo_candidate(done, pending, seen)
+        cand = self._bo_candidate(done, pending, seen, stopped)
         self.last_info["s"] = time.perf_counter() - t0
         return cand
 
@@ -257,10 +235,17 @@ class CostAwareEHVISampler(BaseSampler):
                 return last
         return last  # the space is (nearly) exhausted; the driver skips a duplicate
 
-    def _bo_candidate(self, done: list[tuple[Candidate, list[float]]], pending: list[Candidate], seen: _Seen) -> Candidate:
+    def _bo_candidate(self, done: list[tuple[Candidate, list[float]]], pending: list[Candidate], seen: _Seen,
+                      stopped: Sequence[tuple[Candidate, float]] = ()) -> Candidate:
+        """``stopped``: trials the pruner stopped early, with their last rung score: the score model learns from
+        them (a score reached with part of the training: pessimistic, as they are), the front does not."""
         L = self.space.num_layers
         X = np.stack([self.space.encode(c) for c, _ in done])
         y = np.array([to_max(self.objectives[:1], v[:1])[0] for _, v in done])  # a loss enters negated
+        X_fit, y_fit = X, y
+        if stopped:
+            X_fit = np.concatenate([X, np.stack([self.space.encode(c) for c, _ in stopped])])
+            y_fit = np.concatenate([y, [to_max(self.objectives[:1], [v])[0] for _, v in stopped]])
         # known-cost models: params exact; memory / time by ridge on exact features
         cost_models: dict[str, _Ridge] = {}
         for j, name in enumerate(self.objectives):
@@ -281,7 +266,7 @@ class CostAwareEHVISampler(BaseSampler):
                     cols.append(-cost_models[name].predict(F))
             return np.stack(cols, 1) if cols else np.zeros((len(cands), 0))
 
-        gp = self._fit_gp(X, y)
+        gp = self._fit_gp(X_fit, y_fit)
         # candidate pool: random points, plus neighbours of the current front
         pool: dict[str, Candidate] = {}
         for _ in range(self.n_candidates):

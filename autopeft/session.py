@@ -186,7 +186,7 @@ class Search:
         store.study.sampler = sampler
         fid = self.fidelity.to_dict()
         proposer = Proposer(store, self.bound, lambda cand: count_params(cand, info), info.base_params,
-                            self._spec_fields(), fid, c.fault)
+                            self._spec_fields(), fid, c.fault, self._prune_for())
         self._queue_seeds(proposer)
         policy = StopPolicy(c.n_trials, c.max_failures, c.timeout)
         callbacks: list[Any] = [CollapseWarning(float(meta.get(A.CHANCE_SCORE, meta[A.REF_POINT][0])), self.task.metric, self.task.num_labels,
@@ -196,7 +196,7 @@ class Search:
         if c.progress:
             from autopeft.loop import ProgressBar
 
-            self.bar = ProgressBar(c.n_trials, store.n_complete(), self.name, store.objectives)
+            self.bar = ProgressBar(c.n_trials, len(store.finished_trials()), self.name, store.objectives)
             callbacks.append(self.bar)
         if c.trial_lines:
             from autopeft.loop import TrialLog
@@ -205,6 +205,18 @@ class Search:
         loop = SearchLoop(store, proposer, policy, callbacks,
                           after_stale=lambda: self._queue_seeds(proposer))
         return proposer, loop
+
+    def _prune_for(self) -> Any:
+        """The early-stopping spec of a trial with a given param count, from the study's finished trials."""
+        from autopeft.pareto import DIRECTIONS
+        from autopeft.pruner import prune_spec
+
+        name, store = self.config.pruner, self.store
+        if name == "none":
+            return None
+        direction = DIRECTIONS[store.objectives[0]]
+        n_eval = self.fidelity.n_eval
+        return lambda params: prune_spec(name, params, store.finished_trials(), direction, n_eval)
 
     def _queue_seeds(self, proposer: Any) -> None:
         """Queue this search's seeds and a killed driver's unfinished queued configs, less what the study holds."""

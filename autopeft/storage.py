@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from autopeft.contract import ABANDONED, DUPLICATE, FAILED, INFEASIBLE, OK, TrialResult
+from autopeft.contract import ABANDONED, DUPLICATE, FAILED, INFEASIBLE, OK, PRUNED, TrialResult
 from autopeft.errors import StudyError
 from autopeft.pareto import DIRECTIONS
 
@@ -52,6 +52,7 @@ class A:
     METRIC = "metric"
     MEMORY_MIB = "memory_mib"
     SCORE = "score"
+    CURVE = "curve"  # [[fraction of training, step, score], ...] at each rung and the end (autopeft.pruner)
     SEEDED_BY = "seeded_by"  # a queued config's source: enqueue:FILE entry N, baseline:NAME, warm-start:STUDY#TRIAL
     HEARTBEAT = "autopeft_heartbeat"  # a system attribute (journal storages; autopeft.backends.HEARTBEAT_ATTR)
     # study
@@ -287,6 +288,13 @@ class StudyStore:
 
         return len(self.trials((TrialState.COMPLETE,)))
 
+    def finished_trials(self) -> list[Any]:
+        """Trials that count toward ``n_trials``: complete, or stopped early by the pruner (evaluated configs)."""
+        from optuna.trial import TrialState
+
+        return [t for t in self.trials((TrialState.COMPLETE, TrialState.PRUNED))
+                if t.state == TrialState.COMPLETE or t.user_attrs.get(A.STATUS) == PRUNED]
+
     # ------------------------------------------------------------------ writing trials
     def heartbeat(self, trial: Any) -> None:
         try:
@@ -361,10 +369,14 @@ class StudyStore:
         mm = self.max_memory_mib
         constraints: dict[str, float] = {}
         values: list[float] | None = None
+        if res.curve:
+            attrs[A.CURVE] = res.curve
         if res.status == OK:
             values = [{"score": res.score, "loss": res.score, "params": float(res.params), "memory": res.memory_bytes / 2**20,
                        "time": res.wall_s}[o] for o in self.objectives]
             state = TrialState.COMPLETE
+        elif res.status == PRUNED:  # stopped early: its last rung score stays, as Optuna keeps a pruned trial's
+            state = TrialState.PRUNED
         else:
             state = TrialState.PRUNED if res.status == INFEASIBLE else TrialState.FAIL
         if mm is not None and res.memory_bytes is not None and res.status in (OK, INFEASIBLE):
@@ -374,6 +386,8 @@ class StudyStore:
                 trial.set_user_attr(k, v)
             for k, c in constraints.items():
                 trial.set_constraint(k, c)
+            for _, step, value in res.curve or ():  # the dashboard draws these (Trial.report refuses multi-objective)
+                self.study._storage.set_trial_intermediate_value(trial._trial_id, int(step), float(value))
             if values is not None:
                 self.study.tell(trial, values)
             else:

@@ -13,8 +13,7 @@ import math
 import os
 import time
 import traceback
-import weakref
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +21,12 @@ import torch
 from autopeft.errors import AutoPeftError
 
 from autopeft.contract import (  # noqa: F401  (re-exported: the trial's types)
-    CPU_FIDELITY, FAILED, INFEASIBLE, OK, REFERENCE, Fidelity, TrialResult, TrialSpec, default_fidelity)
+    CPU_FIDELITY, FAILED, INFEASIBLE, OK, PRUNED, REFERENCE, Fidelity, TrialResult, TrialSpec, default_fidelity)
+from autopeft.memory import measure_memory, memory_parts  # noqa: F401  (re-exported)
+from autopeft.pruner import decide, rung_steps
+
+#: a train_loop failure that is the pruner's stop, not an error
+STOPPED_EARLY = "stopped early: "
 
 
 # ----------------------------------------------------------------------------- data plumbing
@@ -118,70 +122,6 @@ def _batches(enc: Any, labels: Sequence[int] | None, order: Sequence[int], bs: i
         yield batch
 
 
-# ----------------------------------------------------------------------------- memory
-def measure_memory(model: torch.nn.Module, batch_size: int, max_length: int, vocab_hint: int,
-                   trainable_bytes: int, has_token_types: bool, lm: bool = False) -> int:
-    """Training memory in bytes for one max-length batch, without training.
-
-    = bytes of all weights + 3 x trainable bytes (gradients and AdamW's two moments) + bytes of
-    the activations autograd saves for backward.  Saved activations are counted exactly with
-    ``saved_tensors_hooks`` (de-duplicated by storage; parameters excluded) on batches of 1 and 2
-    max-length sequences and extrapolated linearly to ``batch_size`` (activations are linear in
-    the batch), which costs two tiny forward passes.  For a causal LM (``lm``) the forward takes labels, so the loss's
-    saved log-probabilities over the vocabulary (often the largest activation of a small decoder) are counted.
-    """
-    fixed, per_row = memory_parts(model, max_length, vocab_hint, trainable_bytes, has_token_types, lm)
-    return int(fixed + per_row * batch_size)
-
-
-def memory_parts(model: torch.nn.Module, max_length: int, vocab_hint: int, trainable_bytes: int,
-                 has_token_types: bool, lm: bool = False) -> tuple[int, int]:
-    """(bytes independent of the batch, bytes per max-length row) of training memory; see :func:`measure_memory`."""
-    params = list(model.parameters())
-    weight_bytes = sum(p.numel() * p.element_size() for p in params)
-    param_ptrs = {p.untyped_storage().data_ptr() for p in params}
-
-    def saved(b: int) -> int:
-        held: list[tuple[weakref.ref[torch.Tensor], tuple[int, int]]] = []
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            try:
-                st = t.untyped_storage()
-                key = (st.data_ptr(), st.nbytes())
-            except (RuntimeError, NotImplementedError):
-                key = (id(t), t.numel() * t.element_size())
-            # detached: the graph keeps it (and so its storage) alive for as long as it keeps what it saved, without a
-            # C++ reference cycle.  Returning ``t`` itself makes the graph hold an output that holds the graph, which gc
-            # cannot see: each trial leaked its model copy (130 MiB on MiniLM; 2 workers reached 12 GiB each after 80
-            # trials each and were killed)
-            d = t.detach()
-            held.append((weakref.ref(d), key))
-            return d
-
-        g = torch.Generator().manual_seed(0)
-        ids = torch.randint(vocab_hint // 2, vocab_hint, (b, max_length), generator=g)
-        kw: dict[str, torch.Tensor] = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-        if has_token_types:
-            kw["token_type_ids"] = torch.zeros_like(ids)
-        if lm:
-            kw["labels"] = ids
-        was_training = model.training
-        model.train()
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            out = model(**kw)
-            # only what the output's graph still holds is kept for backward: a side computation whose graph was
-            # dropped during the forward (peft's DoRA computes its weight norm so, then detaches it) freed what it
-            # saved, and that memory may since have been handed to another saved tensor at the same address.
-            # Counting every packed tensor made DoRA's memory vary from run to run (1052-1190 MiB for one config)
-            alive = {key for ref, key in held if ref() is not None}
-            del out
-        model.train(was_training)
-        return sum(n for ptr, n in alive if ptr not in param_ptrs)
-
-    s1, s2 = saved(1), saved(2)
-    return int(weight_bytes + 3 * trainable_bytes + s1 - (s2 - s1)), int(s2 - s1)
-
-
 # ----------------------------------------------------------------------------- the trial
 def _pick_device(name: str) -> torch.device:
     if name == "auto":
@@ -255,24 +195,55 @@ def _run(spec: TrialSpec, t0: float) -> TrialResult:
     model.to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    curve: list[list[float]] = []
+    checkpoint = None
+    if spec.prune is not None:  # learning curve and early stopping: score a slice of the search split at each rung
+        prune = spec.prune
+        n_rung = prune["n_eval"]
+        rung_enc = {k: v[:n_rung] for k, v in ev_enc.items()}
+        rung_labels = None if task.is_lm else ev_labels[:n_rung]
+
+        def checkpoint(step: int, total: int, rung: int) -> str | None:
+            value = _score(task, model, rung_enc, rung_labels, fid.batch_size, pad_id, device)
+            model.train()
+            curve.append([prune["rungs"][rung], step, round(float(value), 6)])
+            if not math.isfinite(value):
+                return None  # a NaN at a rung: the loss check of the next step reports it
+            return decide(prune, rung, float(value), memory / 2**20, task.metric)
+
     t_train = time.perf_counter()
-    step, last_loss, failure = train_loop(built, tr_enc, tr_labels, fid, spec.seed, device, pad_id, spec.fault)
+    step, last_loss, failure = train_loop(built, tr_enc, tr_labels, fid, spec.seed, device, pad_id, spec.fault,
+                                          checkpoint, spec.prune["rungs"] if spec.prune else ())
+    if failure is not None and failure.startswith(STOPPED_EARLY):
+        return TrialResult(spec.trial_id, PRUNED, score=curve[-1][2], params=built.trainable, memory_bytes=memory,
+                           metric=task.metric, reason=failure[len(STOPPED_EARLY):], wall_s=time.perf_counter() - t0,
+                           train_s=time.perf_counter() - t_train, steps=step, loss=last_loss, curve=curve)
     if failure is not None:
         return TrialResult(spec.trial_id, FAILED, params=built.trainable, memory_bytes=memory, metric=task.metric,
-                           reason=failure, wall_s=time.perf_counter() - t0, steps=step)
+                           reason=failure, wall_s=time.perf_counter() - t0, steps=step, curve=curve or None)
     train_s = time.perf_counter() - t_train
     if device.type == "cuda":  # measured peak at the trial's batch, moved to the memory batch by the exact per-row count
         memory = int(torch.cuda.max_memory_allocated(device)) + per_row * (fid.memory_batch_size - fid.batch_size)
-    if task.is_lm:  # logits are rows x tokens x vocabulary: score at the trial's batch, not twice it
-        score = lm_loss(model, ev_enc, fid.batch_size, pad_id, device)
-    else:
-        score = score_logits(task.metric, predict_logits(model, ev_enc, fid.batch_size * 2, pad_id, device), ev_labels)
+    score = _score(task, model, ev_enc, None if task.is_lm else ev_labels, fid.batch_size, pad_id, device)
+    if curve:
+        curve.append([1.0, step, round(float(score), 6)])
     if not math.isfinite(score):
         return TrialResult(spec.trial_id, FAILED, params=built.trainable, memory_bytes=memory, metric=task.metric,
                            reason=f"the search split's {task.metric} is not finite (diverged; try a lower learning rate)",
                            wall_s=time.perf_counter() - t0, steps=step)
     return TrialResult(spec.trial_id, OK, score=float(score), params=built.trainable, memory_bytes=memory,
-                       wall_s=time.perf_counter() - t0, train_s=train_s, metric=task.metric, steps=step, loss=last_loss)
+                       wall_s=time.perf_counter() - t0, train_s=train_s, metric=task.metric, steps=step, loss=last_loss,
+                       curve=curve or None)
+
+
+def _score(task: Any, model: torch.nn.Module, enc: Any, labels: Sequence[int] | None, bs: int, pad_id: int,
+           device: torch.device) -> float:
+    """The search metric on an encoded slice of the search split (a causal LM's loss, else the task metric)."""
+    if task.is_lm:  # logits are rows x tokens x vocabulary: score at the trial's batch, not twice it
+        return lm_loss(model, enc, bs, pad_id, device)
+    if labels is None:
+        raise AutoPeftError("a classification task's search split has no labels")
+    return score_logits(task.metric, predict_logits(model, enc, bs * 2, pad_id, device), labels)
 
 
 def _reference(spec: TrialSpec, fid: Fidelity, t0: float) -> TrialResult:
@@ -303,11 +274,15 @@ def _reference(spec: TrialSpec, fid: Fidelity, t0: float) -> TrialResult:
 
 
 def train_loop(built: Any, enc: Any, labels: Sequence[int] | None, fid: Fidelity, seed: int, device: torch.device,
-               pad_id: int, fault: str | None = None) -> tuple[int, float, str | None]:
+               pad_id: int, fault: str | None = None,
+               checkpoint: Callable[[int, int, int], str | None] | None = None,
+               rungs: Sequence[float] = ()) -> tuple[int, float, str | None]:
     """AdamW with per-method learning rates, linear warm-up (6%) and decay, dynamic padding.
 
     Returns (steps, last loss, failure reason or None).  Sparsity masks are re-applied after every step.
-    ``labels`` None: a causal-LM encoding that holds its own per-token labels.
+    ``labels`` None: a causal-LM encoding that holds its own per-token labels.  ``checkpoint(step, total, rung)`` is
+    called after the step that ends each rung (a fraction of the steps); a reason it returns stops training, and is
+    returned prefixed with :data:`STOPPED_EARLY`.
     """
     model = built.model
     rng = np.random.default_rng(seed)
@@ -321,6 +296,7 @@ def train_loop(built: Any, enc: Any, labels: Sequence[int] | None, fid: Fidelity
     model.train()
     step = 0
     last_loss = float("nan")
+    at_step = rung_steps(total_steps, rungs) if checkpoint is not None else {}
     while step < total_steps:
         order = length_grouped_order(enc, fid.batch_size, rng)
         for batch in _batches(enc, labels, order, fid.batch_size, pad_id):
@@ -339,6 +315,10 @@ def train_loop(built: Any, enc: Any, labels: Sequence[int] | None, fid: Fidelity
                 built.masks.enforce()
             last_loss = float(loss.detach())
             step += 1
+            if step in at_step and checkpoint is not None:
+                why = checkpoint(step, total_steps, at_step[step])
+                if why is not None:
+                    return step, last_loss, STOPPED_EARLY + why
             if step >= total_steps:
                 break
     return step, last_loss, None

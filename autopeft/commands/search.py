@@ -10,12 +10,13 @@ from typing import Any
 from autopeft.commands._args import positive_float, positive_int, seed, study_args
 from autopeft.commands._output import print_front
 from autopeft.config import DEFAULT_SPACE, METRICS, TASK_TYPES
+from autopeft.pruner import PRUNERS
 
 #: options passed to the API under the same name
 _SAME = ("model", "task", "data_dir", "train_file", "validation_file", "text_columns", "label_column", "metric", "task_type", "space",
          "sampler", "storage", "objectives", "max_params", "max_memory", "n_train", "n_eval", "epochs", "max_length",
          "batch_size", "memory_batch_size", "lr_scale", "workers", "executor", "seed", "timeout", "trial_timeout",
-         "max_failures", "collapse_stop", "n_startup", "trust_remote_code", "enqueue", "warm_start")
+         "max_failures", "collapse_stop", "pruner", "n_startup", "trust_remote_code", "enqueue", "warm_start")
 
 
 def add(sub: Any) -> None:
@@ -64,6 +65,10 @@ def add(sub: Any) -> None:
     s.add_argument("--no-collapse-stop", dest="collapse_stop", action="store_false",
                    help="run the whole budget even when every trial so far scored at the majority-class level (by "
                         "default the search stops after 10 such trials and says how to make trials learn)")
+    s.add_argument("--pruner", choices=PRUNERS, default="none",
+                   help="early stopping: cost-sh scores each trial at 25%% and 50%% of its training and stops one "
+                        "that is behind the best third of the trials with no more params and memory at that point "
+                        "(counts as a trial, stored as pruned); none (default) trains every trial to the end")
     s.add_argument("--n-startup", type=positive_int, default=8, help="random trials before the model steers")
     s.add_argument("--enqueue", help="configs to evaluate first, comma-separated: YAML/JSON files (a config like "
                    "autopeft_candidate.json, a list of them, or the output of 'show --format json'), export folders, "
