@@ -4,13 +4,16 @@ rung, and a search whose pruned trials are stored with their curve, count as tri
 from __future__ import annotations
 
 import json
-import math
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
-import optuna
 import pytest
 from optuna.trial import TrialState
 
@@ -138,3 +141,32 @@ def test_a_search_with_the_pruner_stores_curves_and_counts_pruned_trials(tiny_mo
     keys = [t.user_attrs[A.CANDIDATE_KEY] for t in complete + stopped]
     assert len(keys) == len(set(keys))
     assert {t.number for t in res.front_trials()} <= {t.number for t in complete}
+    # the curves are in the dashboard's data
+    detail = _dashboard_detail("p", f"sqlite:///{tmp_path / 'p.db'}")
+    curves = {t["number"]: {v["step"]: v["value"] for v in t["intermediate_values"]} for t in detail["trials"]}
+    for t in complete + stopped:
+        assert curves[t.number] == pytest.approx(t.intermediate_values)
+
+
+def _dashboard_detail(name: str, storage: str) -> dict[str, Any]:
+    """The study's detail as ``autopeft dashboard`` serves it over HTTP."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "autopeft.cli", "dashboard", "--study", name, "--storage", storage,
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as r:
+                    sid = next(s["study_id"] for s in json.loads(r.read())["study_summaries"] if s["study_name"] == name)
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{sid}?after=0", timeout=5) as r:
+                    return dict(json.loads(r.read()))
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+    finally:
+        proc.terminate()
+        proc.wait(10)

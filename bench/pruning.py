@@ -1,0 +1,96 @@
+"""Early stopping in real searches: trial-seconds spent to reach a hypervolume with and without ``--pruner cost-sh``.
+
+``run`` runs the same search (model, task, space, fidelity, sampler seed) twice, in two studies of one storage: once
+with every trial trained to the end, once with the pruner.  ``report`` reads both and prints, per search: trials,
+trials stopped early, trial-seconds (the sum of every trial's wall time: what the workers spent), the hypervolume of
+the front, and the trial-seconds each needed to first reach fractions of the plain search's final hypervolume
+(trials in the order they finished).
+
+    python -m bench.pruning run --trials 30 --workers 2 --storage sqlite:///bench/tables/pruning.db
+    python -m bench.pruning report --storage sqlite:///bench/tables/pruning.db --out bench/tables/pruning.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import numpy as np
+
+STUDIES = {"none": "prune-off", "cost-sh": "prune-on"}
+
+
+def trajectory(study: Any) -> dict[str, Any]:
+    """Cumulative trial-seconds and hypervolume after each finished trial (by completion time)."""
+    from optuna.trial import TrialState
+
+    from autopeft.pareto import hypervolume, to_max
+    from autopeft.storage import A
+
+    meta = study.user_attrs
+    objectives, ref = meta[A.OBJECTIVES], meta[A.REF_POINT]
+    done = [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+            and t.user_attrs.get(A.WALL_S) is not None]
+    done.sort(key=lambda t: t.datetime_complete)
+    secs, hv, pts = [], [], []
+    total = 0.0
+    for t in done:
+        total += float(t.user_attrs[A.WALL_S])
+        if t.state == TrialState.COMPLETE:
+            pts.append(to_max(objectives, t.values))
+        secs.append(total)
+        hv.append(hypervolume(np.array(pts).reshape(-1, len(objectives)), ref) if pts else 0.0)
+    n_pruned = sum(t.state == TrialState.PRUNED for t in done)
+    return {"trials": len(done), "pruned": n_pruned, "trial_s": total, "hv": hv[-1] if hv else 0.0,
+            "secs": secs, "hvs": hv}
+
+
+def first_reaching(tr: dict[str, Any], target: float) -> float | None:
+    return next((s for s, h in zip(tr["secs"], tr["hvs"]) if h >= target - 1e-12), None)
+
+
+def report(storage: str) -> dict[str, Any]:
+    import optuna
+
+    from autopeft.storage import get_storage
+
+    st = get_storage(storage, create=False)
+    out = {name: trajectory(optuna.load_study(study_name=study, storage=st)) for name, study in STUDIES.items()}
+    goal = out["none"]["hv"]
+    for name, tr in out.items():
+        tr["to_reach"] = {f"{f:.2f}": first_reaching(tr, f * goal) for f in (0.8, 0.9, 0.95, 1.0)}
+        reach = ", ".join(f"{k}: {v:.0f} s" if v is not None else f"{k}: never" for k, v in tr["to_reach"].items())
+        print(f"{name:8s} {tr['trials']} trials ({tr['pruned']} stopped early), {tr['trial_s']:.0f} trial-s, "
+              f"hypervolume {tr['hv']:.4f}; trial-s to reach x of the plain search's final hypervolume: {reach}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("cmd", choices=("run", "report"))
+    ap.add_argument("--storage", required=True)
+    ap.add_argument("--trials", type=int, default=30)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--task", default="sst2")
+    ap.add_argument("--data-dir", default="../shared/data/glue")
+    ap.add_argument("--space", default=None, help="default: autopeft's default space")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", help="write the report as JSON")
+    a = ap.parse_args(argv)
+    if a.cmd == "run":
+        from autopeft import api
+
+        for pruner, study in STUDIES.items():
+            api.search(task=a.task, data_dir=a.data_dir, n_trials=a.trials, **({"space": a.space} if a.space else {}), study_name=study,
+                       storage=a.storage, workers=a.workers, seed=a.seed, pruner=pruner, collapse_stop=False,
+                       progress=False)
+    out = report(a.storage)
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(out, f, indent=1)
+    return out
+
+
+if __name__ == "__main__":
+    main()
