@@ -44,10 +44,10 @@ def _snapshot(storage: str, study: str = "rel") -> dict[int, list[float]]:
 def test_kill9_at_random_points_then_resume_loses_nothing(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'rel.db'}"
     rng = random.Random(7)
-    target = 16
+    target = 12
     kept: dict[int, list[float]] = {}
     kills = 0
-    for round_ in range(4):
+    for round_ in range(3):
         start_n = len(_snapshot(storage))
         proc = subprocess.Popen(_cmd(tiny_model, glue_dir, storage, target, workers=2), env=_env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -73,7 +73,7 @@ def test_kill9_at_random_points_then_resume_loses_nothing(tiny_model: str, glue_
             for n, v in before.items():
                 assert after[n] == v  # completed before the kill: kept as it was
         kept.update(_snapshot(storage))
-    assert kills >= 3
+    assert kills >= 2
     time.sleep(3.5)  # let the killed drivers' heartbeats go stale
     assert subprocess.run(_cmd(tiny_model, glue_dir, storage, target, workers=2), env=_env(),
                           capture_output=True).returncode == 0
@@ -94,22 +94,18 @@ def concurrent_drivers(tiny_model: str, glue_dir: Path, storage: str, n_drivers:
 
     # create the study first so all drivers resume the same one
     assert subprocess.run(_cmd(tiny_model, glue_dir, storage, 1, study="con"), env=_env(), capture_output=True).returncode == 0
-    procs = [subprocess.Popen(_cmd(tiny_model, glue_dir, storage, 10, study="con"), env=_env(), stdout=subprocess.DEVNULL,
+    procs = [subprocess.Popen(_cmd(tiny_model, glue_dir, storage, 6, study="con"), env=_env(), stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True) for _ in range(n_drivers)]
     errs = [p.communicate(timeout=400)[1] for p in procs]
     assert all(p.returncode == 0 for p in procs), errs
     assert not any("database is locked" in e for e in errs)
     s = optuna.load_study(study_name="con", storage=get_storage(storage, create=False))
     comp = s.get_trials(states=(TrialState.COMPLETE,))
-    assert 10 <= len(comp) <= 10 + n_drivers - 1  # each driver stops at 10; at most one in flight each may land beyond
+    assert 6 <= len(comp) <= 6 + n_drivers - 1  # each driver stops at 6; at most one in flight each may land beyond
     keys = [t.user_attrs["candidate_key"] for t in comp]
     assert len(keys) == len(set(keys))
     assert not s.get_trials(states=(TrialState.RUNNING,))  # no live driver's trial was failed, none left running
     assert not [t for t in s.get_trials(states=(TrialState.FAIL,)) if t.user_attrs.get("status") == "abandoned"]
-
-
-def test_concurrent_drivers_share_one_study(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
-    concurrent_drivers(tiny_model, glue_dir, f"sqlite:///{tmp_path / 'con.db'}")
 
 
 def test_failing_trials_are_recorded_and_search_goes_on(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
@@ -220,7 +216,7 @@ def kill_once_then_resume(tiny_model: str, glue_dir: Path, url: str) -> None:
         return {t.number: list(t.values) for t in st.get_trials(states=(TrialState.COMPLETE,))}
 
     err = tempfile.TemporaryFile(mode="w+")
-    proc = subprocess.Popen(_cmd(tiny_model, glue_dir, url, 12, study="jk", workers=2), env=_env(),
+    proc = subprocess.Popen(_cmd(tiny_model, glue_dir, url, 6, study="jk", workers=2), env=_env(),
                             stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.monotonic() + 90
     while len(snap()) < 2 and time.monotonic() < deadline and proc.poll() is None:
@@ -234,14 +230,14 @@ def kill_once_then_resume(tiny_model: str, glue_dir: Path, url: str) -> None:
     st = optuna.load_study(study_name="jk", storage=get_storage(url, create=False))
     assert st.get_trials(states=(TrialState.RUNNING,))  # the killed driver's trials, left running
     time.sleep(3.5)  # their heartbeats go stale
-    rerun = subprocess.run(_cmd(tiny_model, glue_dir, url, 12, study="jk", workers=2), env=_env(), capture_output=True,
+    rerun = subprocess.run(_cmd(tiny_model, glue_dir, url, 6, study="jk", workers=2), env=_env(), capture_output=True,
                            text=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     final = optuna.load_study(study_name="jk", storage=get_storage(url, create=False))
     assert not final.get_trials(states=(TrialState.RUNNING,))
     assert any(t.user_attrs.get("status") == "abandoned" for t in final.get_trials(states=(TrialState.FAIL,)))
     done = {t.number: list(t.values) for t in final.get_trials(states=(TrialState.COMPLETE,))}
-    assert len(done) == 12 and all(done[n] == v for n, v in before.items())
+    assert len(done) == 6 and all(done[n] == v for n, v in before.items())
 
 
 def test_a_busy_driver_keeps_its_trials_alive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
