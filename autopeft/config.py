@@ -23,7 +23,8 @@ METRICS: tuple[str, ...] = ("accuracy", "f1", "matthews", "macro_f1", "auc")
 #: what a task is (autopeft.data): sequence classification, or causal-LM fine-tuning searched by its loss
 TASK_TYPES: tuple[str, ...] = ("classification", "causal-lm")
 DEFAULT_OBJECTIVES = ("score", "params", "memory")
-FIDELITY_KEYS = ("n_train", "n_eval", "epochs", "max_length", "batch_size", "memory_batch_size", "lr_scale")
+FIDELITY_KEYS = ("n_train", "n_eval", "epochs", "max_length", "batch_size", "memory_batch_size", "lr_scale", "dtype",
+                 "gradient_checkpointing")
 DATA_KEYS = ("task", "data_dir", "train_file", "validation_file", "text_columns", "label_column", "metric", "task_type")
 RAY_KEYS = ("address", "cpus_per_trial", "gpus_per_trial", "num_cpus")
 #: other spellings accepted for a few options (the CLI's names)

@@ -30,6 +30,10 @@ PRUNED = "pruned"
 SEARCH, REFERENCE = "search", "reference"
 
 
+#: the dtypes a trial may load the base model in (``--dtype``)
+DTYPES = ("float32", "bfloat16", "float16")
+
+
 @dataclass(frozen=True)
 class Fidelity:
     """How cheap a trial is: training subset size, epochs, held-out slice, sequence length, batch.
@@ -47,6 +51,10 @@ class Fidelity:
     #: multiplies every learning rate of the trial (for short, small-batch fidelities, where the per-method
     #: defaults tuned at batch 32 leave LoRA at the majority class; see BENCHMARKS.md, proxy fidelity)
     lr_scale: float = 1.0
+    #: the base model's weights and activations in trials (trainable adapters stay float32, as peft keeps them)
+    dtype: str = "float32"
+    #: recompute each transformer layer's activations in backward (less memory, about a third more compute)
+    gradient_checkpointing: bool = False
 
     @classmethod
     def from_stored(cls, d: dict[str, Any]) -> "Fidelity":
@@ -65,6 +73,10 @@ class Fidelity:
             raise ConfigError(f"epochs must be a finite number > 0, got {self.epochs!r}")
         if isinstance(self.lr_scale, bool) or not isinstance(self.lr_scale, (int, float)) or not 0 < self.lr_scale < math.inf:
             raise ConfigError(f"lr-scale must be a finite number > 0, got {self.lr_scale!r}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {str(self.dtype)[:40]!r}")
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise ConfigError(f"gradient-checkpointing must be true or false, got {self.gradient_checkpointing!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

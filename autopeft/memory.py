@@ -71,4 +71,26 @@ def memory_parts(model: torch.nn.Module, max_length: int, vocab_hint: int, train
     return int(weight_bytes + 3 * trainable_bytes + s1 - (s2 - s1)), int(s2 - s1)
 
 
-__all__ = ["measure_memory", "memory_parts"]
+def checkpointed_memory_parts(model: torch.nn.Module, base: torch.nn.Module, num_layers: int, hidden: int,
+                              max_length: int, vocab_hint: int, trainable_bytes: int, has_token_types: bool,
+                              lm: bool = False) -> tuple[int, int]:
+    """:func:`memory_parts` of a model whose transformer layers use gradient checkpointing (``base`` has it on).
+
+    With checkpointing on, the saved-tensor count sees only what autograd keeps outside the checkpointed layers; a
+    layer's activations are recomputed in backward, one layer at a time.  Per row, the peak adds what the count does
+    not see: each layer's input (``num_layers`` hidden states, which the checkpoint keeps itself) and one layer's
+    recomputed activations, measured as (the count without checkpointing - the count with it) / ``num_layers``.
+    Measured on a tiny Llama (4 layers, 64 tokens): 1,167,608 bytes per row without, 243,960 counted with, so
+    540,408 with the two terms (46 %)."""
+    fixed, row_ckpt = memory_parts(model, max_length, vocab_hint, trainable_bytes, has_token_types, lm)
+    base.gradient_checkpointing_disable()
+    try:
+        _, row_plain = memory_parts(model, max_length, vocab_hint, trainable_bytes, has_token_types, lm)
+    finally:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    act_bytes = next((p.element_size() for p in base.parameters() if p.is_floating_point()), 4)
+    inputs = num_layers * max_length * hidden * act_bytes
+    return fixed, int(row_ckpt + inputs + max(0, row_plain - row_ckpt) / max(1, num_layers))
+
+
+__all__ = ["measure_memory", "memory_parts", "checkpointed_memory_parts"]

@@ -22,7 +22,7 @@ from autopeft.errors import AutoPeftError
 
 from autopeft.contract import (  # noqa: F401  (re-exported: the trial's types)
     CPU_FIDELITY, FAILED, INFEASIBLE, OK, PRUNED, REFERENCE, Fidelity, TrialResult, TrialSpec, default_fidelity)
-from autopeft.memory import measure_memory, memory_parts  # noqa: F401  (re-exported)
+from autopeft.memory import checkpointed_memory_parts, measure_memory, memory_parts  # noqa: F401  (re-exported)
 from autopeft.pruner import decide, rung_steps
 
 #: a train_loop failure that is the pruner's stop, not an error
@@ -170,11 +170,10 @@ def _run(spec: TrialSpec, t0: float) -> TrialResult:
     max_len = min(fid.max_length, info.arch.max_positions)
     device = _pick_device(spec.device)
     base, tok = load_base(spec.model, task.num_labels, spec.trust_remote_code)
+    apply_cost_knobs(base, fid)
     built = build_model(cand, base, info, seed=spec.seed)
     model = built.model
-    trainable_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    fixed, per_row = memory_parts(model, max_len, int(getattr(base.config, "vocab_size", 30000)), trainable_bytes,
-                                  "token_type_ids" in tok.model_input_names, task.is_lm)
+    fixed, per_row = _memory_parts(model, base, info, fid, max_len, tok, task.is_lm)
     memory = fixed + per_row * fid.memory_batch_size
     if spec.max_memory is not None and memory > spec.max_memory:
         return TrialResult(spec.trial_id, INFEASIBLE, params=built.trainable, memory_bytes=memory,
@@ -265,12 +264,34 @@ def _reference(spec: TrialSpec, fid: Fidelity, t0: float) -> TrialResult:
         base.to("cpu")
     else:
         chance = float(chance_score(task.metric, [task.train_labels[i] for i in ev]))
+    apply_cost_knobs(base, fid)
     full = build_model(Candidate.from_dict(spec.candidate), base, info)
-    tb = sum(p.numel() * p.element_size() for p in full.model.parameters() if p.requires_grad)
-    mem = measure_memory(full.model, fid.memory_batch_size, max_len, int(base.config.vocab_size), tb,
-                         "token_type_ids" in tok.model_input_names, task.is_lm)
+    fixed, per_row = _memory_parts(full.model, base, info, fid, max_len, tok, task.is_lm)
+    mem = int(fixed + per_row * fid.memory_batch_size)
     return TrialResult(spec.trial_id, OK, score=chance, params=full.trainable, memory_bytes=mem, metric=task.metric,
                        wall_s=time.perf_counter() - t0)
+
+
+def apply_cost_knobs(base: torch.nn.Module, fid: Fidelity) -> None:
+    """The fidelity's cost knobs on a freshly loaded base model: its dtype, and gradient checkpointing."""
+    if fid.dtype != "float32":
+        base.to(getattr(torch, fid.dtype))
+    if fid.gradient_checkpointing:
+        if not getattr(base, "supports_gradient_checkpointing", False):
+            raise AutoPeftError(f"{type(base).__name__} does not support gradient checkpointing; drop "
+                                "--gradient-checkpointing")
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def _memory_parts(model: torch.nn.Module, base: torch.nn.Module, info: Any, fid: Fidelity, max_len: int, tok: Any,
+                  lm: bool) -> tuple[int, int]:
+    """(fixed bytes, bytes per row) of training memory, checkpointing counted (:mod:`autopeft.memory`)."""
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    vocab, types = int(getattr(base.config, "vocab_size", 30000)), "token_type_ids" in tok.model_input_names
+    if fid.gradient_checkpointing:
+        return checkpointed_memory_parts(model, base, info.arch.num_layers, info.arch.hidden_size, max_len, vocab,
+                                         trainable, types, lm)
+    return memory_parts(model, max_len, vocab, trainable, types, lm)
 
 
 def train_loop(built: Any, enc: Any, labels: Sequence[int] | None, fid: Fidelity, seed: int, device: torch.device,

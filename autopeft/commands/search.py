@@ -10,12 +10,13 @@ from typing import Any
 from autopeft.commands._args import positive_float, positive_int, seed, study_args
 from autopeft.commands._output import print_front
 from autopeft.config import DEFAULT_SPACE, METRICS, TASK_TYPES
+from autopeft.contract import DTYPES
 from autopeft.pruner import PRUNERS
 
 #: options passed to the API under the same name
 _SAME = ("model", "task", "data_dir", "train_file", "validation_file", "text_columns", "label_column", "metric", "task_type", "space",
          "sampler", "storage", "objectives", "max_params", "max_memory", "n_train", "n_eval", "epochs", "max_length",
-         "batch_size", "memory_batch_size", "lr_scale", "workers", "executor", "seed", "timeout", "trial_timeout",
+         "batch_size", "memory_batch_size", "lr_scale", "dtype", "gradient_checkpointing", "workers", "executor", "seed", "timeout", "trial_timeout",
          "max_failures", "collapse_stop", "pruner", "n_startup", "trust_remote_code", "enqueue", "warm_start")
 
 
@@ -51,6 +52,11 @@ def add(sub: Any) -> None:
     s.add_argument("--batch-size", type=positive_int, help="batch size of the trials (default 8 on CPU, 32 on GPU)")
     s.add_argument("--memory-batch-size", type=positive_int,
                    help="batch the memory objective is reported for (default 32, whatever the trial batch)")
+    s.add_argument("--dtype", choices=DTYPES, help="the base model's dtype in trials (default float32; adapters stay "
+                   "float32; bfloat16 halves the weights' memory, and runs on CPU too)")
+    s.add_argument("--gradient-checkpointing", action="store_true", default=None,
+                   help="recompute activations in backward in trials: less memory (counted in the memory objective), "
+                        "more time")
     s.add_argument("--lr-scale", type=positive_float,
                    help="multiply every learning rate of the trials (default 2 on CPU, 1 on GPU; setting any of --n-train, --epochs, --batch-size, --lr-scale drops the CPU preset: the rest take the GPU values)")
     s.add_argument("--workers", type=positive_int, help="concurrent trials (default: number of cores)")
