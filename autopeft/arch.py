@@ -8,7 +8,7 @@ Hugging Face model, so nothing (hidden size, depth, names) is hard-coded elsewhe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from autopeft.errors import ModelError
 
@@ -90,6 +90,9 @@ class ArchInfo:
     max_positions: int
     #: exact (in, out) features per sub-module when they differ from the hidden/intermediate sizes (GQA's k and v)
     shapes: tuple[tuple[str, int, int], ...] = ()
+    #: sub-modules that one fused projection computes (GPT-2's ``c_attn``: q, k and v); ``names`` maps each of them to
+    #: that module and ``shapes`` holds its whole (in, out)
+    fused: tuple[str, ...] = ()
 
     def module_name(self, layer: int, sub: str) -> str:
         """Full dotted name of abstract sub-module ``sub`` in layer ``layer``."""
@@ -101,8 +104,27 @@ class ArchInfo:
     def sub_module(self, model: nn.Module, layer: int, sub: str) -> nn.Module:
         return model.get_submodule(self.module_name(layer, sub))
 
+    def distinct(self, subs: "Sequence[str]") -> list[str]:
+        """``subs`` less those whose module another of them already names (q, k and v of a fused projection are one
+        module: a method on [q, v] of GPT-2 adapts ``c_attn`` once)."""
+        seen, out = set(), []
+        for t in subs:
+            if self.names.get(t, t) not in seen:
+                seen.add(self.names.get(t, t))
+                out.append(t)
+        return out
+
+    def module_in_out(self, sub: str) -> tuple[int, int]:
+        """(in, out) features of the module that computes ``sub`` (a fused projection's whole width)."""
+        if sub in self.fused:
+            return next((fin, fout) for name, fin, fout in self.shapes if name == sub)
+        return self.in_out(sub)
+
     def in_out(self, sub: str) -> tuple[int, int]:
-        """(in_features, out_features) of an abstract sub-module's linear layer."""
+        """(in_features, out_features) of an abstract sub-module's projection (of a fused projection, its share)."""
+        if sub in self.fused:
+            fin, fout = next((fin, fout) for name, fin, fout in self.shapes if name == sub)
+            return fin, fout // len(self.fused)
         for name, fin, fout in self.shapes:
             if name == sub:
                 return fin, fout
@@ -138,11 +160,30 @@ _PATTERNS: dict[str, tuple[str, ...]] = {
           "key", "k_lin"),
     "v": ("self_attn.v_proj", "attention.self.value", "attention.self.value_proj", "attention.v_lin", "v_proj",
           "value_proj", "value", "v_lin"),
-    "o": ("self_attn.o_proj", "attention.output.dense", "attention.out_lin", "o_proj", "out_proj", "out_lin"),
-    "ffn_up": ("mlp.up_proj", "intermediate.dense", "ffn.lin1", "up_proj", "fc1", "lin1"),
-    "ffn_down": ("mlp.down_proj", "output.dense", "ffn.lin2", "down_proj", "fc2", "lin2"),
+    "o": ("self_attn.o_proj", "attention.output.dense", "attention.out_lin", "attn.c_proj", "o_proj", "out_proj",
+          "out_lin"),
+    "ffn_up": ("mlp.up_proj", "intermediate.dense", "ffn.lin1", "mlp.c_fc", "up_proj", "fc1", "lin1"),
+    "ffn_down": ("mlp.down_proj", "output.dense", "ffn.lin2", "mlp.c_proj", "down_proj", "fc2", "lin2"),
     "ffn_gate": ("mlp.gate_proj", "gate_proj"),
 }
+
+
+#: a fused q/k/v projection (GPT-2's ``attn.c_attn``): used for q, k and v when none of them has a module of its own
+_FUSED_QKV = ("attn.c_attn",)
+
+
+def _projections(layer: Any) -> dict[str, tuple[int, int]]:
+    """The layer's projections, name -> (in, out): ``nn.Linear`` and GPT-2's ``Conv1D`` (a linear layer whose weight
+    is stored transposed)."""
+    import torch.nn as nn
+
+    out: dict[str, tuple[int, int]] = {}
+    for n, m in layer.named_modules():
+        if isinstance(m, nn.Linear):
+            out[n] = (int(m.in_features), int(m.out_features))
+        elif type(m).__name__ == "Conv1D" and getattr(m, "weight", None) is not None and m.weight.dim() == 2:
+            out[n] = (int(m.weight.shape[0]), int(m.weight.shape[1]))
+    return out
 
 
 def arch_from_model(config: Any, model: Any) -> ArchInfo:
@@ -159,24 +200,30 @@ def arch_from_model(config: Any, model: Any) -> ArchInfo:
         raise ModelError(f"model type {model_type!r}: found no list of its {depth} transformer layers in the model; "
                          "autopeft supports " + ", ".join(supported_model_types()) + " and Llama-style decoders")
     layers_path, layer_list = lists[0]
-    linears = {n: m for n, m in layer_list[0].named_modules() if isinstance(m, nn.Linear)}
+    linears = _projections(layer_list[0])
     names: dict[str, str] = {}
     for sub, pats in _PATTERNS.items():
         used = set(names.values())  # "output.dense" also ends "attention.output.dense", which is o's already
         hit = next((n for pat in pats for n in linears if (n == pat or n.endswith("." + pat)) and n not in used), None)
         if hit is not None:
             names[sub] = hit
+    fused: tuple[str, ...] = ()
+    if not {"q", "k", "v"} & set(names):
+        qkv = next((n for pat in _FUSED_QKV for n in linears if n == pat or n.endswith("." + pat)), None)
+        if qkv is not None:
+            fused = ("q", "k", "v")
+            names.update({s: qkv for s in fused})
     missing = [s for s in ("q", "v", "o", "ffn_up", "ffn_down") if s not in names]
     if missing:
         raise ModelError(f"model type {model_type!r}: could not find the {', '.join(missing)} projection(s) among the "
-                         f"linear layers of {layers_path}.0 ({', '.join(sorted(linears)[:12]) or 'none'}); fused "
-                         "projections (GPT-2's c_attn) are not supported yet")
+                         f"linear layers of {layers_path}.0 ({', '.join(sorted(linears)[:12]) or 'none'}); autopeft "
+                         "knows Llama-, BERT- and GPT-2-style names")
     hidden = int(getattr(config, "hidden_size", None) or getattr(config, "n_embd"))
-    shapes = tuple((s, int(linears[n].in_features), int(linears[n].out_features)) for s, n in names.items())
+    shapes = tuple((s, *linears[n]) for s, n in names.items())
     inter = next(fout for s, _, fout in shapes if s == "ffn_up")
     heads = int(getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 0))
     max_pos = int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 512))
-    return ArchInfo(str(model_type), layers_path, names, int(depth), hidden, inter, heads, max_pos, shapes)
+    return ArchInfo(str(model_type), layers_path, names, int(depth), hidden, inter, heads, max_pos, shapes, fused)
 
 
 def arch_from_config(config: Any, model: Any = None) -> ArchInfo:

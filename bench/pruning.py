@@ -8,6 +8,11 @@ the front, and the trial-seconds each needed to first reach fractions of the pla
 
     python -m bench.pruning run --trials 30 --workers 2 --storage sqlite:///bench/tables/pruning.db
     python -m bench.pruning report --storage sqlite:///bench/tables/pruning.db --out bench/tables/pruning.json
+    python -m bench.pruning overhead --repeats 3   # what scoring the curve costs a trial that is not stopped
+
+``overhead`` runs one config (LoRA r=8 on q,v, all layers; the CPU fidelity) alternately with and without the curve
+(a ``prune`` spec with no peers: scored at both rungs, never stopped), one thread each, and prints the median wall
+times and their ratio.
 """
 
 from __future__ import annotations
@@ -66,10 +71,39 @@ def report(storage: str) -> dict[str, Any]:
     return out
 
 
+def overhead(task: str, data_dir: str, repeats: int) -> dict[str, Any]:
+    import time
+
+    from autopeft.builder import model_info
+    from autopeft.candidate import Candidate
+    from autopeft.config import data_spec_dict
+    from autopeft.contract import CPU_FIDELITY, Fidelity, TrialSpec
+    from autopeft.pruner import prune_spec
+    from autopeft.trial import run_trial
+
+    fid = Fidelity(**CPU_FIDELITY)
+    layers = list(range(model_info(None, 2).arch.num_layers))
+    cand = Candidate.make({"lora": {"r": 8, "targets": ["q", "v"], "alpha_ratio": 2.0, "dropout": 0.1}}, layers)
+    data = data_spec_dict(task=task, data_dir=data_dir)
+    prune = prune_spec("cost-sh", 10**9, [], "maximize", fid.n_eval)
+    walls: dict[str, list[float]] = {"plain": [], "curve": []}
+    for _ in range(repeats):
+        for name, p in (("plain", None), ("curve", prune)):
+            t0 = time.perf_counter()
+            r = run_trial(TrialSpec(0, cand.to_dict(), None, data, fidelity=fid.to_dict(), threads=1, prune=p))
+            walls[name].append(time.perf_counter() - t0)
+            print(name, r.status, round(r.score or 0, 4), f"{walls[name][-1]:.1f} s", r.curve, flush=True)
+    med = {k: float(np.median(v)) for k, v in walls.items()}
+    print(f"median wall: plain {med['plain']:.1f} s, with the curve {med['curve']:.1f} s, ratio "
+          f"{med['curve'] / med['plain']:.3f}")
+    return {"walls": walls, "median": med, "ratio": med["curve"] / med["plain"]}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("cmd", choices=("run", "report"))
-    ap.add_argument("--storage", required=True)
+    ap.add_argument("cmd", choices=("run", "report", "overhead"))
+    ap.add_argument("--storage")
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--trials", type=int, default=30)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--task", default="sst2")
@@ -78,6 +112,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="write the report as JSON")
     a = ap.parse_args(argv)
+    if a.cmd == "overhead":
+        return overhead(a.task, a.data_dir, a.repeats)
+    if a.storage is None:
+        ap.error("--storage is required for run and report")
     if a.cmd == "run":
         from autopeft import api
 

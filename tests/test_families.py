@@ -34,6 +34,8 @@ FAMILIES: dict[str, tuple[str, dict[str, Any], str]] = {
                                   intermediate_size=96, max_position_embeddings=128), "llama"),
     "mistral": ("MistralConfig", dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=1,
                                       intermediate_size=96, max_position_embeddings=128, head_dim=16), "llama"),
+    # q, k and v fused in one Conv1D (c_attn), whose weight is stored transposed
+    "gpt2": ("GPT2Config", dict(n_embd=64, n_layer=3, n_head=4, n_inner=128, n_positions=128), "llama"),
 }
 LAYERS = [0, 2]
 METHODS: dict[str, tuple[dict[str, Any], list[int], dict[str, Any]]] = {
@@ -114,19 +116,40 @@ def test_method_on_family(family: str, method: str, family_dirs: dict[str, str])
 
 
 def test_an_unsupported_model_says_what_was_not_found(tmp_path: Path, tiny_model: str) -> None:
-    """GPT-2 fuses q, k and v into one Conv1D: one clear error naming what is missing."""
+    """A model whose layers hold no projection autopeft knows (GPT-NeoX's query_key_value / dense_h_to_4h): one clear
+    error naming what is missing and what was there."""
     import transformers
 
     from autopeft.errors import ModelError
 
-    d = tmp_path / "gpt2"
+    d = tmp_path / "neox"
+    d.mkdir()
     for f in Path(tiny_model).iterdir():
         if "token" in f.name or f.name in ("vocab.txt", "special_tokens_map.json"):
-            shutil.copy(f, d / f.name) if d.exists() else (d.mkdir(), shutil.copy(f, d / f.name))
-    cfg = transformers.GPT2Config(vocab_size=700, n_embd=64, n_layer=2, n_head=4, n_positions=128, num_labels=2)
+            shutil.copy(f, d / f.name)
+    cfg = transformers.GPTNeoXConfig(vocab_size=700, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=128, max_position_embeddings=128, num_labels=2)
     transformers.AutoModelForSequenceClassification.from_config(cfg).save_pretrained(d)
-    with pytest.raises(ModelError, match="could not find the q, v, o, ffn_up, ffn_down projection"):
+    with pytest.raises(ModelError, match=r"could not find the q, v, o, ffn_up, ffn_down projection\(s\) among the "
+                                         r"linear layers of gpt_neox.layers.0 \(attention.dense, "):
         model_info(str(d), 2)
+
+
+def test_gpt2_fused_qkv_counts_the_module_once() -> None:
+    """LoRA on [q, v] of GPT-2 adapts c_attn once: r x (64 + 192) per layer, not twice; prefix tuning's key width is
+    q/k/v's share of c_attn (64), not its whole width."""
+    from autopeft.arch import ArchInfo
+
+    arch = ArchInfo("gpt2", "transformer.h", {"q": "attn.c_attn", "k": "attn.c_attn", "v": "attn.c_attn",
+                                              "o": "attn.c_proj", "ffn_up": "mlp.c_fc", "ffn_down": "mlp.c_proj"},
+                    3, 64, 128, 4, 128, (("q", 64, 192), ("k", 64, 192), ("v", 64, 192), ("o", 64, 64),
+                                         ("ffn_up", 64, 128), ("ffn_down", 128, 64)), ("q", "k", "v"))
+    assert arch.distinct(["q", "v", "o"]) == ["q", "o"] and arch.module_in_out("v") == (64, 192)
+    assert arch.in_out("k") == (64, 64)
+    from autopeft.methods import get_method
+
+    shapes = get_method("lora").param_shapes({"r": 4, "targets": ["q", "v"]}, [0, 2], arch)
+    assert sum(a * b for a, b in shapes) == 2 * 4 * (64 + 192)
 
 
 def test_a_method_the_model_cannot_take_leaves_the_space_with_a_note(family_dirs: dict[str, str], glue_dir: Path,
@@ -194,13 +217,13 @@ def test_method_on_decoder_for_causal_lm(family: str, method: str, family_dirs: 
     cand = Candidate.make(methods, layers, sparsity)
     info = model_info(path, 0)
     base, tok = load_base(path, 0)
-    assert info.head_params == 0 and type(base).__name__.endswith("ForCausalLM")
+    assert info.head_params == 0 and type(base).__name__.endswith(("ForCausalLM", "LMHeadModel"))  # GPT2LMHeadModel
     built = build_model(cand, base, info, seed=0)
     trainable = {n: p for n, p in built.model.named_parameters() if p.requires_grad}
     masked = built.masks.masked_count() if built.masks is not None else 0
     assert count_params(cand, info) == built.trainable == sum(p.numel() for p in trainable.values()) - masked
     if "full" not in methods:
-        assert not any("lm_head" in n or "embed_tokens" in n or "modules_to_save" in n for n in trainable)
+        assert not any(k in n for n in trainable for k in ("lm_head", "embed_tokens", "wte", "modules_to_save"))
     enc = tok(["a gripping and beautiful film", "dull"], padding=True, return_tensors="pt")
     before = {n: p.detach().clone() for n, p in trainable.items()}
     opt = torch.optim.AdamW(built.model.parameters(), lr=1e-2)

@@ -22,8 +22,8 @@ class IA3(PeftMethod):
     def param_shapes(self, cfg: dict[str, Any], layers: Sequence[int], arch: ArchInfo) -> list[tuple[int, ...]]:
         shapes: list[tuple[int, ...]] = []
         for _ in layers:
-            for t in cfg["targets"]:
-                fin, fout = arch.in_out(t)
+            for t in arch.distinct(cfg["targets"]):
+                fin, fout = arch.module_in_out(t)
                 shapes.append((fin,) if t in _FEEDFORWARD else (fout,))
         return shapes
 

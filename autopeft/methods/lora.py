@@ -34,8 +34,8 @@ class Lora(PeftMethod):
     def param_shapes(self, cfg: dict[str, Any], layers: Sequence[int], arch: ArchInfo) -> list[tuple[int, ...]]:
         shapes: list[tuple[int, ...]] = []
         for r in self._ranks(cfg, layers):
-            for t in cfg["targets"]:
-                fin, fout = arch.in_out(t)
+            for t in arch.distinct(cfg["targets"]):
+                fin, fout = arch.module_in_out(t)
                 shapes += [(r, fin), (fout, r)]
                 if self.use_dora:
                     shapes.append((fout,))
