@@ -24,7 +24,7 @@ METRICS: tuple[str, ...] = ("accuracy", "f1", "matthews", "macro_f1", "auc")
 TASK_TYPES: tuple[str, ...] = ("classification", "causal-lm")
 DEFAULT_OBJECTIVES = ("score", "params", "memory")
 FIDELITY_KEYS = ("n_train", "n_eval", "epochs", "max_length", "batch_size", "memory_batch_size", "lr_scale", "dtype",
-                 "gradient_checkpointing")
+                 "gradient_checkpointing", "class_weights")
 DATA_KEYS = ("task", "data_dir", "train_file", "validation_file", "text_columns", "label_column", "metric", "task_type")
 RAY_KEYS = ("address", "cpus_per_trial", "gpus_per_trial", "num_cpus")
 #: other spellings accepted for a few options (the CLI's names)
@@ -189,7 +189,8 @@ class SearchConfig:
             split_ref(self.warm_start)
         from autopeft.contract import Fidelity
 
-        Fidelity(**{**Fidelity().to_dict(), **self.fidelity})  # the user's keys alone must be valid
+        auto = {"class_weights": "none"} if self.fidelity.get("class_weights") == "auto" else {}  # resolved later
+        Fidelity(**{**Fidelity().to_dict(), **self.fidelity, **auto})  # the user's keys alone must be valid
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -32,6 +32,8 @@ SEARCH, REFERENCE = "search", "reference"
 
 #: the dtypes a trial may load the base model in (``--dtype``)
 DTYPES = ("float32", "bfloat16", "float16")
+#: classification loss weights of a trial (``--class-weights``; ``auto`` picks one when a study is created)
+CLASS_WEIGHTS = ("none", "balanced")
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,10 @@ class Fidelity:
     dtype: str = "float32"
     #: recompute each transformer layer's activations in backward (less memory, about a third more compute)
     gradient_checkpointing: bool = False
+    #: classification loss weights: ``balanced`` weighs each class by n / (classes x its count) in the trial's
+    #: training rows (a new study sets it for imbalanced tasks scored by Matthews or macro-F1:
+    #: :func:`autopeft.data.auto_class_weights`); ``none``: plain cross-entropy
+    class_weights: str = "none"
 
     @classmethod
     def from_stored(cls, d: dict[str, Any]) -> "Fidelity":
@@ -75,6 +81,9 @@ class Fidelity:
             raise ConfigError(f"lr-scale must be a finite number > 0, got {self.lr_scale!r}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {str(self.dtype)[:40]!r}")
+        if self.class_weights not in CLASS_WEIGHTS:
+            raise ConfigError(f"class-weights must be one of {', '.join(CLASS_WEIGHTS)} (or auto), got "
+                              f"{str(self.class_weights)[:40]!r}")
         if not isinstance(self.gradient_checkpointing, bool):
             raise ConfigError(f"gradient-checkpointing must be true or false, got {self.gradient_checkpointing!r}")
 

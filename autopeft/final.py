@@ -135,6 +135,20 @@ def _trainer_class() -> Any:
             super()._load_best_model()
             self._restore_trainable(self.state.best_model_checkpoint)
 
+        #: per-class loss weights (``--class-weights balanced``); None: the model's own loss
+        class_weight: "torch.Tensor | None" = None
+
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            if self.class_weight is None or "labels" not in inputs:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            inputs = dict(inputs)
+            labels = inputs.pop("labels")
+            out = model(**inputs)
+            loss = torch.nn.functional.cross_entropy(out.logits.float(), labels,
+                                                     weight=self.class_weight.to(out.logits.device))
+            return (loss, out) if return_outputs else loss
+
     return AutoPeftTrainer
 
 
@@ -157,7 +171,7 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
                 threads: int | None = None, device: str | None = None, bf16: bool = False, fp16: bool = False,
                 grad_accum: int = 1, grad_ckpt: bool = False, resume: bool = False, report_to: str = "none",
                 training_args: dict[str, Any] | None = None, progress: bool = True,
-                generate: int | None = None, n_eval: int | None = None) -> dict[str, Any]:
+                generate: int | None = None, n_eval: int | None = None, class_weights: str = "auto") -> dict[str, Any]:
     """Train ``cand`` at full budget with transformers' ``Trainer``, once per seed: all (or ``n_train``) training rows
     less a held-out tenth (at most 1,000 rows) that picks the best epoch, scored once on the validation split; the
     first seed's model is saved.  ``resume`` continues from the checkpoints of an interrupted run in ``out_dir`` and
@@ -165,7 +179,10 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
 
     A causal-LM task trains on the response tokens, picks the epoch by the held-out loss and reports the evaluation
     split's loss; when its rows have a prompt and a response, also the exact match of greedy answers (the number after
-    ``####`` for GSM8K) on ``generate`` rows (default: all on a GPU, :data:`GENERATE_ROWS_CPU` on CPU; 0: none)."""
+    ``####`` for GSM8K) on ``generate`` rows (default: all on a GPU, :data:`GENERATE_ROWS_CPU` on CPU; 0: none).
+
+    ``class_weights``: ``balanced``, ``none``, or ``auto`` (balanced for imbalanced tasks scored by Matthews or
+    macro-F1, as a search's trials: :func:`autopeft.data.auto_class_weights`)."""
     import numpy as np
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, TrainingArguments
 
@@ -179,6 +196,13 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
     device = device or pick_device()
     task = task_of(data)
     info = model_info(model, task.num_labels)
+    from autopeft.contract import CLASS_WEIGHTS
+    from autopeft.data import auto_class_weights, balanced_weights
+
+    if class_weights not in (*CLASS_WEIGHTS, "auto"):
+        raise ConfigError(f"--class-weights must be one of {', '.join(CLASS_WEIGHTS)} or auto, got {str(class_weights)[:40]!r}")
+    if class_weights == "auto":
+        class_weights = auto_class_weights(task)
     n_all = task.n_train
     n = n_all if n_train is None else min(n_train, n_all)
     n_hold = min(HOLDOUT_MAX, int(HOLDOUT_FRACTION * n)) if n >= 100 else 0
@@ -246,6 +270,8 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
             model=built.model, args=args, train_dataset=train_ds, eval_dataset=hold_ds or None,
             data_collator=collator, compute_metrics=None if task.is_lm else metrics,
             optimizers=(built.optimizer(), None), callbacks=built.callbacks or None)
+        if class_weights == "balanced" and not task.is_lm:
+            trainer.class_weight = torch.tensor(balanced_weights([r["labels"] for r in train_ds], task.num_labels))
         has_ckpt = ckpt.is_dir() and any(ckpt.glob("checkpoint-*"))
         trainer.train(resume_from_checkpoint=True if resume and has_ckpt else None)
         if any(not math.isfinite(h["loss"]) for h in trainer.state.log_history if "loss" in h):
@@ -277,7 +303,7 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
               "std": statistics.pstdev(scores) if len(scores) > 1 else 0.0, "params": params,
               "n_train": n, "holdout": n_hold, "n_eval": len(val_texts),
               "epochs": epochs, "seconds": times, "saved_seed": seeds[0], "saved_score": scores[0], "device": device,
-              "trainer": "transformers.Trainer"}
+              "trainer": "transformers.Trainer", "class_weights": class_weights}
     if matches:
         result.update({"exact_match": matches, "exact_match_mean": statistics.fmean(matches), "generated_rows": n_gen})
     (out / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -129,7 +129,8 @@ class Search:
     def _check_resume(self, ua: dict[str, Any]) -> None:
         c = self.config
         stored = Fidelity.from_stored(ua[A.FIDELITY]).to_dict()
-        if c.fidelity and Fidelity(**{**stored, **c.fidelity}).to_dict() != stored:
+        given = {k: v for k, v in c.fidelity.items() if not (k == "class_weights" and v == "auto")}
+        if given and Fidelity(**{**stored, **given}).to_dict() != stored:
             raise StudyError(f"study {self.name!r} was run with fidelity {stored}; "
                              "resume it with the same fidelity or pass another --study name")
         if self.objectives != ua[A.OBJECTIVES] and list(c.objectives) != ["score", "params", "memory"]:
@@ -146,7 +147,7 @@ class Search:
     def _new_meta(self) -> dict[str, Any]:
         """The attributes of a new study, its reference point measured by a trial the executor runs."""
         c = self.config
-        fid = default_fidelity(c.fidelity, self._trials_on_gpu(), self.task.is_lm)
+        fid = default_fidelity(self._given_fidelity(), self._trials_on_gpu(), self.task.is_lm)
         spec = TrialSpec(trial_id=-1, candidate=_reference_candidate().to_dict(), fidelity=fid.to_dict(),
                          purpose=REFERENCE, threads=0, **self._spec_fields())
         res = self.executor.run_one(spec) if self.executor is not None else self.reference_runner(spec, c.ray, c.runner)
@@ -162,6 +163,15 @@ class Search:
                 A.FIDELITY: fid.to_dict(), A.BASE_PARAMS: self.info.base_params, A.HEAD_PARAMS: self.info.head_params,
                 A.NUM_LAYERS: self.info.arch.num_layers, A.FULL_MEMORY_MIB: full_mib, A.CHANCE_SCORE: chance,
                 A.SPACE_DEF: self.space_def.raw, A.SEED: c.seed}
+
+    def _given_fidelity(self) -> dict[str, Any]:
+        """The user's fidelity keys, ``class_weights`` resolved from the task when ``auto`` or not given."""
+        from autopeft.data import auto_class_weights
+
+        given = dict(self.config.fidelity)
+        if given.get("class_weights", "auto") == "auto":
+            given["class_weights"] = auto_class_weights(self.task)
+        return given
 
     def _spec_fields(self) -> dict[str, Any]:
         c = self.config

@@ -307,6 +307,12 @@ def train_loop(built: Any, enc: Any, labels: Sequence[int] | None, fid: Fidelity
     """
     model = built.model
     rng = np.random.default_rng(seed)
+    weight = None
+    if labels is not None and fid.class_weights == "balanced":  # cross-entropy with balanced class weights
+        from autopeft.data import balanced_weights
+
+        n_labels = int(getattr(getattr(model, "config", None), "num_labels", 0) or max(labels) + 1)
+        weight = torch.tensor(balanced_weights(labels, n_labels), dtype=torch.float32, device=device)
     steps_per_epoch = math.ceil(len(enc["input_ids"]) / fid.batch_size)
     total_steps = max(1, int(math.ceil(steps_per_epoch * fid.epochs)))
     warmup = max(1, int(0.06 * total_steps))
@@ -322,7 +328,11 @@ def train_loop(built: Any, enc: Any, labels: Sequence[int] | None, fid: Fidelity
         order = length_grouped_order(enc, fid.batch_size, rng)
         for batch in _batches(enc, labels, order, fid.batch_size, pad_id):
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss = model(**batch).loss
+            if weight is None:
+                loss = model(**batch).loss
+            else:
+                y = batch.pop("labels")
+                loss = torch.nn.functional.cross_entropy(model(**batch).logits.float(), y, weight=weight)
             if fault == "nan" and step == 1:
                 loss = loss * float("nan")
             if not torch.isfinite(loss):

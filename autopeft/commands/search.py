@@ -10,13 +10,13 @@ from typing import Any
 from autopeft.commands._args import positive_float, positive_int, seed, study_args
 from autopeft.commands._output import print_front
 from autopeft.config import DEFAULT_SPACE, METRICS, TASK_TYPES
-from autopeft.contract import DTYPES
+from autopeft.contract import CLASS_WEIGHTS, DTYPES
 from autopeft.pruner import PRUNERS
 
 #: options passed to the API under the same name
 _SAME = ("model", "task", "data_dir", "train_file", "validation_file", "text_columns", "label_column", "metric", "task_type", "space",
          "sampler", "storage", "objectives", "max_params", "max_memory", "n_train", "n_eval", "epochs", "max_length",
-         "batch_size", "memory_batch_size", "lr_scale", "dtype", "gradient_checkpointing", "workers", "executor", "seed", "timeout", "trial_timeout",
+         "batch_size", "memory_batch_size", "lr_scale", "dtype", "gradient_checkpointing", "class_weights", "workers", "executor", "seed", "timeout", "trial_timeout",
          "max_failures", "collapse_stop", "pruner", "n_startup", "trust_remote_code", "enqueue", "warm_start")
 
 
@@ -54,6 +54,10 @@ def add(sub: Any) -> None:
                    help="batch the memory objective is reported for (default 32, whatever the trial batch)")
     s.add_argument("--dtype", choices=DTYPES, help="the base model's dtype in trials (default float32; adapters stay "
                    "float32; bfloat16 halves the weights' memory, and runs on CPU too)")
+    s.add_argument("--class-weights", choices=("auto", *CLASS_WEIGHTS),
+                   help="classification loss weights of the trials: balanced weighs classes evenly; auto (default) = "
+                        "balanced for imbalanced tasks scored by Matthews or macro-F1 (short trials of those settle on "
+                        "the majority class), else none")
     s.add_argument("--gradient-checkpointing", action="store_true", default=None,
                    help="recompute activations in backward in trials: less memory (counted in the memory objective), "
                         "more time")

@@ -32,6 +32,9 @@ def add(sub: Any) -> None:
     t.add_argument("--generate", type=int, default=None, metavar="ROWS",
                    help="causal LM: evaluation rows answered greedily for exact match (default: all on a GPU, 100 on "
                         "CPU; 0: none)")
+    t.add_argument("--class-weights", choices=("auto", "balanced", "none"), default="auto",
+                   help="classification loss weights: balanced weighs classes evenly; auto (default) = balanced for "
+                        "imbalanced tasks scored by Matthews or macro-F1, as the search's trials")
     t.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2 (default 0)")
     t.add_argument("-o", "--output", required=True, help="directory to save the trained model in")
     g = t.add_argument_group("transformers Trainer")
@@ -67,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
                     bf16=args.bf16, fp16=args.fp16, grad_accum=args.gradient_accumulation_steps,
                     grad_ckpt=args.gradient_checkpointing, resume=args.resume, report_to=args.report_to,
                     training_args=training_args(args.training_args), progress=not args.no_progress,
-                    generate=args.generate, n_eval=args.n_eval)
+                    generate=args.generate, n_eval=args.n_eval, class_weights=args.class_weights)
     split = res.get("split", "validation")
     em = (f"; exact match {res['exact_match_mean']:.4f} on {res['generated_rows']} {split} rows"
           if "exact_match" in res else "")
