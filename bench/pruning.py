@@ -47,8 +47,17 @@ def trajectory(study: Any) -> dict[str, Any]:
         secs.append(total)
         hv.append(hypervolume(np.array(pts).reshape(-1, len(objectives)), ref) if pts else 0.0)
     n_pruned = sum(t.state == TrialState.PRUNED for t in done)
+    # how well each rung's score ranks the final score, over the trials that ran to the end with a curve
+    from scipy.stats import spearmanr
+
+    full = [t.user_attrs[A.CURVE] for t in done if t.state == TrialState.COMPLETE and t.user_attrs.get(A.CURVE)]
+    rung_rho = {}
+    for r in (0.25, 0.5):
+        pairs = [(next(p[2] for p in c if p[0] == r), c[-1][2]) for c in full if any(p[0] == r for p in c)]
+        if len(pairs) >= 5:
+            rung_rho[str(r)] = {"rho": float(spearmanr(*zip(*pairs))[0]), "n": len(pairs)}
     return {"trials": len(done), "pruned": n_pruned, "trial_s": total, "hv": hv[-1] if hv else 0.0,
-            "secs": secs, "hvs": hv}
+            "secs": secs, "hvs": hv, "rung_rho": rung_rho}
 
 
 def first_reaching(tr: dict[str, Any], target: float) -> float | None:
@@ -67,7 +76,8 @@ def report(storage: str) -> dict[str, Any]:
         tr["to_reach"] = {f"{f:.2f}": first_reaching(tr, f * goal) for f in (0.8, 0.9, 0.95, 1.0)}
         reach = ", ".join(f"{k}: {v:.0f} s" if v is not None else f"{k}: never" for k, v in tr["to_reach"].items())
         print(f"{name:8s} {tr['trials']} trials ({tr['pruned']} stopped early), {tr['trial_s']:.0f} trial-s, "
-              f"hypervolume {tr['hv']:.4f}; trial-s to reach x of the plain search's final hypervolume: {reach}")
+              f"hypervolume {tr['hv']:.4f}; trial-s to reach x of the plain search's final hypervolume: {reach}; "
+              f"Spearman rho of rung and final score: {tr['rung_rho']}")
     return out
 
 
