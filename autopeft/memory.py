@@ -1,11 +1,16 @@
 """Training memory of a model, counted without training: weights, gradients and AdamW's moments of the trainable
-parameters, and the activations autograd saves (counted exactly with ``saved_tensors_hooks``)."""
+parameters, and the activations autograd saves (counted exactly with ``saved_tensors_hooks``); and the trial cost
+knobs that change it (the base model's dtype, gradient checkpointing)."""
 
 from __future__ import annotations
 
 import weakref
+from typing import Any
 
 import torch
+
+from autopeft.contract import Fidelity
+from autopeft.errors import AutoPeftError
 
 
 def measure_memory(model: torch.nn.Module, batch_size: int, max_length: int, vocab_hint: int,
@@ -93,4 +98,26 @@ def checkpointed_memory_parts(model: torch.nn.Module, base: torch.nn.Module, num
     return fixed, int(row_ckpt + inputs + max(0, row_plain - row_ckpt) / max(1, num_layers))
 
 
-__all__ = ["measure_memory", "memory_parts", "checkpointed_memory_parts"]
+def apply_cost_knobs(base: torch.nn.Module, fid: Fidelity) -> None:
+    """The fidelity's cost knobs on a freshly loaded base model: its dtype, and gradient checkpointing."""
+    if fid.dtype != "float32":
+        base.to(getattr(torch, fid.dtype))
+    if fid.gradient_checkpointing:
+        if not getattr(base, "supports_gradient_checkpointing", False):
+            raise AutoPeftError(f"{type(base).__name__} does not support gradient checkpointing; drop "
+                                "--gradient-checkpointing")
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def training_memory_parts(model: torch.nn.Module, base: torch.nn.Module, info: Any, fid: Fidelity, max_len: int, tok: Any,
+                  lm: bool) -> tuple[int, int]:
+    """(fixed bytes, bytes per row) of training memory, checkpointing counted (:mod:`autopeft.memory`)."""
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    vocab, types = int(getattr(base.config, "vocab_size", 30000)), "token_type_ids" in tok.model_input_names
+    if fid.gradient_checkpointing:
+        return checkpointed_memory_parts(model, base, info.arch.num_layers, info.arch.hidden_size, max_len, vocab,
+                                         trainable, types, lm)
+    return memory_parts(model, max_len, vocab, trainable, types, lm)
+
+
+__all__ = ["measure_memory", "memory_parts", "checkpointed_memory_parts", "apply_cost_knobs", "training_memory_parts"]

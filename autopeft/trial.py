@@ -22,7 +22,8 @@ from autopeft.errors import AutoPeftError
 
 from autopeft.contract import (  # noqa: F401  (re-exported: the trial's types)
     CPU_FIDELITY, FAILED, INFEASIBLE, OK, PRUNED, REFERENCE, Fidelity, TrialResult, TrialSpec, default_fidelity)
-from autopeft.memory import checkpointed_memory_parts, measure_memory, memory_parts  # noqa: F401  (re-exported)
+from autopeft.memory import apply_cost_knobs, measure_memory, memory_parts  # noqa: F401  (re-exported)
+from autopeft.memory import training_memory_parts as _memory_parts
 from autopeft.pruner import decide, rung_steps
 
 #: a train_loop failure that is the pruner's stop, not an error
@@ -270,28 +271,6 @@ def _reference(spec: TrialSpec, fid: Fidelity, t0: float) -> TrialResult:
     mem = int(fixed + per_row * fid.memory_batch_size)
     return TrialResult(spec.trial_id, OK, score=chance, params=full.trainable, memory_bytes=mem, metric=task.metric,
                        wall_s=time.perf_counter() - t0)
-
-
-def apply_cost_knobs(base: torch.nn.Module, fid: Fidelity) -> None:
-    """The fidelity's cost knobs on a freshly loaded base model: its dtype, and gradient checkpointing."""
-    if fid.dtype != "float32":
-        base.to(getattr(torch, fid.dtype))
-    if fid.gradient_checkpointing:
-        if not getattr(base, "supports_gradient_checkpointing", False):
-            raise AutoPeftError(f"{type(base).__name__} does not support gradient checkpointing; drop "
-                                "--gradient-checkpointing")
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-
-def _memory_parts(model: torch.nn.Module, base: torch.nn.Module, info: Any, fid: Fidelity, max_len: int, tok: Any,
-                  lm: bool) -> tuple[int, int]:
-    """(fixed bytes, bytes per row) of training memory, checkpointing counted (:mod:`autopeft.memory`)."""
-    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    vocab, types = int(getattr(base.config, "vocab_size", 30000)), "token_type_ids" in tok.model_input_names
-    if fid.gradient_checkpointing:
-        return checkpointed_memory_parts(model, base, info.arch.num_layers, info.arch.hidden_size, max_len, vocab,
-                                         trainable, types, lm)
-    return memory_parts(model, max_len, vocab, trainable, types, lm)
 
 
 def train_loop(built: Any, enc: Any, labels: Sequence[int] | None, fid: Fidelity, seed: int, device: torch.device,
