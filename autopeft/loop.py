@@ -83,19 +83,17 @@ class SearchLoop:
         """(complete trials, running trials) of the whole study."""
         from optuna.trial import TrialState
 
-        running = len(self.store.trials((TrialState.RUNNING,)))
-        return len(self.store.finished_trials()), running
+        trials = self.store.finished_trials(running=True)
+        running = sum(t.state == TrialState.RUNNING for t in trials)
+        return len(trials) - running, running
 
     def ask(self) -> Any | None:
         """The next spec to run, or None (a rejected proposal, or one over the shared total)."""
-        from optuna.trial import TrialState
-
         spec = self.proposer.ask()
         if spec is None:
             return None
         # drivers asking at the same moment: the lowest trial numbers keep the places up to n_trials
-        ahead = [t for t in self.store.trials((TrialState.RUNNING,)) + self.store.finished_trials()
-                 if t.number < spec.trial_id]
+        ahead = [t for t in self.store.finished_trials(running=True) if t.number < spec.trial_id]
         if len(ahead) >= self.policy.n_trials:
             self.proposer.withdraw(spec.trial_id, f"the study already had {self.policy.n_trials} trials running or complete")
             return None

@@ -288,12 +288,13 @@ class StudyStore:
 
         return len(self.trials((TrialState.COMPLETE,)))
 
-    def finished_trials(self) -> list[Any]:
-        """Trials that count toward ``n_trials``: complete, or stopped early by the pruner (evaluated configs)."""
+    def finished_trials(self, running: bool = False) -> list[Any]:
+        """Trials that count toward ``n_trials``: complete, or stopped early by the pruner (evaluated configs); with
+        ``running``, the running ones too (one read of the storage)."""
         from optuna.trial import TrialState
 
-        return [t for t in self.trials((TrialState.COMPLETE, TrialState.PRUNED))
-                if t.state == TrialState.COMPLETE or t.user_attrs.get(A.STATUS) == PRUNED]
+        states = (TrialState.COMPLETE, TrialState.PRUNED) + ((TrialState.RUNNING,) if running else ())
+        return [t for t in self.trials(states) if t.state != TrialState.PRUNED or t.user_attrs.get(A.STATUS) == PRUNED]
 
     # ------------------------------------------------------------------ writing trials
     def heartbeat(self, trial: Any) -> None:
