@@ -462,11 +462,15 @@ def auto_class_weights(task: "TaskData") -> str:
 
 
 def balanced_weights(labels: Sequence[int], num_labels: int) -> list[float]:
-    """Per-class loss weights n / (classes x count) (scikit-learn's ``class_weight="balanced"``); a class absent from
-    ``labels`` gets weight 1."""
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_labels).astype(float)
-    n, k = counts.sum(), int((counts > 0).sum())
-    return [float(n / (k * c)) if c > 0 else 1.0 for c in counts]
+    """Per-class loss weights n / (classes x count): scikit-learn's ``compute_class_weight("balanced")`` over the
+    classes present in ``labels``; a class absent from them gets weight 1."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    y = np.asarray(labels, dtype=np.int64)
+    present = np.unique(y)
+    out = np.ones(num_labels)
+    out[present] = compute_class_weight("balanced", classes=present, y=y)
+    return [float(w) for w in out]
 
 
 # ----------------------------------------------------------------------------- building TaskData

@@ -135,20 +135,6 @@ def _trainer_class() -> Any:
             super()._load_best_model()
             self._restore_trainable(self.state.best_model_checkpoint)
 
-        #: per-class loss weights (``--class-weights balanced``); None: the model's own loss
-        class_weight: "torch.Tensor | None" = None
-
-        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-                         num_items_in_batch: Any = None) -> Any:
-            if self.class_weight is None or "labels" not in inputs:
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            inputs = dict(inputs)
-            labels = inputs.pop("labels")
-            out = model(**inputs)
-            loss = torch.nn.functional.cross_entropy(out.logits.float(), labels,
-                                                     weight=self.class_weight.to(out.logits.device))
-            return (loss, out) if return_outputs else loss
-
     return AutoPeftTrainer
 
 
@@ -266,12 +252,18 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
 
         collator = (DataCollatorForSeq2Seq(tok, label_pad_token_id=-100, padding=True) if task.is_lm
                     else DataCollatorWithPadding(tok))
+        loss_func = None
+        if class_weights == "balanced" and not task.is_lm:  # cross-entropy with balanced class weights
+            weight = torch.tensor(balanced_weights([r["labels"] for r in train_ds], task.num_labels))
+
+            def loss_func(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
+                logits = outputs.logits.float()
+                return torch.nn.functional.cross_entropy(logits, labels, weight=weight.to(logits.device))
+
         trainer = _trainer_class()(
             model=built.model, args=args, train_dataset=train_ds, eval_dataset=hold_ds or None,
             data_collator=collator, compute_metrics=None if task.is_lm else metrics,
-            optimizers=(built.optimizer(), None), callbacks=built.callbacks or None)
-        if class_weights == "balanced" and not task.is_lm:
-            trainer.class_weight = torch.tensor(balanced_weights([r["labels"] for r in train_ds], task.num_labels))
+            optimizers=(built.optimizer(), None), callbacks=built.callbacks or None, compute_loss_func=loss_func)
         has_ckpt = ckpt.is_dir() and any(ckpt.glob("checkpoint-*"))
         trainer.train(resume_from_checkpoint=True if resume and has_ckpt else None)
         if any(not math.isfinite(h["loss"]) for h in trainer.state.log_history if "loss" in h):

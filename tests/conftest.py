@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -95,3 +101,29 @@ def glue_dir() -> Path:
     if not GLUE.is_dir():
         pytest.skip("../shared/data/glue is not beside the repository")
     return GLUE
+
+
+def dashboard_data(name: str, storage: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The study's summary and its detail (trials, intermediate values) as ``autopeft dashboard`` serves them over
+    HTTP (started on a free port, stopped after)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "autopeft.cli", "dashboard", "--study", name, "--storage", storage,
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as r:
+                    summary = next(x for x in json.loads(r.read())["study_summaries"] if x["study_name"] == name)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError("dashboard did not answer") from None
+                time.sleep(0.5)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}?after=0", timeout=5) as r:
+            return summary, dict(json.loads(r.read()))
+    finally:
+        proc.terminate()
+        proc.wait(10)

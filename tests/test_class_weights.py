@@ -88,5 +88,14 @@ def test_final_training_uses_the_same_rule(tiny_model: str, tmp_path: Path) -> N
     res = train_final(cand, tiny_model, data, tmp_path / "out", epochs=1, n_train=64, max_length=24, progress=False)
     assert res["class_weights"] == "balanced" and res["metric"] == "matthews"
     assert json.loads((tmp_path / "out" / "autopeft_result.json").read_text())["class_weights"] == "balanced"
+    # the Trainer trains on the weighted loss: the same seed and rows with the plain loss log another first loss
+    train_final(cand, tiny_model, data, tmp_path / "plain", epochs=1, n_train=64, max_length=24, progress=False,
+                class_weights="none")
+
+    def first_loss(d: str) -> float:
+        hist = json.loads((tmp_path / d / "seeds" / "seed0.json").read_text())["log_history"]
+        return next(h["loss"] for h in hist if "loss" in h)
+
+    assert first_loss("out") != pytest.approx(first_loss("plain"), abs=1e-4)
     with pytest.raises(ConfigError, match=r"^--class-weights must be one of none, balanced or auto, got 'even'$"):
         train_final(cand, tiny_model, data, tmp_path / "o2", epochs=1, n_train=64, class_weights="even")

@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import dashboard_data
 
 import autopeft
 from autopeft.candidate import Candidate
@@ -252,35 +248,12 @@ def test_missing_study_is_one_line_and_creates_nothing(cmd: str, study: tuple[st
 
 def test_dashboard_serves_the_study(study: tuple[str, str]) -> None:
     name, storage = study
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "autopeft.cli", "dashboard", "--study", name, "--storage", storage,
-                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        body = None
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as r:
-                    body = json.loads(r.read())
-                break
-            except OSError:
-                time.sleep(0.5)
-        assert body is not None, "dashboard did not answer"
-        studies = body["study_summaries"]
-        ours = [s for s in studies if s["study_name"] == name]
-        assert ours and ours[0]["directions"] == ["maximize", "minimize", "minimize"]
-        import optuna
+    summary, detail = dashboard_data(name, storage)
+    assert summary["directions"] == ["maximize", "minimize", "minimize"]
+    import optuna
 
-        n = len(optuna.load_study(study_name=name, storage=storage).trials)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{ours[0]['study_id']}?after=0", timeout=5) as r:
-            detail = json.loads(r.read())
-        assert len(detail["trials"]) == n
-        assert detail["objective_names"] == ["score (accuracy)", "trainable params", "memory (MiB)"]
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    assert len(detail["trials"]) == len(optuna.load_study(study_name=name, storage=storage).trials)
+    assert detail["objective_names"] == ["score (accuracy)", "trainable params", "memory (MiB)"]
 
 
 def test_notebook_runs_top_to_bottom(study: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,12 +3,6 @@ rung, and a search whose pruned trials are stored with their curve, count as tri
 
 from __future__ import annotations
 
-import json
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -16,6 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 from optuna.trial import TrialState
+
+from conftest import dashboard_data
 
 from autopeft import pruner
 from autopeft.pruner import RUNGS, cut, decide, prune_spec, rung_steps
@@ -142,31 +138,8 @@ def test_a_search_with_the_pruner_stores_curves_and_counts_pruned_trials(tiny_mo
     assert len(keys) == len(set(keys))
     assert {t.number for t in res.front_trials()} <= {t.number for t in complete}
     # the curves are in the dashboard's data
-    detail = _dashboard_detail("p", f"sqlite:///{tmp_path / 'p.db'}")
+    _, detail = dashboard_data("p", f"sqlite:///{tmp_path / 'p.db'}")
     curves = {t["number"]: {v["step"]: v["value"] for v in t["intermediate_values"]} for t in detail["trials"]}
     for t in complete + stopped:
         assert curves[t.number] == pytest.approx(t.intermediate_values)
 
-
-def _dashboard_detail(name: str, storage: str) -> dict[str, Any]:
-    """The study's detail as ``autopeft dashboard`` serves it over HTTP."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "autopeft.cli", "dashboard", "--study", name, "--storage", storage,
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as r:
-                    sid = next(s["study_id"] for s in json.loads(r.read())["study_summaries"] if s["study_name"] == name)
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{sid}?after=0", timeout=5) as r:
-                    return dict(json.loads(r.read()))
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-    finally:
-        proc.terminate()
-        proc.wait(10)
