@@ -19,8 +19,10 @@ from autopeft.candidate import Candidate
 from autopeft.errors import SpaceError
 from autopeft.methods import get_method, method_names
 from autopeft.space_dims import (  # noqa: F401  (Dim and the limits are part of this module's interface)
-    _LR_MULT, _SPARSITY_CRITERION, _SPARSITY_FRACTION, _SPARSITY_WARMUP, MAX_CHOICES, SPEC_KEYS, Dim, _check_keys, _dim,
-    _in_dim, _Param, _parse_param, _to_optuna)
+    _SPARSITY_CRITERION, _SPARSITY_FRACTION, _SPARSITY_WARMUP, MAX_CHOICES, SPEC_KEYS, Dim, _check_keys, _dim, _in_dim,
+    _Param, _parse_param, _to_optuna)
+from autopeft.space_names import (  # noqa: F401  (TRAINING_KEYS is part of this module's interface)
+    TRAINING_KEYS, make_candidate, ours, parse_method, parse_training, training_values, value_of)
 from autopeft.yamlio import excerpt
 
 if TYPE_CHECKING:
@@ -33,7 +35,6 @@ MAX_FILE_BYTES = 256 * 1024
 TOP_KEYS = ("version", "name", "description", "select", "placement", "methods", "sparsity", "training")
 PLACEMENT_KEYS = ("layers",)
 SPARSITY_KEYS = ("fraction", "criterion", "warmup_steps")
-TRAINING_KEYS = ("lr_multiplier",)
 SUBMODULES = ("q", "k", "v", "o", "ffn_up", "ffn_down")
 
 def _shipped_dir() -> Path:
@@ -128,20 +129,7 @@ class SearchSpace:
             block = block if block is not None else {}
             if not isinstance(block, Mapping):
                 raise SpaceError(f"{source}: methods.{mname} must be a mapping of its parameters")
-            method = get_method(mname)
-            for alias, canon in method.aliases.items():  # peft's names for our parameters
-                if alias in block:
-                    if canon in block:
-                        raise SpaceError(f"{source}: methods.{mname} gives both {alias} and {canon}; they are one "
-                                         "parameter, keep one")
-                    block = {(canon if k == alias else k): v for k, v in block.items()}
-            _check_keys(block, tuple(method.params), f"methods.{mname}", source)
-            parsed = {}
-            for pname, decl in method.params.items():
-                where = f"methods.{mname}.{pname}"
-                parsed[pname] = _parse_param(block.get(pname, decl.default), decl, where, source,
-                                             allow_zero=(select == "all" and pname == method.size_param))
-            methods[mname] = parsed
+            methods[mname] = parse_method(block, mname, select, source)  # peft's names (aliases, alternatives) too
         peft_methods = [m for m in methods if get_method(m).uses_peft]
         if select == "all" and len(peft_methods) > 1:
             raise SpaceError(
@@ -160,13 +148,7 @@ class SearchSpace:
             "criterion": _parse_param(sparsity_raw.get("criterion", "random"), _SPARSITY_CRITERION, "sparsity.criterion", source),
             "warmup_steps": _parse_param(sparsity_raw.get("warmup_steps", 10), _SPARSITY_WARMUP, "sparsity.warmup_steps", source),
         }
-        training_raw = data.get("training", {}) or {}
-        if not isinstance(training_raw, Mapping):
-            raise SpaceError(f"{source}: training must be a mapping with keys {', '.join(TRAINING_KEYS)}")
-        _check_keys(training_raw, TRAINING_KEYS, "training", source)
-        training = {
-            "lr_multiplier": _parse_param(training_raw.get("lr_multiplier", 1.0), _LR_MULT, "training.lr_multiplier", source),
-        }
+        training = parse_training(data.get("training"), source)
         return cls(name, description, select, layers, methods, sparsity, training, source, dict(data))
 
     def without_methods(self, names: Sequence[str]) -> "SearchSpace":
@@ -264,10 +246,10 @@ class BoundSpace:
                     cfg[pname] = [values[f"{mname}.{pname}.{i}"] for i in layers]
                 else:
                     cfg[pname] = values[f"{mname}.{pname}"]
-            methods[mname] = cfg
+            methods[mname] = ours(mname, cfg)
         sparsity = {k: (values[f"sparsity.{k}"] if p.kind is not None else p.value) for k, p in sp.sparsity.items()}
         training = {k: (values[f"training.{k}"] if p.kind is not None else p.value) for k, p in sp.training.items()}
-        return Candidate.make(methods, layers, sparsity, training["lr_multiplier"])
+        return make_candidate(methods, layers, sparsity, training)
 
     def values_of(self, cand: Candidate) -> dict[str, Any]:
         """Dimension values (active ones only) that reproduce ``cand``; inverse of candidate_from_values."""
@@ -294,7 +276,7 @@ class BoundSpace:
                     v = 0 if (0 in p.choices or (p.kind in ("int", "float") and p.low <= 0)) else (
                         p.choices[0] if p.choices else p.low)
                 else:
-                    v = cfg.get(pname)
+                    v = value_of(mname, pname, p, cfg)
                 if p.per_layer:
                     per = dict(zip(cand.layers, v)) if isinstance(v, list) else {}
                     for i in sp.layer_indices(self.num_layers):
@@ -306,9 +288,7 @@ class BoundSpace:
         for k, p in sp.sparsity.items():
             if p.kind is not None:
                 vals[f"sparsity.{k}"] = cand.sparsity.get(k, p.choices[0] if p.choices else p.low)
-        if sp.training["lr_multiplier"].kind is not None:
-            vals["training.lr_multiplier"] = cand.lr_multiplier
-        return vals
+        return {**vals, **training_values(sp.training, cand)}
 
     # ------------------------------------------------------------------ vectors
     def encode(self, cand: Candidate) -> np.ndarray:

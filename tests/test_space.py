@@ -8,9 +8,16 @@ import numpy as np
 import optuna
 import pytest
 
+from autopeft.arch import ArchInfo
 from autopeft.candidate import Candidate
 from autopeft.errors import ConfigError, SpaceError
-from autopeft.space import SearchSpace, shipped_spaces
+from autopeft.methods import get_method, learning_rates
+from autopeft.space import BoundSpace, SearchSpace, shipped_spaces
+
+
+#: a BERT-shaped model of 6 layers (the peft configs of a space's candidates need no weights)
+ARCH = ArchInfo("bert", "bert.encoder.layer", {s: s for s in ("q", "k", "v", "o", "ffn_up", "ffn_down")},
+                num_layers=6, hidden_size=384, intermediate_size=1536, num_heads=12, max_positions=512)
 
 
 def test_shipped_spaces_load_and_bind() -> None:
@@ -178,6 +185,11 @@ BAD = [
     ({"methods": {"lora": {}}, "version": 2}, "version must be 1"),
     ({"methods": {"lora": {}}, "sparsity": {"fraction": 1.5}}, "sparsity.fraction must be <= 0.99"),
     ({"methods": {"lora": {}}, "sparsity": {"criterion": "l1"}}, "sparsity.criterion must be one of random, magnitude"),
+    ({"methods": {"lora": {"lora_alpha": 0}}}, "methods.lora.lora_alpha must be > 0, got 0"),
+    ({"methods": {"ia3": {"lora_alpha": 16}}}, "unknown key 'lora_alpha' in methods.ia3"),
+    ({"methods": {"lora": {"lora_alpha": {"choices": [8], "per_layer": True}}}}, "lora_alpha cannot be searched per layer"),
+    ({"methods": {"lora": {}}, "training": {"learning_rate": 0}}, "training.learning_rate must be > 0, got 0"),
+    ({"methods": {"lora": {}}, "training": {"lr": 1e-3}}, "allowed keys: lr_multiplier, learning_rate"),
 ]
 
 
@@ -251,3 +263,132 @@ def test_shipped_spaces_are_found_in_an_installed_wheel(tmp_path: Path, monkeypa
     (pkg / "search_spaces" / "lora.yaml").write_text("methods: {lora: {r: 8}}\n")
     monkeypatch.setattr(space_mod, "__file__", str(pkg / "space.py"))
     assert space_mod.shipped_spaces() == ["lora"]
+
+
+# ----------------------------------------------------------------------------- names users know
+def _round_trips(b: BoundSpace, c: Candidate) -> None:
+    """Every way a candidate travels through the space gives it back."""
+    assert b.contains(c)
+    assert b.decode(b.encode(c)) == c
+    params = b.optuna_params(c)
+    assert b.candidate_from_params(params) == c
+    assert b.suggest(optuna.trial.FixedTrial(params)) == c
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_a_fixed_lora_alpha_holds_for_every_rank(method: str) -> None:
+    """peft's lora_alpha: 16 with a searched r: the candidate keeps alpha_ratio = 16 / r, so peft gets lora_alpha 16
+    at every rank; lora_alpha fixed is no dimension, and a candidate with another alpha is no point of the space."""
+    b = SearchSpace.from_dict({"methods": {method: {"r": {"choices": [4, 8, 16]}, "lora_alpha": 16}}}).bind(6)
+    assert [d.name for d in b.dims] == [f"{method}.r"]
+    for r, ratio in ((4, 4.0), (8, 2.0), (16, 1.0)):
+        c = b.candidate_from_values({f"{method}.r": r})
+        assert c.methods[method] == {"r": r, "targets": ["q", "v"], "alpha_ratio": ratio, "dropout": 0.1}
+        cfg = get_method(method).peft_config(c.methods[method], c.layers, ARCH, ["classifier"])
+        assert (cfg.r, cfg.lora_alpha) == (r, 16.0)
+        _round_trips(b, c)
+    other = Candidate.make({method: {"r": 4, "targets": ["q", "v"], "alpha_ratio": 2.0, "dropout": 0.1}}, range(6))
+    assert not b.contains(other)  # lora_alpha 8
+    # the same space in our names differs only in the candidates' alpha_ratio
+    ours = SearchSpace.from_dict({"methods": {method: {"r": {"choices": [4, 8, 16]}, "alpha_ratio": 4.0}}}).bind(6)
+    assert ours.candidate_from_values({f"{method}.r": 4}) == b.candidate_from_values({f"{method}.r": 4})
+
+
+@pytest.mark.parametrize("alpha,kind", [({"choices": [8, 16, 32]}, "ord"), ({"float": [4, 64], "log": True}, "float"),
+                                        ({"int": [4, 64]}, "int")])
+def test_a_searched_lora_alpha_is_a_dimension_and_round_trips(alpha: dict, kind: str) -> None:
+    """lora_alpha searched is the dimension lora.lora_alpha (what a sampler models); each candidate's alpha_ratio x r
+    gives it back, through Candidate's rounding (r = 3, 7, ... leave alpha_ratio inexact), at the range's bounds too."""
+    b = SearchSpace.from_dict({"methods": {"lora": {"r": {"int": [1, 12]}, "lora_alpha": alpha}}}).bind(4)
+    d = b.by_name["lora.lora_alpha"]
+    assert [x.name for x in b.dims] == ["lora.r", "lora.lora_alpha"] and d.kind == kind
+    if kind == "ord":
+        assert d.choices == (8.0, 16.0, 32.0)
+    n_inexact = 0
+    for c in b.sample(np.random.default_rng(3), 150):
+        cfg = c.methods["lora"]
+        assert set(cfg) == {"r", "targets", "alpha_ratio", "dropout"}  # the candidate format: no lora_alpha
+        params = b.optuna_params(c)
+        assert cfg["alpha_ratio"] * cfg["r"] == pytest.approx(params["lora.lora_alpha"], rel=1e-5)
+        assert 4 <= params["lora.lora_alpha"] <= 64
+        if kind != "float":
+            assert params["lora.lora_alpha"] in (d.choices if kind == "ord" else range(4, 65))
+        n_inexact += cfg["alpha_ratio"] * cfg["r"] != params["lora.lora_alpha"]
+        _round_trips(b, c)
+    assert n_inexact > 10 or kind == "float"  # a choice or an integer needed snapping back onto it
+    for r, a in ((3, 4), (7, 64), (12, 64)):  # at the bounds
+        c = b.candidate_from_values({"lora.r": r, "lora.lora_alpha": d.choices[-1] if kind == "ord" else a})
+        _round_trips(b, c)
+
+
+def test_lora_alpha_errors_have_exact_messages() -> None:
+    both = {"methods": {"lora": {"r": 8, "alpha_ratio": 2.0, "lora_alpha": 16}}}
+    with pytest.raises(SpaceError, match=r"^s\.yaml: methods\.lora gives both lora_alpha and alpha_ratio "
+                                         r"\(lora_alpha = alpha_ratio × r\); keep one$"):
+        SearchSpace.from_dict(both, source="s.yaml")
+    per_layer = {"methods": {"dora": {"r": {"choices": [2, 4], "per_layer": True}, "lora_alpha": 16}}}
+    with pytest.raises(SpaceError, match=r"^s\.yaml: methods\.dora\.lora_alpha does not take a per-layer r; give "
+                                         r"alpha_ratio there \(lora_alpha = alpha_ratio × r\)$"):
+        SearchSpace.from_dict(per_layer, source="s.yaml")
+    with pytest.raises(SpaceError, match=r"^s\.yaml: training gives both learning_rate and lr_multiplier; keep one "
+                                         r"\(learning_rate is the rate of the candidate's method, lr_multiplier "
+                                         r"multiplies each method's default rate\)$"):
+        SearchSpace.from_dict({"methods": {"lora": {}}, "training": {"learning_rate": 1e-3, "lr_multiplier": 2.0}},
+                              source="s.yaml")
+
+
+def test_a_fixed_learning_rate_is_the_rate_of_every_candidate() -> None:
+    """training.learning_rate 3e-4: lora (default 5e-4) and ia3 (default 5e-3) each train at 3e-4, and so does the
+    head; with several methods the one of the highest default rate takes it, the others keep their ratio to it."""
+    b = SearchSpace.from_dict({"methods": {"lora": {}, "ia3": {}}, "training": {"learning_rate": 3e-4}}).bind(4)
+    assert [d.name for d in b.dims] == ["method"]
+    lora = b.candidate_from_values({"method": "lora"})
+    assert lora.lr_multiplier == 0.6
+    assert learning_rates(lora) == {"lora": pytest.approx(3e-4, rel=1e-12), "head": pytest.approx(3e-4, rel=1e-12)}
+    ia3 = b.candidate_from_values({"method": "ia3"})
+    assert ia3.lr_multiplier == 0.06
+    assert learning_rates(ia3) == {"ia3": pytest.approx(3e-4, rel=1e-12), "head": pytest.approx(3e-4, rel=1e-12)}
+    for c in (lora, ia3):
+        _round_trips(b, c)
+    assert not b.contains(Candidate.make(ia3.methods, ia3.layers))  # ia3 at its default 5e-3
+    # select: all: serial_adapter's 1e-3 is the highest default, lora keeps half of it; switched off, lora takes it
+    b = SearchSpace.from_dict({"select": "all", "methods": {"lora": {"r": {"choices": [0, 8]}},
+                                                           "serial_adapter": {"size": {"choices": [0, 16]}}},
+                               "training": {"learning_rate": 3e-4}}).bind(4)
+    both = b.candidate_from_values({"lora.r": 8, "serial_adapter.size": 16})
+    assert learning_rates(both) == {"lora": pytest.approx(1.5e-4), "serial_adapter": pytest.approx(3e-4),
+                                    "head": pytest.approx(3e-4)}
+    alone = b.candidate_from_values({"lora.r": 8, "serial_adapter.size": 0})
+    assert learning_rates(alone) == {"lora": pytest.approx(3e-4), "head": pytest.approx(3e-4)}
+    head_only = b.candidate_from_values({"lora.r": 0, "serial_adapter.size": 0})
+    assert head_only.methods == {} and learning_rates(head_only) == {"head": pytest.approx(3e-4, rel=1e-12)}
+    for c in (both, alone, head_only):
+        _round_trips(b, c)
+
+
+def test_a_searched_learning_rate_is_a_dimension_and_round_trips() -> None:
+    """training.learning_rate searched is the dimension a sampler models; every candidate trains its head at the
+    rate its params give, and comes back from them, at the range's bounds too."""
+    b = SearchSpace.from_dict({"methods": {"lora": {"r": {"choices": [4, 8]}}, "ia3": {}, "prefix": {},
+                                           "serial_adapter": {}},
+                               "training": {"learning_rate": {"float": [1e-5, 1e-2], "log": True}}}).bind(4)
+    assert [d.name for d in b.dims] == ["method", "lora.r", "training.learning_rate"]
+    assert b.distributions()["training.learning_rate"] == optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)
+    rates = []
+    for c in b.sample(np.random.default_rng(5), 200):
+        lr = b.optuna_params(c)["training.learning_rate"]
+        assert 1e-5 <= lr <= 1e-2
+        assert learning_rates(c)["head"] == pytest.approx(lr, rel=1e-5)
+        rates.append(lr)
+        _round_trips(b, c)
+    assert min(rates) < 1e-4 and max(rates) > 1e-3  # log scale over three decades
+    for method, lr in (("ia3", 1e-2), ("prefix", 1e-5), ("serial_adapter", 1e-2)):
+        c = b.candidate_from_values({"method": method, "training.learning_rate": lr})
+        assert b.values_of(c)["training.learning_rate"] == lr
+        _round_trips(b, c)
+    # the same searched as choices
+    b = SearchSpace.from_dict({"methods": {"lora": {}},
+                               "training": {"learning_rate": {"choices": [1e-4, 3e-4]}}}).bind(2)
+    c = b.candidate_from_values({"training.learning_rate": 3e-4})
+    assert b.optuna_params(c) == {"training.learning_rate": 3e-4}
+    _round_trips(b, c)

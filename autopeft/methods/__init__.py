@@ -7,10 +7,10 @@ hand-designed baselines.  Importing this package loads no torch.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from autopeft.errors import SpaceError
-from autopeft.methods.base import Baseline, ParamDecl, PeftMethod, target_regex
+from autopeft.methods.base import AltParam, Baseline, ParamDecl, PeftMethod, target_regex
 
 if TYPE_CHECKING:
     from autopeft.candidate import Candidate
@@ -49,12 +49,18 @@ def method_names() -> list[str]:
     return list(_REGISTRY)
 
 
+def base_learning_rate(names: Iterable[str]) -> float:
+    """The rate lr_multiplier multiplies for the head: the largest ``default_lr`` of these methods, ``HEAD_ONLY_LR``
+    for none (a space's ``training.learning_rate`` is this rate x lr_multiplier)."""
+    return max((get_method(n).default_lr for n in names), default=HEAD_ONLY_LR)
+
+
 def learning_rates(cand: Candidate) -> dict[str, float]:
     """Per-group rates: each method's ``default_lr`` x lr_multiplier; ``head``: the largest of them
     (``HEAD_ONLY_LR`` x lr_multiplier for a head-only candidate)."""
     mult = cand.lr_multiplier
     lrs = {n: get_method(n).default_lr * mult for n in cand.methods}
-    lrs["head"] = max(lrs.values()) if lrs else HEAD_ONLY_LR * mult
+    lrs["head"] = base_learning_rate(cand.methods) * mult
     return lrs
 
 
@@ -88,5 +94,6 @@ def baseline_candidates(num_layers: int) -> dict[str, Candidate]:
 
 from autopeft.methods import lora, dora, ia3, prefix, serial_adapter, parallel_adapter, full  # noqa: E402,F401
 
-__all__ = ["Baseline", "ParamDecl", "PeftMethod", "register_method", "unregister_method", "get_method", "method_names",
-           "target_regex", "learning_rates", "cost_feature_vector", "baseline_candidates", "HEAD_ONLY_LR"]
+__all__ = ["AltParam", "Baseline", "ParamDecl", "PeftMethod", "register_method", "unregister_method", "get_method",
+           "method_names", "target_regex", "learning_rates", "base_learning_rate", "cost_feature_vector",
+           "baseline_candidates", "HEAD_ONLY_LR"]

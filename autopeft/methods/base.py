@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
 from autopeft.arch import MODULE_ALIASES, SUBMODULES, ArchInfo
 from autopeft.errors import SpaceError
@@ -74,6 +74,26 @@ class ParamDecl:
         return v
 
 
+@dataclass(frozen=True)
+class AltParam:
+    """A parameter a space may give instead of one of ours, under a name users know (peft's ``lora_alpha`` for
+    LoRA's ``alpha_ratio``).  Candidates keep ours: the space converts when it builds a candidate and back when it
+    reads one, so a search on this name models it directly while the candidate format stays the same.
+
+    ``replaces``: our parameter; ``decl``: its own type and bounds; ``depends_on``: the parameter of ours that the
+    conversions read (the space refuses this name when that one is searched per layer); ``meaning``: the relation, for
+    messages; ``to_ours(value, cfg)`` and ``from_ours(ours, cfg)``: the conversions, given the method's other settings.
+    """
+
+    name: str
+    replaces: str
+    decl: ParamDecl
+    depends_on: str
+    meaning: str
+    to_ours: Callable[[float, Mapping[str, Any]], float]
+    from_ours: Callable[[float, Mapping[str, Any]], float]
+
+
 class PeftMethod:
     """Base class of a method plug-in. Subclasses register with :func:`autopeft.methods.register_method`.
 
@@ -104,6 +124,8 @@ class PeftMethod:
     params: ClassVar[dict[str, ParamDecl]] = {}
     #: other names a space may give a parameter (peft's own: ``target_modules``, ``lora_dropout``) -> ours
     aliases: ClassVar[dict[str, str]] = {}
+    #: parameters a space may give instead of one of ours, converted (peft's ``lora_alpha`` for ``alpha_ratio``)
+    alt_params: ClassVar[tuple[AltParam, ...]] = ()
 
     def param_shapes(self, cfg: dict[str, Any], layers: Sequence[int], arch: ArchInfo) -> list[tuple[int, ...]]:
         """Shapes of every tensor this method trains, in any order."""

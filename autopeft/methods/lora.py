@@ -4,10 +4,25 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from autopeft.arch import ArchInfo
-from autopeft.methods import Baseline, ParamDecl, PeftMethod, register_method, target_regex
+from autopeft.methods import AltParam, Baseline, ParamDecl, PeftMethod, register_method, target_regex
+
+
+def _base_rank(cfg: Mapping[str, Any]) -> int:
+    """The rank peft's ``r`` and ``lora_alpha`` are given: the most common one of per-layer ranks."""
+    r = cfg["r"]
+    return Counter(r).most_common(1)[0][0] if isinstance(r, list) else r
+
+
+def _alpha_to_ratio(alpha: float, cfg: Mapping[str, Any]) -> float:
+    r = _base_rank(cfg)
+    return alpha / r if r else alpha  # r = 0 switches the method off (select: all): the value goes unused
+
+
+def _ratio_to_alpha(ratio: float, cfg: Mapping[str, Any]) -> float:
+    return ratio * _base_rank(cfg)
 
 
 @register_method
@@ -25,6 +40,10 @@ class Lora(PeftMethod):
         "alpha_ratio": ParamDecl("float", default=2.0, low=0.0, exclusive_low=True),
         "dropout": ParamDecl("float", default=0.1, low=0.0, high=1.0, exclusive_high=True),
     }
+    #: peft's lora_alpha, fixed or searched: the space converts it to alpha_ratio for each candidate's rank
+    alt_params = (AltParam("lora_alpha", "alpha_ratio", ParamDecl("float", low=0.0, exclusive_low=True),
+                           depends_on="r", meaning="lora_alpha = alpha_ratio × r",
+                           to_ours=_alpha_to_ratio, from_ours=_ratio_to_alpha),)
 
     @staticmethod
     def _ranks(cfg: dict[str, Any], layers: Sequence[int]) -> list[int]:
@@ -48,7 +67,7 @@ class Lora(PeftMethod):
         from peft import LoraConfig
 
         ranks = self._ranks(cfg, layers)
-        base_r = Counter(ranks).most_common(1)[0][0]
+        base_r = _base_rank(cfg)
         rank_pattern: dict[str, int] = {}
         alpha_pattern: dict[str, float] = {}
         for layer, r in zip(layers, ranks):
