@@ -153,7 +153,9 @@ def trainable(cand: Candidate, model: str | None, num_labels: int, seed: int = 0
     info = model_info(model, num_labels)
     base, tok = load_base(model, num_labels)
     built = build_model(cand, base, info, seed=seed)
-    callbacks = [_sparsity_callback(built.masks)] if built.masks is not None else []
+    from autopeft.training import sparsity_callback
+
+    callbacks = [sparsity_callback(built.masks)] if built.masks is not None else []
     return Trainable(built.model, tok, cand, built.param_groups, built.trainable, callbacks, built.masks)
 
 
@@ -169,16 +171,3 @@ def load_for_training(directory: str | Path, model: str | None = None, seed: int
         raise ConfigError(f"{p} is missing or not valid JSON ({type(exc).__name__}): export the config again") from None
     base_model = model if model is not None else info_json.get("base_model")
     return trainable(cand, base_model, int(info_json.get("num_labels", 2)), seed)  # num_labels 0: causal LM
-
-
-def _sparsity_callback(masks: Any) -> Any:
-    """A ``TrainerCallback`` that fixes magnitude masks after their warm-up and re-zeroes masked weights after each
-    optimizer step (as autopeft's own loop does), so AdamW cannot revive them."""
-    from transformers import TrainerCallback
-
-    class SparsityCallback(TrainerCallback):
-        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            masks.maybe_fix(state.global_step)
-            masks.enforce()
-
-    return SparsityCallback()

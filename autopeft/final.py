@@ -14,7 +14,8 @@ import torch
 
 from autopeft.candidate import Candidate
 from autopeft.errors import ConfigError, DataError
-from autopeft.trial import Fidelity, _encode, encode_lm, lm_loss, predict_logits, score_logits, task_of, train_loop
+from autopeft.training import collator, rows, training_arguments, weighted_loss  # noqa: F401  (re-exported)
+from autopeft.trial import _encode, encode_lm, lm_loss, predict_logits, score_logits, task_of
 
 WEIGHTS_FILE = "autopeft_weights.pt"
 RESULT_FILE = "autopeft_result.json"
@@ -71,40 +72,6 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def training_arguments(out: Path, *, seed: int, epochs: float, batch_size: int, total_steps: int, device: str,
-                       eval_each_epoch: bool, bf16: bool = False, fp16: bool = False, grad_accum: int = 1,
-                       grad_ckpt: bool = False, report_to: str = "none", progress: bool = True,
-                       extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The keyword arguments of transformers' ``TrainingArguments`` for one seed: autopeft's schedule (linear,
-    6 % warm-up; the per-method learning rates live in the optimizer), evaluation and a checkpoint each epoch with the
-    best kept, the user's precision/accumulation/logging choices, then ``extra`` (any other TrainingArguments field)."""
-    from transformers import TrainingArguments
-
-    if bf16 and fp16:
-        raise ConfigError("--bf16 and --fp16 exclude each other; pick one")
-    if device == "cpu" and fp16:
-        raise ConfigError("--fp16 needs a CUDA GPU; on the CPU use --bf16 or neither")
-    kw: dict[str, Any] = dict(
-        output_dir=str(out), seed=seed, num_train_epochs=epochs, per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=64, gradient_accumulation_steps=grad_accum, gradient_checkpointing=grad_ckpt,
-        bf16=bf16, fp16=fp16, use_cpu=device == "cpu", lr_scheduler_type="linear",
-        warmup_steps=max(1, int(0.06 * total_steps)), weight_decay=0.01,
-        eval_strategy="epoch" if eval_each_epoch else "no", save_strategy="epoch" if eval_each_epoch else "no",
-        load_best_model_at_end=eval_each_epoch, metric_for_best_model="score", greater_is_better=True,
-        save_total_limit=1, logging_strategy="steps", logging_steps=max(1, total_steps // 20),
-        report_to=[] if report_to in ("none", "") else [r.strip() for r in report_to.split(",")],
-        disable_tqdm=not progress, remove_unused_columns=False, train_sampling_strategy="group_by_length",
-    )
-    fields = set(TrainingArguments.__dataclass_fields__)
-    for k, v in (extra or {}).items():
-        if k not in fields:
-            close = sorted(f for f in fields if k.replace("-", "_") in f)[:5]
-            raise ConfigError(f"--training-args: {k!r} is not a field of transformers' TrainingArguments"
-                              + (f" (did you mean {', '.join(close)}?)" if close else ""))
-        kw[k] = v
-    return kw
-
-
 def _trainer_class() -> Any:
     from transformers import Trainer
 
@@ -138,18 +105,12 @@ def _trainer_class() -> Any:
     return AutoPeftTrainer
 
 
-def _rows(enc: Any, labels: Sequence[int]) -> list[dict[str, Any]]:
-    keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in enc]
-    return [{**{k: enc[k][i] for k in keys}, "labels": int(labels[i])} for i in range(len(labels))]
-
-
 def _dataset(task: Any, tok: Any, idx: Sequence[int], max_length: int) -> list[dict[str, Any]]:
     """Training rows for the Trainer: class labels, or (causal LM) per-token labels with the prompt masked."""
     texts = [task.train_texts[i] for i in idx]
     if task.is_lm:
-        enc = encode_lm(tok, texts, max_length)
-        return [{k: enc[k][i] for k in enc} for i in range(len(enc["input_ids"]))]
-    return _rows(_encode(tok, texts, max_length), [task.train_labels[i] for i in idx])
+        return rows(encode_lm(tok, texts, max_length), None)
+    return rows(_encode(tok, texts, max_length), [task.train_labels[i] for i in idx])
 
 
 def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_dir: str | Path, *, epochs: float = 3.0,
@@ -170,7 +131,7 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
     ``class_weights``: ``balanced``, ``none``, or ``auto`` (balanced for imbalanced tasks scored by Matthews or
     macro-F1, as a search's trials: :func:`autopeft.data.auto_class_weights`)."""
     import numpy as np
-    from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, TrainingArguments
+    from transformers import TrainingArguments
 
     from autopeft.builder import model_info
     from autopeft.export import trainable
@@ -250,19 +211,12 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
             logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
             return {"score": score_logits(task.metric, np.asarray(logits), pred.label_ids.tolist())}
 
-        collator = (DataCollatorForSeq2Seq(tok, label_pad_token_id=-100, padding=True) if task.is_lm
-                    else DataCollatorWithPadding(tok))
         loss_func = None
         if class_weights == "balanced" and not task.is_lm:  # cross-entropy with balanced class weights
-            weight = torch.tensor(balanced_weights([r["labels"] for r in train_ds], task.num_labels))
-
-            def loss_func(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
-                logits = outputs.logits.float()
-                return torch.nn.functional.cross_entropy(logits, labels, weight=weight.to(logits.device))
-
+            loss_func = weighted_loss(balanced_weights([r["labels"] for r in train_ds], task.num_labels))
         trainer = _trainer_class()(
             model=built.model, args=args, train_dataset=train_ds, eval_dataset=hold_ds or None,
-            data_collator=collator, compute_metrics=None if task.is_lm else metrics,
+            data_collator=collator(tok, task.is_lm), compute_metrics=None if task.is_lm else metrics,
             optimizers=(built.optimizer(), None), callbacks=built.callbacks or None, compute_loss_func=loss_func)
         has_ckpt = ckpt.is_dir() and any(ckpt.glob("checkpoint-*"))
         trainer.train(resume_from_checkpoint=True if resume and has_ckpt else None)
@@ -300,46 +254,6 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
         result.update({"exact_match": matches, "exact_match_mean": statistics.fmean(matches), "generated_rows": n_gen})
     (out / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return result
-
-
-def _train_lean(cand: Candidate, model: str | None, data: dict[str, Any], n_train: int | None, epochs: float, seed: int,
-                max_length: int, batch_size: int) -> dict[str, Any]:
-    """One full-budget run on autopeft's lean loop (the trials' loop), saving nothing: what the committed
-    ``bench/retrain.py`` tables were measured with, kept so they reproduce."""
-    import numpy as np
-
-    from autopeft.builder import build_model, load_base, model_info
-
-    task = task_of(data)
-    info = model_info(model, task.num_labels)
-    n = len(task.train_labels) if n_train is None else min(n_train, len(task.train_labels))
-    fid = Fidelity(n_train=max(1, n), epochs=epochs, n_eval=1, max_length=min(max_length, info.arch.max_positions),
-                   batch_size=batch_size, memory_batch_size=batch_size)
-    val_texts, val_labels = _validation(task)
-    t0 = time.perf_counter()
-    base, tok = load_base(model, task.num_labels)
-    built = build_model(cand, base, info, seed=seed)
-    idx = np.random.default_rng(seed).permutation(len(task.train_labels))[:n].tolist()
-    enc = _encode(tok, [task.train_texts[i] for i in idx], fid.max_length)
-    steps, loss, failure = train_loop(built, enc, [task.train_labels[i] for i in idx], fid, seed, torch.device("cpu"),
-                                      tok.pad_token_id or 0)
-    if failure is not None:
-        raise ConfigError(f"final training diverged (seed {seed}): {failure}")
-    logits = predict_logits(built.model, _encode(tok, val_texts, fid.max_length), 64, tok.pad_token_id or 0,
-                            torch.device("cpu"))
-    return {"score": score_logits(task.metric, logits, val_labels), "seconds": time.perf_counter() - t0,
-            "params": built.trainable, "n_train": n}
-
-
-def run_seed(cand_json: str, model: str | None, data: dict[str, Any], n_train: int | None, epochs: float, seed: int,
-             max_length: int = 128, batch_size: int = 32) -> dict[str, Any]:
-    """One full-budget run with one seed, on one thread, saving nothing (for process pools, e.g. bench/retrain.py;
-    on the lean loop its committed tables were measured with)."""
-    from autopeft._quiet import quiet
-
-    quiet()
-    torch.set_num_threads(1)
-    return _train_lean(Candidate.from_json(cand_json), model, data, n_train, epochs, seed, max_length, batch_size)
 
 
 def save_trained(built: Any, cand: Candidate, out: Path, model: str | None, num_labels: int) -> None:

@@ -13,7 +13,7 @@ import math
 import os
 import time
 import traceback
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -24,10 +24,8 @@ from autopeft.contract import (  # noqa: F401  (re-exported: the trial's types)
     CPU_FIDELITY, FAILED, INFEASIBLE, OK, PRUNED, REFERENCE, Fidelity, TrialResult, TrialSpec, default_fidelity)
 from autopeft.memory import apply_cost_knobs, measure_memory, memory_parts  # noqa: F401  (re-exported)
 from autopeft.memory import training_memory_parts as _memory_parts
-from autopeft.pruner import decide, rung_steps
-
-#: a train_loop failure that is the pruner's stop, not an error
-STOPPED_EARLY = "stopped early: "
+from autopeft.pruner import decide
+from autopeft.training import STOPPED_EARLY, rows, train_trial
 
 
 # ----------------------------------------------------------------------------- data plumbing
@@ -89,21 +87,6 @@ def encode_lm(tok: Any, texts: Sequence[tuple[str, ...]], max_length: int) -> di
         out["attention_mask"].append([1] * len(ids))
         out["labels"].append(labels)
     return out
-
-
-def length_grouped_order(enc: Any, bs: int, rng: np.random.Generator, group: int = 16) -> list[int]:
-    """A random order in which each batch holds rows of similar length (less padding), as HF's
-    ``group_by_length``: shuffle, sort by length inside chunks of ``group`` batches, shuffle the batches."""
-    n = len(enc["input_ids"])
-    perm = rng.permutation(n)
-    lens = np.array([len(x) for x in enc["input_ids"]])
-    batches: list[list[int]] = []
-    chunk = bs * group
-    for s in range(0, n, chunk):
-        part = perm[s:s + chunk]
-        part = part[np.argsort(-lens[part], kind="stable")]
-        batches += [part[i:i + bs].tolist() for i in range(0, len(part), bs)]
-    return [i for b in (batches[j] for j in rng.permutation(len(batches))) for i in b]
 
 
 def _batches(enc: Any, labels: Sequence[int] | None, order: Sequence[int], bs: int,
@@ -211,9 +194,16 @@ def _run(spec: TrialSpec, t0: float) -> TrialResult:
                 return None  # a NaN at a rung: the loss check of the next step reports it
             return decide(prune, rung, float(value), memory / 2**20, task.metric)
 
+    weights = None
+    if tr_labels is not None and fid.class_weights == "balanced":  # cross-entropy with balanced class weights
+        from autopeft.data import balanced_weights
+
+        weights = balanced_weights(tr_labels, task.num_labels)
     t_train = time.perf_counter()
-    step, last_loss, failure = train_loop(built, tr_enc, tr_labels, fid, spec.seed, device, pad_id, spec.fault,
-                                          checkpoint, spec.prune["rungs"] if spec.prune else ())
+    step, last_loss, failure = train_trial(
+        built, rows(tr_enc, tr_labels), tok, is_lm=task.is_lm, batch_size=fid.batch_size, epochs=fid.epochs,
+        lr_scale=fid.lr_scale, seed=spec.seed, device=device, class_weights=weights, checkpoint=checkpoint,
+        rungs=spec.prune["rungs"] if spec.prune else (), fault=spec.fault)
     if failure is not None and failure.startswith(STOPPED_EARLY):
         return TrialResult(spec.trial_id, PRUNED, score=curve[-1][2], params=built.trainable, memory_bytes=memory,
                            metric=task.metric, reason=failure[len(STOPPED_EARLY):], wall_s=time.perf_counter() - t0,
@@ -271,67 +261,6 @@ def _reference(spec: TrialSpec, fid: Fidelity, t0: float) -> TrialResult:
     mem = int(fixed + per_row * fid.memory_batch_size)
     return TrialResult(spec.trial_id, OK, score=chance, params=full.trainable, memory_bytes=mem, metric=task.metric,
                        wall_s=time.perf_counter() - t0)
-
-
-def train_loop(built: Any, enc: Any, labels: Sequence[int] | None, fid: Fidelity, seed: int, device: torch.device,
-               pad_id: int, fault: str | None = None,
-               checkpoint: Callable[[int, int, int], str | None] | None = None,
-               rungs: Sequence[float] = ()) -> tuple[int, float, str | None]:
-    """AdamW with per-method learning rates, linear warm-up (6%) and decay, dynamic padding.
-
-    Returns (steps, last loss, failure reason or None).  Sparsity masks are re-applied after every step.
-    ``labels`` None: a causal-LM encoding that holds its own per-token labels.  ``checkpoint(step, total, rung)`` is
-    called after the step that ends each rung (a fraction of the steps); a reason it returns stops training, and is
-    returned prefixed with :data:`STOPPED_EARLY`.
-    """
-    model = built.model
-    rng = np.random.default_rng(seed)
-    weight = None
-    if labels is not None and fid.class_weights == "balanced":  # cross-entropy with balanced class weights
-        from autopeft.data import balanced_weights
-
-        n_labels = int(getattr(getattr(model, "config", None), "num_labels", 0) or max(labels) + 1)
-        weight = torch.tensor(balanced_weights(labels, n_labels), dtype=torch.float32, device=device)
-    steps_per_epoch = math.ceil(len(enc["input_ids"]) / fid.batch_size)
-    total_steps = max(1, int(math.ceil(steps_per_epoch * fid.epochs)))
-    warmup = max(1, int(0.06 * total_steps))
-    groups = [{**g, "lr": g["lr"] * fid.lr_scale} for g in built.param_groups]
-    opt = torch.optim.AdamW(groups, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
-    model.train()
-    step = 0
-    last_loss = float("nan")
-    at_step = rung_steps(total_steps, rungs) if checkpoint is not None else {}
-    while step < total_steps:
-        order = length_grouped_order(enc, fid.batch_size, rng)
-        for batch in _batches(enc, labels, order, fid.batch_size, pad_id):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            if weight is None:
-                loss = model(**batch).loss
-            else:
-                y = batch.pop("labels")
-                loss = torch.nn.functional.cross_entropy(model(**batch).logits.float(), y, weight=weight)
-            if fault == "nan" and step == 1:
-                loss = loss * float("nan")
-            if not torch.isfinite(loss):
-                return step, float("nan"), f"NaN loss at step {step + 1} (diverged; try a lower learning rate)"
-            loss.backward()
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            if built.masks is not None:
-                built.masks.maybe_fix(step + 1)
-                built.masks.enforce()
-            last_loss = float(loss.detach())
-            step += 1
-            if step in at_step and checkpoint is not None:
-                why = checkpoint(step, total_steps, at_step[step])
-                if why is not None:
-                    return step, last_loss, STOPPED_EARLY + why
-            if step >= total_steps:
-                break
-    return step, last_loss, None
 
 
 def predict_logits(model: torch.nn.Module, enc: Any, bs: int, pad_id: int, device: torch.device) -> "np.ndarray[Any, Any]":

@@ -2,7 +2,7 @@
 causal-LM CPU preset (contract.LM_CPU_FIDELITY).  Usage: python bench/llm_fidelity.py lora|ia3|prefix|lora32|ref
 N_TRAIN EPOCHS BATCH MAX_LENGTH LR_SCALE [KNOBS]  (e.g. lora 64 1 4 256 2; run two side by side on the 2 cores).
 KNOBS: the trial cost knobs, e.g. dtype=bfloat16 or gradient_checkpointing=1 (comma-separated)."""
-import time, torch, sys, json
+import torch, sys, json
 torch.set_num_threads(1)
 from autopeft.contract import TrialSpec, Fidelity
 from autopeft.config import data_spec_dict

@@ -172,7 +172,7 @@ def run(a: argparse.Namespace) -> int:
     ml, bs = (24, 16) if a.quick else (128, 32)
     import multiprocessing as mp
 
-    from autopeft.final import run_seed
+    from bench.lean_loop import run_seed
 
     with ProcessPoolExecutor(max_workers=a.workers, mp_context=mp.get_context("spawn")) as pool:
         running: dict[Any, tuple[dict[str, Any], int]] = {}

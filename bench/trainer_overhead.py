@@ -1,5 +1,6 @@
-"""What transformers' ``Trainer`` costs a low-cost trial, against autopeft's lean trial loop (issue 19: trials may keep
-the lean loop only if ``Trainer`` costs them more than 10 %).
+"""What transformers' ``Trainer`` costs a low-cost trial, against autopeft's former lean trial loop (issue 19: trials
+could keep the lean loop only if ``Trainer`` cost them more than 10 %; it did not, and trials now run on ``Trainer``
+through ``autopeft.training.train_trial``, timed here as trials run it; the lean loop is ``bench/lean_loop.py``).
 
 Both train the same candidate on the same rows with the same schedule (AdamW, per-method learning rates, linear
 decay after 6 % warm-up, dynamic padding) on one thread; only the training is timed (model and data load apart).
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.common import add_data_dir, default_data_dir
+from bench.common import add_data_dir
 
 CANDIDATE = {"methods": {"lora": {"r": 8, "targets": ["q", "v"], "alpha_ratio": 2.0, "dropout": 0.0}},
              "layers": [], "sparsity": {}, "lr_multiplier": 1.0}
@@ -46,7 +47,7 @@ def _setup(model: str | None, data_dir: str, n: int, max_length: int, seed: int)
 
 def run_lean(model: str | None, data_dir: str, fid: dict[str, Any], seed: int) -> float:
     from autopeft.contract import Fidelity
-    from autopeft.trial import train_loop
+    from bench.lean_loop import train_loop
 
     built, tok, enc, labels = _setup(model, data_dir, fid["n_train"], fid["max_length"], seed)
     t0 = time.perf_counter()
@@ -55,24 +56,14 @@ def run_lean(model: str | None, data_dir: str, fid: dict[str, Any], seed: int) -
 
 
 def run_trainer(model: str | None, data_dir: str, fid: dict[str, Any], seed: int) -> float:
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
-
-    from autopeft.final import _rows, training_arguments
+    """What a low-cost trial runs now: :func:`autopeft.training.train_trial` (transformers' Trainer)."""
+    from autopeft.training import rows, train_trial
 
     built, tok, enc, labels = _setup(model, data_dir, fid["n_train"], fid["max_length"], seed)
-    ds = _rows(enc, labels)
-    total = int(np.ceil(-(-len(ds) // fid["batch_size"]) * fid["epochs"]))
-    with tempfile.TemporaryDirectory() as tmp:
-        kw = training_arguments(Path(tmp), seed=seed, epochs=fid["epochs"], batch_size=fid["batch_size"],
-                                total_steps=total, device="cpu", eval_each_epoch=False, progress=False,
-                                extra={"logging_strategy": "no"})
-        groups = [{"params": g["params"], "lr": g["lr"] * fid["lr_scale"]} for g in built.param_groups]
-        opt = torch.optim.AdamW(groups, weight_decay=0.01)
-        tr = Trainer(model=built.model, args=TrainingArguments(**kw), train_dataset=ds,
-                     data_collator=DataCollatorWithPadding(tok), optimizers=(opt, None))
-        t0 = time.perf_counter()
-        tr.train()
-        return time.perf_counter() - t0
+    t0 = time.perf_counter()
+    train_trial(built, rows(enc, labels), tok, is_lm=False, batch_size=fid["batch_size"], epochs=fid["epochs"],
+                lr_scale=fid["lr_scale"], seed=seed, device=torch.device("cpu"))
+    return time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> None:

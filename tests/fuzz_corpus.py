@@ -24,7 +24,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 #: a search that would take long if it were not refused first: small trials on the tiny model
 FID = ["--n-train", "32", "--n-eval", "32", "--epochs", "1", "--max-length", "24", "--batch-size", "16", "--space",

@@ -165,3 +165,32 @@ def test_memory_counts_only_what_the_output_graph_keeps() -> None:
     assert plain == side
     # per row: the relu's output and the matmul's saved input h (8 x 16 float32 each), the embedding's ids (8 int64)
     assert plain[1] == 2 * 8 * 16 * 4 + 8 * 8
+
+
+def test_a_trial_trains_on_transformers_trainer_with_the_final_trainings_schedule(tiny_model: str, glue_dir: Path,
+                                                                                  monkeypatch: object) -> None:
+    """Low-cost trials and ``autopeft train`` share one path (issue 19): transformers' Trainer, the same linear schedule
+    after 6 % warm-up, rows grouped by length, no evaluation and nothing saved; each step's loss is seen (a NaN stops)."""
+    import pytest
+    from transformers import Trainer
+
+    seen: list[tuple[object, list[float]]] = []
+    real_train = Trainer.train
+
+    def spy(self: Trainer, *a: object, **kw: object) -> object:
+        out = real_train(self, *a, **kw)
+        seen.append((self.args, [g["lr"] for g in self.optimizer.param_groups]))
+        return out
+
+    mp: pytest.MonkeyPatch = monkeypatch  # type: ignore[assignment]
+    mp.setattr(Trainer, "train", spy)
+    c = Candidate.make({"lora": LORA}, [0, 1])
+    r = run_trial(spec(tiny_model, glue_dir, c, fidelity={**FAST, "n_train": 40, "batch_size": 8, "epochs": 2}))
+    assert r.status == OK, r.reason
+    assert len(seen) == 1
+    args, lrs_after = seen[0]
+    assert r.steps == args.max_steps == 10  # ceil(40 / 8) x 2 epochs
+    assert (args.warmup_steps, args.lr_scheduler_type.value, args.weight_decay) == (1, "linear", 0.01)
+    assert args.train_sampling_strategy == "group_by_length" and args.save_strategy.value == "no"
+    assert args.eval_strategy.value == "no" and args.report_to == [] and args.logging_steps == 1
+    assert lrs_after == [0.0, 0.0]  # the linear decay ends at zero after the last step, for both groups

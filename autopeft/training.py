@@ -1,0 +1,185 @@
+"""Training a built candidate with transformers' ``Trainer``: one path for the low-cost trials and final training.
+
+Both use the same pieces: the ``TrainingArguments`` (linear schedule after 6 % warm-up; the per-method learning rates
+live in the optimizer), the data collators (dynamic padding; -100 on a causal LM's padded labels), the weighted
+cross-entropy of balanced class weights (``compute_loss_func``), the callback that keeps sparse weights at zero, and
+the rows handed to the Trainer.  A trial adds :class:`TrialCallback`: the learning curve's rungs (the pruner's
+decision stops training) and the stop at the first non-finite loss.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from autopeft.errors import ConfigError
+
+#: a train_trial failure that is the pruner's stop, not an error
+STOPPED_EARLY = "stopped early: "
+#: the share of a run's optimizer steps spent warming the learning rate up (trials and final training alike)
+WARMUP_FRACTION = 0.06
+WEIGHT_DECAY = 0.01
+
+
+def warmup_steps(total_steps: int) -> int:
+    return max(1, int(WARMUP_FRACTION * total_steps))
+
+
+def training_arguments(out: Path, *, seed: int, epochs: float, batch_size: int, total_steps: int, device: str,
+                       eval_each_epoch: bool, bf16: bool = False, fp16: bool = False, grad_accum: int = 1,
+                       grad_ckpt: bool = False, report_to: str = "none", progress: bool = True,
+                       extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The keyword arguments of transformers' ``TrainingArguments`` for one seed: autopeft's schedule (linear,
+    6 % warm-up; the per-method learning rates live in the optimizer), evaluation and a checkpoint each epoch with the
+    best kept, the user's precision/accumulation/logging choices, then ``extra`` (any other TrainingArguments field)."""
+    from transformers import TrainingArguments
+
+    if bf16 and fp16:
+        raise ConfigError("--bf16 and --fp16 exclude each other; pick one")
+    if device == "cpu" and fp16:
+        raise ConfigError("--fp16 needs a CUDA GPU; on the CPU use --bf16 or neither")
+    kw: dict[str, Any] = dict(
+        output_dir=str(out), seed=seed, num_train_epochs=epochs, per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=64, gradient_accumulation_steps=grad_accum, gradient_checkpointing=grad_ckpt,
+        bf16=bf16, fp16=fp16, use_cpu=device == "cpu", lr_scheduler_type="linear",
+        warmup_steps=warmup_steps(total_steps), weight_decay=WEIGHT_DECAY,
+        eval_strategy="epoch" if eval_each_epoch else "no", save_strategy="epoch" if eval_each_epoch else "no",
+        load_best_model_at_end=eval_each_epoch, metric_for_best_model="score", greater_is_better=True,
+        save_total_limit=1, logging_strategy="steps", logging_steps=max(1, total_steps // 20),
+        report_to=[] if report_to in ("none", "") else [r.strip() for r in report_to.split(",")],
+        disable_tqdm=not progress, remove_unused_columns=False, train_sampling_strategy="group_by_length",
+    )
+    fields = set(TrainingArguments.__dataclass_fields__)
+    for k, v in (extra or {}).items():
+        if k not in fields:
+            close = sorted(f for f in fields if k.replace("-", "_") in f)[:5]
+            raise ConfigError(f"--training-args: {k!r} is not a field of transformers' TrainingArguments"
+                              + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        kw[k] = v
+    return kw
+
+
+def optimizer(param_groups: Sequence[dict[str, Any]], lr_scale: float = 1.0) -> torch.optim.Optimizer:
+    """AdamW over the candidate's per-method groups (each group's learning rate x ``lr_scale``)."""
+    groups = [{"params": g["params"], "lr": g["lr"] * lr_scale} for g in param_groups]
+    return torch.optim.AdamW(groups, weight_decay=WEIGHT_DECAY)
+
+
+def collator(tok: Any, is_lm: bool) -> Any:
+    """Dynamic padding: class labels as they are, or a causal LM's per-token labels padded with -100 (no loss)."""
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
+
+    return DataCollatorForSeq2Seq(tok, label_pad_token_id=-100, padding=True) if is_lm else DataCollatorWithPadding(tok)
+
+
+def weighted_loss(weights: Sequence[float]) -> Callable[..., torch.Tensor]:
+    """A ``compute_loss_func`` for the Trainer: cross-entropy with these class weights (balanced class weights)."""
+    weight = torch.tensor(list(weights), dtype=torch.float32)
+
+    def loss_func(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> torch.Tensor:
+        logits = outputs.logits.float()
+        return torch.nn.functional.cross_entropy(logits, labels, weight=weight.to(logits.device))
+
+    return loss_func
+
+
+def rows(enc: Any, labels: Sequence[int] | None) -> list[dict[str, Any]]:
+    """Encoded rows as the Trainer's dataset: with class ``labels``, or (None) the causal-LM encoding's own labels."""
+    if labels is None:
+        return [{k: enc[k][i] for k in enc} for i in range(len(enc["input_ids"]))]
+    keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in enc]
+    return [{**{k: enc[k][i] for k in keys}, "labels": int(labels[i])} for i in range(len(labels))]
+
+
+def sparsity_callback(masks: Any) -> Any:
+    """A ``TrainerCallback`` that fixes magnitude masks after their warm-up and re-zeroes masked weights after each
+    optimizer step, so AdamW cannot revive them."""
+    from transformers import TrainerCallback
+
+    class SparsityCallback(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            masks.maybe_fix(state.global_step)
+            masks.enforce()
+
+    return SparsityCallback()
+
+
+def _trial_callback(checkpoint: Callable[[int, int, int], str | None] | None, at_step: dict[int, int],
+                    total: int, fault_nan: Callable[[], None] | None) -> Any:
+    """The trial's own callback: rung checkpoints (the pruner may stop training) and the stop at a non-finite loss
+    (each step's loss is logged unfiltered); ``stop`` holds why training stopped, ``loss`` the last step's loss."""
+    from transformers import TrainerCallback
+
+    class TrialCallback(TrainerCallback):
+        stop: str | None = None
+        loss: float = float("nan")
+        steps: int = 0
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if fault_nan is not None and state.global_step == 1:
+                fault_nan()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.steps = state.global_step
+            rung = at_step.get(state.global_step)
+            if rung is not None and checkpoint is not None and self.stop is None:
+                why = checkpoint(state.global_step, total, rung)
+                if why is not None:
+                    self.stop = STOPPED_EARLY + why
+                    control.should_training_stop = True
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
+                   **kw: Any) -> None:
+            if logs is None or "loss" not in logs:
+                return
+            self.loss = float(logs["loss"])
+            if not math.isfinite(self.loss) and (self.stop is None or self.stop.startswith(STOPPED_EARLY)):
+                self.stop = f"NaN loss at step {state.global_step} (diverged; try a lower learning rate)"
+                control.should_training_stop = True
+
+    return TrialCallback()
+
+
+def train_trial(built: Any, dataset: list[dict[str, Any]], tok: Any, *, is_lm: bool, batch_size: int, epochs: float,
+                lr_scale: float, seed: int, device: torch.device, class_weights: Sequence[float] | None = None,
+                checkpoint: Callable[[int, int, int], str | None] | None = None, rungs: Sequence[float] = (),
+                fault: str | None = None) -> tuple[int, float, str | None]:
+    """One low-cost trial's training on transformers' ``Trainer``: AdamW with the per-method learning rates x
+    ``lr_scale``, the linear schedule and rows grouped by length as final training, no evaluation, nothing saved.
+
+    Returns (steps, last loss, failure reason or None).  ``checkpoint(step, total, rung)`` is called after the step
+    that ends each rung (a fraction of the steps, :func:`autopeft.pruner.rung_steps`); a reason it returns stops
+    training and is returned prefixed with :data:`STOPPED_EARLY`.  A non-finite loss stops training as a failure."""
+    from transformers import PrinterCallback, Trainer, TrainingArguments
+
+    from autopeft.pruner import rung_steps
+
+    total = max(1, int(math.ceil(math.ceil(len(dataset) / batch_size) * epochs)))
+    at_step = rung_steps(total, rungs) if checkpoint is not None else {}
+    fault_nan = None
+    if fault == "nan":  # tests: poison a trained weight before the second step
+        first = next(p for g in built.param_groups for p in g["params"])
+
+        def fault_nan() -> None:
+            with torch.no_grad():
+                first.fill_(float("nan"))
+
+    cb = _trial_callback(checkpoint, at_step, total, fault_nan)
+    # masks first: a rung's score is taken on the masked weights
+    callbacks = ([sparsity_callback(built.masks)] if built.masks is not None else []) + [cb]
+    with tempfile.TemporaryDirectory(prefix="autopeft-trial-") as tmp:
+        kw = training_arguments(Path(tmp), seed=seed, epochs=epochs, batch_size=batch_size, total_steps=total,
+                                device=device.type, eval_each_epoch=False, progress=False)
+        kw.update(max_steps=total, logging_steps=1, logging_nan_inf_filter=False, save_strategy="no",
+                  dataloader_pin_memory=False, report_to=[], log_level="error")
+        trainer = Trainer(model=built.model, args=TrainingArguments(**kw), train_dataset=dataset,
+                          data_collator=collator(tok, is_lm), optimizers=(optimizer(built.param_groups, lr_scale), None),
+                          callbacks=callbacks,
+                          compute_loss_func=weighted_loss(class_weights) if class_weights is not None else None)
+        trainer.remove_callback(PrinterCallback)  # the trial's per-step logs are the callback's, not stdout's
+        trainer.train()
+    return cb.steps, cb.loss, cb.stop
