@@ -62,7 +62,10 @@ def _module_aliases() -> dict[str, str]:
     """Model module names (as peft's ``target_modules`` spells them) -> our sub-module names: each family's paths and
     their unambiguous last parts (BERT's ``query``, DistilBERT's ``q_lin``), and the Llama-style projections."""
     out: dict[str, str] = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "up_proj": "ffn_up",
-                           "down_proj": "ffn_down", "gate_proj": "ffn_gate", "fc1": "ffn_up", "fc2": "ffn_down"}
+                           "down_proj": "ffn_down", "gate_proj": "ffn_gate", "fc1": "ffn_up", "fc2": "ffn_down",
+                           "fc_in": "ffn_up", "fc_out": "ffn_down", "dense_h_to_4h": "ffn_up", "dense_4h_to_h": "ffn_down",
+                           # fused projections: any of the sub-modules they compute names the module
+                           "c_attn": "q", "query_key_value": "q", "qkv_proj": "q", "gate_up_proj": "ffn_up"}
     seen: dict[str, set[str]] = {}
     for _, names in _FAMILIES.values():
         for sub, path in names.items():
@@ -90,9 +93,13 @@ class ArchInfo:
     max_positions: int
     #: exact (in, out) features per sub-module when they differ from the hidden/intermediate sizes (GQA's k and v)
     shapes: tuple[tuple[str, int, int], ...] = ()
-    #: sub-modules that one fused projection computes (GPT-2's ``c_attn``: q, k and v); ``names`` maps each of them to
-    #: that module and ``shapes`` holds its whole (in, out)
+    #: sub-modules that a fused projection computes (GPT-2's ``c_attn`` and GPT-NeoX's ``query_key_value``: q, k and v;
+    #: Phi-3's ``gate_up_proj``: ffn_gate and ffn_up); ``names`` maps each of them to that module and ``shapes`` holds
+    #: its whole (in, out)
     fused: tuple[str, ...] = ()
+    #: each fused sub-module's share of its module's output features (grouped-query attention's k and v are narrower);
+    #: a sub-module not listed takes an equal share
+    shares: tuple[tuple[str, int], ...] = ()
 
     def module_name(self, layer: int, sub: str) -> str:
         """Full dotted name of abstract sub-module ``sub`` in layer ``layer``."""
@@ -124,7 +131,9 @@ class ArchInfo:
         """(in_features, out_features) of an abstract sub-module's projection (of a fused projection, its share)."""
         if sub in self.fused:
             fin, fout = next((fin, fout) for name, fin, fout in self.shapes if name == sub)
-            return fin, fout // len(self.fused)
+            share = dict(self.shares).get(sub)
+            group = [t for t in self.fused if self.names.get(t) == self.names.get(sub)]
+            return fin, share if share is not None else fout // len(group)
         for name, fin, fout in self.shapes:
             if name == sub:
                 return fin, fout
@@ -160,16 +169,35 @@ _PATTERNS: dict[str, tuple[str, ...]] = {
           "key", "k_lin"),
     "v": ("self_attn.v_proj", "attention.self.value", "attention.self.value_proj", "attention.v_lin", "v_proj",
           "value_proj", "value", "v_lin"),
-    "o": ("self_attn.o_proj", "attention.output.dense", "attention.out_lin", "attn.c_proj", "o_proj", "out_proj",
-          "out_lin"),
-    "ffn_up": ("mlp.up_proj", "intermediate.dense", "ffn.lin1", "mlp.c_fc", "up_proj", "fc1", "lin1"),
-    "ffn_down": ("mlp.down_proj", "output.dense", "ffn.lin2", "mlp.c_proj", "down_proj", "fc2", "lin2"),
+    "o": ("self_attn.o_proj", "attention.output.dense", "attention.out_lin", "attn.c_proj", "attention.dense",
+          "self_attention.dense", "self_attn.dense", "o_proj", "out_proj", "out_lin"),
+    "ffn_up": ("mlp.up_proj", "intermediate.dense", "ffn.lin1", "mlp.c_fc", "mlp.dense_h_to_4h", "mlp.fc_in", "up_proj",
+               "fc1", "lin1", "dense_h_to_4h", "fc_in"),
+    "ffn_down": ("mlp.down_proj", "output.dense", "ffn.lin2", "mlp.c_proj", "mlp.dense_4h_to_h", "mlp.fc_out",
+                 "down_proj", "fc2", "lin2", "dense_4h_to_h", "fc_out"),
     "ffn_gate": ("mlp.gate_proj", "gate_proj"),
 }
 
 
-#: a fused q/k/v projection (GPT-2's ``attn.c_attn``): used for q, k and v when none of them has a module of its own
-_FUSED_QKV = ("attn.c_attn",)
+#: fused projections: (the sub-modules one module computes, in its output's order; the module's names).  Used when
+#: none of those sub-modules has a module of its own: GPT-2's ``attn.c_attn``, GPT-NeoX's, Falcon's and Bloom's
+#: ``query_key_value``, Phi-3's ``qkv_proj`` (q, k, v); Phi-3's ``gate_up_proj`` (ffn_gate, ffn_up)
+_FUSED: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
+    (("q", "k", "v"), ("attn.c_attn", "attention.query_key_value", "self_attention.query_key_value",
+                       "self_attn.qkv_proj", "query_key_value", "qkv_proj")),
+    (("ffn_gate", "ffn_up"), ("mlp.gate_up_proj", "gate_up_proj")),
+)
+
+
+def _fused_shares(subs: tuple[str, ...], fout: int, hidden: int, heads: int, head_dim: int | None) -> dict[str, int]:
+    """Each sub-module's share of a fused projection's ``fout`` output features: q gets every query head
+    (``heads`` x head size), k and v split the rest (grouped-query and multi-query attention have fewer key/value
+    heads); other groups (gate and up) split evenly."""
+    if subs == ("q", "k", "v") and heads:
+        q = heads * (head_dim or hidden // heads)
+        if 0 < q < fout and (fout - q) % 2 == 0:
+            return {"q": q, "k": (fout - q) // 2, "v": (fout - q) // 2}
+    return {s: fout // len(subs) for s in subs}
 
 
 def _projections(layer: Any) -> dict[str, tuple[int, int]]:
@@ -207,23 +235,29 @@ def arch_from_model(config: Any, model: Any) -> ArchInfo:
         hit = next((n for pat in pats for n in linears if (n == pat or n.endswith("." + pat)) and n not in used), None)
         if hit is not None:
             names[sub] = hit
+    hidden = int(getattr(config, "hidden_size", None) or getattr(config, "n_embd"))
+    heads = int(getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 0) or 0)
+    head_dim = getattr(config, "head_dim", None)
     fused: tuple[str, ...] = ()
-    if not {"q", "k", "v"} & set(names):
-        qkv = next((n for pat in _FUSED_QKV for n in linears if n == pat or n.endswith("." + pat)), None)
-        if qkv is not None:
-            fused = ("q", "k", "v")
-            names.update({s: qkv for s in fused})
+    shares: dict[str, int] = {}
+    for subs, pats in _FUSED:
+        if set(subs) & set(names):
+            continue
+        hit = next((n for pat in pats for n in linears if n == pat or n.endswith("." + pat)), None)
+        if hit is not None:
+            fused += subs
+            names.update({s: hit for s in subs})
+            shares.update(_fused_shares(subs, linears[hit][1], hidden, heads, head_dim if isinstance(head_dim, int) else None))
     missing = [s for s in ("q", "v", "o", "ffn_up", "ffn_down") if s not in names]
     if missing:
         raise ModelError(f"model type {model_type!r}: could not find the {', '.join(missing)} projection(s) among the "
                          f"linear layers of {layers_path}.0 ({', '.join(sorted(linears)[:12]) or 'none'}); autopeft "
-                         "knows Llama-, BERT- and GPT-2-style names")
-    hidden = int(getattr(config, "hidden_size", None) or getattr(config, "n_embd"))
+                         "knows Llama-, BERT-, GPT-2-, GPT-NeoX- and Phi-3-style names")
     shapes = tuple((s, *linears[n]) for s, n in names.items())
-    inter = next(fout for s, _, fout in shapes if s == "ffn_up")
-    heads = int(getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 0))
+    inter = shares.get("ffn_up") or next(fout for s, _, fout in shapes if s == "ffn_up")
     max_pos = int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 512))
-    return ArchInfo(str(model_type), layers_path, names, int(depth), hidden, inter, heads, max_pos, shapes, fused)
+    return ArchInfo(str(model_type), layers_path, names, int(depth), hidden, inter, heads, max_pos, shapes, fused,
+                    tuple(shares.items()))
 
 
 def arch_from_config(config: Any, model: Any = None) -> ArchInfo:

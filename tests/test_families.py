@@ -36,6 +36,14 @@ FAMILIES: dict[str, tuple[str, dict[str, Any], str]] = {
                                       intermediate_size=96, max_position_embeddings=128, head_dim=16), "llama"),
     # q, k and v fused in one Conv1D (c_attn), whose weight is stored transposed
     "gpt2": ("GPT2Config", dict(n_embd=64, n_layer=3, n_head=4, n_inner=128, n_positions=128), "llama"),
+    # q, k and v fused in one Linear (query_key_value); Falcon's with one key/value head (multi-query)
+    "gpt-neox": ("GPTNeoXConfig", dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                       intermediate_size=128, max_position_embeddings=128), "llama"),
+    "falcon": ("FalconConfig", dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, multi_query=True,
+                                    new_decoder_architecture=False, pad_token_id=0), "llama"),
+    # q, k, v fused (qkv_proj, two key/value heads) and the gate and up projections fused (gate_up_proj)
+    "phi3": ("Phi3Config", dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                                intermediate_size=96, max_position_embeddings=128, pad_token_id=0), "llama"),
 }
 LAYERS = [0, 2]
 METHODS: dict[str, tuple[dict[str, Any], list[int], dict[str, Any]]] = {
@@ -116,23 +124,39 @@ def test_method_on_family(family: str, method: str, family_dirs: dict[str, str])
 
 
 def test_an_unsupported_model_says_what_was_not_found(tmp_path: Path, tiny_model: str) -> None:
-    """A model whose layers hold no projection autopeft knows (GPT-NeoX's query_key_value / dense_h_to_4h): one clear
+    """A model whose layers hold no projection autopeft knows (T5's SelfAttention.q / DenseReluDense.wi): one clear
     error naming what is missing and what was there."""
     import transformers
 
     from autopeft.errors import ModelError
 
-    d = tmp_path / "neox"
+    d = tmp_path / "t5"
     d.mkdir()
     for f in Path(tiny_model).iterdir():
         if "token" in f.name or f.name in ("vocab.txt", "special_tokens_map.json"):
             shutil.copy(f, d / f.name)
-    cfg = transformers.GPTNeoXConfig(vocab_size=700, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                     intermediate_size=128, max_position_embeddings=128, num_labels=2)
+    cfg = transformers.T5Config(vocab_size=700, d_model=64, num_layers=2, num_heads=4, d_ff=96, d_kv=16, num_labels=2)
     transformers.AutoModelForSequenceClassification.from_config(cfg).save_pretrained(d)
     with pytest.raises(ModelError, match=r"could not find the q, v, o, ffn_up, ffn_down projection\(s\) among the "
-                                         r"linear layers of gpt_neox.layers.0 \(attention.dense, "):
+                                         r"linear layers of transformer.encoder.block.0 \(layer.0.SelfAttention.k, "):
         model_info(str(d), 2)
+
+
+def test_fused_projections_are_found_and_shared_exactly(family_dirs: dict[str, str]) -> None:
+    """GPT-NeoX's query_key_value, Falcon's multi-query one (one key/value head) and Phi-3's qkv_proj (two) and
+    gate_up_proj: each sub-module's share of the fused output is exact, and LoRA on [q, k, v] adapts the module once."""
+    from autopeft.methods import get_method
+
+    expect = {"gpt-neox": ((64, 64), (64, 64), (64, 128), (64, 192)),
+              "falcon": ((64, 64), (64, 16), (64, 256), (64, 96)),
+              "phi3": ((64, 64), (64, 32), (64, 96), (64, 128))}
+    for fam, (q, k, up, qkv) in expect.items():
+        a = model_info(family_dirs[fam], 2).arch
+        assert (a.in_out("q"), a.in_out("k"), a.in_out("v"), a.in_out("ffn_up"), a.module_in_out("q")) == (q, k, k, up, qkv)
+        shapes = get_method("lora").param_shapes({"r": 2, "targets": ["q", "k", "v"]}, [0], a)
+        assert sum(x * y for x, y in shapes) == 2 * (64 + qkv[1])
+    phi = model_info(family_dirs["phi3"], 2).arch
+    assert phi.names["ffn_gate"] == phi.names["ffn_up"] == "mlp.gate_up_proj" and phi.in_out("ffn_gate") == (64, 96)
 
 
 def test_gpt2_fused_qkv_counts_the_module_once() -> None:

@@ -44,7 +44,9 @@ class Prefix(PeftMethod):
     def peft_config(self, cfg: dict[str, Any], layers: Sequence[int], arch: ArchInfo, head: list[str]) -> Any:
         from peft import PrefixTuningConfig
 
-        kw: dict[str, Any] = {}
-        if arch.in_out("k")[1] == arch.hidden_size:  # peft reads these from the config, under other names for some
-            kw = dict(num_layers=arch.num_layers, token_dim=arch.hidden_size, num_attention_heads=arch.num_heads)
+        # the prefixes' shape, given rather than left to peft, which reads it from the config under names some families
+        # lack (Falcon's multi-query attention has one key/value head and no num_key_value_heads)
+        width = arch.in_out("k")[1]
+        head_dim = arch.in_out("q")[1] // arch.num_heads if arch.num_heads else width
+        kw = dict(num_layers=arch.num_layers, token_dim=width, num_attention_heads=max(1, width // max(1, head_dim)))
         return PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=cfg["length"], modules_to_save=head, **kw)
