@@ -41,6 +41,7 @@ FAMILIES: dict[str, tuple[str, dict[str, Any], str]] = {
                                        intermediate_size=128, max_position_embeddings=128), "llama"),
     "falcon": ("FalconConfig", dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, multi_query=True,
                                     new_decoder_architecture=False, pad_token_id=0), "llama"),
+    "bloom": ("BloomConfig", dict(hidden_size=64, n_layer=3, n_head=4, pad_token_id=0), "llama"),
     # q, k, v fused (qkv_proj, two key/value heads) and the gate and up projections fused (gate_up_proj)
     "phi3": ("Phi3Config", dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
                                 intermediate_size=96, max_position_embeddings=128, pad_token_id=0), "llama"),
