@@ -61,7 +61,9 @@ def search(model: str | None = None, task: str | None = "sst2", space: str = "lo
     ``executor`` (local, ray, ray-tune, inline) and for Ray ``address``, ``cpus_per_trial``, ``gpus_per_trial``,
     ``num_cpus``; ``seed``, ``timeout``, ``trial_timeout``, ``max_failures``, ``collapse_stop`` (default True: stop after 10 trials all at the majority-class level), ``pruner`` (``"none"``
     or ``"cost-sh"``: see :mod:`autopeft.pruner`), ``n_startup``, ``progress`` (default: a bar in a
-    terminal or a notebook), ``trust_remote_code``; configs to run first: ``enqueue`` (paths, ``"baselines"``, config
+    terminal or a notebook), ``trust_remote_code``; for a model whose layers or projections autopeft cannot find,
+    ``layers_pattern`` (the layer list's dotted path) and ``target_modules`` (``"q=NAME,v=NAME,..."`` or a dict of
+    sub-module to module name inside a layer); configs to run first: ``enqueue`` (paths, ``"baselines"``, config
     dicts or Candidates; see :mod:`autopeft.seeding`) and ``warm_start`` (``"NAME"`` or ``"NAME@STORAGE_URL"``).  ``trials`` and ``study`` are accepted for ``n_trials`` and ``study_name``."""
     return open_search(model=model, task=task, space=space, n_trials=n_trials, sampler=sampler, storage=storage,
                        study_name=study_name, **options).run()
@@ -218,5 +220,7 @@ def train(config_dir: str | Path, output: str | Path, *, model: str | None = Non
     unknown = sorted(set(trainer) - allowed)
     if unknown:
         raise ConfigError(f"train() got unknown keyword(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    from autopeft.arch import layout_from_json
+
     return train_final(cand, model, data, str(output), epochs=epochs, n_train=n_train, max_length=max_length,
-                       batch_size=batch_size, seeds=list(seeds), **trainer)
+                       batch_size=batch_size, seeds=list(seeds), layout=layout_from_json(info.get("layout")), **trainer)

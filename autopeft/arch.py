@@ -157,6 +157,77 @@ class ArchInfo:
         }
 
 
+#: where the layers and their projections are, given by the user for a model whose names autopeft does not know:
+#: (the dotted path of the layer list or "", ((sub-module, module name inside a layer), ...)); see :func:`parse_layout`
+Layout = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def parse_layout(layers_pattern: str | None, target_modules: Any) -> Layout | None:
+    """``--layers-pattern`` (the dotted path of the model's layer list, e.g. ``transformer.encoder.block``) and
+    ``--target-modules`` (``q=NAME,k=NAME,...``: each sub-module's module name inside a layer, e.g.
+    ``q=layer.0.SelfAttention.q``; a mapping in the API) as one hashable layout; None when neither is given."""
+    from autopeft.errors import ConfigError
+
+    path = "" if layers_pattern is None else layers_pattern
+    if not isinstance(path, str) or (path and not all(p.isidentifier() or p.isdigit() for p in path.split("."))):
+        raise ConfigError(f"--layers-pattern must be a dotted module path such as transformer.encoder.block, got "
+                          f"{str(layers_pattern)[:80]!r}")
+    pairs: list[tuple[str, str]] = []
+    if target_modules is not None:
+        items: Any = target_modules
+        if isinstance(target_modules, str):
+            items = []
+            for part in (p.strip() for p in target_modules.split(",")):
+                if "=" not in part:
+                    raise ConfigError(f"--target-modules: {part[:80]!r} is not SUB=NAME; give e.g. "
+                                      "q=attn.q,k=attn.k,v=attn.v,o=attn.o,ffn_up=mlp.wi,ffn_down=mlp.wo")
+                k, v = part.split("=", 1)
+                items.append((k.strip(), v.strip()))
+        elif isinstance(target_modules, dict):
+            items = list(target_modules.items())
+        else:
+            raise ConfigError("target_modules must be a string SUB=NAME,... or a mapping of sub-module to module name")
+        for k, v in items:
+            if k not in SUBMODULES:
+                raise ConfigError(f"--target-modules: unknown sub-module {str(k)[:40]!r}; allowed: {', '.join(SUBMODULES)}")
+            if not isinstance(v, str) or not v or not all(p.isidentifier() or p.isdigit() for p in v.split(".")):
+                raise ConfigError(f"--target-modules: {k}={str(v)[:80]!r} is not a dotted module name inside a layer")
+            if any(k == done for done, _ in pairs):
+                raise ConfigError(f"--target-modules gives {k} twice")
+            pairs.append((k, v))
+        if not pairs:
+            raise ConfigError("--target-modules is empty; give SUB=NAME pairs such as q=attn.q,v=attn.v")
+    if not path and not pairs:
+        return None
+    return path, tuple(sorted(pairs, key=lambda kv: SUBMODULES.index(kv[0])))
+
+
+def layout_to_json(layout: Layout | None) -> list[Any] | None:
+    """A layout as plain lists (a study attribute, a TrialSpec field, an export's JSON)."""
+    return None if layout is None else [layout[0], [list(p) for p in layout[1]]]
+
+
+def layout_from_json(data: Any) -> Layout | None:
+    """Inverse of :func:`layout_to_json` (None stays None)."""
+    if not data:
+        return None
+    return str(data[0]), tuple((str(k), str(v)) for k, v in data[1])
+
+
+def layout_text(layout: Layout | None) -> str:
+    """How the user gave a layout, for messages: ``--layers-pattern P --target-modules q=...`` or ``none``."""
+    if layout is None:
+        return "none"
+    parts = [f"--layers-pattern {layout[0]}"] if layout[0] else []
+    if layout[1]:
+        parts.append("--target-modules " + ",".join(f"{k}={v}" for k, v in layout[1]))
+    return " ".join(parts)
+
+
+_HOW = ("; pass where they are: --layers-pattern (the layer list's path) and --target-modules "
+        "(e.g. q=attn.q,k=attn.k,v=attn.v,o=attn.o,ffn_up=mlp.up,ffn_down=mlp.down: names inside a layer)")
+
+
 def supported_model_types() -> list[str]:
     return sorted(_FAMILIES)
 
@@ -214,58 +285,88 @@ def _projections(layer: Any) -> dict[str, tuple[int, int]]:
     return out
 
 
-def arch_from_model(config: Any, model: Any) -> ArchInfo:
+def _layer_list(model: Any, depth: int | None, layers_path: str) -> tuple[str, Any]:
+    """The model's transformer layers: the list at ``layers_path``, else the outermost ``ModuleList`` of the config's
+    depth."""
+    import torch.nn as nn
+
+    if layers_path:
+        try:
+            found = model.get_submodule(layers_path)
+        except AttributeError:
+            found = None
+        if not isinstance(found, nn.ModuleList) or not len(found):
+            lists = [n for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m)][:8]
+            raise ModelError(f"--layers-pattern {layers_path!r}: the model has no list of layers there; its module "
+                             f"lists: {', '.join(lists) or 'none'}")
+        return layers_path, found
+    lists = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and depth and len(m) == depth]
+    if not lists:
+        raise ModelError(f"model type {getattr(model.config, 'model_type', None)!r}: found no list of its {depth} "
+                         "transformer layers in the model; autopeft supports " + ", ".join(supported_model_types())
+                         + " and Llama-style decoders" + _HOW)
+    return lists[0]
+
+
+def arch_from_model(config: Any, model: Any, layout: Layout | None = None) -> ArchInfo:
     """Describe a model no family table lists by looking into its module tree (built on the meta device): the
     layer list is the outermost ``ModuleList`` as long as the config's depth, and each sub-module is the layer's
     ``nn.Linear`` whose path matches :data:`_PATTERNS`; shapes are read off the modules, so grouped-query attention's
-    narrower k and v are exact.  Llama, Qwen2, Mistral, Phi-3-style decoders and BERT-like encoders are found so."""
-    import torch.nn as nn
-
+    narrower k and v are exact.  Llama, Qwen2, Mistral, Phi-3-style decoders and BERT-like encoders are found so.
+    ``layout`` (the user's ``--layers-pattern`` / ``--target-modules``) overrides what is found."""
     model_type = getattr(config, "model_type", None)
     depth = next((getattr(config, k) for k in ("num_hidden_layers", "n_layer", "num_layers") if hasattr(config, k)), None)
-    lists = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and depth and len(m) == depth]
-    if not lists:
-        raise ModelError(f"model type {model_type!r}: found no list of its {depth} transformer layers in the model; "
-                         "autopeft supports " + ", ".join(supported_model_types()) + " and Llama-style decoders")
-    layers_path, layer_list = lists[0]
+    layers_path, layer_list = _layer_list(model, depth, layout[0] if layout else "")
+    depth = len(layer_list)
     linears = _projections(layer_list[0])
+    given = dict(layout[1]) if layout else {}
+    for sub, name in given.items():
+        if name not in linears:
+            raise ModelError(f"--target-modules {sub}={name}: layer 0 of {layers_path} has no linear layer {name!r}; "
+                             f"its linear layers: {', '.join(sorted(linears)[:16]) or 'none'}")
     names: dict[str, str] = {}
     for sub, pats in _PATTERNS.items():
-        used = set(names.values())  # "output.dense" also ends "attention.output.dense", which is o's already
+        used = set(names.values()) | set(given.values())  # "output.dense" also ends "attention.output.dense" (o's)
         hit = next((n for pat in pats for n in linears if (n == pat or n.endswith("." + pat)) and n not in used), None)
-        if hit is not None:
+        if hit is not None and sub not in given:
             names[sub] = hit
-    hidden = int(getattr(config, "hidden_size", None) or getattr(config, "n_embd"))
-    heads = int(getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 0) or 0)
+    names.update(given)
+    hidden = int(getattr(config, "hidden_size", None) or getattr(config, "n_embd", None) or getattr(config, "d_model"))
+    heads = int(getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 0)
+                or getattr(config, "num_heads", 0) or 0)
     head_dim = getattr(config, "head_dim", None)
-    fused: tuple[str, ...] = ()
-    shares: dict[str, int] = {}
     for subs, pats in _FUSED:
         if set(subs) & set(names):
             continue
         hit = next((n for pat in pats for n in linears if n == pat or n.endswith("." + pat)), None)
         if hit is not None:
-            fused += subs
             names.update({s: hit for s in subs})
-            shares.update(_fused_shares(subs, linears[hit][1], hidden, heads, head_dim if isinstance(head_dim, int) else None))
+    fused: tuple[str, ...] = ()
+    shares: dict[str, int] = {}
+    for module in dict.fromkeys(names.values()):  # sub-modules that name one module are computed by it, fused
+        subs = tuple(s for s in SUBMODULES if names.get(s) == module)
+        if len(subs) > 1:
+            fused += subs
+            shares.update(_fused_shares(subs, linears[module][1], hidden, heads,
+                                        head_dim if isinstance(head_dim, int) else None))
     missing = [s for s in ("q", "v", "o", "ffn_up", "ffn_down") if s not in names]
     if missing:
         raise ModelError(f"model type {model_type!r}: could not find the {', '.join(missing)} projection(s) among the "
                          f"linear layers of {layers_path}.0 ({', '.join(sorted(linears)[:12]) or 'none'}); autopeft "
-                         "knows Llama-, BERT-, GPT-2-, GPT-NeoX- and Phi-3-style names")
+                         "knows Llama-, BERT-, GPT-2-, GPT-NeoX- and Phi-3-style names" + _HOW)
     shapes = tuple((s, *linears[n]) for s, n in names.items())
     inter = shares.get("ffn_up") or next(fout for s, _, fout in shapes if s == "ffn_up")
-    max_pos = int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 512))
+    max_pos = int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 512)
     return ArchInfo(str(model_type), layers_path, names, int(depth), hidden, inter, heads, max_pos, shapes, fused,
                     tuple(shares.items()))
 
 
-def arch_from_config(config: Any, model: Any = None) -> ArchInfo:
+def arch_from_config(config: Any, model: Any = None, layout: Layout | None = None) -> ArchInfo:
     """Describe a Hugging Face config (``PretrainedConfig``): a family of the table, else (given the model, e.g.
-    built on the meta device) by looking into its module tree."""
+    built on the meta device) by looking into its module tree, as always when the user gives a ``layout``."""
     model_type = getattr(config, "model_type", None)
-    if model_type not in _FAMILIES and model is not None:
-        return arch_from_model(config, model)
+    if (model_type not in _FAMILIES or layout) and model is not None:
+        return arch_from_model(config, model, layout)
     if model_type not in _FAMILIES:
         raise ModelError(
             f"model type {model_type!r} is not supported; supported types: "

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from autopeft.arch import ArchInfo, arch_from_config
+from autopeft.arch import ArchInfo, Layout, arch_from_config
 from autopeft.candidate import Candidate
 from autopeft.errors import ConfigError, ModelError
 from autopeft.methods import get_method, learning_rates
@@ -59,9 +59,11 @@ def _hf_error(model: str, exc: Exception) -> ModelError:
 
 
 @functools.lru_cache(maxsize=8)
-def model_info(model: str | None, num_labels: int, trust_remote_code: bool = False) -> ModelInfo:
+def model_info(model: str | None, num_labels: int, trust_remote_code: bool = False,
+               layout: Layout | None = None) -> ModelInfo:
     """Shapes and exact counts from the config alone (the model is built on the meta device).  ``num_labels`` 0 is a
-    causal-LM task: the model with its LM head, which stays frozen (no classification head)."""
+    causal-LM task: the model with its LM head, which stays frozen (no classification head).  ``layout``: where the
+    layers and projections are, when the user says (:func:`autopeft.arch.parse_layout`)."""
     from transformers import AutoConfig
 
     path = resolve_model(model)
@@ -77,7 +79,7 @@ def model_info(model: str | None, num_labels: int, trust_remote_code: bool = Fal
     except Exception as exc:  # a config transformers cannot build (negative sizes, hidden size not divisible by heads)
         raise ModelError(f"model {str(model)[:200]!r} has a config that cannot be built: "
                          f"{(str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]}; check its config.json") from None
-    arch = arch_from_config(cfg, m)
+    arch = arch_from_config(cfg, m, layout)
     head = head_module_names(m, arch) if num_labels else []
     base = sum(p.numel() for p in m.parameters())
     head_n = sum(p.numel() for n, p in m.named_parameters() if n.split(".")[0] in head)

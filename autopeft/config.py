@@ -102,6 +102,9 @@ class SearchConfig:
     #: one line per finished trial on stderr (above the progress bar when there is one); the CLI turns it on
     trial_lines: bool = False
     trust_remote_code: bool = False
+    #: where the model's layers and projections are, for a model autopeft cannot read (:func:`autopeft.arch.parse_layout`)
+    layers_pattern: str | None = None
+    target_modules: Any = None
     #: configs evaluated first (:mod:`autopeft.seeding`): files, export folders, ``baselines``, candidate dicts
     enqueue: tuple[Any, ...] = ()
     #: another study (``NAME`` or ``NAME@STORAGE_URL``) whose Pareto front is evaluated first
@@ -148,9 +151,11 @@ class SearchConfig:
             raise ConfigError(f"--max-failures must be an integer >= 1, got {self.max_failures!r}")
         if not isinstance(self.collapse_stop, bool):
             raise ConfigError(f"collapse-stop must be true or false, got {self.collapse_stop!r}")
+        from autopeft.arch import parse_layout
         from autopeft.pruner import check_pruner
 
         check_pruner(self.pruner)
+        parse_layout(self.layers_pattern, self.target_modules)
         if not _is_int(self.n_startup) or self.n_startup < 1:
             raise ConfigError(f"--n-startup must be an integer >= 1, got {self.n_startup!r}")
         if self.workers is not None and (not _is_int(self.workers) or self.workers < 1):

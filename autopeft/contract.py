@@ -154,6 +154,8 @@ class TrialSpec:
     threads: int = 1
     device: str = "auto"
     trust_remote_code: bool = False
+    #: where the layers and projections are, when the user said (``autopeft.arch.Layout`` as lists); None: found
+    layout: list[Any] | None = None
     #: :data:`SEARCH` (train and score the candidate) or :data:`REFERENCE` (measure the reference point)
     purpose: str = SEARCH
     #: fault injection for tests: "raise", "nan", "exit", "sleep:<s>"; "simulate:<s>" is a simulated trial

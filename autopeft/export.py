@@ -27,11 +27,12 @@ from autopeft.methods import get_method, learning_rates
 CONFIG_FILE = "autopeft_config.json"
 
 
-def peft_config_for(cand: Candidate, model: str | None, num_labels: int) -> Any:
-    """The peft config of the candidate's peft-based method, or ``None`` if it has none."""
+def peft_config_for(cand: Candidate, model: str | None, num_labels: int, layout: Any = None) -> Any:
+    """The peft config of the candidate's peft-based method, or ``None`` if it has none.  ``layout``: the study's
+    ``--layers-pattern`` / ``--target-modules`` (:data:`autopeft.arch.Layout`), if it had them."""
     from autopeft.builder import model_info
 
-    info = model_info(model, num_labels)
+    info = model_info(model, num_labels, False, layout)
     for name, cfg in cand.methods.items():
         m = get_method(name)
         if m.uses_peft:
@@ -89,13 +90,17 @@ def export_config(found: Any, directory: str | Path) -> Path:
     model = meta.get("model")
     model_arg = None if model == "all-MiniLM-L6-v2" else model
     cand.save(d)
-    pc = peft_config_for(cand, model_arg, int(meta["num_labels"]))
+    from autopeft.arch import layout_from_json
+
+    layout = meta.get("layout")
+    pc = peft_config_for(cand, model_arg, int(meta["num_labels"]), layout_from_json(layout))
     if pc is not None:
         pc.save_pretrained(str(d))
     fid = meta.get("fidelity", {})
     info = {
         "base_model": model_reference(model_arg),
         "num_labels": meta.get("num_labels"),
+        "layout": layout,  # --layers-pattern / --target-modules of the study, if it had them
         "task": meta.get("task"),
         "metric": meta.get("metric"),
         # for training the config at full budget: the per-group rates (without the search trials' lr_scale) and
@@ -145,12 +150,13 @@ class Trainable:
         return torch.optim.AdamW(groups, weight_decay=weight_decay)
 
 
-def trainable(cand: Candidate, model: str | None, num_labels: int, seed: int = 0) -> Trainable:
+def trainable(cand: Candidate, model: str | None, num_labels: int, seed: int = 0, layout: Any = None) -> Trainable:
     """``cand`` built on a fresh copy of ``model``, with its optimizer groups and (if sparse) the mask callback: what
-    :func:`load_for_training` and ``autopeft train`` hand to transformers' ``Trainer``."""
+    :func:`load_for_training` and ``autopeft train`` hand to transformers' ``Trainer``.  ``layout``: where the layers
+    and projections are, when the study was told (:data:`autopeft.arch.Layout`)."""
     from autopeft.builder import build_model, load_base, model_info
 
-    info = model_info(model, num_labels)
+    info = model_info(model, num_labels, False, layout)
     base, tok = load_base(model, num_labels)
     built = build_model(cand, base, info, seed=seed)
     from autopeft.training import sparsity_callback
@@ -170,4 +176,7 @@ def load_for_training(directory: str | Path, model: str | None = None, seed: int
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{p} is missing or not valid JSON ({type(exc).__name__}): export the config again") from None
     base_model = model if model is not None else info_json.get("base_model")
-    return trainable(cand, base_model, int(info_json.get("num_labels", 2)), seed)  # num_labels 0: causal LM
+    from autopeft.arch import layout_from_json
+
+    return trainable(cand, base_model, int(info_json.get("num_labels", 2)), seed,  # num_labels 0: causal LM
+                     layout_from_json(info_json.get("layout")))

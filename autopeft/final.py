@@ -118,7 +118,8 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
                 threads: int | None = None, device: str | None = None, bf16: bool = False, fp16: bool = False,
                 grad_accum: int = 1, grad_ckpt: bool = False, resume: bool = False, report_to: str = "none",
                 training_args: dict[str, Any] | None = None, progress: bool = True,
-                generate: int | None = None, n_eval: int | None = None, class_weights: str = "auto") -> dict[str, Any]:
+                generate: int | None = None, n_eval: int | None = None, class_weights: str = "auto",
+                layout: Any = None) -> dict[str, Any]:
     """Train ``cand`` at full budget with transformers' ``Trainer``, once per seed: all (or ``n_train``) training rows
     less a held-out tenth (at most 1,000 rows) that picks the best epoch, scored once on the validation split; the
     first seed's model is saved.  ``resume`` continues from the checkpoints of an interrupted run in ``out_dir`` and
@@ -142,7 +143,7 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
         torch.set_num_threads(threads)
     device = device or pick_device()
     task = task_of(data)
-    info = model_info(model, task.num_labels)
+    info = model_info(model, task.num_labels, False, layout)
     from autopeft.contract import CLASS_WEIGHTS
     from autopeft.data import auto_class_weights, balanced_weights
 
@@ -196,7 +197,7 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
             params = r["params"]
             continue
         t0 = time.perf_counter()
-        built = trainable(cand, model, task.num_labels, seed)
+        built = trainable(cand, model, task.num_labels, seed, layout)
         tok, params = built.tokenizer, built.trainable_params
         idx = np.random.default_rng(seed).permutation(n_all)[:n].tolist()
         hold, fit = idx[:n_hold], idx[n_hold:]
@@ -239,7 +240,7 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
         scores.append(score)
         times.append(time.perf_counter() - t0)
         if k == 0:
-            save_trained(built, cand, out, model, task.num_labels)
+            save_trained(built, cand, out, model, task.num_labels, layout)
         done_f.parent.mkdir(parents=True, exist_ok=True)
         done_f.write_text(json.dumps({"score": score, "exact_match": match, "seconds": times[-1], "params": params,
                                       "best_epoch_checkpoint": trainer.state.best_model_checkpoint,
@@ -256,7 +257,7 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
     return result
 
 
-def save_trained(built: Any, cand: Candidate, out: Path, model: str | None, num_labels: int) -> None:
+def save_trained(built: Any, cand: Candidate, out: Path, model: str | None, num_labels: int, layout: Any = None) -> None:
     """peft's own files for the peft part (if any) + every trained tensor for autopeft's reload."""
     from peft import PeftModel
 
@@ -264,7 +265,10 @@ def save_trained(built: Any, cand: Candidate, out: Path, model: str | None, num_
     if isinstance(built.model, PeftModel):
         built.model.save_pretrained(str(out))
     state = {n: p.detach().cpu().clone() for n, p in built.model.named_parameters() if p.requires_grad}
-    torch.save({"state": state, "model": model, "num_labels": num_labels}, out / WEIGHTS_FILE)
+    from autopeft.arch import layout_to_json
+
+    torch.save({"state": state, "model": model, "num_labels": num_labels, "layout": layout_to_json(layout)},
+               out / WEIGHTS_FILE)
 
 
 def load_trained(directory: str | Path, model: str | None = None) -> tuple[torch.nn.Module, Any, Candidate]:
@@ -278,7 +282,10 @@ def load_trained(directory: str | Path, model: str | None = None) -> tuple[torch
     blob = torch.load(d / WEIGHTS_FILE, weights_only=True)
     cand = load_config(d)
     model = model if model is not None else blob["model"]
-    info = model_info(model, blob["num_labels"])
+    from autopeft.arch import layout_from_json
+
+    layout = layout_from_json(blob.get("layout"))
+    info = model_info(model, blob["num_labels"], False, layout)
     base, tok = load_base(model, blob["num_labels"])
     built = build_model(cand, base, info)
     missing = set(blob["state"]) - {n for n, _ in built.model.named_parameters()}

@@ -54,6 +54,9 @@ def memory_parts(model: torch.nn.Module, max_length: int, vocab_hint: int, train
 
         g = torch.Generator().manual_seed(0)
         ids = torch.randint(vocab_hint // 2, vocab_hint, (b, max_length), generator=g)
+        eos = getattr(getattr(model, "config", None), "eos_token_id", None)
+        if isinstance(eos, int) and not isinstance(eos, bool) and 0 <= eos < vocab_hint:
+            ids[:, -1] = eos  # rows end as real ones do (T5's classifier pools at the end-of-sequence token)
         kw: dict[str, torch.Tensor] = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         if has_token_types:
             kw["token_type_ids"] = torch.zeros_like(ids)

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from autopeft.arch import layout_from_json, layout_text as _show, layout_to_json
 from autopeft.config import SearchConfig, parse_budget
 from autopeft.contract import OK, REFERENCE, Fidelity, TrialSpec, default_fidelity, fidelity_note
 from autopeft.errors import ConfigError, StudyError
@@ -38,7 +39,11 @@ class Search:
 
         entries = read_sources(c.enqueue)  # a bad --enqueue file fails before any model loads
         self.task = task_of(c.data)
-        self.info = model_info(c.model, self.task.num_labels, c.trust_remote_code)
+        from autopeft.arch import parse_layout
+
+        #: where the layers and projections are, when the user said (``--layers-pattern`` / ``--target-modules``)
+        self.layout = parse_layout(c.layers_pattern, c.target_modules)
+        self.info = model_info(c.model, self.task.num_labels, c.trust_remote_code, self.layout)
         self._drop_unsupported_methods()
         self.bound = self.space_def.bind(self.info.arch.num_layers)
         model_label = c.model or DEFAULT_MODEL
@@ -133,6 +138,10 @@ class Search:
         if given and Fidelity(**{**stored, **given}).to_dict() != stored:
             raise StudyError(f"study {self.name!r} was run with fidelity {stored}; "
                              "resume it with the same fidelity or pass another --study name")
+        stored_layout = layout_from_json(ua.get(A.LAYOUT))
+        if stored_layout != self.layout:
+            raise StudyError(f"study {self.name!r} was run with --layers-pattern/--target-modules {_show(stored_layout)}, "
+                             f"now {_show(self.layout)}; resume it with the same ones or pass another --study name")
         if self.objectives != ua[A.OBJECTIVES] and list(c.objectives) != ["score", "params", "memory"]:
             raise StudyError(f"study {self.name!r} has objectives {ua[A.OBJECTIVES]}; resume with the same objectives")
 
@@ -162,7 +171,7 @@ class Search:
                 A.NUM_LABELS: self.task.num_labels, A.OBJECTIVES: list(self.objectives), A.REF_POINT: ref,
                 A.FIDELITY: fid.to_dict(), A.BASE_PARAMS: self.info.base_params, A.HEAD_PARAMS: self.info.head_params,
                 A.NUM_LAYERS: self.info.arch.num_layers, A.FULL_MEMORY_MIB: full_mib, A.CHANCE_SCORE: chance,
-                A.SPACE_DEF: self.space_def.raw, A.SEED: c.seed}
+                A.SPACE_DEF: self.space_def.raw, A.SEED: c.seed, A.LAYOUT: layout_to_json(self.layout)}
 
     def _given_fidelity(self) -> dict[str, Any]:
         """The user's fidelity keys, ``class_weights`` resolved from the task when ``auto`` or not given."""
@@ -176,6 +185,7 @@ class Search:
     def _spec_fields(self) -> dict[str, Any]:
         c = self.config
         return {"model": c.model, "data": c.data, "seed": c.seed, "trust_remote_code": c.trust_remote_code,
+                "layout": layout_to_json(self.layout),
                 "max_memory": c.max_memory_mib * 2**20 if c.max_memory_mib else None}
 
     # ------------------------------------------------------------------ running

@@ -58,6 +58,7 @@ class A:
     # study
     SCHEMA = "autopeft_schema"
     MODEL = "model"
+    LAYOUT = "layout"  # the user's --layers-pattern / --target-modules (autopeft.arch.Layout as lists), if given
     TASK = "task"
     SPACE = "space"
     SPACE_HASH = "space_hash"

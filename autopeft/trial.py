@@ -18,6 +18,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from autopeft.arch import layout_from_json
 from autopeft.errors import AutoPeftError
 
 from autopeft.contract import (  # noqa: F401  (re-exported: the trial's types)
@@ -150,7 +151,7 @@ def _run(spec: TrialSpec, t0: float) -> TrialResult:
         return _reference(spec, fid, t0)
     cand = Candidate.from_dict(spec.candidate)
     task = task_of(spec.data)
-    info = model_info(spec.model, task.num_labels, spec.trust_remote_code)
+    info = model_info(spec.model, task.num_labels, spec.trust_remote_code, layout_from_json(spec.layout))
     max_len = min(fid.max_length, info.arch.max_positions)
     device = _pick_device(spec.device)
     base, tok = load_base(spec.model, task.num_labels, spec.trust_remote_code)
@@ -244,7 +245,7 @@ def _reference(spec: TrialSpec, fid: Fidelity, t0: float) -> TrialResult:
     from autopeft.data import chance_score, search_split
 
     task = task_of(spec.data)
-    info = model_info(spec.model, task.num_labels, spec.trust_remote_code)
+    info = model_info(spec.model, task.num_labels, spec.trust_remote_code, layout_from_json(spec.layout))
     _, ev = search_split(task, fid.n_train, fid.n_eval, spec.seed)
     base, tok = load_base(spec.model, task.num_labels, spec.trust_remote_code)
     max_len = min(fid.max_length, info.arch.max_positions)

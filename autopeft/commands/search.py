@@ -17,7 +17,8 @@ from autopeft.pruner import PRUNERS
 _SAME = ("model", "task", "data_dir", "train_file", "validation_file", "text_columns", "label_column", "metric", "task_type", "space",
          "sampler", "storage", "objectives", "max_params", "max_memory", "n_train", "n_eval", "epochs", "max_length",
          "batch_size", "memory_batch_size", "lr_scale", "dtype", "gradient_checkpointing", "class_weights", "workers", "executor", "seed", "timeout", "trial_timeout",
-         "max_failures", "collapse_stop", "pruner", "n_startup", "trust_remote_code", "enqueue", "warm_start")
+         "max_failures", "collapse_stop", "pruner", "n_startup", "trust_remote_code", "enqueue", "warm_start",
+         "layers_pattern", "target_modules")
 
 
 def add(sub: Any) -> None:
@@ -87,6 +88,11 @@ def add(sub: Any) -> None:
                    "here: NAME (in --storage, or its default file) or NAME@STORAGE_URL")
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the hub (off by default)")
+    s.add_argument("--layers-pattern", help="for a model whose layers autopeft cannot find: the dotted path of its "
+                   "layer list, e.g. transformer.encoder.block (default: found in the module tree)")
+    s.add_argument("--target-modules", help="for a model whose projections autopeft cannot find: SUB=NAME pairs, names "
+                   "inside a layer, e.g. q=layer.0.SelfAttention.q,v=layer.0.SelfAttention.v,o=...,ffn_up=...,"
+                   "ffn_down=... (default: found by name)")
 
 
 def options(args: argparse.Namespace) -> dict[str, Any]:
