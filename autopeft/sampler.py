@@ -63,6 +63,12 @@ def _features(cand: Candidate, n_layers: int, params: float) -> list[float]:
 #: two candidates that differ only by a learning-rate multiplier within this factor count as the same proposal
 LR_NEAR = 1.05
 
+#: the acquisition's score floor: hypervolume counts only above chance + this share of the gap between chance and the
+#: best score so far (the study's own reference point is unchanged).  A config that barely beats chance adds a wide
+#: but worthless slice of hypervolume when it is cheap; without the floor, model-based steps kept buying that slice in
+#: the cheapest corner of the space, where configs collapse to the majority class (issue 17).  0 turns it off.
+SCORE_FLOOR = 0.25
+
 
 class _Seen:
     """Candidates already evaluated, failed or pending.  ``c in seen`` is also true for a candidate that differs
@@ -123,6 +129,7 @@ class CostAwareEHVISampler(BaseSampler):
         n_startup_trials: int = 8,
         n_candidates: int = 1024,
         seed: int | None = None,
+        score_floor: float = SCORE_FLOOR,
     ) -> None:
         if objectives[0] not in TASK_OBJECTIVES:
             raise ValueError("objective 0 must be the task's score or loss")
@@ -134,6 +141,9 @@ class CostAwareEHVISampler(BaseSampler):
         self.max_memory = max_memory
         self.n_startup = n_startup_trials
         self.n_candidates = n_candidates
+        if not 0.0 <= score_floor < 1.0:
+            raise ValueError(f"score_floor must be in [0, 1), got {score_floor!r}")
+        self.score_floor = score_floor
         self._seed = 0 if seed is None else int(seed)
         self._rng = np.random.default_rng(seed)
         self._random = RandomSampler(seed=seed)
@@ -290,7 +300,8 @@ class CostAwareEHVISampler(BaseSampler):
             Xp = np.stack([self.space.encode(c) for c in pending])
             mu_p, _ = self._posterior(gp, Xp)
             front_Y = np.concatenate([Ymax, np.column_stack([mu_p, known_coords(pending)])])
-        lower, upper = self._cells(front_Y)
+        floor = self._floor(float(y.max()))
+        lower, upper = self._cells(front_Y, floor)
 
         def score(cs: list[Candidate]) -> np.ndarray:
             Xc = np.stack([self.space.encode(c) for c in cs])
@@ -331,11 +342,18 @@ class CostAwareEHVISampler(BaseSampler):
             out.append(self.space.decode(z))
         return out
 
-    def _cells(self, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _floor(self, best: float) -> float:
+        """The acquisition's reference score: chance + :attr:`score_floor` x (best so far - chance), in the
+        maximised space (a loss enters negated, so the floor is then a loss below the untrained one)."""
+        return float(self.ref[0]) + self.score_floor * max(0.0, best - float(self.ref[0]))
+
+    def _cells(self, Y: np.ndarray, floor: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         import torch
         from botorch.utils.multi_objective.box_decompositions.non_dominated import FastNondominatedPartitioning
 
-        ref = torch.as_tensor(self.ref, dtype=torch.double)
+        ref = torch.as_tensor(self.ref, dtype=torch.double).clone()
+        if floor is not None:
+            ref[0] = max(float(ref[0]), floor)
         Yt = torch.as_tensor(Y, dtype=torch.double)
         Yt = Yt[(Yt > ref).all(-1)]
         if Yt.shape[1] == 1:

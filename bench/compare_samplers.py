@@ -70,7 +70,10 @@ def run_one(sampler_name: str, seed: int, cands: list, vals: np.ndarray, meta: d
     objectives = ["score", "params", "memory"]
     ref = meta["ref_point"]
     info = model_info(table_model(meta), 2)
-    sampler = make_sampler(sampler_name, seed, b, objectives, ref, lambda c: count_params(c, info), n_startup=n_startup)
+    name, _, floor = sampler_name.partition(":floor=")  # "autopeft:floor=0": our sampler with another score floor
+    sampler = make_sampler(name, seed, b, objectives, ref, lambda c: count_params(c, info), n_startup=n_startup)
+    if floor:
+        sampler.score_floor = float(floor)
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
     for c in first:
         study.enqueue_trial(b.optuna_params(c))

@@ -127,3 +127,12 @@ def dashboard_data(name: str, storage: str) -> tuple[dict[str, Any], dict[str, A
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Trials that tests run in this process (run_trial, the inline executor) start as a worker's do: libraries
+    imported and frozen out of garbage collection (autopeft.trial.warm_up), so each tiny trial does not pay for a
+    full collection of pytest's heap when the Trainer starts."""
+    from autopeft.trial import warm_up
+
+    warm_up()

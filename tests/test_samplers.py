@@ -156,3 +156,35 @@ def test_autopeft_sampler_skips_candidates_that_differ_only_by_a_near_learning_r
             da, db = a.to_dict(), b.to_dict()
             la, lb = da.pop("lr_multiplier"), db.pop("lr_multiplier")
             assert da != db or abs(math.log(la / lb)) >= math.log(1.05), (a.summary(), b.summary())
+
+
+def collapsing(c: Candidate) -> list[float]:
+    """The toy landscape with a collapsing corner: configs under 3,000 trainable parameters (head only, tiny IA3,
+    1-layer adapters) do not learn at this fidelity and score the majority class (0.5, the reference)."""
+    score, p, mem = synthetic(c)
+    return [0.5 if p < 3000 else score, p, mem]
+
+
+def test_the_score_floor_keeps_model_based_trials_out_of_the_collapsing_corner() -> None:
+    """With the acquisition's score floor (chance + a quarter of the gap to the best score), model-based steps stop
+    buying the cheap slice of hypervolume where configs collapse; without it (floor 0) they keep going there."""
+    from autopeft.sampler import SCORE_FLOOR
+
+    def collapsed(floor: float, seed: int) -> int:
+        b = SearchSpace.load("mixed").bind(6)
+        sampler = make_sampler("autopeft", seed, b, OBJ, REF, lambda c: count_params(c, INFO), n_startup=6)
+        sampler.score_floor = floor
+        study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
+        n = 0
+        for i in range(22):
+            t = study.ask()
+            c = b.suggest(t)
+            v = collapsing(c)
+            n += int(i >= 6 and v[0] == 0.5)
+            study.tell(t, v)
+        return n
+
+    assert SCORE_FLOOR == 0.25
+    with_floor = sum(collapsed(SCORE_FLOOR, s) for s in range(3))
+    without = sum(collapsed(0.0, s) for s in range(3))
+    assert with_floor < without, (with_floor, without)

@@ -23,8 +23,14 @@ DEFAULT_RUNNER = "autopeft.trial:run_trial"
 
 
 def load_runner(path: str) -> Callable[[TrialSpec], TrialResult]:
+    """The function at ``module:function``; the module's ``warm_up()``, if it has one, runs first (a worker calls this
+    before it takes a trial, so what a first trial would import is not counted in its per-trial timeout)."""
     mod, _, fn = path.partition(":")
-    return getattr(importlib.import_module(mod), fn)
+    module = importlib.import_module(mod)
+    warm_up = getattr(module, "warm_up", None)
+    if callable(warm_up):
+        warm_up()
+    return getattr(module, fn)
 
 
 @dataclass
