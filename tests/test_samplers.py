@@ -160,14 +160,15 @@ def test_autopeft_sampler_skips_candidates_that_differ_only_by_a_near_learning_r
 
 def test_the_score_floor_gives_no_acquisition_to_a_cheap_config_that_barely_beats_chance() -> None:
     """The acquisition counts hypervolume above chance + a quarter of the gap to the best score (the study's own
-    reference point is unchanged): a config 3 % of the gap above chance adds a wide slice of hypervolume when it is
+    reference point is unchanged; off by default): a config 3 % of the gap above chance adds a wide slice of hypervolume when it is
     cheap, and earns nothing with the floor; one well above the floor keeps most of what it earned (it loses only the
     slice between chance and the floor)."""
     from autopeft.sampler import SCORE_FLOOR
 
     b = SearchSpace.load("tiny").bind(6)
     sampler = make_sampler("autopeft", 0, b, OBJ, REF, lambda c: count_params(c, INFO))
-    assert sampler.score_floor == SCORE_FLOOR == 0.25
+    assert sampler.score_floor == SCORE_FLOOR == 0.0  # off by default (a measured miss); the mechanism:
+    sampler.score_floor = 0.25
     front = np.array([[0.9, -5.0, -2.6], [0.8, -4.0, -2.5]])  # score, -log10 params, -log10 MiB (to_max space)
     best = float(front[:, 0].max())
     assert sampler._floor(best) == pytest.approx(0.5 + 0.25 * 0.4)
@@ -180,3 +181,41 @@ def test_the_score_floor_gives_no_acquisition_to_a_cheap_config_that_barely_beat
 
     assert acq(cheap, None) > 0.01 and acq(cheap, sampler._floor(best)) < 1e-12
     assert acq(good, None) > acq(good, sampler._floor(best)) > 0.5 * acq(good, None) > 0.01
+
+
+def collapsing(c: Candidate) -> list[float]:
+    """The toy landscape with a collapsing corner: configs under 10,000 trainable parameters (a third of the mixed
+    space's random configs: head only, IA3, 1-layer adapters, heavy sparsity) do not learn at this fidelity and score
+    the majority class (0.5, the reference)."""
+    score, p, mem = synthetic(c)
+    return [0.5 if p < 10_000 else score, p, mem]
+
+
+def test_the_collapse_model_learns_which_configs_collapse_and_proposals_skip_them() -> None:
+    """Once 3 trials collapsed and 3 learned, a logistic regression on exact config features predicts which configs
+    learn (AUC on 200 unseen configs), and model-based proposals skip those it expects to collapse."""
+    from sklearn.metrics import roc_auc_score
+
+    b = SearchSpace.load("mixed").bind(6)
+    sampler = make_sampler("autopeft", 0, b, OBJ, REF, lambda c: count_params(c, INFO), n_startup=4)
+    rng = np.random.default_rng(1)
+    pool = [b.decode(b.random_vector(rng)) for _ in range(400)]
+    done = [(c, collapsing(c)) for c in pool[:24]]
+    assert sum(v[0] == 0.5 for _, v in done) >= 3 and sum(v[0] > 0.5 for _, v in done) >= 3
+    assert sampler._collapse_model(done[:2]) is None  # too few of each: no model yet
+    learns = sampler._collapse_model(done)
+    unseen = pool[200:]
+    p = learns(unseen)
+    truth = np.array([collapsing(c)[0] > 0.5 for c in unseen])
+    assert roc_auc_score(truth, p) > 0.85  # 0.896 here; chance 0.5
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
+    dists = b.distributions()
+    for c, v in done:
+        params = b.optuna_params(c)
+        study.add_trial(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params}, values=v))
+    from autopeft.sampler import COLLAPSE_P_LEARN
+
+    for _ in range(2):
+        c = sampler.propose(study)
+        assert sampler.last_info["mode"] == "bo" and sampler.last_info["collapse_skipped"] > 0
+        assert learns([c])[0] >= COLLAPSE_P_LEARN, c.summary()
