@@ -10,7 +10,9 @@ models the score, and the acquisition is the **closed-form expected hypervolume 
 over [GP score, known costs] (``shared/notes/cost-aware-ehvi.md``): exact, no Monte Carlo,
 vectorised over thousands of candidates.  Pending trials enter the front at their posterior mean
 (kriging believer) so concurrent workers get different candidates.  Candidates over a budget
-score zero and are never proposed; nor is any candidate already evaluated, failed or pending.
+score zero and are never proposed; nor is any candidate already evaluated, failed or pending.  Once some trials
+collapsed to the majority class and some learned, a logistic regression on a config's exact features predicts which
+configs learn at the study's fidelity, and model-based proposals skip those it expects to collapse.
 
 It plugs into Optuna as a ``BaseSampler`` with relative sampling: the relative search space is the
 space's distributions, and ``sample_relative`` (called once, at a trial's first suggestion) plans a
