@@ -38,6 +38,8 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
 from autopeft.candidate import Candidate
+from autopeft.collapse_model import P_LEARN
+from autopeft.cost_model import _features, _Ridge  # noqa: F401  (_features: the sampler's cost features)
 from autopeft.contract import PRUNED
 from autopeft.errors import AutoPeftError
 from autopeft.pareto import TASK_OBJECTIVES, closed_form_ehvi, to_max  # noqa: F401  (closed_form_ehvi: re-exported)
@@ -47,21 +49,6 @@ from autopeft.storage import A
 CostFn = Callable[[Candidate], float]
 
 
-def _features(cand: Candidate, n_layers: int, params: float) -> list[float]:
-    from autopeft.methods import cost_feature_vector, get_method, method_names
-
-    methods = cand.methods
-    layers = cand.layers
-    depth = max((get_method(n).backprop_depth(cfg, layers, n_layers) for n, cfg in methods.items()), default=0.0)
-    frac = len(layers) / n_layers
-    f = [1.0, depth, frac, params / 1e6]
-    for name in method_names():
-        on = name in methods
-        f.append(float(on) * (frac if get_method(name).uses_layers else 1.0))
-    f.extend(cost_feature_vector(methods, frac))
-    return f
-
-
 #: two candidates that differ only by a learning-rate multiplier within this factor count as the same proposal
 LR_NEAR = 1.05
 
@@ -69,16 +56,6 @@ LR_NEAR = 1.05
 #: best score so far (the study's own reference point is unchanged).  Off: in a real 40-trial SST-2 search a floor of
 #: 0.25 left 20 of 32 model-based trials collapsed (18 without it); see BENCHMARKS "Collapse".
 SCORE_FLOOR = 0.0
-
-#: a trial "collapsed" when its score is within this share of the chance-to-perfect gap of chance (the benchmarks' rule)
-COLLAPSE_MARGIN = 0.02
-#: the collapse model: once this many complete trials collapsed and as many learned, a logistic regression on a few
-#: exact features of a config (parameters, sparsity, learning rate, depth, methods) predicts whether it learns, and
-#: model-based proposals skip configs it gives less than COLLAPSE_P_LEARN (issue 17: in real SST-2 searches 18-20 of
-#: 32 model-based trials collapsed, on the cheap configs that do not learn at the low-cost fidelity)
-COLLAPSE_MIN_EACH = 3
-COLLAPSE_P_LEARN = 0.5
-
 
 class _Seen:
     """Candidates already evaluated, failed or pending.  ``c in seen`` is also true for a candidate that differs
@@ -104,25 +81,6 @@ class _Seen:
             return False
         k, lr = self._split(c)
         return any(abs(math.log(lr / x)) < math.log(LR_NEAR) for x in self._lrs.get(k, ()))
-
-
-class _Ridge:
-    """Tiny ridge regression for memory/time (features are exact; targets measured)."""
-
-    def __init__(self, alpha: float = 1e-3) -> None:
-        self.alpha = alpha
-        self.w: np.ndarray | None = None
-
-    def fit(self, X: np.ndarray, y: np.ndarray) -> "_Ridge":
-        self.mu, self.sd = y.mean(), y.std() + 1e-9
-        A = X.T @ X + self.alpha * np.eye(X.shape[1])
-        self.w = np.linalg.solve(A, X.T @ ((y - self.mu) / self.sd))
-        return self
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        if self.w is None:
-            return np.full(len(X), np.nan)
-        return X @ self.w * self.sd + self.mu
 
 
 class CostAwareEHVISampler(BaseSampler):
@@ -305,7 +263,7 @@ class CostAwareEHVISampler(BaseSampler):
         cands = [c for c in pool.values() if self._feasible_params(c)]
         learns = self._collapse_model(done, stopped)
         if learns is not None and cands:  # skip the configs the collapse model expects not to learn
-            keep = [c for c, p in zip(cands, learns(cands)) if p >= COLLAPSE_P_LEARN]
+            keep = [c for c, p in zip(cands, learns(cands)) if p >= P_LEARN]
             self.last_info["collapse_skipped"] = len(cands) - len(keep)
             cands = keep or cands
         if not cands:
@@ -337,7 +295,7 @@ class CostAwareEHVISampler(BaseSampler):
             neigh = [c for c in self._neighbours(self.space.encode(cands[i]), 24)
                      if c not in seen and c.key not in pool and self._feasible_params(c)]
             if neigh and learns is not None:
-                neigh = [c for c, p in zip(neigh, learns(neigh)) if p >= COLLAPSE_P_LEARN]
+                neigh = [c for c, p in zip(neigh, learns(neigh)) if p >= P_LEARN]
             if neigh:
                 an = score(neigh)
                 j = int(np.argmax(an))
@@ -348,34 +306,24 @@ class CostAwareEHVISampler(BaseSampler):
             return self._random_candidate(seen)
         return best_c
 
-    def _learn_features(self, c: Candidate) -> list[float]:
-        """What the collapse model reads: the cost features, log10 of the exact parameter count, the sparsity and
-        the log learning-rate multiplier."""
-        p = self._params(c)
-        sparsity = float(c.sparsity.get("fraction", 0.0)) if c.sparsity else 0.0
-        return _features(c, self.space.num_layers, p)[1:] + [math.log10(max(p, 1)), sparsity, math.log(c.lr_multiplier)]
-
     def _collapse_model(self, done: Sequence[tuple[Candidate, list[float]]],
                         stopped: Sequence[tuple[Candidate, float]] = ()) -> Callable[[list[Candidate]], np.ndarray] | None:
-        """P(a config learns) from the trials so far (scikit-learn's logistic regression on standardised
-        :meth:`_learn_features`), or None before :data:`COLLAPSE_MIN_EACH` trials collapsed and as many learned."""
+        """P(a config learns) from the trials so far (:mod:`autopeft.collapse_model`), or None before enough trials
+        collapsed and learned."""
+        from autopeft import collapse_model
+
+        L = self.space.num_layers
+
+        def rows(cs: Sequence[Candidate]) -> np.ndarray:
+            return np.array([collapse_model.features(_features(c, L, self._params(c)), self._params(c), c) for c in cs])
+
+        trials = [c for c, _ in done] + [c for c, _ in stopped]
+        scores = [to_max(self.objectives[:1], v[:1])[0] for _, v in done] + [to_max(self.objectives[:1], [v])[0]
+                                                                            for _, v in stopped]
         chance = float(self.ref[0])
         gap = (1.0 - chance) if self.objectives[0] == "score" else abs(chance)
-        ys = [to_max(self.objectives[:1], v[:1])[0] for _, v in done] + [to_max(self.objectives[:1], [v])[0] for _, v in stopped]
-        learned = np.array([y > chance + COLLAPSE_MARGIN * gap for y in ys])
-        if learned.sum() < COLLAPSE_MIN_EACH or (~learned).sum() < COLLAPSE_MIN_EACH:
-            return None
-        from sklearn.linear_model import LogisticRegression
-
-        F = np.array([self._learn_features(c) for c, _ in [*done, *stopped]])
-        mu, sd = F.mean(0), F.std(0) + 1e-9
-        clf = LogisticRegression(C=1.0, max_iter=1000).fit((F - mu) / sd, learned)
-
-        def p_learn(cs: list[Candidate]) -> np.ndarray:
-            X = (np.array([self._learn_features(c) for c in cs]) - mu) / sd
-            return clf.predict_proba(X)[:, 1]
-
-        return p_learn
+        p = collapse_model.fit(rows(trials), scores, chance, gap)
+        return None if p is None else (lambda cs: p(rows(cs)))
 
     def _neighbours(self, x: np.ndarray, n: int) -> list[Candidate]:
         out = []

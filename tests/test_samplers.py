@@ -213,9 +213,9 @@ def test_the_collapse_model_learns_which_configs_collapse_and_proposals_skip_the
     for c, v in done:
         params = b.optuna_params(c)
         study.add_trial(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params}, values=v))
-    from autopeft.sampler import COLLAPSE_P_LEARN
+    from autopeft.collapse_model import P_LEARN
 
     for _ in range(2):
         c = sampler.propose(study)
         assert sampler.last_info["mode"] == "bo" and sampler.last_info["collapse_skipped"] > 0
-        assert learns([c])[0] >= COLLAPSE_P_LEARN, c.summary()
+        assert learns([c])[0] >= P_LEARN, c.summary()

@@ -1,0 +1,47 @@
+"""The sampler's collapse model: which configs learn at the study's fidelity, and which stay at the majority class.
+
+At a low-cost fidelity many configs never move off the majority class (too few parameters, too sparse, too low a
+learning rate).  Their scores tell the score GP little about their neighbours, and cheap ones add a wide slice of
+hypervolume whenever the GP is unsure, so model-based steps kept buying them (issue 17: 18-20 of 32 model-based
+trials in real SST-2 searches).  Once some trials collapsed and some learned, a logistic regression (scikit-learn) on
+a few exact features of a config predicts P(learns); :class:`autopeft.sampler.CostAwareEHVISampler` skips proposals
+it gives less than :data:`P_LEARN`.  The score GP and the acquisition are unchanged (taking collapsed trials away from
+the GP was tried and rejected: BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+
+from autopeft.candidate import Candidate
+
+#: a trial "collapsed" when its score is within this share of the chance-to-perfect gap of chance (the benchmarks' rule)
+MARGIN = 0.02
+#: the model is fitted once at least this many trials collapsed and as many learned
+MIN_EACH = 3
+#: proposals the model gives a lower probability of learning are skipped
+P_LEARN = 0.5
+
+
+def features(cost_features: Sequence[float], params: int, cand: Candidate) -> list[float]:
+    """What the model reads: the sampler's exact cost features (backprop depth, layer share, methods; the constant
+    first one dropped), log10 of the exact parameter count, the sparsity and the log learning-rate multiplier."""
+    sparsity = float(cand.sparsity.get("fraction", 0.0)) if cand.sparsity else 0.0
+    return list(cost_features[1:]) + [math.log10(max(params, 1)), sparsity, math.log(cand.lr_multiplier)]
+
+
+def fit(X: np.ndarray, scores: Sequence[float], chance: float, gap: float) -> Callable[[np.ndarray], np.ndarray] | None:
+    """P(learns) as a function of feature rows, fitted on ``X`` (one row per trial) and the trials' ``scores`` (higher
+    is better; a loss enters negated), or None before :data:`MIN_EACH` trials collapsed and as many learned.
+    ``gap``: the distance from chance to a perfect score."""
+    learned = np.array([s > chance + MARGIN * gap for s in scores])
+    if learned.sum() < MIN_EACH or (~learned).sum() < MIN_EACH:
+        return None
+    from sklearn.linear_model import LogisticRegression
+
+    mu, sd = X.mean(0), X.std(0) + 1e-9
+    clf = LogisticRegression(C=1.0, max_iter=1000).fit((X - mu) / sd, learned)
+    return lambda rows: clf.predict_proba((np.asarray(rows) - mu) / sd)[:, 1]
