@@ -9,6 +9,7 @@ the study store: they see ``TrialSpec`` and return ``TrialResult``.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import time
 from abc import ABC, abstractmethod
@@ -22,9 +23,11 @@ from autopeft.contract import FAILED, REFERENCE, TrialResult, TrialSpec
 DEFAULT_RUNNER = "autopeft.trial:run_trial"
 
 
+@functools.lru_cache(maxsize=None)
 def load_runner(path: str) -> Callable[[TrialSpec], TrialResult]:
     """The function at ``module:function``; the module's ``warm_up()``, if it has one, runs first (a worker calls this
-    before it takes a trial, so what a first trial would import is not counted in its per-trial timeout)."""
+    before it takes a trial, so what a first trial would import is not counted in its per-trial timeout).  Once per
+    process: Ray Tune's trainable calls it for every trial."""
     mod, _, fn = path.partition(":")
     module = importlib.import_module(mod)
     warm_up = getattr(module, "warm_up", None)
