@@ -97,6 +97,11 @@ class SearchConfig:
     collapse_stop: bool = True
     #: early stopping on learning curves (:mod:`autopeft.pruner`): ``none`` or ``cost-sh``
     pruner: str = "none"
+    #: rungs of higher fidelity that the best configs are promoted to (:mod:`autopeft.promotion`): ``[{"n_train": 2000
+    #: or "all", "epochs": 2.0}, ...]`` (``--promote 2000x2,allx3``); empty: every trial at the study's fidelity
+    promote: tuple[Any, ...] = ()
+    #: the share of a rung's finished configs that may go up
+    promote_fraction: float = 1.0 / 3.0
     n_startup: int = 8
     progress: bool = False
     #: one line per finished trial on stderr (above the progress bar when there is one); the CLI turns it on
@@ -136,6 +141,12 @@ class SearchConfig:
             opts.pop("objectives", None)
         if "enqueue" in opts:
             opts["enqueue"] = _enqueue_sources(opts["enqueue"])
+        if "promote" in opts:
+            from autopeft.promotion import parse_ladder
+
+            opts["promote"] = tuple(parse_ladder(opts["promote"]))
+        if opts.get("promote_fraction") is None:
+            opts.pop("promote_fraction", None)
         for k in ("executor", "sampler", "space", "warm_start", "pruner"):
             if opts.get(k) is None:
                 opts.pop(k, None)
@@ -155,6 +166,9 @@ class SearchConfig:
         from autopeft.pruner import check_pruner
 
         check_pruner(self.pruner)
+        from autopeft.promotion import check_fraction
+
+        check_fraction(self.promote_fraction)
         parse_layout(self.layers_pattern, self.target_modules)
         if not _is_int(self.n_startup) or self.n_startup < 1:
             raise ConfigError(f"--n-startup must be an integer >= 1, got {self.n_startup!r}")

@@ -97,6 +97,12 @@ def export_config(found: Any, directory: str | Path) -> Path:
     if pc is not None:
         pc.save_pretrained(str(d))
     fid = meta.get("fidelity", {})
+    trial = getattr(found, "trial", None)
+    from autopeft.storage import A, rung_of
+
+    rung = rung_of(trial) if trial is not None else 0
+    if rung:  # promoted (--promote): the fidelity its score was measured at
+        fid = trial.user_attrs.get(A.FIDELITY, fid)
     info = {
         "base_model": model_reference(model_arg),
         "num_labels": meta.get("num_labels"),
@@ -116,6 +122,8 @@ def export_config(found: Any, directory: str | Path) -> Path:
     if getattr(found, "trial", None) is not None:
         info["trial"] = found.trial.number
         info["values"] = dict(zip(meta["objectives"], found.trial.values))
+        if rung:
+            info["rung"] = rung
     (d / CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return d
 

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 from autopeft.candidate import Candidate
 from autopeft.contract import ABANDONED, DUPLICATE, FAILED, INFEASIBLE, SURPLUS, TrialSpec
 from autopeft.errors import ConfigError, StudyError
-from autopeft.storage import A, StudyStore, finished_meanwhile, optuna_quiet
+from autopeft.storage import A, StudyStore, finished_meanwhile, optuna_quiet, rung_of
 
 #: proposals in a row that may be rejected (duplicates, over budget) before the search gives up
 MAX_REJECTIONS = 200
@@ -49,9 +49,14 @@ def make_sampler(name: str, seed: int | None, space: Any = None, objectives: Seq
     raise ConfigError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
 
 
+def rung_key(key: str, rung: int) -> str:
+    """The index's key of a candidate at a rung of the ``--promote`` ladder (the candidate's own key at rung 0)."""
+    return key if not rung else f"{key}@{rung}"
+
+
 class CandidateIndex:
-    """Which candidates the study holds: running, or finished in any way but abandoned (an abandoned trial was
-    stopped, not found wanting, so its candidate may be proposed again)."""
+    """Which candidates the study holds, at which rung: running or queued, or finished in any way but abandoned (an
+    abandoned trial was stopped, not found wanting, so its candidate may be proposed, or promoted, again)."""
 
     def __init__(self) -> None:
         self._by_key: dict[str, set[int]] = {}
@@ -77,6 +82,8 @@ class CandidateIndex:
                 continue
             self._upto = max(self._upto, t.number)
             key = t.user_attrs.get(A.CANDIDATE_KEY)
+            if key is not None:
+                key = rung_key(key, rung_of(t))
             running = t.state in (TrialState.RUNNING, TrialState.WAITING)
             if running:
                 self._open.add(t.number)
@@ -93,6 +100,15 @@ class CandidateIndex:
     def holds(self, key: str, other_than: int) -> bool:
         return any(n != other_than for n in self._by_key.get(key, ()))
 
+    def held(self) -> set[tuple[str, int]]:
+        """Every (candidate key, rung) the study holds."""
+        out = set()
+        for k, ns in self._by_key.items():
+            if ns:
+                base, _, rung = k.rpartition("@")
+                out.add((base, int(rung)) if rung.isdigit() and base.endswith("}") else (k, 0))  # keys are JSON objects
+        return out
+
 
 class Proposer:
     """Asks the study's sampler for candidates and turns them into specs; tracks the trials in flight."""
@@ -100,8 +116,14 @@ class Proposer:
     def __init__(self, store: StudyStore, bound: Any, count: Callable[[Candidate], int], base_params: int,
                  spec_fields: dict[str, Any], fidelity: dict[str, Any],
                  fault: Callable[[int], str | None] | None = None,
-                 prune_for: Callable[[int], dict[str, Any] | None] | None = None) -> None:
+                 prune_for: Callable[[int], dict[str, Any] | None] | None = None,
+                 promote: Callable[[Sequence[Any], set[tuple[str, int]]], tuple[Any, int] | None] | None = None,
+                 ladder: Sequence[dict[str, Any]] = ()) -> None:
         self.store, self.bound, self.count = store, bound, count
+        #: ``--promote``: the finished trial to run again one rung up, and that rung (None: nothing to promote now)
+        self.promote = promote
+        #: every rung's fidelity above the study's own (rung 1 first)
+        self.ladder = [dict(f) for f in ladder]
         #: a trial's early-stopping spec from its param count (:func:`autopeft.pruner.prune_spec`); None: no pruning
         self.prune_for = prune_for
         self.base_params, self.spec_fields, self.fidelity, self.fault = base_params, spec_fields, fidelity, fault
@@ -116,6 +138,8 @@ class Proposer:
         """A new trial's spec, or None if the proposal was rejected without training (a duplicate, over the
         parameter budget).  Never leaves a RUNNING trial behind if preparing it fails."""
         study = self.store.study
+        if self.promote is not None:
+            self._promote()
         with optuna_quiet():
             trial = study.ask()
         self.preparing = trial
@@ -134,35 +158,55 @@ class Proposer:
         finally:
             self.preparing = None
 
+    def _promote(self) -> None:
+        """Queue the next promotion, if one is due and nothing else is queued (a queued config runs first; the next
+        ask looks again)."""
+        from optuna.trial import TrialState
+
+        trials = self.store.trials()
+        if any(t.state == TrialState.WAITING for t in trials):
+            return
+        self.index.refresh(trials)
+        chosen = self.promote(trials, self.index.held())
+        if chosen is not None:
+            source, rung = chosen
+            self.store.enqueue_promotion(source, rung)
+
     def _prepare(self, trial: Any) -> TrialSpec | None:
         self.store.heartbeat(trial)  # at once: a driver killed from here on leaves a trial resume can tell is stale
+        rung = rung_of(trial)
+        if rung > len(self.ladder):
+            raise StudyError(f"trial {trial.number} was queued for rung {rung} of --promote, but this search has "
+                             f"{len(self.ladder)} rung(s) above the study's fidelity; resume with the same --promote")
+        fidelity = self.ladder[rung - 1] if rung else self.fidelity
         t0 = time.perf_counter()
         cand = self.bound.suggest(trial)
         sampler_s = time.perf_counter() - t0
         params = self.count(cand)
+        key = rung_key(cand.key, rung)
         # written first, then compared: of two drivers proposing one candidate at the same moment, at least the later
         # writer sees the other (both may step back; neither trains a candidate the other trains)
-        self.store.write_candidate(trial, cand, params, self.base_params, sampler_s, self.fidelity)
+        self.store.write_candidate(trial, cand, params, self.base_params, sampler_s, fidelity, rung)
         self.index.refresh(self.store.trials())
         spec = None
         mp = self.store.max_params
-        if self.index.holds(cand.key, trial.number):
+        if self.index.holds(key, trial.number):
             self.store.reject(trial, DUPLICATE, "candidate already evaluated in this study")
             self.rejections += 1
         elif params <= 0:  # e.g. "head only" on a causal-LM task, which has no classification head
             self.store.reject(trial, INFEASIBLE, "it trains no parameter (this task has no classification head)")
-            self.index.add(trial.number, cand.key)
+            self.index.add(trial.number, key)
             self.rejections += 1
         elif mp is not None and params > mp:
             self.store.reject(trial, INFEASIBLE, f"{params} trainable params > budget {mp:.0f}")
-            self.index.add(trial.number, cand.key)
+            self.index.add(trial.number, key)
             self.rejections += 1
         else:
             self.rejections = 0
-            self.index.add(trial.number, cand.key)
-            spec = TrialSpec(trial_id=trial.number, candidate=cand.to_dict(), fidelity=dict(self.fidelity), threads=0,
+            self.index.add(trial.number, key)
+            spec = TrialSpec(trial_id=trial.number, candidate=cand.to_dict(), fidelity=dict(fidelity), threads=0,
                              fault=self.fault(trial.number) if self.fault else None,
-                             prune=self.prune_for(params) if self.prune_for else None, **self.spec_fields)
+                             prune=self.prune_for(params) if self.prune_for and not rung else None, **self.spec_fields)
             self.pending[trial.number] = (trial, cand, time.monotonic())
         if self.rejections >= MAX_REJECTIONS:
             raise StudyError(f"{MAX_REJECTIONS} proposals in a row were duplicates or over budget: the space is "

@@ -12,6 +12,16 @@ from autopeft.pareto import front_mask, hypervolume, to_max
 from autopeft.storage import A
 
 
+def fidelity_label(trial: Any) -> str:
+    """A trial's training fidelity as rows x epochs, and its rung when it was promoted: ``2000x2 (rung 1)``."""
+    from autopeft.storage import rung_of
+
+    f = trial.user_attrs.get(A.FIDELITY) or {}
+    rung = rung_of(trial)
+    text = f"{f.get('n_train', '?')}x{float(f.get('epochs', 0)):g}" if f else "?"
+    return text + (f" (rung {rung})" if rung else "")
+
+
 def structure_key(trial: Any) -> str:
     """A stored trial's configuration without its learning rate: trials with one key differ only in learning rate."""
     import json
@@ -31,13 +41,16 @@ class SearchResult:
         self.meta: dict[str, Any] = dict(study.user_attrs)
         self.objectives: list[str] = list(self.meta[A.OBJECTIVES])
         self.ref_point: list[float] = list(self.meta[A.REF_POINT])
+        #: whether configs were promoted to higher fidelities (``--promote``): tables then say each row's fidelity
+        self.laddered: bool = bool(self.meta.get(A.LADDER))
 
     # ------------------------------------------------------------------ tables
-    def complete_trials(self) -> list[Any]:
-        """The complete trials (FrozenTrials with values), in trial order."""
+    def complete_trials(self, every_rung: bool = False) -> list[Any]:
+        """The complete trials (FrozenTrials with values), in trial order; with promotions (``--promote``) each config
+        once, at the highest fidelity it finished (``every_rung``: every evaluation)."""
         from autopeft.storage import complete_trials
 
-        return complete_trials(self.study)
+        return complete_trials(self.study, every_rung)
 
     @property
     def trials(self) -> Any:
@@ -57,6 +70,8 @@ class SearchResult:
                 row["memory"] = ua.get(A.MEMORY_MIB)
             row.update({"trainable_pct": ua.get(A.TRAINABLE_PCT), "wall_s": ua.get(A.WALL_S), "sampler_s": ua.get(A.SAMPLER_S),
                         "reason": ua.get(A.REASON), "candidate": ua.get(A.CANDIDATE)})
+            if self.laddered:
+                row["fidelity"] = fidelity_label(t)
             rows.append(row)
         return pd.DataFrame(rows)
 
@@ -80,9 +95,10 @@ class SearchResult:
             for o, v in zip(self.objectives, t.values):
                 row[o] = v
             row["trainable_pct"] = ua.get(A.TRAINABLE_PCT)
+            row["fidelity"] = fidelity_label(t)
             row["candidate"] = ua.get(A.CANDIDATE)
             rows.append(row)
-        cols = ["trial", "summary", *self.objectives, "trainable_pct", "candidate"]
+        cols = ["trial", "summary", *self.objectives, "trainable_pct", *(["fidelity"] if self.laddered else []), "candidate"]
         return pd.DataFrame(rows, columns=cols)
 
     # ------------------------------------------------------------------ choices
@@ -161,11 +177,16 @@ class FoundConfig:
         return self.meta[A.MODEL]
 
     def to_dict(self) -> dict[str, Any]:
+        fidelity = self.meta.get("fidelity")
+        if self.trial is not None and self.trial.user_attrs.get(A.RUNG):  # promoted: the fidelity it was scored at
+            fidelity = self.trial.user_attrs.get(A.FIDELITY, fidelity)
         d = {"candidate": self.candidate.to_dict(), "summary": self.candidate.summary(), "model": self.meta.get("model"),
              "task": self.meta.get("task"), "num_labels": self.meta.get("num_labels"), "metric": self.meta.get("metric"),
-             "fidelity": self.meta.get("fidelity")}
+             "fidelity": fidelity}
         if self.trial is not None:
             d["trial"] = self.trial.number
+            if self.trial.user_attrs.get(A.RUNG):
+                d["rung"] = int(self.trial.user_attrs[A.RUNG])
             d["values"] = dict(zip(self.meta[A.OBJECTIVES], self.trial.values))
         return d
 

@@ -166,11 +166,12 @@ class CostAwareEHVISampler(BaseSampler):
     # ------------------------------------------------------------------ proposing
     def history(self, study: Study, trial: FrozenTrial | None = None) -> list[tuple[FrozenTrial, Candidate]]:
         """Every trial of ``study`` (but ``trial``) whose params form a candidate of the space, with that
-        candidate.  Params outside the space are ignored; a trial lacking an active dimension is skipped."""
+        candidate.  Params outside the space are ignored; a trial lacking an active dimension is skipped; so is a
+        trial promoted to a higher fidelity (``--promote``): the models learn the study's own fidelity."""
         names = self.space.by_name
         out: list[tuple[FrozenTrial, Candidate]] = []
         for t in study.get_trials(deepcopy=False):
-            if trial is not None and t.number == trial.number:
+            if (trial is not None and t.number == trial.number) or t.user_attrs.get(A.RUNG):
                 continue
             params = {k: v for k, v in t.params.items() if k in names}
             if not params:

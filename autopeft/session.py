@@ -62,6 +62,12 @@ class Search:
         self.identity = {A.MODEL: model_label, A.TASK: task_id,
                          A.SPACE: self.space_def.name, A.SPACE_HASH: space_hash(self.space_def.raw)}
         self.workers = c.workers or os.cpu_count() or 1
+        from autopeft.promotion import parse_ladder
+
+        #: ``--promote``'s rungs above the study's fidelity (a resumed study's stored ones when none are given)
+        self.rungs: list[dict[str, Any]] = parse_ladder(list(c.promote))
+        #: every rung's fidelity above the study's own, rung 1 first (set by open())
+        self.ladder: list[dict[str, Any]] = []
         #: the study's objectives: "score" is the task's loss on a causal-LM task (minimised)
         self.objectives = [("loss" if o == "score" and self.task.is_lm else o) for o in c.objectives]
         #: a line for the user when their fidelity options switched a preset off (None if not)
@@ -129,7 +135,20 @@ class Search:
         meta = self.store.meta
         self.fidelity = Fidelity.from_stored(meta[A.FIDELITY])
         self.store.set_budgets(self.max_params, c.max_memory_mib)
+        self._open_ladder(meta)
         return self
+
+    def _open_ladder(self, meta: dict[str, Any]) -> None:
+        """The rungs of ``--promote`` with their fidelities, checked against the study's; stored with a study that
+        had none."""
+        from autopeft.promotion import ladder_fidelities
+
+        stored = list(meta.get(A.LADDER) or [])
+        rows = self.task.n_train - self.fidelity.n_eval
+        self.ladder = ladder_fidelities(self.fidelity.to_dict(), self.rungs or stored, rows)[1:]
+        if self.rungs and not stored:
+            self.store.set_ladder(self.rungs)
+        self.rungs = self.rungs or stored
 
     def _check_resume(self, ua: dict[str, Any]) -> None:
         c = self.config
@@ -138,6 +157,12 @@ class Search:
         if given and Fidelity(**{**stored, **given}).to_dict() != stored:
             raise StudyError(f"study {self.name!r} was run with fidelity {stored}; "
                              "resume it with the same fidelity or pass another --study name")
+        stored_ladder = list(ua.get(A.LADDER) or [])
+        if self.rungs and stored_ladder and self.rungs != stored_ladder:
+            from autopeft.promotion import ladder_text
+
+            raise StudyError(f"study {self.name!r} was run with --promote {ladder_text(stored_ladder)}, now "
+                             f"{ladder_text(self.rungs)}; resume it with the same rungs or pass another --study name")
         stored_layout = layout_from_json(ua.get(A.LAYOUT))
         if stored_layout != self.layout:
             raise StudyError(f"study {self.name!r} was run with --layers-pattern/--target-modules {_show(stored_layout)}, "
@@ -171,7 +196,8 @@ class Search:
                 A.NUM_LABELS: self.task.num_labels, A.OBJECTIVES: list(self.objectives), A.REF_POINT: ref,
                 A.FIDELITY: fid.to_dict(), A.BASE_PARAMS: self.info.base_params, A.HEAD_PARAMS: self.info.head_params,
                 A.NUM_LAYERS: self.info.arch.num_layers, A.FULL_MEMORY_MIB: full_mib, A.CHANCE_SCORE: chance,
-                A.SPACE_DEF: self.space_def.raw, A.SEED: c.seed, A.LAYOUT: layout_to_json(self.layout)}
+                A.SPACE_DEF: self.space_def.raw, A.SEED: c.seed, A.LAYOUT: layout_to_json(self.layout),
+                **({A.LADDER: self.rungs} if self.rungs else {})}
 
     def _given_fidelity(self) -> dict[str, Any]:
         """The user's fidelity keys, ``class_weights`` resolved from the task when ``auto`` or not given."""
@@ -206,7 +232,7 @@ class Search:
         store.study.sampler = sampler
         fid = self.fidelity.to_dict()
         proposer = Proposer(store, self.bound, lambda cand: count_params(cand, info), info.base_params,
-                            self._spec_fields(), fid, c.fault, self._prune_for())
+                            self._spec_fields(), fid, c.fault, self._prune_for(), self._promote_rule(), self.ladder)
         self._queue_seeds(proposer)
         policy = StopPolicy(c.n_trials, c.max_failures, c.timeout)
         callbacks: list[Any] = [CollapseWarning(float(meta.get(A.CHANCE_SCORE, meta[A.REF_POINT][0])), self.task.metric, self.task.num_labels,
@@ -236,7 +262,35 @@ class Search:
             return None
         direction = DIRECTIONS[store.objectives[0]]
         n_eval = self.fidelity.n_eval
-        return lambda params: prune_spec(name, params, store.finished_trials(), direction, n_eval)
+        from autopeft.storage import rung_of
+
+        # peers at the study's own fidelity only: a promoted trial's curve is at another fidelity
+        return lambda params: prune_spec(name, params, [t for t in store.finished_trials() if not rung_of(t)],
+                                         direction, n_eval)
+
+    def _promote_rule(self) -> Any:
+        """``--promote``: which finished trial goes up a rung next (:func:`autopeft.promotion.next_promotion`), from the
+        study's trials and the (candidate, rung) pairs it holds; None without a ladder."""
+        if not self.ladder:
+            return None
+        from optuna.trial import TrialState
+
+        from autopeft.pareto import to_max
+        from autopeft.promotion import Evaluated, next_promotion
+        from autopeft.storage import rung_of
+
+        objectives, chance = self.store.objectives, float(self.store.meta[A.REF_POINT][0])
+        n_rungs, fraction = len(self.ladder) + 1, self.config.promote_fraction
+
+        def rule(trials: Any, held: set[tuple[str, int]]) -> Any:
+            done = {t.number: t for t in trials if t.state == TrialState.COMPLETE and t.values is not None
+                    and t.user_attrs.get(A.CANDIDATE_KEY)}
+            evals = [Evaluated(n, t.user_attrs[A.CANDIDATE_KEY], rung_of(t), tuple(to_max(objectives, t.values)))
+                     for n, t in done.items()]
+            chosen = next_promotion(evals, held, n_rungs, chance, fraction)
+            return None if chosen is None else (done[chosen[0].number], chosen[1])
+
+        return rule
 
     def _queue_seeds(self, proposer: Any) -> None:
         """Queue this search's seeds and a killed driver's unfinished queued configs, less what the study holds."""

@@ -53,6 +53,8 @@ class A:
     MEMORY_MIB = "memory_mib"
     SCORE = "score"
     CURVE = "curve"  # [[fraction of training, step, score], ...] at each rung and the end (autopeft.pruner)
+    RUNG = "rung"  # the rung of --promote's ladder a trial ran at (absent: 0, the study's own fidelity)
+    PROMOTED_FROM = "promoted_from"  # a promoted trial's evaluation one rung below (its trial number)
     SEEDED_BY = "seeded_by"  # a queued config's source: enqueue:FILE entry N, baseline:NAME, warm-start:STUDY#TRIAL
     HEARTBEAT = "autopeft_heartbeat"  # a system attribute (journal storages; autopeft.backends.HEARTBEAT_ATTR)
     # study
@@ -74,6 +76,7 @@ class A:
     FULL_MEMORY_MIB = "full_memory_mib"
     CHANCE_SCORE = "chance_score"
     SEED = "seed"
+    LADDER = "ladder"  # --promote's rungs above the study's fidelity ([{"n_train", "epochs"}, ...]; absent: none)
     NOTICE_PREFIX = "notice_"
 
 
@@ -190,10 +193,25 @@ def list_studies(urls: Sequence[str]) -> list[tuple[str, int, int, str]]:
     return out
 
 
-def complete_trials(study: Any) -> list[Any]:
+def rung_of(trial: Any) -> int:
+    """A stored trial's rung of the ``--promote`` ladder (0: the study's own fidelity)."""
+    return int((trial.user_attrs or {}).get(A.RUNG, 0) or 0)
+
+
+def complete_trials(study: Any, every_rung: bool = False) -> list[Any]:
+    """The complete trials, in trial order; in a study with promotions, each config once, at the highest rung it
+    finished (``every_rung``: all of them)."""
     from optuna.trial import TrialState
 
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values is not None]
+    comp = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values is not None]
+    if every_rung or not any(rung_of(t) for t in comp):
+        return comp
+    top: dict[str, Any] = {}
+    for t in comp:
+        key = t.user_attrs.get(A.CANDIDATE_KEY) or f"#{t.number}"
+        if key not in top or rung_of(t) >= rung_of(top[key]):
+            top[key] = t
+    return sorted(top.values(), key=lambda t: t.number)
 
 
 # ----------------------------------------------------------------------------- the writer
@@ -305,8 +323,10 @@ class StudyStore:
             pass
 
     def write_candidate(self, trial: Any, cand: Any, params: int, base_params: int, sampler_s: float,
-                        fidelity: dict[str, Any]) -> None:
+                        fidelity: dict[str, Any], rung: int = 0) -> None:
         d = cand.to_dict()
+        if rung:
+            trial.set_user_attr(A.RUNG, rung)  # first: a promoted trial is never read as its config's base rung
         trial.set_user_attr(A.CANDIDATE, d)
         trial.set_user_attr(A.CANDIDATE_KEY, cand.key)
         trial.set_user_attr(A.SUMMARY, cand.summary())
@@ -326,6 +346,15 @@ class StudyStore:
         with optuna_quiet():
             self.study.enqueue_trial(params, user_attrs={A.CANDIDATE: cand.to_dict(), A.CANDIDATE_KEY: cand.key,
                                                          A.SUMMARY: cand.summary(), A.SEEDED_BY: source})
+
+    def enqueue_promotion(self, source: Any, rung: int) -> None:
+        """Queue ``source`` (a finished trial) to run again at ``rung`` (a WAITING trial with its params, carrying its
+        candidate, key and rung, so de-duplication holds it at that rung while it waits)."""
+        ua = source.user_attrs
+        with optuna_quiet():
+            self.study.enqueue_trial(source.params, user_attrs={
+                A.CANDIDATE: ua[A.CANDIDATE], A.CANDIDATE_KEY: ua[A.CANDIDATE_KEY], A.SUMMARY: ua.get(A.SUMMARY),
+                A.RUNG: rung, A.PROMOTED_FROM: source.number})
 
     def reject(self, trial: Any, status: str, reason: str) -> None:
         """A proposal not trained: a duplicate or over the parameter budget (stored as PRUNED).  A trial another
@@ -405,8 +434,8 @@ class StudyStore:
         from optuna.trial import TrialState
 
         old = self.study._storage.get_trial(trial._trial_id)
-        key = old.user_attrs.get(A.CANDIDATE_KEY)
-        if state == TrialState.FAIL or any(t.user_attrs.get(A.CANDIDATE_KEY) == key
+        key, rung = old.user_attrs.get(A.CANDIDATE_KEY), rung_of(old)
+        if state == TrialState.FAIL or any(t.user_attrs.get(A.CANDIDATE_KEY) == key and rung_of(t) == rung
                                            for t in self.trials((TrialState.COMPLETE,))):
             return
         user = {k: v for k, v in old.user_attrs.items() if k not in (A.STATUS, A.REASON)}
@@ -417,6 +446,10 @@ class StudyStore:
         self.study.add_trial(optuna.trial.create_trial(params=old.params, distributions=old.distributions,
                                                         user_attrs=user, system_attrs=system, values=values,
                                                         state=state))
+
+    def set_ladder(self, rungs: list[dict[str, Any]]) -> None:
+        """Store ``--promote``'s rungs with a study that had none (a study may start promoting when resumed)."""
+        self.study.set_user_attr(A.LADDER, rungs)
 
     def set_notice(self, key: str, message: str) -> None:
         self.study.set_user_attr(A.NOTICE_PREFIX + key, message)
@@ -461,5 +494,5 @@ def fail_stale(study: Any) -> list[int]:
 
 __all__ = ["A", "StudyStore", "SCHEMA_VERSION", "HEARTBEAT_S", "GRACE_S", "REQUIRED_ATTRS", "DIRECTIONS", "OK",
            "FAILED", "INFEASIBLE", "ABANDONED", "DUPLICATE", "studies_dir", "default_storage", "sanitize", "space_hash",
-           "get_storage", "check_schema", "load_optuna_study", "list_studies", "complete_trials", "fail_stale",
+           "get_storage", "check_schema", "load_optuna_study", "list_studies", "complete_trials", "rung_of", "fail_stale",
            "finished_meanwhile"]

@@ -34,7 +34,8 @@ def print_front(res: Any, fmt: str, all_trials: bool = False) -> None:
                                "display.float_format", "{:.4g}".format):
             m = res.meta.get("metric")
             title = "All trials" if all_trials else (f"Pareto front ({m} on the held-out search split"
-                                                     f"{', lower is better' if m == 'loss' else ''})")
+                                                     f"{', lower is better' if m == 'loss' else ''}"
+                                                     f"{'; each config at the highest fidelity it reached' if res.laddered else ''})")
             print(title)
             print(front_table(df, res.objectives).to_string(index=False) if len(df) else "(no completed trials yet)")
             for w in res.warnings:

@@ -17,7 +17,7 @@ from autopeft.pruner import PRUNERS
 _SAME = ("model", "task", "data_dir", "train_file", "validation_file", "text_columns", "label_column", "metric", "task_type", "space",
          "sampler", "storage", "objectives", "max_params", "max_memory", "n_train", "n_eval", "epochs", "max_length",
          "batch_size", "memory_batch_size", "lr_scale", "dtype", "gradient_checkpointing", "class_weights", "workers", "executor", "seed", "timeout", "trial_timeout",
-         "max_failures", "collapse_stop", "pruner", "n_startup", "trust_remote_code", "enqueue", "warm_start",
+         "max_failures", "collapse_stop", "pruner", "promote", "promote_fraction", "n_startup", "trust_remote_code", "enqueue", "warm_start",
          "layers_pattern", "target_modules")
 
 
@@ -80,6 +80,11 @@ def add(sub: Any) -> None:
                    help="early stopping: cost-sh scores each trial at 25%% and 50%% of its training and stops one "
                         "that is behind the best third of the trials with no more params and memory at that point "
                         "(counts as a trial, stored as pruned); none (default) trains every trial to the end")
+    s.add_argument("--promote", metavar="ROWSxEPOCHS,...", help="promote the best configs to higher fidelities as "
+                   "they finish, e.g. 2000x2,allx3 (rows x epochs of each rung above the study's own; all = every "
+                   "training row): a config goes up when it is in the best third of its rung among the configs that "
+                   "cost no more; --trials counts every evaluation; the front takes each config at its highest rung")
+    s.add_argument("--promote-fraction", type=float, help="the share of a rung's configs that may go up (default 1/3)")
     s.add_argument("--n-startup", type=positive_int, default=8, help="random trials before the model steers")
     s.add_argument("--enqueue", help="configs to evaluate first, comma-separated: YAML/JSON files (a config like "
                    "autopeft_candidate.json, a list of them, or the output of 'show --format json'), export folders, "

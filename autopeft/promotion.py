@@ -1,0 +1,128 @@
+"""Promotion to higher fidelity (``--promote``): a ladder of trial fidelities above the study's own, and the rule that
+picks which configuration goes up a rung next.
+
+The rule is asynchronous successive halving (ASHA: a config is promoted as soon as it is among the best
+``fraction`` of the configs finished at its rung, so a free worker never waits for a rung to fill), with one change
+for several objectives whose costs are known: a config is ranked only against the configs of its rung that cost no
+more (parameters and memory both at most its own), as the pruner ranks curves (:mod:`autopeft.pruner`).  A config on
+its rung's Pareto front is first among its peers, so it is always eligible; a config that scores no better than the
+study's chance level (the majority class, or the untrained model's loss) is never promoted.  At most
+``floor(fraction x finished at rung k)`` configs leave rung k, the best ranked first; higher rungs are served first.
+
+The search's ``--trials`` counts every evaluation, promoted ones too.  The study's sampler models the base rung,
+which every config has (one model per rung, the lowest used for proposing); the front, ``best``, ``export`` and the
+plots take each config at the highest rung it finished (:func:`autopeft.storage.complete_trials`) and say which.
+
+Pure Python: no torch or optuna import.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from autopeft.errors import ConfigError
+
+#: the share of a rung's finished configs that may go up (ASHA's 1/eta with eta = 3)
+PROMOTE_FRACTION = 1.0 / 3.0
+
+_RUNG = re.compile(r"(\d+|all)x(\d+(?:\.\d+)?)")
+
+
+def parse_ladder(value: Any) -> list[dict[str, Any]]:
+    """``--promote``'s rungs above the study's fidelity: ``"2000x2,allx3"`` (rows x epochs; ``all``: every training row)
+    or a list of ``{"n_train": ..., "epochs": ...}`` mappings (the API).  Empty for None or ``""``."""
+    if value is None or value == "" or value == []:
+        return []
+    items = [s.strip() for s in value.split(",")] if isinstance(value, str) else list(value)
+    out: list[dict[str, Any]] = []
+    for item in items:
+        if isinstance(item, dict):
+            unknown = sorted(set(item) - {"n_train", "epochs"})
+            if unknown or "n_train" not in item or "epochs" not in item:
+                raise ConfigError(f"--promote: each rung needs n_train and epochs (and nothing else), got {item!r}")
+            rows, epochs = item["n_train"], item["epochs"]
+        else:
+            m = _RUNG.fullmatch(str(item).lower())
+            if m is None:
+                raise ConfigError(f"--promote: {str(item)[:40]!r} is not ROWSxEPOCHS; give e.g. 2000x2,allx3 (rows x "
+                                  "epochs of each rung above the study's own fidelity; all = every training row)")
+            rows = "all" if m.group(1) == "all" else int(m.group(1))
+            epochs = float(m.group(2))
+        if rows != "all" and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
+            raise ConfigError(f"--promote: rows must be an integer >= 1 or all, got {rows!r}")
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or not 0 < epochs < math.inf:
+            raise ConfigError(f"--promote: epochs must be a finite number > 0, got {epochs!r}")
+        out.append({"n_train": rows, "epochs": float(epochs)})
+    return out
+
+
+def ladder_text(rungs: Sequence[dict[str, Any]]) -> str:
+    """Rungs as ``--promote`` takes them: ``2000x2,allx3``."""
+    return ",".join(f"{r['n_train']}x{float(r['epochs']):g}" for r in rungs) or "(none)"
+
+
+def check_fraction(fraction: Any) -> float:
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise ConfigError(f"--promote-fraction must be a number between 0 and 1 (exclusive), got {fraction!r}")
+    return float(fraction)
+
+
+def ladder_fidelities(base: dict[str, Any], rungs: Sequence[dict[str, Any]], n_rows: int) -> list[dict[str, Any]]:
+    """Every rung's fidelity, the study's own first: each rung takes the base fidelity with its rows and epochs
+    (``all``: the ``n_rows`` training rows the task has).  Each rung must train more row-epochs than the one below."""
+    out = [dict(base)]
+    for i, r in enumerate(rungs, 1):
+        rows = n_rows if r["n_train"] == "all" else int(r["n_train"])
+        fid = {**base, "n_train": rows, "epochs": float(r["epochs"])}
+        below = out[-1]
+        work, work_below = min(rows, n_rows) * fid["epochs"], min(int(below["n_train"]), n_rows) * float(below["epochs"])
+        if work <= work_below:
+            raise ConfigError(f"--promote: rung {i} ({min(rows, n_rows)} rows x {fid['epochs']:g} epochs) trains no more "
+                              f"than the rung below it ({min(int(below['n_train']), n_rows)} x {float(below['epochs']):g}; "
+                              f"the task has {n_rows} training rows); each rung must train more")
+        out.append(fid)
+    return out
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """A config's finished evaluation at one rung: ``y`` is its objective vector made to maximise
+    (:func:`autopeft.pareto.to_max`: score first, then the negated log costs)."""
+
+    number: int
+    key: str
+    rung: int
+    y: tuple[float, ...]
+
+
+def peer_rank(e: Evaluated, rung: Sequence[Evaluated]) -> float:
+    """The share of ``e``'s cost peers (configs of its rung costing no more in every cost) that score better: 0 for a
+    config on its rung's front."""
+    peers = [p for p in rung if all(pc >= ec for pc, ec in zip(p.y[1:], e.y[1:]))]
+    better = sum(p.y[0] > e.y[0] for p in peers)
+    return better / max(len(peers), 1)
+
+
+def next_promotion(done: Sequence[Evaluated], held: set[tuple[str, int]], n_rungs: int, chance: float,
+                   fraction: float = PROMOTE_FRACTION) -> tuple[Evaluated, int] | None:
+    """The config to promote now and the rung it goes to, or None.
+
+    ``done``: the study's finished evaluations (any rung); ``held``: (key, rung) pairs the study already holds at
+    a rung, running or finished (so a config is never trained twice at one rung); ``chance``: the score, made to
+    maximise, that a config must beat to go up."""
+    for k in range(n_rungs - 2, -1, -1):
+        rung = {e.key: e for e in sorted((e for e in done if e.rung == k), key=lambda e: e.number)}
+        at_k = list(rung.values())
+        quota = math.floor(fraction * len(at_k) + 1e-9)
+        if quota < 1 or sum((e.key, k + 1) in held for e in at_k) >= quota:
+            continue
+        ranked = sorted((peer_rank(e, at_k), -e.y[0], e.number, e) for e in at_k
+                        if (e.key, k + 1) not in held and e.y[0] > chance + 1e-9)
+        for rank, _, _, e in ranked:
+            if rank < fraction:
+                return e, k + 1
+    return None
+

@@ -1,0 +1,186 @@
+"""Promotion to higher fidelity (``--promote``): the rule, a search that promotes, and a driver killed while a promoted
+trial runs, resumed with no config trained twice at one rung."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from autopeft.errors import ConfigError
+from autopeft.promotion import Evaluated, ladder_fidelities, next_promotion, parse_ladder, peer_rank
+
+SIM = dict(task="sst2", space="lora", n_train=32, n_eval=32, epochs=1, max_length=24, batch_size=16, n_startup=4,
+           progress=False)
+
+
+def _e(n: int, score: float, params: float, rung: int = 0, key: str | None = None) -> Evaluated:
+    return Evaluated(n, key or f'{{"c": {n}}}', rung, (score, -params))
+
+
+def test_ladders_are_parsed_and_checked_with_exact_messages() -> None:
+    assert parse_ladder("2000x2, allx3") == [{"n_train": 2000, "epochs": 2.0}, {"n_train": "all", "epochs": 3.0}]
+    assert parse_ladder([{"n_train": 64, "epochs": 1}]) == [{"n_train": 64, "epochs": 1.0}]
+    assert parse_ladder(None) == [] and parse_ladder("") == []
+    bad = {"2000": "--promote: '2000' is not ROWSxEPOCHS; give e.g. 2000x2,allx3 (rows x epochs of each rung above the "
+                   "study's own fidelity; all = every training row)",
+           "0x2": "--promote: rows must be an integer >= 1 or all, got 0",
+           "10x0": "--promote: epochs must be a finite number > 0, got 0.0"}
+    for text, msg in bad.items():
+        with pytest.raises(ConfigError) as e:
+            parse_ladder(text)
+        assert str(e.value) == msg
+    with pytest.raises(ConfigError, match=r"^--promote: each rung needs n_train and epochs \(and nothing else\)"):
+        parse_ladder([{"n_train": 5}])
+    base = {"n_train": 600, "epochs": 2.0, "batch_size": 8}
+    fids = ladder_fidelities(base, parse_ladder("2000x2,allx3"), 5000)
+    assert [(f["n_train"], f["epochs"], f["batch_size"]) for f in fids] == [(600, 2.0, 8), (2000, 2.0, 8), (5000, 3.0, 8)]
+    with pytest.raises(ConfigError) as e:
+        ladder_fidelities(base, parse_ladder("2000x2,allx1"), 1500)
+    assert str(e.value) == ("--promote: rung 2 (1500 rows x 1 epochs) trains no more than the rung below it (1500 x 2; "
+                            "the task has 1500 training rows); each rung must train more")
+
+
+def test_the_rule_promotes_the_best_among_cost_peers_within_the_quota() -> None:
+    # six configs at rung 0: a cheap one on the front with a low score, an expensive one with the best score
+    done = [_e(0, 0.70, 100), _e(1, 0.90, 10_000), _e(2, 0.80, 5_000), _e(3, 0.60, 200), _e(4, 0.50, 50),
+            _e(5, 0.85, 20_000)]
+    assert peer_rank(done[0], done) == 0.0  # nothing cheaper scores better: on the front
+    assert peer_rank(done[5], done) == pytest.approx(1 / 6)  # of its 6 peers (all cheaper or equal) one is better
+    assert peer_rank(done[3], done) == pytest.approx(1 / 3)  # peers: itself, 0 (better) and 4
+    # quota floor(6/3) = 2; config 4 scores at chance (0.5) and is never promoted even though it is the cheapest
+    first = next_promotion(done, set(), 2, chance=0.5)
+    assert first is not None and (first[0].number, first[1]) == (1, 1)  # front configs first, the best score among them
+    held = {(first[0].key, 1)}
+    second = next_promotion(done, held, 2, chance=0.5)
+    assert second is not None and second[0].number == 2  # on the front too (0.80 at 5,000), next best score
+    held.add((second[0].key, 1))
+    assert next_promotion(done, held, 2, chance=0.5) is None  # quota of 2 used
+    # a higher rung is served first once it has enough configs: three at rung 1 give a quota of one to rung 2
+    up = [_e(10, 0.91, 10_000, 1, done[1].key), _e(11, 0.82, 5_000, 1, done[2].key), _e(12, 0.72, 100, 1, done[0].key)]
+    held |= {(e.key, 1) for e in up}
+    nxt = next_promotion(done + up, held, 3, chance=0.5)
+    assert nxt is not None and (nxt[0].number, nxt[1]) == (10, 2)
+    # nothing at all beats chance: nothing goes up
+    assert next_promotion([_e(i, 0.5, 10 * (i + 1)) for i in range(9)], set(), 2, chance=0.5) is None
+
+
+def test_a_search_promotes_scores_each_config_at_its_highest_rung_and_the_sampler_learns_rung_0(
+        tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
+    import autopeft
+    from autopeft.executors.simulated import RUNNER
+    from autopeft.sampler import CostAwareEHVISampler
+    from autopeft.storage import A, complete_trials, rung_of
+
+    res = autopeft.search(model=tiny_model, data_dir=str(glue_dir), n_trials=14, executor="inline", runner=RUNNER,
+                          storage=f"sqlite:///{tmp_path / 's.db'}", study_name="p", promote="64x2,128x2",
+                          **{**SIM, "n_startup": 14})  # our sampler, but no model fit: this is about what it reads
+    trials = res.study.get_trials()
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 14  # --trials counts every evaluation
+    up = [t for t in trials if rung_of(t) > 0]
+    assert {rung_of(t) for t in up} == {1, 2}
+    by_number = {t.number: t for t in trials}
+    for t in up:  # a promoted trial: the same config, one rung up, at that rung's fidelity
+        src = by_number[t.user_attrs[A.PROMOTED_FROM]]
+        assert t.user_attrs[A.CANDIDATE_KEY] == src.user_attrs[A.CANDIDATE_KEY] and rung_of(t) == rung_of(src) + 1
+        assert t.params == src.params and t.user_attrs[A.PARAMS] == src.user_attrs[A.PARAMS]
+        assert (t.user_attrs[A.FIDELITY]["n_train"], t.user_attrs[A.FIDELITY]["epochs"]) == \
+            ({1: 64, 2: 128}[rung_of(t)], 2.0)
+        assert t.user_attrs[A.FIDELITY]["batch_size"] == 16  # the rest of the study's fidelity
+    pairs = [(t.user_attrs[A.CANDIDATE_KEY], rung_of(t)) for t in trials if t.state == TrialState.COMPLETE]
+    assert len(pairs) == len(set(pairs))
+    # the front and best take each config once, at its highest rung, and say which
+    comp = complete_trials(res.study)
+    keys = [t.user_attrs[A.CANDIDATE_KEY] for t in comp]
+    assert len(keys) == len(set(keys)) == 14 - len(up)
+    top = {t.user_attrs[A.CANDIDATE_KEY]: max(rung_of(u) for u in trials if u.user_attrs.get(A.CANDIDATE_KEY) ==
+                                                t.user_attrs[A.CANDIDATE_KEY] and u.state == TrialState.COMPLETE)
+           for t in comp}
+    assert all(rung_of(t) == top[t.user_attrs[A.CANDIDATE_KEY]] for t in comp)
+    front = res.pareto_front
+    assert "fidelity" in front and any(f.endswith("(rung 2)") for f in front["fidelity"])
+    best = res.best_config()
+    d = best.to_dict()
+    assert d["rung"] == rung_of(best.trial) and d["fidelity"]["n_train"] == {0: 32, 1: 64, 2: 128}[d["rung"]]
+    # the sampler's models read the study's own fidelity only
+    sampler = res.study.sampler
+    assert isinstance(sampler, CostAwareEHVISampler)
+    hist = sampler.history(res.study)
+    assert len(hist) == len([t for t in trials if not rung_of(t)]) and not any(rung_of(t) for t, _ in hist)
+
+
+def test_resuming_with_other_rungs_is_refused(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
+    import autopeft
+    from autopeft.errors import StudyError
+    from autopeft.executors.simulated import RUNNER
+
+    opts = dict(model=tiny_model, data_dir=str(glue_dir), executor="inline", runner=RUNNER,
+                storage=f"sqlite:///{tmp_path / 's.db'}", study_name="p", **SIM)
+    autopeft.search(n_trials=2, promote="64x2", **opts)
+    with pytest.raises(StudyError) as e:
+        autopeft.search(n_trials=3, promote="96x2", **opts)
+    assert str(e.value) == ("study 'p' was run with --promote 64x2, now 96x2; resume it with the same rungs or pass "
+                            "another --study name")
+    res = autopeft.search(n_trials=3, **opts)  # no --promote: the stored rungs go on
+    assert res.laddered
+
+
+_DRIVER = """
+import sys, autopeft
+from autopeft.executors.simulated import RUNNER
+autopeft.search(model=sys.argv[1], data_dir=sys.argv[2], storage=sys.argv[3], study_name="kp", n_trials=int(sys.argv[4]),
+                executor="inline", runner=RUNNER, fault=lambda n: "simulate:0.25", promote="64x2", collapse_stop=False,
+                sampler="random",
+                **{SIM!r})
+"""
+
+
+def test_a_driver_killed_while_a_promoted_trial_runs_resumes_with_no_config_trained_twice_at_one_rung(
+        tiny_model: str, glue_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The driver is a real process, killed with SIGKILL while a promoted trial runs; it resumes in this process (so
+    only one interpreter pays the imports), with the same short heartbeat grace."""
+    import autopeft
+    from autopeft import loop, storage as storage_mod
+    from autopeft.executors.simulated import RUNNER
+    from autopeft.storage import A, rung_of
+
+    storage = f"sqlite:///{tmp_path / 'k.db'}"
+    env = {**os.environ, "AUTOPEFT_HEARTBEAT_S": "1", "AUTOPEFT_GRACE_S": "2"}
+    cmd = [sys.executable, "-c", _DRIVER.format(SIM=SIM), tiny_model, str(glue_dir), storage, "9"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    killed = None
+    deadline = time.monotonic() + 120
+    while killed is None and time.monotonic() < deadline and proc.poll() is None:
+        try:
+            s = optuna.load_study(study_name="kp", storage=storage)
+            running = [t for t in s.get_trials(states=(TrialState.RUNNING,)) if rung_of(t) == 1]
+        except Exception:  # the study is being created
+            running = []
+        if running:
+            proc.send_signal(signal.SIGKILL)
+            killed = running[0]
+        time.sleep(0.05)
+    proc.wait()
+    assert killed is not None, proc.stderr.read() if proc.stderr else ""
+    for mod, name, v in ((storage_mod, "HEARTBEAT_S", 1.0), (storage_mod, "GRACE_S", 2.0), (loop, "HEARTBEAT_S", 1.0)):
+        monkeypatch.setattr(mod, name, v)
+    time.sleep(2.5)  # its heartbeat goes stale
+    autopeft.search(model=tiny_model, data_dir=str(glue_dir), storage=storage, study_name="kp", n_trials=9,
+                    executor="inline", runner=RUNNER, promote="64x2", collapse_stop=False, sampler="random", **SIM)
+    s = optuna.load_study(study_name="kp", storage=storage)
+    trials = s.get_trials()
+    dead = trials[killed.number]
+    assert dead.state == TrialState.FAIL and dead.user_attrs[A.STATUS] == "abandoned"
+    comp = [t for t in trials if t.state == TrialState.COMPLETE]
+    pairs = [(t.user_attrs[A.CANDIDATE_KEY], rung_of(t)) for t in comp]
+    assert len(pairs) == len(set(pairs))  # no config trained twice at one rung
+    # the interrupted promotion was made again on resume, and finished
+    assert (killed.user_attrs[A.CANDIDATE_KEY], 1) in pairs
+    assert len(comp) == 9 and not s.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
