@@ -215,6 +215,12 @@ def proxy(a: argparse.Namespace) -> int:
     data = _data(a.task, a.data_dir)
     recs = _done(Path(a.out or TABLES / f"retrain-{a.task}.jsonl"))
     configs = {r["key"]: r["candidate"] for r in recs if r.get("score") is not None}
+    if a.ceiling_only:  # the configs the seed-to-seed ceiling is measured on (re-trained with 2 or more seeds)
+        seeds: dict[str, set[int]] = {}
+        for r in recs:
+            if r.get("score") is not None:
+                seeds.setdefault(r["key"], set()).add(r["seed"])
+        configs = {k: c for k, c in configs.items() if len(seeds[k]) >= 2}
     out = Path(a.proxy_out or TABLES / f"proxy-{a.task}.jsonl")
     done = {(r["key"], r["fidelity_label"]) for r in _done(out)}
     fids = a.fidelity or []  # parsed in main; "metric=auc" in --fidelity scores the same trial by ROC AUC
@@ -331,8 +337,18 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
         ratio = statistics.median(r["wall_s"] / full_by_key[r["key"]]["full_s"] for r in pr)
         work = _work_ratio(pr[0]["fidelity"], recs)
         out["fidelities"][label] = {"rho": rho, "n": len(pr), "cost_ratio": ratio, "work_ratio": work}
+        # on the ceiling's own configs (2+ seeds): rho and the seed-to-seed ceiling on one config set (issue 17's audit)
+        same = [r for r in pr if len(full_by_key[r["key"]]["scores"]) >= 2]
+        if len(same) >= 3:
+            rho_same = spearman([r["score"] for r in same], [full_by_key[r["key"]]["mean"] for r in same])
+            ceil = spearman([full_by_key[r["key"]]["scores"][0] for r in same],
+                            [full_by_key[r["key"]]["scores"][1] for r in same])
+            out["fidelities"][label].update({"rho_ceiling_configs": rho_same, "ceiling": ceil, "n_ceiling": len(same),
+                                             "x_ceiling": rho_same / ceil})
         print(f"fidelity {label}: Spearman rho {rho:.3f} over {len(pr)} configs, median cost ratio {ratio:.3f} "
-              f"(training rows x epochs: {work:.3f} of the full budget)")
+              f"(training rows x epochs: {work:.3f} of the full budget)"
+              + (f"; on the {len(same)} ceiling configs rho {rho_same:.3f} vs ceiling {ceil:.3f} ({rho_same / ceil:.2f} x)"
+                 if len(same) >= 3 else ""))
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1))
     return out
@@ -362,6 +378,8 @@ def main(argv: list[str] | None = None) -> Any:
     ap.add_argument("--low-fidelity", type=json.loads, help="report: the fidelity of the low-cost scores in the table "
                                                             "and the found study, as JSON (default: Fidelity(), 2,000 rows x 2 epochs at batch 32, the table's)")
     ap.add_argument("--proxy-out", help="JSONL of proxy trials (default bench/tables/proxy-<task>.jsonl)")
+    ap.add_argument("--ceiling-only", action="store_true", help="proxy: only the configs re-trained with 2 or more "
+                                                                "seeds (the seed-to-seed ceiling's configs)")
     add_quick(ap, "a tiny budget (with --model TINY)")
     a = ap.parse_args(argv)
     if a.picks < 1:
