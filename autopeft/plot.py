@@ -52,13 +52,17 @@ def is_baseline(candidate: Mapping[str, Any] | None, keys: set[str]) -> bool:
 
 def hypervolume_curve(res: Any) -> list[float]:
     """Hypervolume of the complete trials among the first k trials, for k = 1..n (trial order)."""
+    from autopeft.storage import rung_of
+
     trials = res.study.get_trials(deepcopy=False)
-    ys: list[list[float]] = []
+    ys: dict[str, tuple[int, list[float]]] = {}  # each config at the highest rung it reached so far (--promote)
     out = []
     for t in trials:
         if t.state.name == "COMPLETE" and t.values is not None:
-            ys.append(to_max(res.objectives, t.values))
-        out.append(hypervolume(np.array(ys), res.ref_point) if ys else 0.0)
+            key = t.user_attrs.get(A.CANDIDATE_KEY) or f"#{t.number}"
+            if key not in ys or rung_of(t) >= ys[key][0]:
+                ys[key] = (rung_of(t), to_max(res.objectives, t.values))
+        out.append(hypervolume(np.array([y for _, y in ys.values()]), res.ref_point) if ys else 0.0)
     return out
 
 
@@ -111,6 +115,12 @@ def plot_study(res: Any, out_dir: str | Path) -> dict[str, Path]:
     keys = baseline_keys(int(res.meta.get(A.NUM_LAYERS, 0)))
     base = np.array([is_baseline(t.user_attrs.get(A.CANDIDATE), keys) for t in comp], dtype=bool)
     metric = res.meta.get(A.METRIC, "score")
+    from autopeft.result import fidelity_label
+    from autopeft.storage import rung_of
+
+    #: with --promote: each config is drawn at the highest rung it finished; promoted ones get a ring
+    promoted = np.array([rung_of(t) > 0 for t in comp], dtype=bool)
+    fids = [fidelity_label(t) if res.laddered else "" for t in comp]
     paths: dict[str, Path] = {}
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
@@ -118,6 +128,9 @@ def plot_study(res: Any, out_dir: str | Path) -> dict[str, Path]:
         sc = ax.scatter(x[~mask], score[~mask], c=mem[~mask] if ax is axes[0] else params[~mask], s=18, alpha=0.45,
                         cmap="viridis", label="trials")
         ax.scatter(x[mask], score[mask], c="crimson", s=40, label="Pareto front", zorder=3)
+        if promoted.any():
+            ax.scatter(x[promoted], score[promoted], facecolors="none", edgecolors="k", s=90, linewidths=1.2,
+                       label="scored at a promoted fidelity", zorder=5)
         if base.any():
             ax.scatter(x[base], score[base], marker="*", s=160, c="orange", edgecolor="k", label="hand-designed", zorder=4)
             for xi, yi, s in zip(x[base], score[base], np.array(summaries)[base]):
@@ -154,7 +167,7 @@ def plot_study(res: Any, out_dir: str | Path) -> dict[str, Path]:
     except ImportError:
         return paths
     hover = [f"trial {t.number}<br>{s}<br>{metric} {v:.4f}<br>{int(p):,} params<br>{m:.1f} MiB"
-             for t, s, v, p, m in zip(comp, summaries, score, params, mem)]
+             + (f"<br>fidelity {f}" if f else "") for t, s, v, p, m, f in zip(comp, summaries, score, params, mem, fids)]
     fig2 = go.Figure()
     fig2.add_trace(go.Scatter(x=params[~mask], y=score[~mask], mode="markers", name="trials",
                               marker=dict(color=mem[~mask], colorscale="Viridis", showscale=True, colorbar=dict(title="MiB")),

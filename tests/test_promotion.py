@@ -109,6 +109,11 @@ def test_a_search_promotes_scores_each_config_at_its_highest_rung_and_the_sample
     best = res.best_config()
     d = best.to_dict()
     assert d["rung"] == rung_of(best.trial) and d["fidelity"]["n_train"] == {0: 32, 1: 64, 2: 128}[d["rung"]]
+    from autopeft.plot import hypervolume_curve, plot_study
+
+    assert hypervolume_curve(res)[-1] == pytest.approx(res.hypervolume())  # both at each config's highest rung
+    html = plot_study(res, tmp_path / "plots")["html"].read_text()
+    assert "fidelity 128x2 (rung 2)" in html
     # the sampler's models read the study's own fidelity only
     sampler = res.study.sampler
     assert isinstance(sampler, CostAwareEHVISampler)
