@@ -101,8 +101,11 @@ def table_rows(task: str, space: str) -> list[dict[str, Any]]:
              "baseline": r.baseline if isinstance(r.baseline, str) else ""} for r in df.itertuples()]
 
 
-def plan(task: str, space: str, found: list[str], n_proxy: int, info: Any, picks: int = 5) -> list[dict[str, Any]]:
-    """The configs to re-train: baselines, found (up to ``picks`` per search), then table configs spread over low-cost scores."""
+def plan(task: str, space: str, found: list[str], n_proxy: int, info: Any, picks: int = 5,
+         tuned: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """The configs to re-train: baselines, found (up to ``picks`` per search), then table configs spread over low-cost
+    scores.  ``tuned``: baseline name -> its tuned learning-rate multiplier (:mod:`bench.fair_baselines`); those
+    baselines are re-trained at it instead, named ``<name> (lr xM, tuned)``."""
     from autopeft.builder import count_params
     from autopeft.candidate import Candidate
 
@@ -112,6 +115,10 @@ def plan(task: str, space: str, found: list[str], n_proxy: int, info: Any, picks
     by_key = {Candidate.from_dict(r["candidate"]).key: r for r in table}
     out: list[dict[str, Any]] = []
     for name, c in baselines(num_layers).items():
+        if tuned and name in tuned:
+            from bench.fair_baselines import with_lr
+
+            name, c = tuned_name(name, tuned[name]), Candidate.from_dict(with_lr(c.to_dict(), tuned[name]))
         row = by_key.get(c.key, {})
         out.append({"kind": "baseline", "name": name, "candidate": c.to_dict(), "low_score": row.get("low_score"),
                     "low_s": row.get("low_s")})
@@ -142,6 +149,10 @@ def plan(task: str, space: str, found: list[str], n_proxy: int, info: Any, picks
     return out
 
 
+def tuned_name(name: str, multiplier: float) -> str:
+    return f"{name} (lr x{multiplier:g}, tuned)"
+
+
 def _done(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
@@ -155,7 +166,14 @@ def run(a: argparse.Namespace) -> int:
     from autopeft.trial import task_of
 
     info = model_info(a.model, task_of(data).num_labels)
-    configs = plan(a.task, a.space, a.found, a.n_proxy, info, a.picks)
+    tuned = None
+    if a.tuned_baselines:
+        from bench.fair_baselines import best_multipliers, path_for
+
+        tuned = best_multipliers(path_for(a.task))
+        if not tuned:
+            raise SystemExit(f"no tuned baselines for {a.task}: run python -m bench.fair_baselines tune --task {a.task} first")
+    configs = plan(a.task, a.space, a.found, a.n_proxy, info, a.picks, tuned)
     full = dict(FULL.get(a.task, {"n_train": None, "epochs": 3.0}))
     if a.quick:
         full = {"n_train": 32, "epochs": 1.0}
@@ -287,6 +305,8 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
         print(f"{r['kind']:9s} {r['name'][:45]:45s} {r['params']:>10,d} {r['mean']:.3f} ± {r['std']:.3f} ({r['seeds']}){'':9s}"
               f" {low:>9s}")
     found = [r for r in rows if r["kind"] == "found"]
+    # --tuned-baselines: compare with the baselines given the found configs' learning-rate search only
+    base_rows = [r for r in rows if r["kind"] == "baseline" and (not a.tuned_baselines or r["name"].endswith(", tuned)"))]
     verdict: dict[str, dict[str, str | None]] = {}
     paired: dict[str, dict[str, dict[str, Any]]] = {}
     for src in sorted({str(f["source"]) for f in found}) + ["any search"]:
@@ -294,7 +314,7 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
         verdict[src] = {}
         print(f"found by {src} ({len(mine)} configs re-trained):")
         paired[src] = {}
-        for b in [r for r in rows if r["kind"] == "baseline"]:
+        for b in base_rows:
             win = [f for f in mine if f["mean"] >= b["mean"] and f["params"] <= b["params"]]
             verdict[src][b["name"]] = max(win, key=lambda f: f["mean"])["name"] if win else None
             print(f"  baseline {b['name']:20s} ({b['mean']:.3f}, {b['params']:,} params): "
@@ -378,6 +398,8 @@ def main(argv: list[str] | None = None) -> Any:
     ap.add_argument("--low-fidelity", type=json.loads, help="report: the fidelity of the low-cost scores in the table "
                                                             "and the found study, as JSON (default: Fidelity(), 2,000 rows x 2 epochs at batch 32, the table's)")
     ap.add_argument("--proxy-out", help="JSONL of proxy trials (default bench/tables/proxy-<task>.jsonl)")
+    ap.add_argument("--tuned-baselines", action="store_true", help="run/report: the baselines at the learning-rate "
+                    "multipliers bench.fair_baselines tune found (the fair protocol), instead of their defaults")
     ap.add_argument("--ceiling-only", action="store_true", help="proxy: only the configs re-trained with 2 or more "
                                                                 "seeds (the seed-to-seed ceiling's configs)")
     add_quick(ap, "a tiny budget (with --model TINY)")

@@ -275,3 +275,26 @@ def test_surrogate_learns_a_real_landscape_and_rejects_unknown_methods() -> None
     odd = Candidate({"layers": [0], "lr_multiplier": 1.0, "methods": {"vera": {"r": 4}}, "sparsity": {}})
     with pytest.raises(ValueError, match="no features"):
         sur.features(odd, 6, 100, 50.0)
+
+
+def test_fair_baselines_pick_each_baselines_best_rate_and_retrain_plans_it(tiny_model: str, tmp_path: Path) -> None:
+    """The fair protocol: a baseline's best learning-rate multiplier (ties: the one nearest 1) at the given fidelity,
+    and the re-training plan takes the baselines at those multipliers, named as tuned."""
+    fb, rt = _load("fair_baselines"), _load("retrain")
+    from autopeft.builder import model_info
+
+    fid = {"n_train": 600}
+    rows = [("lora r=8 q,v", 0.5, 0.80), ("lora r=8 q,v", 2.0, 0.84), ("lora r=8 q,v", 1.4142, 0.84),
+            ("ia3", 1.0, 0.70), ("ia3", 2.0, 0.70), ("ia3", 0.5, 0.91)]
+    path = tmp_path / "lr.jsonl"
+    path.write_text("".join(json.dumps({"name": n, "lr_multiplier": m, "fidelity": fid, "score": s}) + "\n"
+                            for n, m, s in rows)
+                    + json.dumps({"name": "ia3", "lr_multiplier": 0.7071, "fidelity": {"n_train": 99}, "score": 0.99}) + "\n")
+    assert fb.best_multipliers(path, fid) == {"lora r=8 q,v": 1.4142, "ia3": 0.5}  # the other fidelity's row is ignored
+    assert fb.best_multipliers(path)["ia3"] == 0.7071
+    info = model_info(tiny_model, 2)
+    plan = rt.plan("sst2", "none", [], 0, info, tuned={"lora r=8 q,v": 1.4142})
+    base = {p["name"]: p["candidate"] for p in plan if p["kind"] == "baseline"}
+    assert "lora r=8 q,v (lr x1.4142, tuned)" in base and "lora r=8 q,v" not in base and "ia3" in base
+    assert base["lora r=8 q,v (lr x1.4142, tuned)"]["lr_multiplier"] == pytest.approx(1.4142)
+    assert base["ia3"].get("lr_multiplier", 1.0) == 1.0
