@@ -221,11 +221,12 @@ def add_bottleneck_adapters(model: nn.Module, arch: ArchInfo, kind: Literal["ser
             box[key] = ad
             new.append((key, ad, sub))
         for key, ad, sub in new:
+            names = arch.names_at(i)  # a T5 decoder layer's FFN is layer.2, an encoder layer's layer.1
             if kind == "serial":
-                hooks: list[_Hook] = [_SerialHook(arch.names[sub], ad)]
+                hooks: list[_Hook] = [_SerialHook(names[sub], ad)]
             else:
                 stash = _Stash()
-                hooks = [_ParallelIn(arch.names["ffn_up"], stash), _ParallelOut(arch.names["ffn_down"], ad, stash)]
+                hooks = [_ParallelIn(names["ffn_up"], stash), _ParallelOut(names["ffn_down"], ad, stash)]
             for h in hooks:
                 h.bind(layer)
                 rb.hooks.append(h)

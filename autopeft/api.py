@@ -56,7 +56,7 @@ def search(model: str | None = None, task: str | None = "sst2", space: str = "lo
     """Run (or resume) a search and return its :class:`autopeft.result.SearchResult`.
 
     Keyword options: ``data_dir``, ``train_file``, ``validation_file``, ``text_columns``, ``label_column``,
-    ``metric``, ``task_type`` (classification or causal-lm; inferred); fidelity ``n_train``, ``n_eval``, ``epochs``, ``max_length``, ``batch_size``,
+    ``metric``, ``task_type`` (classification, causal-lm or seq2seq; inferred); fidelity ``n_train``, ``n_eval``, ``epochs``, ``max_length``, ``batch_size``,
     ``memory_batch_size``, ``lr_scale``; ``objectives``, ``max_params``, ``max_memory``; ``workers``,
     ``executor`` (local, ray, ray-tune, inline) and for Ray ``address``, ``cpus_per_trial``, ``gpus_per_trial``,
     ``num_cpus``; ``seed``, ``timeout``, ``trial_timeout``, ``max_failures``, ``collapse_stop`` (default True: stop after 10 trials all at the majority-class level), ``pruner`` (``"none"``

@@ -2,7 +2,8 @@
 
 The search space speaks of abstract sub-modules (``q``, ``k``, ``v``, ``o``, ``ffn_up``,
 ``ffn_down``) and layer indices; :class:`ArchInfo` maps them to real module names of a loaded
-Hugging Face model, so nothing (hidden size, depth, names) is hard-coded elsewhere.
+Hugging Face model, so nothing (hidden size, depth, names) is hard-coded elsewhere.  A model with two stacks of
+layers (T5's encoder and decoder) numbers them one after the other (:class:`Stack`, found by :mod:`autopeft.stacks`).
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 from autopeft.errors import ModelError
+from autopeft.layout import SUBMODULES as _SUBMODULES
+from autopeft.layout import Layout, layout_from_json, layout_text, layout_to_json, parse_layout  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:  # type hints only: describing an architecture loads no torch
     import torch.nn as nn
 
 #: Abstract sub-module names, in a fixed order.
-SUBMODULES: tuple[str, ...] = ("q", "k", "v", "o", "ffn_up", "ffn_down", "ffn_gate")
+SUBMODULES: tuple[str, ...] = _SUBMODULES
 
 # model_type -> (path of the layer list inside the *ForSequenceClassification model, sub-module names)
 _FAMILIES: dict[str, tuple[str, dict[str, str]]] = {
@@ -65,7 +68,8 @@ def _module_aliases() -> dict[str, str]:
                            "down_proj": "ffn_down", "gate_proj": "ffn_gate", "fc1": "ffn_up", "fc2": "ffn_down",
                            "fc_in": "ffn_up", "fc_out": "ffn_down", "dense_h_to_4h": "ffn_up", "dense_4h_to_h": "ffn_down",
                            # fused projections: any of the sub-modules they compute names the module
-                           "c_attn": "q", "query_key_value": "q", "qkv_proj": "q", "gate_up_proj": "ffn_up"}
+                           "c_attn": "q", "query_key_value": "q", "qkv_proj": "q", "gate_up_proj": "ffn_up",
+                           "wi": "ffn_up", "wi_1": "ffn_up", "wi_0": "ffn_gate", "wo": "ffn_down"}  # T5's FFN
     seen: dict[str, set[str]] = {}
     for _, names in _FAMILIES.values():
         for sub, path in names.items():
@@ -77,6 +81,18 @@ def _module_aliases() -> dict[str, str]:
 
 #: a module name as peft's ``target_modules`` has it -> our sub-module name (``query`` -> ``q``)
 MODULE_ALIASES: dict[str, str] = _module_aliases()
+
+
+@dataclass(frozen=True)
+class Stack:
+    """One stack of layers of a model that has several (T5: the encoder's, then the decoder's): the layer list's
+    dotted path, its depth, each sub-module's module name inside a layer, and the further modules a sub-module names
+    there (a decoder block's cross-attention q, k, v, o), which peft's methods adapt too."""
+
+    path: str
+    depth: int
+    names: tuple[tuple[str, str], ...]
+    also: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -100,13 +116,48 @@ class ArchInfo:
     #: each fused sub-module's share of its module's output features (grouped-query attention's k and v are narrower);
     #: a sub-module not listed takes an equal share
     shares: tuple[tuple[str, int], ...] = ()
+    #: the stacks, in layer order, of a model with more than one (layer i of a candidate is the i-th over them all);
+    #: empty: one stack, ``layers_path`` with ``names``.  Sub-modules have the same shapes in every stack
+    stacks: tuple[Stack, ...] = ()
+    #: how many layers take peft's prefixes (past_key_values): an encoder-decoder's decoder layers; 0: every layer
+    prefix_layers: int = 0
+
+    def spans(self) -> list[tuple[Stack, int]]:
+        """Each stack and the index of its first layer among all layers."""
+        stacks = self.stacks or (Stack(self.layers_path, self.num_layers, tuple(self.names.items())),)
+        return [(st, sum(x.depth for x in stacks[:k])) for k, st in enumerate(stacks)]
+
+    def _at(self, layer: int) -> tuple[Stack, int]:
+        for st, start in self.spans():
+            if start <= layer < start + st.depth:
+                return st, layer - start
+        raise ModelError(f"layer index {layer} is beyond the model's depth ({self.num_layers} layers)")
+
+    def layer_path(self, layer: int) -> str:
+        """Full dotted name of layer ``layer`` (T5's layer 3 of 3 + 1: ``decoder.block.0``)."""
+        st, i = self._at(layer)
+        return f"{st.path}.{i}"
+
+    def names_at(self, layer: int) -> dict[str, str]:
+        """Each sub-module's module name inside layer ``layer``."""
+        return dict(self._at(layer)[0].names)
 
     def module_name(self, layer: int, sub: str) -> str:
         """Full dotted name of abstract sub-module ``sub`` in layer ``layer``."""
-        return f"{self.layers_path}.{layer}.{self.names[sub]}"
+        return self.module_names(layer, sub)[0]
+
+    def module_names(self, layer: int, sub: str) -> list[str]:
+        """Every module ``sub`` names in layer ``layer``: its own, then a decoder block's cross-attention one (peft's
+        methods adapt both, so each counts: :meth:`copies`)."""
+        st, i = self._at(layer)
+        also = dict(st.also)
+        return [f"{st.path}.{i}.{dict(st.names)[sub]}"] + ([f"{st.path}.{i}.{also[sub]}"] if sub in also else [])
+
+    def copies(self, layer: int, sub: str) -> int:
+        return len(self.module_names(layer, sub))
 
     def layer_module(self, model: nn.Module, layer: int) -> nn.Module:
-        return model.get_submodule(f"{self.layers_path}.{layer}")
+        return model.get_submodule(self.layer_path(layer))
 
     def sub_module(self, model: nn.Module, layer: int, sub: str) -> nn.Module:
         return model.get_submodule(self.module_name(layer, sub))
@@ -157,73 +208,6 @@ class ArchInfo:
         }
 
 
-#: where the layers and their projections are, given by the user for a model whose names autopeft does not know:
-#: (the dotted path of the layer list or "", ((sub-module, module name inside a layer), ...)); see :func:`parse_layout`
-Layout = tuple[str, tuple[tuple[str, str], ...]]
-
-
-def parse_layout(layers_pattern: str | None, target_modules: Any) -> Layout | None:
-    """``--layers-pattern`` (the dotted path of the model's layer list, e.g. ``transformer.encoder.block``) and
-    ``--target-modules`` (``q=NAME,k=NAME,...``: each sub-module's module name inside a layer, e.g.
-    ``q=layer.0.SelfAttention.q``; a mapping in the API) as one hashable layout; None when neither is given."""
-    from autopeft.errors import ConfigError
-
-    path = "" if layers_pattern is None else layers_pattern
-    if not isinstance(path, str) or (path and not all(p.isidentifier() or p.isdigit() for p in path.split("."))):
-        raise ConfigError(f"--layers-pattern must be a dotted module path such as transformer.encoder.block, got "
-                          f"{str(layers_pattern)[:80]!r}")
-    pairs: list[tuple[str, str]] = []
-    if target_modules is not None:
-        items: Any = target_modules
-        if isinstance(target_modules, str):
-            items = []
-            for part in (p.strip() for p in target_modules.split(",")):
-                if "=" not in part:
-                    raise ConfigError(f"--target-modules: {part[:80]!r} is not SUB=NAME; give e.g. "
-                                      "q=attn.q,k=attn.k,v=attn.v,o=attn.o,ffn_up=mlp.wi,ffn_down=mlp.wo")
-                k, v = part.split("=", 1)
-                items.append((k.strip(), v.strip()))
-        elif isinstance(target_modules, dict):
-            items = list(target_modules.items())
-        else:
-            raise ConfigError("target_modules must be a string SUB=NAME,... or a mapping of sub-module to module name")
-        for k, v in items:
-            if k not in SUBMODULES:
-                raise ConfigError(f"--target-modules: unknown sub-module {str(k)[:40]!r}; allowed: {', '.join(SUBMODULES)}")
-            if not isinstance(v, str) or not v or not all(p.isidentifier() or p.isdigit() for p in v.split(".")):
-                raise ConfigError(f"--target-modules: {k}={str(v)[:80]!r} is not a dotted module name inside a layer")
-            if any(k == done for done, _ in pairs):
-                raise ConfigError(f"--target-modules gives {k} twice")
-            pairs.append((k, v))
-        if not pairs:
-            raise ConfigError("--target-modules is empty; give SUB=NAME pairs such as q=attn.q,v=attn.v")
-    if not path and not pairs:
-        return None
-    return path, tuple(sorted(pairs, key=lambda kv: SUBMODULES.index(kv[0])))
-
-
-def layout_to_json(layout: Layout | None) -> list[Any] | None:
-    """A layout as plain lists (a study attribute, a TrialSpec field, an export's JSON)."""
-    return None if layout is None else [layout[0], [list(p) for p in layout[1]]]
-
-
-def layout_from_json(data: Any) -> Layout | None:
-    """Inverse of :func:`layout_to_json` (None stays None)."""
-    if not data:
-        return None
-    return str(data[0]), tuple((str(k), str(v)) for k, v in data[1])
-
-
-def layout_text(layout: Layout | None) -> str:
-    """How the user gave a layout, for messages: ``--layers-pattern P --target-modules q=...`` or ``none``."""
-    if layout is None:
-        return "none"
-    parts = [f"--layers-pattern {layout[0]}"] if layout[0] else []
-    if layout[1]:
-        parts.append("--target-modules " + ",".join(f"{k}={v}" for k, v in layout[1]))
-    return " ".join(parts)
-
-
 _HOW = ("; pass where they are: --layers-pattern (the layer list's path) and --target-modules "
         "(e.g. q=attn.q,k=attn.k,v=attn.v,o=attn.o,ffn_up=mlp.up,ffn_down=mlp.down: names inside a layer)")
 
@@ -232,21 +216,22 @@ def supported_model_types() -> list[str]:
     return sorted(_FAMILIES)
 
 
-#: sub-module -> the names its linear layer has in a transformer layer (full relative paths first, then last parts)
+#: sub-module -> the names its linear layer has in a transformer layer (full relative paths first, then last parts);
+#: T5's gated FFN (v1.1, Flan-T5, mT5, UMT5): ``wi_0`` is the gate, ``wi_1`` the up projection
 _PATTERNS: dict[str, tuple[str, ...]] = {
-    "q": ("self_attn.q_proj", "attention.self.query", "attention.self.query_proj", "attention.q_lin", "q_proj",
+    "q": ("self_attn.q_proj", "SelfAttention.q", "attention.self.query", "attention.self.query_proj", "attention.q_lin", "q_proj",
           "query_proj", "query", "q_lin"),
-    "k": ("self_attn.k_proj", "attention.self.key", "attention.self.key_proj", "attention.k_lin", "k_proj", "key_proj",
+    "k": ("self_attn.k_proj", "SelfAttention.k", "attention.self.key", "attention.self.key_proj", "attention.k_lin", "k_proj", "key_proj",
           "key", "k_lin"),
-    "v": ("self_attn.v_proj", "attention.self.value", "attention.self.value_proj", "attention.v_lin", "v_proj",
+    "v": ("self_attn.v_proj", "SelfAttention.v", "attention.self.value", "attention.self.value_proj", "attention.v_lin", "v_proj",
           "value_proj", "value", "v_lin"),
-    "o": ("self_attn.o_proj", "attention.output.dense", "attention.out_lin", "attn.c_proj", "attention.dense",
+    "o": ("self_attn.o_proj", "SelfAttention.o", "attention.output.dense", "attention.out_lin", "attn.c_proj", "attention.dense",
           "self_attention.dense", "self_attn.dense", "o_proj", "out_proj", "out_lin"),
-    "ffn_up": ("mlp.up_proj", "intermediate.dense", "ffn.lin1", "mlp.c_fc", "mlp.dense_h_to_4h", "mlp.fc_in", "up_proj",
+    "ffn_up": ("mlp.up_proj", "DenseReluDense.wi", "DenseReluDense.wi_1", "intermediate.dense", "ffn.lin1", "mlp.c_fc", "mlp.dense_h_to_4h", "mlp.fc_in", "up_proj",
                "fc1", "lin1", "dense_h_to_4h", "fc_in"),
-    "ffn_down": ("mlp.down_proj", "output.dense", "ffn.lin2", "mlp.c_proj", "mlp.dense_4h_to_h", "mlp.fc_out",
+    "ffn_down": ("mlp.down_proj", "DenseReluDense.wo", "output.dense", "ffn.lin2", "mlp.c_proj", "mlp.dense_4h_to_h", "mlp.fc_out",
                  "down_proj", "fc2", "lin2", "dense_4h_to_h", "fc_out"),
-    "ffn_gate": ("mlp.gate_proj", "gate_proj"),
+    "ffn_gate": ("mlp.gate_proj", "DenseReluDense.wi_0", "gate_proj"),
 }
 
 
@@ -308,12 +293,45 @@ def _layer_list(model: Any, depth: int | None, layers_path: str) -> tuple[str, A
     return lists[0]
 
 
+def layer_names(linears: dict[str, tuple[int, int]], given: dict[str, str]) -> dict[str, str]:
+    """Sub-module -> module name inside a layer whose linear layers are ``linears``: the user's ``given`` names, then
+    :data:`_PATTERNS`, then a fused projection (:data:`_FUSED`) for sub-modules with no module of their own."""
+    names: dict[str, str] = {}
+    for sub, pats in _PATTERNS.items():
+        used = set(names.values()) | set(given.values())  # "output.dense" also ends "attention.output.dense" (o's)
+        hit = next((n for pat in pats for n in linears if (n == pat or n.endswith("." + pat)) and n not in used), None)
+        if hit is not None and sub not in given:
+            names[sub] = hit
+    names.update(given)
+    for subs, pats in _FUSED:
+        if set(subs) & set(names):
+            continue
+        hit = next((n for pat in pats for n in linears if n == pat or n.endswith("." + pat)), None)
+        if hit is not None:
+            names.update({s: hit for s in subs})
+    return names
+
+
+def check_found(model_type: Any, names: dict[str, str], layers_path: str, linears: dict[str, tuple[int, int]]) -> None:
+    """The one-line error for a layer whose q, v, o or FFN projections were not found."""
+    missing = [s for s in ("q", "v", "o", "ffn_up", "ffn_down") if s not in names]
+    if missing:
+        raise ModelError(f"model type {model_type!r}: could not find the {', '.join(missing)} projection(s) among the "
+                         f"linear layers of {layers_path}.0 ({', '.join(sorted(linears)[:12]) or 'none'}); autopeft "
+                         "knows Llama-, BERT-, T5-, GPT-2-, GPT-NeoX- and Phi-3-style names" + _HOW)
+
+
 def arch_from_model(config: Any, model: Any, layout: Layout | None = None) -> ArchInfo:
     """Describe a model no family table lists by looking into its module tree (built on the meta device): the
     layer list is the outermost ``ModuleList`` as long as the config's depth, and each sub-module is the layer's
     ``nn.Linear`` whose path matches :data:`_PATTERNS`; shapes are read off the modules, so grouped-query attention's
     narrower k and v are exact.  Llama, Qwen2, Mistral, Phi-3-style decoders and BERT-like encoders are found so.
-    ``layout`` (the user's ``--layers-pattern`` / ``--target-modules``) overrides what is found."""
+    ``layout`` (the user's ``--layers-pattern`` / ``--target-modules``) overrides what is found.  An encoder-decoder
+    (T5) has both its stacks found (:mod:`autopeft.stacks`) unless a layout names one."""
+    if layout is None and getattr(config, "is_encoder_decoder", False):
+        from autopeft.stacks import arch_from_stacks
+
+        return arch_from_stacks(config, model)
     model_type = getattr(config, "model_type", None)
     depth = next((getattr(config, k) for k in ("num_hidden_layers", "n_layer", "num_layers") if hasattr(config, k)), None)
     layers_path, layer_list = _layer_list(model, depth, layout[0] if layout else "")
@@ -324,23 +342,11 @@ def arch_from_model(config: Any, model: Any, layout: Layout | None = None) -> Ar
         if name not in linears:
             raise ModelError(f"--target-modules {sub}={name}: layer 0 of {layers_path} has no linear layer {name!r}; "
                              f"its linear layers: {', '.join(sorted(linears)[:16]) or 'none'}")
-    names: dict[str, str] = {}
-    for sub, pats in _PATTERNS.items():
-        used = set(names.values()) | set(given.values())  # "output.dense" also ends "attention.output.dense" (o's)
-        hit = next((n for pat in pats for n in linears if (n == pat or n.endswith("." + pat)) and n not in used), None)
-        if hit is not None and sub not in given:
-            names[sub] = hit
-    names.update(given)
+    names = layer_names(linears, given)
     hidden = int(getattr(config, "hidden_size", None) or getattr(config, "n_embd", None) or getattr(config, "d_model"))
     heads = int(getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 0)
                 or getattr(config, "num_heads", 0) or 0)
     head_dim = getattr(config, "head_dim", None)
-    for subs, pats in _FUSED:
-        if set(subs) & set(names):
-            continue
-        hit = next((n for pat in pats for n in linears if n == pat or n.endswith("." + pat)), None)
-        if hit is not None:
-            names.update({s: hit for s in subs})
     fused: tuple[str, ...] = ()
     shares: dict[str, int] = {}
     for module in dict.fromkeys(names.values()):  # sub-modules that name one module are computed by it, fused
@@ -349,16 +355,20 @@ def arch_from_model(config: Any, model: Any, layout: Layout | None = None) -> Ar
             fused += subs
             shares.update(_fused_shares(subs, linears[module][1], hidden, heads,
                                         head_dim if isinstance(head_dim, int) else None))
-    missing = [s for s in ("q", "v", "o", "ffn_up", "ffn_down") if s not in names]
-    if missing:
-        raise ModelError(f"model type {model_type!r}: could not find the {', '.join(missing)} projection(s) among the "
-                         f"linear layers of {layers_path}.0 ({', '.join(sorted(linears)[:12]) or 'none'}); autopeft "
-                         "knows Llama-, BERT-, GPT-2-, GPT-NeoX- and Phi-3-style names" + _HOW)
+    check_found(model_type, names, layers_path, linears)
     shapes = tuple((s, *linears[n]) for s, n in names.items())
     inter = shares.get("ffn_up") or next(fout for s, _, fout in shapes if s == "ffn_up")
     max_pos = int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 512)
     return ArchInfo(str(model_type), layers_path, names, int(depth), hidden, inter, heads, max_pos, shapes, fused,
-                    tuple(shares.items()))
+                    tuple(shares.items()), prefix_layers=decoder_depth(config))
+
+
+def decoder_depth(config: Any) -> int:
+    """An encoder-decoder's decoder layers (T5's ``num_decoder_layers``); 0 for a model with one stack."""
+    if not getattr(config, "is_encoder_decoder", False):
+        return 0
+    return int(getattr(config, "num_decoder_layers", None) or getattr(config, "decoder_layers", None)
+               or getattr(config, "num_hidden_layers", 0))
 
 
 def arch_from_config(config: Any, model: Any = None, layout: Layout | None = None) -> ArchInfo:

@@ -47,6 +47,7 @@ class ModelInfo:
     head_modules: tuple[str, ...] = field(default=())
     param_bytes: int = 0
     supports_cache: bool = True  # its transformer's forward takes past_key_values (prefix tuning needs it)
+    encoder_decoder: bool = False  # T5: num_labels 0 is then a seq2seq task (the model with its LM head)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "num_labels": self.num_labels, "base_params": self.base_params,
@@ -62,7 +63,8 @@ def _hf_error(model: str, exc: Exception) -> ModelError:
 def model_info(model: str | None, num_labels: int, trust_remote_code: bool = False,
                layout: Layout | None = None) -> ModelInfo:
     """Shapes and exact counts from the config alone (the model is built on the meta device).  ``num_labels`` 0 is a
-    causal-LM task: the model with its LM head, which stays frozen (no classification head).  ``layout``: where the
+    causal-LM task (a seq2seq task on an encoder-decoder such as T5): the model with its LM head, which stays frozen
+    (no classification head).  ``layout``: where the
     layers and projections are, when the user says (:func:`autopeft.arch.parse_layout`)."""
     from transformers import AutoConfig
 
@@ -88,17 +90,23 @@ def model_info(model: str | None, num_labels: int, trust_remote_code: bool = Fal
 
     body = getattr(m, getattr(m, "base_model_prefix", ""), m)
     cache = "past_key_values" in inspect.signature(body.forward).parameters
-    return ModelInfo(str(model) if model else DEFAULT_MODEL, arch, num_labels, base, head_n, tuple(head), nbytes, cache)
+    return ModelInfo(str(model) if model else DEFAULT_MODEL, arch, num_labels, base, head_n, tuple(head), nbytes, cache,
+                     bool(getattr(cfg, "is_encoder_decoder", False)))
 
 
 def _auto_class(num_labels: int, model: str, cfg: Any) -> Any:
-    """transformers' auto class for the task: sequence classification, or (num_labels 0) causal LM."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    """transformers' auto class for the task: sequence classification, or (num_labels 0) causal LM, or for an
+    encoder-decoder (T5) seq2seq LM."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
     if num_labels:
         return AutoModelForSequenceClassification
     from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES)
+
+    if getattr(cfg, "is_encoder_decoder", False) and cfg.model_type in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES:
+        return AutoModelForSeq2SeqLM
 
     # BERT, RoBERTa, ELECTRA have causal-LM classes too, but as encoders (bidirectional attention, a masked-LM
     # pretraining): a model type with a masked-LM head is not a decoder unless its config says it is
@@ -229,10 +237,7 @@ def build_model(cand: Candidate, base: nn.Module, info: ModelInfo, seed: int = 0
     if peft_name is not None:
         from peft import get_peft_model
 
-        pcfg = get_method(peft_name).peft_config(methods[peft_name], cand.layers, arch, list(info.head_modules))
-        if not info.num_labels:  # a causal-LM task: peft's causal-LM wrapper (prefixes, generate), nothing else saved
-            pcfg.task_type, pcfg.modules_to_save = "CAUSAL_LM", None
-        model = get_peft_model(base, pcfg)
+        model = get_peft_model(base, peft_config_of(peft_name, methods[peft_name], cand.layers, info))
         for ps in own.values():  # peft freezes everything it did not add
             for p in ps:
                 p.requires_grad_(True)
@@ -263,6 +268,15 @@ def build_model(cand: Candidate, base: nn.Module, info: ModelInfo, seed: int = 0
                                warmup_steps=cand.sparsity.get("warmup_steps", 0))
     n_train = sum(p.numel() for p in trainable.values()) - (masks.masked_count() if masks is not None else 0)
     return BuiltModel(model, param_groups, masks, n_train)
+
+
+def peft_config_of(name: str, cfg: dict[str, Any], layers: list[int], info: ModelInfo) -> Any:
+    """A peft-based method's ``PeftConfig`` for this model and task: sequence classification with the head saved, or
+    (no head) peft's causal-LM wrapper, its seq2seq-LM one for an encoder-decoder (prefixes, generate), nothing saved."""
+    pcfg = get_method(name).peft_config(cfg, layers, info.arch, list(info.head_modules))
+    if not info.num_labels:
+        pcfg.task_type, pcfg.modules_to_save = ("SEQ_2_SEQ_LM" if info.encoder_decoder else "CAUSAL_LM"), None
+    return pcfg
 
 
 def _group(trainable: dict[str, nn.Parameter], head_ids: set[int], own: dict[str, list[nn.Parameter]],

@@ -20,8 +20,8 @@ SAMPLERS = ("autopeft", "random", "tpe", "nsga2", "gp", "botorch")
 OBJECTIVES = ("score", "params", "memory", "time")
 DEFAULT_SPACE = "lora"  # a shipped search space
 METRICS: tuple[str, ...] = ("accuracy", "f1", "matthews", "macro_f1", "auc")
-#: what a task is (autopeft.data): sequence classification, or causal-LM fine-tuning searched by its loss
-TASK_TYPES: tuple[str, ...] = ("classification", "causal-lm")
+#: what a task is (autopeft.data): sequence classification, or causal-LM / seq2seq (T5) fine-tuning searched by its loss
+TASK_TYPES: tuple[str, ...] = ("classification", "causal-lm", "seq2seq")
 DEFAULT_OBJECTIVES = ("score", "params", "memory")
 FIDELITY_KEYS = ("n_train", "n_eval", "epochs", "max_length", "batch_size", "memory_batch_size", "lr_scale", "dtype",
                  "gradient_checkpointing", "class_weights")

@@ -26,7 +26,7 @@ import numpy as np
 from autopeft.config import METRICS, TASK_TYPES  # the options' choices live with the options
 from autopeft.errors import DataError
 
-__all__ = ["CLASSIFICATION", "CAUSAL_LM", "TASK_TYPES", "LM_METRIC", "METRICS", "SCORE_METRICS", "TASK_METRICS", "DataSpec", "TaskData", "load_task", "search_split", "compute_metric",
+__all__ = ["CLASSIFICATION", "CAUSAL_LM", "SEQ2SEQ", "TASK_TYPES", "LM_METRIC", "METRICS", "SCORE_METRICS", "TASK_METRICS", "DataSpec", "TaskData", "load_task", "search_split", "compute_metric",
            "chance_score", "choose_metric", "final_answer", "exact_match", "read_rows", "clear_cache",
            "auto_class_weights", "balanced_weights", "IMBALANCE_RATIO"]
 
@@ -48,9 +48,11 @@ _LM_PAIRS: tuple[tuple[str, str], ...] = (("question", "answer"), ("prompt", "re
                                           ("instruction", "output"), ("input", "output"), ("query", "response"),
                                           ("source", "target"))
 _LM_SINGLE: tuple[str, ...] = ("text", "content", "document")
-#: what a task is: a sequence classification (labels, a head, a score to maximise) or causal-LM fine-tuning (no
-#: labels; the loss of the response tokens, minimised)
-CLASSIFICATION, CAUSAL_LM = TASK_TYPES
+#: what a task is: a sequence classification (labels, a head, a score to maximise), causal-LM fine-tuning (no
+#: labels; the loss of the response tokens, minimised) or seq2seq (an encoder-decoder such as T5: source in, the loss
+#: of the target tokens, minimised).  The columns tell a generative task from a classification; the model tells
+#: seq2seq from causal LM (:func:`autopeft.seq2seq.fit_task_type`)
+CLASSIFICATION, CAUSAL_LM, SEQ2SEQ = TASK_TYPES
 #: the search metric of a causal-LM task: mean cross-entropy of the response tokens on the search split (minimised)
 LM_METRIC = "loss"
 _MINORITY = 0.40  # binary tasks whose minority class is rarer than this are scored with Matthews correlation
@@ -100,7 +102,7 @@ class DataSpec:
                 raise DataError(f"text_columns must name one or two columns (e.g. sentence or sentence1,sentence2), got {tc!r}")
             object.__setattr__(self, "text_columns", tc)
         if self.task_type is not None and self.task_type not in TASK_TYPES:
-            raise DataError(f"unknown task type {self.task_type!r}; choose {' or '.join(TASK_TYPES)}")
+            raise DataError(f"unknown task type {self.task_type!r}; choose {', '.join(TASK_TYPES[:-1])} or {TASK_TYPES[-1]}")
 
 
 @dataclass
@@ -108,7 +110,8 @@ class TaskData:
     """A loaded task.  Shared by the load cache: treat it as read-only.
 
     A causal-LM task (``kind == CAUSAL_LM``) has no labels: ``text_columns`` is (prompt, response) or (text,),
-    ``train_labels`` is empty, ``num_labels`` is 0 (no classification head) and ``metric`` is ``loss``."""
+    ``train_labels`` is empty, ``num_labels`` is 0 (no classification head) and ``metric`` is ``loss``; a seq2seq task
+    (``SEQ2SEQ``) the same with (source, target) columns."""
 
     name: str  # task name ("sst2"), else the train file's stem (or its folder's name for train.jsonl)
     text_columns: tuple[str, ...]
@@ -131,7 +134,12 @@ class TaskData:
 
     @property
     def is_lm(self) -> bool:
-        return self.kind == CAUSAL_LM
+        """A generative task (causal LM or seq2seq): no head, searched by its loss."""
+        return self.kind in (CAUSAL_LM, SEQ2SEQ)
+
+    @property
+    def is_seq2seq(self) -> bool:
+        return self.kind == SEQ2SEQ
 
     @property
     def embedded(self) -> bool:
@@ -568,13 +576,16 @@ def _infer_kind(spec: DataSpec, t: _Table) -> str:
                     "classification, or --task-type causal-lm --text-columns PROMPT,RESPONSE for language modelling")
 
 
-def _build_lm(spec: DataSpec, src: _Source, train: _Table, val: _Table | None) -> TaskData:
+def _build_lm(spec: DataSpec, src: _Source, train: _Table, val: _Table | None, kind: str = CAUSAL_LM) -> TaskData:
+    what_task, how = ("a seq2seq", "SOURCE,TARGET") if kind == SEQ2SEQ else ("a causal-LM", "PROMPT,RESPONSE")
     if spec.metric is not None and spec.metric != LM_METRIC:
-        raise DataError(f"metric {spec.metric!r} is for classification; a causal-LM task is searched by its loss "
+        raise DataError(f"metric {spec.metric!r} is for classification; {what_task} task is searched by its loss "
                         "(drop --metric)")
     if spec.label_column is not None:
-        raise DataError("--label-column is for classification; a causal-LM task has none (pass --text-columns "
-                        "PROMPT,RESPONSE)")
+        raise DataError(f"--label-column is for classification; {what_task} task has none (pass --text-columns {how})")
+    if kind == SEQ2SEQ and spec.text_columns is not None and len(spec.text_columns) != 2:
+        raise DataError(f"a seq2seq task needs a source and a target column, got --text-columns "
+                        f"{','.join(spec.text_columns)}; pass --text-columns SOURCE,TARGET")
     if spec.text_columns is not None:
         cols = _given_columns(train, spec.text_columns, "PROMPT,RESPONSE (or one TEXT column)")
     else:
@@ -584,6 +595,9 @@ def _build_lm(spec: DataSpec, src: _Source, train: _Table, val: _Table | None) -
             raise DataError(f"{train.where}: cannot tell the prompt and response columns (columns: "
                             f"{', '.join(train.columns)}); pass --text-columns PROMPT,RESPONSE (or one TEXT column)")
         cols = pair if pair is not None else (single,)  # type: ignore[assignment]
+        if kind == SEQ2SEQ and pair is None:
+            raise DataError(f"{train.where}: a seq2seq task needs a source and a target column, found only {single!r} "
+                            f"(columns: {', '.join(train.columns)}); pass --text-columns SOURCE,TARGET")
     va_texts = None
     if val is not None:
         missing = [c for c in cols if c not in val.columns]
@@ -593,14 +607,17 @@ def _build_lm(spec: DataSpec, src: _Source, train: _Table, val: _Table | None) -
         va_texts = _texts(val, tuple(cols))
     what = "prompt and response" if len(cols) == 2 else "text"
     reason = f"causal LM ({what}: {', '.join(cols)}); loss of the {'response' if len(cols) == 2 else 'text'} tokens"
+    if kind == SEQ2SEQ:
+        reason = f"seq2seq (source and target: {', '.join(cols)}); loss of the target tokens"
     return TaskData(src.name, tuple(cols), "", _texts(train, tuple(cols)), [], va_texts, None, 0, [], LM_METRIC,
-                    reason, source=src.train[0] if src.train else f"hub:{src.hub}", kind=CAUSAL_LM,
+                    reason, source=src.train[0] if src.train else f"hub:{src.hub}", kind=kind,
                     validation_source=src.validation[0] if src.validation else "")
 
 
 def _build(spec: DataSpec, src: _Source, train: _Table, val: _Table | None) -> TaskData:
-    if _infer_kind(spec, train) == CAUSAL_LM:
-        return _build_lm(spec, src, train, val)
+    kind = _infer_kind(spec, train)
+    if kind != CLASSIFICATION:
+        return _build_lm(spec, src, train, val, kind)
     if spec.label_column is not None:
         label = spec.label_column
         if label not in train.columns:

@@ -30,13 +30,13 @@ CONFIG_FILE = "autopeft_config.json"
 def peft_config_for(cand: Candidate, model: str | None, num_labels: int, layout: Any = None) -> Any:
     """The peft config of the candidate's peft-based method, or ``None`` if it has none.  ``layout``: the study's
     ``--layers-pattern`` / ``--target-modules`` (:data:`autopeft.arch.Layout`), if it had them."""
-    from autopeft.builder import model_info
+    from autopeft.builder import model_info, peft_config_of
 
     info = model_info(model, num_labels, False, layout)
     for name, cfg in cand.methods.items():
         m = get_method(name)
-        if m.uses_peft:
-            pc = m.peft_config(cfg, cand.layers, info.arch, list(info.head_modules))
+        if m.uses_peft:  # peft's task type as trials built it: SEQ_CLS, CAUSAL_LM or SEQ_2_SEQ_LM
+            pc = peft_config_of(name, cfg, cand.layers, info)
             pc.base_model_name_or_path = model_reference(model)
             return pc
     return None

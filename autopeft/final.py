@@ -15,7 +15,7 @@ import torch
 from autopeft.candidate import Candidate
 from autopeft.errors import ConfigError, DataError
 from autopeft.training import collator, rows, training_arguments, weighted_loss  # noqa: F401  (re-exported)
-from autopeft.trial import _encode, encode_lm, lm_loss, predict_logits, score_logits, task_of
+from autopeft.trial import _encode, encode_generative, generative_loss, predict_logits, score_logits, task_of
 
 WEIGHTS_FILE = "autopeft_weights.pt"
 RESULT_FILE = "autopeft_result.json"
@@ -106,10 +106,11 @@ def _trainer_class() -> Any:
 
 
 def _dataset(task: Any, tok: Any, idx: Sequence[int], max_length: int) -> list[dict[str, Any]]:
-    """Training rows for the Trainer: class labels, or (causal LM) per-token labels with the prompt masked."""
+    """Training rows for the Trainer: class labels, or per-token labels (causal LM: the prompt masked; seq2seq: the
+    target's)."""
     texts = [task.train_texts[i] for i in idx]
     if task.is_lm:
-        return rows(encode_lm(tok, texts, max_length), None)
+        return rows(encode_generative(task, tok, texts, max_length), None)
     return rows(_encode(tok, texts, max_length), [task.train_labels[i] for i in idx])
 
 
@@ -142,6 +143,9 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
     if threads:
         torch.set_num_threads(threads)
     device = device or pick_device()
+    from autopeft.seq2seq import fit_task_type
+
+    data = fit_task_type(data, model)  # generative data on an encoder-decoder (T5) is a seq2seq task
     task = task_of(data)
     info = model_info(model, task.num_labels, False, layout)
     from autopeft.contract import CLASS_WEIGHTS
@@ -227,12 +231,17 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
         dev = next(built.model.parameters()).device
         match = None
         if task.is_lm:
-            score = lm_loss(built.model, encode_lm(tok, val_texts, max_length), batch_size, tok.pad_token_id or 0, dev)
+            score = generative_loss(task, built.model, encode_generative(task, tok, val_texts, max_length), batch_size,
+                                    tok.pad_token_id or 0, dev)
             if n_gen:
                 from autopeft.data import exact_match
+                from autopeft.seq2seq import generate_seq2seq
 
                 rows = val_texts[:n_gen]
-                match = exact_match(generate_answers(built.model, tok, [r[0] for r in rows], dev), [r[1] for r in rows])
+                prompts = [r[0] for r in rows]
+                answers = (generate_seq2seq(built.model, tok, prompts, dev, max_length) if task.is_seq2seq
+                           else generate_answers(built.model, tok, prompts, dev))
+                match = exact_match(answers, [r[1] for r in rows])
                 matches.append(match)
         else:
             logits = predict_logits(built.model, _encode(tok, val_texts, max_length), 64, tok.pad_token_id or 0, dev)

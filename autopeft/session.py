@@ -38,6 +38,12 @@ class Search:
         from autopeft.seeding import read_sources
 
         entries = read_sources(c.enqueue)  # a bad --enqueue file fails before any model loads
+        from dataclasses import replace
+
+        from autopeft.seq2seq import fit_task_type
+
+        # generative data on an encoder-decoder (T5) is a seq2seq task: the study and its trials get the resolved type
+        self.config = c = replace(c, data=fit_task_type(c.data, c.model, c.trust_remote_code))
         self.task = task_of(c.data)
         from autopeft.arch import parse_layout
 

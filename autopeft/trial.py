@@ -13,7 +13,7 @@ import math
 import os
 import time
 import traceback
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -88,6 +88,20 @@ def encode_lm(tok: Any, texts: Sequence[tuple[str, ...]], max_length: int) -> di
         out["attention_mask"].append([1] * len(ids))
         out["labels"].append(labels)
     return out
+
+
+def encode_generative(task: Any, tok: Any, texts: Sequence[tuple[str, ...]], max_length: int) -> dict[str, list[list[int]]]:
+    """A generative task's rows encoded for its model: seq2seq (source in, target tokens as labels) or causal LM."""
+    from autopeft.seq2seq import encode_seq2seq
+
+    return encode_seq2seq(tok, texts, max_length) if task.is_seq2seq else encode_lm(tok, texts, max_length)
+
+
+def generative_loss(task: Any, model: torch.nn.Module, enc: Any, bs: int, pad_id: int, device: torch.device) -> float:
+    """The search metric ``loss`` of a generative task: its target (seq2seq) or response (causal LM) tokens'."""
+    from autopeft.seq2seq import seq2seq_loss
+
+    return (seq2seq_loss if task.is_seq2seq else lm_loss)(model, enc, bs, pad_id, device)
 
 
 def _batches(enc: Any, labels: Sequence[int] | None, order: Sequence[int], bs: int,
@@ -187,7 +201,7 @@ def _run(spec: TrialSpec, t0: float) -> TrialResult:
     ev_texts = [task.train_texts[i] for i in eval_idx]
     tr_labels: list[int] | None = None
     if task.is_lm:
-        tr_enc, ev_enc = encode_lm(tok, tr_texts, max_len), encode_lm(tok, ev_texts, max_len)
+        tr_enc, ev_enc = encode_generative(task, tok, tr_texts, max_len), encode_generative(task, tok, ev_texts, max_len)
     else:
         tr_labels = [task.train_labels[i] for i in train_idx]
         ev_labels = [task.train_labels[i] for i in eval_idx]
@@ -249,7 +263,7 @@ def _score(task: Any, model: torch.nn.Module, enc: Any, labels: Sequence[int] | 
            device: torch.device) -> float:
     """The search metric on an encoded slice of the search split (a causal LM's loss, else the task metric)."""
     if task.is_lm:  # logits are rows x tokens x vocabulary: score at the trial's batch, not twice it
-        return lm_loss(model, enc, bs, pad_id, device)
+        return generative_loss(task, model, enc, bs, pad_id, device)
     if labels is None:
         raise AutoPeftError("a classification task's search split has no labels")
     return score_logits(task.metric, predict_logits(model, enc, bs * 2, pad_id, device), labels)
@@ -269,8 +283,8 @@ def _reference(spec: TrialSpec, fid: Fidelity, t0: float) -> TrialResult:
     max_len = min(fid.max_length, info.arch.max_positions)
     if task.is_lm:  # the untrained model's loss on the search split: what a config must improve on
         device = _pick_device(spec.device)
-        chance = lm_loss(base.to(device), encode_lm(tok, [task.train_texts[i] for i in ev], max_len), fid.batch_size,
-                         tok.pad_token_id or 0, device)
+        chance = generative_loss(task, base.to(device), encode_generative(task, tok, [task.train_texts[i] for i in ev],
+                                                                          max_len), fid.batch_size, tok.pad_token_id or 0, device)
         base.to("cpu")
     else:
         chance = float(chance_score(task.metric, [task.train_labels[i] for i in ev]))
@@ -303,21 +317,29 @@ def predict_logits(model: torch.nn.Module, enc: Any, bs: int, pad_id: int, devic
 def lm_loss(model: torch.nn.Module, enc: Any, bs: int, pad_id: int, device: torch.device) -> float:
     """Mean cross-entropy per predicted token (labels not -100) over a causal-LM encoding (the search metric
     ``loss``): summed over every token of every row, then divided once, so long rows weigh by their tokens."""
-    model.eval()
     n = len(enc["input_ids"])
     if n == 0:
         raise AutoPeftError("no evaluation row has a token to predict; use a larger --n-eval or --max-length")
     order = sorted(range(n), key=lambda i: len(enc["input_ids"][i]))
+    return token_loss(model, _batches(enc, None, order, max(1, bs), pad_id), device, shift=True)
+
+
+def token_loss(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]], device: torch.device,
+               shift: bool) -> float:
+    """Cross-entropy summed over every label token (not -100) of every batch, divided once by their number.
+    ``shift``: a causal LM's logits at a position predict the next token (the labels stay out of its forward); else
+    (seq2seq) the labels go in, the decoder's inputs being them shifted right, and its logits align with them."""
+    model.eval()
     total, count = 0.0, 0
     with torch.no_grad():
-        for batch in _batches(enc, None, order, max(1, bs), pad_id):
-            labels = batch.pop("labels").to(device)
-            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
-            shift = labels[:, 1:]
-            total += float(torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]).float(), shift.reshape(-1), ignore_index=-100,
-                reduction="sum"))
-            count += int((shift != -100).sum())
+        for batch in batches:
+            labels = batch["labels"].to(device)
+            logits = model(**{k: v.to(device) for k, v in batch.items() if k != "labels" or not shift}).logits
+            if shift:
+                logits, labels = logits[:, :-1], labels[:, 1:]
+            total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                                             labels.reshape(-1), ignore_index=-100, reduction="sum"))
+            count += int((labels != -100).sum())
     return total / max(count, 1)
 
 

@@ -86,6 +86,27 @@ def build_tiny_llama(path: Path, layers: int = 2) -> Path:
     return path
 
 
+def build_tiny_t5(path: Path, tiny_bert: str | Path, seq2seq: bool = True, **config: Any) -> Path:
+    """A randomly initialised T5 (d_model 64, 2 encoder + 1 decoder layers unless ``config`` says otherwise) with the
+    tiny BERT's tokenizer ([PAD] 0 starts the decoder, [SEP] 3 ends a sequence): a seq2seq LM, or a classifier."""
+    import shutil
+
+    import torch
+    import transformers
+
+    path.mkdir(parents=True, exist_ok=True)
+    for f in Path(tiny_bert).iterdir():
+        if "token" in f.name or f.name in ("vocab.txt", "special_tokens_map.json"):
+            shutil.copy(f, path / f.name)
+    kw: dict[str, Any] = dict(vocab_size=608, d_model=64, num_layers=2, num_decoder_layers=1, num_heads=4, d_ff=96,
+                              d_kv=16, decoder_start_token_id=0, pad_token_id=0, eos_token_id=3)
+    cfg = transformers.T5Config(**{**kw, **config})
+    torch.manual_seed(0)
+    auto = transformers.AutoModelForSeq2SeqLM if seq2seq else transformers.AutoModelForSequenceClassification
+    auto.from_config(cfg).save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(build_tiny_llama(tmp_path_factory.mktemp("tiny_llama")))

@@ -53,8 +53,8 @@ def test_prompt_response_data_is_a_causal_lm_task(math_dir: Path, tmp_path: Path
     assert load_task(DataSpec(train_file=str(stars), label_column="stars")).kind == CLASSIFICATION
     with pytest.raises(DataError, match="metric 'accuracy' is for classification"):
         load_task(DataSpec(task="sums", data_dir=str(math_dir), metric="accuracy"))
-    with pytest.raises(DataError, match="unknown task type 'seq2seq'; choose classification or causal-lm"):
-        DataSpec(task="sums", task_type="seq2seq")
+    with pytest.raises(DataError, match="unknown task type 'translation'; choose classification, causal-lm or seq2seq"):
+        DataSpec(task="sums", task_type="translation")
 
 
 def test_final_answers_and_exact_match() -> None:

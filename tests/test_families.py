@@ -1,12 +1,14 @@
 """Every method on every supported family (the README's table): each cell builds a tiny random model of the family,
 applies the method on chosen layers, checks that the counted trainable parameters equal the built model's exactly,
-that the modules sit where the candidate says (and nowhere else), and that one training step changes them."""
+that the modules sit where the candidate says (and nowhere else), and that one training step changes them.  T5's rows
+(2 encoder + 1 decoder layers: layers 0 and 2 are the encoder's first and the decoder's) run as classifiers and, in
+their own column, as seq2seq LMs."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 import torch
@@ -15,6 +17,8 @@ from autopeft.builder import build_model, count_params, load_base, model_info
 from autopeft.candidate import Candidate
 from autopeft.errors import ConfigError
 
+_T5 = dict(d_model=64, num_layers=2, num_decoder_layers=1, num_heads=4, d_ff=96, d_kv=16, decoder_start_token_id=0,
+           pad_token_id=0, eos_token_id=3)
 #: family -> (transformers config class, its keyword arguments) of a tiny model; the tokenizer is the tiny BERT's or
 #: the tiny Llama's
 FAMILIES: dict[str, tuple[str, dict[str, Any], str]] = {
@@ -45,6 +49,12 @@ FAMILIES: dict[str, tuple[str, dict[str, Any], str]] = {
     # q, k, v fused (qkv_proj, two key/value heads) and the gate and up projections fused (gate_up_proj)
     "phi3": ("Phi3Config", dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
                                 intermediate_size=96, max_position_embeddings=128, pad_token_id=0), "llama"),
+    # encoder-decoders: both stacks, the decoder's cross-attention adapted with q, k, v, o; T5 v1.1 / Flan-T5's gated
+    # FFN (wi_0 gate, wi_1 up); UMT5 (a relative-attention bias in every layer).  The tiny BERT tokenizer's [PAD] is 0
+    # and [SEP] (T5's classifier pools at the end-of-sequence token) 3
+    "t5": ("T5Config", dict(_T5, feed_forward_proj="relu"), "bert"),
+    "t5-gated": ("T5Config", dict(_T5, feed_forward_proj="gated-gelu"), "bert"),
+    "umt5": ("UMT5Config", dict(_T5, feed_forward_proj="gated-gelu"), "bert"),
 }
 LAYERS = [0, 2]
 METHODS: dict[str, tuple[dict[str, Any], list[int], dict[str, Any]]] = {
@@ -64,7 +74,33 @@ METHODS: dict[str, tuple[dict[str, Any], list[int], dict[str, Any]]] = {
 
 #: cells a method cannot take, and the reason the error gives
 _NO_CACHE = "method 'prefix' cannot be used with model .*: its transformer takes no past_key_values"
-UNSUPPORTED = {("distilbert", "prefix"): _NO_CACHE, ("deberta-v2", "prefix"): _NO_CACHE}
+_ENC_DEC = ("method 'prefix' cannot be used with model .*: peft's prefix tuning cannot drive an encoder-decoder's "
+            "sequence classifier")
+T5S = ["t5", "t5-gated", "umt5"]
+UNSUPPORTED = {("distilbert", "prefix"): _NO_CACHE, ("deberta-v2", "prefix"): _NO_CACHE,
+               **{(f, "prefix"): _ENC_DEC for f in T5S}}
+
+
+def _one_step_moves(built: Any, trainable: dict[str, torch.Tensor], loss_of: Callable[[Any], torch.Tensor],
+                    cell: tuple[str, str]) -> None:
+    """One AdamW step on ``loss_of(model)``: the loss is finite and every trainable tensor (but masked entries) moves."""
+    before = {n: p.detach().clone() for n, p in trainable.items()}
+    opt = torch.optim.AdamW(built.model.parameters(), lr=1e-2)
+    built.model.train()
+    loss = loss_of(built.model)
+    assert torch.isfinite(loss)
+    loss.backward()
+    opt.step()
+    if built.masks is not None:
+        built.masks.maybe_fix(1)
+        built.masks.enforce()
+    moved = [n for n, p in trainable.items() if not torch.equal(p.detach(), before[n])]
+    assert len(moved) >= len(trainable) // 2, (*cell, sorted(set(trainable) - set(moved))[:5])
+
+
+def _placed(arch: Any, names: list[str]) -> set[int]:
+    """The layers (indices over every stack) that hold these tensors."""
+    return {i for n in names for i in range(arch.num_layers) if f".{arch.layer_path(i)}." in f".{n}"}
 
 
 @pytest.fixture(scope="module")
@@ -106,40 +142,30 @@ def test_method_on_family(family: str, method: str, family_dirs: dict[str, str])
     # placement: the method's own tensors sit in the chosen layers only
     own = [n for n in trainable if any(k in n for k in ("lora_", "ia3_", "autopeft_adapters"))]
     if layers and "full" not in methods:
-        idx = {int(n.split(f"{info.arch.layers_path.split('.')[-1]}.")[1].split(".")[0]) for n in own}
-        assert own and idx == set(layers), (family, method, sorted(idx))
+        assert own and _placed(info.arch, own) == set(layers), (family, method, sorted(_placed(info.arch, own)))
     # one step: the loss is finite and every trainable tensor (but masked entries) moves
     enc = tok(["a gripping and beautiful film", "dull"], padding=True, return_tensors="pt")
-    before = {n: p.detach().clone() for n, p in trainable.items()}
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    model.train()
-    loss = model(**enc, labels=torch.tensor([1, 0])).loss
-    assert torch.isfinite(loss)
-    loss.backward()
-    opt.step()
-    if built.masks is not None:
-        built.masks.maybe_fix(1)
-        built.masks.enforce()
-    moved = [n for n, p in trainable.items() if not torch.equal(p.detach(), before[n])]
-    assert len(moved) >= len(trainable) // 2, (family, method, sorted(set(trainable) - set(moved))[:5])
+    _one_step_moves(built, trainable, lambda m: m(**enc, labels=torch.tensor([1, 0])).loss, (family, method))
 
 
 def test_an_unsupported_model_says_what_was_not_found(tmp_path: Path, tiny_model: str) -> None:
-    """A model whose layers hold no projection autopeft knows (T5's SelfAttention.q / DenseReluDense.wi): one clear
-    error naming what is missing and what was there."""
+    """A model whose layers hold no projection autopeft knows (MPNet's attention.attn.q / .o): one clear error naming
+    what is missing and what was there."""
     import transformers
 
     from autopeft.errors import ModelError
 
-    d = tmp_path / "t5"
+    d = tmp_path / "mpnet"
     d.mkdir()
     for f in Path(tiny_model).iterdir():
         if "token" in f.name or f.name in ("vocab.txt", "special_tokens_map.json"):
             shutil.copy(f, d / f.name)
-    cfg = transformers.T5Config(vocab_size=700, d_model=64, num_layers=2, num_heads=4, d_ff=96, d_kv=16, num_labels=2)
+    cfg = transformers.MPNetConfig(vocab_size=700, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                   intermediate_size=96, num_labels=2)
     transformers.AutoModelForSequenceClassification.from_config(cfg).save_pretrained(d)
-    with pytest.raises(ModelError, match=r"could not find the q, v, o, ffn_up, ffn_down projection\(s\) among the "
-                                         r"linear layers of transformer.encoder.block.0 \(layer.0.SelfAttention.k, "):
+    with pytest.raises(ModelError, match=r"could not find the q, v, o projection\(s\) among the linear layers of "
+                                         r"mpnet.encoder.layer.0 \(attention.attn.k, .*; pass where they are: "
+                                         r"--layers-pattern .* and --target-modules"):
         model_info(str(d), 2)
 
 
@@ -250,12 +276,55 @@ def test_method_on_decoder_for_causal_lm(family: str, method: str, family_dirs: 
     if "full" not in methods:
         assert not any(k in n for n in trainable for k in ("lm_head", "embed_tokens", "wte", "modules_to_save"))
     enc = tok(["a gripping and beautiful film", "dull"], padding=True, return_tensors="pt")
-    before = {n: p.detach().clone() for n, p in trainable.items()}
-    opt = torch.optim.AdamW(built.model.parameters(), lr=1e-2)
-    built.model.train()
-    loss = built.model(**enc, labels=enc["input_ids"]).loss
-    assert torch.isfinite(loss)
-    loss.backward()
-    opt.step()
-    moved = [n for n, p in trainable.items() if not torch.equal(p.detach(), before[n])]
-    assert len(moved) >= len(trainable) // 2, (family, method, sorted(set(trainable) - set(moved))[:5])
+    _one_step_moves(built, trainable, lambda m: m(**enc, labels=enc["input_ids"]).loss, (family, method))
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("family", T5S)
+def test_method_on_t5_for_seq2seq(family: str, method: str, family_dirs: dict[str, str]) -> None:
+    """T5's seq2seq column: the encoder-decoder with its own LM head (no classification head), the method on the
+    encoder's layer 0 and the decoder's layer 0 (global 2), a decoder layer's q/k/v/o being its self- and
+    cross-attention's; counts exact, one step on the target tokens' loss moves the method's tensors; prefix tuning's
+    prefixes span the decoder's one layer."""
+    path = family_dirs[family]
+    methods, layers, sparsity = METHODS[method]
+    cand = Candidate.make(methods, layers, sparsity)
+    info = model_info(path, 0)
+    a = info.arch
+    assert (a.num_layers, [st.depth for st, _ in a.spans()], a.layer_path(2), a.prefix_layers) == (
+        3, [2, 1], "decoder.block.0", 1)
+    base, tok = load_base(path, 0)
+    assert info.head_params == 0 and info.encoder_decoder and type(base).__name__.endswith("ForConditionalGeneration")
+    built = build_model(cand, base, info, seed=0)
+    trainable = {n: p for n, p in built.model.named_parameters() if p.requires_grad}
+    masked = built.masks.masked_count() if built.masks is not None else 0
+    assert count_params(cand, info) == built.trainable == sum(p.numel() for p in trainable.values()) - masked
+    own = [n for n in trainable if any(k in n for k in ("lora_", "ia3_", "autopeft_adapters"))]
+    if layers and "full" not in methods:
+        assert _placed(a, own) == set(layers), (family, method, sorted(_placed(a, own)))
+    if method in ("lora", "ia3"):  # the decoder layer's cross-attention is adapted as its self-attention is
+        assert any("EncDecAttention.k" in n for n in own) and any("decoder.block.0.layer.0.SelfAttention.k" in n for n in own)
+    if "full" not in methods:
+        assert not any(k in n for n in trainable for k in ("lm_head", "shared", "modules_to_save"))
+    enc = tok(["a gripping and beautiful film", "dull"], padding=True, return_tensors="pt")
+    labels = tok(text_target=["good", "a bad film"], padding=True, return_tensors="pt")["input_ids"]
+    _one_step_moves(built, trainable, lambda m: m(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                                  labels=labels).loss, (family, method))
+
+
+def test_t5_counts_by_hand(family_dirs: dict[str, str]) -> None:
+    """The counts the table's T5 cells check, worked out by hand: LoRA r=4 on q, v of the encoder's layer 0 and the
+    decoder's layer 0 is 4 x (64 + 64) per module, 2 modules in the encoder layer and 4 in the decoder layer (self-
+    and cross-attention); IA3 on k, v, ffn_down scales 64 + 64 + 96 in the encoder layer, 2 x 64 + 2 x 64 + 96 in the
+    decoder layer; prefix tuning of length 5 gives the decoder's one layer a key and a value prefix of 64 each."""
+    info = model_info(family_dirs["t5"], 0)
+    lora = Candidate.make({"lora": {"r": 4, "targets": ["q", "v"], "alpha_ratio": 2.0, "dropout": 0.0}}, [0, 2], {})
+    ia3 = Candidate.make({"ia3": {"targets": ["k", "v", "ffn_down"]}}, [0, 2], {})
+    assert count_params(lora, info) == 6 * 4 * (64 + 64) == 3072
+    assert count_params(ia3, info) == (64 + 64 + 96) + (2 * 64 + 2 * 64 + 96) == 576
+    assert count_params(Candidate.make({"prefix": {"length": 5}}, [], {}), info) == 5 * 1 * 2 * 64
+    enc_only = model_info(family_dirs["t5"], 2).arch  # the classifier: the same stacks under transformer.
+    assert [st.path for st, _ in enc_only.spans()] == ["transformer.encoder.block", "transformer.decoder.block"]
+    gated = model_info(family_dirs["t5-gated"], 0).arch.names_at(2)
+    assert (gated["ffn_gate"], gated["ffn_up"], gated["ffn_down"]) == (
+        "layer.2.DenseReluDense.wi_0", "layer.2.DenseReluDense.wi_1", "layer.2.DenseReluDense.wo")

@@ -1,10 +1,10 @@
-"""--layers-pattern / --target-modules: a model whose layers and projections autopeft cannot find by name (T5's
-encoder stack: SelfAttention.q, DenseReluDense.wi) is searched, exported and rebuilt once the user says where they are."""
+"""--layers-pattern / --target-modules: where a model's layers and projections are, when the user says so.  T5 is found
+by itself (both stacks, autopeft.stacks); a layout points autopeft at one stack (here T5's encoder: SelfAttention.q,
+DenseReluDense.wi), which is searched, exported and rebuilt with that layout."""
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -19,20 +19,10 @@ T5_TARGETS = ("q=layer.0.SelfAttention.q,k=layer.0.SelfAttention.k,v=layer.0.Sel
 
 @pytest.fixture(scope="module")
 def tiny_t5(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    import torch
-    import transformers
+    from conftest import build_tiny_t5
 
-    d = tmp_path_factory.mktemp("t5")
-    for f in Path(tiny_model).iterdir():
-        if "token" in f.name or f.name in ("vocab.txt", "special_tokens_map.json"):
-            shutil.copy(f, d / f.name)
-    tok = transformers.AutoTokenizer.from_pretrained(str(d))
-    cfg = transformers.T5Config(vocab_size=tok.vocab_size + 8, d_model=64, num_layers=3, num_decoder_layers=1,
-                                num_heads=4, d_ff=96, d_kv=16, num_labels=2, decoder_start_token_id=0,
-                                pad_token_id=tok.pad_token_id, eos_token_id=tok.sep_token_id)  # T5 pools at the eos
-    torch.manual_seed(0)
-    transformers.AutoModelForSequenceClassification.from_config(cfg).save_pretrained(d)
-    return str(d)
+    # a classifier of 3 encoder and 1 decoder layers; T5 pools at the end-of-sequence token ([SEP])
+    return str(build_tiny_t5(tmp_path_factory.mktemp("t5"), tiny_model, seq2seq=False, num_layers=3, num_labels=2))
 
 
 def test_layout_options_are_checked_with_exact_messages() -> None:
@@ -54,12 +44,13 @@ def test_layout_options_are_checked_with_exact_messages() -> None:
         assert str(e.value) == msg
 
 
-def test_t5_is_refused_by_name_then_found_with_a_layout(tiny_t5: str) -> None:
+def test_t5_is_found_natively_and_a_layout_restricts_it_to_one_stack(tiny_t5: str) -> None:
     from autopeft.builder import model_info
 
-    with pytest.raises(ModelError, match=r"could not find the q, v, o, ffn_up, ffn_down projection\(s\).*; pass where "
-                                         r"they are: --layers-pattern .* and --target-modules"):
-        model_info(tiny_t5, 2)
+    native = model_info(tiny_t5, 2).arch  # both stacks: 3 encoder + 1 decoder layers, 4 placement switches
+    assert (native.num_layers, native.layer_path(3), native.module_names(3, "v")) == (
+        4, "transformer.decoder.block.0", ["transformer.decoder.block.0.layer.0.SelfAttention.v",
+                                           "transformer.decoder.block.0.layer.1.EncDecAttention.v"])
     with pytest.raises(ModelError, match=r"^--target-modules q=layer.0.SelfAttention.query: layer 0 of "
                                          r"transformer.encoder.block has no linear layer 'layer.0.SelfAttention.query'; "
                                          r"its linear layers: layer.0.SelfAttention.k, "):

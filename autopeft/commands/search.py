@@ -34,8 +34,9 @@ def add(sub: Any) -> None:
     s.add_argument("--validation-file")
     s.add_argument("--text-columns", help="comma-separated text columns (default: inferred)")
     s.add_argument("--label-column", help="label column (default: inferred)")
-    s.add_argument("--task-type", choices=TASK_TYPES, help="classification or causal-lm (default: inferred: no label "
-                   "column but a prompt/response pair such as GSM8K's question/answer, or one text column, is causal-lm)")
+    s.add_argument("--task-type", choices=TASK_TYPES, help="classification, causal-lm or seq2seq (default: inferred: no "
+                   "label column but a prompt/response pair such as GSM8K's question/answer, or one text column, is "
+                   "causal-lm; the pair is seq2seq on an encoder-decoder such as T5)")
     s.add_argument("--metric", choices=METRICS, help="task metric (default: GLUE's for the task, else from the labels); "
                                                      "auc (binary tasks): threshold-free, for tasks where short trials "
                                                      "predict only the majority class")
@@ -128,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
             sys.stderr.flush()
     task = s.task
     print(f"autopeft: study {s.name!r} in {s.storage_url}", file=sys.stderr)
-    what = "causal LM" if task.is_lm else f"{task.num_labels} labels"
+    what = "seq2seq" if task.is_seq2seq else "causal LM" if task.is_lm else f"{task.num_labels} labels"
     print(f"autopeft: task {task.name} ({task.n_train} train rows, {what}), "
           f"metric {task.metric} ({task.metric_reason}); space {s.space_def.name} ({s.bound.size} encoded dims); "
           f"sampler {args.sampler}; {s.workers} worker(s); fidelity {s.fidelity.to_dict()}", file=sys.stderr)

@@ -26,12 +26,13 @@ def add(sub: Any) -> None:
     t.add_argument("--batch-size", type=positive_int, default=32, help="batch size (default 32)")
     t.add_argument("--text-columns", help="comma-separated text columns (default: inferred)")
     t.add_argument("--label-column", help="label column (default: inferred)")
-    t.add_argument("--task-type", choices=("classification", "causal-lm"), help="default: inferred from the columns")
+    t.add_argument("--task-type", choices=("classification", "causal-lm", "seq2seq"),
+                   help="default: inferred from the columns (and the model: a prompt/response pair is seq2seq on T5)")
     t.add_argument("--n-eval", type=positive_int, help="score only the first N rows of the evaluation split "
                    "(default: all)")
     t.add_argument("--generate", type=int, default=None, metavar="ROWS",
-                   help="causal LM: evaluation rows answered greedily for exact match (default: all on a GPU, 100 on "
-                        "CPU; 0: none)")
+                   help="causal LM, seq2seq: evaluation rows answered greedily for exact match (default: all on a "
+                        "GPU, 100 on CPU; 0: none)")
     t.add_argument("--class-weights", choices=("auto", "balanced", "none"), default="auto",
                    help="classification loss weights: balanced weighs classes evenly; auto (default) = balanced for "
                         "imbalanced tasks scored by Matthews or macro-F1, as the search's trials")

@@ -173,9 +173,15 @@ class PeftMethod:
 
 
 def target_regex(arch: ArchInfo, layers: Sequence[int], targets: Sequence[str]) -> str:
-    """A peft ``target_modules`` regex (full match) for these sub-modules on these layers only."""
+    """A peft ``target_modules`` regex (full match) for these sub-modules on these layers only; on a model with two
+    stacks (T5), one alternative per stack that has chosen layers, a decoder layer's cross-attention modules included."""
     import re
 
-    lay = "|".join(str(i) for i in layers)
-    subs = "|".join(re.escape(arch.names[t]) for t in targets)
-    return rf"(.*\.)?{re.escape(arch.layers_path)}\.({lay})\.({subs})"
+    parts = []
+    for st, start in arch.spans():
+        lay = "|".join(str(i - start) for i in layers if start <= i < start + st.depth)
+        names, also = dict(st.names), dict(st.also)
+        subs = "|".join(re.escape(n) for t in targets for n in (names[t], *([also[t]] if t in also else [])))
+        if lay or (not parts and start + st.depth == arch.num_layers):  # one stack: its pattern even for no layers
+            parts.append(rf"{re.escape(st.path)}\.({lay})\.({subs})")
+    return rf"(.*\.)?{parts[0]}" if len(parts) == 1 else rf"(.*\.)?({'|'.join(parts)})"

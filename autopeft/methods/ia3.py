@@ -21,10 +21,10 @@ class IA3(PeftMethod):
 
     def param_shapes(self, cfg: dict[str, Any], layers: Sequence[int], arch: ArchInfo) -> list[tuple[int, ...]]:
         shapes: list[tuple[int, ...]] = []
-        for _ in layers:
+        for layer in layers:
             for t in arch.distinct(cfg["targets"]):
                 fin, fout = arch.module_in_out(t)
-                shapes.append((fin,) if t in _FEEDFORWARD else (fout,))
+                shapes += [(fin,) if t in _FEEDFORWARD else (fout,)] * arch.copies(layer, t)
         return shapes
 
     def baselines(self, num_layers: int) -> dict[str, Baseline]:

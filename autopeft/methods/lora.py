@@ -52,12 +52,11 @@ class Lora(PeftMethod):
 
     def param_shapes(self, cfg: dict[str, Any], layers: Sequence[int], arch: ArchInfo) -> list[tuple[int, ...]]:
         shapes: list[tuple[int, ...]] = []
-        for r in self._ranks(cfg, layers):
+        for layer, r in zip(layers, self._ranks(cfg, layers)):
             for t in arch.distinct(cfg["targets"]):
                 fin, fout = arch.module_in_out(t)
-                shapes += [(r, fin), (fout, r)]
-                if self.use_dora:
-                    shapes.append((fout,))
+                # a T5 decoder layer's q, k, v, o are two modules each (self- and cross-attention)
+                shapes += ([(r, fin), (fout, r)] + ([(fout,)] if self.use_dora else [])) * arch.copies(layer, t)
         return shapes
 
     def baselines(self, num_layers: int) -> dict[str, Baseline]:
@@ -72,8 +71,7 @@ class Lora(PeftMethod):
         alpha_pattern: dict[str, float] = {}
         for layer, r in zip(layers, ranks):
             if r != base_r:
-                for t in cfg["targets"]:
-                    key = re.escape(arch.module_name(layer, t))
+                for key in (re.escape(n) for t in cfg["targets"] for n in arch.module_names(layer, t)):
                     rank_pattern[key] = r
                     alpha_pattern[key] = cfg["alpha_ratio"] * r
         return LoraConfig(

@@ -25,11 +25,15 @@ class Prefix(PeftMethod):
     def param_shapes(self, cfg: dict[str, Any], layers: Sequence[int], arch: ArchInfo) -> list[tuple[int, ...]]:
         # a key and a value prefix per layer, each as wide as the key projection's output (narrower than the hidden
         # size under grouped-query attention, e.g. Llama/SmolLM2)
-        return [(cfg["length"], arch.num_layers * 2 * arch.in_out("k")[1])]
+        # (an encoder-decoder's prefixes feed its decoder layers only)
+        return [(cfg["length"], (arch.prefix_layers or arch.num_layers) * 2 * arch.in_out("k")[1])]
 
     def unsupported(self, info: Any) -> str | None:
         if not info.supports_cache:
             return "its transformer takes no past_key_values, which prefix tuning feeds the prefixes through"
+        if info.encoder_decoder and info.num_labels:
+            return ("peft's prefix tuning cannot drive an encoder-decoder's sequence classifier (it calls the "
+                    "encoder-decoder without decoder inputs); it works on seq2seq tasks")
         return None
 
     def backprop_depth(self, cfg: dict[str, Any], layers: Sequence[int], num_layers: int) -> float:
@@ -48,5 +52,5 @@ class Prefix(PeftMethod):
         # lack (Falcon's multi-query attention has one key/value head and no num_key_value_heads)
         width = arch.in_out("k")[1]
         head_dim = arch.in_out("q")[1] // arch.num_heads if arch.num_heads else width
-        kw = dict(num_layers=arch.num_layers, token_dim=width, num_attention_heads=max(1, width // max(1, head_dim)))
+        kw = dict(num_layers=arch.prefix_layers or arch.num_layers, token_dim=width, num_attention_heads=max(1, width // max(1, head_dim)))
         return PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=cfg["length"], modules_to_save=head, **kw)
