@@ -25,7 +25,6 @@ sampled independently at random.
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
@@ -41,8 +40,9 @@ from autopeft.candidate import Candidate
 from autopeft.collapse_model import P_LEARN
 from autopeft.cost_model import _features, _Ridge  # noqa: F401  (_features: the sampler's cost features)
 from autopeft.contract import PRUNED
-from autopeft.errors import AutoPeftError
 from autopeft.pareto import TASK_OBJECTIVES, closed_form_ehvi, to_max  # noqa: F401  (closed_form_ehvi: re-exported)
+from autopeft import sampler_gp
+from autopeft.sampler_memo import SamplerMemo
 from autopeft.space import BoundSpace
 from autopeft.storage import A
 
@@ -68,9 +68,16 @@ class _Seen:
 
     @staticmethod
     def _split(c: Candidate) -> tuple[str, float]:
-        d = c.to_dict()
-        lr = float(d.pop("lr_multiplier"))
-        return json.dumps(d, sort_keys=True), lr
+        """The candidate's key less its learning-rate multiplier, and the multiplier: the key is canonical JSON whose
+        first field, ``layers``, is a list of integers, so the first ``"lr_multiplier":`` is the top-level one."""
+        k = c.key
+        i = k.find('"lr_multiplier":')
+        if i < 0:
+            return k, 1.0
+        j = i + 16
+        while k[j] not in ",}":
+            j += 1
+        return k[:i] + k[j + (k[j] == ","):], float(k[i + 16:j])
 
     def add(self, c: Candidate) -> None:
         k, lr = self._split(c)
@@ -116,7 +123,7 @@ class CostAwareEHVISampler(BaseSampler):
         self._rng = np.random.default_rng(seed)
         self._random = RandomSampler(seed=seed)
         self._gp_state: dict[str, Any] | None = None
-        self._params_cache: dict[str, int] = {}
+        self._memo = SamplerMemo(space, count_params)  # per-trial and per-candidate values, computed once
         self._lock = threading.Lock()  # one proposal at a time (optimize(n_jobs>1) shares the sampler)
         self.last_info: dict[str, Any] = {}
 
@@ -154,10 +161,7 @@ class CostAwareEHVISampler(BaseSampler):
 
     # ------------------------------------------------------------------ costs
     def _params(self, c: Candidate) -> int:
-        v = self._params_cache.get(c.key)
-        if v is None:
-            v = self._params_cache[c.key] = int(self.count_params(c))
-        return v
+        return self._memo.params(c)
 
     def _feasible_params(self, c: Candidate) -> bool:
         p = self._params(c)
@@ -168,18 +172,13 @@ class CostAwareEHVISampler(BaseSampler):
         """Every trial of ``study`` (but ``trial``) whose params form a candidate of the space, with that
         candidate.  Params outside the space are ignored; a trial lacking an active dimension is skipped; so is a
         trial promoted to a higher fidelity (``--promote``): the models learn the study's own fidelity."""
-        names = self.space.by_name
         out: list[tuple[FrozenTrial, Candidate]] = []
         for t in study.get_trials(deepcopy=False):
             if (trial is not None and t.number == trial.number) or t.user_attrs.get(A.RUNG):
                 continue
-            params = {k: v for k, v in t.params.items() if k in names}
-            if not params:
-                continue
-            try:
-                out.append((t, self.space.candidate_from_params(params)))
-            except AutoPeftError:
-                continue
+            c = self._memo.candidate(study.study_name, t.number, t.params)
+            if c is not None:
+                out.append((t, c))
         return out
 
     def propose(self, study: Study, trial: FrozenTrial | None = None) -> Candidate:
@@ -189,7 +188,9 @@ class CostAwareEHVISampler(BaseSampler):
         done: list[tuple[Candidate, list[float]]] = []
         pending: list[Candidate] = []
         stopped: list[tuple[Candidate, float]] = []
-        for t, c in self.history(study, trial):
+        hist = self.history(study, trial)
+        self._memo.keep_only([c for _, c in hist])
+        for t, c in hist:
             seen.add(c)
             if t.state == TrialState.COMPLETE and t.values is not None:
                 done.append((c, list(t.values)))
@@ -202,7 +203,8 @@ class CostAwareEHVISampler(BaseSampler):
             cand = self._random_candidate(seen)
             self.last_info = {"mode": "random", "s": time.perf_counter() - t0}
             return cand
-        cand = self._bo_candidate(done, pending, seen, stopped)
+        with sampler_gp.one_thread():  # small matrices: a second thread only waits for a busy core
+            cand = self._bo_candidate(done, pending, seen, stopped)
         self.last_info["s"] = time.perf_counter() - t0
         return cand
 
@@ -219,22 +221,22 @@ class CostAwareEHVISampler(BaseSampler):
         """``stopped``: trials the pruner stopped early, with their last rung score: the score model learns from
         them (a score reached with part of the training: pessimistic, as they are), the front does not."""
         self.last_info = {}
-        L = self.space.num_layers
-        X = np.stack([self.space.encode(c) for c, _ in done])
+        memo = self._memo
+        X = memo.encode_all([c for c, _ in done])
         y = np.array([to_max(self.objectives[:1], v[:1])[0] for _, v in done])  # a loss enters negated
         X_fit, y_fit = X, y
         if stopped:
-            X_fit = np.concatenate([X, np.stack([self.space.encode(c) for c, _ in stopped])])
+            X_fit = np.concatenate([X, memo.encode_all([c for c, _ in stopped])])
             y_fit = np.concatenate([y, [to_max(self.objectives[:1], [v])[0] for _, v in stopped]])
         # known-cost models: params exact; memory / time by ridge on exact features
         cost_models: dict[str, _Ridge] = {}
         for j, name in enumerate(self.objectives):
             if name in ("memory", "time"):
-                F = np.array([_features(c, L, self._params(c)) for c, _ in done])
+                F = np.array([memo.features(c) for c, _ in done])
                 cost_models[name] = _Ridge().fit(F, np.log10(np.maximum([v[j] for _, v in done], 1e-12)))
 
         def known_coords(cands: list[Candidate]) -> np.ndarray:
-            P = np.array([self._params(c) for c in cands], dtype=float)
+            P = np.array([memo.params(c) for c in cands], dtype=float)
             F = None
             cols = []
             for name in self.objectives[1:]:
@@ -242,7 +244,7 @@ class CostAwareEHVISampler(BaseSampler):
                     cols.append(-np.log10(np.maximum(P, 1.0)))
                 else:
                     if F is None:
-                        F = np.array([_features(c, L, p) for c, p in zip(cands, P)])
+                        F = np.array([memo.features(c) for c in cands])
                     cols.append(-cost_models[name].predict(F))
             return np.stack(cols, 1) if cols else np.zeros((len(cands), 0))
 
@@ -272,14 +274,14 @@ class CostAwareEHVISampler(BaseSampler):
         # kriging believer: pending trials join the front at their posterior mean
         front_Y = Ymax
         if pending:
-            Xp = np.stack([self.space.encode(c) for c in pending])
+            Xp = memo.encode_all(pending)
             mu_p, _ = self._posterior(gp, Xp)
             front_Y = np.concatenate([Ymax, np.column_stack([mu_p, known_coords(pending)])])
         floor = self._floor(float(y.max()))
         lower, upper = self._cells(front_Y, floor)
 
         def score(cs: list[Candidate]) -> np.ndarray:
-            Xc = np.stack([self.space.encode(c) for c in cs])
+            Xc = memo.encode_all(cs)
             mu, sd = self._posterior(gp, Xc)
             kc = known_coords(cs)
             a = closed_form_ehvi(mu, sd, kc, lower, upper)
@@ -313,10 +315,8 @@ class CostAwareEHVISampler(BaseSampler):
         collapsed and learned."""
         from autopeft import collapse_model
 
-        L = self.space.num_layers
-
         def rows(cs: Sequence[Candidate]) -> np.ndarray:
-            return np.array([collapse_model.features(_features(c, L, self._params(c)), self._params(c), c) for c in cs])
+            return np.array([self._memo.collapse_features(c) for c in cs])
 
         trials = [c for c, _ in done] + [c for c, _ in stopped]
         scores = [to_max(self.objectives[:1], v[:1])[0] for _, v in done] + [to_max(self.objectives[:1], [v])[0]
@@ -344,53 +344,13 @@ class CostAwareEHVISampler(BaseSampler):
         return float(self.ref[0]) + self.score_floor * max(0.0, best - float(self.ref[0]))
 
     def _cells(self, Y: np.ndarray, floor: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        import torch
-        from botorch.utils.multi_objective.box_decompositions.non_dominated import FastNondominatedPartitioning
+        return sampler_gp.cells(self.ref, Y, floor)
 
-        ref = torch.as_tensor(self.ref, dtype=torch.double).clone()
-        if floor is not None:
-            ref[0] = max(float(ref[0]), floor)
-        Yt = torch.as_tensor(Y, dtype=torch.double)
-        Yt = Yt[(Yt > ref).all(-1)]
-        if Yt.shape[1] == 1:
-            best = float(Yt.max()) if len(Yt) else float(ref[0])
-            return np.array([[best]]), np.array([[np.inf]])
-        part = FastNondominatedPartitioning(ref_point=ref, Y=Yt)
-        b = part.get_hypercell_bounds().numpy()
-        return b[0], b[1]
-
-    # ------------------------------------------------------------------ GP
+    # ------------------------------------------------------------------ GP (autopeft.sampler_gp)
     def _fit_gp(self, X: np.ndarray, y: np.ndarray) -> Any:
-        import torch
-        from botorch.fit import fit_gpytorch_mll
-        from botorch.models import SingleTaskGP
-        from botorch.models.transforms.outcome import Standardize
-        from gpytorch.mlls import ExactMarginalLogLikelihood
-
-        Xt = torch.as_tensor(X, dtype=torch.double)
-        yt = torch.as_tensor(y, dtype=torch.double).unsqueeze(-1)
-        gp = SingleTaskGP(Xt, yt, outcome_transform=Standardize(m=1))
-        mll = ExactMarginalLogLikelihood(gp.likelihood, gp)
-        if self._gp_state is not None and self._gp_state["d"] == X.shape[1]:
-            try:  # warm start from the last fit's hyperparameters
-                gp.covar_module.load_state_dict(self._gp_state["covar"])
-                gp.likelihood.load_state_dict(self._gp_state["lik"])
-            except (RuntimeError, KeyError):
-                pass
-        try:
-            fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": 75}})
-        except Exception:  # a failed fit keeps the (prior or warm-started) hyperparameters
-            pass
-        self._gp_state = {"d": X.shape[1], "covar": gp.covar_module.state_dict(), "lik": gp.likelihood.state_dict()}
-        gp.eval()
+        gp, self._gp_state = sampler_gp.fit_gp(X, y, self._gp_state, self._seed)
         return gp
 
     @staticmethod
     def _posterior(gp: Any, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        import torch
-
-        with torch.no_grad():
-            post = gp.posterior(torch.as_tensor(X, dtype=torch.double))
-            mu = post.mean.squeeze(-1).numpy()
-            sd = post.variance.clamp_min(1e-12).sqrt().squeeze(-1).numpy()
-        return mu, sd
+        return sampler_gp.posterior(gp, X)

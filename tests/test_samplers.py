@@ -219,3 +219,70 @@ def test_the_collapse_model_learns_which_configs_collapse_and_proposals_skip_the
         c = sampler.propose(study)
         assert sampler.last_info["mode"] == "bo" and sampler.last_info["collapse_skipped"] > 0
         assert learns([c])[0] >= P_LEARN, c.summary()
+
+
+def test_the_gp_fit_minimises_botorchs_own_objective() -> None:
+    """autopeft.sampler_gp hands botorch's optimiser a closed-form closure: the same loss (negative MAP marginal log
+    likelihood over n) and the same gradients as botorch's autograd closure, at any hyperparameters."""
+    import torch
+    from botorch.models import SingleTaskGP
+    from botorch.models.transforms.outcome import Standardize
+    from botorch.optim.closures import get_loss_closure_with_grads
+    from botorch.optim.utils import get_parameters_and_bounds
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+
+    from autopeft.sampler_gp import _exact_closure
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(40, 7, dtype=torch.double, generator=g)
+    y = (X[:, :2].sum(-1) + 0.1 * torch.randn(40, generator=g, dtype=torch.double)).unsqueeze(-1)
+    gp = SingleTaskGP(X, y, outcome_transform=Standardize(m=1))
+    mll = ExactMarginalLogLikelihood(gp.likelihood, gp).train()
+    params = {k: p for k, p in get_parameters_and_bounds(mll)[0].items() if p.requires_grad}
+    ours, theirs = _exact_closure(mll), get_loss_closure_with_grads(mll, params)
+    assert ours is not None
+    for ls, noise, c in ((0.7, 0.03, 0.2), (2.5, 0.5, -0.4)):
+        with torch.no_grad():
+            gp.covar_module.raw_lengthscale.copy_(ls + torch.rand(1, 7, dtype=torch.double, generator=g))
+            gp.likelihood.noise_covar.raw_noise.fill_(noise)
+            gp.mean_module.raw_constant.fill_(c)
+        (a, ga), (b, gb) = ours(), theirs()
+        assert float(a) == pytest.approx(float(b.detach()), rel=1e-7)
+        for u, v in zip(ga, gb):
+            assert np.allclose(u.numpy(), v.numpy(), rtol=1e-6, atol=1e-9)
+
+
+def test_reused_per_trial_values_change_no_proposal() -> None:
+    """The sampler keeps each trial's candidate, encoding, counts and features from ask to ask: a sampler that reuses
+    them proposes exactly what a copy that computes everything afresh proposes (same seed, GP state and history)."""
+    import copy
+
+    b = SearchSpace.load("mixed").bind(6)
+    sampler = make_sampler("autopeft", 0, b, OBJ, REF, lambda c: count_params(c, INFO), n_startup=4)
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
+    for _ in range(14):  # collapsing configs, so the collapse model is on
+        t = study.ask()
+        study.tell(t, collapsing(b.suggest(t)))
+    for _ in range(2):
+        fresh = copy.deepcopy(sampler)  # a copy carries no remembered values
+        assert not fresh._memo._entries and sampler._memo._entries
+        sampler._rng, fresh._rng = np.random.default_rng(7), np.random.default_rng(7)
+        a, c = sampler.propose(study), fresh.propose(study)
+        assert a == c and sampler.last_info["mode"] == "bo"
+        t = study.ask()
+        study.tell(t, collapsing(b.suggest(t)))
+
+
+def test_beyond_fit_points_the_gp_fits_on_a_subset_and_conditions_on_every_trial(monkeypatch: pytest.MonkeyPatch) -> None:
+    from autopeft import sampler_gp
+
+    monkeypatch.setattr(sampler_gp, "FIT_POINTS", 16)
+    rng = np.random.default_rng(0)
+    X = rng.random((40, 5))
+    y = X[:, 0] + 0.05 * rng.standard_normal(40)
+    gp, state = sampler_gp.fit_gp(X, y, None, seed=0)
+    assert gp.train_inputs[0].shape == (40, 5) and state["d"] == 5
+    mu, sd = sampler_gp.posterior(gp, X[:5])
+    assert np.all(np.abs(mu - y[:5]) < 0.3) and np.all(sd > 0)
+    gp2, _ = sampler_gp.fit_gp(X, y, state, seed=0)  # warm-started from the last fit
+    assert gp2.train_inputs[0].shape == (40, 5)

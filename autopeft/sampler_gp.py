@@ -1,0 +1,208 @@
+"""The default sampler's score GP, made fast: the same model as botorch's ``SingleTaskGP`` fitted by
+``fit_gpytorch_mll`` (RBF kernel with ARD, botorch's dimension-scaled log-normal priors, standardised outcome,
+L-BFGS-B from the last fit's hyperparameters), with three changes that leave the model as it was:
+
+- **an exact closed-form objective**: botorch's optimiser (its bounds, retries and iteration limit) is handed a closure
+  that computes the same negative MAP marginal log likelihood and its gradient in numpy from one Cholesky factor
+  (:func:`_exact_closure`), instead of gpytorch's autograd graph (10-20x the work per step);
+- **one thread** (torch's and the BLAS libraries') while the sampler plans a model-based proposal (:func:`one_thread`):
+  these are small matrices, and with the default two threads on a machine whose cores train, each step waited for a
+  busy core (a 100-trial ask took seconds);
+- **hyperparameters from at most** :data:`FIT_POINTS` **trials**: beyond that many, the hyperparameters are fitted
+  on a random subset (fixed by the seed and the trial count) and the GP then conditions on every trial.  A fit costs
+  O(n^3) per step and 75 steps per ask; this bounds it (BENCHMARKS.md "Sampler ask() time", issue 17, measures the
+  fit on a subset against the full one).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+#: beyond this many trials the GP's hyperparameters are fitted on a random subset of this size
+FIT_POINTS = 256
+#: L-BFGS-B iterations per fit (from the last fit's hyperparameters)
+FIT_MAXITER = 75
+#: the names of the GP's free parameters the exact closure handles (botorch's SingleTaskGP defaults)
+_NOISE, _MEAN, _LS = "likelihood.noise_covar.raw_noise", "model.mean_module.raw_constant", "model.covar_module.raw_lengthscale"
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch and the BLAS libraries (numpy's, scipy's) on one thread inside the block, restored after; a block inside
+    another costs nothing."""
+    import torch
+
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        try:
+            from threadpoolctl import threadpool_limits  # scikit-learn's dependency
+        except ImportError:  # pragma: no cover
+            yield
+        else:
+            with threadpool_limits(1):
+                yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def fit_gp(X: np.ndarray, y: np.ndarray, state: dict[str, Any] | None, seed: int) -> tuple[Any, dict[str, Any]]:
+    """A fitted botorch ``SingleTaskGP`` on (X, y), warm-started from ``state`` (the last fit's), and the new state."""
+    import torch
+    from botorch.models import SingleTaskGP
+    from botorch.models.transforms.outcome import Standardize
+
+    with one_thread():
+        Xt = torch.as_tensor(X, dtype=torch.double)
+        yt = torch.as_tensor(y, dtype=torch.double).unsqueeze(-1)
+        idx = None
+        if len(X) > FIT_POINTS:
+            idx = np.sort(np.random.default_rng([seed, len(X)]).choice(len(X), FIT_POINTS, replace=False))
+        fit_on = SingleTaskGP(Xt[idx] if idx is not None else Xt, yt[idx] if idx is not None else yt,
+                              outcome_transform=Standardize(m=1))
+        if state is not None and state["d"] == X.shape[1]:
+            try:  # warm start from the last fit's hyperparameters
+                fit_on.covar_module.load_state_dict(state["covar"])
+                fit_on.likelihood.load_state_dict(state["lik"])
+            except (RuntimeError, KeyError):
+                pass
+        _fit(fit_on)
+        state = {"d": X.shape[1], "covar": fit_on.covar_module.state_dict(), "lik": fit_on.likelihood.state_dict()}
+        gp = fit_on
+        if idx is not None:  # the hyperparameters of the subset; the data of every trial
+            gp = SingleTaskGP(Xt, yt, outcome_transform=Standardize(m=1))
+            gp.covar_module.load_state_dict(state["covar"])
+            gp.likelihood.load_state_dict(state["lik"])
+            gp.mean_module.load_state_dict(fit_on.mean_module.state_dict())
+        gp.eval()
+    return gp, state
+
+
+def _fit(gp: Any) -> None:
+    from botorch.fit import fit_gpytorch_mll
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+
+    mll = ExactMarginalLogLikelihood(gp.likelihood, gp)
+    try:
+        fit_gpytorch_mll(mll, closure=_exact_closure(mll), optimizer_kwargs={"options": {"maxiter": FIT_MAXITER}})
+    except Exception:  # a failed fit keeps the (prior or warm-started) hyperparameters
+        pass
+
+
+def _exact_closure(mll: Any) -> Callable[[], tuple[Any, list[Any]]] | None:
+    """botorch's loss closure for ``mll`` (negative MAP marginal log likelihood over the number of points, and the
+    gradients of the free parameters in botorch's order), computed in closed form; None (botorch's own closure) for
+    any model that is not the default RBF/ARD ``SingleTaskGP`` with untransformed bounded parameters."""
+    import torch
+    from botorch.optim.utils import get_parameters_and_bounds
+    from gpytorch.kernels import RBFKernel
+    from gpytorch.priors import LogNormalPrior
+
+    gp = mll.model
+    params, _ = get_parameters_and_bounds(mll)
+    params = {k: p for k, p in params.items() if p.requires_grad}
+    ker, noise_covar = gp.covar_module, gp.likelihood.noise_covar
+    for _, module, prior, _, _ in gp.named_priors():  # what gpytorch's MLL adds: each prior of the model once
+        if type(prior) is not LogNormalPrior or not (
+                (module is ker and prior is ker.lengthscale_prior) or (module is noise_covar and prior is noise_covar.noise_prior)):
+            return None
+    if (type(ker) is not RBFKernel or set(params) != {_NOISE, _MEAN, _LS} or getattr(gp, "input_transform", None)
+            or ker.raw_lengthscale_constraint.enforced or noise_covar.raw_noise_constraint.enforced
+            or len(list(gp.named_priors())) != 2):
+        return None
+    X = gp.train_inputs[0].detach()
+    y = gp.train_targets.detach()
+    n = len(y)
+    sq = X * X
+    eye = torch.eye(n, dtype=X.dtype)
+    ls_mu, ls_sd = float(ker.lengthscale_prior.loc), float(ker.lengthscale_prior.scale)
+    nz_mu, nz_sd = float(noise_covar.noise_prior.loc), float(noise_covar.noise_prior.scale)
+
+    def lognormal(v: Any, mu: float, sd: float) -> tuple[Any, Any]:
+        lv = torch.log(v)
+        logp = -lv - math.log(sd * math.sqrt(2 * math.pi)) - (lv - mu) ** 2 / (2 * sd * sd)
+        return logp.sum(), -1.0 / v - (lv - mu) / (sd * sd * v)
+
+    def closure(**_: Any) -> tuple[Any, list[Any]]:
+        with torch.no_grad():
+            ls = params[_LS].detach().reshape(-1)
+            s2 = params[_NOISE].detach().reshape(-1)
+            c = params[_MEAN].detach().reshape(-1)
+            Z = X / ls
+            zz = (Z * Z).sum(1)
+            Kf = torch.exp(-0.5 * (zz[:, None] + zz[None, :] - 2.0 * Z @ Z.T).clamp_min(0.0))
+            L = _cholesky(Kf + s2 * eye)
+            r = (y - c).unsqueeze(-1)
+            Kinv = torch.cholesky_inverse(L)
+            alpha = (Kinv @ r).squeeze(-1)
+            loglik = (-0.5 * (r.squeeze(-1) @ alpha) - torch.log(torch.diagonal(L)).sum()
+                      - 0.5 * n * math.log(2 * math.pi))
+            W = torch.outer(alpha, alpha) - Kinv
+            M = W * Kf
+            g_ls = ((M.sum(1) @ sq) - ((M @ X) * X).sum(0)) / ls ** 3  # d loglik / d lengthscale
+            g_s2 = 0.5 * torch.trace(W)
+            p_ls, dp_ls = lognormal(ls, ls_mu, ls_sd)
+            p_s2, dp_s2 = lognormal(s2, nz_mu, nz_sd)
+            loss = -(loglik + p_ls + p_s2) / n
+            grads = {_LS: -(g_ls + dp_ls) / n, _NOISE: -(g_s2 + dp_s2) / n, _MEAN: -alpha.sum() / n}
+            out = []
+            for name, p in params.items():
+                g = grads[name].reshape(p.shape).to(p.dtype)
+                p.grad = g
+                out.append(g)
+        return loss, out
+
+    return closure
+
+
+def _cholesky(K: Any) -> Any:
+    """Lower Cholesky factor, with gpytorch's escalating jitter (1e-8, 1e-7, 1e-6 for doubles) if K is not PD."""
+    import torch
+    from linear_operator.utils.errors import NotPSDError
+
+    L, info = torch.linalg.cholesky_ex(K)
+    for jitter in (1e-8, 1e-7, 1e-6):
+        if not int(info):
+            return L
+        L, info = torch.linalg.cholesky_ex(K + jitter * torch.eye(len(K), dtype=K.dtype))
+    if int(info):
+        raise NotPSDError("the GP's covariance matrix is not positive definite")
+    return L
+
+
+def posterior(gp: Any, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The GP's mean and standard deviation of the score at the rows of ``X``."""
+    import torch
+
+    with one_thread(), torch.no_grad():
+        post = gp.posterior(torch.as_tensor(X, dtype=torch.double))
+        mu = post.mean.squeeze(-1).numpy()
+        sd = post.variance.clamp_min(1e-12).sqrt().squeeze(-1).numpy()
+    return mu, sd
+
+
+def cells(ref: np.ndarray, Y: np.ndarray, floor: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The box decomposition (lower, upper corners) of the region ``Y`` does not dominate above ``ref`` (its score
+    coordinate raised to ``floor`` if given)."""
+    import torch
+    from botorch.utils.multi_objective.box_decompositions.non_dominated import FastNondominatedPartitioning
+
+    refp = torch.as_tensor(ref, dtype=torch.double).clone()
+    if floor is not None:
+        refp[0] = max(float(refp[0]), floor)
+    Yt = torch.as_tensor(Y, dtype=torch.double)
+    Yt = Yt[(Yt > refp).all(-1)]
+    if Yt.shape[1] == 1:
+        best = float(Yt.max()) if len(Yt) else float(refp[0])
+        return np.array([[best]]), np.array([[np.inf]])
+    with one_thread():
+        part = FastNondominatedPartitioning(ref_point=refp, Y=Yt)
+        b = part.get_hypercell_bounds().numpy()
+    return b[0], b[1]
