@@ -9,7 +9,9 @@ with one trial always in flight (two workers: the next proposal is asked before 
 believer path runs too); the samplers take turns ask by ask, so a change of machine load hits them alike.
 
 ``--load K`` starts K processes that train a small torch MLP (one thread each) for the whole run: the figure "while
-both cores train" is ``--load 2`` on a two-core machine.  The machine's load average before and after is printed.
+both cores train" is ``--load 2`` on a two-core machine.  The machine's load average before and after is printed, and
+beside each median wall time the median CPU seconds of this process (every thread's) per ask: on a shared machine the
+wall time depends on the other work, the CPU time much less.
 
     python -m bench.ask_timing --trials 100 --asks 10 [--space mixed] [--samplers autopeft,gp] [--load 2] [--quick]
     python -m bench.ask_timing --trials 1000 --asks 5
@@ -134,16 +136,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     load0 = os.getloadavg()
     procs = start_load(a.load)
     times: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}  # this process's CPU seconds (every thread's)
     in_flight: dict[str, tuple[Any, Candidate] | None] = {n: None for n in names}
     info_last: dict[str, Any] = {}
     try:
         for _ in range(a.asks):
             for name in names:  # turns: each sampler asks once per round
                 study = studies[name]
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 t = study.ask()
                 cc = b.suggest(t)
                 times[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
                 t.set_user_attr("candidate", cc.to_dict())
                 prev, in_flight[name] = in_flight[name], (t, cc)
                 if prev is not None:  # one trial stays in flight, as with two workers
@@ -158,14 +162,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for n, v in times.items():
         extra = {k: info_last[n][k] for k in ("collapse_skipped", "pool") if k in info_last.get(n, {})}
         print(f"{n:10s} at {a.trials} trials: median {np.median(v):.3f} s, mean {np.mean(v):.3f} s, "
-              f"min {np.min(v):.3f}, max {np.max(v):.3f} per ask() over {len(v)}  {extra or ''}", flush=True)
+              f"min {np.min(v):.3f}, max {np.max(v):.3f} per ask() over {len(v)}; CPU median "
+              f"{np.median(cpu[n]):.3f} s  {extra or ''}", flush=True)
     print(f"space {a.space} ({b.size} encoded dims); {collapsed:.0%} of the pre-filled configs collapsed, every "
           f"{PRUNED_EVERY}th pruned; --load {a.load}; load average {load0[0]:.1f} before, {load1[0]:.1f} after "
           f"({os.cpu_count()} CPUs)", flush=True)
     if a.out:
         with open(a.out, "w") as f:
             json.dump({"trials": a.trials, "asks": a.asks, "load": a.load, "loadavg": [load0[0], load1[0]],
-                       "cpus": os.cpu_count(), "seconds": times, "median": out}, f, indent=1)
+                       "cpus": os.cpu_count(), "seconds": times, "cpu_seconds": cpu,
+                       "median": out, "cpu_median": {n: float(np.median(v)) for n, v in cpu.items()}}, f, indent=1)
     print(json.dumps(out))
     return out
 
