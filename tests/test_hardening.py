@@ -98,16 +98,20 @@ def test_three_drivers_creating_one_new_study_share_its_total(tiny_model: str, g
     on PostgreSQL in test_postgres.py)."""
     storage = f"sqlite:///{tmp_path / 'race.db'}"
     barrier = tmp_path / "go"
-    code = ("import pathlib, sys, time\n"
+    code = ("import os, pathlib, sys, time\n"
+            "from autopeft.cli import main\n"
+            f"pathlib.Path({str(tmp_path)!r}, f'ready-{{os.getpid()}}').touch()\n"
             f"while not pathlib.Path({str(barrier)!r}).exists(): time.sleep(0.01)\n"
-            "from autopeft.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+            "sys.exit(main(sys.argv[1:]))\n")
     argv = ["search", "--model", tiny_model, "--data-dir", str(glue_dir), "--space", "tiny", "--trials", "6",
             "--study", "race", "--storage", storage, "--workers", "1", "--n-startup", "3", "--no-progress",
             "--n-train", "32", "--n-eval", "32", "--epochs", "1", "--max-length", "24", "--batch-size", "16"]
     env = {**__import__("os").environ, "AUTOPEFT_HEARTBEAT_S": "1", "AUTOPEFT_GRACE_S": "10"}
     procs = [subprocess.Popen([sys.executable, "-c", code, *argv], env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True) for _ in range(3)]
-    time.sleep(3)  # all three are importing, then wait at the barrier
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("ready-*"))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)  # all three have imported the CLI and wait at the barrier
     barrier.write_text("go")
     errs = [p.communicate(timeout=600)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], errs
@@ -158,14 +162,18 @@ def test_no_process_outlives_a_killed_driver(tiny_model: str, glue_dir: Path, tm
         time.sleep(rng.uniform(0.3, 3.0) if i else 2.5)  # the first kill lands while the workers start
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        time.sleep(2.0)
-        left = []
-        for p in psutil.process_iter(["pid"]):
-            try:
-                if p.environ().get("AUTOPEFT_TEST_MARK") == mark:
-                    left.append(p.pid)
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                pass
+        deadline = time.monotonic() + 2.0
+        while True:  # none left once is none left for good: only a marked process could start another
+            left = []
+            for p in psutil.process_iter(["pid"]):
+                try:
+                    if p.environ().get("AUTOPEFT_TEST_MARK") == mark and p.status() != psutil.STATUS_ZOMBIE:
+                        left.append(p.pid)
+                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                    pass
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         assert left == [], f"kill {i}: processes {left} outlived the driver"
 
 
@@ -283,10 +291,10 @@ def test_a_full_disk_ends_in_one_line_and_loses_nothing(tiny_model: str, glue_di
     import resource
     import signal
 
-    from test_reliability import _cmd, _env
+    from test_reliability import _cmd, _env, create_study
 
     url = f"sqlite:///{tmp_path / 'full.db'}"
-    assert subprocess.run(_cmd(tiny_model, glue_dir, url, 2, study="full"), env=_env(), capture_output=True).returncode == 0
+    create_study(tiny_model, glue_dir, url, 2, "full")
     before = {t.number: t.values for t in optuna.load_study(study_name="full", storage=url).get_trials(
         states=(TrialState.COMPLETE,))}
     limit = (tmp_path / "full.db").stat().st_size + 4096  # one more page, then the disk is full
@@ -314,12 +322,12 @@ def test_resuming_in_a_read_only_studies_folder_is_one_line(tiny_model: str, glu
     line naming the storage and what to do, and the study is unchanged; show still reads it."""
     import os
 
-    from test_reliability import _cmd, _env
+    from test_reliability import _cmd, _env, create_study
 
     d = tmp_path / "studies"
     d.mkdir()
     url = f"sqlite:///{d / 'ro.db'}"
-    assert subprocess.run(_cmd(tiny_model, glue_dir, url, 2, study="ro"), env=_env(), capture_output=True).returncode == 0
+    create_study(tiny_model, glue_dir, url, 2, "ro")
     data = (d / "ro.db").read_bytes()
     if os.geteuid() != 0 or subprocess.run(["mount", "--bind", str(d), str(d)], capture_output=True).returncode:
         pytest.skip("needs root to bind-mount the studies folder read-only")

@@ -33,6 +33,16 @@ def _env() -> dict[str, str]:
     return {**os.environ, "AUTOPEFT_HEARTBEAT_S": "1", "AUTOPEFT_GRACE_S": "3", "PYTHONUNBUFFERED": "1"}
 
 
+def create_study(tiny_model: str, glue_dir: Path, storage: str, trials: int, study: str) -> None:
+    """The study that ``_cmd`` would create with ``trials`` complete, made in this process (inline executor, same
+    options): a test whose point is what later drivers do saves a driver's and a worker's interpreter start."""
+    from autopeft import api
+
+    res = api.search(model=tiny_model, task="sst2", data_dir=str(glue_dir), space="tiny", n_trials=trials,
+                     study_name=study, storage=storage, executor="inline", n_startup=3, collapse_stop=False, **FID_KW)
+    assert len(res.study.get_trials(states=(TrialState.COMPLETE,))) == trials
+
+
 def _snapshot(storage: str, study: str = "rel") -> dict[int, list[float]]:
     try:
         s = optuna.load_study(study_name=study, storage=storage)
@@ -76,7 +86,7 @@ def test_kill9_at_random_points_then_resume_loses_nothing(tiny_model: str, glue_
     assert kills >= 2
     time.sleep(3.5)  # let the killed drivers' heartbeats go stale
     assert subprocess.run(_cmd(tiny_model, glue_dir, storage, target, workers=2), env=_env(),
-                          capture_output=True).returncode == 0
+                          capture_output=True, timeout=300).returncode == 0
     final = optuna.load_study(study_name="rel", storage=storage)
     done = {t.number: list(t.values) for t in final.get_trials(states=(TrialState.COMPLETE,))}
     assert len(done) == target
@@ -92,8 +102,7 @@ def concurrent_drivers(tiny_model: str, glue_dir: Path, storage: str, n_drivers:
     """Several drivers on one study: no duplicates, no lost writes, no lock errors, no live trial failed."""
     from autopeft.storage import get_storage
 
-    # create the study first so all drivers resume the same one
-    assert subprocess.run(_cmd(tiny_model, glue_dir, storage, 1, study="con"), env=_env(), capture_output=True).returncode == 0
+    create_study(tiny_model, glue_dir, storage, 1, "con")  # created first so all drivers resume the same one
     procs = [subprocess.Popen(_cmd(tiny_model, glue_dir, storage, 6, study="con"), env=_env(), stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True) for _ in range(n_drivers)]
     errs = [p.communicate(timeout=400)[1] for p in procs]
@@ -143,11 +152,11 @@ def test_trial_timeout(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
 
     t0 = time.monotonic()
     res = api.search(model=tiny_model, task="sst2", data_dir=str(glue_dir), space="tiny", n_trials=2, study_name="to",
-                     storage=f"sqlite:///{tmp_path / 't.db'}", executor="local", workers=1, trial_timeout=8.0, **FID_KW,
+                     storage=f"sqlite:///{tmp_path / 't.db'}", executor="local", workers=1, trial_timeout=5.0, **FID_KW,
                      fault=lambda n: "sleep:60" if n == 0 else None)
     assert time.monotonic() - t0 < 50
     t = res.study.trials[0]
-    assert t.state == TrialState.FAIL and "exceeded the per-trial timeout of 8 s" in t.user_attrs["reason"]
+    assert t.state == TrialState.FAIL and "exceeded the per-trial timeout of 5 s" in t.user_attrs["reason"]
 
 
 def test_incompatible_study_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -231,7 +240,7 @@ def kill_once_then_resume(tiny_model: str, glue_dir: Path, url: str) -> None:
     assert st.get_trials(states=(TrialState.RUNNING,))  # the killed driver's trials, left running
     time.sleep(3.5)  # their heartbeats go stale
     rerun = subprocess.run(_cmd(tiny_model, glue_dir, url, 6, study="jk", workers=2), env=_env(), capture_output=True,
-                           text=True)
+                           text=True, timeout=300)  # a hang (a RUNNING trial never found stale) fails, not blocks
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     final = optuna.load_study(study_name="jk", storage=get_storage(url, create=False))
     assert not final.get_trials(states=(TrialState.RUNNING,))
