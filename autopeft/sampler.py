@@ -4,7 +4,7 @@ Only the task score is unknown before a trial.  Trainable parameters are counted
 candidate (:func:`autopeft.builder.count_params`); memory (and time, if it is an objective) are
 measured by every trial and predicted for unseen candidates by a ridge regression on a few exact
 features (backprop depth, adapted layers, parameters, methods), which is accurate because
-training memory is close to linear in them.  A GP (botorch ``SingleTaskGP``, Matérn-5/2 with ARD
+training memory is close to linear in them.  A GP (botorch ``SingleTaskGP``, RBF with ARD
 over the whole flat encoding, every dimension including per-layer switches and conditional ones)
 models the score, and the acquisition is the **closed-form expected hypervolume improvement**
 over [GP score, known costs] (``shared/notes/cost-aware-ehvi.md``): exact, no Monte Carlo,
@@ -13,6 +13,8 @@ vectorised over thousands of candidates.  Pending trials enter the front at thei
 score zero and are never proposed; nor is any candidate already evaluated, failed or pending.  Once some trials
 collapsed to the majority class and some learned, a logistic regression on a config's exact features predicts which
 configs learn at the study's fidelity, and model-based proposals skip those it expects to collapse.
+The GP's fit and predictions are in :mod:`autopeft.sampler_gp` (botorch's model and objective, fitted fast); what the
+sampler keeps from ask to ask (each trial's candidate, encoding, counts, features) in :mod:`autopeft.sampler_memo`.
 
 It plugs into Optuna as a ``BaseSampler`` with relative sampling: the relative search space is the
 space's distributions, and ``sample_relative`` (called once, at a trial's first suggestion) plans a
