@@ -28,40 +28,47 @@ from autopeft.errors import ConfigError
 #: the share of a rung's finished configs that may go up (ASHA's 1/eta with eta = 3)
 PROMOTE_FRACTION = 1.0 / 3.0
 
-_RUNG = re.compile(r"(\d+|all)x(\d+(?:\.\d+)?)")
+_RUNG = re.compile(r"(\d+|all)x(\d+(?:\.\d+)?)(?:@(\d+))?")
 
 
 def parse_ladder(value: Any) -> list[dict[str, Any]]:
-    """``--promote``'s rungs above the study's fidelity: ``"2000x2,allx3"`` (rows x epochs; ``all``: every training row)
-    or a list of ``{"n_train": ..., "epochs": ...}`` mappings (the API).  Empty for None or ``""``."""
+    """``--promote``'s rungs above the study's fidelity: ``"2000x1@32,allx3"`` (rows x epochs, optionally @ batch size;
+    ``all``: every training row) or a list of ``{"n_train": ..., "epochs": ..., "batch_size": ...}`` mappings (the API;
+    ``batch_size`` optional).  Empty for None or ``""``."""
     if value is None or value == "" or value == []:
         return []
     items = [s.strip() for s in value.split(",")] if isinstance(value, str) else list(value)
     out: list[dict[str, Any]] = []
     for item in items:
         if isinstance(item, dict):
-            unknown = sorted(set(item) - {"n_train", "epochs"})
+            unknown = sorted(set(item) - {"n_train", "epochs", "batch_size"})
             if unknown or "n_train" not in item or "epochs" not in item:
-                raise ConfigError(f"--promote: each rung needs n_train and epochs (and nothing else), got {item!r}")
-            rows, epochs = item["n_train"], item["epochs"]
+                raise ConfigError(f"--promote: each rung needs n_train and epochs (batch_size optional, nothing else), "
+                                  f"got {item!r}")
+            rows, epochs, batch = item["n_train"], item["epochs"], item.get("batch_size")
         else:
             m = _RUNG.fullmatch(str(item).lower())
             if m is None:
-                raise ConfigError(f"--promote: {str(item)[:40]!r} is not ROWSxEPOCHS; give e.g. 2000x2,allx3 (rows x "
-                                  "epochs of each rung above the study's own fidelity; all = every training row)")
+                raise ConfigError(f"--promote: {str(item)[:40]!r} is not ROWSxEPOCHS[@BATCH]; give e.g. 2000x1@32,allx3 "
+                                  "(rows x epochs, optionally @ batch size, of each rung above the study's own "
+                                  "fidelity; all = every training row)")
             rows = "all" if m.group(1) == "all" else int(m.group(1))
             epochs = float(m.group(2))
+            batch = int(m.group(3)) if m.group(3) else None
         if rows != "all" and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
             raise ConfigError(f"--promote: rows must be an integer >= 1 or all, got {rows!r}")
         if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or not 0 < epochs < math.inf:
             raise ConfigError(f"--promote: epochs must be a finite number > 0, got {epochs!r}")
-        out.append({"n_train": rows, "epochs": float(epochs)})
+        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+            raise ConfigError(f"--promote: batch size must be an integer >= 1, got {batch!r}")
+        out.append({"n_train": rows, "epochs": float(epochs), **({"batch_size": batch} if batch is not None else {})})
     return out
 
 
 def ladder_text(rungs: Sequence[dict[str, Any]]) -> str:
     """Rungs as ``--promote`` takes them: ``2000x2,allx3``."""
-    return ",".join(f"{r['n_train']}x{float(r['epochs']):g}" for r in rungs) or "(none)"
+    return ",".join(f"{r['n_train']}x{float(r['epochs']):g}" + (f"@{r['batch_size']}" if r.get("batch_size") else "")
+                    for r in rungs) or "(none)"
 
 
 def check_fraction(fraction: Any) -> float:
@@ -71,12 +78,14 @@ def check_fraction(fraction: Any) -> float:
 
 
 def ladder_fidelities(base: dict[str, Any], rungs: Sequence[dict[str, Any]], n_rows: int) -> list[dict[str, Any]]:
-    """Every rung's fidelity, the study's own first: each rung takes the base fidelity with its rows and epochs
-    (``all``: the ``n_rows`` training rows the task has).  Each rung must train more row-epochs than the one below."""
+    """Every rung's fidelity, the study's own first: each rung takes the base fidelity with its rows, epochs and batch
+    size if given (``all``: the ``n_rows`` training rows the task has).  Each rung must train more row-epochs than the
+    one below."""
     out = [dict(base)]
     for i, r in enumerate(rungs, 1):
         rows = n_rows if r["n_train"] == "all" else int(r["n_train"])
-        fid = {**base, "n_train": rows, "epochs": float(r["epochs"])}
+        fid = {**base, "n_train": rows, "epochs": float(r["epochs"]),
+               **({"batch_size": int(r["batch_size"])} if r.get("batch_size") else {})}
         below = out[-1]
         work, work_below = min(rows, n_rows) * fid["epochs"], min(int(below["n_train"]), n_rows) * float(below["epochs"])
         if work <= work_below:

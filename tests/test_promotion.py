@@ -27,21 +27,23 @@ def _e(n: int, score: float, params: float, rung: int = 0, key: str | None = Non
 
 def test_ladders_are_parsed_and_checked_with_exact_messages() -> None:
     assert parse_ladder("2000x2, allx3") == [{"n_train": 2000, "epochs": 2.0}, {"n_train": "all", "epochs": 3.0}]
+    assert parse_ladder("2000x1@32") == [{"n_train": 2000, "epochs": 1.0, "batch_size": 32}]
     assert parse_ladder([{"n_train": 64, "epochs": 1}]) == [{"n_train": 64, "epochs": 1.0}]
     assert parse_ladder(None) == [] and parse_ladder("") == []
-    bad = {"2000": "--promote: '2000' is not ROWSxEPOCHS; give e.g. 2000x2,allx3 (rows x epochs of each rung above the "
-                   "study's own fidelity; all = every training row)",
+    bad = {"2000": "--promote: '2000' is not ROWSxEPOCHS[@BATCH]; give e.g. 2000x1@32,allx3 (rows x epochs, optionally "
+                   "@ batch size, of each rung above the study's own fidelity; all = every training row)",
+           "10x1@0": "--promote: batch size must be an integer >= 1, got 0",
            "0x2": "--promote: rows must be an integer >= 1 or all, got 0",
            "10x0": "--promote: epochs must be a finite number > 0, got 0.0"}
     for text, msg in bad.items():
         with pytest.raises(ConfigError) as e:
             parse_ladder(text)
         assert str(e.value) == msg
-    with pytest.raises(ConfigError, match=r"^--promote: each rung needs n_train and epochs \(and nothing else\)"):
+    with pytest.raises(ConfigError, match=r"^--promote: each rung needs n_train and epochs \(batch_size optional, "):
         parse_ladder([{"n_train": 5}])
     base = {"n_train": 600, "epochs": 2.0, "batch_size": 8}
-    fids = ladder_fidelities(base, parse_ladder("2000x2,allx3"), 5000)
-    assert [(f["n_train"], f["epochs"], f["batch_size"]) for f in fids] == [(600, 2.0, 8), (2000, 2.0, 8), (5000, 3.0, 8)]
+    fids = ladder_fidelities(base, parse_ladder("2000x2@32,allx3"), 5000)
+    assert [(f["n_train"], f["epochs"], f["batch_size"]) for f in fids] == [(600, 2.0, 8), (2000, 2.0, 32), (5000, 3.0, 8)]
     with pytest.raises(ConfigError) as e:
         ladder_fidelities(base, parse_ladder("2000x2,allx1"), 1500)
     assert str(e.value) == ("--promote: rung 2 (1500 rows x 1 epochs) trains no more than the rung below it (1500 x 2; "

@@ -81,10 +81,11 @@ def add(sub: Any) -> None:
                    help="early stopping: cost-sh scores each trial at 25%% and 50%% of its training and stops one "
                         "that is behind the best third of the trials with no more params and memory at that point "
                         "(counts as a trial, stored as pruned); none (default) trains every trial to the end")
-    s.add_argument("--promote", metavar="ROWSxEPOCHS,...", help="promote the best configs to higher fidelities as "
-                   "they finish, e.g. 2000x2,allx3 (rows x epochs of each rung above the study's own; all = every "
-                   "training row): a config goes up when it is in the best third of its rung among the configs that "
-                   "cost no more; --trials counts every evaluation; the front takes each config at its highest rung")
+    s.add_argument("--promote", metavar="ROWSxEPOCHS[@BATCH],...", help="promote the best configs to higher "
+                   "fidelities as they finish, e.g. 2000x1@32,allx3 (rows x epochs, optionally @ batch size, of each "
+                   "rung above the study's own; all = every training row): a config goes up when it is in the best "
+                   "third of its rung among the configs that cost no more; --trials counts every evaluation; the front "
+                   "takes each config at its highest rung")
     s.add_argument("--promote-fraction", type=float, help="the share of a rung's configs that may go up (default 1/3)")
     s.add_argument("--n-startup", type=positive_int, default=8, help="random trials before the model steers")
     s.add_argument("--enqueue", help="configs to evaluate first, comma-separated: YAML/JSON files (a config like "
