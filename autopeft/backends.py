@@ -17,8 +17,6 @@ HEARTBEAT_ATTR = "autopeft_heartbeat"  # the trial system attribute of a journal
 
 def open_storage(url: str, create: bool, heartbeat_s: float, grace_s: float) -> Any:
     """An Optuna storage for ``url`` (RDB with heartbeats, or a journal file ``*.log``/``journal://``)."""
-    import optuna
-
     if not isinstance(url, str) or not url:
         raise StudyError("storage must be a URL such as sqlite:///studies/x.db or postgresql://user@host/db")
     if url.startswith("journal://") or url.endswith(".log"):
@@ -63,7 +61,7 @@ def open_storage(url: str, create: bool, heartbeat_s: float, grace_s: float) -> 
     last = ""
     for attempt in range(6):  # drivers creating one new database at once race on its schema: retry, then adopt it
         try:
-            return optuna.storages.RDBStorage(
+            return rdb_storage_class()(
                 url, heartbeat_interval=int(max(1, heartbeat_s)), grace_period=int(max(2, grace_s)),
                 engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
                 skip_table_creation=not create,
@@ -135,6 +133,37 @@ def _check_journal(p: Path) -> None:
 
 
 @functools.lru_cache(maxsize=None)
+def rdb_storage_class() -> type:
+    """Optuna's RDB storage, with one more kind of stale trial: a RUNNING trial that never got a heartbeat (its driver
+    died between ``study.ask()`` and the first heartbeat, which it records at once) and started longer than the grace
+    period ago.  Optuna skips such trials, so a resumed driver waited for one forever, counting it as another driver's
+    (found in the PostgreSQL kill test on a loaded machine).  A live driver beats a trial right after asking for it."""
+    from datetime import datetime, timedelta
+
+    import optuna
+    from optuna.trial import TrialState
+
+    class HeartbeatRDBStorage(optuna.storages.RDBStorage):
+        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+            stale = list(super()._get_stale_trial_ids(study_id))
+            grace = timedelta(seconds=self.grace_period if self.grace_period is not None else 2 * (self.heartbeat_interval or 1))
+            now = datetime.now()  # the clock optuna stamps datetime_start with
+            for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+                if (t._trial_id not in stale and t.datetime_start is not None and now - t.datetime_start > grace
+                        and not self._has_heartbeat(t._trial_id)):
+                    stale.append(t._trial_id)
+            return stale
+
+        def _has_heartbeat(self, trial_id: int) -> bool:
+            from optuna.storages._rdb import models
+            from optuna.storages._rdb.storage import _create_scoped_session
+
+            with _create_scoped_session(self.scoped_session) as session:
+                return models.TrialHeartbeatModel.where_trial_id(trial_id, session) is not None
+
+    return HeartbeatRDBStorage
+
+
 def journal_storage_class(heartbeat_s: float, grace_s: float, attr: str) -> type:
     """A journal storage with the heartbeats Optuna only gives RDB storages, so a dead driver's running trials
     are told from a live driver's on a shared journal file too.  A heartbeat is the wall-clock time written as a

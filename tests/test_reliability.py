@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -353,3 +354,22 @@ def test_a_result_whose_trial_was_failed_as_stale_is_kept(tmp_path: Path) -> Non
 
 def test_kill9_on_journal_storage_then_resume(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
     kill_once_then_resume(tiny_model, glue_dir, f"journal://{tmp_path / 'kill.log'}")
+
+
+def test_a_trial_asked_but_never_beaten_is_stale_after_the_grace_period(tmp_path: Path) -> None:
+    """A driver killed between ``study.ask()`` and its first heartbeat left a RUNNING trial that Optuna's RDB storage
+    never called stale, and the resumed driver waited for it forever (the PostgreSQL kill test hung twice)."""
+    from autopeft.backends import open_storage
+    from autopeft.storage import fail_stale
+
+    st = open_storage(f"sqlite:///{tmp_path / 's.db'}", True, 1, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s = optuna.create_study(storage=st, study_name="s")
+        orphan, live = s.ask(), s.ask()
+    assert fail_stale(s) == []  # within the grace period: neither
+    time.sleep(2.3)
+    st.record_heartbeat(live._trial_id)  # a live driver keeps beating its trial
+    assert fail_stale(s) == [orphan._trial_id]
+    states = {t.number: t.state for t in s.get_trials()}
+    assert states == {orphan.number: TrialState.FAIL, live.number: TrialState.RUNNING}
