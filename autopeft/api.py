@@ -60,7 +60,8 @@ def search(model: str | None = None, task: str | None = "sst2", space: str = "lo
     ``memory_batch_size``, ``lr_scale``; ``objectives``, ``max_params``, ``max_memory``; ``workers``,
     ``executor`` (local, ray, ray-tune, inline) and for Ray ``address``, ``cpus_per_trial``, ``gpus_per_trial``,
     ``num_cpus``; ``seed``, ``timeout``, ``trial_timeout``, ``max_failures``, ``collapse_stop`` (default True: stop after 10 trials all at the majority-class level), ``pruner`` (``"none"``
-    or ``"cost-sh"``: see :mod:`autopeft.pruner`), ``promote`` (rungs of higher fidelity, ``"2000x2,allx3"`` or
+    or ``"cost-sh"``: see :mod:`autopeft.pruner`), ``curve_points`` (record each trial's learning curve at N points),
+    ``promote`` (rungs of higher fidelity, ``"2000x2,allx3"`` or
     ``[{"n_train": 2000, "epochs": 2}]``) and ``promote_fraction`` (see :mod:`autopeft.promotion`), ``n_startup``, ``progress`` (default: a bar in a
     terminal or a notebook), ``trust_remote_code``; for a model whose layers or projections autopeft cannot find,
     ``layers_pattern`` (the layer list's dotted path) and ``target_modules`` (``"q=NAME,v=NAME,..."`` or a dict of

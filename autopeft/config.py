@@ -97,6 +97,8 @@ class SearchConfig:
     collapse_stop: bool = True
     #: early stopping on learning curves (:mod:`autopeft.pruner`): ``none`` or ``cost-sh``
     pruner: str = "none"
+    #: score the search split at this many evenly spaced points of training (the learning curve; 0: none)
+    curve_points: int = 0
     #: rungs of higher fidelity that the best configs are promoted to (:mod:`autopeft.promotion`): ``[{"n_train": 2000
     #: or "all", "epochs": 2.0}, ...]`` (``--promote 2000x2,allx3``); empty: every trial at the study's fidelity
     promote: tuple[Any, ...] = ()
@@ -163,9 +165,10 @@ class SearchConfig:
         if not isinstance(self.collapse_stop, bool):
             raise ConfigError(f"collapse-stop must be true or false, got {self.collapse_stop!r}")
         from autopeft.arch import parse_layout
-        from autopeft.pruner import check_pruner
+        from autopeft.pruner import check_curve_points, check_pruner
 
         check_pruner(self.pruner)
+        check_curve_points(self.curve_points)
         from autopeft.promotion import check_fraction
 
         check_fraction(self.promote_fraction)

@@ -15,6 +15,11 @@ it submits the trial (known params filter them there); the worker, which measure
 filters by memory and decides at each rung with :func:`decide`.  The rung scores are recorded as the trial's learning
 curve (Optuna intermediate values, shown in the dashboard, and the ``curve`` attribute).
 
+``--curve-points N`` scores the search split at N evenly spaced points of training (``k/N``, the last being the
+final score) without stopping anything: the learning curve alone (for the dashboard and the tabular benchmark's
+curves).  With the pruner on, the curve's points and the pruner's rungs are scored together and the pruner decides at
+its own rungs only (the spec's ``cuts``).
+
 Nothing here imports torch: the trial calls :func:`decide`, the driver :func:`prune_spec`.
 """
 
@@ -37,12 +42,26 @@ MIN_PEERS = 5
 COST_SLACK = 0.10
 #: rows of the search split scored at a rung (the first of its rows; the final score uses all of them)
 RUNG_EVAL_ROWS = 200
+#: ``--curve-points``: 0 (no curve) or from 2 to this many points
+MAX_CURVE_POINTS = 20
 
 
 def check_pruner(name: str) -> str:
     if name not in PRUNERS:
         raise ConfigError(f"unknown pruner {name!r}; choose one of {', '.join(PRUNERS)}")
     return name
+
+
+def check_curve_points(n: Any) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or not (n == 0 or 2 <= n <= MAX_CURVE_POINTS):
+        raise ConfigError(f"--curve-points must be 0 (no learning curve) or an integer from 2 to {MAX_CURVE_POINTS}, "
+                          f"got {n!r}")
+    return n
+
+
+def curve_fractions(n: int) -> tuple[float, ...]:
+    """The fractions of training scored for ``--curve-points n`` before the end (whose score is the final one)."""
+    return tuple(round(k / n, 6) for k in range(1, n)) if n else ()
 
 
 def curve_of(trial: Any) -> list[list[float]]:
@@ -53,14 +72,23 @@ def curve_of(trial: Any) -> list[list[float]]:
     return [list(p) for p in c] if isinstance(c, list) else []
 
 
-def prune_spec(name: str, params: int, trials: Iterable[Any], direction: str, n_eval: int) -> dict[str, Any] | None:
-    """The ``prune`` field of a trial's spec: the rungs, and the rung scores of the stored trials that have no more
+def prune_spec(name: str, params: int, trials: Iterable[Any], direction: str, n_eval: int,
+               curve_points: int = 0) -> dict[str, Any] | None:
+    """The ``prune`` field of a trial's spec: the points scored (``rungs``: the pruner's rungs and the curve's points),
+    the indices of those the pruner decides at (``cuts``), and the scores there of the stored trials that have no more
     than ``params`` (+ slack) trainable parameters.  ``trials``: the study's finished trials (complete or stopped
-    early; others carry no full curve)."""
+    early; others carry no full curve).  None when nothing is scored before the end."""
     from autopeft.storage import A
 
-    if name == "none":
+    own = RUNGS if name != "none" else ()
+    rungs = sorted({round(r, 6) for r in own} | set(curve_fractions(curve_points)))
+    if not rungs:
         return None
+    spec: dict[str, Any] = {"rungs": rungs, "cuts": [i for i, r in enumerate(rungs) if r in own], "eta": ETA,
+                            "min_peers": MIN_PEERS, "slack": COST_SLACK, "direction": direction,
+                            "n_eval": min(RUNG_EVAL_ROWS, n_eval), "peers": []}
+    if name == "none":
+        return spec
     peers = []
     for t in trials:
         p = t.user_attrs.get(A.PARAMS)
@@ -69,9 +97,9 @@ def prune_spec(name: str, params: int, trials: Iterable[Any], direction: str, n_
         if not curve or p is None or mem is None or p > params * (1 + COST_SLACK):
             continue
         by_rung = {round(f, 6): s for f, _, s in curve}
-        peers.append([int(p), float(mem), [by_rung.get(round(r, 6)) for r in RUNGS]])
-    return {"rungs": list(RUNGS), "eta": ETA, "min_peers": MIN_PEERS, "slack": COST_SLACK, "direction": direction,
-            "n_eval": min(RUNG_EVAL_ROWS, n_eval), "peers": peers}
+        peers.append([int(p), float(mem), [by_rung.get(r) for r in rungs]])
+    spec["peers"] = peers
+    return spec
 
 
 def cut(prune: dict[str, Any], rung: int, memory_mib: float) -> tuple[float, int] | None:
@@ -89,7 +117,10 @@ def cut(prune: dict[str, Any], rung: int, memory_mib: float) -> tuple[float, int
 
 
 def decide(prune: dict[str, Any], rung: int, score: float, memory_mib: float, metric: str) -> str | None:
-    """None to go on; otherwise why the trial stops at ``rung`` (a one-line reason)."""
+    """None to go on; otherwise why the trial stops at ``rung`` (a one-line reason).  A point of the learning curve
+    that is not one of the pruner's rungs (not in ``cuts``) never stops a trial."""
+    if rung not in prune.get("cuts", range(len(prune["rungs"]))):
+        return None
     c = cut(prune, rung, memory_mib)
     if c is None:
         return None
@@ -111,5 +142,6 @@ def rung_steps(total_steps: int, rungs: Sequence[float]) -> dict[int, int]:
     return out
 
 
-__all__ = ["PRUNERS", "RUNGS", "ETA", "MIN_PEERS", "COST_SLACK", "RUNG_EVAL_ROWS", "check_pruner", "curve_of",
+__all__ = ["PRUNERS", "RUNGS", "ETA", "MIN_PEERS", "COST_SLACK", "RUNG_EVAL_ROWS", "MAX_CURVE_POINTS", "check_pruner",
+           "check_curve_points", "curve_fractions", "curve_of",
            "prune_spec", "cut", "decide", "rung_steps"]

@@ -13,7 +13,8 @@ vectorised over thousands of candidates.  Pending trials enter the front at thei
 score zero and are never proposed; nor is any candidate already evaluated, failed or pending.  Once some trials
 collapsed to the majority class and some learned, a logistic regression on a config's exact features predicts which
 configs learn at the study's fidelity, and model-based proposals skip those it expects to collapse.
-The GP's fit and predictions are in :mod:`autopeft.sampler_gp` (botorch's model and objective, fitted fast); what the
+With ``--warm-start`` another study's trials are a prior: they join the score GP's data with a task input
+(:mod:`autopeft.sampler_prior`).  The GP's fit and predictions are in :mod:`autopeft.sampler_gp` (botorch's model and objective, fitted fast); what the
 sampler keeps from ask to ask (each trial's candidate, encoding, counts, features) in :mod:`autopeft.sampler_memo`.
 
 It plugs into Optuna as a ``BaseSampler`` with relative sampling: the relative search space is the
@@ -44,6 +45,7 @@ from autopeft.cost_model import _features, _Ridge  # noqa: F401  (_features: the
 from autopeft.contract import PRUNED
 from autopeft.pareto import TASK_OBJECTIVES, closed_form_ehvi, to_max  # noqa: F401  (closed_form_ehvi: re-exported)
 from autopeft import sampler_gp
+from autopeft.sampler_prior import PRIOR_STARTUP, with_task
 from autopeft.sampler_memo import SamplerMemo
 from autopeft.space import BoundSpace
 from autopeft.storage import A
@@ -107,6 +109,7 @@ class CostAwareEHVISampler(BaseSampler):
         n_candidates: int = 1024,
         seed: int | None = None,
         score_floor: float = SCORE_FLOOR,
+        prior: Sequence[tuple[Candidate, float]] = (),
     ) -> None:
         if objectives[0] not in TASK_OBJECTIVES:
             raise ValueError("objective 0 must be the task's score or loss")
@@ -128,6 +131,18 @@ class CostAwareEHVISampler(BaseSampler):
         self._memo = SamplerMemo(space, count_params)  # per-trial and per-candidate values, computed once
         self._lock = threading.Lock()  # one proposal at a time (optimize(n_jobs>1) shares the sampler)
         self.last_info: dict[str, Any] = {}
+        self._prior: tuple[np.ndarray, np.ndarray] | None = None
+        self.set_prior(prior)
+
+    def set_prior(self, prior: Sequence[tuple[Candidate, float]]) -> None:
+        """Another study's trials, (candidate, score already on this study's scale), as a prior for the score model
+        (:mod:`autopeft.sampler_prior`); candidates outside this space are left out.  Empty: no prior."""
+        kept = [(c, float(y)) for c, y in prior if self.space.contains(c) and math.isfinite(float(y))]
+        if kept and self.objectives[0] != "score":
+            raise ValueError("a prior needs a score objective (a loss is not mapped between tasks)")
+        self._prior = (with_task(np.stack([self.space.encode(c) for c, _ in kept]), 0.0),
+                       np.array([y for _, y in kept])) if kept else None
+        self._prior_cands = [c for c, _ in kept]  # also candidates of the pool (not yet evaluated here)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -201,7 +216,7 @@ class CostAwareEHVISampler(BaseSampler):
             elif (t.state == TrialState.PRUNED and t.user_attrs.get(A.STATUS) == PRUNED
                   and isinstance(t.user_attrs.get(A.SCORE), (int, float))):
                 stopped.append((c, float(t.user_attrs[A.SCORE])))
-        if len(done) < self.n_startup:
+        if len(done) < (min(self.n_startup, PRIOR_STARTUP) if self._prior is not None else self.n_startup):
             cand = self._random_candidate(seen)
             self.last_info = {"mode": "random", "s": time.perf_counter() - t0}
             return cand
@@ -230,6 +245,10 @@ class CostAwareEHVISampler(BaseSampler):
         if stopped:
             X_fit = np.concatenate([X, memo.encode_all([c for c, _ in stopped])])
             y_fit = np.concatenate([y, [to_max(self.objectives[:1], [v])[0] for _, v in stopped]])
+        task = (lambda A: A) if self._prior is None else (lambda A: with_task(A, 1.0))  # the prior's task column
+        if self._prior is not None:
+            X_fit = np.concatenate([with_task(X_fit, 1.0), self._prior[0]])
+            y_fit = np.concatenate([y_fit, self._prior[1]])
         # known-cost models: params exact; memory / time by ridge on exact features
         cost_models: dict[str, _Ridge] = {}
         for j, name in enumerate(self.objectives):
@@ -265,6 +284,9 @@ class CostAwareEHVISampler(BaseSampler):
             for c in self._neighbours(X[i], 16):
                 if c not in seen:
                     pool.setdefault(c.key, c)
+        for c in getattr(self, "_prior_cands", ()):
+            if c not in seen:
+                pool.setdefault(c.key, c)
         cands = [c for c in pool.values() if self._feasible_params(c)]
         learns = self._collapse_model(done, stopped)
         if learns is not None and cands:  # skip the configs the collapse model expects not to learn
@@ -277,14 +299,13 @@ class CostAwareEHVISampler(BaseSampler):
         front_Y = Ymax
         if pending:
             Xp = memo.encode_all(pending)
-            mu_p, _ = self._posterior(gp, Xp)
+            mu_p, _ = self._posterior(gp, task(Xp))
             front_Y = np.concatenate([Ymax, np.column_stack([mu_p, known_coords(pending)])])
         floor = self._floor(float(y.max()))
         lower, upper = self._cells(front_Y, floor)
 
         def score(cs: list[Candidate]) -> np.ndarray:
-            Xc = memo.encode_all(cs)
-            mu, sd = self._posterior(gp, Xc)
+            mu, sd = self._posterior(gp, task(memo.encode_all(cs)))
             kc = known_coords(cs)
             a = closed_form_ehvi(mu, sd, kc, lower, upper)
             if self.max_memory is not None and "memory" in self.objectives:

@@ -217,6 +217,30 @@ def front_seeds(ref: str, default_url: str | None, this: tuple[str, str], num_la
                    f"{res.meta.get(A.TASK_NAME)} ({res.meta.get(A.METRIC)}{mapped})")
 
 
+def prior_points(ref: str, default_url: str | None, num_layers: int, chance: float) -> list[tuple[Candidate, float]]:
+    """The other study's trials at its own fidelity as the default sampler's prior (:mod:`autopeft.sampler_prior`):
+    (candidate mapped to ``num_layers`` layers, score on this study's scale, ``chance`` being its chance score), at
+    most :data:`~autopeft.sampler_prior.MAX_PRIOR_POINTS`; empty when that study is scored by a loss."""
+    from optuna.trial import TrialState
+
+    from autopeft.config import split_ref
+    from autopeft.sampler_prior import map_scores, select
+    from autopeft.storage import default_storage, load_optuna_study, rung_of
+
+    name, url = split_ref(ref)
+    study = load_optuna_study(name, url or default_url or default_storage(name))
+    meta = study.user_attrs
+    if (meta.get(A.OBJECTIVES) or ["score"])[0] != "score":
+        return []
+    src_layers = int(meta.get(A.NUM_LAYERS) or num_layers)
+    pts = [(remap_layers(Candidate.from_dict(t.user_attrs[A.CANDIDATE]), src_layers, num_layers), *t.values)
+           for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+           if t.values is not None and len(t.values) >= 3 and A.CANDIDATE in t.user_attrs and not rung_of(t)]
+    keep = select(pts)
+    scores = map_scores([pts[i][1] for i in keep], float(meta[A.REF_POINT][0]), chance)
+    return [(pts[i][0], float(y)) for i, y in zip(keep, scores)]
+
+
 # ----------------------------------------------------------------------------- resolving
 def resolve(entries: Sequence[tuple[str, Any]], warm: Sequence[Seed], bound: Any, count: Callable[[Candidate], int],
             max_params: float | None, warm_start: str | None = None) -> tuple[list[Seed], list[str]]:

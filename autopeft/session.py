@@ -235,6 +235,10 @@ class Search:
         sampler = make_sampler(c.sampler, c.seed + len(store.trials()), self.bound, store.objectives,
                                meta[A.REF_POINT], lambda cand: count_params(cand, info), self.max_params,
                                c.max_memory_mib, c.n_startup)
+        if c.warm_start and hasattr(sampler, "set_prior") and store.objectives[0] == "score":
+            from autopeft.seeding import prior_points
+
+            sampler.set_prior(prior_points(c.warm_start, c.storage, info.arch.num_layers, float(meta[A.REF_POINT][0])))
         store.study.sampler = sampler
         fid = self.fidelity.to_dict()
         proposer = Proposer(store, self.bound, lambda cand: count_params(cand, info), info.base_params,
@@ -263,8 +267,8 @@ class Search:
         from autopeft.pareto import DIRECTIONS
         from autopeft.pruner import prune_spec
 
-        name, store = self.config.pruner, self.store
-        if name == "none":
+        name, store, points = self.config.pruner, self.store, self.config.curve_points
+        if name == "none" and not points:
             return None
         direction = DIRECTIONS[store.objectives[0]]
         n_eval = self.fidelity.n_eval
@@ -272,7 +276,7 @@ class Search:
 
         # peers at the study's own fidelity only: a promoted trial's curve is at another fidelity
         return lambda params: prune_spec(name, params, [t for t in store.finished_trials() if not rung_of(t)],
-                                         direction, n_eval)
+                                         direction, n_eval, points)
 
     def _promote_rule(self) -> Any:
         """``--promote``: which finished trial goes up a rung next (:func:`autopeft.promotion.next_promotion`), from the

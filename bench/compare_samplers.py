@@ -53,9 +53,11 @@ def table_model(meta: dict) -> str | None:
 
 
 def run_one(sampler_name: str, seed: int, cands: list, vals: np.ndarray, meta: dict, space: str, n_trials: int,
-            n_startup: int, surrogate: tuple | None = None, first: Sequence = ()) -> tuple[list[float], float, int]:
+            n_startup: int, surrogate: tuple | None = None, first: Sequence = (),
+            prior: Sequence = ()) -> tuple[list[float], float, int]:
     """One replayed search; ``surrogate`` = (TableSurrogate, ExactCosts) answers every proposal (else: the pool).
-    ``first``: candidates queued before the sampler's proposals, as ``--enqueue``/``--warm-start`` queue them."""
+    ``first``: candidates queued before the sampler's proposals, as ``--enqueue``/``--warm-start`` queue them;
+    ``prior``: (candidate, score on this table's scale) of another study, the default sampler's prior."""
     import optuna
     from optuna.trial import TrialState, create_trial
 
@@ -74,6 +76,8 @@ def run_one(sampler_name: str, seed: int, cands: list, vals: np.ndarray, meta: d
     sampler = make_sampler(name, seed, b, objectives, ref, lambda c: count_params(c, info), n_startup=n_startup)
     if floor:
         sampler.score_floor = float(floor)
+    if prior:
+        sampler.set_prior(prior)
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
     for c in first:
         study.enqueue_trial(b.optuna_params(c))

@@ -10,6 +10,15 @@ the front, and the trial-seconds each needed to first reach fractions of the pla
     python -m bench.pruning report --storage sqlite:///bench/tables/pruning.db --out bench/tables/pruning.json
     python -m bench.pruning overhead --repeats 3   # what scoring the curve costs a trial that is not stopped
 
+``replay`` replays early-stopping rules on a table with learning curves (``bench.tabular build --curve-points``): in
+each seed the table's configs arrive in a random order (a random search over the table), each rule decides at its
+rungs from the curves of the configs before it, and a stopped config costs its set-up time (wall minus training) plus
+the fraction of its training done.  Printed per rule, median over seeds: trial-seconds to reach a share of the whole
+table's hypervolume, against training every config to the end, the hypervolume at a share of the full compute, configs
+stopped, and how often a config of the table's final front was stopped.
+
+    python -m bench.pruning replay --table bench/tables/sst2-mixed-curves.csv --seeds 10 --out bench/tables/pruning-replay.json
+
 ``overhead`` runs one config (LoRA r=8 on q,v, all layers; the CPU fidelity) alternately with and without the curve
 (a ``prune`` spec with no peers: scored at both rungs, never stopped), one thread each, and prints the median wall
 times and their ratio.
@@ -19,7 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -81,6 +90,148 @@ def report(storage: str) -> dict[str, Any]:
     return out
 
 
+#: early-stopping rules tried on the replay: rungs (fractions of training), eta (keep the best 1/eta of the cost
+#: peers), floor (a cut below chance + floor stops nothing: the peers have not learned yet); "cost-sh" is the pruner
+#: as shipped (autopeft.pruner.RUNGS, ETA)
+REPLAY_RULES: dict[str, dict[str, Any]] = {
+    "cost-sh": {"rungs": [0.25, 0.5], "eta": 3.0, "floor": None},
+    "cost-sh floor": {"rungs": [0.25, 0.5], "eta": 3.0, "floor": 0.02},
+    "late": {"rungs": [0.5, 0.75], "eta": 3.0, "floor": None},
+    "late floor": {"rungs": [0.5, 0.75], "eta": 3.0, "floor": 0.02},
+    "late floor eta2": {"rungs": [0.5, 0.75], "eta": 2.0, "floor": 0.02},
+    "three floor": {"rungs": [0.25, 0.5, 0.75], "eta": 3.0, "floor": 0.02},
+}
+
+
+def load_curves(path: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A curve table's rows (params, memory, wall_s, train_s, score, curve) and its meta (the JSON beside it)."""
+    import pandas as pd
+
+    df = pd.read_csv(path)
+    if "curve" not in df.columns:
+        raise SystemExit(f"{path} has no curve column: build it with bench.tabular build --curve-points N")
+    meta = json.loads(open(path[:-4] + ".json").read())
+    rows = []
+    for r in df.itertuples():
+        curve = json.loads(r.curve) if isinstance(r.curve, str) and r.curve else []
+        rows.append({"params": int(r.params), "memory": float(r.memory_mib), "wall_s": float(r.wall_s),
+                     "train_s": float(r.train_s) if r.train_s == r.train_s else float(r.wall_s),
+                     "score": float(r.score), "curve": {round(f, 6): s for f, _, s in curve}})
+    return rows, meta
+
+
+def replay_one(rows: list[dict[str, Any]], order: Sequence[int], rule: dict[str, Any] | None, chance: float
+               ) -> tuple[list[float], list[bool], list[float]]:
+    """One rule on one order: per config (in order) its cost in seconds, whether it was stopped, and the score it is
+    stored with (its final score, or its score where it stopped)."""
+    from types import SimpleNamespace
+
+    from autopeft.pruner import COST_SLACK, MIN_PEERS, cut
+
+    done: list[Any] = []
+    costs, stopped, scores = [], [], []
+    for i in order:
+        r = rows[i]
+        stop_at = None
+        if rule is not None:
+            peers = [[p.params, p.memory, [p.curve.get(f) for f in rule["rungs"]]] for p in done
+                     if p.params <= r["params"] * (1 + COST_SLACK)]
+            spec = {"rungs": rule["rungs"], "eta": rule["eta"], "min_peers": MIN_PEERS, "slack": COST_SLACK,
+                    "direction": "maximize", "peers": peers}
+            for k, f in enumerate(rule["rungs"]):
+                c = cut(spec, k, r["memory"])
+                s = r["curve"].get(f)
+                if c is None or s is None:
+                    continue
+                if rule["floor"] is not None and c[0] <= chance + rule["floor"]:
+                    continue
+                if s < c[0]:
+                    stop_at = k
+                    break
+        setup = r["wall_s"] - r["train_s"]
+        if stop_at is None:
+            costs.append(r["wall_s"])
+            stopped.append(False)
+            scores.append(r["score"])
+            done.append(SimpleNamespace(params=r["params"], memory=r["memory"], curve=r["curve"]))
+        else:
+            f = rule["rungs"][stop_at]
+            costs.append(setup + f * r["train_s"])
+            stopped.append(True)
+            scores.append(r["curve"][f])
+            # a stopped config's curve is known up to where it stopped
+            done.append(SimpleNamespace(params=r["params"], memory=r["memory"],
+                                        curve={g: v for g, v in r["curve"].items() if g <= f}))
+    return costs, stopped, scores
+
+
+def replay(table: str, seeds: int) -> dict[str, Any]:
+    from autopeft.pareto import hypervolume, non_dominated, to_max
+
+    rows, meta = load_curves(table)
+    objectives, ref, chance = meta["objectives"], meta["ref_point"], float(meta["chance_score"])
+    Y = np.array([to_max(objectives, [r["score"], r["params"], r["memory"]]) for r in rows])
+    full_hv = hypervolume(Y, ref)
+    front = set(np.flatnonzero(non_dominated(Y)).tolist())
+    shares = (0.8, 0.9, 0.95, 0.99, 1.0)
+    out: dict[str, Any] = {"table": table, "rows": len(rows), "seeds": seeds, "full_hv": full_hv,
+                           "front": sorted(front), "rules": {}}
+    rules: dict[str, dict[str, Any] | None] = {"none": None, **REPLAY_RULES}
+    for name, rule in rules.items():
+        per_seed = []
+        for seed in range(seeds):
+            order = np.random.default_rng(seed).permutation(len(rows)).tolist()
+            costs, stopped, _ = replay_one(rows, order, rule, chance)
+            secs = np.cumsum(costs)
+            pts, hvs = [], []
+            for i, st in zip(order, stopped):
+                if not st:
+                    pts.append(Y[i])
+                hvs.append(hypervolume(np.array(pts), ref) if pts else 0.0)
+            reach = {f"{f:.2f}": next((float(s) for s, h in zip(secs, hvs) if h >= f * full_hv - 1e-12), None)
+                     for f in shares}
+            per_seed.append({"trial_s": float(secs[-1]), "hv": hvs[-1], "stopped": int(sum(stopped)),
+                             "front_stopped": sum(1 for i, st in zip(order, stopped) if st and i in front),
+                             "reach": reach, "secs": secs.tolist(), "hvs": hvs})
+        out["rules"][name] = per_seed
+    base = out["rules"]["none"]
+    total = float(np.median([p["trial_s"] for p in base]))
+    summary = {}
+    for name, per_seed in out["rules"].items():
+        med_reach = {}
+        for k in per_seed[0]["reach"]:
+            vals = [p["reach"][k] for p in per_seed]
+            med_reach[k] = None if sum(v is None for v in vals) * 2 >= len(vals) else float(
+                np.median([v if v is not None else np.inf for v in vals]))
+        speedups = {}
+        for k in med_reach:  # per seed: none's seconds / the rule's seconds to reach the same share (paired orders)
+            ratios = [b["reach"][k] / p["reach"][k] for b, p in zip(base, per_seed)
+                      if b["reach"][k] is not None and p["reach"][k] is not None]
+            speedups[k] = {"median": float(np.median(ratios)) if ratios else None, "seeds": len(ratios)}
+        at_share = {}
+        for frac in (0.25, 0.5):
+            hv = [next((h for s, h in zip(reversed(p["secs"]), reversed(p["hvs"])) if s <= frac * total), 0.0)
+                  for p in per_seed]
+            at_share[f"{frac:.2f}"] = float(np.median(hv))
+        summary[name] = {"trial_s": float(np.median([p["trial_s"] for p in per_seed])),
+                         "hv": float(np.median([p["hv"] for p in per_seed])),
+                         "stopped": float(np.median([p["stopped"] for p in per_seed])),
+                         "front_stopped": sum(p["front_stopped"] for p in per_seed),
+                         "seeds_with_front_stopped": sum(p["front_stopped"] > 0 for p in per_seed),
+                         "reach_s": med_reach, "speedup": speedups, "hv_at_compute": at_share}
+        s = summary[name]
+        reach = ", ".join(f"{k}: {'never' if v is None else f'{v:.0f} s'}" for k, v in med_reach.items())
+        spd = ", ".join(f"{k}: {'-' if v['median'] is None else format(v['median'], '.2f') + 'x'} ({v['seeds']})"
+                        for k, v in speedups.items())
+        print(f"{name:16s} trial-s {s['trial_s']:.0f}, final hv {s['hv']:.4f} (table {full_hv:.4f}), stopped "
+              f"{s['stopped']:.0f}/{len(rows)}, front configs stopped {s['front_stopped']} (in "
+              f"{s['seeds_with_front_stopped']} of {seeds} seeds); median trial-s to reach x of the table's hv: "
+              f"{reach}; speed-up vs none {spd}; hv at 25%/50% of none's compute {at_share['0.25']:.4f}/"
+              f"{at_share['0.50']:.4f}")
+    out["summary"] = summary
+    return out
+
+
 def overhead(task: str, data_dir: str, repeats: int) -> dict[str, Any]:
     import time
 
@@ -111,7 +262,9 @@ def overhead(task: str, data_dir: str, repeats: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("cmd", choices=("run", "report", "overhead"))
+    ap.add_argument("cmd", choices=("run", "report", "overhead", "replay"))
+    ap.add_argument("--table", help="replay: a table CSV with a curve column")
+    ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--storage")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--trials", type=int, default=30)
@@ -124,6 +277,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     a = ap.parse_args(argv)
     if a.cmd == "overhead":
         return overhead(a.task, a.data_dir, a.repeats)
+    if a.cmd == "replay":
+        if not a.table:
+            ap.error("--table is required for replay")
+        res = replay(a.table, a.seeds)
+        if a.out:
+            with open(a.out, "w") as f:
+                json.dump(res, f, indent=1)
+        return res
     if a.storage is None:
         ap.error("--storage is required for run and report")
     if a.cmd == "run":

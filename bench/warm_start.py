@@ -38,6 +38,23 @@ def source_front(path: Path, space: str, num_layers: int) -> list:
     return [c for c in mapped if b.contains(c)]
 
 
+def source_prior(path: Path, space: str, num_layers: int, chance: float, seed: int = 0) -> list:
+    """The source table's trials as a prior: (candidate mapped to ``num_layers``, score on the target's scale), at
+    most :data:`autopeft.sampler_prior.MAX_PRIOR_POINTS` of them, those ``space`` holds."""
+    from autopeft.sampler_prior import map_scores, select
+    from autopeft.seeding import remap_layers
+    from autopeft.space import SearchSpace
+    from bench.compare_samplers import load_table
+
+    cands, vals, meta = load_table(path)
+    b = SearchSpace.load(space).bind(num_layers)
+    mapped = [remap_layers(c, int(meta["num_layers"]), num_layers) for c in cands]
+    pts = [(c, *v) for c, v in zip(mapped, vals) if b.contains(c)]
+    keep = select(pts, seed=seed)
+    scores = map_scores([pts[i][1] for i in keep], float(meta["ref_point"][0]), chance)
+    return [(pts[i][0], float(y)) for i, y in zip(keep, scores)]
+
+
 def first_reaching(curve: list[float], target: float) -> int | None:
     return next((i + 1 for i, v in enumerate(curve) if v >= target - 1e-12), None)
 
@@ -52,6 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--top", type=int, help="queue only the front's best-scoring TOP configs (default: all)")
     ap.add_argument("--n-startup", type=int, default=8)
     ap.add_argument("--protocol", choices=("pool", "surrogate"), default="surrogate")
+    ap.add_argument("--arms", default="cold,warm", help="comma-separated: cold, warm, prior, prior+front")
     ap.add_argument("--out", help="write the curves as JSON")
     add_quick(ap)
     a = ap.parse_args(argv)
@@ -77,29 +95,40 @@ def main(argv: list[str] | None = None) -> dict:
         surrogate = (TableSurrogate(cands, vals, int(meta["num_layers"])),
                      ExactCosts(table_model(meta), 2, int(fid.get("max_length", 128)),
                                 int(fid.get("memory_batch_size", 32))))
-    curves: dict[str, list[list[float]]] = {"cold": [], "warm": []}
+    arms = [k.strip() for k in a.arms.split(",") if k.strip()]
+    bad = [k for k in arms if k not in ("cold", "warm", "prior", "prior+front")]
+    if bad or "cold" not in arms:
+        ap.error(f"--arms: cold and any of warm, prior, prior+front (got {a.arms!r})")
+    from autopeft.sampler_prior import PRIOR_STARTUP
+
+    prior = source_prior(Path(a.source), a.space, int(meta["num_layers"]), float(meta["ref_point"][0])) \
+        if any(k.startswith("prior") for k in arms) else []
+    queue = {"cold": (), "warm": first, "prior": (), "prior+front": first[:PRIOR_STARTUP]}
+    curves: dict[str, list[list[float]]] = {k: [] for k in arms}
     for seed in range(a.seeds):
-        for kind in ("cold", "warm"):
+        for kind in arms:
             t0 = time.perf_counter()
             hv, _, _ = run_one("autopeft", seed, cands, vals, meta, a.space, a.trials, a.n_startup, surrogate,
-                               first if kind == "warm" else ())
+                               queue[kind], prior if kind.startswith("prior") else ())
             curves[kind].append(hv)
             print(f"  {kind} seed {seed}: HV {hv[-1]:.4f} after {a.trials} trials ({time.perf_counter() - t0:.0f} s)",
                   flush=True)
     med = {k: np.median(np.array(c), axis=0).tolist() for k, c in curves.items()}
     target = med["cold"][-1]
-    per_seed = [first_reaching(c, target) for c in curves["warm"]]
-    hit = first_reaching(med["warm"], target)
+    per_seed = {k: [first_reaching(c, target) for c in curves[k]] for k in arms if k != "cold"}
+    hit = {k: first_reaching(med[k], target) for k in arms if k != "cold"}
     summary = {"table": a.table, "source": a.source, "protocol": a.protocol, "seeds": a.seeds, "trials": a.trials,
-               "queued": len(first), "median": med, "cold_target": target, "warm_median_trials_to_target": hit,
-               "warm_seed_trials_to_target": per_seed,
+               "queued": len(first), "prior_points": len(prior), "median": med, "cold_target": target,
+               "median_trials_to_target": hit, "seed_trials_to_target": per_seed,
+               "warm_median_trials_to_target": hit.get("warm"), "warm_seed_trials_to_target": per_seed.get("warm"),
                "q25": {k: np.quantile(np.array(c), 0.25, axis=0).tolist() for k, c in curves.items()},
                "q75": {k: np.quantile(np.array(c), 0.75, axis=0).tolist() for k, c in curves.items()}}
     marks = [k for k in (1, 5, 10, 20, 30, 40) if k <= a.trials]
-    for k in ("cold", "warm"):
-        print(f"{k:5s} median HV at " + ", ".join(f"{m}: {med[k][m - 1]:.4f}" for m in marks))
-    print(f"{len(first)} front configs queued; the warm median reaches the cold {a.trials}-trial median ({target:.4f}) "
-          f"at trial {hit}; per seed: {per_seed}")
+    for k in arms:
+        print(f"{k:11s} median HV at " + ", ".join(f"{m}: {med[k][m - 1]:.4f}" for m in marks))
+    print(f"{len(first)} front configs, {len(prior)} prior trials; the cold {a.trials}-trial median is {target:.4f}")
+    for k in hit:
+        print(f"  {k}: its median reaches it at trial {hit[k]}; per seed: {per_seed[k]}")
     if a.out:
         Path(a.out).write_text(json.dumps(summary))
     return summary

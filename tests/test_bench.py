@@ -39,6 +39,26 @@ def test_tabular_build_export_and_sampler_comparison(tiny_model: str, glue_dir: 
     auc = json.loads((tmp_path / "sst2-tiny-auc.json").read_text())
     assert auc["metric"] == "auc" and auc["ref_point"][0] == 0.5  # chance of a ranking score
     assert len(pd.read_csv(tmp_path / "sst2-tiny-auc.csv")) == 6
+    # the same configs again with learning curves (4 points), then the early-stopping replay on them
+    tab.main(["build", "--quick", "--model", tiny_model, "--data-dir", str(glue_dir), "--space", "tiny",
+              "--root", str(tmp_path), "--tag", "curves", "--configs", str(csv), "--first", "5", "--curve-points", "4",
+              "--fidelity", "n_train=64,batch_size=8"])
+    tab.main(["export", "--space", "tiny", "--root", str(tmp_path), "--tag", "curves"])
+    cdf = pd.read_csv(tmp_path / "sst2-tiny-curves.csv")
+    assert len(cdf) == 5 and sorted(cdf["candidate"]) == sorted(df["candidate"][:5])  # the table's first 5 configs
+    for c, score, wall, train in zip(cdf["curve"], cdf["score"], cdf["wall_s"], cdf["train_s"]):
+        pts = json.loads(c)
+        assert [p[0] for p in pts] == [0.25, 0.5, 0.75, 1.0] and pts[-1][2] == pytest.approx(score, abs=1e-3)
+        assert 0 < train < wall
+    assert json.loads((tmp_path / "sst2-tiny-curves.json").read_text())["curve_eval_rows"] == 32
+    pr = _load("pruning")
+    rp = pr.main(["replay", "--table", str(tmp_path / "sst2-tiny-curves.csv"), "--seeds", "3"])
+    none = rp["summary"]["none"]
+    assert none["stopped"] == 0 and none["hv"] == pytest.approx(rp["full_hv"])  # every config trained to the end
+    assert none["trial_s"] == pytest.approx(cdf["wall_s"].sum())
+    assert none["speedup"]["1.00"]["median"] == pytest.approx(1.0)
+    for name, s in rp["summary"].items():  # fewer than 5 cost peers: no rule may stop anything on 5 configs
+        assert s["stopped"] == 0 and s["front_stopped"] == 0, name
     cmp = _load("compare_samplers")
     out = cmp.main(["--table", str(csv), "--space", "tiny", "--quick", "--plot", str(tmp_path / "hv.png")])
     for s in ("autopeft", "random"):

@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 from conftest import dashboard_data
 
 from autopeft import pruner
+from autopeft.errors import ConfigError
 from autopeft.pruner import RUNGS, cut, decide, prune_spec, rung_steps
 
 FID = dict(n_train=64, n_eval=48, epochs=1, max_length=32, batch_size=8)
@@ -39,6 +40,25 @@ def test_the_cut_compares_only_trials_that_cost_no_more() -> None:
     low = prune_spec("cost-sh", 600, trials, "minimize", 500)
     assert cut(low, 1, 60.0) == (pytest.approx(0.65), 6)
     assert prune_spec("none", 600, trials, "maximize", 500) is None
+
+
+def test_curve_points_are_scored_and_the_pruner_decides_at_its_own_rungs_only() -> None:
+    trials = [_stored(100, 10.0, [[0.25, 2, 0.9], [0.5, 4, 0.9], [0.75, 6, 0.9]])] * 6  # six cheaper, strong peers
+    # the curve alone: scored at 1/4, 2/4, 3/4 (the end is the final score), never stops anything
+    alone = prune_spec("none", 600, trials, "maximize", 500, curve_points=4)
+    assert alone is not None and alone["rungs"] == [0.25, 0.5, 0.75] and alone["cuts"] == [] and alone["peers"] == []
+    assert all(decide(alone, r, 0.0, 60.0, "accuracy") is None for r in range(3))
+    # with the pruner: its rungs joined with the curve's points (1/3 and 2/3), decisions at 0.25 and 0.5 only
+    both = prune_spec("cost-sh", 600, trials, "maximize", 500, curve_points=3)
+    assert both is not None and both["rungs"] == [0.25, 0.333333, 0.5, 0.666667] and both["cuts"] == [0, 2]
+    assert [p[2] for p in both["peers"]][0] == [0.9, None, 0.9, None]  # peers' scores aligned to the points
+    assert decide(both, 0, 0.5, 60.0, "accuracy") is not None and decide(both, 2, 0.5, 60.0, "accuracy") is not None
+    assert decide(both, 1, 0.5, 60.0, "accuracy") is None and decide(both, 3, 0.5, 60.0, "accuracy") is None
+    assert prune_spec("none", 600, trials, "maximize", 500, curve_points=0) is None
+    for bad in (1, -2, 21, 2.5, True, "4"):
+        with pytest.raises(ConfigError) as e:
+            pruner.check_curve_points(bad)
+        assert str(e.value) == f"--curve-points must be 0 (no learning curve) or an integer from 2 to 20, got {bad!r}"
 
 
 def test_rung_steps_never_stop_at_the_last_step() -> None:
@@ -114,8 +134,8 @@ def test_a_search_with_the_pruner_stores_curves_and_counts_pruned_trials(tiny_mo
 
     real = pruner.prune_spec
 
-    def rigged(name: str, params: int, trials: Any, direction: str, n_eval: int) -> dict[str, Any] | None:
-        spec = real(name, params, trials, direction, n_eval)
+    def rigged(name: str, params: int, trials: Any, direction: str, n_eval: int, *rest: Any) -> dict[str, Any] | None:
+        spec = real(name, params, trials, direction, n_eval, *rest)
         if spec is not None and len(list(trials)) >= 3:
             spec["peers"] = [[1, 0.0, [2.0, 2.0]]] * 5
         return spec
@@ -143,3 +163,29 @@ def test_a_search_with_the_pruner_stores_curves_and_counts_pruned_trials(tiny_mo
     for t in complete + stopped:
         assert curves[t.number] == pytest.approx(t.intermediate_values)
 
+
+
+def test_a_search_with_curve_points_records_curves_and_stops_nothing(tiny_model: str, glue_dir: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """``curve_points=4`` without a pruner: every trial is scored at 1/4, 2/4 and 3/4 of its steps and at the end,
+    the curve is stored (attribute and intermediate values) and no trial is stopped; the CLI refuses a bad value in
+    one line with exit code 2."""
+    from autopeft import api
+    from autopeft.storage import A
+
+    res = api.search(model=tiny_model, task="sst2", data_dir=str(glue_dir), space="tiny", n_trials=3, study_name="c",
+                     storage=f"sqlite:///{tmp_path / 'c.db'}", executor="inline", n_startup=2, curve_points=4,
+                     collapse_stop=False, **FID)
+    trials = res.study.get_trials()
+    assert len(trials) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
+    for t in trials:
+        curve = t.user_attrs[A.CURVE]
+        assert [p[:2] for p in curve] == [[0.25, 2], [0.5, 4], [0.75, 6], [1.0, 8]]
+        assert curve[-1][2] == pytest.approx(t.user_attrs[A.SCORE], abs=1e-6)
+        assert sorted(t.intermediate_values) == [2, 4, 6, 8]
+    from autopeft import cli
+
+    assert cli.main(["search", "--curve-points", "1", "--storage", f"sqlite:///{tmp_path / 'x.db'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(err)
+    assert err[-1].endswith("--curve-points must be 0 (no learning curve) or an integer from 2 to 20, got 1")

@@ -176,6 +176,19 @@ def test_warm_start_puts_the_other_front_first(tiny_model: str, tiny4: str, glue
     assert [t.user_attrs["seeded_by"] for t in res.study.trials[:len(front)]] == [f"warm-start:src#{t.number}"
                                                                                   for t in front]
     assert "layers mapped by relative depth from 2 to 4" in capsys.readouterr().err
+    # the other study's trials are also the sampler's prior: each mapped to 4 layers, its score put on this study's
+    # scale (the same share of the chance-to-perfect gap)
+    from autopeft.sampler_prior import map_scores
+    from autopeft.seeding import prior_points
+
+    chance = res.meta["ref_point"][0]
+    prior = prior_points("src", storage, 4, chance)
+    done = [t for t in src.study.get_trials() if t.state.name == "COMPLETE"]
+    assert len(prior) == len(done) and len(done) >= 6
+    want_prior = {remap_layers(Candidate.from_dict(t.user_attrs["candidate"]), 2, 4).key:
+                  float(map_scores([t.values[0]], src.meta["ref_point"][0], chance)[0]) for t in done}
+    assert {c.key: pytest.approx(y) for c, y in prior} == want_prior
+    assert res.study.sampler._prior is not None and len(res.study.sampler._prior[1]) == len(prior)
     with pytest.raises(ConfigError, match="a study cannot warm-start itself"):
         autopeft.search(**_opts(tiny_model, glue_dir, storage, "src", 9, warm_start="src"))
     with pytest.raises(autopeft.StudyError, match="no study named 'ghost'"):

@@ -17,7 +17,7 @@ from autopeft.pruner import PRUNERS
 _SAME = ("model", "task", "data_dir", "train_file", "validation_file", "text_columns", "label_column", "metric", "task_type", "space",
          "sampler", "storage", "objectives", "max_params", "max_memory", "n_train", "n_eval", "epochs", "max_length",
          "batch_size", "memory_batch_size", "lr_scale", "dtype", "gradient_checkpointing", "class_weights", "workers", "executor", "seed", "timeout", "trial_timeout",
-         "max_failures", "collapse_stop", "pruner", "promote", "promote_fraction", "n_startup", "trust_remote_code", "enqueue", "warm_start",
+         "max_failures", "collapse_stop", "pruner", "curve_points", "promote", "promote_fraction", "n_startup", "trust_remote_code", "enqueue", "warm_start",
          "layers_pattern", "target_modules")
 
 
@@ -81,6 +81,10 @@ def add(sub: Any) -> None:
                    help="early stopping: cost-sh scores each trial at 25%% and 50%% of its training and stops one "
                         "that is behind the best third of the trials with no more params and memory at that point "
                         "(counts as a trial, stored as pruned); none (default) trains every trial to the end")
+    s.add_argument("--curve-points", type=int, default=0, metavar="N",
+                   help="record each trial's learning curve: its search-split score at N evenly spaced points of "
+                        "training (the last is the final score; stored, and drawn by the Optuna dashboard); each point "
+                        "scores 200 rows. 0 (default): none, unless --pruner needs its own points")
     s.add_argument("--promote", metavar="ROWSxEPOCHS[@BATCH],...", help="promote the best configs to higher "
                    "fidelities as they finish, e.g. 2000x1@32,allx3 (rows x epochs, optionally @ batch size, of each "
                    "rung above the study's own; all = every training row): a config goes up when it is in the best "
