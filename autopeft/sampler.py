@@ -45,7 +45,7 @@ from autopeft.cost_model import _features, _Ridge  # noqa: F401  (_features: the
 from autopeft.contract import PRUNED
 from autopeft.pareto import TASK_OBJECTIVES, closed_form_ehvi, to_max  # noqa: F401  (closed_form_ehvi: re-exported)
 from autopeft import sampler_gp
-from autopeft.sampler_prior import PRIOR_STARTUP, with_task
+from autopeft.sampler_prior import PRIOR_STARTUP, PRIOR_UNTIL, with_task
 from autopeft.sampler_memo import SamplerMemo
 from autopeft.space import BoundSpace
 from autopeft.storage import A
@@ -132,6 +132,7 @@ class CostAwareEHVISampler(BaseSampler):
         self._lock = threading.Lock()  # one proposal at a time (optimize(n_jobs>1) shares the sampler)
         self.last_info: dict[str, Any] = {}
         self._prior: tuple[np.ndarray, np.ndarray] | None = None
+        self.prior_until = PRIOR_UNTIL
         self.set_prior(prior)
 
     def set_prior(self, prior: Sequence[tuple[Candidate, float]]) -> None:
@@ -245,10 +246,11 @@ class CostAwareEHVISampler(BaseSampler):
         if stopped:
             X_fit = np.concatenate([X, memo.encode_all([c for c, _ in stopped])])
             y_fit = np.concatenate([y, [to_max(self.objectives[:1], [v])[0] for _, v in stopped]])
-        task = (lambda A: A) if self._prior is None else (lambda A: with_task(A, 1.0))  # the prior's task column
-        if self._prior is not None:
-            X_fit = np.concatenate([with_task(X_fit, 1.0), self._prior[0]])
-            y_fit = np.concatenate([y_fit, self._prior[1]])
+        prior = self._prior if self.prior_until is None or len(done) < self.prior_until else None
+        task = (lambda A: A) if prior is None else (lambda A: with_task(A, 1.0))  # the prior's task column
+        if prior is not None:
+            X_fit = np.concatenate([with_task(X_fit, 1.0), prior[0]])
+            y_fit = np.concatenate([y_fit, prior[1]])
         # known-cost models: params exact; memory / time by ridge on exact features
         cost_models: dict[str, _Ridge] = {}
         for j, name in enumerate(self.objectives):
@@ -284,7 +286,7 @@ class CostAwareEHVISampler(BaseSampler):
             for c in self._neighbours(X[i], 16):
                 if c not in seen:
                     pool.setdefault(c.key, c)
-        for c in getattr(self, "_prior_cands", ()):
+        for c in (self._prior_cands if prior is not None else ()):
             if c not in seen:
                 pool.setdefault(c.key, c)
         cands = [c for c in pool.values() if self._feasible_params(c)]

@@ -30,6 +30,8 @@ import numpy as np
 MAX_PRIOR_POINTS = 128
 #: random (or queued) trials before the model steers, when a prior is given
 PRIOR_STARTUP = 2
+#: the prior informs the score model until the study has this many finished trials of its own (None: always)
+PRIOR_UNTIL: int | None = 20
 
 
 def map_scores(scores: Sequence[float], source_chance: float, chance: float) -> np.ndarray:
@@ -62,4 +64,4 @@ def with_task(X: np.ndarray, flag: float) -> np.ndarray:
     return np.column_stack([X, np.full(len(X), flag)])
 
 
-__all__ = ["MAX_PRIOR_POINTS", "PRIOR_STARTUP", "map_scores", "select", "with_task"]
+__all__ = ["MAX_PRIOR_POINTS", "PRIOR_STARTUP", "PRIOR_UNTIL", "map_scores", "select", "with_task"]

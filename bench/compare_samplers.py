@@ -54,7 +54,7 @@ def table_model(meta: dict) -> str | None:
 
 def run_one(sampler_name: str, seed: int, cands: list, vals: np.ndarray, meta: dict, space: str, n_trials: int,
             n_startup: int, surrogate: tuple | None = None, first: Sequence = (),
-            prior: Sequence = ()) -> tuple[list[float], float, int]:
+            prior: Sequence = (), prior_until: int | None = None) -> tuple[list[float], float, int]:
     """One replayed search; ``surrogate`` = (TableSurrogate, ExactCosts) answers every proposal (else: the pool).
     ``first``: candidates queued before the sampler's proposals, as ``--enqueue``/``--warm-start`` queue them;
     ``prior``: (candidate, score on this table's scale) of another study, the default sampler's prior."""
@@ -78,6 +78,7 @@ def run_one(sampler_name: str, seed: int, cands: list, vals: np.ndarray, meta: d
         sampler.score_floor = float(floor)
     if prior:
         sampler.set_prior(prior)
+        sampler.prior_until = prior_until
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
     for c in first:
         study.enqueue_trial(b.optuna_params(c))

@@ -100,6 +100,8 @@ REPLAY_RULES: dict[str, dict[str, Any]] = {
     "late floor": {"rungs": [0.5, 0.75], "eta": 3.0, "floor": 0.02},
     "late floor eta2": {"rungs": [0.5, 0.75], "eta": 2.0, "floor": 0.02},
     "three floor": {"rungs": [0.25, 0.5, 0.75], "eta": 3.0, "floor": 0.02},
+    "75% floor": {"rungs": [0.75], "eta": 3.0, "floor": 0.02},
+    "75% floor eta2": {"rungs": [0.75], "eta": 2.0, "floor": 0.02},
 }
 
 

@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--top", type=int, help="queue only the front's best-scoring TOP configs (default: all)")
     ap.add_argument("--n-startup", type=int, default=8)
     ap.add_argument("--protocol", choices=("pool", "surrogate"), default="surrogate")
+    ap.add_argument("--prior-until", type=int, help="the prior informs the model until this many trials (default: "
+                    "autopeft.sampler_prior.PRIOR_UNTIL)")
     ap.add_argument("--arms", default="cold,warm", help="comma-separated: cold, warm, prior, prior+front")
     ap.add_argument("--out", help="write the curves as JSON")
     add_quick(ap)
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     bad = [k for k in arms if k not in ("cold", "warm", "prior", "prior+front")]
     if bad or "cold" not in arms:
         ap.error(f"--arms: cold and any of warm, prior, prior+front (got {a.arms!r})")
-    from autopeft.sampler_prior import PRIOR_STARTUP
+    from autopeft.sampler_prior import PRIOR_STARTUP, PRIOR_UNTIL
 
     prior = source_prior(Path(a.source), a.space, int(meta["num_layers"]), float(meta["ref_point"][0])) \
         if any(k.startswith("prior") for k in arms) else []
@@ -109,7 +111,8 @@ def main(argv: list[str] | None = None) -> dict:
         for kind in arms:
             t0 = time.perf_counter()
             hv, _, _ = run_one("autopeft", seed, cands, vals, meta, a.space, a.trials, a.n_startup, surrogate,
-                               queue[kind], prior if kind.startswith("prior") else ())
+                               queue[kind], prior if kind.startswith("prior") else (),
+                               a.prior_until if a.prior_until is not None else PRIOR_UNTIL)
             curves[kind].append(hv)
             print(f"  {kind} seed {seed}: HV {hv[-1]:.4f} after {a.trials} trials ({time.perf_counter() - t0:.0f} s)",
                   flush=True)
