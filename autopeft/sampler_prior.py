@@ -17,7 +17,10 @@ unchanged.
 
 A prior keeps at most :data:`MAX_PRIOR_POINTS` source trials (the front, then the best scores, then a spread of the
 rest), so the GP's hyperparameters are fitted on this study's trials too (:data:`autopeft.sampler_gp.FIT_POINTS`).
-With a prior the random start-up design shrinks to :data:`PRIOR_STARTUP` trials.
+With a prior the random start-up design shrinks to :data:`PRIOR_STARTUP` trials, and the prior (its points, and its
+configs as candidates of the acquisition's pool) is used until the study has :data:`PRIOR_UNTIL` finished trials of
+its own: on the table replays (BENCHMARKS.md, "Warm start") a prior kept for all 40 trials led early and then fell
+behind the cold search on SST-2 -> MRPC (0.534 vs 0.551 at 40 trials); dropped at 20 it kept the lead and ended level.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ import numpy as np
 MAX_PRIOR_POINTS = 128
 #: random (or queued) trials before the model steers, when a prior is given
 PRIOR_STARTUP = 2
+#: with the default sampler, ``--warm-start`` queues this many of the other study's front (best score first); other
+#: samplers get no prior, so the whole front is queued for them
+WARM_QUEUE = 1
 #: the prior informs the score model until the study has this many finished trials of its own (None: always)
 PRIOR_UNTIL: int | None = 20
 
@@ -64,4 +70,4 @@ def with_task(X: np.ndarray, flag: float) -> np.ndarray:
     return np.column_stack([X, np.full(len(X), flag)])
 
 
-__all__ = ["MAX_PRIOR_POINTS", "PRIOR_STARTUP", "PRIOR_UNTIL", "map_scores", "select", "with_task"]
+__all__ = ["MAX_PRIOR_POINTS", "PRIOR_STARTUP", "PRIOR_UNTIL", "WARM_QUEUE", "map_scores", "select", "with_task"]

@@ -1,6 +1,7 @@
 """The configs a study evaluates first: ``--enqueue`` (files of candidates, or ``baselines``: the hand-designed
 configs the space's methods declare) and ``--warm-start`` (another study's Pareto front, mapped to this model's depth
-and re-evaluated here).
+and re-evaluated here: with the default sampler only its best config, the other trials being the sampler's prior,
+:func:`prior_points` and :mod:`autopeft.sampler_prior`).
 
 Why Optuna's own queue (``study.enqueue_trial``, through :meth:`StudyStore.enqueue`) and not a queue in the proposer:
 
@@ -243,8 +244,10 @@ def prior_points(ref: str, default_url: str | None, num_layers: int, chance: flo
 
 # ----------------------------------------------------------------------------- resolving
 def resolve(entries: Sequence[tuple[str, Any]], warm: Sequence[Seed], bound: Any, count: Callable[[Candidate], int],
-            max_params: float | None, warm_start: str | None = None) -> tuple[list[Seed], list[str]]:
-    """The seeds to queue, in order (explicit entries, then the warm start's front), and notes for the user.
+            max_params: float | None, warm_start: str | None = None,
+            warm_limit: int | None = None) -> tuple[list[Seed], list[str]]:
+    """The seeds to queue, in order (explicit entries, then the warm start's front: its first ``warm_limit`` that fit
+    when given), and notes for the user.
 
     Explicit entries outside the space or over ``max_params`` raise :class:`ConfigError`; baselines and the warm
     start's front (``warm``, read from study ``warm_start``) leave them out with a note (and raise if none fits)."""
@@ -265,7 +268,7 @@ def resolve(entries: Sequence[tuple[str, Any]], warm: Sequence[Seed], bound: Any
             raise ConfigError(f"{where} ({cand.summary()}): {why}")
         seeds.append(Seed(cand, where, "enqueue:" + where.removeprefix("--enqueue ").removeprefix("enqueue ")))
     if warm:
-        seeds += _fitting(list(warm), f"--warm-start {warm_start}", bound, count, max_params, notes)
+        seeds += _fitting(list(warm), f"--warm-start {warm_start}", bound, count, max_params, notes)[:warm_limit]
     return seeds, notes
 
 

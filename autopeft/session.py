@@ -113,12 +113,18 @@ class Search:
         from autopeft.builder import count_params
         from autopeft.seeding import front_seeds, resolve
 
-        c, warm, lines = self.config, [], []
+        c, warm, lines, limit = self.config, [], [], None
         if c.warm_start:
             warm, line = front_seeds(c.warm_start, c.storage, (self.name, self.storage_url), self.info.arch.num_layers)
+            if c.sampler == "autopeft":  # the other study's trials are its prior: only the front's best goes first
+                from autopeft.sampler_prior import PRIOR_UNTIL, WARM_QUEUE
+
+                line += (f"; the best {WARM_QUEUE} queued first, every trial the sampler's prior for the first "
+                         f"{PRIOR_UNTIL} trials")
+                limit = WARM_QUEUE
             lines.append(line)
         seeds, notes = resolve(entries, warm, self.bound, lambda cand: count_params(cand, self.info), self.max_params,
-                               c.warm_start)
+                               c.warm_start, limit)
         for line in lines + [f"note: {n}" for n in notes]:
             print(f"autopeft: {line}", file=sys.stderr)
         return seeds

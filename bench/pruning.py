@@ -194,7 +194,8 @@ def replay(table: str, seeds: int) -> dict[str, Any]:
                      for f in shares}
             per_seed.append({"trial_s": float(secs[-1]), "hv": hvs[-1], "stopped": int(sum(stopped)),
                              "front_stopped": sum(1 for i, st in zip(order, stopped) if st and i in front),
-                             "reach": reach, "secs": secs.tolist(), "hvs": hvs})
+                             "reach": reach, "secs": [round(float(x), 1) for x in secs],
+                             "hvs": [round(h, 5) for h in hvs]})
         out["rules"][name] = per_seed
     base = out["rules"]["none"]
     total = float(np.median([p["trial_s"] for p in base]))

@@ -169,13 +169,19 @@ def test_warm_start_puts_the_other_front_first(tiny_model: str, tiny4: str, glue
     src = autopeft.search(**_opts(tiny_model, glue_dir, storage, "src", 8))
     front = src.front_trials()  # best score first
     assert len(front) >= 2
-    # another model of the family (4 layers, not 2) on another task
-    res = autopeft.search(**_opts(tiny4, glue_dir, storage, "dst", len(front) + 1, warm_start="src", task="mrpc"))
+    # another model of the family (4 layers, not 2) on another task; a sampler with no prior gets the whole front first
+    res = autopeft.search(**_opts(tiny4, glue_dir, storage, "dst-tpe", len(front) + 1, warm_start="src", task="mrpc",
+                                  sampler="tpe"))
     want = [remap_layers(Candidate.from_dict(t.user_attrs["candidate"]), 2, 4).key for t in front]
     assert _keys(res.study)[:len(front)] == want
     assert [t.user_attrs["seeded_by"] for t in res.study.trials[:len(front)]] == [f"warm-start:src#{t.number}"
                                                                                   for t in front]
     assert "layers mapped by relative depth from 2 to 4" in capsys.readouterr().err
+    # the default sampler: the front's best first (WARM_QUEUE), then its own proposals with the prior
+    res = autopeft.search(**_opts(tiny4, glue_dir, storage, "dst", 3, warm_start="src", task="mrpc"))
+    assert _keys(res.study)[0] == want[0] and res.study.trials[0].user_attrs["seeded_by"] == f"warm-start:src#{front[0].number}"
+    assert all("seeded_by" not in t.user_attrs for t in res.study.trials[1:])
+    assert "the best 1 queued first, every trial the sampler's prior for the first 20 trials" in capsys.readouterr().err
     # the other study's trials are also the sampler's prior: each mapped to 4 layers, its score put on this study's
     # scale (the same share of the chance-to-perfect gap)
     from autopeft.sampler_prior import map_scores

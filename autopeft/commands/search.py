@@ -95,8 +95,9 @@ def add(sub: Any) -> None:
     s.add_argument("--enqueue", help="configs to evaluate first, comma-separated: YAML/JSON files (a config like "
                    "autopeft_candidate.json, a list of them, or the output of 'show --format json'), export folders, "
                    "or 'baselines' (the hand-designed configs of the space's methods)")
-    s.add_argument("--warm-start", help="evaluate another study's Pareto front first (best score first), re-trained "
-                   "here: NAME (in --storage, or its default file) or NAME@STORAGE_URL")
+    s.add_argument("--warm-start", help="start from another study: NAME (in --storage, or its default file) or "
+                   "NAME@STORAGE_URL; the default sampler re-trains its best front config first and uses all its "
+                   "trials as a prior for the first 20 trials; other samplers re-train its whole front first")
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the hub (off by default)")
     s.add_argument("--layers-pattern", help="for a model whose layers autopeft cannot find: the dotted path of its "
