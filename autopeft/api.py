@@ -59,7 +59,8 @@ def search(model: str | None = None, task: str | None = "sst2", space: str = "lo
     ``metric``, ``task_type`` (classification, causal-lm or seq2seq; inferred); fidelity ``n_train``, ``n_eval``, ``epochs``, ``max_length``, ``batch_size``,
     ``memory_batch_size``, ``lr_scale``; ``objectives``, ``max_params``, ``max_memory``; ``workers``,
     ``executor`` (local, ray, ray-tune, inline) and for Ray ``address``, ``cpus_per_trial``, ``gpus_per_trial``,
-    ``num_cpus``; ``seed``, ``timeout``, ``trial_timeout``, ``max_failures``, ``collapse_stop`` (default True: stop after 10 trials all at the majority-class level), ``pruner`` (``"none"``
+    ``num_cpus``; ``seed``, ``timeout``, ``trial_timeout``, ``max_failures``, ``collapse_stop`` (default True: after 10 trials all at the majority-class level, raise the trials' fidelity
+    inside the study, at most twice, then stop), ``escalate`` (default True; False: stop at once instead of raising), ``pruner`` (``"none"``
     or ``"cost-sh"``: see :mod:`autopeft.pruner`), ``curve_points`` (record each trial's learning curve at N points),
     ``promote`` (rungs of higher fidelity, ``"2000x2,allx3"`` or
     ``[{"n_train": 2000, "epochs": 2}]``) and ``promote_fraction`` (see :mod:`autopeft.promotion`), ``n_startup``, ``progress`` (default: a bar in a

@@ -95,6 +95,9 @@ class SearchConfig:
     max_failures: int = 5
     #: stop early when every trial so far scored at the majority-class level (autopeft.loop.COLLAPSE_STOP_TRIALS)
     collapse_stop: bool = True
+    #: on such a collapse, first raise the trials' fidelity inside the study (up to autopeft.escalation.MAX_LEVELS
+    #: times), then stop
+    escalate: bool = True
     #: early stopping on learning curves (:mod:`autopeft.pruner`): ``none`` or ``cost-sh``
     pruner: str = "none"
     #: score the search split at this many evenly spaced points of training (the learning curve; 0: none)
@@ -164,6 +167,8 @@ class SearchConfig:
             raise ConfigError(f"--max-failures must be an integer >= 1, got {self.max_failures!r}")
         if not isinstance(self.collapse_stop, bool):
             raise ConfigError(f"collapse-stop must be true or false, got {self.collapse_stop!r}")
+        if not isinstance(self.escalate, bool):
+            raise ConfigError(f"escalate must be true or false, got {self.escalate!r}")
         from autopeft.arch import parse_layout
         from autopeft.pruner import check_curve_points, check_pruner
 

@@ -98,10 +98,11 @@ def export_config(found: Any, directory: str | Path) -> Path:
         pc.save_pretrained(str(d))
     fid = meta.get("fidelity", {})
     trial = getattr(found, "trial", None)
-    from autopeft.storage import A, rung_of
+    from autopeft.storage import A, level_of, rung_of
 
     rung = rung_of(trial) if trial is not None else 0
-    if rung:  # promoted (--promote): the fidelity its score was measured at
+    level = level_of(trial) if trial is not None else 0
+    if trial is not None:  # the fidelity its score was measured at (a promoted trial's, a raised level's)
         fid = trial.user_attrs.get(A.FIDELITY, fid)
     info = {
         "base_model": model_reference(model_arg),
@@ -124,6 +125,8 @@ def export_config(found: Any, directory: str | Path) -> Path:
         info["values"] = dict(zip(meta["objectives"], found.trial.values))
         if rung:
             info["rung"] = rung
+        if level:
+            info["level"] = level
     (d / CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return d
 

@@ -174,11 +174,15 @@ class CollapseWarning:
     ranks parameter counts."""
 
     def __init__(self, chance: float, metric: str, num_labels: int, n_startup: int, fidelity: dict[str, Any],
-                 warned: bool, policy: StopPolicy | None = None) -> None:
+                 warned: bool, policy: StopPolicy | None = None,
+                 raise_to: Callable[[int, dict[str, Any]], dict[str, Any] | None] | None = None) -> None:
         self.chance, self.metric, self.num_labels, self.n_startup = chance, metric, num_labels, n_startup
         self.fidelity, self.warned = fidelity, warned
         #: set: stop the search (reason "collapse") once every trial is flat (see COLLAPSE_STOP_TRIALS)
         self.policy = policy
+        #: set: before stopping, raise the study's fidelity to ``raise_to(level, fidelity)`` (the next level's; None
+        #: when there is none) and go on (:mod:`autopeft.escalation`)
+        self.raise_to = raise_to
         self.lm = num_labels == 0  # a causal-LM task: flat = no lower loss than the untrained model's
 
     def _flat(self, value: float, margin: float) -> bool:
@@ -189,7 +193,7 @@ class CollapseWarning:
 
         if result.status != OK:
             return
-        comp = complete_trials(store.study)
+        comp = complete_trials(store.study)  # the current fidelity level's
         self._maybe_stop(store, comp)
         if self.warned or self.lm or len(comp) < max(COLLAPSE_MIN_TRIALS, self.n_startup):
             return
@@ -213,7 +217,10 @@ class CollapseWarning:
             return
         if not all(self._flat(t.values[0], COLLAPSE_STOP_MARGIN) for t in comp):
             return
-        f = self.fidelity
+        from autopeft.storage import A, study_level
+
+        level = study_level(store.study)
+        f = self.fidelity = dict(store.meta[A.FIDELITY])  # the current level's (any driver may have raised it)
         if self.lm:
             what = f"lowered the loss by {COLLAPSE_STOP_MARGIN} below the untrained model's ({self.chance:.4f})"
             how = f"--n-train {4 * f['n_train']} --lr-scale {2 * f['lr_scale']:g}"
@@ -221,9 +228,22 @@ class CollapseWarning:
             what = f"scored {COLLAPSE_STOP_MARGIN} above always predicting the majority class ({self.metric} {self.chance:.3f})"
             how = (f"--n-train {max(2000, 2 * f['n_train'])} --batch-size 32 --lr-scale {max(3.0, 2 * f['lr_scale']):g}"
                    + (" or --metric auc" if self.num_labels == 2 and self.metric != "auc" else ""))
+        new = self.raise_to(level, f) if self.raise_to is not None else None
+        if new is not None:
+            from autopeft.escalation import describe
+
+            store.raise_level(level + 1, new)
+            msg = (f"none of the {len(comp)} complete trials {what}: raising the trials' fidelity to level {level + 1} "
+                   f"({describe(f, new)}); the trials so far stay in the study, apart (autopeft show --all), and "
+                   "count towards --trials (--no-escalate stops instead)")
+            store.set_notice(f"level_{level + 1}", "collapse: " + msg)
+            print(f"autopeft: {msg}", file=sys.stderr, flush=True)
+            self.fidelity, self.warned = new, False
+            return
+        raised = f" at fidelity level {level} (raised {level} time(s))" if level else ""
         p.reason = "collapse"
-        p.message = (f"stopped early: none of the {len(comp)} complete trials {what}, so the rest of the budget would "
-                     f"be spent on noise; start a new study (--study NAME) with longer trials, e.g. {how} "
+        p.message = (f"stopped early: none of the {len(comp)} complete trials{raised} {what}, so the rest of the budget "
+                     f"would be spent on noise; start a new study (--study NAME) with longer trials, e.g. {how} "
                      "(--no-collapse-stop runs the budget anyway)")
         store.set_notice("collapse_stop", "collapse: " + p.message)
 

@@ -52,13 +52,13 @@ def is_baseline(candidate: Mapping[str, Any] | None, keys: set[str]) -> bool:
 
 def hypervolume_curve(res: Any) -> list[float]:
     """Hypervolume of the complete trials among the first k trials, for k = 1..n (trial order)."""
-    from autopeft.storage import rung_of
+    from autopeft.storage import level_of, rung_of, study_level
 
-    trials = res.study.get_trials(deepcopy=False)
+    trials, level = res.study.get_trials(deepcopy=False), study_level(res.study)
     ys: dict[str, tuple[int, list[float]]] = {}  # each config at the highest rung it reached so far (--promote)
     out = []
     for t in trials:
-        if t.state.name == "COMPLETE" and t.values is not None:
+        if t.state.name == "COMPLETE" and t.values is not None and level_of(t) == level:  # the current level's
             key = t.user_attrs.get(A.CANDIDATE_KEY) or f"#{t.number}"
             if key not in ys or rung_of(t) >= ys[key][0]:
                 ys[key] = (rung_of(t), to_max(res.objectives, t.values))

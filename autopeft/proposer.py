@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 from autopeft.candidate import Candidate
 from autopeft.contract import ABANDONED, DUPLICATE, FAILED, INFEASIBLE, SURPLUS, TrialSpec
 from autopeft.errors import ConfigError, StudyError
-from autopeft.storage import A, StudyStore, finished_meanwhile, optuna_quiet, rung_of
+from autopeft.storage import A, StudyStore, finished_meanwhile, level_of, optuna_quiet, rung_of, study_level
 
 #: proposals in a row that may be rejected (duplicates, over budget) before the search gives up
 MAX_REJECTIONS = 200
@@ -55,10 +55,12 @@ def rung_key(key: str, rung: int) -> str:
 
 
 class CandidateIndex:
-    """Which candidates the study holds, at which rung: running or queued, or finished in any way but abandoned (an
-    abandoned trial was stopped, not found wanting, so its candidate may be proposed, or promoted, again)."""
+    """Which candidates the study holds at its fidelity ``level``, at which rung: running or queued, or finished in any
+    way but abandoned (an abandoned trial was stopped, not found wanting, so its candidate may be proposed, or
+    promoted, again; a trial of a lower level was measured at another fidelity, so its candidate may run again)."""
 
-    def __init__(self) -> None:
+    def __init__(self, level: int = 0) -> None:
+        self.level = level
         self._by_key: dict[str, set[int]] = {}
         self._key_of: dict[int, str] = {}
         self._open: set[int] = set()  # trials read while running: read again on refresh
@@ -90,6 +92,9 @@ class CandidateIndex:
             else:
                 self._open.discard(t.number)
             if key is None:
+                continue
+            if level_of(t) != self.level and not running:  # a queued trial takes the level it runs at
+                self._drop(t.number)
                 continue
             if t.user_attrs.get(A.STATUS) == ABANDONED or (t.state == TrialState.PRUNED and
                                                            t.user_attrs.get(A.STATUS) in (DUPLICATE, SURPLUS)):
@@ -127,7 +132,12 @@ class Proposer:
         #: a trial's early-stopping spec from its param count (:func:`autopeft.pruner.prune_spec`); None: no pruning
         self.prune_for = prune_for
         self.base_params, self.spec_fields, self.fidelity, self.fault = base_params, spec_fields, fidelity, fault
-        self.index = CandidateIndex()
+        #: the study's fidelity level (:mod:`autopeft.escalation`): read again before each proposal, since any driver
+        #: of the study may raise it
+        self.level = study_level(store.study)
+        if self.level:
+            self.fidelity = dict(store.meta[A.FIDELITY])
+        self.index = CandidateIndex(self.level)
         self.pending: dict[int, tuple[Any, Candidate, float]] = {}
         #: the trial being prepared (asked, not yet in flight): the heartbeat thread beats it too, since a sampler fit
         #: can outlast the grace period on a loaded machine (CI: a live trial was failed as stale by another driver)
@@ -138,6 +148,7 @@ class Proposer:
         """A new trial's spec, or None if the proposal was rejected without training (a duplicate, over the
         parameter budget).  Never leaves a RUNNING trial behind if preparing it fails."""
         study = self.store.study
+        self._sync_level()
         if self.promote is not None:
             self._promote()
         with optuna_quiet():
@@ -157,6 +168,13 @@ class Proposer:
             raise
         finally:
             self.preparing = None
+
+    def _sync_level(self) -> None:
+        """Take the study's fidelity level and its fidelity, if a driver raised it since the last proposal."""
+        level = study_level(self.store.study)
+        if level != self.level:
+            self.level, self.fidelity = level, dict(self.store.meta[A.FIDELITY])
+            self.index = CandidateIndex(level)
 
     def _promote(self) -> None:
         """Queue the next promotion, if one is due and nothing else is queued (a queued config runs first; the next
@@ -186,7 +204,7 @@ class Proposer:
         key = rung_key(cand.key, rung)
         # written first, then compared: of two drivers proposing one candidate at the same moment, at least the later
         # writer sees the other (both may step back; neither trains a candidate the other trains)
-        self.store.write_candidate(trial, cand, params, self.base_params, sampler_s, fidelity, rung)
+        self.store.write_candidate(trial, cand, params, self.base_params, sampler_s, fidelity, rung, self.level)
         self.index.refresh(self.store.trials())
         spec = None
         mp = self.store.max_params

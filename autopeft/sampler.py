@@ -48,7 +48,7 @@ from autopeft import sampler_gp
 from autopeft.sampler_prior import PRIOR_STARTUP, PRIOR_UNTIL, with_task
 from autopeft.sampler_memo import SamplerMemo
 from autopeft.space import BoundSpace
-from autopeft.storage import A
+from autopeft.storage import A, level_of, study_level
 
 CostFn = Callable[[Candidate], float]
 
@@ -191,8 +191,10 @@ class CostAwareEHVISampler(BaseSampler):
         candidate.  Params outside the space are ignored; a trial lacking an active dimension is skipped; so is a
         trial promoted to a higher fidelity (``--promote``): the models learn the study's own fidelity."""
         out: list[tuple[FrozenTrial, Candidate]] = []
+        level = study_level(study)  # a lower level's trials ran at another fidelity (autopeft.escalation)
         for t in study.get_trials(deepcopy=False):
-            if (trial is not None and t.number == trial.number) or t.user_attrs.get(A.RUNG):
+            if ((trial is not None and t.number == trial.number) or t.user_attrs.get(A.RUNG)
+                    or (level_of(t) != level and t.state != TrialState.WAITING)):
                 continue
             c = self._memo.candidate(study.study_name, t.number, t.params)
             if c is not None:

@@ -226,7 +226,7 @@ def prior_points(ref: str, default_url: str | None, num_layers: int, chance: flo
 
     from autopeft.config import split_ref
     from autopeft.sampler_prior import map_scores, select
-    from autopeft.storage import default_storage, load_optuna_study, rung_of
+    from autopeft.storage import default_storage, level_of, load_optuna_study, rung_of, study_level
 
     name, url = split_ref(ref)
     study = load_optuna_study(name, url or default_url or default_storage(name))
@@ -236,7 +236,8 @@ def prior_points(ref: str, default_url: str | None, num_layers: int, chance: flo
     src_layers = int(meta.get(A.NUM_LAYERS) or num_layers)
     pts = [(remap_layers(Candidate.from_dict(t.user_attrs[A.CANDIDATE]), src_layers, num_layers), *t.values)
            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-           if t.values is not None and len(t.values) >= 3 and A.CANDIDATE in t.user_attrs and not rung_of(t)]
+           if t.values is not None and len(t.values) >= 3 and A.CANDIDATE in t.user_attrs and not rung_of(t)
+           and level_of(t) == study_level(study)]
     keep = select(pts)
     scores = map_scores([pts[i][1] for i in keep], float(meta[A.REF_POINT][0]), chance)
     return [(pts[i][0], float(y)) for i, y in zip(keep, scores)]

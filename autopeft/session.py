@@ -164,7 +164,8 @@ class Search:
 
     def _check_resume(self, ua: dict[str, Any]) -> None:
         c = self.config
-        stored = Fidelity.from_stored(ua[A.FIDELITY]).to_dict()
+        # a study that raised its fidelity (autopeft.escalation) is resumed with the options it was created with
+        stored = Fidelity.from_stored((ua.get(A.LEVELS) or [ua[A.FIDELITY]])[0]).to_dict()
         given = {k: v for k, v in c.fidelity.items() if not (k == "class_weights" and v == "auto")}
         if given and Fidelity(**{**stored, **given}).to_dict() != stored:
             raise StudyError(f"study {self.name!r} was run with fidelity {stored}; "
@@ -253,7 +254,8 @@ class Search:
         policy = StopPolicy(c.n_trials, c.max_failures, c.timeout)
         callbacks: list[Any] = [CollapseWarning(float(meta.get(A.CHANCE_SCORE, meta[A.REF_POINT][0])), self.task.metric, self.task.num_labels,
                                                 c.n_startup, fid, warned=False,
-                                                policy=policy if c.collapse_stop else None)]
+                                                policy=policy if c.collapse_stop else None,
+                                                raise_to=self._raise_to() if c.collapse_stop and c.escalate else None)]
         self.bar = None
         if c.progress:
             from autopeft.loop import ProgressBar
@@ -268,6 +270,14 @@ class Search:
                           after_stale=lambda: self._queue_seeds(proposer))
         return proposer, loop
 
+    def _raise_to(self) -> Any:
+        """The next fidelity level's fidelity after a collapse (:func:`autopeft.escalation.next_fidelity`), or None
+        past :data:`~autopeft.escalation.MAX_LEVELS`."""
+        from autopeft.escalation import MAX_LEVELS, next_fidelity
+
+        rows, lm = self.task.n_train - self.fidelity.n_eval, self.task.is_lm
+        return lambda level, fid: next_fidelity(fid, lm, rows) if level < MAX_LEVELS else None
+
     def _prune_for(self) -> Any:
         """The early-stopping spec of a trial with a given param count, from the study's finished trials."""
         from autopeft.pareto import DIRECTIONS
@@ -278,11 +288,12 @@ class Search:
             return None
         direction = DIRECTIONS[store.objectives[0]]
         n_eval = self.fidelity.n_eval
-        from autopeft.storage import rung_of
+        from autopeft.storage import current_level, rung_of, study_level
 
-        # peers at the study's own fidelity only: a promoted trial's curve is at another fidelity
-        return lambda params: prune_spec(name, params, [t for t in store.finished_trials() if not rung_of(t)],
-                                         direction, n_eval, points)
+        # peers at the study's own fidelity only: a promoted trial's curve (or a lower level's) is at another fidelity
+        return lambda params: prune_spec(name, params,
+                                         [t for t in current_level(store.finished_trials(), study_level(store.study))
+                                          if not rung_of(t)], direction, n_eval, points)
 
     def _promote_rule(self) -> Any:
         """``--promote``: which finished trial goes up a rung next (:func:`autopeft.promotion.next_promotion`), from the
@@ -293,12 +304,13 @@ class Search:
 
         from autopeft.pareto import to_max
         from autopeft.promotion import Evaluated, next_promotion
-        from autopeft.storage import rung_of
+        from autopeft.storage import current_level, rung_of, study_level
 
         objectives, chance = self.store.objectives, float(self.store.meta[A.REF_POINT][0])
         n_rungs, fraction = len(self.ladder) + 1, self.config.promote_fraction
 
         def rule(trials: Any, held: set[tuple[str, int]]) -> Any:
+            trials = current_level(trials, study_level(self.store.study))
             done = {t.number: t for t in trials if t.state == TrialState.COMPLETE and t.values is not None
                     and t.user_attrs.get(A.CANDIDATE_KEY)}
             evals = [Evaluated(n, t.user_attrs[A.CANDIDATE_KEY], rung_of(t), tuple(to_max(objectives, t.values)))

@@ -54,6 +54,7 @@ class A:
     SCORE = "score"
     CURVE = "curve"  # [[fraction of training, step, score], ...] at each rung and the end (autopeft.pruner)
     RUNG = "rung"  # the rung of --promote's ladder a trial ran at (absent: 0, the study's own fidelity)
+    LEVEL = "level"  # the study's fidelity level a trial ran at (absent: 0; autopeft.escalation)
     PROMOTED_FROM = "promoted_from"  # a promoted trial's evaluation one rung below (its trial number)
     SEEDED_BY = "seeded_by"  # a queued config's source: enqueue:FILE entry N, baseline:NAME, warm-start:STUDY#TRIAL
     HEARTBEAT = "autopeft_heartbeat"  # a system attribute (journal storages; autopeft.backends.HEARTBEAT_ATTR)
@@ -77,6 +78,8 @@ class A:
     CHANCE_SCORE = "chance_score"
     SEED = "seed"
     LADDER = "ladder"  # --promote's rungs above the study's fidelity ([{"n_train", "epochs"}, ...]; absent: none)
+    LEVEL_NOW = "level"  # the study's current fidelity level (absent: 0); ``fidelity`` is that level's
+    LEVELS = "fidelity_levels"  # every level's fidelity, the first as created (absent: one level, ``fidelity``)
     NOTICE_PREFIX = "notice_"
 
 
@@ -198,12 +201,29 @@ def rung_of(trial: Any) -> int:
     return int((trial.user_attrs or {}).get(A.RUNG, 0) or 0)
 
 
+def level_of(trial: Any) -> int:
+    """The study's fidelity level a stored trial ran at (0: the study's first; :mod:`autopeft.escalation`)."""
+    return int((trial.user_attrs or {}).get(A.LEVEL, 0) or 0)
+
+
+def study_level(study: Any) -> int:
+    """The fidelity level a study runs its trials at now (0 until it raised its fidelity)."""
+    return int(study.user_attrs.get(A.LEVEL_NOW, 0) or 0)
+
+
+def current_level(trials: Sequence[Any], level: int) -> list[Any]:
+    """The trials run at the study's current ``level`` (those of lower levels are kept, but not compared)."""
+    return [t for t in trials if level_of(t) == level]
+
+
 def complete_trials(study: Any, every_rung: bool = False) -> list[Any]:
-    """The complete trials, in trial order; in a study with promotions, each config once, at the highest rung it
-    finished (``every_rung``: all of them)."""
+    """The complete trials at the study's current fidelity level, in trial order; in a study with promotions, each
+    config once, at the highest rung it finished (``every_rung``: every evaluation, of every level)."""
     from optuna.trial import TrialState
 
     comp = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values is not None]
+    if not every_rung:
+        comp = current_level(comp, study_level(study))
     if every_rung or not any(rung_of(t) for t in comp):
         return comp
     top: dict[str, Any] = {}
@@ -323,8 +343,10 @@ class StudyStore:
             pass
 
     def write_candidate(self, trial: Any, cand: Any, params: int, base_params: int, sampler_s: float,
-                        fidelity: dict[str, Any], rung: int = 0) -> None:
+                        fidelity: dict[str, Any], rung: int = 0, level: int = 0) -> None:
         d = cand.to_dict()
+        if level:
+            trial.set_user_attr(A.LEVEL, level)  # first: never read as a trial of an earlier level
         if rung:
             trial.set_user_attr(A.RUNG, rung)  # first: a promoted trial is never read as its config's base rung
         trial.set_user_attr(A.CANDIDATE, d)
@@ -450,6 +472,15 @@ class StudyStore:
     def set_ladder(self, rungs: list[dict[str, Any]]) -> None:
         """Store ``--promote``'s rungs with a study that had none (a study may start promoting when resumed)."""
         self.study.set_user_attr(A.LADDER, rungs)
+
+    def raise_level(self, level: int, fidelity: dict[str, Any]) -> None:
+        """Move the study to fidelity ``level`` (:mod:`autopeft.escalation`): new trials run at ``fidelity``; the
+        first level's fidelity stays in ``fidelity_levels``."""
+        ua = self.study.user_attrs
+        levels = list(ua.get(A.LEVELS) or [ua[A.FIDELITY]])
+        self.study.set_user_attr(A.LEVELS, levels + [fidelity])
+        self.study.set_user_attr(A.FIDELITY, fidelity)
+        self.study.set_user_attr(A.LEVEL_NOW, level)  # last: a reader seeing the level finds its fidelity
 
     def set_notice(self, key: str, message: str) -> None:
         self.study.set_user_attr(A.NOTICE_PREFIX + key, message)

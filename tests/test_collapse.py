@@ -3,6 +3,7 @@ says how to make trials learn; configurations that differ only in learning rate 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ def test_a_search_whose_trials_all_collapse_stops_early_and_says_why(tiny_model:
     from autopeft.loop import COLLAPSE_STOP_MARGIN, COLLAPSE_STOP_TRIALS
     from autopeft.storage import A
 
-    s = autopeft.open_search(study_name="flat", **_opts(tiny_model, glue_dir, tmp_path))
+    s = autopeft.open_search(study_name="flat", escalate=False, **_opts(tiny_model, glue_dir, tmp_path))
     res = s.run()  # learning rates x1e-6: nothing learns, every trial predicts one class
     chance = res.meta[A.CHANCE_SCORE]
     scores = [t.values[0] for t in res.complete_trials()]
@@ -49,3 +50,93 @@ def test_a_search_whose_trials_all_collapse_stops_early_and_says_why(tiny_model:
     assert s2.stop_reason is None and len(res2.complete_trials()) == 12
     with pytest.raises(autopeft.errors.ConfigError, match="collapse-stop must be true or false"):
         autopeft.open_search(study_name="flat3", collapse_stop="no", **_opts(tiny_model, glue_dir, tmp_path))
+
+
+# ----------------------------------------------------------------------------- raising the fidelity on collapse
+def fidelity_runner(spec: object) -> object:
+    """Simulated trials (nothing trained) that stay at chance (0.5) below learning rates x3 and learn above: a task the
+    study's first fidelity cannot tell configs apart on.  Used as ``runner="test_collapse:fidelity_runner"``."""
+    from autopeft.contract import REFERENCE
+    from autopeft.executors.simulated import run
+
+    res = run(spec)  # type: ignore[arg-type]
+    if spec.purpose != REFERENCE and (spec.fidelity["lr_scale"] < 3 or FLAT_ALWAYS):  # type: ignore[attr-defined]
+        res.score = 0.5
+    return res
+
+
+FLAT_ALWAYS = False
+
+
+def test_next_fidelity_raises_rows_batch_and_learning_rates_until_it_cannot() -> None:
+    from autopeft.contract import CPU_FIDELITY, LM_CPU_FIDELITY, Fidelity
+    from autopeft.escalation import describe, next_fidelity
+
+    f0 = Fidelity(**CPU_FIDELITY).to_dict()  # 600 rows x 2 epochs, batch 8, learning rates x2
+    f1 = next_fidelity(f0, lm=False, n_rows=5000)
+    assert (f1["n_train"], f1["batch_size"], f1["lr_scale"], f1["epochs"]) == (2000, 32, 4.0, 2.0)
+    assert f1["memory_batch_size"] == f0["memory_batch_size"] == 32  # the memory objective keeps its meaning
+    assert describe(f0, f1) == "600 -> 2000 rows, batch 8 -> 32, learning rates x2 -> x4"
+    f2 = next_fidelity(f1, lm=False, n_rows=3000)
+    assert (f2["n_train"], f2["batch_size"], f2["lr_scale"]) == (3000, 32, 8.0)  # capped by the rows there are
+    assert next_fidelity(f2, lm=False, n_rows=3000) is None  # every row, rates at x8: nothing left to raise
+    lm = Fidelity(**{**CPU_FIDELITY, **LM_CPU_FIDELITY}).to_dict()
+    l1 = next_fidelity(lm, lm=True, n_rows=7000)
+    assert (l1["n_train"], l1["batch_size"], l1["lr_scale"]) == (256, 4, 4.0)  # a causal LM keeps its small batch
+
+
+def _sim(tmp: Path, glue: Path, **kw: object) -> dict:
+    return dict(task="sst2", data_dir=str(glue), space="lora", storage=f"sqlite:///{tmp / 'e.db'}", study_name="esc",
+                executor="inline", runner="test_collapse:fidelity_runner", n_startup=3, progress=False, **kw)
+
+
+def test_a_study_whose_trials_all_collapse_raises_its_fidelity_and_then_learns(tiny_model: str, glue_dir: Path,
+                                                                               tmp_path: Path) -> None:
+    """Ten flat trials at the first fidelity: the study moves to level 1 (2,000 rows at batch 32, rates x4), keeps the
+    flat trials apart (stored, counted towards --trials, never on the front or in the sampler's data), and the
+    search runs its budget; a resume with the creation options goes on at level 1; export says the level."""
+    from optuna.trial import TrialState
+
+    from autopeft.loop import COLLAPSE_STOP_TRIALS
+    from autopeft.storage import A, level_of
+
+    opts = _sim(tmp_path, glue_dir, model=tiny_model, n_train=600, batch_size=8, lr_scale=2.0)
+    s = autopeft.open_search(n_trials=16, **opts)
+    res = s.run()
+    assert s.stop_reason is None
+    trials = [t for t in res.study.get_trials() if t.state == TrialState.COMPLETE]
+    levels = [level_of(t) for t in trials]
+    assert levels == [0] * COLLAPSE_STOP_TRIALS + [1] * 6 and len(trials) == 16
+    assert all(t.values[0] == 0.5 for t in trials[:COLLAPSE_STOP_TRIALS])
+    assert all(t.values[0] > 0.5 for t in trials[COLLAPSE_STOP_TRIALS:])
+    assert {(t.user_attrs[A.FIDELITY]["n_train"], t.user_attrs[A.FIDELITY]["batch_size"],
+             t.user_attrs[A.FIDELITY]["lr_scale"]) for t in trials[COLLAPSE_STOP_TRIALS:]} == {(2000, 32, 4.0)}
+    assert [t.number for t in res.complete_trials()] == [t.number for t in trials[COLLAPSE_STOP_TRIALS:]]
+    assert len(res.complete_trials(every_rung=True)) == 16  # show --all lists the flat ones too
+    assert res.meta[A.FIDELITY]["lr_scale"] == 4.0
+    assert [f["lr_scale"] for f in res.meta[A.LEVELS]] == [2.0, 4.0]
+    assert any("raising the trials' fidelity to level 1 (600 -> 2000 rows, batch 8 -> 32, learning rates x2 -> x4)"
+               in w for w in res.warnings)
+    # the sampler models the current level only: its history holds the 6 level-1 trials
+    assert len(res.study.sampler.history(res.study)) == 6
+    # resumed with the options it was created with: no fidelity mismatch, new trials at level 1
+    res2 = autopeft.search(n_trials=18, **opts)
+    new = [t for t in res2.study.get_trials() if t.number >= 16 and t.state == TrialState.COMPLETE]
+    assert len(new) == 2 and all(level_of(t) == 1 and t.user_attrs[A.FIDELITY]["lr_scale"] == 4.0 for t in new)
+    out = autopeft.api.export(res2.best_config(), tmp_path / "best")
+    info = json.loads((out / "autopeft_config.json").read_text())
+    assert info["level"] == 1 and info["search_fidelity"]["n_train"] == 2000
+
+
+def test_a_study_that_collapses_at_every_level_stops_after_the_last(tiny_model: str, glue_dir: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from autopeft.escalation import MAX_LEVELS
+    from autopeft.loop import COLLAPSE_STOP_TRIALS
+    from autopeft.storage import level_of
+
+    monkeypatch.setattr(__import__(__name__), "FLAT_ALWAYS", True)
+    s = autopeft.open_search(n_trials=40, **_sim(tmp_path, glue_dir, model=tiny_model))
+    res = s.run()
+    levels = [level_of(t) for t in res.complete_trials(every_rung=True)]
+    assert levels == [lv for lv in range(MAX_LEVELS + 1) for _ in range(COLLAPSE_STOP_TRIALS)]
+    assert s.stop_reason == "collapse" and f"at fidelity level {MAX_LEVELS}" in s.stop_message

@@ -17,7 +17,7 @@ from autopeft.pruner import PRUNERS
 _SAME = ("model", "task", "data_dir", "train_file", "validation_file", "text_columns", "label_column", "metric", "task_type", "space",
          "sampler", "storage", "objectives", "max_params", "max_memory", "n_train", "n_eval", "epochs", "max_length",
          "batch_size", "memory_batch_size", "lr_scale", "dtype", "gradient_checkpointing", "class_weights", "workers", "executor", "seed", "timeout", "trial_timeout",
-         "max_failures", "collapse_stop", "pruner", "curve_points", "promote", "promote_fraction", "n_startup", "trust_remote_code", "enqueue", "warm_start",
+         "max_failures", "collapse_stop", "escalate", "pruner", "curve_points", "promote", "promote_fraction", "n_startup", "trust_remote_code", "enqueue", "warm_start",
          "layers_pattern", "target_modules")
 
 
@@ -76,7 +76,11 @@ def add(sub: Any) -> None:
     s.add_argument("--max-failures", type=positive_int, default=5, help="stop after this many failed trials in a row")
     s.add_argument("--no-collapse-stop", dest="collapse_stop", action="store_false",
                    help="run the whole budget even when every trial so far scored at the majority-class level (by "
-                        "default the search stops after 10 such trials and says how to make trials learn)")
+                        "default the search raises the trials' fidelity after 10 such trials, at most twice, then stops "
+                        "and says how to make trials learn)")
+    s.add_argument("--no-escalate", dest="escalate", action="store_false",
+                   help="when every trial so far scored at the majority-class level, stop at once instead of raising "
+                        "the trials' fidelity (rows, batch, learning rates) inside the study")
     s.add_argument("--pruner", choices=PRUNERS, default="none",
                    help="early stopping: cost-sh scores each trial at 25%% and 50%% of its training and stops one "
                         "that is behind the best third of the trials with no more params and memory at that point "

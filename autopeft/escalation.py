@@ -1,0 +1,64 @@
+"""Raising the trial fidelity inside a study when every trial so far collapsed (issue 17).
+
+A search whose first :data:`autopeft.loop.COLLAPSE_STOP_TRIALS` complete trials all score at the chance level (the
+majority class; for a causal LM, no lower loss than the untrained model's) learns nothing more from the rest of its
+budget at that fidelity: on a held-out NLI task (RTE as plain CSV) every default-fidelity trial stayed at the majority
+class.  Instead of stopping, the study moves up one *level*: longer trials at higher learning rates, in the same
+study.  The trials of a lower level stay in the study (nothing is lost, ``autopeft show --all`` lists them) but every
+reader that ranks or models trials (the front, ``best``, ``export``, the plots, the samplers of autopeft, the pruner's
+peers, promotion, the collapse checks) takes only the study's current level, since a score at another fidelity is
+not comparable; a config run at a lower level may be proposed again at the new one.  ``--trials`` counts every
+evaluation, lower levels included.  After :data:`MAX_LEVELS` raises the search stops with its advice, as before.
+
+The study's ``fidelity`` attribute is the current level's; ``fidelity_levels`` lists every level's fidelity, the
+first as the study was created (what a resume with the same options is compared with); each trial of a raised level
+carries its ``level``.  The memory objective stays at the first level's ``memory_batch_size``, so the reference point
+measured at creation still bounds it.
+
+Pure Python: no torch or optuna import.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: how many times a study may raise its fidelity before the collapse stop applies
+MAX_LEVELS = 2
+#: classification: rows of a raised level at least this many (and twice the previous level's), batch 32, learning
+#: rates x2 (at least x3) up to x8 -- the setting the collapse advice named; on SST-2 and RTE the default CPU
+#: fidelity's LoRA trials stay at the majority class while 2000 rows at batch 32, x3-x4 learn (BENCHMARKS.md)
+MIN_ROWS = 2000
+BATCH = 32
+MIN_LR_SCALE, MAX_LR_SCALE = 3.0, 8.0
+
+
+def next_fidelity(fid: dict[str, Any], lm: bool, n_rows: int) -> dict[str, Any] | None:
+    """The fidelity one level above ``fid`` (a :class:`~autopeft.contract.Fidelity` as a dict), or None when it can be
+    raised no further (every row already, learning rates at :data:`MAX_LR_SCALE`).  ``n_rows``: the training rows a
+    trial can use (the task's minus the search split).  Everything else (epochs, evaluation rows, memory batch, dtype)
+    is kept."""
+    n, lr = int(fid["n_train"]), float(fid["lr_scale"])
+    new = dict(fid)
+    new.setdefault("memory_batch_size", fid.get("batch_size"))
+    if lm:  # cost is set by tokens: more rows at the same batch, learning rates x2
+        new["n_train"] = min(4 * n, n_rows)
+        new["lr_scale"] = min(2 * lr, MAX_LR_SCALE)
+    else:
+        new["n_train"] = min(max(MIN_ROWS, 2 * n), n_rows)
+        new["batch_size"] = max(int(fid["batch_size"]), BATCH) if new["n_train"] >= BATCH else int(fid["batch_size"])
+        new["lr_scale"] = min(max(MIN_LR_SCALE, 2 * lr), MAX_LR_SCALE)
+    if new["n_train"] <= n and new["lr_scale"] <= lr:
+        return None
+    return new
+
+
+def describe(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """What changes between two levels, e.g. ``600 -> 2000 rows, batch 8 -> 32, learning rates x2 -> x4``."""
+    parts = []
+    if new["n_train"] != old["n_train"]:
+        parts.append(f"{old['n_train']} -> {new['n_train']} rows")
+    if new["batch_size"] != old["batch_size"]:
+        parts.append(f"batch {old['batch_size']} -> {new['batch_size']}")
+    if new["lr_scale"] != old["lr_scale"]:
+        parts.append(f"learning rates x{float(old['lr_scale']):g} -> x{float(new['lr_scale']):g}")
+    return ", ".join(parts) or "no change"
