@@ -1,6 +1,7 @@
 """The default sampler's score GP, made fast: the same model as botorch's ``SingleTaskGP`` fitted by
 ``fit_gpytorch_mll`` (RBF kernel with ARD, botorch's dimension-scaled log-normal priors, standardised outcome,
-L-BFGS-B from the last fit's hyperparameters), with three changes that leave the model as it was:
+L-BFGS-B from the last fit's hyperparameters), with four changes that leave the model as it was (the last two very
+nearly):
 
 - **an exact closed-form objective**: botorch's optimiser (its bounds, retries and iteration limit) is handed a closure
   that computes the same negative MAP marginal log likelihood and its gradient in numpy from one Cholesky factor
@@ -8,6 +9,8 @@ L-BFGS-B from the last fit's hyperparameters), with three changes that leave the
 - **one thread** (torch's and the BLAS libraries') while the sampler plans a model-based proposal (:func:`one_thread`):
   these are small matrices, and with the default two threads on a machine whose cores train, each step waited for a
   busy core (a 100-trial ask took seconds);
+- **hyperparameters fitted again only as the trials grow** (from :data:`REFIT_FROM` trials on, once they grew by
+  :data:`REFIT_GROWTH`); the GP conditions on every trial at every ask;
 - **hyperparameters from at most** :data:`FIT_POINTS` **trials**: beyond that many, the hyperparameters are fitted
   on a random subset (fixed by the seed and the trial count) and the GP then conditions on every trial.  A fit costs
   O(n^3) per step and 75 steps per ask; this bounds it (BENCHMARKS.md "Sampler ask() time", issue 17, measures the
@@ -26,6 +29,11 @@ import numpy as np
 FIT_POINTS = 256
 #: L-BFGS-B iterations per fit (from the last fit's hyperparameters)
 FIT_MAXITER = 75
+#: from this many trials on, the hyperparameters are fitted again only once the trials grew by REFIT_GROWTH since the
+#: last fit (in between, the GP conditions on every trial with the last fit's hyperparameters): at 100 trials a fit
+#: is a quarter of an ask, and 10 more trials barely move lengthscales fitted on 100 (BENCHMARKS.md, ask() time)
+REFIT_FROM = 40
+REFIT_GROWTH = 0.1
 #: the names of the GP's free parameters the exact closure handles (botorch's SingleTaskGP defaults)
 _NOISE, _MEAN, _LS = "likelihood.noise_covar.raw_noise", "model.mean_module.raw_constant", "model.covar_module.raw_lengthscale"
 
@@ -62,6 +70,17 @@ def fit_gp(X: np.ndarray, y: np.ndarray, state: dict[str, Any] | None, seed: int
     with one_thread():
         Xt = torch.as_tensor(X, dtype=torch.double)
         yt = torch.as_tensor(y, dtype=torch.double).unsqueeze(-1)
+        if (state is not None and state["d"] == X.shape[1] and "mean" in state and len(X) >= REFIT_FROM
+                and state["n"] <= len(X) < state["n"] + max(1, round(REFIT_GROWTH * state["n"]))):
+            gp = SingleTaskGP(Xt, yt, outcome_transform=Standardize(m=1))  # the last fit's hyperparameters
+            try:
+                gp.covar_module.load_state_dict(state["covar"])
+                gp.likelihood.load_state_dict(state["lik"])
+                gp.mean_module.load_state_dict(state["mean"])
+                gp.eval()
+                return gp, state
+            except (RuntimeError, KeyError):
+                pass
         idx = None
         if len(X) > FIT_POINTS:
             idx = np.sort(np.random.default_rng([seed, len(X)]).choice(len(X), FIT_POINTS, replace=False))
@@ -74,7 +93,8 @@ def fit_gp(X: np.ndarray, y: np.ndarray, state: dict[str, Any] | None, seed: int
             except (RuntimeError, KeyError):
                 pass
         _fit(fit_on)
-        state = {"d": X.shape[1], "covar": fit_on.covar_module.state_dict(), "lik": fit_on.likelihood.state_dict()}
+        state = {"d": X.shape[1], "n": len(X), "covar": fit_on.covar_module.state_dict(),
+                 "lik": fit_on.likelihood.state_dict(), "mean": fit_on.mean_module.state_dict()}
         gp = fit_on
         if idx is not None:  # the hyperparameters of the subset; the data of every trial
             gp = SingleTaskGP(Xt, yt, outcome_transform=Standardize(m=1))

@@ -288,6 +288,32 @@ def test_beyond_fit_points_the_gp_fits_on_a_subset_and_conditions_on_every_trial
     assert gp2.train_inputs[0].shape == (40, 5)
 
 
+def test_the_gp_refits_its_hyperparameters_only_once_the_trials_grew(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From REFIT_FROM trials on, a few more trials keep the last fit's hyperparameters (the GP still conditions on every
+    trial: its posterior at a new trial moves to that trial's score); 10 % more trials fit them again."""
+    from autopeft import sampler_gp
+
+    fits: list[int] = []
+    real_fit = sampler_gp._fit
+    monkeypatch.setattr(sampler_gp, "_fit", lambda gp: (fits.append(len(gp.train_inputs[0])), real_fit(gp)))
+    rng = np.random.default_rng(1)
+    X = rng.random((60, 4))
+    y = np.sin(6 * X[:, 0]) + 0.02 * rng.standard_normal(60)
+    y[53] += 1.0  # a surprise the model has not seen
+    gp, state = sampler_gp.fit_gp(X[:50], y[:50], None, seed=0)
+    mu_before, _ = sampler_gp.posterior(gp, X[53:54])
+    gp2, state2 = sampler_gp.fit_gp(X[:54], y[:54], state, seed=0)  # 54 < 50 x 1.1: no new fit
+    assert fits == [50] and state2 is state and gp2.train_inputs[0].shape == (54, 4)
+    ls = lambda g: g.covar_module.lengthscale.detach().numpy()  # noqa: E731
+    assert np.allclose(ls(gp2), ls(gp))
+    mu_after, _ = sampler_gp.posterior(gp2, X[53:54])
+    assert abs(mu_before[0] - y[53]) > 0.8 and mu_after[0] - mu_before[0] > 0.1  # conditioned on the new trial
+    _, state3 = sampler_gp.fit_gp(X[:55], y[:55], state2, seed=0)  # 55 >= 50 x 1.1: fitted again
+    assert fits == [50, 55] and state3["n"] == 55
+    sampler_gp.fit_gp(X[:30], y[:30], state3, seed=0)  # fewer trials than the last fit (a new level): fitted
+    assert fits == [50, 55, 30]
+
+
 def test_a_prior_from_a_related_task_gives_a_better_front_early() -> None:
     """Another study's trials as the sampler's prior (autopeft.sampler_prior): 60 configs scored on a related task
     (the toy landscape's score on another scale: same ranking) make 8 trials reach a larger hypervolume than 8 trials
