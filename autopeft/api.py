@@ -185,7 +185,7 @@ def train(config_dir: str | Path, output: str | Path, *, model: str | None = Non
           label_column: str | None = None, task_type: str | None = None, **trainer: Any) -> dict[str, Any]:
     """Train an exported config at full budget with transformers' ``Trainer`` and each seed, score the validation
     split, save the model.  ``trainer`` keywords: device, bf16, fp16, grad_accum, grad_ckpt, resume, report_to,
-    class_weights (auto, balanced, none),
+    class_weights (auto, balanced, none), lr_scale (multiplies every learning rate),
     training_args (a dict of any other ``TrainingArguments`` fields), progress (see
     :func:`autopeft.final.train_final`)."""
     from autopeft.builder import DEFAULT_MODEL
@@ -219,7 +219,7 @@ def train(config_dir: str | Path, output: str | Path, *, model: str | None = Non
     if metric:  # checked when the task loads
         data = {**data, "metric": metric}
     allowed = {"device", "bf16", "fp16", "grad_accum", "grad_ckpt", "resume", "report_to", "training_args", "progress",
-               "generate", "n_eval", "class_weights"}
+               "generate", "n_eval", "class_weights", "lr_scale"}
     unknown = sorted(set(trainer) - allowed)
     if unknown:
         raise ConfigError(f"train() got unknown keyword(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")

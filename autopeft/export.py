@@ -153,11 +153,11 @@ class Trainable:
     callbacks: list[Any] = field(default_factory=list)
     masks: Any = None  # autopeft.sparsity.SparsityMasks, if the config is sparse
 
-    def optimizer(self, weight_decay: float = 0.01) -> Any:
-        """AdamW over the per-method groups, with the trials' weight decay."""
+    def optimizer(self, weight_decay: float = 0.01, lr_scale: float = 1.0) -> Any:
+        """AdamW over the per-method groups (each group's rate x ``lr_scale``), with the trials' weight decay."""
         import torch
 
-        groups = [{"params": g["params"], "lr": g["lr"]} for g in self.param_groups]
+        groups = [{"params": g["params"], "lr": g["lr"] * lr_scale} for g in self.param_groups]
         return torch.optim.AdamW(groups, weight_decay=weight_decay)
 
 

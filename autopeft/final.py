@@ -120,7 +120,7 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
                 grad_accum: int = 1, grad_ckpt: bool = False, resume: bool = False, report_to: str = "none",
                 training_args: dict[str, Any] | None = None, progress: bool = True,
                 generate: int | None = None, n_eval: int | None = None, class_weights: str = "auto",
-                layout: Any = None) -> dict[str, Any]:
+                layout: Any = None, lr_scale: float = 1.0) -> dict[str, Any]:
     """Train ``cand`` at full budget with transformers' ``Trainer``, once per seed: all (or ``n_train``) training rows
     less a held-out tenth (at most 1,000 rows) that picks the best epoch, scored once on the validation split; the
     first seed's model is saved.  ``resume`` continues from the checkpoints of an interrupted run in ``out_dir`` and
@@ -131,7 +131,9 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
     ``####`` for GSM8K) on ``generate`` rows (default: all on a GPU, :data:`GENERATE_ROWS_CPU` on CPU; 0: none).
 
     ``class_weights``: ``balanced``, ``none``, or ``auto`` (balanced for imbalanced tasks scored by Matthews or
-    macro-F1, as a search's trials: :func:`autopeft.data.auto_class_weights`)."""
+    macro-F1, as a search's trials: :func:`autopeft.data.auto_class_weights`).
+
+    ``lr_scale`` multiplies every group's learning rate (the methods' rates x the config's multiplier)."""
     import numpy as np
     from transformers import TrainingArguments
 
@@ -140,6 +142,8 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
 
     if not seeds:
         raise ConfigError("--seeds needs at least one seed")
+    if isinstance(lr_scale, bool) or not isinstance(lr_scale, (int, float)) or not 0 < lr_scale < math.inf:
+        raise ConfigError(f"--lr-scale must be a finite number > 0, got {lr_scale!r}")
     if threads:
         torch.set_num_threads(threads)
     device = device or pick_device()
@@ -222,7 +226,7 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
         trainer = _trainer_class()(
             model=built.model, args=args, train_dataset=train_ds, eval_dataset=hold_ds or None,
             data_collator=collator(tok, task.is_lm), compute_metrics=None if task.is_lm else metrics,
-            optimizers=(built.optimizer(), None), callbacks=built.callbacks or None, compute_loss_func=loss_func)
+            optimizers=(built.optimizer(lr_scale=lr_scale), None), callbacks=built.callbacks or None, compute_loss_func=loss_func)
         has_ckpt = ckpt.is_dir() and any(ckpt.glob("checkpoint-*"))
         trainer.train(resume_from_checkpoint=True if resume and has_ckpt else None)
         if any(not math.isfinite(h["loss"]) for h in trainer.state.log_history if "loss" in h):
@@ -258,7 +262,7 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
               "split": _split_name(task), "seeds": list(seeds), "scores": scores, "mean": statistics.fmean(scores),
               "std": statistics.pstdev(scores) if len(scores) > 1 else 0.0, "params": params,
               "n_train": n, "holdout": n_hold, "n_eval": len(val_texts),
-              "epochs": epochs, "seconds": times, "saved_seed": seeds[0], "saved_score": scores[0], "device": device,
+              "epochs": epochs, "lr_scale": lr_scale, "seconds": times, "saved_seed": seeds[0], "saved_score": scores[0], "device": device,
               "trainer": "transformers.Trainer", "class_weights": class_weights}
     if matches:
         result.update({"exact_match": matches, "exact_match_mean": statistics.fmean(matches), "generated_rows": n_gen})

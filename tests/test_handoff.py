@@ -82,6 +82,9 @@ def test_cli_export_best_and_train(study: tuple[str, str], tiny_model: str, glue
     assert main(["train", "--config", str(tmp_path / "cfg"), "--data-dir", str(glue_dir), "--metric", "roc",
                  "-o", str(tmp_path / "out3")]) == 2
     assert "unknown metric 'roc'" in capsys.readouterr().err
+    assert main(["train", "--config", str(tmp_path / "cfg"), "--data-dir", str(glue_dir), "--lr-scale", "0",
+                 "-o", str(tmp_path / "out4")]) == 2
+    assert "argument --lr-scale: must be a finite number > 0, got 0" in capsys.readouterr().err
 
 
 def test_every_export_says_what_loads_where_and_loads_from_elsewhere(tiny_model: str, tmp_path: Path,
@@ -142,7 +145,9 @@ def test_a_sparse_bottleneck_export_trains_with_transformers_trainer(tiny_model:
           for i, r in enumerate(rows)]
     args = TrainingArguments(output_dir=str(tmp_path / "tr"), per_device_train_batch_size=16, num_train_epochs=2,
                              report_to=[], save_strategy="no", use_cpu=True, logging_strategy="no")
-    Trainer(model=t.model, args=args, train_dataset=ds, optimizers=(t.optimizer(), None), callbacks=t.callbacks).train()
+    opt = t.optimizer()
+    assert [g["lr"] for g in t.optimizer(lr_scale=4.0).param_groups] == [4 * g["lr"] for g in opt.param_groups]
+    Trainer(model=t.model, args=args, train_dataset=ds, optimizers=(opt, None), callbacks=t.callbacks).train()
     after = dict(t.model.named_parameters())
     assert set(t.masks.masks) == set(before)
     for n, keep in t.masks.masks.items():

@@ -24,6 +24,9 @@ def add(sub: Any) -> None:
     t.add_argument("--n-train", type=positive_int, help="training rows (default: all)")
     t.add_argument("--max-length", type=positive_int, default=128, help="max tokens (default 128)")
     t.add_argument("--batch-size", type=positive_int, default=32, help="batch size (default 32)")
+    t.add_argument("--lr-scale", type=positive_float, default=1.0,
+                   help="multiply every learning rate (default 1: each method's rate x the config's multiplier; the "
+                        "search's own --lr-scale is in the export's search_fidelity)")
     t.add_argument("--text-columns", help="comma-separated text columns (default: inferred)")
     t.add_argument("--label-column", help="label column (default: inferred)")
     t.add_argument("--task-type", choices=("classification", "causal-lm", "seq2seq"),
@@ -71,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
                     bf16=args.bf16, fp16=args.fp16, grad_accum=args.gradient_accumulation_steps,
                     grad_ckpt=args.gradient_checkpointing, resume=args.resume, report_to=args.report_to,
                     training_args=training_args(args.training_args), progress=not args.no_progress,
-                    generate=args.generate, n_eval=args.n_eval, class_weights=args.class_weights)
+                    generate=args.generate, n_eval=args.n_eval, class_weights=args.class_weights,
+                    lr_scale=args.lr_scale)
     split = res.get("split", "validation")
     em = (f"; exact match {res['exact_match_mean']:.4f} on {res['generated_rows']} {split} rows"
           if "exact_match" in res else "")
