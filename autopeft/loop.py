@@ -201,12 +201,18 @@ class CollapseWarning:
         if flat < COLLAPSE_FRACTION * len(comp):
             return
         f = self.fidelity
-        msg = (f"{flat} of {len(comp)} trials score no better than always predicting the majority class "
-               f"({self.metric} {self.chance:.3f}), so the trials are too short to tell configurations apart on this task; "
-               f"start a new study with longer trials and higher learning rates, e.g. --n-train "
-               f"{max(2000, 2 * f['n_train'])} --batch-size 32 --lr-scale {max(3.0, 2 * f['lr_scale']):g}"
-               + (", or rank by --metric auc, which does not need the argmax to move" if self.num_labels == 2
-                  and self.metric != "auc" else ""))
+        head = (f"{flat} of {len(comp)} trials score no better than always predicting the majority class "
+                f"({self.metric} {self.chance:.3f}), so the trials ")
+        if self.raise_to is not None and flat == len(comp):  # the search raises its fidelity itself if it stays so
+            msg = head + (f"may be too short for this task; if all of the first "
+                          f"{max(COLLAPSE_STOP_TRIALS, self.n_startup + 2)} stay there, the search raises their "
+                          "fidelity (more rows, higher learning rates) itself")
+        else:
+            msg = head + (f"are too short to tell configurations apart on this task; start a new study with longer "
+                          f"trials and higher learning rates, e.g. --n-train {max(2000, 2 * f['n_train'])} "
+                          f"--batch-size 32 --lr-scale {max(3.0, 2 * f['lr_scale']):g}"
+                          + (", or rank by --metric auc, which does not need the argmax to move"
+                             if self.num_labels == 2 and self.metric != "auc" else ""))
         self.warned = True
         store.set_notice("collapse", "collapse: " + msg)
         print(f"autopeft: warning: {msg}", file=sys.stderr, flush=True)

@@ -191,6 +191,31 @@ def test_collapsed_trials_are_warned_about_once(flat: int, warned: bool, capsys:
         assert err == "" and warnings == []
 
 
+def test_a_search_that_raises_its_fidelity_itself_warns_that_it_will(capsys: pytest.CaptureFixture[str],
+                                                                      tmp_path: Path) -> None:
+    """Every trial so far flat and the search set to raise its fidelity: the warning says the search will, not to
+    start a new study."""
+    from autopeft.contract import OK, TrialResult
+    from autopeft.loop import CollapseWarning
+    from autopeft.storage import StudyStore
+
+    storage = f"sqlite:///{tmp_path / 'c.db'}"
+    _synthetic(storage, ["score", "params"], [])
+    study = optuna.load_study(study_name="syn", storage=storage)
+    dist = {"x": FloatDistribution(0, 1)}
+    for i in range(8):
+        study.add_trial(create_trial(params={"x": i / 8}, distributions=dist, values=[0.5, 100.0 + i]))
+    store = StudyStore("syn", storage)
+    store.study = study
+    warn = CollapseWarning(0.5, "accuracy", 2, 8, {"n_train": 600, "lr_scale": 2.0}, warned=False,
+                           raise_to=lambda level, fid: None)
+    warn(store, TrialResult(7, OK, score=0.5))
+    err = capsys.readouterr().err
+    assert ("8 of 8 trials score no better than always predicting the majority class (accuracy 0.500), so the trials "
+            "may be too short for this task; if all of the first 10 stay there, the search raises their fidelity "
+            "(more rows, higher learning rates) itself") in err and "start a new study" not in err
+
+
 def test_options_that_switch_the_cpu_preset_off_are_said() -> None:
     from autopeft.contract import fidelity_note
 
