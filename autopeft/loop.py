@@ -194,7 +194,8 @@ class CollapseWarning:
         if result.status != OK:
             return
         comp = complete_trials(store.study)  # the current fidelity level's
-        self._maybe_stop(store, comp)
+        if self._maybe_stop(store, comp):
+            return  # the study moved to a new level: its trials start afresh
         if self.warned or self.lm or len(comp) < max(COLLAPSE_MIN_TRIALS, self.n_startup):
             return
         flat = sum(1 for t in comp if self._flat(t.values[0], 1e-9))
@@ -217,12 +218,13 @@ class CollapseWarning:
         store.set_notice("collapse", "collapse: " + msg)
         print(f"autopeft: warning: {msg}", file=sys.stderr, flush=True)
 
-    def _maybe_stop(self, store: StudyStore, comp: list[Any]) -> None:
+    def _maybe_stop(self, store: StudyStore, comp: list[Any]) -> bool:
+        """Stop the search, or raise its fidelity level (then True), when every trial of the level is flat."""
         p = self.policy
         if p is None or p.reason is not None or len(comp) < max(COLLAPSE_STOP_TRIALS, self.n_startup + 2):
-            return
+            return False
         if not all(self._flat(t.values[0], COLLAPSE_STOP_MARGIN) for t in comp):
-            return
+            return False
         from autopeft.storage import A, study_level
 
         level = study_level(store.study)
@@ -245,13 +247,14 @@ class CollapseWarning:
             store.set_notice(f"level_{level + 1}", "collapse: " + msg)
             print(f"autopeft: {msg}", file=sys.stderr, flush=True)
             self.fidelity, self.warned = new, False
-            return
+            return True
         raised = f" at fidelity level {level} (raised {level} time(s))" if level else ""
         p.reason = "collapse"
         p.message = (f"stopped early: none of the {len(comp)} complete trials{raised} {what}, so the rest of the budget "
                      f"would be spent on noise; start a new study (--study NAME) with longer trials, e.g. {how} "
                      "(--no-collapse-stop runs the budget anyway)")
         store.set_notice("collapse_stop", "collapse: " + p.message)
+        return False
 
 
 class TrialLog:
