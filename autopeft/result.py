@@ -43,6 +43,8 @@ class SearchResult:
         self.ref_point: list[float] = list(self.meta[A.REF_POINT])
         #: whether configs were promoted to higher fidelities (``--promote``): tables then say each row's fidelity
         self.laddered: bool = bool(self.meta.get(A.LADDER))
+        #: the study's fidelity level (autopeft.escalation; 0: it never raised it): front and tables are of this level
+        self.level: int = int(self.meta.get(A.LEVEL_NOW, 0) or 0)
 
     # ------------------------------------------------------------------ tables
     def complete_trials(self, every_rung: bool = False) -> list[Any]:
@@ -70,10 +72,24 @@ class SearchResult:
                 row["memory"] = ua.get(A.MEMORY_MIB)
             row.update({"trainable_pct": ua.get(A.TRAINABLE_PCT), "wall_s": ua.get(A.WALL_S), "sampler_s": ua.get(A.SAMPLER_S),
                         "reason": ua.get(A.REASON), "candidate": ua.get(A.CANDIDATE)})
-            if self.laddered:
+            if self.laddered or self.level:
                 row["fidelity"] = fidelity_label(t)
+            if self.level:
+                row["level"] = int(ua.get(A.LEVEL, 0) or 0)
             rows.append(row)
         return pd.DataFrame(rows)
+
+    def level_note(self) -> str:
+        """``; fidelity level 1 (1990x2 rows x epochs); 10 complete trial(s) at lower levels: --all`` for a study that
+        raised its fidelity (:mod:`autopeft.escalation`), else empty."""
+        if not self.level:
+            return ""
+        from autopeft.storage import level_of
+
+        comp = self.complete_trials()
+        lower = sum(level_of(t) < self.level for t in self.complete_trials(every_rung=True))
+        where = f" ({fidelity_label(comp[0])} rows x epochs)" if comp else ""
+        return f"; fidelity level {self.level}{where}; {lower} complete trial(s) at lower levels: --all"
 
     def front_trials(self) -> list[Any]:
         comp = self.complete_trials()

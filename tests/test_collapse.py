@@ -118,6 +118,9 @@ def test_a_study_whose_trials_all_collapse_raises_its_fidelity_and_then_learns(t
     assert any("raising the trials' fidelity to level 1 (600 -> 2000 rows, batch 8 -> 32, learning rates x2 -> x4)"
                in w for w in res.warnings)
     assert not any("10 of 10 trials score no better" in w for w in res.warnings)  # the old level is not warned about
+    assert res.level == 1 and res.level_note() == ("; fidelity level 1 (2000x2 rows x epochs); 10 complete trial(s) at "
+                                                   "lower levels: --all")
+    assert res.trials["level"].tolist()[:COLLAPSE_STOP_TRIALS + 1] == [0] * COLLAPSE_STOP_TRIALS + [1]
     # the sampler models the current level only: its history holds the 6 level-1 trials
     assert len(res.study.sampler.history(res.study)) == 6
     # resumed with the options it was created with: no fidelity mismatch, new trials at level 1

@@ -35,8 +35,11 @@ def print_front(res: Any, fmt: str, all_trials: bool = False) -> None:
             m = res.meta.get("metric")
             title = "All trials" if all_trials else (f"Pareto front ({m} on the held-out search split"
                                                      f"{', lower is better' if m == 'loss' else ''}"
-                                                     f"{'; each config at the highest fidelity it reached' if res.laddered else ''})")
+                                                     f"{'; each config at the highest fidelity it reached' if res.laddered else ''}"
+                                                     f"{res.level_note()})")
             print(title)
-            print(front_table(df, res.objectives).to_string(index=False) if len(df) else "(no completed trials yet)")
+            print(front_table(df, res.objectives).to_string(index=False) if len(df) else
+                  "(no completed trials yet" + (" at this fidelity level" if res.level and not all_trials else "") + ")")
             for w in res.warnings:
                 print(f"warning: {w}")
+
