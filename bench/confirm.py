@@ -44,7 +44,8 @@ def run(a: argparse.Namespace) -> int:
             res = search(model=a.model, task=a.task, data_dir=a.data_dir, metric=a.metric, space=a.space,
                          n_trials=a.trials, sampler=sampler, study_name=study_name(a.task, sampler, seed),
                          storage=storage, workers=a.workers, seed=seed, timeout=remaining,
-                         executor="inline" if a.quick else "local", progress=not a.quick, **(fid or {}))
+                         executor="inline" if a.quick else "local", progress=not a.quick,
+                         escalate=False, **(fid or {}))  # samplers compared at one fidelity: never raised
             done = len(res.complete_trials())
             print(f"{res.name}: {done}/{a.trials} complete", flush=True)
             left += done < a.trials

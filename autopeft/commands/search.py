@@ -154,7 +154,8 @@ def run(args: argparse.Namespace) -> int:
     if s.stop_reason == "timeout":
         print("autopeft: stopped at --timeout; run the same command to continue", file=sys.stderr)
     print_front(res, "table")
-    print(f"\n{len(res.complete_trials())} complete trials in {time.monotonic() - t0:.0f} s; hypervolume {res.hypervolume():.4f}; "
+    print(f"\n{len(res.complete_trials())} complete trials{f' at fidelity level {res.level}' if res.level else ''} in "
+          f"{time.monotonic() - t0:.0f} s; hypervolume {res.hypervolume():.4f}; "
           f"study {res.name!r} stored in {res.storage}")
     print(f"inspect: autopeft show --study {res.name}" + (f" --storage {args.storage}" if args.storage else ""))
     return 0
