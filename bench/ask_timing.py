@@ -38,7 +38,7 @@ from autopeft.contract import PRUNED
 from autopeft.proposer import make_sampler
 from autopeft.space import SearchSpace
 from autopeft.storage import A
-from bench.common import add_quick, add_space
+from bench.common import add_quick, add_refit, add_space, apply_refit
 
 #: the chance level of the toy task (the study's reference score)
 CHANCE = 0.5
@@ -108,14 +108,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--samplers", default="autopeft,gp", help="comma-separated (autopeft, gp, botorch, ...)")
     ap.add_argument("--load", type=int, default=0, help="processes training a small torch model meanwhile")
     ap.add_argument("--out", help="write the figures as JSON here")
-    ap.add_argument("--refit-growth", type=float, help="the default sampler refits its GP's hyperparameters once the "
-                    "trials grew by this share (autopeft.sampler_gp.REFIT_GROWTH; 0: at every new trial)")
+    add_refit(ap)
     add_quick(ap)
     a = ap.parse_args(argv)
-    if a.refit_growth is not None:
-        from autopeft import sampler_gp
-
-        sampler_gp.REFIT_GROWTH = a.refit_growth
+    apply_refit(a)
     if a.quick:
         a.trials, a.asks, a.samplers = 12, 2, "autopeft,gp"
     quiet()

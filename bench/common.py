@@ -66,6 +66,19 @@ def add_quick(ap: argparse.ArgumentParser, what: str = "a tiny run") -> None:
     ap.add_argument("--quick", action="store_true", help=f"{what}, for the test suite")
 
 
+def add_refit(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--refit-growth", type=float, help="the default sampler refits its GP's hyperparameters once the "
+                    "trials grew by this share (autopeft.sampler_gp.REFIT_GROWTH; 0: at every new trial)")
+
+
+def apply_refit(a: argparse.Namespace) -> None:
+    """Set ``--refit-growth`` in :mod:`autopeft.sampler_gp` (this process's samplers)."""
+    if a.refit_growth is not None:
+        from autopeft import sampler_gp
+
+        sampler_gp.REFIT_GROWTH = a.refit_growth
+
+
 class FidelityError(ValueError):
     """A malformed --fidelity text (the scripts print it as one line and exit 2)."""
 
