@@ -154,6 +154,10 @@ class SearchLoop:
             results = executor.wait(timeout=min(5.0, HEARTBEAT_S))
             for res in results:
                 self.complete(res)
+            stale = self.proposer.lower_level() if results else []
+            if stale:  # the study raised its fidelity (autopeft.escalation): a lower level's trial is of no use now
+                executor.cancel(set(stale))
+                self.proposer.abandon(stale, "the study raised its fidelity level")
 
 
 # ----------------------------------------------------------------------------- callbacks

@@ -139,6 +139,7 @@ class Proposer:
             self.fidelity = dict(store.meta[A.FIDELITY])
         self.index = CandidateIndex(self.level)
         self.pending: dict[int, tuple[Any, Candidate, float]] = {}
+        self._prepared_at: dict[int, int] = {}  # the fidelity level each trial in flight was prepared at
         #: the trial being prepared (asked, not yet in flight): the heartbeat thread beats it too, since a sampler fit
         #: can outlast the grace period on a loaded machine (CI: a live trial was failed as stale by another driver)
         self.preparing: Any | None = None
@@ -226,6 +227,7 @@ class Proposer:
                              fault=self.fault(trial.number) if self.fault else None,
                              prune=self.prune_for(params) if self.prune_for and not rung else None, **self.spec_fields)
             self.pending[trial.number] = (trial, cand, time.monotonic())
+            self._prepared_at[trial.number] = self.level
         if self.rejections >= MAX_REJECTIONS:
             raise StudyError(f"{MAX_REJECTIONS} proposals in a row were duplicates or over budget: the space is "
                              "exhausted or the budget too tight; widen the space or raise --max-params")
@@ -234,12 +236,14 @@ class Proposer:
     def withdraw(self, trial_id: int, reason: str) -> None:
         """Take back a spec not yet submitted: stored PRUNED with status ``surplus``; its candidate stays eligible."""
         trial, cand, _ = self.pending.pop(trial_id)
+        self._prepared_at.pop(trial_id, None)
         self.store.reject(trial, SURPLUS, reason)
         self.index.refresh(self.store.trials())
 
     def finish(self, trial_id: int) -> Any | None:
         """The trial of a result, no longer in flight (None if it is not this proposer's)."""
         entry = self.pending.pop(trial_id, None)
+        self._prepared_at.pop(trial_id, None)
         return entry[0] if entry is not None else None
 
     def started(self, trial_id: int) -> float | None:
@@ -259,11 +263,25 @@ class Proposer:
         """A context in which the trials in flight get a heartbeat every ``interval`` seconds from a thread."""
         return Heartbeats(self, interval)
 
+    def abandon(self, trial_ids: Sequence[int], why: str) -> None:
+        """Mark these trials in flight FAIL with status ``abandoned`` and the reason (their configs may run again)."""
+        for n in trial_ids:
+            entry = self.pending.pop(n, None)
+            self._prepared_at.pop(n, None)
+            if entry is not None:
+                self.store.fail(entry[0], ABANDONED, f"stopped before it finished ({why})")
+
+    def lower_level(self) -> list[int]:
+        """The trials in flight that were prepared at a lower fidelity level than the study's now."""
+        level = study_level(self.store.study)
+        return [n for n in self.pending if self._prepared_at.get(n, level) < level]
+
     def abandon_all(self, why: str) -> None:
         """Mark every trial in flight FAIL with status ``abandoned`` and the reason; completed work is untouched."""
         for trial, _, _ in list(self.pending.values()):
             self.store.fail(trial, ABANDONED, f"stopped before it finished ({why})")
         self.pending.clear()
+        self._prepared_at.clear()
 
 
 class Heartbeats:

@@ -144,3 +144,36 @@ def test_a_study_that_collapses_at_every_level_stops_after_the_last(tiny_model: 
     levels = [level_of(t) for t in res.complete_trials(every_rung=True)]
     assert levels == [lv for lv in range(MAX_LEVELS + 1) for _ in range(COLLAPSE_STOP_TRIALS)]
     assert s.stop_reason == "collapse" and f"at fidelity level {MAX_LEVELS}" in s.stop_message
+
+
+def test_trials_of_the_lower_level_still_in_flight_are_stopped_when_the_level_rises(tiny_model: str, glue_dir: Path,
+                                                                                    tmp_path: Path) -> None:
+    """Two slots and one spec prepared ahead: when the study raises its level, the lower level's trials still running
+    or queued are stopped and stored abandoned with the reason (their configs free again), not trained to the end."""
+    from optuna.trial import TrialState
+
+    from autopeft.executors.base import Event
+    from autopeft.executors.local import InlineExecutor
+    from autopeft.loop import COLLAPSE_STOP_TRIALS
+    from autopeft.storage import A, level_of
+
+    class TwoSlots(InlineExecutor):  # two trials run at once; one finishes per poll, the oldest
+        def __init__(self) -> None:
+            super().__init__(None, "test_collapse:fidelity_runner")
+            self.capacity = 2
+
+        def _poll(self, handles: list, timeout: float) -> list:
+            h = min(h for h in handles if h in self._ready)
+            return [Event(h, "result", self._fn(self._ready.pop(h)))]
+
+    opts = _sim(tmp_path, glue_dir, model=tiny_model, n_train=600, batch_size=8, lr_scale=2.0)
+    s = autopeft.open_search(n_trials=16, **opts)
+    s.executor = TwoSlots()
+    res = s.run()
+    trials = res.study.get_trials()
+    comp = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert [level_of(t) for t in comp] == [0] * COLLAPSE_STOP_TRIALS + [1] * (16 - COLLAPSE_STOP_TRIALS)
+    stopped = [t for t in trials if t.user_attrs.get(A.STATUS) == "abandoned"]
+    assert len(stopped) == 2 and all(level_of(t) == 0 and "the study raised its fidelity level" in t.user_attrs[A.REASON]
+                                     for t in stopped)  # one running, one queued, both at level 0
+    assert len(res.complete_trials()) == 16 - COLLAPSE_STOP_TRIALS

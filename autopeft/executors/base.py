@@ -90,6 +90,19 @@ class Executor(ABC):
         self._queue.append(spec)
         self._dispatch()
 
+    def cancel(self, trial_ids: set[int]) -> list[int]:
+        """Stop these trials, queued or running (their slots are freed; nothing is reported for them); returns the
+        ids found."""
+        found = [s.trial_id for s in self._queue if s.trial_id in trial_ids]
+        self._queue = deque(s for s in self._queue if s.trial_id not in trial_ids)
+        for handle, run in list(self._running.items()):
+            if run.spec.trial_id in trial_ids:
+                del self._running[handle]
+                self._kill(handle)
+                found.append(run.spec.trial_id)
+        self._dispatch()
+        return found
+
     def running(self) -> int:
         return len(self._queue) + len(self._running)
 
