@@ -52,6 +52,14 @@ def _snapshot(storage: str, study: str = "rel") -> dict[int, list[float]]:
     return {t.number: list(t.values) for t in s.get_trials(states=(TrialState.COMPLETE,))}
 
 
+def _cmdline(p: "psutil.Process") -> str:
+    """A process's command line, or "" for one that exited meanwhile (a zombie not yet reaped: already dead)."""
+    try:
+        return " ".join(p.cmdline())
+    except (psutil.ZombieProcess, psutil.NoSuchProcess):
+        return ""
+
+
 def test_kill9_at_random_points_then_resume_loses_nothing(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'rel.db'}"
     rng = random.Random(7)
@@ -67,7 +75,7 @@ def test_kill9_at_random_points_then_resume_loses_nothing(tiny_model: str, glue_
             time.sleep(0.2)  # wait until this driver has completed a trial: it is mid-study now
         time.sleep(rng.uniform(0.0, 1.5))  # then kill at a random point: during a trial or a storage write
         children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)
-                    if "multiprocessing.spawn" in " ".join(c.cmdline())] if proc.poll() is None else []
+                    if "multiprocessing.spawn" in _cmdline(c)] if proc.poll() is None else []
         if proc.poll() is None:
             before = _snapshot(storage)
             proc.send_signal(signal.SIGKILL)
