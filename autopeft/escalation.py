@@ -39,17 +39,26 @@ def next_fidelity(fid: dict[str, Any], lm: bool, n_rows: int) -> dict[str, Any] 
     is kept."""
     n, lr = int(fid["n_train"]), float(fid["lr_scale"])
     new = dict(fid)
-    new.setdefault("memory_batch_size", fid.get("batch_size"))
+    batch = int(fid.get("batch_size", BATCH))
+    new.setdefault("memory_batch_size", batch)
     if lm:  # cost is set by tokens: more rows at the same batch, learning rates x2
         new["n_train"] = min(4 * n, n_rows)
         new["lr_scale"] = min(2 * lr, MAX_LR_SCALE)
     else:
         new["n_train"] = min(max(MIN_ROWS, 2 * n), n_rows)
-        new["batch_size"] = max(int(fid["batch_size"]), BATCH) if new["n_train"] >= BATCH else int(fid["batch_size"])
+        new["batch_size"] = max(batch, BATCH) if new["n_train"] >= BATCH else batch
         new["lr_scale"] = min(max(MIN_LR_SCALE, 2 * lr), MAX_LR_SCALE)
     if new["n_train"] <= n and new["lr_scale"] <= lr:
         return None
     return new
+
+
+def advice(fid: dict[str, Any], lm: bool) -> str:
+    """The next level's options as the user would pass them to a new study (the collapse warning's and stop's advice),
+    e.g. ``--n-train 2000 --batch-size 32 --lr-scale 4``: the same rule as :func:`next_fidelity`, rows uncapped."""
+    new = next_fidelity(fid, lm, n_rows=2**62) or dict(fid)  # uncapped rows always grow: never None
+    batch = "" if lm else f" --batch-size {new['batch_size']}"
+    return f"--n-train {new['n_train']}{batch} --lr-scale {float(new['lr_scale']):g}"
 
 
 def describe(old: dict[str, Any], new: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ import time
 from typing import Any, Callable, Protocol
 
 from autopeft.contract import FAILED, OK, PRUNED, TrialResult
+from autopeft.escalation import advice
 from autopeft.errors import TrialsFailing
 from autopeft.executors.base import Executor
 from autopeft.proposer import Proposer
@@ -214,8 +215,7 @@ class CollapseWarning:
                           "fidelity (more rows, higher learning rates) itself")
         else:
             msg = head + (f"are too short to tell configurations apart on this task; start a new study with longer "
-                          f"trials and higher learning rates, e.g. --n-train {max(2000, 2 * f['n_train'])} "
-                          f"--batch-size 32 --lr-scale {max(3.0, 2 * f['lr_scale']):g}"
+                          f"trials and higher learning rates, e.g. {advice(f, False)}"
                           + (", or rank by --metric auc, which does not need the argmax to move"
                              if self.num_labels == 2 and self.metric != "auc" else ""))
         self.warned = True
@@ -235,11 +235,9 @@ class CollapseWarning:
         f = self.fidelity = dict(store.meta[A.FIDELITY])  # the current level's (any driver may have raised it)
         if self.lm:
             what = f"lowered the loss by {COLLAPSE_STOP_MARGIN} below the untrained model's ({self.chance:.4f})"
-            how = f"--n-train {4 * f['n_train']} --lr-scale {2 * f['lr_scale']:g}"
         else:
             what = f"scored {COLLAPSE_STOP_MARGIN} above always predicting the majority class ({self.metric} {self.chance:.3f})"
-            how = (f"--n-train {max(2000, 2 * f['n_train'])} --batch-size 32 --lr-scale {max(3.0, 2 * f['lr_scale']):g}"
-                   + (" or --metric auc" if self.num_labels == 2 and self.metric != "auc" else ""))
+        how = advice(f, self.lm) + (" or --metric auc" if self.num_labels == 2 and self.metric != "auc" else "")
         new = self.raise_to(level, f) if self.raise_to is not None else None
         if new is not None:
             from autopeft.escalation import describe
