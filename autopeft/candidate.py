@@ -71,7 +71,17 @@ class Candidate:
                 "criterion": sp.get("criterion", "random"),
                 "warmup_steps": int(sp.get("warmup_steps", 10)) if sp.get("criterion", "random") == "magnitude" else 0,
             }
-        return cls({"methods": out, "layers": layers, "sparsity": sp_out, "lr_multiplier": _round(float(lr_multiplier))})
+        return cls._fresh({"methods": out, "layers": layers, "sparsity": sp_out, "lr_multiplier": _round(float(lr_multiplier))})
+
+    @classmethod
+    def _fresh(cls, data: dict[str, Any]) -> "Candidate":
+        """A candidate of JSON-typed data built here and shared with no one (:meth:`make`'s): kept as is, not copied
+        through JSON first (a sampler makes thousands per ask); equal to ``cls(data)``."""
+        key = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        obj = cls.__new__(cls)
+        object.__setattr__(obj, "_data", data)
+        object.__setattr__(obj, "_key", key)
+        return obj
 
     # ------------------------------------------------------------------ accessors
     @property

@@ -255,7 +255,8 @@ class BoundSpace:
         """Dimension values (active ones only) that reproduce ``cand``; inverse of candidate_from_values."""
         sp = self.space
         vals: dict[str, Any] = {}
-        names = list(cand.methods)
+        methods = cand.methods  # a copy each time it is read: read once
+        names = list(methods)
         if "method" in self.by_name:
             if len(names) != 1:
                 vals["method"] = self.by_name["method"].choices[0]
@@ -268,7 +269,7 @@ class BoundSpace:
         for mname in sp.methods:
             if "method" in vals and vals["method"] != mname:
                 continue
-            cfg = cand.methods.get(mname)
+            cfg = methods.get(mname)
             for pname, p in sp.methods[mname].items():
                 if p.kind is None:
                     continue
@@ -293,29 +294,29 @@ class BoundSpace:
     # ------------------------------------------------------------------ vectors
     def encode(self, cand: Candidate) -> np.ndarray:
         vals = self.values_of(cand)
-        x = np.empty(self.size)
+        out: list[float] = []  # the dimensions in offset order (one list, one array: a pool encodes thousands)
         for d in self.dims:
-            o = self.offsets[d.name]
             if d.name in vals and self._active(d, vals):
                 v = vals[d.name]
                 if d.kind in ("int", "float"):
                     v = min(max(v, d.low), d.high)
                 elif d.kind in ("cat", "ord") and v not in d.choices:
-                    x[o:o + d.width] = d.neutral()
+                    out += d.neutral()
                     continue
-                x[o:o + d.width] = d.encode(v)
+                out += d.encode(v)
             else:
-                x[o:o + d.width] = d.neutral()
-        return x
+                out += d.neutral()
+        return np.array(out, dtype=float)
 
     def decode_values(self, x: Sequence[float]) -> dict[str, Any]:
         if len(x) != self.size:
             raise SpaceError(f"encoded vector has length {len(x)}, the space needs {self.size}")
+        xs = x.tolist() if isinstance(x, np.ndarray) else [float(v) for v in x]  # list slices: cheaper than arrays'
         vals: dict[str, Any] = {}
         for d in self.dims:  # method and layer switches come before what depends on them
             o = self.offsets[d.name]
             if self._active(d, vals):
-                vals[d.name] = d.decode(x[o:o + d.width])
+                vals[d.name] = d.decode(xs[o:o + d.width])
         return vals
 
     def decode(self, x: Sequence[float]) -> Candidate:

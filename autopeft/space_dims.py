@@ -7,7 +7,6 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-import numpy as np
 
 from autopeft.errors import SpaceError
 from autopeft.methods import ParamDecl
@@ -80,8 +79,8 @@ class Dim:
 
     def decode(self, x: Sequence[float]) -> Any:
         """Inverse of :meth:`encode` for any point of the unit cube (argmax / rounding)."""
-        if self.kind == "cat":
-            return self.choices[int(np.argmax(x))]
+        if self.kind == "cat":  # the first largest, as numpy's argmax
+            return self.choices[max(range(len(x)), key=x.__getitem__)]
         u = min(max(float(x[0]), 0.0), 1.0)
         if self.kind == "ord":
             return self.choices[int(round(u * (len(self.choices) - 1)))]

@@ -252,6 +252,45 @@ def test_the_gp_fit_minimises_botorchs_own_objective() -> None:
             assert np.allclose(u.numpy(), v.numpy(), rtol=1e-6, atol=1e-9)
 
 
+def test_the_numpy_posterior_equals_botorchs() -> None:
+    """sampler_gp.posterior predicts in numpy from the fitted model's Cholesky factor: the same mean and standard
+    deviation as botorch's ``gp.posterior`` (latent, un-standardised), at new points and at the training points
+    (where the variance is smallest), for a fit from scratch, a fit on a subset (beyond FIT_POINTS) and a model
+    that reuses the last fit's hyperparameters."""
+    from autopeft import sampler_gp
+
+    rng = np.random.default_rng(0)
+    state = None
+    for n in (9, 60, 300, 303):
+        X = rng.random((n, 12))
+        y = np.sin(X @ rng.normal(size=12)) + 0.05 * rng.normal(size=n)
+        gp, state = sampler_gp.fit_gp(X, y, state, 0)
+        Xs = np.concatenate([rng.random((200, 12)), X[:8]])
+        mu, sd = sampler_gp.posterior(gp, Xs)
+        assert getattr(gp, "_autopeft_predictor", None) is not None  # the numpy path ran
+        mu_b, sd_b = sampler_gp._botorch_posterior(gp, Xs)
+        assert np.allclose(mu, mu_b, rtol=0, atol=1e-9) and np.allclose(sd, sd_b, rtol=1e-7, atol=1e-10)
+        assert np.median(sd[-8:]) < np.median(sd[:200])  # not a constant: surer at the training points
+
+
+def test_a_candidate_made_without_the_json_copy_equals_one_built_from_its_json() -> None:
+    """Candidate.make keeps the data it built instead of copying it through JSON: for every shipped space's random
+    candidates its data equals its key's JSON and it equals (by key, hash and accessors) the candidate read back."""
+    import glob
+    import json
+    import os
+
+    rng = np.random.default_rng(0)
+    for path in sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "search_spaces", "*.yaml"))):
+        b = SearchSpace.load(os.path.basename(path)[:-5]).bind(6)
+        for _ in range(100):
+            c = b.decode(b.random_vector(rng))
+            again = Candidate.from_dict(json.loads(c.key))
+            assert c._data == json.loads(c.key) and type(c._data["lr_multiplier"]) is float
+            assert again == c and hash(again) == hash(c) and again.key == c.key
+            assert (again.methods, again.layers, again.sparsity) == (c.methods, c.layers, c.sparsity)
+
+
 def test_reused_per_trial_values_change_no_proposal() -> None:
     """The sampler keeps each trial's candidate, encoding, counts and features from ask to ask: a sampler that reuses
     them proposes exactly what a copy that computes everything afresh proposes (same seed, GP state and history)."""
