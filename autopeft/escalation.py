@@ -71,3 +71,23 @@ def describe(old: dict[str, Any], new: dict[str, Any]) -> str:
     if new["lr_scale"] != old["lr_scale"]:
         parts.append(f"learning rates x{float(old['lr_scale']):g} -> x{float(new['lr_scale']):g}")
     return ", ".join(parts) or "no change"
+
+
+#: a score at most this far above the chance level counts as flat (learned nothing): the collapse stop's margin
+FLAT_MARGIN = 0.02
+#: ``autopeft train --lr-scale auto``: a seed that learned nothing at x1 trains again at x2, then x4
+FINAL_LR_RAISES = 2
+FINAL_LR_FACTOR = 2.0
+
+
+def flat(score: float | None, chance: float | None) -> bool:
+    """True when ``score`` is at most :data:`FLAT_MARGIN` above ``chance`` (a higher-is-better score)."""
+    return score is not None and chance is not None and score <= chance + FLAT_MARGIN
+
+
+def final_lr_scales(start: float = 1.0) -> list[float]:
+    """The learning-rate scales final training tries for a seed, in order, until one learns: ``start`` (the scale the
+    seed before kept; x1 for the first), then the others of the ladder x1, x2, x4 (:data:`FINAL_LR_FACTOR`,
+    :data:`FINAL_LR_RAISES`) from the lowest."""
+    ladder = [FINAL_LR_FACTOR ** k for k in range(FINAL_LR_RAISES + 1)]
+    return [start] + [s for s in ladder if s != start]

@@ -14,6 +14,7 @@ import torch
 
 from autopeft.candidate import Candidate
 from autopeft.errors import ConfigError, DataError
+from autopeft.escalation import final_lr_scales, flat
 from autopeft.training import collator, rows, training_arguments, weighted_loss  # noqa: F401  (re-exported)
 from autopeft.trial import _encode, encode_generative, generative_loss, predict_logits, score_logits, task_of
 
@@ -120,7 +121,7 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
                 grad_accum: int = 1, grad_ckpt: bool = False, resume: bool = False, report_to: str = "none",
                 training_args: dict[str, Any] | None = None, progress: bool = True,
                 generate: int | None = None, n_eval: int | None = None, class_weights: str = "auto",
-                layout: Any = None, lr_scale: float = 1.0) -> dict[str, Any]:
+                layout: Any = None, lr_scale: float | str = "auto") -> dict[str, Any]:
     """Train ``cand`` at full budget with transformers' ``Trainer``, once per seed: all (or ``n_train``) training rows
     less a held-out tenth (at most 1,000 rows) that picks the best epoch, scored once on the validation split; the
     first seed's model is saved.  ``resume`` continues from the checkpoints of an interrupted run in ``out_dir`` and
@@ -133,7 +134,11 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
     ``class_weights``: ``balanced``, ``none``, or ``auto`` (balanced for imbalanced tasks scored by Matthews or
     macro-F1, as a search's trials: :func:`autopeft.data.auto_class_weights`).
 
-    ``lr_scale`` multiplies every group's learning rate (the methods' rates x the config's multiplier)."""
+    ``lr_scale`` multiplies every group's learning rate (the methods' rates x the config's multiplier); ``auto``
+    (the default) trains at x1 and, for a classification task whose best held-out score stays at that split's chance
+    level (the majority class), trains the seed again at x2 and then x4 (:func:`autopeft.escalation.final_lr_scales`),
+    keeping the run with the best held-out score: PEFT at the methods' default rates can learn nothing on a hard task
+    where full fine-tuning does (issue 17's held-out task).  Each seed starts at the scale the one before kept."""
     import numpy as np
     from transformers import TrainingArguments
 
@@ -142,8 +147,9 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
 
     if not seeds:
         raise ConfigError("--seeds needs at least one seed")
-    if isinstance(lr_scale, bool) or not isinstance(lr_scale, (int, float)) or not 0 < lr_scale < math.inf:
-        raise ConfigError(f"--lr-scale must be a finite number > 0, got {lr_scale!r}")
+    if lr_scale != "auto" and (isinstance(lr_scale, bool) or not isinstance(lr_scale, (int, float))
+                               or not 0 < lr_scale < math.inf):
+        raise ConfigError(f"--lr-scale must be auto or a finite number > 0, got {str(lr_scale)[:40]!r}")
     if threads:
         torch.set_num_threads(threads)
     device = device or pick_device()
@@ -193,27 +199,19 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
                               f"{(str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]}") from None
 
     make_args(out / "checkpoints", seeds[0], 1)  # bad arguments end here, before any model is loaded or file written
-    scores, times, params, matches = [], [], 0, []
-    for k, seed in enumerate(seeds):
-        done_f = out / "seeds" / f"seed{seed}.json"
-        if resume and done_f.is_file():  # finished before the interruption
-            r = json.loads(done_f.read_text(encoding="utf-8"))
-            scores.append(r["score"])
-            if r.get("exact_match") is not None:
-                matches.append(r["exact_match"])
-            times.append(r["seconds"])
-            params = r["params"]
-            continue
-        t0 = time.perf_counter()
+    auto = lr_scale == "auto"
+    can_raise = auto and n_hold > 0 and not task.is_lm  # a raise is judged on the held-out tenth's score
+
+    def fit_once(seed: int, scale: float, ckpt: Path) -> tuple[Any, Any, float | None, float | None]:
+        """One training run of ``seed`` at ``scale`` x the rates: (built, trainer, best held-out score, its chance)."""
         built = trainable(cand, model, task.num_labels, seed, layout)
-        tok, params = built.tokenizer, built.trainable_params
+        tok = built.tokenizer
         idx = np.random.default_rng(seed).permutation(n_all)[:n].tolist()
         hold, fit = idx[:n_hold], idx[n_hold:]
         train_ds = _dataset(task, tok, fit, max_length)
         hold_ds = _dataset(task, tok, hold, max_length) if hold else []
         steps_per_epoch = -(-len(train_ds) // (batch_size * grad_accum))
         total = max(1, int(np.ceil(steps_per_epoch * epochs)))
-        ckpt = out / "checkpoints" / f"seed{seed}"
         args = make_args(ckpt, seed, total)
 
         def metrics(pred: Any) -> dict[str, float]:
@@ -226,12 +224,50 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
         trainer = _trainer_class()(
             model=built.model, args=args, train_dataset=train_ds, eval_dataset=hold_ds or None,
             data_collator=collator(tok, task.is_lm), compute_metrics=None if task.is_lm else metrics,
-            optimizers=(built.optimizer(lr_scale=lr_scale), None), callbacks=built.callbacks or None, compute_loss_func=loss_func)
+            optimizers=(built.optimizer(lr_scale=scale), None), callbacks=built.callbacks or None, compute_loss_func=loss_func)
         has_ckpt = ckpt.is_dir() and any(ckpt.glob("checkpoint-*"))
         trainer.train(resume_from_checkpoint=True if resume and has_ckpt else None)
         if any(not math.isfinite(h["loss"]) for h in trainer.state.log_history if "loss" in h):
             raise ConfigError(f"final training diverged (seed {seed}): a NaN or infinite loss; try a lower learning "
                               "rate (--training-args max_grad_norm=0.5 also helps)")
+        if not hold_ds or task.is_lm:
+            return built, trainer, None, None
+        from autopeft.data import chance_score
+
+        return built, trainer, trainer.state.best_metric, chance_score(task.metric, [r["labels"] for r in hold_ds])
+
+    scores, times, params, matches, chosen, tried_all = [], [], 0, [], [], []
+    scale = 1.0 if auto else float(lr_scale)
+    for k, seed in enumerate(seeds):
+        done_f = out / "seeds" / f"seed{seed}.json"
+        if resume and done_f.is_file():  # finished before the interruption
+            r = json.loads(done_f.read_text(encoding="utf-8"))
+            scores.append(r["score"])
+            if r.get("exact_match") is not None:
+                matches.append(r["exact_match"])
+            times.append(r["seconds"])
+            params = r["params"]
+            scale = float(r.get("lr_scale", scale))
+            chosen.append(scale)
+            tried_all.append(r.get("lr_tried", [[scale, None]]))
+            continue
+        t0 = time.perf_counter()
+        # --lr-scale auto: a seed whose best held-out score stays at that split's chance level trains again at the
+        # other scales of the ladder x1, x2, x4 (escalation.final_lr_scales); the best held-out run is kept
+        best, tried = None, []
+        for scale in (final_lr_scales(scale) if can_raise else [scale]):
+            ckpt = out / "checkpoints" / (f"seed{seed}" if scale == 1.0 or not auto else f"seed{seed}-lr{scale:g}")
+            built, trainer, hold_score, hold_chance = fit_once(seed, scale, ckpt)
+            tried.append([scale, hold_score])
+            if best is None or (hold_score is not None and best[2] is not None and hold_score > best[2]):
+                best = (built, trainer, hold_score, scale)
+            if not flat(hold_score, hold_chance):
+                break
+        built, trainer, _, scale = best
+        chosen.append(scale)
+        tried_all.append(tried)
+        params = built.trainable_params
+        tok = built.tokenizer
         dev = next(built.model.parameters()).device
         match = None
         if task.is_lm:
@@ -256,13 +292,15 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
             save_trained(built, cand, out, model, task.num_labels, layout)
         done_f.parent.mkdir(parents=True, exist_ok=True)
         done_f.write_text(json.dumps({"score": score, "exact_match": match, "seconds": times[-1], "params": params,
+                                      "lr_scale": scale, "lr_tried": tried,
                                       "best_epoch_checkpoint": trainer.state.best_model_checkpoint,
                                       "log_history": trainer.state.log_history}) + "\n")
     result = {"summary": cand.summary(), "candidate": cand.to_dict(), "model": model, "task": data, "metric": task.metric,
               "split": _split_name(task), "seeds": list(seeds), "scores": scores, "mean": statistics.fmean(scores),
               "std": statistics.pstdev(scores) if len(scores) > 1 else 0.0, "params": params,
               "n_train": n, "holdout": n_hold, "n_eval": len(val_texts),
-              "epochs": epochs, "lr_scale": lr_scale, "seconds": times, "saved_seed": seeds[0], "saved_score": scores[0], "device": device,
+              "epochs": epochs, "lr_scale": chosen[0], "lr_scales": chosen, "lr_tried": tried_all,
+              "lr_scale_option": lr_scale, "seconds": times, "saved_seed": seeds[0], "saved_score": scores[0], "device": device,
               "trainer": "transformers.Trainer", "class_weights": class_weights}
     if matches:
         result.update({"exact_match": matches, "exact_match_mean": statistics.fmean(matches), "generated_rows": n_gen})

@@ -12,7 +12,7 @@ import time
 from typing import Any, Callable, Protocol
 
 from autopeft.contract import FAILED, OK, PRUNED, TrialResult
-from autopeft.escalation import advice
+from autopeft.escalation import FLAT_MARGIN, advice
 from autopeft.errors import TrialsFailing
 from autopeft.executors.base import Executor
 from autopeft.proposer import Proposer
@@ -169,7 +169,7 @@ COLLAPSE_MIN_TRIALS = 6
 #: COLLAPSE_STOP_MARGIN of the majority-class score (of the untrained model's loss, for a causal LM): the budget left
 #: would be spent on noise (issue 17: 20 of 20 trials at Matthews ~0, the last ones on the cheapest configs)
 COLLAPSE_STOP_TRIALS = 10
-COLLAPSE_STOP_MARGIN = 0.02
+COLLAPSE_STOP_MARGIN = FLAT_MARGIN
 
 
 class CollapseWarning:

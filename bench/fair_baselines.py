@@ -68,10 +68,12 @@ def tune(a: argparse.Namespace) -> int:
     from bench.retrain import FULL_FT, baselines
 
     data = data_spec_dict(a.task, a.data_dir)
+    fid = dict(a.fidelity or {})
+    if "metric" in fid:  # "metric=auc": the search's ranking metric (MRPC's searches rank by ROC AUC)
+        data = {**data, "metric": fid.pop("metric")}
     info = model_info(a.model, task_of(data).num_labels)
     out = Path(a.out) if a.out else path_for(a.task)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fid = a.fidelity or {}
     done = {(r["name"], float(r["lr_multiplier"]), json.dumps(r["fidelity"], sort_keys=True)) for r in _done(out)}
     jobs = [(name, c.to_dict(), m) for name, c in baselines(info.arch.num_layers).items() if name != FULL_FT
             for m in a.grid if (name, float(m), json.dumps(fid, sort_keys=True)) not in done]
@@ -99,14 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     add_data_dir(ap)
     add_model(ap)
     ap.add_argument("--fidelity", help="the search's fidelity, e.g. n_train=600,epochs=2,batch_size=8,lr_scale=2 "
-                                       "(default: Fidelity()'s)")
+                                       "(default: Fidelity()'s); metric=auc ranks by that metric as the search did")
     ap.add_argument("--grid", type=lambda s: [float(x) for x in s.split(",")], default=list(GRID),
                     help="learning-rate multipliers to try (default 0.5,0.7071,1,1.4142,2)")
     ap.add_argument("--seed", type=int, default=0, help="the search's seed (its held-out split; default 0)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", help="JSONL of tuning trials (default bench/tables/baselines-lr-<task>.jsonl)")
     a = ap.parse_args(argv)
-    a.fidelity = fidelity_arg(ap, a.fidelity)
+    a.fidelity = fidelity_arg(ap, a.fidelity, allow_metric=True)
     from autopeft._quiet import quiet
 
     quiet()

@@ -84,7 +84,7 @@ def test_cli_export_best_and_train(study: tuple[str, str], tiny_model: str, glue
     assert "unknown metric 'roc'" in capsys.readouterr().err
     assert main(["train", "--config", str(tmp_path / "cfg"), "--data-dir", str(glue_dir), "--lr-scale", "0",
                  "-o", str(tmp_path / "out4")]) == 2
-    assert "argument --lr-scale: must be a finite number > 0, got 0" in capsys.readouterr().err
+    assert "argument --lr-scale: must be auto or a finite number > 0, got 0" in capsys.readouterr().err
 
 
 def test_every_export_says_what_loads_where_and_loads_from_elsewhere(tiny_model: str, tmp_path: Path,

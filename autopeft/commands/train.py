@@ -24,9 +24,11 @@ def add(sub: Any) -> None:
     t.add_argument("--n-train", type=positive_int, help="training rows (default: all)")
     t.add_argument("--max-length", type=positive_int, default=128, help="max tokens (default 128)")
     t.add_argument("--batch-size", type=positive_int, default=32, help="batch size (default 32)")
-    t.add_argument("--lr-scale", type=positive_float, default=1.0,
-                   help="multiply every learning rate (default 1: each method's rate x the config's multiplier; the "
-                        "search's own --lr-scale is in the export's search_fidelity)")
+    t.add_argument("--lr-scale", type=lr_scale_arg, default="auto",
+                   help="multiply every learning rate (each method's rate x the config's multiplier) by this; auto "
+                        "(default): x1, and a seed that learns nothing by the held-out rows (classification: the "
+                        "majority class) trains again at x2, then x4, keeping the best (the search's own --lr-scale "
+                        "is in the export's search_fidelity)")
     t.add_argument("--text-columns", help="comma-separated text columns (default: inferred)")
     t.add_argument("--label-column", help="label column (default: inferred)")
     t.add_argument("--task-type", choices=("classification", "causal-lm", "seq2seq"),
@@ -53,6 +55,16 @@ def add(sub: Any) -> None:
     g.add_argument("--training-args", action="append", default=[], metavar="FILE|KEY=VALUE",
                    help="any other TrainingArguments field, as KEY=VALUE (repeatable) or a JSON/YAML file of them")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (loss lines are still logged)")
+
+
+def lr_scale_arg(text: str) -> float | str:
+    """``--lr-scale``: auto, or a number > 0."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return positive_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be auto or a finite number > 0, got {text[:40]}") from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,63 @@
+"""``autopeft train --lr-scale auto`` (issue 17's held-out task): a seed whose best held-out score stays at the chance
+level trains again at higher learning rates, and the run with the best held-out score is kept."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from autopeft import escalation
+from autopeft.candidate import Candidate
+from autopeft.final import train_final
+
+GOOD = ["a good film", "good and fine", "very good", "it was good", "good fun", "so good"]
+BAD = ["a bad film", "bad and dull", "very bad", "it was bad", "bad fun", "so bad"]
+
+
+def _keyword_task(d: Path, n: int = 240) -> dict:
+    """A task any model learns at a working rate: the label is whether the sentence says good or bad."""
+    d.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("train", n), ("validation", 60)):
+        with open(d / f"{name}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["sentence", "label"])
+            for i in range(rows):
+                w.writerow([(GOOD if i % 2 else BAD)[i % 6], i % 2])
+    return {"train_file": str(d / "train.csv"), "validation_file": str(d / "validation.csv")}
+
+
+def test_the_ladder_and_the_flat_rule() -> None:
+    assert escalation.final_lr_scales() == [1.0, 2.0, 4.0]
+    assert escalation.final_lr_scales(4.0) == [4.0, 1.0, 2.0]  # the scale the seed before kept, then the others
+    assert escalation.flat(0.52, 0.5) and not escalation.flat(0.53, 0.5)  # within 0.02 of chance
+    assert not escalation.flat(None, 0.5)  # no held-out score: nothing to judge by
+
+
+def test_auto_raises_the_rate_of_a_seed_that_learns_nothing_and_keeps_the_best_run(tiny_model: str,
+                                                                                   tmp_path: Path) -> None:
+    """On a task the tiny model learns only at about 10x LoRA's default rate, a config at x2.5 learns nothing at x1
+    or x2 (held-out accuracy at the majority class) and everything at x4: ``auto`` trains seed 0 at x1, x2, x4 and
+    keeps x4 (validation accuracy 1.0); a given scale trains once at it (0.5); seed 1 starts at the scale seed 0
+    kept."""
+    data = _keyword_task(tmp_path / "kw")
+    cand = Candidate.make({"lora": {"r": 4, "targets": ["q", "v"], "alpha_ratio": 2.0, "dropout": 0.0}}, [0, 1], {},
+                          lr_multiplier=2.5)
+    kw = dict(epochs=3, max_length=16, batch_size=16, progress=False)
+    fixed = train_final(cand, tiny_model, data, tmp_path / "fixed", lr_scale=1.0, **kw)
+    assert fixed["lr_tried"] == [[[1.0, 0.5]]] and fixed["scores"] == [0.5]  # nothing learned at x1
+
+    auto = train_final(cand, tiny_model, data, tmp_path / "auto", seeds=(0, 1), **kw)
+    assert [s for s, _ in auto["lr_tried"][0]] == [1.0, 2.0, 4.0]
+    assert [h for _, h in auto["lr_tried"][0]] == [0.5, 0.5, 1.0]  # flat at x1 and x2 by the held-out rows
+    assert auto["scores"][0] == 1.0 and auto["lr_scale"] == 4.0 and auto["lr_scale_option"] == "auto"
+    assert auto["lr_tried"][1][0][0] == 4.0  # seed 1 starts where seed 0 ended
+    saved = json.loads((tmp_path / "auto" / "seeds" / "seed0.json").read_text())
+    assert saved["lr_scale"] == 4.0 and (tmp_path / "auto" / "checkpoints" / "seed0-lr4").is_dir()
+    import torch
+
+    from autopeft.final import evaluate, load_trained
+
+    model, tok, _ = load_trained(tmp_path / "auto")  # the saved model is the kept run's
+    with torch.no_grad():
+        assert evaluate(model, tok, data, 16) == 1.0
