@@ -306,7 +306,13 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
               f" {low:>9s}")
     found = [r for r in rows if r["kind"] == "found"]
     # --tuned-baselines: compare with the baselines given the found configs' learning-rate search only
-    base_rows = [r for r in rows if r["kind"] == "baseline" and (not a.tuned_baselines or r["name"].endswith(", tuned)"))]
+    at_one: set[str] = set()  # baselines whose tuned multiplier is 1: their default-rate runs are the tuned ones
+    if a.tuned_baselines:
+        from bench.fair_baselines import best_multipliers, path_for
+
+        at_one = {name for name, m in best_multipliers(path_for(a.task)).items() if m == 1.0}
+    base_rows = [r for r in rows if r["kind"] == "baseline" and (not a.tuned_baselines or r["name"].endswith(", tuned)")
+                                                                 or r["name"] in at_one)]
     verdict: dict[str, dict[str, str | None]] = {}
     paired: dict[str, dict[str, dict[str, Any]]] = {}
     for src in sorted({str(f["source"]) for f in found}) + ["any search"]:
