@@ -7,6 +7,8 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
+
 from autopeft import escalation
 from autopeft.candidate import Candidate
 from autopeft.final import train_final
@@ -61,3 +63,22 @@ def test_auto_raises_the_rate_of_a_seed_that_learns_nothing_and_keeps_the_best_r
     model, tok, _ = load_trained(tmp_path / "auto")  # the saved model is the kept run's
     with torch.no_grad():
         assert evaluate(model, tok, data, 16) == 1.0
+
+
+def test_the_cli_says_which_rates_it_tried(tiny_model: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from autopeft.cli import main
+    from autopeft.export import export_config
+    from autopeft.result import FoundConfig
+
+    data = _keyword_task(tmp_path / "kw")
+    cand = Candidate.make({"lora": {"r": 4, "targets": ["q", "v"], "alpha_ratio": 2.0, "dropout": 0.0}}, [0, 1], {},
+                          lr_multiplier=2.5)
+    meta = {"model": tiny_model, "num_labels": 2, "task": data, "metric": "accuracy", "objectives": ["score", "params"],
+            "fidelity": dict(n_train=48, n_eval=48, epochs=1, max_length=16, batch_size=16)}
+    cfg = export_config(FoundConfig(cand, meta), tmp_path / "cfg")
+    assert main(["train", "--config", str(cfg), "--train-file", data["train_file"], "--validation-file",
+                 data["validation_file"], "--epochs", "3", "--max-length", "16", "--batch-size", "16", "--no-progress",
+                 "-o", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy on validation 1.0000" in out
+    assert "seed 0: held-out accuracy by learning-rate scale x1 0.5000, x2 0.5000, x4 1.0000; kept x4 (--lr-scale auto)" in out
