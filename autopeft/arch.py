@@ -124,12 +124,10 @@ class ArchInfo:
 
     def spans(self) -> list[tuple[Stack, int]]:
         """Each stack and the index of its first layer among all layers."""
-        cached = self.__dict__.get("_spans")  # the fields are frozen; a parameter count reads this per layer
-        if cached is None:
+        if "_spans" not in self.__dict__:  # the fields are frozen; a parameter count reads this per layer
             stacks = self.stacks or (Stack(self.layers_path, self.num_layers, tuple(self.names.items())),)
-            cached = [(st, sum(x.depth for x in stacks[:k])) for k, st in enumerate(stacks)]
-            self.__dict__["_spans"] = cached
-        return list(cached)
+            self.__dict__["_spans"] = [(st, sum(x.depth for x in stacks[:k])) for k, st in enumerate(stacks)]
+        return list(self.__dict__["_spans"])
 
     def _at(self, layer: int) -> tuple[Stack, int]:
         for st, start in self.spans():

@@ -239,9 +239,16 @@ def test_baselines_are_the_methods_and_match_the_committed_tables() -> None:
         df = pd.read_csv(TABLES / f"{table}.csv")
         rows = {b: Candidate.from_json(c).key for b, c in zip(df["baseline"], df["candidate"]) if isinstance(b, str)}
         assert rows == {b: keys[b] for b in baseline_candidates(6)}, table
+    from bench.fair_baselines import best_multipliers, path_for, with_lr
+
     for task in ("sst2", "mrpc"):
         recs = [json.loads(x) for x in (TABLES / f"retrain-{task}.jsonl").read_text().splitlines() if x.strip()]
-        assert {r["name"]: r["key"] for r in recs if r["kind"] == "baseline"} == keys, task
+        named = {r["name"]: r["key"] for r in recs if r["kind"] == "baseline"}
+        assert {n: k for n, k in named.items() if not n.endswith(", tuned)")} == keys, task
+        # --tuned-baselines runs: each baseline at the multiplier its committed tuning table picked
+        tuned = {rt.tuned_name(n, m): Candidate.from_dict(with_lr(rt.baselines(6)[n].to_dict(), m)).key
+                 for n, m in best_multipliers(path_for(task)).items() if m != 1.0}
+        assert {n: k for n, k in named.items() if n.endswith(", tuned)")} == tuned, task
 
 
 def test_fidelity_option_parses_and_rejects_bad_pairs() -> None:
