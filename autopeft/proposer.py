@@ -18,6 +18,10 @@ from autopeft.storage import A, StudyStore, finished_meanwhile, level_of, optuna
 
 #: proposals in a row that may be rejected (duplicates, over budget) before the search gives up
 MAX_REJECTIONS = 200
+#: duplicates in a row after which a random config of the space is queued: a sampler that does not learn from the
+#: proposals the study rejects (Optuna's GPSampler ignores PRUNED trials and is deterministic given the trials it
+#: sees) would otherwise propose the same config until MAX_REJECTIONS; the random one gives it a new trial to learn from
+RANDOM_AFTER = 10
 
 
 def make_sampler(name: str, seed: int | None, space: Any = None, objectives: Sequence[str] = (), ref: Sequence[float] = (),
@@ -144,6 +148,7 @@ class Proposer:
         #: can outlast the grace period on a loaded machine (CI: a live trial was failed as stale by another driver)
         self.preparing: Any | None = None
         self.rejections = 0
+        self.repeats = 0  # duplicates in a row
 
     def ask(self) -> TrialSpec | None:
         """A new trial's spec, or None if the proposal was rejected without training (a duplicate, over the
@@ -212,6 +217,9 @@ class Proposer:
         if self.index.holds(key, trial.number):
             self.store.reject(trial, DUPLICATE, "candidate already evaluated in this study")
             self.rejections += 1
+            self.repeats += 1
+            if self.repeats % RANDOM_AFTER == 0:
+                self._queue_random(trial.number)
         elif params <= 0:  # e.g. "head only" on a causal-LM task, which has no classification head
             self.store.reject(trial, INFEASIBLE, "it trains no parameter (this task has no classification head)")
             self.index.add(trial.number, key)
@@ -221,7 +229,7 @@ class Proposer:
             self.index.add(trial.number, key)
             self.rejections += 1
         else:
-            self.rejections = 0
+            self.rejections = self.repeats = 0
             self.index.add(trial.number, key)
             spec = TrialSpec(trial_id=trial.number, candidate=cand.to_dict(), fidelity=dict(fidelity), threads=0,
                              fault=self.fault(trial.number) if self.fault else None,
@@ -232,6 +240,20 @@ class Proposer:
             raise StudyError(f"{MAX_REJECTIONS} proposals in a row were duplicates or over budget: the space is "
                              "exhausted or the budget too tight; widen the space or raise --max-params")
         return spec
+
+    def _queue_random(self, seed: int) -> None:
+        """Queue a random config of the space the study does not hold and the budget allows (none if 50 draws find
+        none: the space may be exhausted, and MAX_REJECTIONS ends the search)."""
+        import numpy as np
+
+        mp = self.store.max_params
+        for cand in self.bound.sample(np.random.default_rng(seed), 50):
+            params = self.count(cand)
+            if self.index.holds(cand.key, -1) or params <= 0 or (mp is not None and params > mp):
+                continue
+            self.store.enqueue(self.bound.optuna_params(cand), cand, f"random: {RANDOM_AFTER} duplicate proposals in a row")
+            self.index.refresh(self.store.trials())
+            return
 
     def withdraw(self, trial_id: int, reason: str) -> None:
         """Take back a spec not yet submitted: stored PRUNED with status ``surplus``; its candidate stays eligible."""
