@@ -15,12 +15,13 @@ first as the study was created (what a resume with the same options is compared 
 carries its ``level``.  The memory objective stays at the first level's ``memory_batch_size``, so the reference point
 measured at creation still bounds it.
 
-Pure Python: no torch or optuna import.
+Pure Python: no torch or optuna import (numpy inside :func:`loss_gain_z`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Sequence
 
 #: how many times a study may raise its fidelity before the collapse stop applies
 MAX_LEVELS = 2
@@ -80,9 +81,45 @@ FINAL_LR_RAISES = 2
 FINAL_LR_FACTOR = 2.0
 
 
-def flat(score: float | None, chance: float | None) -> bool:
-    """True when ``score`` is at most :data:`FLAT_MARGIN` above ``chance`` (a higher-is-better score)."""
+#: ``--lr-scale auto`` also counts a run as flat when its held-out cross-entropy is less than this many standard errors
+#: below that of always predicting the training rows' class shares (:func:`loss_gain_z`): on RTE's 249 held-out rows
+#: an accuracy 0.06 above the majority class came by chance from a run whose loss stayed at ln 2 (BENCHMARKS.md)
+FLAT_LOSS_Z = 2.0
+
+
+def flat(score: float | None, chance: float | None, loss_z: float | None = None) -> bool:
+    """True when ``score`` is at most :data:`FLAT_MARGIN` above ``chance`` (a higher-is-better score), or when the
+    run's held-out loss is not clearly below the class prior's (``loss_z``, :func:`loss_gain_z`, above
+    -:data:`FLAT_LOSS_Z`)."""
+    if loss_z is not None and loss_z > -FLAT_LOSS_Z:
+        return True
     return score is not None and chance is not None and score <= chance + FLAT_MARGIN
+
+
+def loss_gain_z(logits: Any, labels: Sequence[int], train_labels: Sequence[int],
+                weights: Sequence[float] | None = None) -> float:
+    """How many standard errors the cross-entropy of ``logits`` on ``labels`` lies below (negative) or above that of
+    the best constant prediction learned from ``train_labels`` (their class shares; with class ``weights``, the shares
+    times the weights, normalised: the constant the weighted loss would settle on).  Paired per row, each row weighted
+    by its class's weight, so the standard error is in units of the model's own confidence: a model whose predictions
+    barely leave the prior gets a small error and a small gain, and the ratio says whether the gain is real."""
+    import numpy as np
+
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    k = z.shape[1]
+    w_c = np.ones(k) if weights is None else np.asarray(weights, dtype=np.float64)
+    q = np.bincount(np.asarray(train_labels, dtype=np.int64), minlength=k).astype(np.float64) * w_c
+    q = np.clip(q / q.sum(), 1e-12, None)
+    z = z - z.max(1, keepdims=True)
+    ce = np.log(np.exp(z).sum(1)) - z[np.arange(len(y)), y]
+    d = ce + np.log(q[y])  # the model's loss minus the constant's, per row
+    w = w_c[y]
+    gain = float((w * d).sum() / w.sum())
+    se = float(np.sqrt((w ** 2 * (d - gain) ** 2).sum()) / w.sum())
+    if se == 0.0:
+        return 0.0 if gain == 0.0 else math.copysign(math.inf, gain)
+    return gain / se
 
 
 def final_lr_scales(start: float = 1.0) -> list[float]:

@@ -14,7 +14,7 @@ import torch
 
 from autopeft.candidate import Candidate
 from autopeft.errors import ConfigError, DataError
-from autopeft.escalation import final_lr_scales, flat
+from autopeft.escalation import final_lr_scales, flat, loss_gain_z
 from autopeft.training import collator, rows, training_arguments, weighted_loss  # noqa: F401  (re-exported)
 from autopeft.trial import _encode, encode_generative, generative_loss, predict_logits, score_logits, task_of
 
@@ -136,7 +136,8 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
 
     ``lr_scale`` multiplies every group's learning rate (the methods' rates x the config's multiplier); ``auto``
     (the default) trains at x1 and, for a classification task whose best held-out score stays at that split's chance
-    level (the majority class), trains the seed again at x2 and then x4 (:func:`autopeft.escalation.final_lr_scales`),
+    level (the majority class) or whose held-out loss there is not clearly below the class prior's
+    (:func:`autopeft.escalation.loss_gain_z`), trains the seed again at x2 and then x4 (:func:`autopeft.escalation.final_lr_scales`),
     keeping the run with the best held-out score: PEFT at the methods' default rates can learn nothing on a hard task
     where full fine-tuning does (issue 17's held-out task).  Each seed starts at the scale the one before kept."""
     import numpy as np
@@ -202,8 +203,9 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
     auto = lr_scale == "auto"
     can_raise = auto and n_hold > 0 and not task.is_lm  # a raise is judged on the held-out tenth's score
 
-    def fit_once(seed: int, scale: float, ckpt: Path) -> tuple[Any, Any, float | None, float | None]:
-        """One training run of ``seed`` at ``scale`` x the rates: (built, trainer, best held-out score, its chance)."""
+    def fit_once(seed: int, scale: float, ckpt: Path) -> tuple[Any, Any, float | None, float | None, float | None]:
+        """One training run of ``seed`` at ``scale`` x the rates: (built, trainer, best held-out score, its chance,
+        that epoch's held-out loss against the class prior's in standard errors)."""
         built = trainable(cand, model, task.num_labels, seed, layout)
         tok = built.tokenizer
         idx = np.random.default_rng(seed).permutation(n_all)[:n].tolist()
@@ -214,13 +216,19 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
         total = max(1, int(np.ceil(steps_per_epoch * epochs)))
         args = make_args(ckpt, seed, total)
 
-        def metrics(pred: Any) -> dict[str, float]:
-            logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
-            return {"score": score_logits(task.metric, np.asarray(logits), pred.label_ids.tolist())}
-
-        loss_func = None
+        weights = None
         if class_weights == "balanced" and not task.is_lm:  # cross-entropy with balanced class weights
-            loss_func = weighted_loss(balanced_weights([r["labels"] for r in train_ds], task.num_labels))
+            weights = balanced_weights([r["labels"] for r in train_ds], task.num_labels)
+        train_labels = [] if task.is_lm else [r["labels"] for r in train_ds]
+
+        def metrics(pred: Any) -> dict[str, float]:
+            logits = np.asarray(pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions)
+            labels = pred.label_ids.tolist()
+            # loss_z: the held-out loss against the class prior's, in standard errors (escalation.loss_gain_z)
+            return {"score": score_logits(task.metric, logits, labels),
+                    "loss_z": loss_gain_z(logits, labels, train_labels, weights)}
+
+        loss_func = None if weights is None else weighted_loss(weights)
         trainer = _trainer_class()(
             model=built.model, args=args, train_dataset=train_ds, eval_dataset=hold_ds or None,
             data_collator=collator(tok, task.is_lm), compute_metrics=None if task.is_lm else metrics,
@@ -231,10 +239,13 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
             raise ConfigError(f"final training diverged (seed {seed}): a NaN or infinite loss; try a lower learning "
                               "rate (--training-args max_grad_norm=0.5 also helps)")
         if not hold_ds or task.is_lm:
-            return built, trainer, None, None
+            return built, trainer, None, None, None
         from autopeft.data import chance_score
 
-        return built, trainer, trainer.state.best_metric, chance_score(task.metric, [r["labels"] for r in hold_ds])
+        best_z = next((h.get("eval_loss_z") for h in trainer.state.log_history
+                       if h.get("eval_score") == trainer.state.best_metric and "eval_loss_z" in h), None)
+        return (built, trainer, trainer.state.best_metric, chance_score(task.metric, [r["labels"] for r in hold_ds]),
+                best_z)
 
     scores, times, params, matches, chosen, tried_all = [], [], 0, [], [], []
     scale = 1.0 if auto else float(lr_scale)
@@ -257,11 +268,11 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
         best, tried = None, []
         for scale in (final_lr_scales(scale) if can_raise else [scale]):
             ckpt = out / "checkpoints" / (f"seed{seed}" if scale == 1.0 or not auto else f"seed{seed}-lr{scale:g}")
-            built, trainer, hold_score, hold_chance = fit_once(seed, scale, ckpt)
-            tried.append([scale, hold_score])
+            built, trainer, hold_score, hold_chance, loss_z = fit_once(seed, scale, ckpt)
+            tried.append([scale, hold_score] + ([] if loss_z is None else [round(loss_z, 3)]))
             if best is None or (hold_score is not None and best[2] is not None and hold_score > best[2]):
                 best = (built, trainer, hold_score, scale)
-            if not flat(hold_score, hold_chance):
+            if not flat(hold_score, hold_chance, loss_z):
                 break
         built, trainer, _, scale = best
         chosen.append(scale)

@@ -36,6 +36,41 @@ def test_the_ladder_and_the_flat_rule() -> None:
     assert not escalation.flat(None, 0.5)  # no held-out score: nothing to judge by
 
 
+def test_the_loss_rule_judges_a_run_by_its_held_out_loss_against_the_class_prior() -> None:
+    """loss_gain_z: a constant prediction at the training rows' class shares gains nothing (0); a model that predicts
+    the labels gains many standard errors; one whose logits carry no information about the labels gains none
+    (|z| < 2), even when its accuracy lands 0.06 above the majority class by chance; with balanced class weights the
+    reference is the weighted loss's constant (uniform for two classes), not the raw shares."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    train = [0] * 600 + [1] * 400
+    y = rng.permutation([0] * 130 + [1] * 119)  # 249 held-out rows, majority 0.522
+    prior = np.log([0.6, 0.4])
+    assert escalation.loss_gain_z(np.tile(prior, (249, 1)), y, train) == 0.0
+    learned = np.where(np.eye(2)[y] > 0, 1.0, -1.0)  # a margin of 2 towards the label on every row
+    assert escalation.loss_gain_z(learned, y, train) < -20
+    assert escalation.loss_gain_z(-learned, y, train) > 20  # confidently wrong: far above the prior's loss
+    # noise around an even prior (as RTE's): small random logits, whatever their accuracy
+    zs, accs = [], []
+    for k in range(200):
+        noise = np.random.default_rng(k).normal(0, 0.05, (249, 2))
+        zs.append(escalation.loss_gain_z(noise, y, [0, 1] * 500))
+        accs.append(float((noise.argmax(1) == y).mean()))
+    by_loss = sum(z < -escalation.FLAT_LOSS_Z for z in zs)  # judged to have learned: a one-sided 2-SE test's rate
+    by_accuracy = sum(a > 0.522 + escalation.FLAT_MARGIN for a in accs)  # the accuracy rule alone
+    assert by_loss <= 10 and by_accuracy >= 20, (by_loss, by_accuracy)  # 2 and 25 of 200 here
+    assert max(accs) >= 0.522 + 0.06  # some beat the majority class by as much as RTE's seed 0 did
+    # balanced weights: the uniform prediction is the weighted loss's constant for two classes
+    w = [1000 / (2 * 600), 1000 / (2 * 400)]
+    assert escalation.loss_gain_z(np.zeros((249, 2)), y, train, w) == 0.0
+    # the raw shares are worse than that constant under the weighted loss: the minority class's rows weigh more
+    assert escalation.loss_gain_z(np.tile(prior, (249, 1)), y, train, w) > escalation.FLAT_LOSS_Z
+    # the rule: flat when the score is within 0.02 of chance, or the loss is not 2 standard errors below the prior's
+    assert escalation.flat(0.60, 0.52, loss_z=-1.0) and not escalation.flat(0.60, 0.52, loss_z=-3.0)
+    assert escalation.flat(0.53, 0.52, loss_z=-3.0)
+
+
 def test_auto_raises_the_rate_of_a_seed_that_learns_nothing_and_keeps_the_best_run(tiny_model: str,
                                                                                    tmp_path: Path) -> None:
     """On a task the tiny model learns only at about 10x LoRA's default rate, a config at x2.5 learns nothing at x1
@@ -47,11 +82,13 @@ def test_auto_raises_the_rate_of_a_seed_that_learns_nothing_and_keeps_the_best_r
                           lr_multiplier=2.5)
     kw = dict(epochs=3, max_length=16, batch_size=16, progress=False)
     fixed = train_final(cand, tiny_model, data, tmp_path / "fixed", lr_scale=1.0, **kw)
-    assert fixed["lr_tried"] == [[[1.0, 0.5]]] and fixed["scores"] == [0.5]  # nothing learned at x1
+    assert [r[:2] for r in fixed["lr_tried"][0]] == [[1.0, 0.5]] and fixed["scores"] == [0.5]  # nothing learned at x1
 
     auto = train_final(cand, tiny_model, data, tmp_path / "auto", seeds=(0, 1), **kw)
-    assert [s for s, _ in auto["lr_tried"][0]] == [1.0, 2.0, 4.0]
-    assert [h for _, h in auto["lr_tried"][0]] == [0.5, 0.5, 1.0]  # flat at x1 and x2 by the held-out rows
+    assert [s for s, *_ in auto["lr_tried"][0]] == [1.0, 2.0, 4.0]
+    assert [h for _, h, *_ in auto["lr_tried"][0]] == [0.5, 0.5, 1.0]  # flat at x1 and x2 by the held-out rows
+    z = [r[2] for r in auto["lr_tried"][0]]  # the held-out loss against the class prior's, in standard errors
+    assert z[0] > -escalation.FLAT_LOSS_Z and z[2] < -10  # x1: nothing learned; x4: far below the prior's loss
     assert auto["scores"][0] == 1.0 and auto["lr_scale"] == 4.0 and auto["lr_scale_option"] == "auto"
     assert auto["lr_tried"][1][0][0] == 4.0  # seed 1 starts where seed 0 ended
     saved = json.loads((tmp_path / "auto" / "seeds" / "seed0.json").read_text())
@@ -82,3 +119,6 @@ def test_the_cli_says_which_rates_it_tried(tiny_model: str, tmp_path: Path, caps
     out = capsys.readouterr().out
     assert "accuracy on validation 1.0000" in out
     assert "seed 0: held-out accuracy by learning-rate scale x1 0.5000, x2 0.5000, x4 1.0000; kept x4 (--lr-scale auto)" in out
+    line = next(x for x in out.splitlines() if x.startswith("seed 0: held-out loss against the class prior's"))
+    z = [float(p.split()[1]) for p in line.split(": ")[-1].split(", ")]  # x1, x2, x4 in standard errors
+    assert len(z) == 3 and z[0] > -2 and z[2] < -2, line

@@ -192,7 +192,7 @@ def collapsing(c: Candidate) -> list[float]:
 
 
 def test_the_collapse_model_learns_which_configs_collapse_and_proposals_skip_them() -> None:
-    """Once 3 trials collapsed and 3 learned, a logistic regression on exact config features predicts which configs
+    """Once a trial collapsed and one learned, a logistic regression on exact config features predicts which configs
     learn (AUC on 200 unseen configs), and model-based proposals skip those it expects to collapse."""
     from sklearn.metrics import roc_auc_score
 
@@ -202,7 +202,11 @@ def test_the_collapse_model_learns_which_configs_collapse_and_proposals_skip_the
     pool = [b.decode(b.random_vector(rng)) for _ in range(400)]
     done = [(c, collapsing(c)) for c in pool[:24]]
     assert sum(v[0] == 0.5 for _, v in done) >= 3 and sum(v[0] > 0.5 for _, v in done) >= 3
-    assert sampler._collapse_model(done[:2]) is None  # too few of each: no model yet
+    first_learner = next(i for i, (_, v) in enumerate(done) if v[0] > 0.5)
+    first_collapsed = next(i for i, (_, v) in enumerate(done) if v[0] == 0.5)
+    k = max(first_learner, first_collapsed)
+    assert sampler._collapse_model(done[:k]) is None  # one class only: no model yet
+    assert sampler._collapse_model(done[:k + 1]) is not None  # one of each: fitted
     learns = sampler._collapse_model(done)
     unseen = pool[200:]
     p = learns(unseen)

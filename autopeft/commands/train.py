@@ -94,11 +94,17 @@ def run(args: argparse.Namespace) -> int:
     print(f"{res['summary']}: {res['metric']} on {split} {res['mean']:.4f} ± {res['std']:.4f}{em} over seeds {seeds} "
           f"({res.get('n_train', '?')} training rows, {res.get('holdout', 0)} of them held out to pick the epoch; on "
           f"{res.get('device', 'cpu')}); saved to {args.output}")
+    from autopeft.escalation import FLAT_LOSS_Z
+
     for seed, tried in zip(seeds, res.get("lr_tried", [])):
         if len(tried) > 1:  # --lr-scale auto raised the rates: say which runs were made and which was kept
-            runs = ", ".join(f"x{s:g} {h:.4f}" if h is not None else f"x{s:g}" for s, h in tried)
+            runs = ", ".join(f"x{s:g} {h:.4f}" if h is not None else f"x{s:g}" for s, h, *_ in tried)
             kept = res["lr_scales"][seeds.index(seed)]
             print(f"seed {seed}: held-out {res['metric']} by learning-rate scale {runs}; kept x{kept:g} (--lr-scale auto)")
+            zs = ", ".join(f"x{s:g} {z[0]:+.1f}" for s, _, *z in tried if z and z[0] is not None)
+            if zs:  # a run whose loss is not 2 standard errors below the class prior's counts as flat
+                print(f"seed {seed}: held-out loss against the class prior's, in standard errors (below "
+                      f"-{FLAT_LOSS_Z:g}: learned): {zs}")
     return 0
 
 
