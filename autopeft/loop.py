@@ -269,10 +269,14 @@ class TrialLog:
     def __call__(self, store: StudyStore, result: TrialResult) -> None:
         import sys
 
-        from autopeft.storage import A
+        from autopeft.result import fidelity_label
+        from autopeft.storage import A, rung_of
 
         try:
-            summary = store.trial(result.trial_id).user_attrs.get(A.SUMMARY, "")
+            trial = store.trial(result.trial_id)
+            summary = trial.user_attrs.get(A.SUMMARY, "")
+            if rung_of(trial):  # a promoted evaluation: which rung, and of which trial's config
+                summary += f" | {fidelity_label(trial)} from trial {trial.user_attrs.get(A.PROMOTED_FROM, '?')}"
         except Exception:
             summary = ""
         if result.status == OK:

@@ -75,7 +75,7 @@ def test_the_rule_promotes_the_best_among_cost_peers_within_the_quota() -> None:
 
 
 def test_a_search_promotes_scores_each_config_at_its_highest_rung_and_the_sampler_learns_rung_0(
-        tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
+        tiny_model: str, glue_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     import autopeft
     from autopeft.executors.simulated import RUNNER
     from autopeft.sampler import CostAwareEHVISampler
@@ -83,7 +83,7 @@ def test_a_search_promotes_scores_each_config_at_its_highest_rung_and_the_sample
 
     res = autopeft.search(model=tiny_model, data_dir=str(glue_dir), n_trials=14, executor="inline", runner=RUNNER,
                           storage=f"sqlite:///{tmp_path / 's.db'}", study_name="p", promote="64x2,128x2",
-                          **{**SIM, "n_startup": 14})  # our sampler, but no model fit: this is about what it reads
+                          trial_lines=True, **{**SIM, "n_startup": 14})  # our sampler, no model fit: this is about what it reads
     trials = res.study.get_trials()
     assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 14  # --trials counts every evaluation
     up = [t for t in trials if rung_of(t) > 0]
@@ -96,6 +96,11 @@ def test_a_search_promotes_scores_each_config_at_its_highest_rung_and_the_sample
         assert (t.user_attrs[A.FIDELITY]["n_train"], t.user_attrs[A.FIDELITY]["epochs"]) == \
             ({1: 64, 2: 128}[rung_of(t)], 2.0)
         assert t.user_attrs[A.FIDELITY]["batch_size"] == 16  # the rest of the study's fidelity
+    err = capsys.readouterr().err  # each promoted trial's line says its rung and the trial it promotes
+    for t in up:
+        n_train = {1: 64, 2: 128}[rung_of(t)]
+        assert (f"autopeft: trial {t.number}: {t.user_attrs[A.SUMMARY]} | {n_train}x2 (rung {rung_of(t)}) from "
+                f"trial {t.user_attrs[A.PROMOTED_FROM]} | ") in err
     pairs = [(t.user_attrs[A.CANDIDATE_KEY], rung_of(t)) for t in trials if t.state == TrialState.COMPLETE]
     assert len(pairs) == len(set(pairs))
     # the front and best take each config once, at its highest rung, and say which
