@@ -54,6 +54,13 @@ class SearchResult:
 
         return complete_trials(self.study, every_rung)
 
+    def promotions(self) -> int:
+        """How many complete evaluations at the study's current level were promotions (``--promote``): trials of a
+        config already evaluated one rung below."""
+        from autopeft.storage import current_level, rung_of
+
+        return sum(1 for t in current_level(self.complete_trials(every_rung=True), self.level) if rung_of(t))
+
     @property
     def trials(self) -> Any:
         """Every trial: number, state, status, objectives, config summary, candidate JSON, reason."""

@@ -107,6 +107,7 @@ def test_a_search_promotes_scores_each_config_at_its_highest_rung_and_the_sample
     comp = complete_trials(res.study)
     keys = [t.user_attrs[A.CANDIDATE_KEY] for t in comp]
     assert len(keys) == len(set(keys)) == 14 - len(up)
+    assert res.promotions() == len(up)  # what the CLI's last line counts: "N configs complete (14 evaluations, ...)"
     top = {t.user_attrs[A.CANDIDATE_KEY]: max(rung_of(u) for u in trials if u.user_attrs.get(A.CANDIDATE_KEY) ==
                                                 t.user_attrs[A.CANDIDATE_KEY] and u.state == TrialState.COMPLETE)
            for t in comp}

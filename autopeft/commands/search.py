@@ -154,7 +154,10 @@ def run(args: argparse.Namespace) -> int:
     if s.stop_reason == "timeout":
         print("autopeft: stopped at --timeout; run the same command to continue", file=sys.stderr)
     print_front(res, "table")
-    print(f"\n{len(res.complete_trials())} complete trials{f' at fidelity level {res.level}' if res.level else ''} in "
+    n_conf, n_up = len(res.complete_trials()), res.promotions()  # --promote: a config may have several evaluations
+    done = (f"{n_conf} configs complete ({n_conf + n_up} evaluations, {n_up} of them promotions)" if n_up
+            else f"{n_conf} complete trials")
+    print(f"\n{done}{f' at fidelity level {res.level}' if res.level else ''} in "
           f"{time.monotonic() - t0:.0f} s; hypervolume {res.hypervolume():.4f}; "
           f"study {res.name!r} stored in {res.storage}")
     print(f"inspect: autopeft show --study {res.name}" + (f" --storage {args.storage}" if args.storage else ""))
