@@ -272,7 +272,7 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
             tried.append([scale, hold_score] + ([] if loss_z is None else [round(loss_z, 3)]))
             if best is None or (hold_score is not None and best[2] is not None and hold_score > best[2]):
                 best = (built, trainer, hold_score, scale)
-            if not flat(hold_score, hold_chance, loss_z):
+            if not flat(hold_score, hold_chance, loss_z, n_hold):
                 break
         built, trainer, _, scale = best
         chosen.append(scale)

@@ -69,6 +69,9 @@ def test_the_loss_rule_judges_a_run_by_its_held_out_loss_against_the_class_prior
     # the rule: flat when the score is within 0.02 of chance, or the loss is not 2 standard errors below the prior's
     assert escalation.flat(0.60, 0.52, loss_z=-1.0) and not escalation.flat(0.60, 0.52, loss_z=-3.0)
     assert escalation.flat(0.53, 0.52, loss_z=-3.0)
+    # the loss judges only a score within 3 standard errors (0.5 / sqrt(rows)) of chance: 0.095 on 249 rows
+    assert escalation.flat(0.60, 0.52, loss_z=-1.0, n_rows=249)  # +0.08: the loss decides
+    assert not escalation.flat(0.29, 0.0, loss_z=-1.5, n_rows=366)  # Matthews +0.29 on 366 rows: learned
 
 
 def test_auto_raises_the_rate_of_a_seed_that_learns_nothing_and_keeps_the_best_run(tiny_model: str,
