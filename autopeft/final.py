@@ -247,7 +247,7 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
         return (built, trainer, trainer.state.best_metric, chance_score(task.metric, [r["labels"] for r in hold_ds]),
                 best_z)
 
-    scores, times, params, matches, chosen, tried_all = [], [], 0, [], [], []
+    scores, times, params, matches, chosen, tried_all, accs = [], [], 0, [], [], [], []
     scale = 1.0 if auto else float(lr_scale)
     for k, seed in enumerate(seeds):
         done_f = out / "seeds" / f"seed{seed}.json"
@@ -256,6 +256,8 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
             scores.append(r["score"])
             if r.get("exact_match") is not None:
                 matches.append(r["exact_match"])
+            if r.get("accuracy") is not None:
+                accs.append(r["accuracy"])
             times.append(r["seconds"])
             params = r["params"]
             scale = float(r.get("lr_scale", scale))
@@ -297,12 +299,15 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
         else:
             logits = predict_logits(built.model, _encode(tok, val_texts, max_length), 64, tok.pad_token_id or 0, dev)
             score = score_logits(task.metric, logits, val_labels)
+            acc = score_logits("accuracy", logits, val_labels)  # beside the majority class's, whatever the metric
+            accs.append(acc)
         scores.append(score)
         times.append(time.perf_counter() - t0)
         if k == 0:
             save_trained(built, cand, out, model, task.num_labels, layout)
         done_f.parent.mkdir(parents=True, exist_ok=True)
         done_f.write_text(json.dumps({"score": score, "exact_match": match, "seconds": times[-1], "params": params,
+                                      "accuracy": None if task.is_lm else acc,
                                       "lr_scale": scale, "lr_tried": tried,
                                       "best_epoch_checkpoint": trainer.state.best_model_checkpoint,
                                       "log_history": trainer.state.log_history}) + "\n")
@@ -313,6 +318,12 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
               "epochs": epochs, "lr_scale": chosen[0], "lr_scales": chosen, "lr_tried": tried_all,
               "lr_scale_option": lr_scale, "seconds": times, "saved_seed": seeds[0], "saved_score": scores[0], "device": device,
               "trainer": "transformers.Trainer", "class_weights": class_weights}
+    if accs and len(accs) == len(scores) and val_labels is not None:  # and what always the majority class scores
+        from autopeft.data import chance_score
+
+        result.update({"accuracies": accs, "accuracy_mean": statistics.fmean(accs),
+                       "majority": {task.metric: chance_score(task.metric, val_labels),
+                                    "accuracy": chance_score("accuracy", val_labels)}})
     if matches:
         result.update({"exact_match": matches, "exact_match_mean": statistics.fmean(matches), "generated_rows": n_gen})
     (out / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -94,6 +94,7 @@ def test_auto_raises_the_rate_of_a_seed_that_learns_nothing_and_keeps_the_best_r
     assert z[0] > -escalation.FLAT_LOSS_Z and z[2] < -10  # x1: nothing learned; x4: far below the prior's loss
     assert auto["scores"][0] == 1.0 and auto["lr_scale"] == 4.0 and auto["lr_scale_option"] == "auto"
     assert auto["lr_tried"][1][0][0] == 4.0  # seed 1 starts where seed 0 ended
+    assert auto["majority"] == {"accuracy": 0.5} and auto["accuracies"] == auto["scores"]  # the bar, and the result
     saved = json.loads((tmp_path / "auto" / "seeds" / "seed0.json").read_text())
     assert saved["lr_scale"] == 4.0 and (tmp_path / "auto" / "checkpoints" / "seed0-lr4").is_dir()
     import torch
@@ -125,3 +126,11 @@ def test_the_cli_says_which_rates_it_tried(tiny_model: str, tmp_path: Path, caps
     line = next(x for x in out.splitlines() if x.startswith("seed 0: held-out loss against the class prior's"))
     z = [float(p.split()[1]) for p in line.split(": ")[-1].split(", ")]  # x1, x2, x4 in standard errors
     assert len(z) == 3 and z[0] > -2 and z[2] < -2, line
+    assert "always the majority class on validation: accuracy 0.5000\n" in out
+    # another metric: the majority class's score in it, and accuracy beside the majority class's
+    assert main(["train", "--config", str(cfg), "--train-file", data["train_file"], "--validation-file",
+                 data["validation_file"], "--epochs", "3", "--max-length", "16", "--batch-size", "16", "--no-progress",
+                 "--metric", "f1", "--lr-scale", "4", "-o", str(tmp_path / "out-f1")]) == 0
+    out = capsys.readouterr().out
+    assert "f1 on validation 1.0000" in out
+    assert "always the majority class on validation: f1 0.0000; accuracy 1.0000 here, 0.5000 for the majority class" in out

@@ -94,6 +94,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"{res['summary']}: {res['metric']} on {split} {res['mean']:.4f} ± {res['std']:.4f}{em} over seeds {seeds} "
           f"({res.get('n_train', '?')} training rows, {res.get('holdout', 0)} of them held out to pick the epoch; on "
           f"{res.get('device', 'cpu')}); saved to {args.output}")
+    if "majority" in res:  # the bar to clear: always answering the majority class
+        maj = res["majority"]
+        acc = "" if res["metric"] == "accuracy" else (f"; accuracy {res['accuracy_mean']:.4f} here, "
+                                                       f"{maj['accuracy']:.4f} for the majority class")
+        print(f"always the majority class on {split}: {res['metric']} {maj[res['metric']]:.4f}{acc}")
     from autopeft.escalation import FLAT_LOSS_Z
 
     for seed, tried in zip(seeds, res.get("lr_tried", [])):
