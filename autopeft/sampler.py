@@ -338,8 +338,8 @@ class CostAwareEHVISampler(BaseSampler):
 
     def _collapse_model(self, done: Sequence[tuple[Candidate, list[float]]],
                         stopped: Sequence[tuple[Candidate, float]] = ()) -> Callable[[list[Candidate]], np.ndarray] | None:
-        """P(a config learns) from the trials so far (:mod:`autopeft.collapse_model`), or None before enough trials
-        collapsed and learned."""
+        """P(a config learns) from the trials so far (:mod:`autopeft.collapse_model`; 0 for a structure that collapsed
+        at a rate as high, :func:`~autopeft.collapse_model.retries_collapse`), or None before any trial collapsed."""
         from autopeft import collapse_model
 
         def rows(cs: Sequence[Candidate]) -> np.ndarray:
@@ -351,7 +351,15 @@ class CostAwareEHVISampler(BaseSampler):
         chance = float(self.ref[0])
         gap = (1.0 - chance) if self.objectives[0] == "score" else abs(chance)
         p = collapse_model.fit(rows(trials), scores, chance, gap)
-        return None if p is None else (lambda cs: p(rows(cs)))
+        again = collapse_model.collapsed_rates(trials, scores, chance, gap)  # and never retry a collapse's rate
+        if p is None and not again:
+            return None
+
+        def learns(cs: list[Candidate]) -> np.ndarray:
+            out = np.ones(len(cs)) if p is None else p(rows(cs))
+            return np.where([collapse_model.retries_collapse(c, again) for c in cs], 0.0, out)
+
+        return learns
 
     def _neighbours(self, x: np.ndarray, n: int) -> list[Candidate]:
         out = []

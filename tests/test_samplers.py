@@ -205,8 +205,14 @@ def test_the_collapse_model_learns_which_configs_collapse_and_proposals_skip_the
     first_learner = next(i for i, (_, v) in enumerate(done) if v[0] > 0.5)
     first_collapsed = next(i for i, (_, v) in enumerate(done) if v[0] == 0.5)
     k = max(first_learner, first_collapsed)
-    assert sampler._collapse_model(done[:k]) is None  # one class only: no model yet
-    assert sampler._collapse_model(done[:k + 1]) is not None  # one of each: fitted
+    from autopeft import collapse_model
+
+    def fitted(d: list) -> bool:
+        X = np.array([sampler._memo.collapse_features(c) for c, _ in d])
+        return collapse_model.fit(X, [v[0] for _, v in d], 0.5, 0.5) is not None
+
+    assert not fitted(done[:k]) and fitted(done[:k + 1])  # one class only: no regression yet; one of each: fitted
+    assert sampler._collapse_model([d for d in done if d[1][0] > 0.5]) is None  # nothing collapsed: nothing to skip
     learns = sampler._collapse_model(done)
     unseen = pool[200:]
     p = learns(unseen)
@@ -223,6 +229,28 @@ def test_the_collapse_model_learns_which_configs_collapse_and_proposals_skip_the
         c = sampler.propose(study)
         assert sampler.last_info["mode"] == "bo" and sampler.last_info["collapse_skipped"] > 0
         assert learns([c])[0] >= P_LEARN, c.summary()
+
+
+def test_a_structure_that_collapsed_is_not_proposed_again_at_a_rate_as_low() -> None:
+    """"head only" collapsed at x1.88: the same structure at x1.58 or x1.98 (within x1.25) gets P(learns) 0, at x2.4
+    it is judged by the regression again; other structures are untouched; with no learner yet (no regression), the
+    rule alone applies."""
+    from autopeft import collapse_model
+    from autopeft.candidate import Candidate
+
+    b = SearchSpace.load("mixed").bind(6)
+    sampler = make_sampler("autopeft", 0, b, OBJ, REF, lambda c: count_params(c, INFO), n_startup=4)
+    head = [Candidate.make({}, [], {}, lr_multiplier=m) for m in (1.88, 1.58, 1.98, 2.4)]
+    lora = Candidate.make({"lora": {"r": 8, "targets": ["q", "v"], "alpha_ratio": 2.0, "dropout": 0.1}}, [0, 1, 2, 3, 4, 5],
+                          {}, lr_multiplier=1.5)
+    assert collapse_model.structure(head[0]) == collapse_model.structure(head[1]) != collapse_model.structure(lora)
+    only_collapse = [(head[0], [0.5, 770, 87.0])]
+    learns = sampler._collapse_model(only_collapse)
+    assert list(learns(head[1:] + [lora])) == [0.0, 0.0, 1.0, 1.0]
+    rng = np.random.default_rng(1)
+    done = only_collapse + [(c, collapsing(c)) for c in (b.decode(b.random_vector(rng)) for _ in range(24))]
+    p = sampler._collapse_model(done)(head[1:] + [lora])
+    assert p[0] == 0.0 and p[1] == 0.0 and 0.0 < p[2] < 1.0 and 0.0 < p[3] < 1.0  # x2.4 and LoRA: the regression's
 
 
 def test_the_gp_fit_minimises_botorchs_own_objective() -> None:
