@@ -59,22 +59,6 @@ def retries_collapse(cand: Candidate, collapsed: dict[str, float]) -> bool:
     return m is not None and cand.lr_multiplier <= m * RETRY_FACTOR
 
 
-def in_flight(running: Sequence[Candidate]) -> dict[str, list[float]]:
-    """Each structure of the trials still running -> their learning-rate multipliers."""
-    out: dict[str, list[float]] = {}
-    for c in running:
-        out.setdefault(structure(c), []).append(c.lr_multiplier)
-    return out
-
-
-def near_in_flight(cand: Candidate, flight: dict[str, list[float]]) -> bool:
-    """True when a running trial has ``cand``'s structure at a rate within :data:`RETRY_FACTOR` of its own: its
-    outcome is not known yet, and a second one beside it would learn (or collapse) alike.  In real searches the
-    repeats the no-retry rule targets were proposed while the first still trained ("head only" trains in 13 s)."""
-    return any(max(m, cand.lr_multiplier) <= RETRY_FACTOR * min(m, cand.lr_multiplier)
-               for m in flight.get(structure(cand), ()))
-
-
 def features(cost_features: Sequence[float], params: int, cand: Candidate) -> list[float]:
     """What the model reads: the sampler's exact cost features (backprop depth, layer share, methods; the constant
     first one dropped), log10 of the exact parameter count, the sparsity and the log learning-rate multiplier."""

@@ -292,7 +292,7 @@ class CostAwareEHVISampler(BaseSampler):
             if c not in seen:
                 pool.setdefault(c.key, c)
         cands = [c for c in pool.values() if self._feasible_params(c)]
-        learns = self._collapse_model(done, stopped, pending)
+        learns = self._collapse_model(done, stopped)
         if learns is not None and cands:  # skip the configs the collapse model expects not to learn
             keep = [c for c, p in zip(cands, learns(cands)) if p >= P_LEARN]
             self.last_info["collapse_skipped"] = len(cands) - len(keep)
@@ -336,11 +336,10 @@ class CostAwareEHVISampler(BaseSampler):
             return self._random_candidate(seen)
         return best_c
 
-    def _collapse_model(self, done: Sequence[tuple[Candidate, list[float]]], stopped: Sequence[tuple[Candidate, float]] = (),
-                        pending: Sequence[Candidate] = ()) -> Callable[[list[Candidate]], np.ndarray] | None:
+    def _collapse_model(self, done: Sequence[tuple[Candidate, list[float]]],
+                        stopped: Sequence[tuple[Candidate, float]] = ()) -> Callable[[list[Candidate]], np.ndarray] | None:
         """P(a config learns) from the trials so far (:mod:`autopeft.collapse_model`; 0 for a structure that collapsed
-        at a rate as high, or one running at a nearby rate: :mod:`~autopeft.collapse_model`), or None before any trial
-        collapsed or while nothing runs."""
+        at a rate as high, :func:`~autopeft.collapse_model.retries_collapse`), or None before any trial collapsed."""
         from autopeft import collapse_model
 
         def rows(cs: Sequence[Candidate]) -> np.ndarray:
@@ -352,15 +351,13 @@ class CostAwareEHVISampler(BaseSampler):
         chance = float(self.ref[0])
         gap = (1.0 - chance) if self.objectives[0] == "score" else abs(chance)
         p = collapse_model.fit(rows(trials), scores, chance, gap)
-        again = collapse_model.collapsed_rates(trials, scores, chance, gap)  # and never retry a collapse's rate,
-        flight = collapse_model.in_flight(pending)  # nor a running structure's
-        if p is None and not again and not flight:
+        again = collapse_model.collapsed_rates(trials, scores, chance, gap)  # and never retry a collapse's rate
+        if p is None and not again:
             return None
 
         def learns(cs: list[Candidate]) -> np.ndarray:
             out = np.ones(len(cs)) if p is None else p(rows(cs))
-            return np.where([collapse_model.retries_collapse(c, again) or collapse_model.near_in_flight(c, flight)
-                             for c in cs], 0.0, out)
+            return np.where([collapse_model.retries_collapse(c, again) for c in cs], 0.0, out)
 
         return learns
 
