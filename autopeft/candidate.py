@@ -23,6 +23,13 @@ def _round(v: Any) -> Any:
     return v
 
 
+def structure_key(cand: Mapping[str, Any]) -> str:
+    """A candidate's dict (``Candidate.to_dict()``, or as stored with a trial) without its learning-rate multiplier:
+    candidates with one key differ only in learning rate (the front keeps one of them; the collapse model does not
+    retry a collapsed one at a rate as low)."""
+    return json.dumps({k: v for k, v in cand.items() if k != "lr_multiplier"}, sort_keys=True)
+
+
 class Candidate:
     """An immutable PEFT configuration: methods with their settings, layers, sparsity, lr multiplier."""
 

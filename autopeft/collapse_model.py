@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from autopeft.candidate import Candidate
+from autopeft.candidate import Candidate, structure_key
 
 #: a trial "collapsed" when its score is within this share of the chance-to-perfect gap of chance (the benchmarks' rule)
 MARGIN = 0.02
@@ -33,29 +33,20 @@ P_LEARN = 0.5
 RETRY_FACTOR = 1.25
 
 
-def structure(cand: Candidate) -> str:
-    """A candidate's key without its learning-rate multiplier: candidates with one structure differ only in rate."""
-    import json
-
-    d = cand.to_dict()
-    d.pop("lr_multiplier", None)
-    return json.dumps(d, sort_keys=True)
-
-
 def collapsed_rates(cands: Sequence[Candidate], scores: Sequence[float], chance: float, gap: float) -> dict[str, float]:
     """Each structure that collapsed (score within :data:`MARGIN` x ``gap`` of ``chance``) -> the highest learning-rate
     multiplier it collapsed at."""
     out: dict[str, float] = {}
     for c, s in zip(cands, scores):
         if s <= chance + MARGIN * gap:
-            k = structure(c)
+            k = structure_key(c.to_dict())
             out[k] = max(out.get(k, 0.0), c.lr_multiplier)
     return out
 
 
 def retries_collapse(cand: Candidate, collapsed: dict[str, float]) -> bool:
     """True when ``cand``'s structure collapsed at a rate at least its own / :data:`RETRY_FACTOR`."""
-    m = collapsed.get(structure(cand))
+    m = collapsed.get(structure_key(cand.to_dict())) if collapsed else None
     return m is not None and cand.lr_multiplier <= m * RETRY_FACTOR
 
 

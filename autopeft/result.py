@@ -24,11 +24,10 @@ def fidelity_label(trial: Any) -> str:
 
 def structure_key(trial: Any) -> str:
     """A stored trial's configuration without its learning rate: trials with one key differ only in learning rate."""
-    import json
+    from autopeft.candidate import structure_key as key_of
 
-    cand = dict(trial.user_attrs.get(A.CANDIDATE) or {})
-    cand.pop("lr_multiplier", None)
-    return json.dumps(cand, sort_keys=True) if cand else f"trial {trial.number}"
+    cand = trial.user_attrs.get(A.CANDIDATE) or {}
+    return key_of(cand) if any(k != "lr_multiplier" for k in cand) else f"trial {trial.number}"
 
 
 class SearchResult:

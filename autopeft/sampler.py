@@ -357,6 +357,8 @@ class CostAwareEHVISampler(BaseSampler):
 
         def learns(cs: list[Candidate]) -> np.ndarray:
             out = np.ones(len(cs)) if p is None else p(rows(cs))
+            if not again:
+                return out
             return np.where([collapse_model.retries_collapse(c, again) for c in cs], 0.0, out)
 
         return learns

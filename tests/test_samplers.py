@@ -235,15 +235,14 @@ def test_a_structure_that_collapsed_is_not_proposed_again_at_a_rate_as_low() -> 
     """"head only" collapsed at x1.88: the same structure at x1.58 or x1.98 (within x1.25) gets P(learns) 0, at x2.4
     it is judged by the regression again; other structures are untouched; with no learner yet (no regression), the
     rule alone applies."""
-    from autopeft import collapse_model
-    from autopeft.candidate import Candidate
+    from autopeft.candidate import Candidate, structure_key
 
     b = SearchSpace.load("mixed").bind(6)
     sampler = make_sampler("autopeft", 0, b, OBJ, REF, lambda c: count_params(c, INFO), n_startup=4)
     head = [Candidate.make({}, [], {}, lr_multiplier=m) for m in (1.88, 1.58, 1.98, 2.4)]
     lora = Candidate.make({"lora": {"r": 8, "targets": ["q", "v"], "alpha_ratio": 2.0, "dropout": 0.1}}, [0, 1, 2, 3, 4, 5],
                           {}, lr_multiplier=1.5)
-    assert collapse_model.structure(head[0]) == collapse_model.structure(head[1]) != collapse_model.structure(lora)
+    assert structure_key(head[0].to_dict()) == structure_key(head[1].to_dict()) != structure_key(lora.to_dict())
     only_collapse = [(head[0], [0.5, 770, 87.0])]
     learns = sampler._collapse_model(only_collapse)
     assert list(learns(head[1:] + [lora])) == [0.0, 0.0, 1.0, 1.0]
