@@ -65,10 +65,12 @@ class _Seen:
     """Candidates already evaluated, failed or pending.  ``c in seen`` is also true for a candidate that differs
     from one of them only by a learning-rate multiplier within :data:`LR_NEAR`: a trial that costs as much as any
     other would learn next to nothing (a search at the CPU fidelity spent two of its 40 trials on lr x1.86 and
-    x1.87 of one config)."""
+    x1.87 of one config); and at any multiplier for a config still training (``add(c, running=True)``): in real
+    SST-2 searches 3 of 14 model-based collapses were "head only" proposed at another rate while it still ran."""
 
     def __init__(self) -> None:
         self._lrs: dict[str, list[float]] = {}
+        self._running: set[str] = set()
 
     @staticmethod
     def _split(c: Candidate) -> tuple[str, float]:
@@ -83,15 +85,17 @@ class _Seen:
             j += 1
         return k[:i] + k[j + (k[j] == ","):], float(k[i + 16:j])
 
-    def add(self, c: Candidate) -> None:
+    def add(self, c: Candidate, running: bool = False) -> None:
         k, lr = self._split(c)
         self._lrs.setdefault(k, []).append(lr)
+        if running:
+            self._running.add(k)
 
     def __contains__(self, c: object) -> bool:
         if not isinstance(c, Candidate):
             return False
         k, lr = self._split(c)
-        return any(abs(math.log(lr / x)) < math.log(LR_NEAR) for x in self._lrs.get(k, ()))
+        return k in self._running or any(abs(math.log(lr / x)) < math.log(LR_NEAR) for x in self._lrs.get(k, ()))
 
 
 class CostAwareEHVISampler(BaseSampler):
@@ -211,7 +215,7 @@ class CostAwareEHVISampler(BaseSampler):
         hist = self.history(study, trial)
         self._memo.keep_only([c for _, c in hist])
         for t, c in hist:
-            seen.add(c)
+            seen.add(c, running=t.state in (TrialState.RUNNING, TrialState.WAITING))
             if t.state == TrialState.COMPLETE and t.values is not None:
                 done.append((c, list(t.values)))
             elif t.state in (TrialState.RUNNING, TrialState.WAITING):

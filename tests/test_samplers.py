@@ -252,6 +252,37 @@ def test_a_structure_that_collapsed_is_not_proposed_again_at_a_rate_as_low() -> 
     assert p[0] == 0.0 and p[1] == 0.0 and 0.0 < p[2] < 1.0 and 0.0 < p[3] < 1.0  # x2.4 and LoRA: the regression's
 
 
+@pytest.mark.parametrize("n_startup", [10, 2])  # random start-up, then the model-based step
+def test_a_running_config_is_not_proposed_again_at_any_rate(n_startup: int) -> None:
+    """While a trial trains, its config is not proposed again at any learning rate (in real SST-2 searches "head only"
+    was proposed at x1.58 and x1.98 beside a running x1.88, all three at the majority class); once it is done, only
+    rates within LR_NEAR of the finished one are skipped.  Two structures (LoRA r=4 or r=8 on every layer): while r=8
+    runs every proposal is r=4; before and after, r=8 comes up."""
+    from autopeft.space import SearchSpace
+
+    b = SearchSpace.from_dict({"version": 1, "name": "two", "select": "one", "methods": {"lora": {
+        "r": {"choices": [4, 8]}, "targets": ["q", "v"]}}, "training": {"lr_multiplier": {"float": [0.5, 2.0],
+        "log": True}}}).bind(6)
+    sampler = make_sampler("autopeft", 0, b, OBJ, REF, lambda c: count_params(c, INFO), n_startup=n_startup)
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
+    done = [Candidate.make({"lora": {"r": r, "targets": ["q", "v"], "alpha_ratio": 2.0, "dropout": 0.1}},
+                           range(6), {}, lr_multiplier=m) for r, m in ((4, 0.6), (8, 0.7), (4, 1.9))]
+    for c in done:
+        study.enqueue_trial(b.optuna_params(c))
+        t = study.ask()
+        study.tell(t, synthetic(b.suggest(t)))
+    def ranks() -> set[int]:
+        return {sampler.propose(study).methods["lora"]["r"] for _ in range(12)}
+
+    assert 8 in ranks()  # the toy landscape favours more parameters: the model-based step proposes r=8
+    study.enqueue_trial(b.optuna_params(done[1]))
+    running = study.ask()  # r=8 at x0.7, left running
+    assert b.suggest(running) == done[1]
+    assert ranks() == {4}
+    study.tell(running, synthetic(done[1]))
+    assert 8 in ranks()
+
+
 def test_the_gp_fit_minimises_botorchs_own_objective() -> None:
     """autopeft.sampler_gp hands botorch's optimiser a closed-form closure: the same loss (negative MAP marginal log
     likelihood over n) and the same gradients as botorch's autograd closure, at any hyperparameters."""
