@@ -134,3 +134,8 @@ def test_the_cli_says_which_rates_it_tried(tiny_model: str, tmp_path: Path, caps
     out = capsys.readouterr().out
     assert "f1 on validation 1.0000" in out
     assert "always the majority class on validation: f1 0.0000; accuracy 1.0000 here, 0.5000 for the majority class" in out
+    # "--seeds 3" reads like "three seeds": the CLI says it trains seed 3 only (here before a missing file stops it)
+    assert main(["train", "--config", str(cfg), "--train-file", data["train_file"], "--validation-file",
+                 str(tmp_path / "missing.csv"), "--seeds", "3", "--no-progress", "-o", str(tmp_path / "out-3")]) == 2
+    err = capsys.readouterr().err
+    assert "autopeft: training seed 3 only (--seeds takes seed numbers; for 3 seeds give --seeds 0,1,2)" in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from autopeft.commands._args import positive_float, positive_int
@@ -41,7 +42,7 @@ def add(sub: Any) -> None:
     t.add_argument("--class-weights", choices=("auto", "balanced", "none"), default="auto",
                    help="classification loss weights: balanced weighs classes evenly; auto (default) = balanced for "
                         "imbalanced tasks scored by Matthews or macro-F1, as the search's trials")
-    t.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2 (default 0)")
+    t.add_argument("--seeds", default="0", help="comma-separated seed numbers, e.g. 0,1,2 for three seeds (default 0)")
     t.add_argument("-o", "--output", required=True, help="directory to save the trained model in")
     g = t.add_argument_group("transformers Trainer")
     g.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when there is one, else cpu")
@@ -75,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds[:40]!r}") from None
+    if len(seeds) == 1 and seeds[0] > 1:  # "--seeds 3" reads like "three seeds"
+        print(f"autopeft: training seed {seeds[0]} only (--seeds takes seed numbers; for {seeds[0]} seeds give "
+              f"--seeds {','.join(map(str, range(seeds[0])))})", file=sys.stderr)
     from autopeft.commands.search import hub_task
 
     task = hub_task(args.dataset, args.dataset_config) or args.task
