@@ -52,6 +52,22 @@ def run(a: argparse.Namespace) -> int:
     return left
 
 
+def collapsed(res: Any, comp: list[Any], startup: int) -> tuple[list[int], list[int]]:
+    """The model-based trials (number >= ``startup``) that collapsed: scored within 2 % of the chance-to-perfect gap
+    above the study's chance level (about the majority class); and those of them that started while a trial of the
+    same config at another learning rate (:func:`autopeft.candidate.structure_key`) was still training."""
+    from autopeft.candidate import structure_key
+
+    chance = float(res.ref_point[0])
+    every = [t for t in res.study.get_trials(deepcopy=False) if "candidate" in t.user_attrs and t.datetime_start]
+    keys = {t.number: structure_key(t.user_attrs["candidate"]) for t in every}
+    col = [t.number for t in comp if t.number >= startup and t.values[0] <= chance + 0.02 * (1 - chance)]
+    start = {t.number: t.datetime_start for t in every}
+    beside = [n for n in col if any(o.number != n and keys[o.number] == keys[n] and o.datetime_start <= start[n]
+                                    and (o.datetime_complete is None or o.datetime_complete > start[n]) for o in every)]
+    return col, beside
+
+
 def report(a: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
@@ -74,10 +90,15 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
             Y = [to_max(res.objectives, t.values) for t in comp]
             hv = [hypervolume(np.array(Y[:k]), ref) if k <= len(Y) else None for k in marks]
             best = max((t.values[0] for t in comp), default=None)
+            col, beside = collapsed(res, comp, a.startup)
             out["studies"][f"{sampler}-{seed}"] = {"sampler": sampler, "seed": seed, "complete": len(comp), "hv": hv,
-                                                  "best_score": best, "ref_point": ref}
+                                                  "best_score": best, "ref_point": ref, "collapsed": col,
+                                                  "collapsed_beside_itself": beside}
+            n_model = sum(t.number >= a.startup for t in comp)
             print(f"{sampler:9s} seed {seed}: {len(comp):3d} trials, best score {best if best is None else round(best, 3)}, "
-                  "HV " + ", ".join(f"@{m}: {'-' if v is None else f'{v:.4f}'}" for m, v in zip(marks, hv)), flush=True)
+                  "HV " + ", ".join(f"@{m}: {'-' if v is None else f'{v:.4f}'}" for m, v in zip(marks, hv))
+                  + f"; collapsed {len(col)} of {n_model} model-based trials, {len(beside)} proposed while the same "
+                  "config trained at another rate", flush=True)
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1))
     return out
@@ -96,6 +117,8 @@ def main(argv: list[str] | None = None) -> Any:
     add_model(ap)
     ap.add_argument("--storage")
     ap.add_argument("--json")
+    ap.add_argument("--startup", type=int, default=8, help="report: trials before this number are the random start-up "
+                                                           "design, not counted as model-based (default 8)")
     add_metric(ap, "the search's metric, e.g. auc on MRPC (default: the task's)")
     ap.add_argument("--fidelity", help="the trials' fidelity, e.g. n_train=2000,epochs=2,batch_size=32,lr_scale=3 "
                                        "(default: the machine's default; a resumed study keeps its own)")

@@ -325,3 +325,34 @@ def test_fair_baselines_pick_each_baselines_best_rate_and_retrain_plans_it(tiny_
     assert "lora r=8 q,v (lr x1.4142, tuned)" in base and "lora r=8 q,v" not in base and "ia3" in base
     assert base["lora r=8 q,v (lr x1.4142, tuned)"]["lr_multiplier"] == pytest.approx(1.4142)
     assert base["ia3"].get("lr_multiplier", 1.0) == 1.0
+
+
+def test_confirm_counts_collapsed_trials_and_those_beside_a_running_twin() -> None:
+    """bench.confirm report's collapse columns: model-based trials (number >= 8) within 2 % of the gap above chance,
+    and of those the ones that started while the same config (any learning rate) still trained."""
+    import datetime as dt
+    from types import SimpleNamespace
+
+    import optuna
+
+    cf = _load("confirm")
+    t0 = dt.datetime(2026, 12, 4, 12, 0, 0)
+    head = {"layers": [], "methods": {}, "sparsity": {}}
+    lora = {"layers": [5], "methods": {"lora": {"r": 1}}, "sparsity": {}}
+    # number: (config, lr, score, start s, end s); chance 0.5: collapsed at <= 0.51
+    spec = {7: (head, 1.0, 0.50, 0, 30), 8: (head, 1.9, 0.50, 40, 60), 9: (head, 1.5, 0.505, 50, 70),
+            10: (lora, 1.0, 0.80, 55, 90), 11: (head, 1.2, 0.51, 80, 95), 12: (lora, 0.6, 0.50, 85, 120)}
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for n in range(7):  # start-up trials: never counted
+        study.add_trial(optuna.trial.create_trial(values=[0.5, 1.0], user_attrs={"candidate": head}))
+    for n, (cfg, lr, score, a, b) in spec.items():
+        study.add_trial(optuna.trial.create_trial(
+            values=[score, 1.0], user_attrs={"candidate": {**cfg, "lr_multiplier": lr}}))
+    trials = study.get_trials(deepcopy=False)
+    for t in trials:  # create_trial stamps both times with "now": give the timed ones theirs
+        a, b = spec.get(t.number, (None, None, None, -100, -90))[3:]
+        t.datetime_start, t.datetime_complete = t0 + dt.timedelta(seconds=a), t0 + dt.timedelta(seconds=b)
+    res = SimpleNamespace(ref_point=[0.5, 0.0], study=SimpleNamespace(get_trials=lambda deepcopy=False: trials))
+    col, beside = cf.collapsed(res, trials, 8)
+    assert col == [8, 9, 11, 12]  # 7 is start-up; 10 learned
+    assert beside == [9, 12]  # 9 began while 8 ran; 12 while 10 (the same LoRA) ran; 11 after 8 and 9 had finished
