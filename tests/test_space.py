@@ -392,3 +392,18 @@ def test_a_searched_learning_rate_is_a_dimension_and_round_trips() -> None:
     c = b.candidate_from_values({"training.learning_rate": 3e-4})
     assert b.optuna_params(c) == {"training.learning_rate": 3e-4}
     _round_trips(b, c)
+
+
+def test_a_candidates_methods_are_a_copy_that_cannot_change_it() -> None:
+    """``Candidate.methods`` is a fresh deep copy (nested lists too): changing it leaves the candidate, its key and
+    its equality as they were."""
+    c = Candidate.make({"lora": {"r": [2, 8], "targets": ["q", "v"], "alpha_ratio": 2.0, "dropout": 0.1}}, [0, 2], {})
+    key = c.key
+    m = c.methods
+    m["lora"]["targets"].append("k")
+    m["lora"]["r"][0] = 64
+    m["ia3"] = {}
+    assert c.methods == {"lora": {"r": [2, 8], "targets": ["q", "v"], "alpha_ratio": 2.0, "dropout": 0.1}}
+    assert c.key == key and c == Candidate.make({"lora": {"r": [2, 8], "targets": ["q", "v"], "alpha_ratio": 2.0,
+                                                          "dropout": 0.1}}, [0, 2], {})
+    assert c.methods is not c.methods and c.methods["lora"]["r"] is not c.methods["lora"]["r"]
