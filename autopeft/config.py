@@ -115,8 +115,9 @@ class SearchConfig:
     #: where the model's layers and projections are, for a model autopeft cannot read (:func:`autopeft.arch.parse_layout`)
     layers_pattern: str | None = None
     target_modules: Any = None
-    #: configs evaluated first (:mod:`autopeft.seeding`): files, export folders, ``baselines``, candidate dicts
-    enqueue: tuple[Any, ...] = ()
+    #: configs evaluated first (:mod:`autopeft.seeding`): files, export folders, ``baselines``, candidate dicts;
+    #: None (not given): a new study without ``warm_start`` evaluates the baselines its space can express first
+    enqueue: tuple[Any, ...] | None = None
     #: another study (``NAME`` or ``NAME@STORAGE_URL``) whose Pareto front is evaluated first
     warm_start: str | None = None
     #: the function that runs a trial, ``module:function`` (benchmarks: ``autopeft.executors.simulated:run``)
@@ -144,8 +145,10 @@ class SearchConfig:
             opts["objectives"] = tuple(o.strip() for o in obj.split(",") if o.strip()) if isinstance(obj, str) else tuple(obj)
         else:
             opts.pop("objectives", None)
-        if "enqueue" in opts:
+        if opts.get("enqueue") is not None:
             opts["enqueue"] = _enqueue_sources(opts["enqueue"])
+        else:
+            opts.pop("enqueue", None)
         if "promote" in opts:
             from autopeft.promotion import parse_ladder
 
@@ -245,8 +248,9 @@ def split_ref(ref: str) -> tuple[str, str | None]:
 
 def _enqueue_sources(value: Any) -> tuple[Any, ...]:
     """``--enqueue``'s sources: a comma-separated string, or a list of paths, ``baselines`` and (API) candidates
-    (dicts, or :class:`~autopeft.candidate.Candidate` objects)."""
-    if value is None:
+    (dicts, or :class:`~autopeft.candidate.Candidate` objects); ``none`` (or an empty list): nothing first, not even
+    the baselines a new study runs first by default."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
         return ()
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)):

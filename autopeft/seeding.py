@@ -38,6 +38,9 @@ from autopeft.yamlio import excerpt, load_yaml
 
 #: the ``--enqueue`` word for the hand-designed baselines of the space's methods
 BASELINES = "baselines"
+#: where the baselines come from when the user gave no ``--enqueue`` (nor ``--warm-start``): a new study runs those its
+#: space can express first, without a note for the others (a search of a space too small for any runs none)
+DEFAULT = "default"
 MAX_FILE_BYTES = 1024 * 1024
 #: keys of a candidate (``autopeft_candidate.json``); a dict with ``candidate`` is a row of ``show --json``/``best``
 _CANDIDATE_KEYS = ("methods", "layers", "sparsity", "lr_multiplier")
@@ -257,9 +260,13 @@ def resolve(entries: Sequence[tuple[str, Any]], warm: Sequence[Seed], bound: Any
     seeds: list[Seed] = []
     notes: list[str] = []
     for where, entry in entries:
-        if entry == BASELINES and where == BASELINES:
+        if entry == BASELINES and where in (BASELINES, DEFAULT):
             named = [Seed(c, f"baseline {n}", f"baseline:{n}") for n, c in baseline_candidates(bound.num_layers).items()]
-            seeds += _fitting(named, "--enqueue baselines", bound, count, max_params, notes)
+            if where == DEFAULT:
+                seeds += [s for s in named if why_outside(bound, s.candidate) is None
+                          and (max_params is None or count(s.candidate) <= max_params)]
+            else:
+                seeds += _fitting(named, "--enqueue baselines", bound, count, max_params, notes)
             continue
         cand = complete(bound, entry_candidate(entry, where, bound.num_layers))
         why = why_outside(bound, cand)
@@ -327,5 +334,5 @@ def describe(queued: Sequence[Seed]) -> str:
     return f"{len(queued)} config(s) queued to run first ({', '.join(f'{n} {k}' for k, n in kinds.items())})"
 
 
-__all__ = ["Seed", "BASELINES", "read_sources", "entry_candidate", "complete", "why_outside", "remap_layers",
+__all__ = ["Seed", "BASELINES", "DEFAULT", "read_sources", "entry_candidate", "complete", "why_outside", "remap_layers",
            "front_seeds", "resolve", "requeue", "queue", "describe"]

@@ -37,7 +37,13 @@ class Search:
         self.space_def = SearchSpace.load(c.space)
         from autopeft.seeding import read_sources
 
-        entries = read_sources(c.enqueue)  # a bad --enqueue file fails before any model loads
+        entries = read_sources(c.enqueue or ())  # a bad --enqueue file fails before any model loads
+        from autopeft.seeding import BASELINES, DEFAULT
+
+        #: no --enqueue and no --warm-start: a new study runs the hand-designed baselines its space can express first
+        self.default_seeds = c.enqueue is None and not c.warm_start
+        if self.default_seeds:
+            entries = [(DEFAULT, BASELINES)]
         from dataclasses import replace
 
         from autopeft.seq2seq import fit_task_type
@@ -328,7 +334,8 @@ class Search:
 
         trials = self.store.trials()
         proposer.index.refresh(trials)
-        queued = queue(self.store, self.bound, [*requeue(trials), *self.seeds], lambda key: proposer.index.holds(key, -1))
+        seeds = [] if self.default_seeds and trials else self.seeds  # the default ones: a new study only
+        queued = queue(self.store, self.bound, [*requeue(trials), *seeds], lambda key: proposer.index.holds(key, -1))
         if queued:
             print(f"autopeft: {describe(queued)}", file=sys.stderr)
 

@@ -96,6 +96,29 @@ def test_baselines_the_space_can_express(tiny_model: str, glue_dir: Path, tmp_pa
         autopeft.search(**_opts(tiny_model, glue_dir, storage, "b2", 2, enqueue="baselines"))
 
 
+def test_a_new_study_runs_the_baselines_its_space_expresses_first_by_default(tiny_model: str, glue_dir: Path,
+                                                                             tmp_path: Path,
+                                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """No --enqueue, no --warm-start: a new study queues the hand-designed baselines its space can express (here the
+    lora space: LoRA r=8 on q,v of every layer), quietly leaving out the others; a resumed study queues nothing;
+    ``enqueue="none"`` turns it off; a space that expresses none runs none, without a message."""
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    res = autopeft.search(**_opts(tiny_model, glue_dir, storage, "d", 2, space="lora"))
+    assert res.study.trials[0].user_attrs["seeded_by"] == "baseline:lora r=8 q,v"
+    assert "seeded_by" not in res.study.trials[1].user_attrs
+    err = capsys.readouterr().err
+    assert "1 config(s) queued to run first (1 baseline)" in err and "left out" not in err
+    res = autopeft.search(**_opts(tiny_model, glue_dir, storage, "d", 3, space="lora"))  # resumed: nothing queued
+    assert len(res.study.trials) == 3 and "queued" not in capsys.readouterr().err
+    res = autopeft.search(**_opts(tiny_model, glue_dir, storage, "off", 1, space="lora", enqueue="none"))
+    assert "seeded_by" not in res.study.trials[0].user_attrs
+    res = autopeft.search(**_opts(tiny_model, glue_dir, storage, "tiny", 1))  # r=8 is outside the tiny space
+    assert "seeded_by" not in res.study.trials[0].user_attrs and "queued" not in capsys.readouterr().err
+    from autopeft.config import SearchConfig
+
+    assert SearchConfig.from_options().enqueue is None and SearchConfig.from_options(enqueue="none").enqueue == ()
+
+
 @pytest.mark.parametrize("entry,msg", [
     ({"methods": {"lora": {"r": 3, "targets": ["q", "v"]}}, "layers": [0]},
      r"entry 1 \(lora r=3 \[q,v\] \| layers 0\): lora.r = 3 is outside search space 'tiny' \(1, 2, 4\)$"),

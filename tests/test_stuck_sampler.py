@@ -38,7 +38,7 @@ def test_a_sampler_that_repeats_itself_gets_random_configs_and_the_search_finish
     monkeypatch.setattr(proposer, "make_sampler", lambda *a, **k: Stuck())
     storage = f"sqlite:///{tmp_path / 's.db'}"
     autopeft.search(model=tiny_model, data_dir=str(glue_dir), storage=storage, study_name="s", n_trials=4,
-                    executor="inline", runner=RUNNER, **SIM)
+                    executor="inline", runner=RUNNER, enqueue="none", **SIM)  # no baseline first: the sampler's own
     trials = optuna.load_study(study_name="s", storage=storage).get_trials()
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(done) == 4 and len({t.user_attrs[A.CANDIDATE_KEY] for t in done}) == 4

@@ -98,7 +98,8 @@ def add(sub: Any) -> None:
     s.add_argument("--n-startup", type=positive_int, default=8, help="random trials before the model steers")
     s.add_argument("--enqueue", help="configs to evaluate first, comma-separated: YAML/JSON files (a config like "
                    "autopeft_candidate.json, a list of them, or the output of 'show --format json'), export folders, "
-                   "or 'baselines' (the hand-designed configs of the space's methods)")
+                   "or 'baselines' (the hand-designed configs of the space's methods); default: a new study without "
+                   "--warm-start runs the baselines its space can express first; 'none': nothing first")
     s.add_argument("--warm-start", help="start from another study: NAME (in --storage, or its default file) or "
                    "NAME@STORAGE_URL; the default sampler re-trains its best front config first and uses all its "
                    "trials as a prior for the first 20 trials; other samplers re-train its whole front first")
