@@ -21,7 +21,9 @@ search that stops first: entries left waiting run when the study is extended.
 
 An explicit entry (a file's, or one given to the API) that is outside the space or over ``--max-params`` is refused
 with a :class:`ConfigError` naming it; ``baselines`` and a warm start's front are lists the user did not write entry by
-entry, so theirs are left out with a printed note (an error only if none is left).
+entry, so theirs are left out with a printed note (an error only if none is left).  With neither option, a new
+study queues the baselines its space can express (:data:`DEFAULT`: no note, no error when none fits): without them
+the model-based steps may never train the all-layer configs people use (BENCHMARKS.md, MRPC with promotion).
 """
 
 from __future__ import annotations
