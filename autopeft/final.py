@@ -247,7 +247,7 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
         return (built, trainer, trainer.state.best_metric, chance_score(task.metric, [r["labels"] for r in hold_ds]),
                 best_z)
 
-    scores, times, params, matches, chosen, tried_all, accs = [], [], 0, [], [], [], []
+    scores, times, params, matches, chosen, tried_all, accs, lasts = [], [], 0, [], [], [], [], []
     scale = 1.0 if auto else float(lr_scale)
     for k, seed in enumerate(seeds):
         done_f = out / "seeds" / f"seed{seed}.json"
@@ -263,6 +263,7 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
             scale = float(r.get("lr_scale", scale))
             chosen.append(scale)
             tried_all.append(r.get("lr_tried", [[scale, None]]))
+            lasts.append(r.get("best_last"))
             continue
         t0 = time.perf_counter()
         # --lr-scale auto: a seed whose best held-out score stays at that split's chance level trains again at the
@@ -277,6 +278,8 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
             if not flat(hold_score, hold_chance, loss_z, n_hold):
                 break
         built, trainer, _, scale = best
+        best_ckpt = trainer.state.best_model_checkpoint  # the held-out rows' best epoch the last one: still improving
+        lasts.append(None if best_ckpt is None else str(best_ckpt).endswith(f"-{trainer.state.global_step}"))
         chosen.append(scale)
         tried_all.append(tried)
         params = built.trainable_params
@@ -309,14 +312,14 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
         done_f.write_text(json.dumps({"score": score, "exact_match": match, "seconds": times[-1], "params": params,
                                       "accuracy": None if task.is_lm else acc,
                                       "lr_scale": scale, "lr_tried": tried,
-                                      "best_epoch_checkpoint": trainer.state.best_model_checkpoint,
+                                      "best_epoch_checkpoint": best_ckpt, "best_last": lasts[-1],
                                       "log_history": trainer.state.log_history}) + "\n")
     result = {"summary": cand.summary(), "candidate": cand.to_dict(), "model": model, "task": data, "metric": task.metric,
               "split": _split_name(task), "seeds": list(seeds), "scores": scores, "mean": statistics.fmean(scores),
               "std": statistics.pstdev(scores) if len(scores) > 1 else 0.0, "params": params,
               "n_train": n, "holdout": n_hold, "n_eval": len(val_texts),
               "epochs": epochs, "lr_scale": chosen[0], "lr_scales": chosen, "lr_tried": tried_all,
-              "lr_scale_option": lr_scale, "seconds": times, "saved_seed": seeds[0], "saved_score": scores[0], "device": device,
+              "lr_scale_option": lr_scale, "best_last": lasts, "seconds": times, "saved_seed": seeds[0], "saved_score": scores[0], "device": device,
               "trainer": "transformers.Trainer", "class_weights": class_weights}
     if accs and len(accs) == len(scores) and val_labels is not None:  # and what always the majority class scores
         from autopeft.data import chance_score

@@ -97,6 +97,13 @@ def test_auto_raises_the_rate_of_a_seed_that_learns_nothing_and_keeps_the_best_r
     assert auto["majority"] == {"accuracy": 0.5} and auto["accuracies"] == auto["scores"]  # the bar, and the result
     saved = json.loads((tmp_path / "auto" / "seeds" / "seed0.json").read_text())
     assert saved["lr_scale"] == 4.0 and (tmp_path / "auto" / "checkpoints" / "seed0-lr4").is_dir()
+    # whether each seed's best held-out epoch was its last (the score still rising): as its log says
+    for seed, last in zip((0, 1), auto["best_last"]):
+        log = json.loads((tmp_path / "auto" / "seeds" / f"seed{seed}.json").read_text())
+        evals = [(h["epoch"], h["eval_score"]) for h in log["log_history"] if "eval_score" in h]
+        first_best = next(e for e, v in evals if v == max(v for _, v in evals))  # the Trainer keeps the first best
+        assert last is (first_best == evals[-1][0]) and log["best_last"] is last, (seed, evals)
+    assert fixed["best_last"] in ([True], [False])
     import torch
 
     from autopeft.final import evaluate, load_trained
@@ -127,6 +134,10 @@ def test_the_cli_says_which_rates_it_tried(tiny_model: str, tmp_path: Path, caps
     z = [float(p.split()[1]) for p in line.split(": ")[-1].split(", ")]  # x1, x2, x4 in standard errors
     assert len(z) == 3 and z[0] > -2 and z[2] < -2, line
     assert "always the majority class on validation: accuracy 0.5000\n" in out
+    res = json.loads((tmp_path / "out" / "autopeft_result.json").read_text())
+    late = "the best held-out accuracy came in the last epoch for seed(s) 0: still improving when training ended; " \
+           "more epochs may score higher (--epochs, now 3)"
+    assert (late in out) is res["best_last"][0], res["best_last"]
     # another metric: the majority class's score in it, and accuracy beside the majority class's
     assert main(["train", "--config", str(cfg), "--train-file", data["train_file"], "--validation-file",
                  data["validation_file"], "--epochs", "3", "--max-length", "16", "--batch-size", "16", "--no-progress",
