@@ -265,8 +265,7 @@ def resolve(entries: Sequence[tuple[str, Any]], warm: Sequence[Seed], bound: Any
         if entry == BASELINES and where in (BASELINES, DEFAULT):
             named = [Seed(c, f"baseline {n}", f"baseline:{n}") for n, c in baseline_candidates(bound.num_layers).items()]
             if where == DEFAULT:
-                seeds += [s for s in named if why_outside(bound, s.candidate) is None
-                          and (max_params is None or count(s.candidate) <= max_params)]
+                seeds += [s for s in named if _why_not(s, bound, count, max_params) is None]
             else:
                 seeds += _fitting(named, "--enqueue baselines", bound, count, max_params, notes)
             continue
@@ -282,13 +281,19 @@ def resolve(entries: Sequence[tuple[str, Any]], warm: Sequence[Seed], bound: Any
     return seeds, notes
 
 
+def _why_not(s: Seed, bound: Any, count: Callable[[Candidate], int], max_params: float | None) -> str | None:
+    """Why a listed seed (a baseline, a warm start's config) does not fit this search, or None."""
+    why = why_outside(bound, s.candidate)
+    if why is None and max_params is not None and count(s.candidate) > max_params:
+        why = f"{count(s.candidate):,} params > --max-params {max_params:,.0f}"
+    return why
+
+
 def _fitting(seeds: list[Seed], what: str, bound: Any, count: Callable[[Candidate], int], max_params: float | None,
              notes: list[str]) -> list[Seed]:
     keep, left = [], []
     for s in seeds:
-        why = why_outside(bound, s.candidate)
-        if why is None and max_params is not None and count(s.candidate) > max_params:
-            why = f"{count(s.candidate):,} params > --max-params {max_params:,.0f}"
+        why = _why_not(s, bound, count, max_params)
         if why is None:
             keep.append(s)
         else:

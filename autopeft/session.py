@@ -35,11 +35,9 @@ class Search:
             print(f"autopeft: warning: --trust-remote-code: the code shipped with model {c.model!r} will run",
                   file=sys.stderr)
         self.space_def = SearchSpace.load(c.space)
-        from autopeft.seeding import read_sources
+        from autopeft.seeding import BASELINES, DEFAULT, read_sources
 
         entries = read_sources(c.enqueue or ())  # a bad --enqueue file fails before any model loads
-        from autopeft.seeding import BASELINES, DEFAULT
-
         #: no --enqueue and no --warm-start: a new study runs the hand-designed baselines its space can express first
         self.default_seeds = c.enqueue is None and not c.warm_start
         if self.default_seeds:
