@@ -26,6 +26,12 @@ QUICK_FIDELITY: dict[str, Any] = {"n_train": 32, "n_eval": 32, "epochs": 1, "max
 FIDELITY_KEYS: dict[str, type] = {f.name: type(f.default) for f in fields(Fidelity)}
 
 
+def collapsed(score: float, chance: float) -> bool:
+    """A trial scored about the majority class: within 2 % of the chance-to-perfect gap above the chance level (the
+    collapse rule of every sampler comparison in BENCHMARKS.md)."""
+    return score <= chance + 0.02 * (1 - chance)
+
+
 def default_data_dir() -> str:
     """``$AUTOPEFT_DATA_DIR`` if set, else the shared GLUE copy."""
     return os.environ.get(DATA_DIR_ENV) or str(GLUE)

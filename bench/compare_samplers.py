@@ -32,7 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
-from bench.common import TABLES, add_quick, add_refit, add_space, add_task, apply_refit
+from bench.common import TABLES, add_quick, collapsed as is_collapsed, add_refit, add_space, add_task, apply_refit
 
 
 def load_table(path: Path) -> tuple[list, np.ndarray, dict]:
@@ -117,7 +117,7 @@ def run_one(sampler_name: str, seed: int, cands: list, vals: np.ndarray, meta: d
         ys.append(to_max(objectives, vals[i]))
         hv.append(hypervolume(np.array(ys), ref))
     # collapsed: within 2 % of the chance-to-perfect gap above chance (about the majority class)
-    collapsed = sum(1 for y in ys if y[0] <= ref[0] + 0.02 * (1 - ref[0]))
+    collapsed = sum(1 for y in ys if is_collapsed(y[0], ref[0]))
     return hv, t_ask / max(1, len(ys)), collapsed
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from bench.common import (QUICK_FIDELITY, TABLES, add_chunk, add_data_dir, add_metric, add_model, add_quick,
                           add_space, add_task, fidelity_arg)
+from bench.common import collapsed as is_collapsed
 
 
 def study_name(task: str, sampler: str, seed: int) -> str:
@@ -61,7 +62,7 @@ def collapsed(res: Any, comp: list[Any], startup: int) -> tuple[list[int], list[
     chance = float(res.ref_point[0])
     every = [t for t in res.study.get_trials(deepcopy=False) if "candidate" in t.user_attrs and t.datetime_start]
     keys = {t.number: structure_key(t.user_attrs["candidate"]) for t in every}
-    col = [t.number for t in comp if t.number >= startup and t.values[0] <= chance + 0.02 * (1 - chance)]
+    col = [t.number for t in comp if t.number >= startup and is_collapsed(t.values[0], chance)]
     start = {t.number: t.datetime_start for t in every}
     beside = [n for n in col if any(o.number != n and keys[o.number] == keys[n] and o.datetime_start <= start[n]
                                     and (o.datetime_complete is None or o.datetime_complete > start[n]) for o in every)]
