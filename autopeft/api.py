@@ -181,11 +181,12 @@ def dashboard(name: str | None = None, storage: str | None = None, host: str = "
 
 def train(config_dir: str | Path, output: str | Path, *, model: str | None = None, task: str | None = None,
           data_dir: str | None = None, train_file: str | None = None, validation_file: str | None = None,
-          metric: str | None = None, epochs: float = 3.0, n_train: int | None = None, max_length: int = 128,
+          metric: str | None = None, epochs: float | str = "auto", n_train: int | None = None, max_length: int = 128,
           batch_size: int = 32, seeds: Sequence[int] = (0,), text_columns: Sequence[str] | str | None = None,
           label_column: str | None = None, task_type: str | None = None, **trainer: Any) -> dict[str, Any]:
     """Train an exported config at full budget with transformers' ``Trainer`` and each seed, score the validation
-    split, save the model.  ``trainer`` keywords: device, bf16, fp16, grad_accum, grad_ckpt, resume, report_to,
+    split, save the model.  ``epochs``: a number, or "auto" (the default: up to 10, stopped after 2 without a better
+    score on the held-out tenth of the training rows; the best epoch is kept either way).  ``trainer`` keywords: device, bf16, fp16, grad_accum, grad_ckpt, resume, report_to,
     class_weights (auto, balanced, none), lr_scale (multiplies every learning rate; "auto", the default: x1, raised
     to x2 then x4 for a seed that learns nothing by the held-out rows),
     training_args (a dict of any other ``TrainingArguments`` fields), progress (see

@@ -15,7 +15,7 @@ import torch
 from autopeft.candidate import Candidate
 from autopeft.errors import ConfigError, DataError
 from autopeft.escalation import final_lr_scales, flat, loss_gain_z
-from autopeft.training import collator, rows, training_arguments, weighted_loss  # noqa: F401  (re-exported)
+from autopeft.training import collator, epoch_plan, epochs_run, rows, training_arguments, weighted_loss  # noqa: F401  (re-exported)
 from autopeft.trial import _encode, encode_generative, generative_loss, predict_logits, score_logits, task_of
 
 WEIGHTS_FILE = "autopeft_weights.pt"
@@ -115,7 +115,8 @@ def _dataset(task: Any, tok: Any, idx: Sequence[int], max_length: int) -> list[d
     return rows(_encode(tok, texts, max_length), [task.train_labels[i] for i in idx])
 
 
-def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_dir: str | Path, *, epochs: float = 3.0,
+def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_dir: str | Path, *,
+                epochs: float | str = "auto",
                 n_train: int | None = None, max_length: int = 128, batch_size: int = 32, seeds: Sequence[int] = (0,),
                 threads: int | None = None, device: str | None = None, bf16: bool = False, fp16: bool = False,
                 grad_accum: int = 1, grad_ckpt: bool = False, resume: bool = False, report_to: str = "none",
@@ -124,7 +125,8 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
                 layout: Any = None, lr_scale: float | str = "auto") -> dict[str, Any]:
     """Train ``cand`` at full budget with transformers' ``Trainer``, once per seed: all (or ``n_train``) training rows
     less a held-out tenth (at most 1,000 rows) that picks the best epoch, scored once on the validation split; the
-    first seed's model is saved.  ``resume`` continues from the checkpoints of an interrupted run in ``out_dir`` and
+    first seed's model is saved.  ``epochs``: a number, or ``auto`` (the default: up to 10 epochs, stopped after 2
+    without a better held-out score, :func:`autopeft.training.epoch_plan`).  ``resume`` continues from the checkpoints of an interrupted run in ``out_dir`` and
     keeps seeds already finished there.
 
     A causal-LM task trains on the response tokens, picks the epoch by the held-out loss and reports the evaluation
@@ -169,6 +171,7 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
     n_all = task.n_train
     n = n_all if n_train is None else min(n_train, n_all)
     n_hold = min(HOLDOUT_MAX, int(HOLDOUT_FRACTION * n)) if n >= 100 else 0
+    n_epochs, patience = epoch_plan(epochs, n_hold > 0)
     max_length = min(max_length, info.arch.max_positions)
     val_texts, val_labels = _validation(task)
     if n_eval is not None:  # the first rows of the evaluation split (a quicker, coarser report)
@@ -186,7 +189,7 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output {out} is a file; pass a folder (new or from an earlier run) with -o")
     def make_args(ckpt: Path, seed: int, total_steps: int) -> Any:
-        kw = training_arguments(ckpt, seed=seed, epochs=epochs, batch_size=batch_size, total_steps=total_steps,
+        kw = training_arguments(ckpt, seed=seed, epochs=n_epochs, batch_size=batch_size, total_steps=total_steps,
                                 device=device, eval_each_epoch=n_hold > 0, bf16=bf16, fp16=fp16,
                                 grad_accum=grad_accum, grad_ckpt=grad_ckpt, report_to=report_to, progress=progress,
                                 extra=training_args)
@@ -213,7 +216,7 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
         train_ds = _dataset(task, tok, fit, max_length)
         hold_ds = _dataset(task, tok, hold, max_length) if hold else []
         steps_per_epoch = -(-len(train_ds) // (batch_size * grad_accum))
-        total = max(1, int(np.ceil(steps_per_epoch * epochs)))
+        total = max(1, int(np.ceil(steps_per_epoch * n_epochs)))
         args = make_args(ckpt, seed, total)
 
         weights = None
@@ -229,10 +232,14 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
                     "loss_z": loss_gain_z(logits, labels, train_labels, weights)}
 
         loss_func = None if weights is None else weighted_loss(weights)
+        from transformers import EarlyStoppingCallback
+
+        stop = [EarlyStoppingCallback(early_stopping_patience=patience)] if patience and hold_ds else []
         trainer = _trainer_class()(
             model=built.model, args=args, train_dataset=train_ds, eval_dataset=hold_ds or None,
             data_collator=collator(tok, task.is_lm), compute_metrics=None if task.is_lm else metrics,
-            optimizers=(built.optimizer(lr_scale=scale), None), callbacks=built.callbacks or None, compute_loss_func=loss_func)
+            optimizers=(built.optimizer(lr_scale=scale), None), callbacks=[*built.callbacks, *stop] or None,
+            compute_loss_func=loss_func)
         has_ckpt = ckpt.is_dir() and any(ckpt.glob("checkpoint-*"))
         trainer.train(resume_from_checkpoint=True if resume and has_ckpt else None)
         if any(not math.isfinite(h["loss"]) for h in trainer.state.log_history if "loss" in h):
@@ -247,7 +254,7 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
         return (built, trainer, trainer.state.best_metric, chance_score(task.metric, [r["labels"] for r in hold_ds]),
                 best_z)
 
-    scores, times, params, matches, chosen, tried_all, accs, lasts = [], [], 0, [], [], [], [], []
+    scores, times, params, matches, chosen, tried_all, accs, lasts, ran = [], [], 0, [], [], [], [], [], []
     scale = 1.0 if auto else float(lr_scale)
     for k, seed in enumerate(seeds):
         done_f = out / "seeds" / f"seed{seed}.json"
@@ -264,6 +271,7 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
             chosen.append(scale)
             tried_all.append(r.get("lr_tried", [[scale, None]]))
             lasts.append(r.get("best_last"))
+            ran.append(r.get("epochs_run"))
             continue
         t0 = time.perf_counter()
         # --lr-scale auto: a seed whose best held-out score stays at that split's chance level trains again at the
@@ -280,6 +288,7 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
         built, trainer, _, scale = best
         best_ckpt = trainer.state.best_model_checkpoint  # the held-out rows' best epoch the last one: still improving
         lasts.append(None if best_ckpt is None else str(best_ckpt).endswith(f"-{trainer.state.global_step}"))
+        ran.append(epochs_run(trainer.state))
         chosen.append(scale)
         tried_all.append(tried)
         params = built.trainable_params
@@ -312,13 +321,14 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
         done_f.write_text(json.dumps({"score": score, "exact_match": match, "seconds": times[-1], "params": params,
                                       "accuracy": None if task.is_lm else acc,
                                       "lr_scale": scale, "lr_tried": tried,
-                                      "best_epoch_checkpoint": best_ckpt, "best_last": lasts[-1],
+                                      "best_epoch_checkpoint": best_ckpt, "best_last": lasts[-1], "epochs_run": ran[-1],
                                       "log_history": trainer.state.log_history}) + "\n")
     result = {"summary": cand.summary(), "candidate": cand.to_dict(), "model": model, "task": data, "metric": task.metric,
               "split": _split_name(task), "seeds": list(seeds), "scores": scores, "mean": statistics.fmean(scores),
               "std": statistics.pstdev(scores) if len(scores) > 1 else 0.0, "params": params,
               "n_train": n, "holdout": n_hold, "n_eval": len(val_texts),
-              "epochs": epochs, "lr_scale": chosen[0], "lr_scales": chosen, "lr_tried": tried_all,
+              "epochs": n_epochs, "epochs_option": epochs, "patience": patience, "epochs_run": ran,
+              "lr_scale": chosen[0], "lr_scales": chosen, "lr_tried": tried_all,
               "lr_scale_option": lr_scale, "best_last": lasts, "seconds": times, "saved_seed": seeds[0], "saved_score": scores[0], "device": device,
               "trainer": "transformers.Trainer", "class_weights": class_weights}
     if accs and len(accs) == len(scores) and val_labels is not None:  # and what always the majority class scores

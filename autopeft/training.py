@@ -23,10 +23,32 @@ STOPPED_EARLY = "stopped early: "
 #: the share of a run's optimizer steps spent warming the learning rate up (trials and final training alike)
 WARMUP_FRACTION = 0.06
 WEIGHT_DECAY = 0.01
+#: ``autopeft train --epochs auto`` (its default): at most AUTO_MAX_EPOCHS epochs on one linear schedule, stopped once
+#: the held-out rows' score has not improved for AUTO_PATIENCE epochs, the best epoch kept; AUTO_NO_HOLDOUT fixed
+#: epochs when a task is too small to hold rows out (fewer than 100)
+AUTO_MAX_EPOCHS, AUTO_PATIENCE, AUTO_NO_HOLDOUT = 10.0, 2, 3.0
+
+
+def epoch_plan(epochs: float | str, holdout: bool) -> tuple[float, int | None]:
+    """``--epochs`` as (epochs on the schedule, early-stopping patience in epochs or None): ``auto`` is up to
+    :data:`AUTO_MAX_EPOCHS` with patience :data:`AUTO_PATIENCE` where rows are held out; a number is that many
+    epochs, all trained (the best held-out epoch still kept)."""
+    if epochs == "auto":
+        return (AUTO_MAX_EPOCHS, AUTO_PATIENCE) if holdout else (AUTO_NO_HOLDOUT, None)
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or not 0 < epochs < math.inf:
+        raise ConfigError(f"--epochs must be auto or a finite number > 0, got {str(epochs)[:40]!r}")
+    return float(epochs), None
 
 
 def warmup_steps(total_steps: int) -> int:
     return max(1, int(WARMUP_FRACTION * total_steps))
+
+
+def epochs_run(state: Any) -> list[float | None]:
+    """[epochs trained, the best held-out epoch] of a finished Trainer (the best None without held-out rows)."""
+    key = next((k for k in ("eval_score", "eval_loss") if any(k in h for h in state.log_history)), None)
+    best = next((h["epoch"] for h in state.log_history if key and h.get(key) == state.best_metric), None)
+    return [round(float(state.epoch or 0), 2), None if best is None else round(float(best), 2)]
 
 
 def training_arguments(out: Path, *, seed: int, epochs: float, batch_size: int, total_steps: int, device: str,

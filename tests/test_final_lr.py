@@ -29,6 +29,19 @@ def _keyword_task(d: Path, n: int = 240) -> dict:
     return {"train_file": str(d / "train.csv"), "validation_file": str(d / "validation.csv")}
 
 
+def _exported(tiny_model: str, tmp_path: Path) -> tuple[dict, Path]:
+    """The keyword task and a LoRA config at x2.5 exported as 'autopeft export' writes it (learns only at x4)."""
+    from autopeft.export import export_config
+    from autopeft.result import FoundConfig
+
+    data = _keyword_task(tmp_path / "kw")
+    cand = Candidate.make({"lora": {"r": 4, "targets": ["q", "v"], "alpha_ratio": 2.0, "dropout": 0.0}}, [0, 1], {},
+                          lr_multiplier=2.5)
+    meta = {"model": tiny_model, "num_labels": 2, "task": data, "metric": "accuracy", "objectives": ["score", "params"],
+            "fidelity": dict(n_train=48, n_eval=48, epochs=1, max_length=16, batch_size=16)}
+    return data, export_config(FoundConfig(cand, meta), tmp_path / "cfg")
+
+
 def test_the_ladder_and_the_flat_rule() -> None:
     assert escalation.final_lr_scales() == [1.0, 2.0, 4.0]
     assert escalation.final_lr_scales(4.0) == [4.0, 1.0, 2.0]  # the scale the seed before kept, then the others
@@ -115,15 +128,8 @@ def test_auto_raises_the_rate_of_a_seed_that_learns_nothing_and_keeps_the_best_r
 
 def test_the_cli_says_which_rates_it_tried(tiny_model: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from autopeft.cli import main
-    from autopeft.export import export_config
-    from autopeft.result import FoundConfig
 
-    data = _keyword_task(tmp_path / "kw")
-    cand = Candidate.make({"lora": {"r": 4, "targets": ["q", "v"], "alpha_ratio": 2.0, "dropout": 0.0}}, [0, 1], {},
-                          lr_multiplier=2.5)
-    meta = {"model": tiny_model, "num_labels": 2, "task": data, "metric": "accuracy", "objectives": ["score", "params"],
-            "fidelity": dict(n_train=48, n_eval=48, epochs=1, max_length=16, batch_size=16)}
-    cfg = export_config(FoundConfig(cand, meta), tmp_path / "cfg")
+    data, cfg = _exported(tiny_model, tmp_path)
     assert main(["train", "--config", str(cfg), "--train-file", data["train_file"], "--validation-file",
                  data["validation_file"], "--epochs", "3", "--max-length", "16", "--batch-size", "16", "--no-progress",
                  "-o", str(tmp_path / "out")]) == 0
@@ -150,3 +156,52 @@ def test_the_cli_says_which_rates_it_tried(tiny_model: str, tmp_path: Path, caps
                  str(tmp_path / "missing.csv"), "--seeds", "3", "--no-progress", "-o", str(tmp_path / "out-3")]) == 2
     err = capsys.readouterr().err
     assert "autopeft: training seed 3 only (--seeds takes seed numbers; for 3 seeds give --seeds 0,1,2)" in err
+
+
+def test_epoch_plan_reads_auto_and_numbers() -> None:
+    from autopeft.errors import ConfigError
+    from autopeft.training import AUTO_MAX_EPOCHS, AUTO_PATIENCE, epoch_plan
+
+    assert epoch_plan("auto", True) == (AUTO_MAX_EPOCHS, AUTO_PATIENCE) == (10.0, 2)
+    assert epoch_plan("auto", False) == (3.0, None)  # nothing held out to stop on: the old fixed default
+    assert epoch_plan(6, True) == (6.0, None) and epoch_plan(0.5, False) == (0.5, None)
+    for bad in (0, -1, float("inf"), "six", True):
+        with pytest.raises(ConfigError, match="^--epochs must be auto or a finite number > 0, got "):
+            epoch_plan(bad, True)
+
+
+def test_auto_epochs_stop_two_epochs_after_the_best_held_out_score(tiny_model: str, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """``autopeft train`` with no --epochs: each seed trains until two epochs in a row bring no better held-out score
+    (or 10 epochs), and the best epoch is the one kept and saved.  On the keyword task at x4 the held-out accuracy
+    reaches 1.0 at epoch 3 and cannot rise, so training stops at epoch 5, far short of 10."""
+    from autopeft.cli import main
+    from autopeft.final import evaluate, load_trained
+
+    data, cfg = _exported(tiny_model, tmp_path)
+    assert main(["train", "--config", str(cfg), "--train-file", data["train_file"], "--validation-file",
+                 data["validation_file"], "--max-length", "16", "--batch-size", "16", "--no-progress", "--lr-scale", "4",
+                 "--seeds", "0,1", "-o", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    res = json.loads((tmp_path / "out" / "autopeft_result.json").read_text())
+    assert res["epochs_option"] == "auto" and res["epochs"] == 10 and res["patience"] == 2
+    for seed, (ran, best) in zip((0, 1), res["epochs_run"]):
+        log = json.loads((tmp_path / "out" / "seeds" / f"seed{seed}.json").read_text())["log_history"]
+        evals = [(h["epoch"], h["eval_score"]) for h in log if "eval_score" in h]
+        first_best = next(e for e, v in evals if v == max(v for _, v in evals))
+        assert best == first_best and ran == evals[-1][0] == min(10, first_best + 2), (seed, evals)
+        assert ran < 10 and max(v for _, v in evals) == 1.0  # stopped early, after learning the task
+        assert [e for e, _ in evals] == [float(k) for k in range(1, int(ran) + 1)]  # one evaluation per epoch
+    assert res["scores"] == [1.0, 1.0]
+    runs = ", ".join(f"seed {s} {r:g} ({b:g})" for s, (r, b) in zip((0, 1), res["epochs_run"]))
+    assert (f"epochs trained (best held-out epoch kept): {runs} (--epochs auto: up to 10, stopping after 2 without a "
+            f"better held-out score)") in out
+    model, tok, _ = load_trained(tmp_path / "out")
+    assert evaluate(model, tok, data, 16) == 1.0
+    # a number trains that many epochs, all of them (the best still kept), and says so
+    assert main(["train", "--config", str(cfg), "--train-file", data["train_file"], "--validation-file",
+                 data["validation_file"], "--max-length", "16", "--batch-size", "16", "--no-progress", "--lr-scale", "4",
+                 "--epochs", "4", "-o", str(tmp_path / "out4")]) == 0
+    res4 = json.loads((tmp_path / "out4" / "autopeft_result.json").read_text())
+    assert res4["epochs_run"][0][0] == 4 and res4["patience"] is None
+    assert "(--epochs 4)" in capsys.readouterr().out

@@ -65,7 +65,7 @@ def test_bad_study_specs(tmp_path: Path, capsys: pytest.CaptureFixture[str], tex
 @pytest.mark.parametrize("argv,message", [
     (["search", "--seed", "-1"], "--seed: must be in 0..4294967295, got -1"),
     (["search", "--seed", str(2**64)], "--seed: must be in 0..4294967295"),
-    (["train", "--config", "c", "-o", "o", "--epochs", "inf"], "--epochs: must be a finite number > 0, got inf"),
+    (["train", "--config", "c", "-o", "o", "--epochs", "inf"], "--epochs: must be auto or a finite number > 0, got inf"),
     (["train", "--config", "c", "-o", "o", "--n-train", "0"], "--n-train: must be >= 1, got 0"),
     (["search", "--executor", "ray", "--gpus-per-trial", "-1", "--data-dir", "/nonexistent"],
      "--gpus-per-trial must be a finite number >= 0, got -1"),

@@ -21,11 +21,14 @@ def add(sub: Any) -> None:
     t.add_argument("--validation-file")
     t.add_argument("--metric", help="score the trained model with this metric (default: the search's), e.g. f1 after "
                                      "a search ranked by auc")
-    t.add_argument("--epochs", type=positive_float, default=3.0, help="epochs (default 3)")
+    t.add_argument("--epochs", type=auto_or_number, default="auto",
+                   help="epochs, or auto (default): up to 10, stopped once 2 in a row bring no better score on the "
+                        "held-out tenth of the training rows (3 when there are too few rows to hold any out); the "
+                        "best epoch is kept either way")
     t.add_argument("--n-train", type=positive_int, help="training rows (default: all)")
     t.add_argument("--max-length", type=positive_int, default=128, help="max tokens (default 128)")
     t.add_argument("--batch-size", type=positive_int, default=32, help="batch size (default 32)")
-    t.add_argument("--lr-scale", type=lr_scale_arg, default="auto",
+    t.add_argument("--lr-scale", type=auto_or_number, default="auto",
                    help="multiply every learning rate (each method's rate x the config's multiplier) by this; auto "
                         "(default): x1, and a seed that learns nothing by the held-out rows (classification: the "
                         "majority class) trains again at x2, then x4, keeping the best (the search's own --lr-scale "
@@ -58,8 +61,8 @@ def add(sub: Any) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bar (loss lines are still logged)")
 
 
-def lr_scale_arg(text: str) -> float | str:
-    """``--lr-scale``: auto, or a number > 0."""
+def auto_or_number(text: str) -> float | str:
+    """``--epochs``, ``--lr-scale``: auto, or a number > 0."""
     if text.strip().lower() == "auto":
         return "auto"
     try:
@@ -103,6 +106,12 @@ def run(args: argparse.Namespace) -> int:
         acc = "" if res["metric"] == "accuracy" else (f"; accuracy {res['accuracy_mean']:.4f} here, "
                                                        f"{maj['accuracy']:.4f} for the majority class")
         print(f"always the majority class on {split}: {res['metric']} {maj[res['metric']]:.4f}{acc}")
+    runs = [(s, r) for s, r in zip(seeds, res.get("epochs_run", [])) if r and r[1] is not None]
+    if runs:  # how long each seed trained and which epoch was kept
+        how = (f"--epochs auto: up to {res['epochs']:g}, stopping after {res['patience']} without a better held-out "
+               f"score" if res.get("patience") else f"--epochs {res['epochs']:g}")
+        print(f"epochs trained (best held-out epoch kept): {', '.join(f'seed {s} {r[0]:g} ({r[1]:g})' for s, r in runs)}"
+              f" ({how})")
     late = [s for s, last in zip(seeds, res.get("best_last", [])) if last]
     if late:  # the held-out score still rose in the last epoch (an MRPC LoRA: Matthews 0.33 at 3 epochs, 0.45 at 6)
         print(f"the best held-out {res['metric']} came in the last epoch for seed(s) {', '.join(map(str, late))}: still "
