@@ -15,7 +15,8 @@ import torch
 from autopeft.candidate import Candidate
 from autopeft.errors import ConfigError, DataError
 from autopeft.escalation import final_lr_scales, flat, loss_gain_z
-from autopeft.training import collator, epoch_plan, epochs_run, rows, training_arguments, weighted_loss  # noqa: F401  (re-exported)
+from autopeft.training import (collator, epoch_plan, epochs_run, rows, run_trainer,  # noqa: F401  (re-exported)
+                               training_arguments, weighted_loss)
 from autopeft.trial import _encode, encode_generative, generative_loss, predict_logits, score_logits, task_of
 
 WEIGHTS_FILE = "autopeft_weights.pt"
@@ -193,6 +194,8 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
                                 device=device, eval_each_epoch=n_hold > 0, bf16=bf16, fp16=fp16,
                                 grad_accum=grad_accum, grad_ckpt=grad_ckpt, report_to=report_to, progress=progress,
                                 extra=training_args)
+        if patience:
+            kw["restore_callback_states_from_checkpoint"] = True
         if task.is_lm:  # the epoch is picked by the held-out loss; logits (rows x tokens x vocabulary) are not kept
             kw.update(metric_for_best_model="loss", greater_is_better=False, prediction_loss_only=True,
                       per_device_eval_batch_size=(training_args or {}).get("per_device_eval_batch_size", batch_size))
@@ -240,8 +243,7 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
             data_collator=collator(tok, task.is_lm), compute_metrics=None if task.is_lm else metrics,
             optimizers=(built.optimizer(lr_scale=scale), None), callbacks=[*built.callbacks, *stop] or None,
             compute_loss_func=loss_func)
-        has_ckpt = ckpt.is_dir() and any(ckpt.glob("checkpoint-*"))
-        trainer.train(resume_from_checkpoint=True if resume and has_ckpt else None)
+        run_trainer(trainer, ckpt, patience, resume)
         if any(not math.isfinite(h["loss"]) for h in trainer.state.log_history if "loss" in h):
             raise ConfigError(f"final training diverged (seed {seed}): a NaN or infinite loss; try a lower learning "
                               "rate (--training-args max_grad_norm=0.5 also helps)")

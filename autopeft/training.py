@@ -51,6 +51,38 @@ def epochs_run(state: Any) -> list[float | None]:
     return [round(float(state.epoch or 0), 2), None if best is None else round(float(best), 2)]
 
 
+def stopped_early(ckpt_dir: Path, patience: int | None) -> Path | None:
+    """The last checkpoint in ``ckpt_dir`` when its run had already stopped early (the early-stopping counter at
+    ``patience``): resuming it must not train on (the Trainer resets the stop at each ``train()``)."""
+    import json
+
+    if not patience:
+        return None
+    last = max(ckpt_dir.glob("checkpoint-*"), key=lambda c: int(c.name.rsplit("-", 1)[-1]), default=None)
+    f = last / "trainer_state.json" if last else None
+    if f is None or not f.is_file():
+        return None
+    cb = json.loads(f.read_text(encoding="utf-8")).get("stateful_callbacks", {}).get("EarlyStoppingCallback", {})
+    counter = (cb[0] if isinstance(cb, list) and cb else cb or {}).get("attributes", {}).get(
+        "early_stopping_patience_counter", 0)
+    return last if counter >= patience else None
+
+
+def run_trainer(trainer: Any, ckpt_dir: Path, patience: int | None, resume: bool) -> None:
+    """``trainer.train()``, continued from the checkpoints in ``ckpt_dir`` when ``resume`` (the early-stopping counter
+    carries on: ``restore_callback_states_from_checkpoint``); a run that had already stopped early is not trained on
+    (each ``train()`` call clears the stop): its state and best epoch are loaded instead."""
+    has_ckpt = resume and ckpt_dir.is_dir() and any(ckpt_dir.glob("checkpoint-*"))
+    done = stopped_early(ckpt_dir, patience) if has_ckpt else None
+    if done is None:
+        trainer.train(resume_from_checkpoint=True if has_ckpt else None)
+        return
+    from transformers import TrainerState
+
+    trainer.state = TrainerState.load_from_json(str(done / "trainer_state.json"))
+    trainer._load_best_model()
+
+
 def training_arguments(out: Path, *, seed: int, epochs: float, batch_size: int, total_steps: int, device: str,
                        eval_each_epoch: bool, bf16: bool = False, fp16: bool = False, grad_accum: int = 1,
                        grad_ckpt: bool = False, report_to: str = "none", progress: bool = True,

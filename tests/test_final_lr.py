@@ -205,3 +205,52 @@ def test_auto_epochs_stop_two_epochs_after_the_best_held_out_score(tiny_model: s
     res4 = json.loads((tmp_path / "out4" / "autopeft_result.json").read_text())
     assert res4["epochs_run"][0][0] == 4 and res4["patience"] is None
     assert "(--epochs 4)" in capsys.readouterr().out
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("event", ["step", "save"])
+def test_auto_epochs_resume_where_the_interrupted_run_would_have_stopped(tiny_model: str, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch,
+                                                                         event: str) -> None:
+    """Killed in the middle of an epoch after one epoch without a better held-out score (``step``), --resume carries
+    the early-stopping counter on and stops where the whole run stopped, not two epochs later; killed just after the
+    checkpoint of the epoch that stopped it (``save``), --resume trains nothing more.  Either way the same epochs,
+    best epoch and score as the uninterrupted run."""
+    from transformers import TrainerCallback
+
+    from autopeft import final
+
+    data = _keyword_task(tmp_path / "kw")
+    cand = Candidate.make({"lora": {"r": 4, "targets": ["q", "v"], "alpha_ratio": 2.0, "dropout": 0.0}}, [0, 1], {},
+                          lr_multiplier=2.5)
+    kw = dict(max_length=16, batch_size=16, progress=False, lr_scale=4.0, seeds=(1,))
+    whole = train_final(cand, tiny_model, data, tmp_path / "whole", **kw)
+    ran, best = whole["epochs_run"][0]
+    assert ran == best + 2 < 10
+    steps = json.loads((tmp_path / "whole" / "seeds" / "seed1.json").read_text())["log_history"][-1]["step"] / ran
+    kill_at = int((best + 1.5) * steps) if event == "step" else int(ran * steps)  # mid-epoch / the stop's checkpoint
+
+    class Kill(TrainerCallback):
+        def on_step_end(self, args: object, state: object, control: object, **_: object) -> None:
+            if event == "step" and state.global_step == kill_at:
+                raise _Killed()
+
+        def on_save(self, args: object, state: object, control: object, **_: object) -> None:
+            if event == "save" and state.global_step == kill_at:
+                raise _Killed()
+
+    real = final.run_trainer
+
+    def killed_once(trainer: object, *a: object) -> None:
+        trainer.add_callback(Kill())
+        real(trainer, *a)
+
+    monkeypatch.setattr(final, "run_trainer", killed_once)
+    with pytest.raises(_Killed):
+        train_final(cand, tiny_model, data, tmp_path / "cut", **kw)
+    monkeypatch.setattr(final, "run_trainer", real)
+    again = train_final(cand, tiny_model, data, tmp_path / "cut", resume=True, **kw)
+    assert again["epochs_run"] == whole["epochs_run"] and again["scores"] == whole["scores"]
