@@ -186,8 +186,8 @@ def train(config_dir: str | Path, output: str | Path, *, model: str | None = Non
           label_column: str | None = None, task_type: str | None = None, **trainer: Any) -> dict[str, Any]:
     """Train an exported config at full budget with transformers' ``Trainer`` and each seed, score the validation
     split, save the model.  ``epochs``: a number, or "auto" (the default: up to 10, stopped after 2 without a better
-    score on the held-out tenth of the training rows; the best epoch is kept either way).  ``trainer`` keywords: device, bf16, fp16, grad_accum, grad_ckpt, resume, report_to,
-    class_weights (auto, balanced, none), lr_scale (multiplies every learning rate; "auto", the default: x1, raised
+    score on the held-out tenth of the training rows; the best epoch is kept either way).  ``trainer`` keywords:
+    device, bf16, fp16, grad_accum, grad_ckpt, resume, report_to, class_weights (auto, balanced, none), lr_scale (multiplies every learning rate; "auto", the default: x1, raised
     to x2 then x4 for a seed that learns nothing by the held-out rows),
     training_args (a dict of any other ``TrainingArguments`` fields), progress (see
     :func:`autopeft.final.train_final`)."""

@@ -117,9 +117,8 @@ def _dataset(task: Any, tok: Any, idx: Sequence[int], max_length: int) -> list[d
 
 
 def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_dir: str | Path, *,
-                epochs: float | str = "auto",
-                n_train: int | None = None, max_length: int = 128, batch_size: int = 32, seeds: Sequence[int] = (0,),
-                threads: int | None = None, device: str | None = None, bf16: bool = False, fp16: bool = False,
+                epochs: float | str = "auto", n_train: int | None = None, max_length: int = 128, batch_size: int = 32,
+                seeds: Sequence[int] = (0,), threads: int | None = None, device: str | None = None, bf16: bool = False, fp16: bool = False,
                 grad_accum: int = 1, grad_ckpt: bool = False, resume: bool = False, report_to: str = "none",
                 training_args: dict[str, Any] | None = None, progress: bool = True,
                 generate: int | None = None, n_eval: int | None = None, class_weights: str = "auto",
@@ -127,8 +126,8 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
     """Train ``cand`` at full budget with transformers' ``Trainer``, once per seed: all (or ``n_train``) training rows
     less a held-out tenth (at most 1,000 rows) that picks the best epoch, scored once on the validation split; the
     first seed's model is saved.  ``epochs``: a number, or ``auto`` (the default: up to 10 epochs, stopped after 2
-    without a better held-out score, :func:`autopeft.training.epoch_plan`).  ``resume`` continues from the checkpoints of an interrupted run in ``out_dir`` and
-    keeps seeds already finished there.
+    without a better held-out score, :func:`autopeft.training.epoch_plan`).  ``resume`` continues from the
+    checkpoints of an interrupted run in ``out_dir`` and keeps seeds already finished there.
 
     A causal-LM task trains on the response tokens, picks the epoch by the held-out loss and reports the evaluation
     split's loss; when its rows have a prompt and a response, also the exact match of greedy answers (the number after
@@ -151,6 +150,7 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
 
     if not seeds:
         raise ConfigError("--seeds needs at least one seed")
+    epoch_plan(epochs, True)  # a bad --epochs ends here, before any model loads
     if lr_scale != "auto" and (isinstance(lr_scale, bool) or not isinstance(lr_scale, (int, float))
                                or not 0 < lr_scale < math.inf):
         raise ConfigError(f"--lr-scale must be auto or a finite number > 0, got {str(lr_scale)[:40]!r}")
