@@ -83,7 +83,7 @@ CASES: list[Case] = [
                               "/proc/x"], "/proc/x"),
     Case("train-onto-file", ["train", "--config", "{root}/cfg", "--data-dir", "{glue}", "-o", "{root}/taken"], "taken"),
     Case("train-epochs-inf", ["train", "--config", "{root}/cfg", "-o", "{root}/out", "--epochs", "inf"],
-         "--epochs: must be a finite number > 0, got inf"),
+         "--epochs: must be auto or a finite number > 0, got inf"),
     Case("train-n-train-0", ["train", "--config", "{root}/cfg", "-o", "{root}/out", "--n-train", "0"],
          "--n-train: must be >= 1, got 0"),
     Case("train-n-train-negative", ["train", "--config", "{root}/cfg", "-o", "{root}/out", "--n-train", "-5"],
