@@ -16,7 +16,7 @@ from autopeft.candidate import Candidate
 from autopeft.errors import ConfigError, DataError
 from autopeft.escalation import final_lr_scales, flat, loss_gain_z
 from autopeft.training import (collator, epoch_plan, epochs_run, rows, run_trainer,  # noqa: F401  (re-exported)
-                               training_arguments, weighted_loss)
+                               stop_rules, training_arguments, weighted_loss)
 from autopeft.trial import _encode, encode_generative, generative_loss, predict_logits, score_logits, task_of
 
 WEIGHTS_FILE = "autopeft_weights.pt"
@@ -235,26 +235,25 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
                     "loss_z": loss_gain_z(logits, labels, train_labels, weights)}
 
         loss_func = None if weights is None else weighted_loss(weights)
-        from transformers import EarlyStoppingCallback
+        from autopeft.data import chance_score
 
-        stop = [EarlyStoppingCallback(early_stopping_patience=patience)] if patience and hold_ds else []
+        hold_chance = chance_score(task.metric, [r["labels"] for r in hold_ds]) if hold_ds and not task.is_lm else None
+        stop, still_flat = stop_rules(patience if hold_ds else None,
+                                      (lambda s, z: flat(s, hold_chance, z, n_hold)) if can_raise else None)
         trainer = _trainer_class()(
             model=built.model, args=args, train_dataset=train_ds, eval_dataset=hold_ds or None,
             data_collator=collator(tok, task.is_lm), compute_metrics=None if task.is_lm else metrics,
             optimizers=(built.optimizer(lr_scale=scale), None), callbacks=[*built.callbacks, *stop] or None,
             compute_loss_func=loss_func)
-        run_trainer(trainer, ckpt, patience, resume)
+        run_trainer(trainer, ckpt, patience, resume, still_flat)
         if any(not math.isfinite(h["loss"]) for h in trainer.state.log_history if "loss" in h):
             raise ConfigError(f"final training diverged (seed {seed}): a NaN or infinite loss; try a lower learning "
                               "rate (--training-args max_grad_norm=0.5 also helps)")
         if not hold_ds or task.is_lm:
             return built, trainer, None, None, None
-        from autopeft.data import chance_score
-
         best_z = next((h.get("eval_loss_z") for h in trainer.state.log_history
                        if h.get("eval_score") == trainer.state.best_metric and "eval_loss_z" in h), None)
-        return (built, trainer, trainer.state.best_metric, chance_score(task.metric, [r["labels"] for r in hold_ds]),
-                best_z)
+        return built, trainer, trainer.state.best_metric, hold_chance, best_z
 
     scores, times, params, matches, chosen, tried_all, accs, lasts, ran = [], [], 0, [], [], [], [], [], []
     scale = 1.0 if auto else float(lr_scale)

@@ -27,6 +27,9 @@ WEIGHT_DECAY = 0.01
 #: the held-out rows' score has not improved for AUTO_PATIENCE epochs, the best epoch kept; AUTO_NO_HOLDOUT fixed
 #: epochs when a task is too small to hold rows out (fewer than 100)
 AUTO_MAX_EPOCHS, AUTO_PATIENCE, AUTO_NO_HOLDOUT = 10.0, 2, 3.0
+#: under ``--lr-scale auto`` too, a run still flat by the held-out rows after this many epochs stops, so that the next
+#: learning-rate scale is tried (a flat run costs 3 epochs a scale, as at the old fixed default, not up to 10)
+AUTO_FLAT_EPOCHS = 3.0
 
 
 def epoch_plan(epochs: float | str, holdout: bool) -> tuple[float, int | None]:
@@ -51,9 +54,40 @@ def epochs_run(state: Any) -> list[float | None]:
     return [round(float(state.epoch or 0), 2), None if best is None else round(float(best), 2)]
 
 
-def stopped_early(ckpt_dir: Path, patience: int | None) -> Path | None:
-    """The last checkpoint in ``ckpt_dir`` when its run had already stopped early (the early-stopping counter at
-    ``patience``): resuming it must not train on (the Trainer resets the stop at each ``train()``)."""
+def best_eval(log_history: Sequence[dict[str, Any]]) -> tuple[float | None, float | None]:
+    """(the best held-out score so far, that epoch's held-out loss z) of a Trainer log; the first best, as the
+    Trainer keeps it."""
+    evals = [h for h in log_history if "eval_score" in h]
+    best = max(evals, key=lambda h: h["eval_score"], default={})
+    return best.get("eval_score"), best.get("eval_loss_z")
+
+
+def stop_rules(patience: int | None, is_flat: Callable[[float | None, float | None], bool] | None
+               ) -> tuple[list[Any], Callable[[Sequence[dict[str, Any]], float], bool] | None]:
+    """``--epochs auto``'s stopping callbacks: early stopping with ``patience`` (none without it), and, when
+    ``is_flat(best score, its loss z)`` is given (``--lr-scale auto``), the stop of a run still flat after
+    :data:`AUTO_FLAT_EPOCHS`; with that rule as a test of a checkpoint's log (for :func:`run_trainer`)."""
+    if not patience:
+        return [], None
+    from transformers import EarlyStoppingCallback, TrainerCallback
+
+    def still_flat(log: Sequence[dict[str, Any]], epoch: float | None) -> bool:
+        return (is_flat is not None and epoch is not None and epoch >= AUTO_FLAT_EPOCHS - 1e-9
+                and is_flat(*best_eval(log)))
+
+    class FlatStop(TrainerCallback):
+        def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if still_flat(state.log_history, state.epoch):  # the log already holds this evaluation
+                control.should_training_stop = True
+
+    return [EarlyStoppingCallback(early_stopping_patience=patience), FlatStop()], still_flat
+
+
+def stopped_early(ckpt_dir: Path, patience: int | None,
+                  still_flat: Callable[[Sequence[dict[str, Any]], float], bool] | None = None) -> Path | None:
+    """The last checkpoint in ``ckpt_dir`` when its run had already stopped (the early-stopping counter at
+    ``patience``, or ``still_flat`` of its log): resuming it must not train on (the Trainer resets the stop at each
+    ``train()``)."""
     import json
 
     if not patience:
@@ -62,18 +96,21 @@ def stopped_early(ckpt_dir: Path, patience: int | None) -> Path | None:
     f = last / "trainer_state.json" if last else None
     if f is None or not f.is_file():
         return None
-    cb = json.loads(f.read_text(encoding="utf-8")).get("stateful_callbacks", {}).get("EarlyStoppingCallback", {})
+    st = json.loads(f.read_text(encoding="utf-8"))
+    cb = st.get("stateful_callbacks", {}).get("EarlyStoppingCallback", {})
     counter = (cb[0] if isinstance(cb, list) and cb else cb or {}).get("attributes", {}).get(
         "early_stopping_patience_counter", 0)
-    return last if counter >= patience else None
+    flat_now = still_flat is not None and still_flat(st.get("log_history", []), st.get("epoch"))
+    return last if counter >= patience or flat_now else None
 
 
-def run_trainer(trainer: Any, ckpt_dir: Path, patience: int | None, resume: bool) -> None:
+def run_trainer(trainer: Any, ckpt_dir: Path, patience: int | None, resume: bool,
+                still_flat: Callable[[Sequence[dict[str, Any]], float], bool] | None = None) -> None:
     """``trainer.train()``, continued from the checkpoints in ``ckpt_dir`` when ``resume`` (the early-stopping counter
     carries on: ``restore_callback_states_from_checkpoint``); a run that had already stopped early is not trained on
     (each ``train()`` call clears the stop): its state and best epoch are loaded instead."""
     has_ckpt = resume and ckpt_dir.is_dir() and any(ckpt_dir.glob("checkpoint-*"))
-    done = stopped_early(ckpt_dir, patience) if has_ckpt else None
+    done = stopped_early(ckpt_dir, patience, still_flat) if has_ckpt else None
     if done is None:
         trainer.train(resume_from_checkpoint=True if has_ckpt else None)
         return

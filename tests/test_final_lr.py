@@ -254,3 +254,43 @@ def test_auto_epochs_resume_where_the_interrupted_run_would_have_stopped(tiny_mo
     monkeypatch.setattr(final, "run_trainer", real)
     again = train_final(cand, tiny_model, data, tmp_path / "cut", resume=True, **kw)
     assert again["epochs_run"] == whole["epochs_run"] and again["scores"] == whole["scores"]
+
+
+def test_a_run_still_flat_after_three_epochs_stops_so_the_next_rate_is_tried(tmp_path: Path) -> None:
+    """--epochs auto with --lr-scale auto: a run whose best held-out score is still flat (escalation.flat) after 3
+    epochs stops even while that score creeps up by noise (which keeps early stopping's counter at 0): the next
+    learning-rate scale is tried after 3 epochs, as at the old fixed default, not after up to 10.  A run that has
+    learned goes on; the same rule tells --resume that a checkpoint's run had stopped."""
+    from transformers import TrainerControl, TrainerState
+
+    from autopeft.training import stop_rules, stopped_early
+
+    chance, rows = 0.52, 249
+    callbacks, still_flat = stop_rules(2, lambda s, z: escalation.flat(s, chance, z, rows))
+    assert [type(c).__name__ for c in callbacks] == ["EarlyStoppingCallback", "FlatStop"]
+    flat_stop = callbacks[1]
+
+    def stops(scores: list[float], zs: list[float]) -> bool:
+        state = TrainerState()
+        state.log_history = [{"eval_score": s, "eval_loss_z": z, "epoch": float(k + 1)}
+                             for k, (s, z) in enumerate(zip(scores, zs))]
+        state.epoch = float(len(scores))
+        control = TrainerControl()
+        flat_stop.on_evaluate(None, state, control)
+        return control.should_training_stop
+
+    creeping = [0.518, 0.526, 0.534, 0.542]  # better each epoch, never clear of chance; loss not below the prior's
+    assert not stops(creeping[:2], [-0.5, -0.8])  # 2 epochs: too early to judge
+    assert stops(creeping[:3], [-0.5, -0.8, -1.0]) and stops(creeping, [-0.5, -0.8, -1.0, -1.2])
+    assert not stops([0.55, 0.70, 0.78], [-3.0, -9.0, -12.0])  # learned: goes on (early stopping decides)
+    assert not stops([0.52, 0.53, 0.57], [-0.2, -0.4, -2.5])  # the best epoch's loss clearly below the prior's
+    assert stop_rules(None, None) == ([], None)  # a fixed --epochs: no stopping rule
+    assert [type(c).__name__ for c in stop_rules(2, None)[0]] == ["EarlyStoppingCallback", "FlatStop"]
+    assert not stop_rules(2, None)[1]([{"eval_score": 0.5, "epoch": 3.0}], 3.0)  # a given scale: never flat-stopped
+    # --resume: a checkpoint whose log is flat at epoch 3 is a finished run; at epoch 2 it is not
+    for epoch, done in ((3, True), (2, False)):
+        ck = tmp_path / f"e{epoch}" / f"checkpoint-{epoch * 10}"
+        ck.mkdir(parents=True)
+        log = [{"eval_score": s, "eval_loss_z": -0.5, "epoch": float(k + 1)} for k, s in enumerate(creeping[:epoch])]
+        (ck / "trainer_state.json").write_text(json.dumps({"log_history": log, "epoch": float(epoch)}))
+        assert (stopped_early(ck.parent, 2, still_flat) == ck) is done
