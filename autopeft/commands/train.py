@@ -23,8 +23,9 @@ def add(sub: Any) -> None:
                                      "a search ranked by auc")
     t.add_argument("--epochs", type=auto_or_number, default="auto",
                    help="epochs, or auto (default): up to 10, stopped once 2 in a row bring no better score on the "
-                        "held-out tenth of the training rows (3 when there are too few rows to hold any out); the "
-                        "best epoch is kept either way")
+                        "held-out tenth of the training rows (3 when there are too few rows to hold any out; with "
+                        "--lr-scale auto a run still flat after 3 stops and the next scale is tried); the best "
+                        "epoch is kept either way")
     t.add_argument("--n-train", type=positive_int, help="training rows (default: all)")
     t.add_argument("--max-length", type=positive_int, default=128, help="max tokens (default 128)")
     t.add_argument("--batch-size", type=positive_int, default=32, help="batch size (default 32)")
