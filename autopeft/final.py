@@ -126,7 +126,8 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
     """Train ``cand`` at full budget with transformers' ``Trainer``, once per seed: all (or ``n_train``) training rows
     less a held-out tenth (at most 1,000 rows) that picks the best epoch, scored once on the validation split; the
     first seed's model is saved.  ``epochs``: a number, or ``auto`` (the default: up to 10 epochs, stopped after 2
-    without a better held-out score, :func:`autopeft.training.epoch_plan`).  ``resume`` continues from the
+    without a better held-out score, or after 3 while still flat under ``lr_scale="auto"``:
+    :func:`autopeft.training.stop_rules`).  ``resume`` continues from the
     checkpoints of an interrupted run in ``out_dir`` and keeps seeds already finished there.
 
     A causal-LM task trains on the response tokens, picks the epoch by the held-out loss and reports the evaluation
