@@ -158,6 +158,21 @@ def test_the_cli_says_which_rates_it_tried(tiny_model: str, tmp_path: Path, caps
     assert "autopeft: training seed 3 only (--seeds takes seed numbers; for 3 seeds give --seeds 0,1,2)" in err
 
 
+def test_the_still_improving_line_says_how_to_train_longer() -> None:
+    """At --epochs auto's cap the line says that a number of epochs trains that many with no early stop (an MRPC
+    seed's best epoch was its 10th); at a fixed --epochs it names the number; no seed late, no line."""
+    from autopeft.commands.train import still_improving
+
+    auto = {"metric": "matthews", "epochs": 10.0, "patience": 2, "best_last": [False, True, False]}
+    assert still_improving(auto, [0, 3, 4]) == (
+        "the best held-out matthews came in the last epoch for seed(s) 3: still improving when training ended; more "
+        "epochs may score higher (--epochs auto trains at most 10; --epochs N trains N, with no early stop)")
+    fixed = {"metric": "accuracy", "epochs": 3.0, "patience": None, "best_last": [True, True]}
+    assert still_improving(fixed, [0, 1]).endswith("for seed(s) 0, 1: still improving when training ended; more "
+                                                   "epochs may score higher (--epochs, now 3)")
+    assert still_improving({**auto, "best_last": [False, False, False]}, [0, 3, 4]) is None
+
+
 def test_epoch_plan_reads_auto_and_numbers() -> None:
     from autopeft.errors import ConfigError
     from autopeft.training import AUTO_MAX_EPOCHS, AUTO_PATIENCE, epoch_plan
