@@ -5,7 +5,7 @@ learning rate).  Their scores tell the score GP little about their neighbours, a
 hypervolume whenever the GP is unsure, so model-based steps kept buying them (issue 17: 18-20 of 32 model-based
 trials in real SST-2 searches).  As soon as one trial collapsed and one learned, a logistic regression (scikit-learn)
 on a few exact features of a config, its classes weighted to balance, predicts P(learns); :class:`autopeft.sampler.CostAwareEHVISampler` skips proposals
-it gives less than :data:`P_LEARN`, and those under the smallest learner's parameter count / :data:`PARAM_STEP`.  The score GP and the acquisition are unchanged (taking collapsed trials away from
+it gives less than :data:`P_LEARN`.  The score GP and the acquisition are unchanged (taking collapsed trials away from
 the GP was tried and rejected: BENCHMARKS.md).
 """
 
@@ -31,13 +31,6 @@ P_LEARN = 0.5
 #: leaves little above.  Real SST-2 searches proposed "head only" three times in a row at x1.88, x1.58, x1.98, each
 #: at the majority class, because the regression reads a high rate as a reason to learn.
 RETRY_FACTOR = 1.25
-#: model-based proposals keep at least the parameters of the smallest config that learned, divided by this factor:
-#: the front's cheap end is extended a step at a time, and only from a config that learned.  At a short fidelity fewer
-#: trainable parameters learn less, and the cheapest corner (head only, one-layer sparse adapters) adds a wide slice of
-#: hypervolume while the score GP is unsure of it: in ten real SST-2 searches, 19 of the 39 model-based trials that
-#: collapsed were under the smallest learner so far / 1.5, against 8 of the 261 that learned (BENCHMARKS.md
-#: "Collapse").  Each config that learns under the floor lowers it.
-PARAM_STEP = 1.5
 
 
 def collapsed_rates(cands: Sequence[Candidate], scores: Sequence[float], chance: float, gap: float) -> dict[str, float]:
@@ -55,13 +48,6 @@ def retries_collapse(cand: Candidate, collapsed: dict[str, float]) -> bool:
     """True when ``cand``'s structure collapsed at a rate at least its own / :data:`RETRY_FACTOR`."""
     m = collapsed.get(structure_key(cand.to_dict())) if collapsed else None
     return m is not None and cand.lr_multiplier <= m * RETRY_FACTOR
-
-
-def param_floor(params: Sequence[float], scores: Sequence[float], chance: float, gap: float) -> float | None:
-    """The fewest parameters a model-based proposal may have: the smallest count among the trials that learned, over
-    :data:`PARAM_STEP`; None before any trial learned."""
-    learned = [p for p, s in zip(params, scores) if s > chance + MARGIN * gap]
-    return min(learned) / PARAM_STEP if learned else None
 
 
 def features(cost_features: Sequence[float], params: int, cand: Candidate) -> list[float]:

@@ -343,8 +343,7 @@ class CostAwareEHVISampler(BaseSampler):
     def _collapse_model(self, done: Sequence[tuple[Candidate, list[float]]],
                         stopped: Sequence[tuple[Candidate, float]] = ()) -> Callable[[list[Candidate]], np.ndarray] | None:
         """P(a config learns) from the trials so far (:mod:`autopeft.collapse_model`; 0 for a structure that collapsed
-        at a rate as high, :func:`~autopeft.collapse_model.retries_collapse`, and under
-        :func:`~autopeft.collapse_model.param_floor`), or None before any trial collapsed."""
+        at a rate as high, :func:`~autopeft.collapse_model.retries_collapse`), or None before any trial collapsed."""
         from autopeft import collapse_model
 
         def rows(cs: Sequence[Candidate]) -> np.ndarray:
@@ -359,13 +358,12 @@ class CostAwareEHVISampler(BaseSampler):
         again = collapse_model.collapsed_rates(trials, scores, chance, gap)  # and never retry a collapse's rate
         if p is None and not again:
             return None
-        # nor go far under the smallest config that learned (only once one collapsed: a study where all learn is free)
-        floor = collapse_model.param_floor([self._memo.params(c) for c in trials], scores, chance, gap)
 
         def learns(cs: list[Candidate]) -> np.ndarray:
             out = np.ones(len(cs)) if p is None else p(rows(cs))
-            return np.where([collapse_model.retries_collapse(c, again) or (floor is not None and self._memo.params(c)
-                                                                            < floor) for c in cs], 0.0, out)
+            if not again:
+                return out
+            return np.where([collapse_model.retries_collapse(c, again) for c in cs], 0.0, out)
 
         return learns
 

@@ -5,7 +5,6 @@ on the autopeft sampler, are in test_sampler_contract.py.)"""
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 import optuna
@@ -192,16 +191,6 @@ def collapsing(c: Candidate) -> list[float]:
     return [0.5 if p < 10_000 else score, p, mem]
 
 
-def _study_of(sampler: Any, b: Any, done: list) -> optuna.Study:
-    """A study run by ``sampler`` holding ``done``'s (candidate, values) pairs as complete trials."""
-    study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
-    dists = b.distributions()
-    for c, v in done:
-        params = b.optuna_params(c)
-        study.add_trial(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params}, values=v))
-    return study
-
-
 def test_the_collapse_model_learns_which_configs_collapse_and_proposals_skip_them() -> None:
     """Once a trial collapsed and one learned, a logistic regression on exact config features predicts which configs
     learn (AUC on 200 unseen configs), and model-based proposals skip those it expects to collapse."""
@@ -229,7 +218,11 @@ def test_the_collapse_model_learns_which_configs_collapse_and_proposals_skip_the
     p = learns(unseen)
     truth = np.array([collapsing(c)[0] > 0.5 for c in unseen])
     assert roc_auc_score(truth, p) > 0.85  # 0.896 here; chance 0.5
-    study = _study_of(sampler, b, done)
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
+    dists = b.distributions()
+    for c, v in done:
+        params = b.optuna_params(c)
+        study.add_trial(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params}, values=v))
     from autopeft.collapse_model import P_LEARN
 
     for _ in range(2):
@@ -256,39 +249,7 @@ def test_a_structure_that_collapsed_is_not_proposed_again_at_a_rate_as_low() -> 
     rng = np.random.default_rng(1)
     done = only_collapse + [(c, collapsing(c)) for c in (b.decode(b.random_vector(rng)) for _ in range(24))]
     p = sampler._collapse_model(done)(head[1:] + [lora])
-    assert p[0] == 0.0 and p[1] == 0.0 and 0.0 < p[3] < 1.0  # LoRA on every layer: the regression's
-    assert p[2] == 0.0 and count_params(head[3], INFO) < 10_000 / 1.5  # x2.4 too, now: under the learners' floor
-
-
-def test_model_based_proposals_keep_near_the_smallest_config_that_learned() -> None:
-    """Under the smallest config that learned / PARAM_STEP, P(learns) is 0 (the front's cheap end grows a step at a
-    time, and only from a learner); a config that learns under the floor lowers it; before any trial learned, no
-    floor.  On the landscape where configs under 10,000 parameters collapse, no model-based proposal goes under it."""
-    from autopeft.collapse_model import PARAM_STEP, param_floor
-
-    assert PARAM_STEP == 1.5
-    assert param_floor([770, 20_000, 60_000], [0.5, 0.8, 0.9], 0.5, 0.5) == pytest.approx(20_000 / 1.5)
-    assert param_floor([770, 20_000], [0.5, 0.505], 0.5, 0.5) is None  # 0.505: within 2 % of the gap: collapsed
-    b = SearchSpace.load("mixed").bind(6)
-    sampler = make_sampler("autopeft", 0, b, OBJ, REF, lambda c: count_params(c, INFO), n_startup=4)
-    rng = np.random.default_rng(3)
-    pool = [b.decode(b.random_vector(rng)) for _ in range(300)]
-    done = [(c, collapsing(c)) for c in pool[:16]]
-    learned = [v[1] for _, v in done if v[0] > 0.5]
-    assert learned and any(v[0] == 0.5 for _, v in done)
-    floor = min(learned) / 1.5
-    unseen = pool[100:]
-    sizes = np.array([count_params(c, INFO) for c in unseen])
-    p = sampler._collapse_model(done)(unseen)
-    assert (sizes < floor).sum() > 20 and np.all(p[sizes < floor] == 0.0) and np.all(p[sizes >= floor] > 0.0)
-    small = min((c for c in pool[16:100] if floor / 1.5 < count_params(c, INFO) < floor), key=lambda c: count_params(c, INFO))
-    lower = sampler._collapse_model(done + [(small, [0.7, count_params(small, INFO), 90.0])])(unseen)
-    between = (sizes >= count_params(small, INFO) / 1.5) & (sizes < floor)
-    assert between.any() and np.all(lower[between] > 0.0)  # a learner under the floor lowers it
-    study = _study_of(sampler, b, done)
-    for _ in range(3):
-        c = sampler.propose(study)
-        assert sampler.last_info["mode"] == "bo" and count_params(c, INFO) >= floor, c.summary()
+    assert p[0] == 0.0 and p[1] == 0.0 and 0.0 < p[2] < 1.0 and 0.0 < p[3] < 1.0  # x2.4 and LoRA: the regression's
 
 
 @pytest.mark.parametrize("n_startup", [10, 2])  # random start-up, then the model-based step
