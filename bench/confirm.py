@@ -46,7 +46,8 @@ def run(a: argparse.Namespace) -> int:
                          n_trials=a.trials, sampler=sampler, study_name=study_name(a.task, sampler, seed),
                          storage=storage, workers=a.workers, seed=seed, timeout=remaining,
                          executor="inline" if a.quick else "local", progress=not a.quick,
-                         escalate=False, **(fid or {}))  # samplers compared at one fidelity: never raised
+                         escalate=False, enqueue=[] if a.no_baselines else None,
+                         **(fid or {}))  # samplers compared at one fidelity: never raised
             done = len(res.complete_trials())
             print(f"{res.name}: {done}/{a.trials} complete", flush=True)
             left += done < a.trials
@@ -117,6 +118,9 @@ def main(argv: list[str] | None = None) -> Any:
     add_data_dir(ap)
     add_model(ap)
     ap.add_argument("--storage")
+    ap.add_argument("--no-baselines", action="store_true",
+                    help="run: no hand-designed baselines first (a new study's default since session 11), as the runs "
+                         "recorded before it: the same random start-up design per seed")
     ap.add_argument("--json")
     ap.add_argument("--startup", type=int, default=8, help="report: trials before this number are the random start-up "
                                                            "design, not counted as model-based (default 8)")

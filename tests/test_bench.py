@@ -214,6 +214,36 @@ def test_confirm_quick_run_and_report(tiny_model: str, glue_dir: Path, tmp_path:
         assert s["complete"] == 10 and s["hv"][0] >= 0 and 0 <= s["best_score"] <= 1 and s["ref_point"] == rep["studies"]["autopeft-0"]["ref_point"]
 
 
+def test_confirm_no_baselines_runs_the_random_start_up_design_only(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
+    """``run --no-baselines``: the study queues no hand-designed baseline first (a new study's default), as the runs
+    recorded before that default; without it the first trials are the baselines."""
+    import optuna
+
+    cf = _load("confirm")
+    for flag, name in (([], "with"), (["--no-baselines"], "without")):
+        storage = f"sqlite:///{tmp_path / (name + '.db')}"
+        assert cf.main(["run", "--quick", "--model", tiny_model, "--data-dir", str(glue_dir), "--space", "mixed",
+                        "--samplers", "autopeft", "--seeds", "0", "--trials", "5", "--storage", storage, *flag]) == 0
+        trials = optuna.load_study(study_name="confirm-sst2-autopeft-0", storage=storage).trials
+        seeded = [t.user_attrs.get("seeded_by", "") for t in trials]
+        assert (sum(s.startswith("baseline:") for s in seeded) > 0) is (name == "with"), seeded
+
+
+def test_collapse_replay_counts_the_trials_under_the_floor_on_committed_runs() -> None:
+    """bench.collapse_replay on two committed real SST-2 searches: the model-based trials under the smallest learner
+    so far / step, among those that collapsed and those that learned (the figures BENCHMARKS.md gives per storage)."""
+    cr = _load("collapse_replay")
+    db = f"sqlite:///{TABLES / 'confirm-sst2-collapse-bal.db'}"
+    out = cr.main(["--storage", db])
+    col, learned = out["collapsed"], out["learned"]
+    assert (len(col), sum(r[-1] for r in col), len(learned), sum(r[-1] for r in learned)) == (5, 3, 55, 3)
+    assert {(r[0], r[1], r[3]) for r in learned if r[-1]} == {("confirm-sst2-autopeft-1", 10, 770),
+                                                             ("confirm-sst2-autopeft-1", 11, 2694),
+                                                             ("confirm-sst2-autopeft-1", 12, 770)}
+    out = cr.main(["--storage", db, "--step", "1"])  # a higher floor: more of both
+    assert sum(r[-1] for r in out["collapsed"]) == 4 and sum(r[-1] for r in out["learned"]) == 4
+
+
 def test_spearman_on_rankings_with_known_values() -> None:
     from bench.common import spearman
 
