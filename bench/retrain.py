@@ -282,6 +282,26 @@ def paired_diff(found: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     return {"found": found["name"], "params": found["params"], "diff": mean, "se": se, "n": len(d), "call": call}
 
 
+def baseline_picks(found: list[str], rows: list[dict[str, Any]], picks: int) -> list[dict[str, Any]]:
+    """Rows for the picks of the ``found`` searches that are a baseline, same config and rate (a new study runs the
+    baselines first, so a search may return one): ``run`` re-trains such a pick once, filed under the baseline, and
+    without these rows ``report`` would not count it as that search's answer.  Marked ``alias``: the proxy and
+    seed-to-seed figures count the baseline's row only."""
+    from autopeft.candidate import Candidate
+
+    base = {r["key"]: r for r in rows if r["kind"] == "baseline"}
+    budgets = {r["name"]: r["params"] for r in base.values() if r["name"] != FULL_FT}
+    out = []
+    for f in found or []:
+        for o in found_configs(f, budgets, picks):
+            b = base.get(Candidate.from_dict(o["candidate"]).key)
+            if b is not None:
+                out.append({**b, "kind": "found", "name": f"{o['name']} (= the baseline {b['name']})", "source": o["source"],
+                            "why": o["why"], "low_score": o["low_score"], "low_s": o["low_s"],
+                            "low_fidelity": o["low_fidelity"], "alias": True})
+    return out
+
+
 def report(a: argparse.Namespace) -> dict[str, Any]:
     import statistics
 
@@ -298,6 +318,7 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
                      "scores": scores, "seed_list": [r["seed"] for r in rs], "low_score": rs[0]["low_score"], "low_s": rs[0]["low_s"],
                      "full_s": statistics.fmean(r["seconds"] for r in rs), "source": rs[0].get("source"),
                      "why": rs[0].get("why"), "low_fidelity": rs[0].get("low_fidelity")})
+    rows += baseline_picks(a.found, rows, a.picks)
     rows.sort(key=lambda r: (r["kind"], -r["mean"]))
     print(f"{'kind':9s} {'config':45s} {'params':>10s} {'full score (mean±sd, seeds)':>28s} {'low-cost':>9s}")
     for r in rows:
@@ -335,13 +356,13 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
 
     want = Fidelity(**(a.low_fidelity or {})).to_dict()
     # low-cost scores from a search at another fidelity (records without one came from the table's fidelity)
-    prox = [r for r in rows if r["low_score"] is not None
+    prox = [r for r in rows if r["low_score"] is not None and not r.get("alias")
             and (r["low_fidelity"] is None or Fidelity.from_stored(r["low_fidelity"]).to_dict() == want)]
     out: dict[str, Any] = {"rows": rows, "verdict": verdict, "paired": paired}
     if len(prox) >= 3:
         out["proxy_rho"] = spearman([r["low_score"] for r in prox], [r["mean"] for r in prox])
         out["proxy_n"] = len(prox)
-        two = [r for r in rows if len(r["scores"]) >= 2]
+        two = [r for r in rows if len(r["scores"]) >= 2 and not r.get("alias")]
         if len(two) >= 3:
             out["seed_rho"] = spearman([r["scores"][0] for r in two], [r["scores"][1] for r in two])
             out["seed_n"] = len(two)
@@ -353,7 +374,7 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
               f"median cost ratio {out['cost_ratio'] if out['cost_ratio'] is None else round(out['cost_ratio'], 3)} "
               f"(training rows x epochs: {out['work_ratio']:.3f} of the full budget)")
     pf = Path(a.proxy_out or TABLES / f"proxy-{a.task}.jsonl")
-    full_by_key = {r["key"]: r for r in rows}
+    full_by_key = {r["key"]: r for r in rows if not r.get("alias")}
     out["fidelities"] = {}
     for label in sorted({r["fidelity_label"] for r in _done(pf)}):
         pr = [r for r in _done(pf) if r["fidelity_label"] == label and r["score"] is not None and r["key"] in full_by_key]
@@ -386,7 +407,8 @@ def main(argv: list[str] | None = None) -> Any:
     add_task(ap)
     add_space(ap, "the tabular benchmark's space (its table gives proxy configs)")
     ap.add_argument("--found", action="append", default=[],
-                    help="a search's study as NAME@STORAGE; its front gives up to --picks found configs (repeatable)")
+                    help="a search's study as NAME@STORAGE; its front gives up to --picks found configs (repeatable; "
+                         "report: a pick that is a baseline counts as found by that search)")
     ap.add_argument("--picks", type=int, default=5, help="found configs per search, at most (in pick order: best "
                                                          "score, best under each baseline's params, spread)")
     ap.add_argument("--n-proxy", type=int, default=20)

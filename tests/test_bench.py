@@ -189,6 +189,34 @@ def test_retrain_quick_run_is_resumable_and_reports(tiny_model: str, glue_dir: P
         assert pd_["diff"] == pytest.approx(rows[pd_["found"]]["mean"] - rows[b]["mean"])  # same seeds on both sides
 
 
+def test_report_counts_a_pick_that_is_a_baseline_as_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A search that returns a baseline (same config, same rate) has it as its answer: ``report --found`` adds it to
+    that search's found configs (verdict and paired difference), while the proxy figures keep one row for it."""
+    from autopeft.candidate import Candidate
+
+    rt = _load("retrain")
+    base = rt.baselines(6)
+    lora, ia3 = base["lora r=8 q,v"], base["ia3"]
+    lora_faster = Candidate.from_dict({**lora.to_dict(), "lr_multiplier": 1.41})  # another rate: another config
+    picks = [{"kind": "found", "name": "found #5: lora", "source": "s", "why": "best score", "candidate": lora.to_dict(),
+              "low_score": 0.72, "low_s": 200.0, "low_fidelity": None},
+             {"kind": "found", "name": "found #7: lora x1.41", "source": "s", "why": "spread over params",
+              "candidate": lora_faster.to_dict(), "low_score": 0.70, "low_s": 200.0, "low_fidelity": None}]
+    monkeypatch.setattr(rt, "found_configs", lambda f, budgets, k: picks if f == "s@sqlite://" else [])
+
+    def row(name: str, c: Candidate, params: int, scores: list[float]) -> dict:
+        return {"key": c.key, "kind": "baseline", "name": name, "params": params, "seeds": len(scores),
+                "mean": sum(scores) / len(scores), "std": 0.0, "scores": scores, "seed_list": [0, 1],
+                "low_score": None, "low_s": None, "full_s": 100.0, "source": None, "why": None, "low_fidelity": None}
+
+    rows = [row("lora r=8 q,v", lora, 74_498, [0.84, 0.83]), row("ia3", ia3, 14_594, [0.82, 0.83])]
+    got = rt.baseline_picks(["s@sqlite://", "other@sqlite://"], rows, 5)
+    assert len(got) == 1 and got[0]["kind"] == "found" and got[0]["source"] == "s" and got[0]["alias"] is True
+    assert got[0]["name"] == "found #5: lora (= the baseline lora r=8 q,v)" and got[0]["scores"] == [0.84, 0.83]
+    assert got[0]["key"] == lora.key and got[0]["low_score"] == 0.72 and got[0]["why"] == "best score"
+    assert rt.baseline_picks([], rows, 5) == []
+
+
 def test_paired_call_needs_a_gap_beyond_two_standard_errors() -> None:
     rt = _load("retrain")
     base = {"name": "b", "params": 10, "scores": [0.80, 0.82, 0.81], "seed_list": [0, 1, 2]}
