@@ -44,20 +44,58 @@ from autopeft.collapse_model import P_LEARN
 from autopeft.cost_model import _features, _Ridge  # noqa: F401  (_features: the sampler's cost features)
 from autopeft.contract import PRUNED
 from autopeft.pareto import TASK_OBJECTIVES, closed_form_ehvi, to_max  # noqa: F401  (closed_form_ehvi: re-exported)
-from autopeft import sampler_focus, sampler_gp
+from autopeft import sampler_gp
 from autopeft.sampler_prior import PRIOR_STARTUP, PRIOR_UNTIL, with_task
 from autopeft.sampler_memo import SamplerMemo
-from autopeft.sampler_seen import LR_NEAR, _Seen  # noqa: F401  (re-exported)
 from autopeft.space import BoundSpace
 from autopeft.storage import A, level_of, study_level
 
 CostFn = Callable[[Candidate], float]
 
 
+#: two candidates that differ only by a learning-rate multiplier within this factor count as the same proposal
+LR_NEAR = 1.05
+
 #: the acquisition's score floor: hypervolume counts only above chance + this share of the gap between chance and the
 #: best score so far (the study's own reference point is unchanged).  Off: in a real 40-trial SST-2 search a floor of
 #: 0.25 left 20 of 32 model-based trials collapsed (18 without it); see BENCHMARKS "Collapse".
 SCORE_FLOOR = 0.0
+
+class _Seen:
+    """Candidates already evaluated, failed or pending.  ``c in seen`` is also true for a candidate that differs
+    from one of them only by a learning-rate multiplier within :data:`LR_NEAR`: a trial that costs as much as any
+    other would learn next to nothing (a search at the CPU fidelity spent two of its 40 trials on lr x1.86 and
+    x1.87 of one config); and at any multiplier for a config still training (``add(c, running=True)``): in real
+    SST-2 searches 3 of 14 model-based collapses were "head only" proposed at another rate while it still ran."""
+
+    def __init__(self) -> None:
+        self._lrs: dict[str, list[float]] = {}
+        self._running: set[str] = set()
+
+    @staticmethod
+    def _split(c: Candidate) -> tuple[str, float]:
+        """The candidate's key less its learning-rate multiplier, and the multiplier: the key is canonical JSON whose
+        first field, ``layers``, is a list of integers, so the first ``"lr_multiplier":`` is the top-level one."""
+        k = c.key
+        i = k.find('"lr_multiplier":')
+        if i < 0:
+            return k, 1.0
+        j = i + 16
+        while k[j] not in ",}":
+            j += 1
+        return k[:i] + k[j + (k[j] == ","):], float(k[i + 16:j])
+
+    def add(self, c: Candidate, running: bool = False) -> None:
+        k, lr = self._split(c)
+        self._lrs.setdefault(k, []).append(lr)
+        if running:
+            self._running.add(k)
+
+    def __contains__(self, c: object) -> bool:
+        if not isinstance(c, Candidate):
+            return False
+        k, lr = self._split(c)
+        return k in self._running or any(abs(math.log(lr / x)) < math.log(LR_NEAR) for x in self._lrs.get(k, ()))
 
 
 class CostAwareEHVISampler(BaseSampler):
@@ -76,7 +114,6 @@ class CostAwareEHVISampler(BaseSampler):
         seed: int | None = None,
         score_floor: float = SCORE_FLOOR,
         prior: Sequence[tuple[Candidate, float]] = (),
-        focus_every: int = sampler_focus.FOCUS_EVERY,
     ) -> None:
         if objectives[0] not in TASK_OBJECTIVES:
             raise ValueError("objective 0 must be the task's score or loss")
@@ -91,7 +128,6 @@ class CostAwareEHVISampler(BaseSampler):
         if not 0.0 <= score_floor < 1.0:
             raise ValueError(f"score_floor must be in [0, 1), got {score_floor!r}")
         self.score_floor = score_floor
-        self.focus_every = focus_every  # every n-th model-based proposal aims at the best score alone (0: never)
         self._seed = 0 if seed is None else int(seed)
         self._rng = np.random.default_rng(seed)
         self._random = RandomSampler(seed=seed)
@@ -285,16 +321,6 @@ class CostAwareEHVISampler(BaseSampler):
                 a = np.where(-kc[:, j] > math.log10(self.max_memory), 0.0, a)
             return a
 
-        if sampler_focus.turn(len(done), self.n_startup, self.focus_every):  # the best score alone: sampler_focus
-            near = [c for i in np.argsort(-y)[:sampler_focus.TOP] for c in self._neighbours(X[i], sampler_focus.N_NEIGHBOURS)
-                    if c not in seen and c.key not in pool and self._feasible_params(c)]
-            near = [c for c, p in zip(near, learns(near)) if p >= P_LEARN] if near and learns is not None else near
-            focus = cands + list({c.key: c for c in near}.values())
-            ei = sampler_focus.expected_improvement(*self._posterior(gp, task(memo.encode_all(focus))), float(y.max()))
-            if self.max_memory is not None and "memory" in self.objectives:  # a budget holds in every turn
-                ei[-known_coords(focus)[:, self.objectives.index("memory") - 1] > math.log10(self.max_memory)] = -1.0
-            self.last_info = {**self.last_info, "mode": "focus", "ei": float(ei.max()), "pool": len(focus)}
-            return focus[int(np.argmax(ei))]
         a = score(cands)
         order = np.argsort(-a)
         # local search: mutate the best few, keep improvements

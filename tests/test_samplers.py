@@ -5,7 +5,6 @@ on the autopeft sampler, are in test_sampler_contract.py.)"""
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 import optuna
@@ -192,48 +191,6 @@ def collapsing(c: Candidate) -> list[float]:
     return [0.5 if p < 10_000 else score, p, mem]
 
 
-def _study_of(sampler: Any, b: Any, done: list) -> optuna.Study:
-    """A study run by ``sampler`` holding ``done``'s (candidate, values) pairs as complete trials."""
-    study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
-    dists = b.distributions()
-    for c, v in done:
-        params = b.optuna_params(c)
-        study.add_trial(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params}, values=v))
-    return study
-
-
-def test_every_fourth_model_based_proposal_aims_at_the_best_score() -> None:
-    """sampler_focus: the 4th, 8th, ... model-based proposal maximises the expected improvement of the score alone
-    (the toy landscape rewards parameters: those proposals score higher than the hypervolume's, which also buys
-    cheap configs), under the parameter budget; focus_every=0 never does."""
-    from autopeft import sampler_focus
-
-    assert [n for n in range(6, 20) if sampler_focus.turn(n, 4)] == [7, 11, 15, 19]
-    assert not any(sampler_focus.turn(n, 4, every=0) for n in range(30))
-    ei = sampler_focus.expected_improvement(np.array([0.8, 0.8, 0.9]), np.array([0.1, 0.0, 0.0]), 0.8)
-    assert ei == pytest.approx([0.1 / math.sqrt(2 * math.pi), 0.0, 0.1])  # sd x pdf(0); no spread, no gain; 0.1 above
-    b = SearchSpace.load("mixed").bind(6)
-    rng = np.random.default_rng(5)
-    done = [(c, synthetic(c)) for c in (b.decode(b.random_vector(rng)) for _ in range(10))]
-    best = max(v[0] for _, v in done)
-
-    def proposals(every: int, budget: float | None = None) -> list[Candidate]:
-        sampler = make_sampler("autopeft", 0, b, OBJ, REF, lambda c: count_params(c, INFO), n_startup=4,
-                               max_params=budget)
-        sampler.focus_every = every
-        study = _study_of(sampler, b, [d for d in done if budget is None or d[1][1] <= budget])
-        out = []
-        for _ in range(4):
-            out.append(sampler.propose(study))
-            assert sampler.last_info["mode"] == ("focus" if every == 1 else "bo"), sampler.last_info
-        return out
-
-    focused = [synthetic(c)[0] for c in proposals(1)]
-    plain = [synthetic(c)[0] for c in proposals(0)]
-    assert min(focused) > best - 0.02 and np.mean(focused) > np.mean(plain) + 0.02, (focused, plain, best)
-    assert all(count_params(c, INFO) <= 50_000 for c in proposals(1, budget=50_000))
-
-
 def test_the_collapse_model_learns_which_configs_collapse_and_proposals_skip_them() -> None:
     """Once a trial collapsed and one learned, a logistic regression on exact config features predicts which configs
     learn (AUC on 200 unseen configs), and model-based proposals skip those it expects to collapse."""
@@ -261,7 +218,11 @@ def test_the_collapse_model_learns_which_configs_collapse_and_proposals_skip_the
     p = learns(unseen)
     truth = np.array([collapsing(c)[0] > 0.5 for c in unseen])
     assert roc_auc_score(truth, p) > 0.85  # 0.896 here; chance 0.5
-    study = _study_of(sampler, b, done)
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
+    dists = b.distributions()
+    for c, v in done:
+        params = b.optuna_params(c)
+        study.add_trial(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params}, values=v))
     from autopeft.collapse_model import P_LEARN
 
     for _ in range(2):
@@ -408,7 +369,7 @@ def test_reused_per_trial_values_change_no_proposal() -> None:
         assert not fresh._memo._entries and sampler._memo._entries
         sampler._rng, fresh._rng = np.random.default_rng(7), np.random.default_rng(7)
         a, c = sampler.propose(study), fresh.propose(study)
-        assert a == c and sampler.last_info["mode"] in ("bo", "focus")
+        assert a == c and sampler.last_info["mode"] == "bo"
         t = study.ask()
         study.tell(t, collapsing(b.suggest(t)))
 
