@@ -119,7 +119,7 @@ def found_config(name: str, storage: str | None = None, trial: int | None = None
         why = ts[0].user_attrs.get(A.REASON) or ts[0].user_attrs.get(A.STATUS) or "no result"
         raise StudyError(f"trial {trial} of study {res.name!r} is {ts[0].state.name} ({why}); "
                          "export a COMPLETE trial (see `autopeft show`)")
-    return FoundConfig(Candidate.from_dict(ts[0].user_attrs[A.CANDIDATE]), res.meta, ts[0])
+    return FoundConfig(Candidate.from_dict(ts[0].user_attrs[A.CANDIDATE]), res.meta, ts[0], res.seeded_by(ts[0]))
 
 
 def export(found: Any, directory: str | Path) -> Path:

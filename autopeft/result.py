@@ -148,7 +148,15 @@ class SearchResult:
         """The highest-scoring complete configuration within the budgets (on the Pareto front whenever the
         budgets bind only the study's objectives) (``"1%"`` of base params allowed)."""
         t = self.best_trial(max_params, max_memory)
-        return FoundConfig(Candidate.from_dict(t.user_attrs[A.CANDIDATE]), self.meta, t)
+        return FoundConfig(Candidate.from_dict(t.user_attrs[A.CANDIDATE]), self.meta, t, self.seeded_by(t))
+
+    def seeded_by(self, trial: Any) -> str | None:
+        """Where a trial's config came from when the study queued it (``baseline:NAME``, ``enqueue:FILE entry N``,
+        ``warm-start:STUDY#TRIAL``; a promoted trial: its first rung's), or None for the sampler's own proposals."""
+        by_number = {t.number: t for t in self.study.get_trials(deepcopy=False)}
+        while trial is not None and A.PROMOTED_FROM in trial.user_attrs:
+            trial = by_number.get(trial.user_attrs[A.PROMOTED_FROM])
+        return None if trial is None else trial.user_attrs.get(A.SEEDED_BY)
 
     def hypervolume(self) -> float:
         """Hypervolume of the front in (score, -log10 params, -log10 memory MiB, ...) above the study's ref point."""
@@ -189,10 +197,11 @@ class SearchResult:
 class FoundConfig:
     """A chosen candidate with the settings it was found with; exportable."""
 
-    def __init__(self, candidate: Candidate, meta: dict[str, Any], trial: Any = None) -> None:
+    def __init__(self, candidate: Candidate, meta: dict[str, Any], trial: Any = None, seeded_by: str | None = None) -> None:
         self.candidate = candidate
         self.meta = meta
         self.trial = trial
+        self.seeded_by = seeded_by  # queued by the study (e.g. "baseline:lora r=8 q,v"), not proposed by the sampler
 
     @property
     def model(self) -> str:
@@ -210,6 +219,8 @@ class FoundConfig:
             if self.trial.user_attrs.get(A.RUNG):
                 d["rung"] = int(self.trial.user_attrs[A.RUNG])
             d["values"] = dict(zip(self.meta[A.OBJECTIVES], self.trial.values))
+        if self.seeded_by:
+            d["seeded_by"] = self.seeded_by
         return d
 
     def to_peft_config(self) -> Any:

@@ -248,3 +248,32 @@ def test_a_killed_driver_resumes_without_training_a_queued_config_twice(
     res = autopeft.search(**{**opts, "n_trials": 7})
     assert sum("seeded_by" in t.user_attrs for t in res.study.trials) == len(ENTRIES) + 1
     assert optuna.load_study(study_name="kill", storage=storage).trials[-1].state == TrialState.COMPLETE
+
+
+def test_best_and_export_say_when_the_answer_is_a_baseline_the_study_ran_first(tmp_path: Path,
+                                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """On the committed MRPC search (BENCHMARKS.md, "MRPC with the baselines run first") the best config is the LoRA
+    baseline, queued as trial 0 and promoted as trial 5: ``best`` carries where it came from (through the promotion)
+    and ``export --best`` says so; under IA3's budget the best is the sampler's own LoRA r=2 (trial 20, promoted from
+    14), with no such field and no such line."""
+    import shutil
+
+    from autopeft.cli import main
+
+    src = Path(__file__).resolve().parent.parent / "bench" / "tables" / "confirm-mrpc-default.db"
+    shutil.copy(src, tmp_path / "m.db")
+    storage, name = f"sqlite:///{tmp_path / 'm.db'}", "confirm-mrpc-default-2"
+    best = autopeft.best_config(name, storage).to_dict()
+    assert best["trial"] == 5 and best["rung"] == 1 and best["seeded_by"] == "baseline:lora r=8 q,v"
+    small = autopeft.best_config(name, storage, max_params=14_594).to_dict()
+    assert small["trial"] == 20 and small["summary"] == "lora r=2 [q,v] | layers 3,4,5 | lr x1.25" and "seeded_by" not in small
+    assert autopeft.api.found_config(name, storage, trial=0).seeded_by == "baseline:lora r=8 q,v"
+    assert main(["export", "--study", name, "--storage", storage, "--best", "-o", str(tmp_path / "e")]) == 0
+    line = ("it is the hand-designed baseline lora r=8 q,v, which the study ran first: no config the search proposed "
+            "scored higher within the budget")
+    assert line in capsys.readouterr().out
+    assert main(["export", "--study", name, "--storage", storage, "--best", "--max-params", "14594",
+                 "-o", str(tmp_path / "e2")]) == 0
+    assert "hand-designed baseline" not in capsys.readouterr().out
+    assert main(["export", "--study", name, "--storage", storage, "--trial", "0", "-o", str(tmp_path / "e3")]) == 0
+    assert "hand-designed baseline" not in capsys.readouterr().out  # a trial asked for by number: no claim about "best"

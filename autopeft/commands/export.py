@@ -25,5 +25,8 @@ def run(args: argparse.Namespace) -> int:
     found = api.found_config(args.study, args.storage, None if args.best else args.trial, args.max_params, args.max_memory)
     d = api.export(found, args.output)
     print(f"exported {found.candidate.summary()} to {d}")
+    if args.best and (found.seeded_by or "").startswith("baseline:"):  # the study ran it first; nothing found beat it
+        print(f"it is the hand-designed baseline {found.seeded_by.split(':', 1)[1]}, which the study ran first: no "
+              "config the search proposed scored higher within the budget")
     print(api.describe_export(d))
     return 0
