@@ -56,6 +56,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--startup", type=int, default=8, help="trials finished before the first model-based proposal")
     ap.add_argument("--only", default="autopeft", help="studies whose name holds this (default: autopeft's)")
     a = ap.parse_args(argv)
+    if not a.step > 0:
+        ap.error(f"--step must be a number > 0, got {a.step:g}")
+    from pathlib import Path
+
+    for st in a.storage:  # reading a SQLite URL that names no file would create an empty database there
+        if st.startswith("sqlite:///") and not Path(st[len("sqlite:///"):]).is_file():
+            ap.error(f"--storage {st}: no such database file")
     col: list[Any] = []
     learned: list[Any] = []
     for st in a.storage:

@@ -46,7 +46,7 @@ def run(a: argparse.Namespace) -> int:
                          n_trials=a.trials, sampler=sampler, study_name=study_name(a.task, sampler, seed),
                          storage=storage, workers=a.workers, seed=seed, timeout=remaining,
                          executor="inline" if a.quick else "local", progress=not a.quick,
-                         escalate=False, enqueue=[] if a.no_baselines else None,
+                         escalate=False, enqueue="none" if a.no_baselines else None,
                          **(fid or {}))  # samplers compared at one fidelity: never raised
             done = len(res.complete_trials())
             print(f"{res.name}: {done}/{a.trials} complete", flush=True)

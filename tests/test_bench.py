@@ -270,6 +270,13 @@ def test_collapse_replay_counts_the_trials_under_the_floor_on_committed_runs() -
                                                              ("confirm-sst2-autopeft-1", 12, 770)}
     out = cr.main(["--storage", db, "--step", "1"])  # a higher floor: more of both
     assert sum(r[-1] for r in out["collapsed"]) == 4 and sum(r[-1] for r in out["learned"]) == 4
+    with pytest.raises(SystemExit) as e:
+        cr.main(["--storage", db, "--step", "0"])
+    assert e.value.code == 2
+    missing = TABLES / "no-such-study.db"
+    with pytest.raises(SystemExit) as e:
+        cr.main(["--storage", f"sqlite:///{missing}"])
+    assert e.value.code == 2 and not missing.exists()  # refused, and no empty database left behind
 
 
 def test_spearman_on_rankings_with_known_values() -> None:
