@@ -275,7 +275,9 @@ class TrialLog:
         try:
             trial = store.trial(result.trial_id)
             summary = trial.user_attrs.get(A.SUMMARY, "")
-            if rung_of(trial):  # a promoted evaluation: which rung, and of which trial's config
+            if A.RATE_FROM in trial.user_attrs:  # --refine-rate: another trial's config at another rate
+                summary += f" | {fidelity_label(trial)}, trial {trial.user_attrs[A.RATE_FROM]}'s config at another rate"
+            elif rung_of(trial):  # a promoted evaluation: which rung, and of which trial's config
                 summary += f" | {fidelity_label(trial)} from trial {trial.user_attrs.get(A.PROMOTED_FROM, '?')}"
         except Exception:
             summary = ""

@@ -126,10 +126,11 @@ class Proposer:
                  spec_fields: dict[str, Any], fidelity: dict[str, Any],
                  fault: Callable[[int], str | None] | None = None,
                  prune_for: Callable[[int], dict[str, Any] | None] | None = None,
-                 promote: Callable[[Sequence[Any], set[tuple[str, int]]], tuple[Any, int] | None] | None = None,
+                 promote: Callable[[Sequence[Any], set[tuple[str, int]]], tuple[Any, int, float | None] | None] | None = None,
                  ladder: Sequence[dict[str, Any]] = ()) -> None:
         self.store, self.bound, self.count = store, bound, count
-        #: ``--promote``: the finished trial to run again one rung up, and that rung (None: nothing to promote now)
+        #: ``--promote``/``--refine-rate``: the finished trial to run again, the rung, and None (a promotion) or the
+        #: learning-rate multiplier to run its config at (a step of the rate line search); None: nothing to queue now
         self.promote = promote
         #: every rung's fidelity above the study's own (rung 1 first)
         self.ladder = [dict(f) for f in ladder]
@@ -192,9 +193,15 @@ class Proposer:
             return
         self.index.refresh(trials)
         chosen = self.promote(trials, self.index.held())
-        if chosen is not None:
-            source, rung = chosen
+        if chosen is None:
+            return
+        source, rung, lr = chosen
+        if lr is None:
             self.store.enqueue_promotion(source, rung)
+        else:  # --refine-rate: the source's config at another learning rate
+            c = Candidate.from_dict(source.user_attrs[A.CANDIDATE])
+            cand = Candidate.make(c.methods, c.layers, c.sparsity, lr)
+            self.store.enqueue_rate_step(source, rung, self.bound.optuna_params(cand), cand)
 
     def _prepare(self, trial: Any) -> TrialSpec | None:
         self.store.heartbeat(trial)  # at once: a driver killed from here on leaves a trial resume can tell is stale

@@ -152,10 +152,11 @@ class SearchResult:
 
     def seeded_by(self, trial: Any) -> str | None:
         """Where a trial's config came from when the study queued it (``baseline:NAME``, ``enqueue:FILE entry N``,
-        ``warm-start:STUDY#TRIAL``; a promoted trial: its first rung's), or None for the sampler's own proposals."""
+        ``warm-start:STUDY#TRIAL``; a promoted trial, or a step of ``--refine-rate``'s line search: the config it came
+        from), or None for the sampler's own proposals."""
         by_number = {t.number: t for t in self.study.get_trials(deepcopy=False)}
-        while trial is not None and A.PROMOTED_FROM in trial.user_attrs:
-            trial = by_number.get(trial.user_attrs[A.PROMOTED_FROM])
+        while trial is not None and (A.PROMOTED_FROM in trial.user_attrs or A.RATE_FROM in trial.user_attrs):
+            trial = by_number.get(trial.user_attrs.get(A.PROMOTED_FROM, trial.user_attrs.get(A.RATE_FROM)))
         return None if trial is None else trial.user_attrs.get(A.SEEDED_BY)
 
     def hypervolume(self) -> float:

@@ -56,6 +56,10 @@ class Search:
         self.info = model_info(c.model, self.task.num_labels, c.trust_remote_code, self.layout)
         self._drop_unsupported_methods()
         self.bound = self.space_def.bind(self.info.arch.num_layers)
+        if c.refine_rate and not any(d.name.startswith("training.") and (len(d.choices) > 1 or not d.choices and d.high >
+                                                                         d.low) for d in self.bound.dims):
+            raise ConfigError(f"--refine-rate: search space {self.space_def.name!r} fixes the learning rate; give a space "
+                              "with a training.lr_multiplier or learning_rate range (e.g. --space mixed) or drop it")
         model_label = c.model or DEFAULT_MODEL
         task_label = c.data.get("task") or Path(c.data.get("train_file") or "data").stem
         self.name = c.study_name or sanitize(f"{Path(model_label).name}-{task_label}-{self.space_def.name}")
@@ -300,27 +304,47 @@ class Search:
                                           if not rung_of(t)], direction, n_eval, points)
 
     def _promote_rule(self) -> Any:
-        """``--promote``: which finished trial goes up a rung next (:func:`autopeft.promotion.next_promotion`), from the
-        study's trials and the (candidate, rung) pairs it holds; None without a ladder."""
-        if not self.ladder:
+        """What the study runs again next, from its trials and the (candidate, rung) pairs it holds: ``--promote``'s
+        next promotion (:func:`autopeft.promotion.next_promotion`) as (trial, rung, None), else ``--refine-rate``'s
+        next step (:func:`autopeft.promotion.next_rate_step`, at the top rung once the start-up trials are done) as
+        (trial, rung, multiplier); None without either."""
+        refine = self.config.refine_rate
+        if not self.ladder and not refine:
             return None
+        import json
+
         from optuna.trial import TrialState
 
+        from autopeft.candidate import Candidate, structure_key
         from autopeft.pareto import to_max
-        from autopeft.promotion import Evaluated, next_promotion
+        from autopeft.promotion import Evaluated, next_promotion, next_rate_step
         from autopeft.storage import current_level, rung_of, study_level
 
         objectives, chance = self.store.objectives, float(self.store.meta[A.REF_POINT][0])
-        n_rungs, fraction = len(self.ladder) + 1, self.config.promote_fraction
+        n_rungs, fraction, top = len(self.ladder) + 1, self.config.promote_fraction, len(self.ladder)
+
+        def fits(e: Any, lr: float) -> bool:
+            c = Candidate.from_dict(json.loads(e.key))
+            return self.bound.contains(Candidate.make(c.methods, c.layers, c.sparsity, lr))
 
         def rule(trials: Any, held: set[tuple[str, int]]) -> Any:
             trials = current_level(trials, study_level(self.store.study))
             done = {t.number: t for t in trials if t.state == TrialState.COMPLETE and t.values is not None
                     and t.user_attrs.get(A.CANDIDATE_KEY)}
-            evals = [Evaluated(n, t.user_attrs[A.CANDIDATE_KEY], rung_of(t), tuple(to_max(objectives, t.values)))
-                     for n, t in done.items()]
-            chosen = next_promotion(evals, held, n_rungs, chance, fraction)
-            return None if chosen is None else (done[chosen[0].number], chosen[1])
+            evals = [Evaluated(n, t.user_attrs[A.CANDIDATE_KEY], rung_of(t), tuple(to_max(objectives, t.values)),
+                               float(t.user_attrs[A.CANDIDATE].get("lr_multiplier", 1.0)),
+                               structure_key(t.user_attrs[A.CANDIDATE])) for n, t in done.items()]
+            chosen = next_promotion(evals, held, n_rungs, chance, fraction) if self.ladder else None
+            if chosen is not None:
+                return done[chosen[0].number], chosen[1], None
+            if not refine or sum(e.rung == 0 for e in evals) < self.config.n_startup:
+                return None
+            rates: dict[tuple[str, int], list[float]] = {}
+            for key, rung in held:
+                d = json.loads(key)
+                rates.setdefault((structure_key(d), rung), []).append(float(d.get("lr_multiplier", 1.0)))
+            step = next_rate_step(evals, rates, top, chance, fits)
+            return None if step is None else (done[step[0].number], top, step[1])
 
         return rule
 

@@ -56,6 +56,7 @@ class A:
     RUNG = "rung"  # the rung of --promote's ladder a trial ran at (absent: 0, the study's own fidelity)
     LEVEL = "level"  # the study's fidelity level a trial ran at (absent: 0; autopeft.escalation)
     PROMOTED_FROM = "promoted_from"  # a promoted trial's evaluation one rung below (its trial number)
+    RATE_FROM = "rate_from"  # --refine-rate: the trial whose config this one runs at another learning rate
     SEEDED_BY = "seeded_by"  # a queued config's source: enqueue:FILE entry N, baseline:NAME, warm-start:STUDY#TRIAL
     HEARTBEAT = "autopeft_heartbeat"  # a system attribute (journal storages; autopeft.backends.HEARTBEAT_ATTR)
     # study
@@ -377,6 +378,14 @@ class StudyStore:
             self.study.enqueue_trial(source.params, user_attrs={
                 A.CANDIDATE: ua[A.CANDIDATE], A.CANDIDATE_KEY: ua[A.CANDIDATE_KEY], A.SUMMARY: ua.get(A.SUMMARY),
                 A.RUNG: rung, A.PROMOTED_FROM: source.number})
+
+    def enqueue_rate_step(self, source: Any, rung: int, params: dict[str, Any], cand: Any) -> None:
+        """Queue ``cand`` (``source``'s config at another learning rate, ``--refine-rate``) to run at ``rung``, like a
+        promotion; ``rate_from`` names the source."""
+        with optuna_quiet():
+            self.study.enqueue_trial(params, user_attrs={
+                A.CANDIDATE: cand.to_dict(), A.CANDIDATE_KEY: cand.key, A.SUMMARY: cand.summary(), A.RUNG: rung,
+                A.RATE_FROM: source.number})
 
     def reject(self, trial: Any, status: str, reason: str) -> None:
         """A proposal not trained: a duplicate or over the parameter budget (stored as PRUNED).  A trial another

@@ -26,7 +26,9 @@ def run(args: argparse.Namespace) -> int:
     d = api.export(found, args.output)
     print(f"exported {found.candidate.summary()} to {d}")
     if args.best and (found.seeded_by or "").startswith("baseline:"):  # the study ran it first; nothing found beat it
-        print(f"it is the hand-designed baseline {found.seeded_by.split(':', 1)[1]}, which the study ran first: no "
-              "config the search proposed scored higher within the budget")
+        name, lr = found.seeded_by.split(":", 1)[1], found.candidate.lr_multiplier
+        at = "" if lr == 1.0 else f" at learning rate x{lr:.3g} (--refine-rate's line search from its default rate)"
+        print(f"it is the hand-designed baseline {name}{at}, which the study ran first: no config the search proposed "
+              "scored higher within the budget")
     print(api.describe_export(d))
     return 0

@@ -1,0 +1,131 @@
+"""``--refine-rate``: the learning-rate line search on the best config at the top rung (the rule, and searches with
+and without ``--promote`` on simulated trials whose score peaks at a known rate)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+
+from autopeft.promotion import RATE_STEP, Evaluated, next_rate_step
+
+#: the learning-rate multiplier at which :func:`rate_runner`'s score peaks
+PEAK = 1.41421
+
+
+def rate_runner(spec: object) -> object:
+    """Simulated trials (nothing trained) whose params, memory and base score come from the config without its rate,
+    and whose score falls off as (log2 of the rate over ``PEAK``) squared, plus 0.05 per rung of rows: a landscape
+    where the best rate of every config is known.  Used as ``runner="test_rate_search:rate_runner"``."""
+    from autopeft.contract import OK, REFERENCE, TrialResult
+
+    if spec.purpose == REFERENCE:  # type: ignore[attr-defined]
+        return TrialResult(spec.trial_id, OK, score=0.5, memory_bytes=2000 * 2**20, metric="simulated")  # type: ignore[attr-defined]
+    cand = dict(spec.candidate)  # type: ignore[attr-defined]
+    lr = float(cand.pop("lr_multiplier", 1.0))
+    h = int(hashlib.sha256(json.dumps(cand, sort_keys=True).encode()).hexdigest()[:12], 16)
+    rows = spec.fidelity["n_train"]  # type: ignore[attr-defined]
+    score = 0.6 + 0.2 * ((h >> 20) % 1000) / 1000 + 0.05 * (rows > 32) - 0.05 * math.log2(lr / PEAK) ** 2
+    return TrialResult(spec.trial_id, OK, score=score, params=1000 + h % 1_000_000,  # type: ignore[attr-defined]
+                       memory_bytes=(100 + (h >> 30) % 900) * 2**20, metric="simulated")
+
+
+def _e(n: int, score: float, lr: float, rung: int = 1, group: str = "g") -> Evaluated:
+    return Evaluated(n, f"{group}@{lr}", rung, (score, -100.0), lr, group)
+
+
+def test_the_rule_walks_the_best_configs_rate_uphill_and_stops_at_a_peak() -> None:
+    def fits(e: Evaluated, lr: float) -> bool:
+        return 0.5 - 1e-9 <= lr <= 2.0 + 1e-9
+
+    done = [_e(0, 0.70, 1.0, rung=0), _e(1, 0.74, 1.0), _e(2, 0.72, 1.0, group="h")]
+    step = next_rate_step(done, {}, 1, 0.5, fits)
+    assert step is not None and step[0].number == 1 and step[1] == pytest.approx(RATE_STEP)  # up first
+    step = next_rate_step(done, {("g", 1): [1.0, 1.41421]}, 1, 0.5, fits)  # x1.41 running: down next
+    assert step is not None and step[1] == pytest.approx(1 / RATE_STEP)
+    assert next_rate_step(done, {("g", 1): [1.0, 1.41421, 0.707107]}, 1, 0.5, fits) is None  # both in flight
+    # x1.41 scored higher: it is the best now, and the walk goes on from it (x1 is held: x2 next)
+    done += [_e(3, 0.78, 1.41421), _e(4, 0.73, 0.707107)]
+    step = next_rate_step(done, {}, 1, 0.5, fits)
+    assert step is not None and step[0].number == 3 and step[1] == pytest.approx(2.0, rel=1e-4)
+    done.append(_e(5, 0.76, 1.99999))
+    assert next_rate_step(done, {}, 1, 0.5, fits) is None  # both neighbours of the best score lower: a peak
+    # the space's range ends the walk; a rung-0 score is never stepped from at rung 1; nothing above chance: nothing
+    assert next_rate_step([_e(0, 0.8, 2.0)], {}, 1, 0.5, fits)[1] == pytest.approx(2.0 / RATE_STEP)  # type: ignore[index]
+    assert next_rate_step([_e(0, 0.8, 1.0, rung=0)], {}, 1, 0.5, fits) is None
+    assert next_rate_step([_e(0, 0.5, 1.0)], {}, 1, 0.5, fits) is None
+    assert next_rate_step([_e(0, 0.8, 1.0)], {}, 1, 0.5, lambda e, lr: False) is None
+
+
+def _opts(tiny_model: str, glue_dir: Path, tmp_path: Path, **kw: object) -> dict:
+    return dict(model=tiny_model, data_dir=str(glue_dir), task="sst2", space="mixed", n_train=32, n_eval=32, epochs=1,
+                max_length=24, batch_size=16, n_startup=4, progress=False, executor="inline",
+                runner="test_rate_search:rate_runner", storage=f"sqlite:///{tmp_path / 'r.db'}", enqueue="none",
+                sampler="random", collapse_stop=False, **kw)
+
+
+def test_a_search_with_promotion_line_searches_the_top_configs_rate_and_keeps_its_best(
+        tiny_model: str, glue_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import autopeft
+    from autopeft.candidate import structure_key
+    from autopeft.storage import A, rung_of
+
+    res = autopeft.search(n_trials=24, study_name="rr", promote="64x1", refine_rate=True, trial_lines=True, seed=1,
+                          **_opts(tiny_model, glue_dir, tmp_path))
+    trials = res.study.get_trials()
+    comp = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(comp) == 24
+    steps = [t for t in comp if A.RATE_FROM in t.user_attrs]
+    assert len(steps) >= 2
+    by_number = {t.number: t for t in trials}
+    err = capsys.readouterr().err
+    for t in steps:  # the source's config, at its rate x or / sqrt(2), at the top rung's fidelity
+        src = by_number[t.user_attrs[A.RATE_FROM]]
+        assert rung_of(t) == rung_of(src) == 1 and t.user_attrs[A.FIDELITY]["n_train"] == 64
+        assert structure_key(t.user_attrs[A.CANDIDATE]) == structure_key(src.user_attrs[A.CANDIDATE])
+        ratio = t.user_attrs[A.CANDIDATE]["lr_multiplier"] / src.user_attrs[A.CANDIDATE]["lr_multiplier"]
+        assert min(abs(ratio - RATE_STEP), abs(ratio - 1 / RATE_STEP)) < 1e-4
+        assert t.params["training.lr_multiplier"] == pytest.approx(t.user_attrs[A.CANDIDATE]["lr_multiplier"])
+        assert (f"autopeft: trial {t.number}: {t.user_attrs[A.SUMMARY]} | 64x1 (rung 1), trial {src.number}'s config "
+                "at another rate | ") in err
+    pairs = [(t.user_attrs[A.CANDIDATE_KEY], rung_of(t)) for t in comp]
+    assert len(pairs) == len(set(pairs))  # nothing trained twice at one rung
+    # the walk ended at a peak: the best config at rung 1 has both neighbours within the space evaluated, lower
+    top = max((t for t in comp if rung_of(t) == 1), key=lambda t: t.values[0])
+    same = [t for t in comp if rung_of(t) == 1 and structure_key(t.user_attrs[A.CANDIDATE]) ==
+            structure_key(top.user_attrs[A.CANDIDATE])]
+    lr = top.user_attrs[A.CANDIDATE]["lr_multiplier"]
+    rates = sorted(t.user_attrs[A.CANDIDATE]["lr_multiplier"] for t in same)
+    for nb in (lr * RATE_STEP, lr / RATE_STEP):
+        if 0.5 <= nb * (1 - 1e-4) and nb * (1 + 1e-4) <= 2.0:
+            assert any(abs(math.log(nb / r)) < 0.01 for r in rates), (lr, rates)
+    assert abs(math.log2(lr / PEAK)) <= 0.5 + 1e-3  # within half a step of the landscape's peak rate
+    # the front keeps one rate of each config: the best
+    front = res.front_trials()
+    keys = [structure_key(t.user_attrs[A.CANDIDATE]) for t in front]
+    assert len(keys) == len(set(keys)) and top.number in [t.number for t in front]
+    # without --refine-rate the same search steps no rate
+    res2 = autopeft.search(n_trials=12, study_name="plain", promote="64x1", seed=1, **_opts(tiny_model, glue_dir, tmp_path))
+    assert not any(A.RATE_FROM in t.user_attrs for t in res2.study.get_trials())
+
+
+def test_without_promotion_the_line_search_runs_at_the_studys_fidelity_after_the_start_up_trials(
+        tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
+    import autopeft
+    from autopeft.errors import ConfigError
+    from autopeft.storage import A, rung_of
+
+    res = autopeft.search(n_trials=12, study_name="r0", refine_rate=True, seed=2, **_opts(tiny_model, glue_dir, tmp_path))
+    comp = sorted((t for t in res.study.get_trials() if t.state == TrialState.COMPLETE), key=lambda t: t.number)
+    steps = [t for t in comp if A.RATE_FROM in t.user_attrs]
+    assert steps and all(rung_of(t) == 0 for t in steps)
+    assert min(t.number for t in steps) >= 4  # not before the 4 start-up trials finished
+    with pytest.raises(ConfigError) as e:
+        autopeft.search(n_trials=2, study_name="fixed", refine_rate=True,
+                        **{**_opts(tiny_model, glue_dir, tmp_path), "space": "lora"})
+    assert str(e.value) == ("--refine-rate: search space 'lora' fixes the learning rate; give a space with a "
+                            "training.lr_multiplier or learning_rate range (e.g. --space mixed) or drop it")
