@@ -129,3 +129,16 @@ def test_without_promotion_the_line_search_runs_at_the_studys_fidelity_after_the
                         **{**_opts(tiny_model, glue_dir, tmp_path), "space": "lora"})
     assert str(e.value) == ("--refine-rate: search space 'lora' fixes the learning rate; give a space with a "
                             "training.lr_multiplier or learning_rate range (e.g. --space mixed) or drop it")
+
+
+def test_the_cli_refuses_a_line_search_on_a_fixed_rate_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from autopeft.cli import main
+
+    monkeypatch.setenv("AUTOPEFT_STUDIES_DIR", str(tmp_path))
+    db = tmp_path / "x.db"
+    assert main(["search", "--refine-rate", "--space", "lora", "--storage", f"sqlite:///{db}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("--refine-rate: search space 'lora' fixes the learning rate; give a space with a "
+                        "training.lr_multiplier or learning_rate range (e.g. --space mixed) or drop it")
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and not db.exists()
