@@ -55,10 +55,18 @@ class SearchResult:
 
     def promotions(self) -> int:
         """How many complete evaluations at the study's current level were promotions (``--promote``): trials of a
-        config already evaluated one rung below."""
+        config already evaluated one rung below (not ``--refine-rate``'s steps, which are configs of their own)."""
         from autopeft.storage import current_level, rung_of
 
-        return sum(1 for t in current_level(self.complete_trials(every_rung=True), self.level) if rung_of(t))
+        return sum(1 for t in current_level(self.complete_trials(every_rung=True), self.level)
+                   if rung_of(t) and A.RATE_FROM not in t.user_attrs)
+
+    def rate_steps(self) -> int:
+        """How many complete configs at the study's current level are steps of ``--refine-rate``'s line search (another
+        config at another learning rate; each is a config of its own)."""
+        from autopeft.storage import current_level
+
+        return sum(1 for t in current_level(self.complete_trials(every_rung=True), self.level) if A.RATE_FROM in t.user_attrs)
 
     @property
     def trials(self) -> Any:

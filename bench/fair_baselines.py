@@ -75,8 +75,12 @@ def tune(a: argparse.Namespace) -> int:
     out = Path(a.out) if a.out else path_for(a.task)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = {(r["name"], float(r["lr_multiplier"]), json.dumps(r["fidelity"], sort_keys=True)) for r in _done(out)}
-    jobs = [(name, c.to_dict(), m) for name, c in baselines(info.arch.num_layers).items() if name != FULL_FT
-            for m in a.grid if (name, float(m), json.dumps(fid, sort_keys=True)) not in done]
+    names = baselines(info.arch.num_layers)
+    unknown = [n for n in a.only if n not in names or n == FULL_FT]
+    if unknown:
+        raise SystemExit(f"--only: no baseline {unknown[0]!r}; choose from {', '.join(n for n in names if n != FULL_FT)}")
+    jobs = [(name, c.to_dict(), m) for name, c in names.items() if name != FULL_FT
+            and (not a.only or name in a.only) for m in a.grid if (name, float(m), json.dumps(fid, sort_keys=True)) not in done]
     print(f"{len(jobs)} tuning trials to run", flush=True)
     with ProcessPoolExecutor(max_workers=a.workers, mp_context=mp.get_context("spawn")) as pool:
         futs = {pool.submit(run_trial, TrialSpec(trial_id=i, candidate=with_lr(c, m), model=a.model, data=data,
@@ -105,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grid", type=lambda s: [float(x) for x in s.split(",")], default=list(GRID),
                     help="learning-rate multipliers to try (default 0.5,0.7071,1,1.4142,2)")
     ap.add_argument("--seed", type=int, default=0, help="the search's seed (its held-out split; default 0)")
+    ap.add_argument("--only", action="append", default=[], metavar="NAME",
+                    help="tune only this baseline (repeat for several; default: every one)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", help="JSONL of tuning trials (default bench/tables/baselines-lr-<task>.jsonl)")
     a = ap.parse_args(argv)

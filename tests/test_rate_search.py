@@ -92,6 +92,9 @@ def test_a_search_with_promotion_line_searches_the_top_configs_rate_and_keeps_it
         assert t.params["training.lr_multiplier"] == pytest.approx(t.user_attrs[A.CANDIDATE]["lr_multiplier"])
         assert (f"autopeft: trial {t.number}: {t.user_attrs[A.SUMMARY]} | 64x1 (rung 1), trial {src.number}'s config "
                 "at another rate | ") in err
+    # what the CLI's last line counts: each step is a config of its own, the promotions are the other evaluations
+    assert res.rate_steps() == len(steps) and res.promotions() == sum(A.PROMOTED_FROM in t.user_attrs for t in comp)
+    assert len(res.complete_trials()) + res.promotions() == 24
     pairs = [(t.user_attrs[A.CANDIDATE_KEY], rung_of(t)) for t in comp]
     assert len(pairs) == len(set(pairs))  # nothing trained twice at one rung
     # the walk ended at a peak: the best config at rung 1 has both neighbours within the space evaluated, lower

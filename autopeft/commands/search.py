@@ -163,6 +163,8 @@ def run(args: argparse.Namespace) -> int:
     n_conf, n_up = len(res.complete_trials()), res.promotions()  # --promote: a config may have several evaluations
     done = (f"{n_conf} configs complete ({n_conf + n_up} evaluations, {n_up} of them promotions)" if n_up
             else f"{n_conf} complete trials")
+    n_rate = res.rate_steps()
+    done += f" ({n_rate} of the configs are --refine-rate steps)" if n_rate else ""
     print(f"\n{done}{f' at fidelity level {res.level}' if res.level else ''} in "
           f"{time.monotonic() - t0:.0f} s; hypervolume {res.hypervolume():.4f}; "
           f"study {res.name!r} stored in {res.storage}")
