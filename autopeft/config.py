@@ -137,10 +137,11 @@ class SearchConfig:
         ray = {k: v for k, v in ((k, opts.pop(k)) for k in RAY_KEYS if k in opts) if v is not None}
         if "max_memory" in opts:
             opts["max_memory_mib"] = parse_budget(opts.pop("max_memory"), None, "max-memory")
+        promote_lr_scale = opts.pop("promote_lr_scale", None)  # merged into the rungs of promote
         names = {f.name for f in fields(cls)} - {"data", "fidelity", "ray"}
         unknown = sorted(set(opts) - names)
         if unknown:
-            allowed = sorted(names | set(DATA_KEYS) | set(FIDELITY_KEYS) | set(RAY_KEYS) | {"max_memory"})
+            allowed = sorted(names | set(DATA_KEYS) | set(FIDELITY_KEYS) | set(RAY_KEYS) | {"max_memory", "promote_lr_scale"})
             raise ConfigError(f"unknown search option {unknown[0]!r}; allowed: {', '.join(allowed)}")
         if opts.get("objectives") is not None:
             obj = opts["objectives"]
@@ -151,10 +152,10 @@ class SearchConfig:
             opts["enqueue"] = _enqueue_sources(opts["enqueue"])
         else:
             opts.pop("enqueue", None)
-        if "promote" in opts:
-            from autopeft.promotion import parse_ladder
+        if "promote" in opts or promote_lr_scale is not None:
+            from autopeft.promotion import parse_ladder, with_lr_scale
 
-            opts["promote"] = tuple(parse_ladder(opts["promote"]))
+            opts["promote"] = tuple(with_lr_scale(parse_ladder(opts.get("promote")), promote_lr_scale))
         if opts.get("promote_fraction") is None:
             opts.pop("promote_fraction", None)
         for k in ("executor", "sampler", "space", "warm_start", "pruner"):

@@ -53,11 +53,11 @@ def parse_ladder(value: Any) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for item in items:
         if isinstance(item, dict):
-            unknown = sorted(set(item) - {"n_train", "epochs", "batch_size"})
+            unknown = sorted(set(item) - {"n_train", "epochs", "batch_size", "lr_scale"})
             if unknown or "n_train" not in item or "epochs" not in item:
-                raise ConfigError(f"--promote: each rung needs n_train and epochs (batch_size optional, nothing else), "
-                                  f"got {item!r}")
-            rows, epochs, batch = item["n_train"], item["epochs"], item.get("batch_size")
+                raise ConfigError(f"--promote: each rung needs n_train and epochs (batch_size and lr_scale optional, "
+                                  f"nothing else), got {item!r}")
+            rows, epochs, batch, scale = item["n_train"], item["epochs"], item.get("batch_size"), item.get("lr_scale")
         else:
             m = _RUNG.fullmatch(str(item).lower())
             if m is None:
@@ -67,20 +67,42 @@ def parse_ladder(value: Any) -> list[dict[str, Any]]:
             rows = "all" if m.group(1) == "all" else int(m.group(1))
             epochs = float(m.group(2))
             batch = int(m.group(3)) if m.group(3) else None
+            scale = None
         if rows != "all" and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
             raise ConfigError(f"--promote: rows must be an integer >= 1 or all, got {rows!r}")
         if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or not 0 < epochs < math.inf:
             raise ConfigError(f"--promote: epochs must be a finite number > 0, got {epochs!r}")
         if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
             raise ConfigError(f"--promote: batch size must be an integer >= 1, got {batch!r}")
-        out.append({"n_train": rows, "epochs": float(epochs), **({"batch_size": batch} if batch is not None else {})})
+        if scale is not None:
+            scale = check_lr_scale(scale, "--promote: lr_scale")
+        out.append({"n_train": rows, "epochs": float(epochs), **({"batch_size": batch} if batch is not None else {}),
+                    **({"lr_scale": scale} if scale is not None else {})})
     return out
+
+
+def check_lr_scale(value: Any, what: str = "--promote-lr-scale") -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ConfigError(f"{what} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def with_lr_scale(rungs: Sequence[dict[str, Any]], scale: Any) -> list[dict[str, Any]]:
+    """``--promote-lr-scale``: every rung's learning-rate scale (the study's ``--lr-scale`` is the base rung's): the
+    rungs train longer than the base rung, so the rates that make a short trial learn may be too high there (MRPC:
+    at the base rung's x3, the 2,000 x 2 rung ranks LoRA's x1 above x1.41; at x1, like the full budget, below)."""
+    if scale is None:
+        return [dict(r) for r in rungs]
+    if not rungs:
+        raise ConfigError("--promote-lr-scale sets the learning-rate scale of --promote's rungs; give --promote too")
+    s = check_lr_scale(scale)
+    return [{**r, "lr_scale": r.get("lr_scale", s)} for r in rungs]
 
 
 def ladder_text(rungs: Sequence[dict[str, Any]]) -> str:
     """Rungs as ``--promote`` takes them: ``2000x2,allx3``."""
     return ",".join(f"{r['n_train']}x{float(r['epochs']):g}" + (f"@{r['batch_size']}" if r.get("batch_size") else "")
-                    for r in rungs) or "(none)"
+                    + (f" (lr scale {r['lr_scale']:g})" if r.get("lr_scale") else "") for r in rungs) or "(none)"
 
 
 def check_fraction(fraction: Any) -> float:
@@ -90,14 +112,15 @@ def check_fraction(fraction: Any) -> float:
 
 
 def ladder_fidelities(base: dict[str, Any], rungs: Sequence[dict[str, Any]], n_rows: int) -> list[dict[str, Any]]:
-    """Every rung's fidelity, the study's own first: each rung takes the base fidelity with its rows, epochs and batch
-    size if given (``all``: the ``n_rows`` training rows the task has).  Each rung must train more row-epochs than the
+    """Every rung's fidelity, the study's own first: each rung takes the base fidelity with its rows, epochs, batch
+    size and learning-rate scale if given (``all``: the ``n_rows`` training rows the task has).  Each rung must train more row-epochs than the
     one below."""
     out = [dict(base)]
     for i, r in enumerate(rungs, 1):
         rows = n_rows if r["n_train"] == "all" else int(r["n_train"])
         fid = {**base, "n_train": rows, "epochs": float(r["epochs"]),
-               **({"batch_size": int(r["batch_size"])} if r.get("batch_size") else {})}
+               **({"batch_size": int(r["batch_size"])} if r.get("batch_size") else {}),
+               **({"lr_scale": float(r["lr_scale"])} if r.get("lr_scale") else {})}
         below = out[-1]
         work, work_below = min(rows, n_rows) * fid["epochs"], min(int(below["n_train"]), n_rows) * float(below["epochs"])
         if work <= work_below:

@@ -15,7 +15,8 @@ import pytest
 from optuna.trial import TrialState
 
 from autopeft.errors import ConfigError
-from autopeft.promotion import Evaluated, ladder_fidelities, next_promotion, parse_ladder, peer_rank
+from autopeft.promotion import (Evaluated, ladder_fidelities, ladder_text, next_promotion, parse_ladder, peer_rank,
+                                with_lr_scale)
 
 SIM = dict(task="sst2", space="lora", n_train=32, n_eval=32, epochs=1, max_length=24, batch_size=16, n_startup=4,
            progress=False)
@@ -39,11 +40,28 @@ def test_ladders_are_parsed_and_checked_with_exact_messages() -> None:
         with pytest.raises(ConfigError) as e:
             parse_ladder(text)
         assert str(e.value) == msg
-    with pytest.raises(ConfigError, match=r"^--promote: each rung needs n_train and epochs \(batch_size optional, "):
+    with pytest.raises(ConfigError, match=r"^--promote: each rung needs n_train and epochs \(batch_size and lr_scale "):
         parse_ladder([{"n_train": 5}])
-    base = {"n_train": 600, "epochs": 2.0, "batch_size": 8}
+    # a rung's own learning-rate scale (the API's lr_scale, or --promote-lr-scale for every rung without one)
+    assert with_lr_scale(parse_ladder("2000x2@32,allx3"), 1) == [
+        {"n_train": 2000, "epochs": 2.0, "batch_size": 32, "lr_scale": 1.0}, {"n_train": "all", "epochs": 3.0, "lr_scale": 1.0}]
+    assert with_lr_scale(parse_ladder([{"n_train": 64, "epochs": 1, "lr_scale": 3}]), 1)[0]["lr_scale"] == 3.0
+    assert with_lr_scale(parse_ladder("64x1"), None) == [{"n_train": 64, "epochs": 1.0}]
+    for call, msg in ((lambda: with_lr_scale([], 1), "--promote-lr-scale sets the learning-rate scale of --promote's "
+                       "rungs; give --promote too"),
+                      (lambda: with_lr_scale(parse_ladder("64x1"), 0), "--promote-lr-scale must be a finite number > 0, "
+                       "got 0"),
+                      (lambda: parse_ladder([{"n_train": 64, "epochs": 1, "lr_scale": "x"}]), "--promote: lr_scale must be "
+                       "a finite number > 0, got 'x'")):
+        with pytest.raises(ConfigError) as e:
+            call()
+        assert str(e.value) == msg
+    assert ladder_text(with_lr_scale(parse_ladder("2000x2@32"), 1)) == "2000x2@32 (lr scale 1)"
+    base = {"n_train": 600, "epochs": 2.0, "batch_size": 8, "lr_scale": 3.0}
     fids = ladder_fidelities(base, parse_ladder("2000x2@32,allx3"), 5000)
     assert [(f["n_train"], f["epochs"], f["batch_size"]) for f in fids] == [(600, 2.0, 8), (2000, 2.0, 32), (5000, 3.0, 8)]
+    assert [f["lr_scale"] for f in fids] == [3.0, 3.0, 3.0]  # the study's scale, unless a rung gives its own
+    assert [f["lr_scale"] for f in ladder_fidelities(base, with_lr_scale(parse_ladder("2000x2@32"), 1), 5000)] == [3.0, 1.0]
     with pytest.raises(ConfigError) as e:
         ladder_fidelities(base, parse_ladder("2000x2,allx1"), 1500)
     assert str(e.value) == ("--promote: rung 2 (1500 rows x 1 epochs) trains no more than the rung below it (1500 x 2; "

@@ -112,8 +112,12 @@ def test_a_search_with_promotion_line_searches_the_top_configs_rate_and_keeps_it
     keys = [structure_key(t.user_attrs[A.CANDIDATE]) for t in front]
     assert len(keys) == len(set(keys)) and top.number in [t.number for t in front]
     # without --refine-rate the same search steps no rate
-    res2 = autopeft.search(n_trials=12, study_name="plain", promote="64x1", seed=1, **_opts(tiny_model, glue_dir, tmp_path))
-    assert not any(A.RATE_FROM in t.user_attrs for t in res2.study.get_trials())
+    # (and --promote-lr-scale sets the rungs' learning-rate scale, the base rung keeps the study's)
+    res2 = autopeft.search(n_trials=12, study_name="plain", promote="64x1", promote_lr_scale=0.5, seed=1,
+                           **_opts(tiny_model, glue_dir, tmp_path))
+    done2 = [t for t in res2.study.get_trials() if t.state == TrialState.COMPLETE]
+    assert not any(A.RATE_FROM in t.user_attrs for t in done2)
+    assert {rung_of(t): t.user_attrs[A.FIDELITY]["lr_scale"] for t in done2} == {0: 1.0, 1: 0.5}
 
 
 def test_without_promotion_the_line_search_runs_at_the_studys_fidelity_after_the_start_up_trials(

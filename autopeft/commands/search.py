@@ -17,7 +17,7 @@ from autopeft.pruner import PRUNERS
 _SAME = ("model", "task", "data_dir", "train_file", "validation_file", "text_columns", "label_column", "metric", "task_type", "space",
          "sampler", "storage", "objectives", "max_params", "max_memory", "n_train", "n_eval", "epochs", "max_length",
          "batch_size", "memory_batch_size", "lr_scale", "dtype", "gradient_checkpointing", "class_weights", "workers", "executor", "seed", "timeout", "trial_timeout",
-         "max_failures", "collapse_stop", "escalate", "pruner", "curve_points", "promote", "promote_fraction", "refine_rate", "n_startup", "trust_remote_code", "enqueue", "warm_start",
+         "max_failures", "collapse_stop", "escalate", "pruner", "curve_points", "promote", "promote_fraction", "promote_lr_scale", "refine_rate", "n_startup", "trust_remote_code", "enqueue", "warm_start",
          "layers_pattern", "target_modules")
 
 
@@ -95,6 +95,10 @@ def add(sub: Any) -> None:
                    "third of its rung among the configs that cost no more; --trials counts every evaluation; the front "
                    "takes each config at its highest rung")
     s.add_argument("--promote-fraction", type=float, help="the share of a rung's configs that may go up (default 1/3)")
+    s.add_argument("--promote-lr-scale", type=float, metavar="X",
+                   help="the learning-rate scale of --promote's rungs (default: the study's --lr-scale); the rungs "
+                        "train longer than the base rung, so a lower scale, e.g. 1 (the rates full training uses), "
+                        "may rank learning rates more as full training does")
     s.add_argument("--refine-rate", action="store_true", default=False,
                    help="once the start-up trials are done, run the config that scores best at the top rung (the "
                         "study's own fidelity without --promote) again there at its learning rate x1.41 and /1.41, "
