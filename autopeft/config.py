@@ -107,8 +107,9 @@ class SearchConfig:
     promote: tuple[Any, ...] = ()
     #: the share of a rung's finished configs that may go up
     promote_fraction: float = 1.0 / 3.0
-    #: a learning-rate line search on the best config at the top rung (:func:`autopeft.promotion.next_rate_step`)
-    refine_rate: bool = False
+    #: a learning-rate line search at the top rung (:func:`autopeft.promotion.next_rate_step`): ``none``, ``best`` (the
+    #: best config's) or ``front`` (every front config's there)
+    refine_rate: str = "none"
     n_startup: int = 8
     progress: bool = False
     #: one line per finished trial on stderr (above the progress bar when there is one); the CLI turns it on
@@ -175,8 +176,10 @@ class SearchConfig:
             raise ConfigError(f"collapse-stop must be true or false, got {self.collapse_stop!r}")
         if not isinstance(self.escalate, bool):
             raise ConfigError(f"escalate must be true or false, got {self.escalate!r}")
-        if not isinstance(self.refine_rate, bool):
-            raise ConfigError(f"refine-rate must be true or false, got {self.refine_rate!r}")
+        from autopeft.promotion import REFINE_MODES
+
+        if self.refine_rate not in REFINE_MODES:
+            raise ConfigError(f"--refine-rate must be one of {', '.join(REFINE_MODES)}, got {self.refine_rate!r}")
         from autopeft.arch import parse_layout
         from autopeft.pruner import check_curve_points, check_pruner
 

@@ -37,6 +37,8 @@ PROMOTE_FRACTION = 1.0 / 3.0
 #: ``--refine-rate``: the factor between neighbouring learning rates of the line search (the fair baseline protocol's
 #: grid: x0.5, x0.71, x1, x1.41, x2)
 RATE_STEP = math.sqrt(2.0)
+#: ``--refine-rate``'s modes: no line search, the best config's, every front config's (:func:`next_rate_step`)
+REFINE_MODES = ("none", "best", "front")
 #: two rates within this relative distance are one rate (the candidate rounds its multiplier to 6 digits)
 RATE_TOL = 0.01
 
@@ -176,25 +178,34 @@ def next_promotion(done: Sequence[Evaluated], held: set[tuple[str, int]], n_rung
 
 
 def next_rate_step(done: Sequence[Evaluated], held_rates: Mapping[tuple[str, int], Sequence[float]], rung: int,
-                   chance: float, fits: Callable[[Evaluated, float], bool],
+                   chance: float, fits: Callable[[Evaluated, float], bool], mode: str = "best",
                    step: float = RATE_STEP) -> tuple[Evaluated, float] | None:
     """``--refine-rate``: the config to evaluate again at ``rung`` with another learning-rate multiplier, and that
     multiplier; None when the line search has nothing to do now.
 
-    The config scoring best at ``rung`` (above ``chance``; ties: the earlier trial) is tried at its rate x ``step``,
-    then / ``step``, if ``fits(config, rate)`` (a point of the search space); a rate is skipped if its group (the config without
-    its rate) holds it at ``rung`` already (``held_rates[(group, rung)]``: the multipliers running, queued or finished
-    there).  Since only the best is stepped from, the search walks uphill and stops where both neighbours of the best
-    score lower."""
-    at = [e for e in done if e.rung == rung and e.y[0] > chance + 1e-9]
-    if not at:
-        return None
-    best = max(at, key=lambda e: (e.y[0], -e.number))
-    tried = list(held_rates.get((best.group, rung), ())) + [e.lr for e in done if e.rung == rung and e.group == best.group]
-    for lr in (best.lr * step, best.lr / step):
-        if not fits(best, lr):
-            continue
-        if any(abs(math.log(lr / t)) < RATE_TOL for t in tried if t > 0):
-            continue
-        return best, lr
+    Each config's group (the config without its rate) is represented by its best-scoring rate at ``rung``.  ``mode``
+    ``best``: the group scoring best there (above ``chance``; ties: the earlier trial) is walked; ``front``: every group
+    on that rung's Pareto front (scores and costs), best score first (each is the answer to some budget, as each
+    hand-designed baseline gets its own rate search).  A walk tries the group's best rate x ``step``, then /
+    ``step``, if ``fits(config, rate)`` (a point of the search space); a rate is skipped if the group holds it at
+    ``rung`` already (``held_rates[(group, rung)]``: the multipliers running, queued or finished there).  Since only a
+    group's best rate is stepped from, each walk goes uphill and stops where both neighbours of its best score lower."""
+    if mode not in REFINE_MODES or mode == "none":
+        raise ConfigError(f"--refine-rate must be one of {', '.join(REFINE_MODES)}, got {mode!r}")
+    heads: dict[str, Evaluated] = {}
+    for e in sorted((e for e in done if e.rung == rung and e.y[0] > chance + 1e-9), key=lambda e: (-e.y[0], e.number)):
+        heads.setdefault(e.group, e)
+    order = list(heads.values())  # best score first
+    if mode == "best":
+        order = order[:1]
+    else:
+        order = [e for e in order if not any(all(a >= b for a, b in zip(o.y, e.y)) and o.y != e.y for o in order)]
+    for best in order:
+        tried = list(held_rates.get((best.group, rung), ())) + [e.lr for e in done if e.rung == rung and e.group == best.group]
+        for lr in (best.lr * step, best.lr / step):
+            if not fits(best, lr):
+                continue
+            if any(abs(math.log(lr / t)) < RATE_TOL for t in tried if t > 0):
+                continue
+            return best, lr
     return None

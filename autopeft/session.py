@@ -56,7 +56,7 @@ class Search:
         self.info = model_info(c.model, self.task.num_labels, c.trust_remote_code, self.layout)
         self._drop_unsupported_methods()
         self.bound = self.space_def.bind(self.info.arch.num_layers)
-        if c.refine_rate and not any(d.name.startswith("training.") and (len(d.choices) > 1 or not d.choices and d.high >
+        if c.refine_rate != "none" and not any(d.name.startswith("training.") and (len(d.choices) > 1 or not d.choices and d.high >
                                                                          d.low) for d in self.bound.dims):
             raise ConfigError(f"--refine-rate: search space {self.space_def.name!r} fixes the learning rate; give a space "
                               "with a training.lr_multiplier or learning_rate range (e.g. --space mixed) or drop it")
@@ -308,7 +308,7 @@ class Search:
         next promotion (:func:`autopeft.promotion.next_promotion`) as (trial, rung, None), else ``--refine-rate``'s
         next step (:func:`autopeft.promotion.next_rate_step`, at the top rung once the start-up trials are done) as
         (trial, rung, multiplier); None without either."""
-        refine = self.config.refine_rate
+        refine = self.config.refine_rate != "none"
         if not self.ladder and not refine:
             return None
         import json
@@ -343,7 +343,7 @@ class Search:
             for key, rung in held:
                 d = json.loads(key)
                 rates.setdefault((structure_key(d), rung), []).append(float(d.get("lr_multiplier", 1.0)))
-            step = next_rate_step(evals, rates, top, chance, fits)
+            step = next_rate_step(evals, rates, top, chance, fits, self.config.refine_rate)
             return None if step is None else (done[step[0].number], top, step[1])
 
         return rule

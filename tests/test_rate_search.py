@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
+from autopeft.errors import ConfigError
 from autopeft.promotion import RATE_STEP, Evaluated, next_rate_step
 
 #: the learning-rate multiplier at which :func:`rate_runner`'s score peaks
@@ -61,6 +62,26 @@ def test_the_rule_walks_the_best_configs_rate_uphill_and_stops_at_a_peak() -> No
     assert next_rate_step([_e(0, 0.8, 1.0)], {}, 1, 0.5, lambda e, lr: False) is None
 
 
+def test_front_mode_walks_every_front_configs_rate_best_score_first() -> None:
+    def fits(e: Evaluated, lr: float) -> bool:
+        return 0.5 - 1e-9 <= lr <= 2.0 + 1e-9
+
+    def ev(n: int, score: float, lr: float, group: str, params: float) -> Evaluated:
+        return Evaluated(n, f"{group}@{lr}", 1, (score, -params), lr, group)
+
+    # g's walk is done (both neighbours lower); h is on the front (cheaper); k is dominated by g (dearer, lower)
+    done = [ev(0, 0.80, 1.0, "g", 1000), ev(1, 0.78, 1.41421, "g", 1000), ev(2, 0.77, 0.707107, "g", 1000),
+            ev(3, 0.70, 1.0, "h", 100), ev(4, 0.60, 1.0, "k", 5000)]
+    assert next_rate_step(done, {}, 1, 0.5, fits, "best") is None
+    step = next_rate_step(done, {}, 1, 0.5, fits, "front")
+    assert step is not None and step[0].number == 3 and step[1] == pytest.approx(RATE_STEP)
+    done += [ev(5, 0.69, 1.41421, "h", 100), ev(6, 0.68, 0.707107, "h", 100)]
+    assert next_rate_step(done, {}, 1, 0.5, fits, "front") is None  # k is never walked: it is dominated
+    with pytest.raises(ConfigError) as e:
+        next_rate_step(done, {}, 1, 0.5, fits, "all")
+    assert str(e.value) == "--refine-rate must be one of none, best, front, got 'all'"
+
+
 def _opts(tiny_model: str, glue_dir: Path, tmp_path: Path, **kw: object) -> dict:
     return dict(model=tiny_model, data_dir=str(glue_dir), task="sst2", space="mixed", n_train=32, n_eval=32, epochs=1,
                 max_length=24, batch_size=16, n_startup=4, progress=False, executor="inline",
@@ -74,7 +95,7 @@ def test_a_search_with_promotion_line_searches_the_top_configs_rate_and_keeps_it
     from autopeft.candidate import structure_key
     from autopeft.storage import A, rung_of
 
-    res = autopeft.search(n_trials=24, study_name="rr", promote="64x1", refine_rate=True, trial_lines=True, seed=1,
+    res = autopeft.search(n_trials=24, study_name="rr", promote="64x1", refine_rate="best", trial_lines=True, seed=1,
                           **_opts(tiny_model, glue_dir, tmp_path))
     trials = res.study.get_trials()
     comp = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -123,16 +144,15 @@ def test_a_search_with_promotion_line_searches_the_top_configs_rate_and_keeps_it
 def test_without_promotion_the_line_search_runs_at_the_studys_fidelity_after_the_start_up_trials(
         tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
     import autopeft
-    from autopeft.errors import ConfigError
     from autopeft.storage import A, rung_of
 
-    res = autopeft.search(n_trials=12, study_name="r0", refine_rate=True, seed=2, **_opts(tiny_model, glue_dir, tmp_path))
+    res = autopeft.search(n_trials=12, study_name="r0", refine_rate="front", seed=2, **_opts(tiny_model, glue_dir, tmp_path))
     comp = sorted((t for t in res.study.get_trials() if t.state == TrialState.COMPLETE), key=lambda t: t.number)
     steps = [t for t in comp if A.RATE_FROM in t.user_attrs]
     assert steps and all(rung_of(t) == 0 for t in steps)
     assert min(t.number for t in steps) >= 4  # not before the 4 start-up trials finished
     with pytest.raises(ConfigError) as e:
-        autopeft.search(n_trials=2, study_name="fixed", refine_rate=True,
+        autopeft.search(n_trials=2, study_name="fixed", refine_rate="best",
                         **{**_opts(tiny_model, glue_dir, tmp_path), "space": "lora"})
     assert str(e.value) == ("--refine-rate: search space 'lora' fixes the learning rate; give a space with a "
                             "training.lr_multiplier or learning_rate range (e.g. --space mixed) or drop it")
@@ -144,7 +164,7 @@ def test_the_cli_refuses_a_line_search_on_a_fixed_rate_in_one_line(tmp_path: Pat
 
     monkeypatch.setenv("AUTOPEFT_STUDIES_DIR", str(tmp_path))
     db = tmp_path / "x.db"
-    assert main(["search", "--refine-rate", "--space", "lora", "--storage", f"sqlite:///{db}"]) == 2
+    assert main(["search", "--refine-rate", "front", "--space", "lora", "--storage", f"sqlite:///{db}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith("--refine-rate: search space 'lora' fixes the learning rate; give a space with a "
                         "training.lr_multiplier or learning_rate range (e.g. --space mixed) or drop it")

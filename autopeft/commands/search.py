@@ -99,11 +99,12 @@ def add(sub: Any) -> None:
                    help="the learning-rate scale of --promote's rungs (default: the study's --lr-scale); the rungs "
                         "train longer than the base rung, so a lower scale, e.g. 1 (the rates full training uses), "
                         "may rank learning rates more as full training does")
-    s.add_argument("--refine-rate", action="store_true", default=False,
-                   help="once the start-up trials are done, run the config that scores best at the top rung (the "
-                        "study's own fidelity without --promote) again there at its learning rate x1.41 and /1.41, "
-                        "and on from whichever scores higher until neither does (within the space's range; each "
-                        "counts toward --trials): the front keeps the best rate of each config")
+    s.add_argument("--refine-rate", choices=("none", "best", "front"), default="none",
+                   help="a learning-rate line search once the start-up trials are done: best runs the config that "
+                        "scores best at the top rung (the study's own fidelity without --promote) again there at its "
+                        "learning rate x1.41 and /1.41, and on from whichever scores higher until neither does (within "
+                        "the space's range; each counts toward --trials); front does so for every config on the top "
+                        "rung's front; the front keeps the best rate of each config. none (default): no line search")
     s.add_argument("--n-startup", type=positive_int, default=8, help="random trials before the model steers")
     s.add_argument("--enqueue", help="configs to evaluate first, comma-separated: YAML/JSON files (a config like "
                    "autopeft_candidate.json, a list of them, or the output of 'show --format json'), export folders, "
