@@ -202,10 +202,20 @@ def next_rate_step(done: Sequence[Evaluated], held_rates: Mapping[tuple[str, int
         order = [e for e in order if not any(all(a >= b for a, b in zip(o.y, e.y)) and o.y != e.y for o in order)]
     for best in order:
         tried = list(held_rates.get((best.group, rung), ())) + [e.lr for e in done if e.rung == rung and e.group == best.group]
-        for lr in (best.lr * step, best.lr / step):
+        for lr in _neighbours(best.lr, step):
             if not fits(best, lr):
                 continue
             if any(abs(math.log(lr / t)) < RATE_TOL for t in tried if t > 0):
                 continue
             return best, lr
     return None
+
+
+def _neighbours(lr: float, step: float) -> tuple[float, float]:
+    """``lr`` x ``step`` and / ``step``; from a rate on the grid of powers of ``step`` (x1, x1.41421, ...), the grid's
+    exact neighbours (x1.41421 x sqrt(2) is 1.99999 once rounded, x2 on the grid: the fair baseline protocol's
+    rate, so the two are one config)."""
+    k = math.log(lr) / math.log(step)
+    if abs(k - round(k)) < 1e-3:
+        return step ** (round(k) + 1), step ** (round(k) - 1)
+    return lr * step, lr / step
