@@ -169,3 +169,27 @@ def test_the_cli_refuses_a_line_search_on_a_fixed_rate_in_one_line(tmp_path: Pat
     assert err.endswith("--refine-rate: search space 'lora' fixes the learning rate; give a space with a "
                         "training.lr_multiplier or learning_rate range (e.g. --space mixed) or drop it")
     assert len(err.splitlines()) == 1 and "Traceback" not in err and not db.exists()
+
+
+def test_best_and_export_follow_the_line_search_back_to_the_baseline(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """On the committed MRPC search with ``--refine-rate front --promote-lr-scale 1`` (BENCHMARKS.md, session 14) the
+    best config is the LoRA baseline (queued as trial 0, promoted as trial 5) walked to x1.41 (trial 11) and x2 (trial
+    14): ``best`` says it came from the baseline, and ``export --best`` says so with the rate."""
+    import shutil
+
+    import autopeft
+    from autopeft.cli import main
+    from autopeft.storage import A
+
+    src = Path(__file__).resolve().parent.parent / "bench" / "tables" / "confirm-mrpc-refine.db"
+    shutil.copy(src, tmp_path / "m.db")
+    storage, name = f"sqlite:///{tmp_path / 'm.db'}", "confirm-mrpc-front-lr1-2"
+    best = autopeft.best_config(name, storage)
+    d = best.to_dict()
+    assert d["trial"] == 14 and d["rung"] == 1 and d["candidate"]["lr_multiplier"] == 2.0
+    assert best.trial.user_attrs[A.RATE_FROM] == 11 and d["seeded_by"] == "baseline:lora r=8 q,v"
+    assert main(["export", "--study", name, "--storage", storage, "--best", "-o", str(tmp_path / "e")]) == 0
+    assert ("it is the hand-designed baseline lora r=8 q,v at learning rate x2 (--refine-rate's line search from its "
+            "default rate), which the study ran first: no config the search proposed scored higher within the budget"
+            ) in capsys.readouterr().out
