@@ -14,11 +14,13 @@ which every config has (one model per rung, the lowest used for proposing); the 
 plots take each config at the highest rung it finished (:func:`autopeft.storage.complete_trials`) and say which.
 
 ``--refine-rate`` adds a learning-rate line search at the top rung (:func:`next_rate_step`): the config scoring best
-there is tried again at the same rung with its rate x sqrt(2) and / sqrt(2), and from whichever neighbour scores
-higher, on, until neither neighbour of the best does (or the space's range ends).  Why: a config's rate is fixed when
-it is proposed, at the base rung, where one score per rate cannot tell x1 from x1.41 (MRPC: the LoRA baseline at
-x1.41 re-trains 0.014 F1 higher at full budget); the fair baseline protocol gives each hand-designed baseline five
-rates, and the search's best config gets a line search of its own at the rung that ranks best.
+there (``best``; ``front``: each config on that rung's front in turn) is tried again at the same rung with its rate
+x sqrt(2) and / sqrt(2), and from whichever neighbour scores higher, on, until neither neighbour of the best does (or
+the space's range ends).  Why: a config's rate is fixed when it is proposed, at the base rung, where one score per
+rate cannot tell x1 from x1.41 (MRPC: the LoRA baseline at x1.41 re-trains 0.014 F1 higher at full budget); the fair
+baseline protocol gives each hand-designed baseline five rates, and the search's answers get a line search of their
+own at the rung that ranks best.  ``--promote-lr-scale`` (:func:`with_lr_scale`) gives the rungs their own rate
+scale: at the study's scale, chosen so that short trials learn, the rung may prefer other rates than full training.
 
 Pure Python: no torch or optuna import.
 """
@@ -174,7 +176,6 @@ def next_promotion(done: Sequence[Evaluated], held: set[tuple[str, int]], n_rung
             if rank < fraction:
                 return e, k + 1
     return None
-
 
 
 def next_rate_step(done: Sequence[Evaluated], held_rates: Mapping[tuple[str, int], Sequence[float]], rung: int,
