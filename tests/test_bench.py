@@ -421,3 +421,21 @@ def test_confirm_counts_collapsed_trials_and_those_beside_a_running_twin() -> No
     col, beside = cf.collapsed(res, trials, 8)
     assert col == [8, 9, 11, 12]  # 7 is start-up; 10 learned
     assert beside == [9, 12]  # 9 began while 8 ran; 12 while 10 (the same LoRA) ran; 11 after 8 and 9 had finished
+
+
+def test_rate_probe_and_fair_baselines_only_refuse_unknown_baselines(tiny_model: str, glue_dir: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        _load("rate_probe").main(["--task", "mrpc", "--baseline", "ia4", "--lr", "1.4", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and err[-1].endswith("--baseline: no baseline 'ia4'; choose from lora r=8 q,v, ia3, "
+                                                    "prefix 20, serial adapter 64")
+    with pytest.raises(SystemExit) as exc:
+        _load("rate_probe").main(["--task", "mrpc", "--baseline", "ia3", "--lr", "0", "--out", str(tmp_path / "x")])
+    assert exc.value.code == 2 and capsys.readouterr().err.strip().endswith("--lr must be > 0, got 0.0")
+    with pytest.raises(SystemExit) as exc:
+        _load("fair_baselines").main(["tune", "--task", "sst2", "--data-dir", str(glue_dir), "--model", tiny_model,
+                                      "--only", "ia4", "--out", str(tmp_path / "t.jsonl")])
+    assert str(exc.value.code) == ("--only: no baseline 'ia4'; choose from lora r=8 q,v, ia3, prefix 20, serial "
+                                   "adapter 64")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "t.jsonl").exists()
