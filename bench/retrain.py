@@ -283,22 +283,30 @@ def paired_diff(found: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
 
 
 def baseline_picks(found: list[str], rows: list[dict[str, Any]], picks: int) -> list[dict[str, Any]]:
-    """Rows for the picks of the ``found`` searches that are a baseline, same config and rate (a new study runs the
-    baselines first, so a search may return one): ``run`` re-trains such a pick once, filed under the baseline, and
-    without these rows ``report`` would not count it as that search's answer.  Marked ``alias``: the proxy and
-    seed-to-seed figures count the baseline's row only."""
+    """Rows for the picks of the ``found`` searches that are a baseline, or another search's pick, same config and
+    rate (a new study runs the baselines first, so a search may return one; two searches may return one config):
+    ``run`` re-trains such a pick once, filed under the baseline or the search that re-trained it first, and without
+    these rows ``report`` would not count it as this search's answer.  Marked ``alias``: the proxy and seed-to-seed
+    figures count the first row only."""
     from autopeft.candidate import Candidate
 
     base = {r["key"]: r for r in rows if r["kind"] == "baseline"}
+    other = {r["key"]: r for r in rows if r["kind"] == "found" and not r.get("alias")}
     budgets = {r["name"]: r["params"] for r in base.values() if r["name"] != FULL_FT}
     out = []
     for f in found or []:
         for o in found_configs(f, budgets, picks):
-            b = base.get(Candidate.from_dict(o["candidate"]).key)
+            key = Candidate.from_dict(o["candidate"]).key
+            b, g = base.get(key), other.get(key)
             if b is not None:
-                out.append({**b, "kind": "found", "name": f"{o['name']} (= the baseline {b['name']})", "source": o["source"],
-                            "why": o["why"], "low_score": o["low_score"], "low_s": o["low_s"],
-                            "low_fidelity": o["low_fidelity"], "alias": True})
+                same = f"the baseline {b['name']}"
+            elif g is not None and g.get("source") != o["source"]:
+                b, same = g, f"{g.get('source')}'s {str(g['name']).split(':', 1)[0]}"
+            else:
+                continue
+            out.append({**b, "kind": "found", "name": f"{o['name']} (= {same})", "source": o["source"], "why": o["why"],
+                        "low_score": o["low_score"], "low_s": o["low_s"], "low_fidelity": o["low_fidelity"],
+                        "alias": True})
     return out
 
 

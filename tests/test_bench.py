@@ -215,6 +215,13 @@ def test_report_counts_a_pick_that_is_a_baseline_as_found(monkeypatch: pytest.Mo
     assert got[0]["name"] == "found #5: lora (= the baseline lora r=8 q,v)" and got[0]["scores"] == [0.84, 0.83]
     assert got[0]["key"] == lora.key and got[0]["low_score"] == 0.72 and got[0]["why"] == "best score"
     assert rt.baseline_picks([], rows, 5) == []
+    # a pick another search re-trained first (same config and rate) is this search's answer too
+    earlier = {**row("found #9: lora x1.41", lora_faster, 74_498, [0.85, 0.86]), "kind": "found", "source": "t"}
+    got = rt.baseline_picks(["s@sqlite://"], rows + [earlier], 5)
+    assert [g["name"] for g in got] == ["found #5: lora (= the baseline lora r=8 q,v)",
+                                        "found #7: lora x1.41 (= t's found #9)"]
+    assert got[1]["source"] == "s" and got[1]["scores"] == [0.85, 0.86] and got[1]["alias"] is True
+    assert len(rt.baseline_picks(["s@sqlite://"], rows + [{**earlier, "source": "s"}], 5)) == 1  # its own row: no alias
 
 
 def test_paired_call_needs_a_gap_beyond_two_standard_errors() -> None:
