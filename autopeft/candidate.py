@@ -117,6 +117,10 @@ class Candidate:
     def lr_multiplier(self) -> float:
         return float(self._data["lr_multiplier"])
 
+    def with_lr(self, lr_multiplier: float) -> "Candidate":
+        """The same configuration at another learning-rate multiplier (``--refine-rate``'s steps)."""
+        return Candidate.make(self.methods, self.layers, self.sparsity, lr_multiplier)
+
     @property
     def key(self) -> str:
         """Canonical JSON text: equal candidates have equal keys."""

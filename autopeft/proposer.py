@@ -199,8 +199,7 @@ class Proposer:
         if lr is None:
             self.store.enqueue_promotion(source, rung)
         else:  # --refine-rate: the source's config at another learning rate
-            c = Candidate.from_dict(source.user_attrs[A.CANDIDATE])
-            cand = Candidate.make(c.methods, c.layers, c.sparsity, lr)
+            cand = Candidate.from_dict(source.user_attrs[A.CANDIDATE]).with_lr(lr)
             self.store.enqueue_rate_step(source, rung, self.bound.optuna_params(cand), cand)
 
     def _prepare(self, trial: Any) -> TrialSpec | None:

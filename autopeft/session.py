@@ -324,8 +324,7 @@ class Search:
         n_rungs, fraction, top = len(self.ladder) + 1, self.config.promote_fraction, len(self.ladder)
 
         def fits(e: Any, lr: float) -> bool:
-            c = Candidate.from_dict(json.loads(e.key))
-            return self.bound.contains(Candidate.make(c.methods, c.layers, c.sparsity, lr))
+            return self.bound.contains(Candidate.from_dict(json.loads(e.key)).with_lr(lr))
 
         def rule(trials: Any, held: set[tuple[str, int]]) -> Any:
             trials = current_level(trials, study_level(self.store.study))

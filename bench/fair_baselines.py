@@ -76,9 +76,6 @@ def tune(a: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     done = {(r["name"], float(r["lr_multiplier"]), json.dumps(r["fidelity"], sort_keys=True)) for r in _done(out)}
     names = baselines(info.arch.num_layers)
-    unknown = [n for n in a.only if n not in names or n == FULL_FT]
-    if unknown:
-        raise SystemExit(f"--only: no baseline {unknown[0]!r}; choose from {', '.join(n for n in names if n != FULL_FT)}")
     jobs = [(name, c.to_dict(), m) for name, c in names.items() if name != FULL_FT
             and (not a.only or name in a.only) for m in a.grid if (name, float(m), json.dumps(fid, sort_keys=True)) not in done]
     print(f"{len(jobs)} tuning trials to run", flush=True)
@@ -114,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", help="JSONL of tuning trials (default bench/tables/baselines-lr-<task>.jsonl)")
     a = ap.parse_args(argv)
+    from bench.retrain import FULL_FT, baselines
+
+    choices = [n for n in baselines(6) if n != FULL_FT]  # the names do not depend on the model's depth
+    unknown = [n for n in a.only if n not in choices]
+    if unknown:
+        ap.error(f"--only: no baseline {unknown[0]!r}; choose from {', '.join(choices)}")
     a.fidelity = fidelity_arg(ap, a.fidelity, allow_metric=True)
     from autopeft._quiet import quiet
 
