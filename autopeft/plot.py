@@ -15,7 +15,7 @@ from autopeft.storage import A
 
 def _points(res: Any) -> tuple[list[Any], np.ndarray, np.ndarray]:
     comp = res.complete_trials()
-    Y = np.array([to_max(res.objectives, t.values) for t in comp]).reshape(-1, len(res.objectives))
+    Y = res.ranked_values(comp)  # with --promote: scores on the top rung's scale, as the front compares them
     from autopeft.result import structure_key
 
     mask = front_mask(Y, [structure_key(t) for t in comp]) if len(Y) else np.zeros(0, dtype=bool)
@@ -51,18 +51,26 @@ def is_baseline(candidate: Mapping[str, Any] | None, keys: set[str]) -> bool:
 
 
 def hypervolume_curve(res: Any) -> list[float]:
-    """Hypervolume of the complete trials among the first k trials, for k = 1..n (trial order)."""
+    """Hypervolume of the complete trials among the first k trials, for k = 1..n (trial order); with ``--promote``,
+    each config at the highest rung it reached so far, its score on that top rung's scale as estimated from those
+    trials (:func:`autopeft.promotion.rung_offsets`)."""
+    from autopeft.promotion import Evaluated, on_top_rung, rung_offsets
     from autopeft.storage import level_of, rung_of, study_level
 
     trials, level = res.study.get_trials(deepcopy=False), study_level(res.study)
     ys: dict[str, tuple[int, list[float]]] = {}  # each config at the highest rung it reached so far (--promote)
+    done: list[Evaluated] = []
     out = []
     for t in trials:
         if t.state.name == "COMPLETE" and t.values is not None and level_of(t) == level:  # the current level's
             key = t.user_attrs.get(A.CANDIDATE_KEY) or f"#{t.number}"
+            y = to_max(res.objectives, t.values)
+            done.append(Evaluated(t.number, key, rung_of(t), tuple(y)))
             if key not in ys or rung_of(t) >= ys[key][0]:
-                ys[key] = (rung_of(t), to_max(res.objectives, t.values))
-        out.append(hypervolume(np.array([y for _, y in ys.values()]), res.ref_point) if ys else 0.0)
+                ys[key] = (rung_of(t), y)
+        offsets = rung_offsets(done) if res.laddered else [0.0]
+        Y = np.array([[on_top_rung(y[0], r, offsets), *y[1:]] for r, y in ys.values()])
+        out.append(hypervolume(Y, res.ref_point) if ys else 0.0)
     return out
 
 
@@ -166,8 +174,10 @@ def plot_study(res: Any, out_dir: str | Path) -> dict[str, Path]:
         import plotly.graph_objects as go
     except ImportError:
         return paths
+    top = res.scores_on_top(comp)  # with --promote: the score as the front compares it (on the top rung's scale)
     hover = [f"trial {t.number}<br>{s}<br>{metric} {v:.4f}<br>{int(p):,} params<br>{m:.1f} MiB"
-             + (f"<br>fidelity {f}" if f else "") for t, s, v, p, m, f in zip(comp, summaries, score, params, mem, fids)]
+             + (f"<br>fidelity {f}" if f else "") + (f"<br>{metric} on the top rung's scale {e:.4f}" if abs(e - v) > 1e-12 else "")
+             for t, s, v, p, m, f, e in zip(comp, summaries, score, params, mem, fids, top)]
     fig2 = go.Figure()
     fig2.add_trace(go.Scatter(x=params[~mask], y=score[~mask], mode="markers", name="trials",
                               marker=dict(color=mem[~mask], colorscale="Viridis", showscale=True, colorbar=dict(title="MiB")),

@@ -105,13 +105,46 @@ class SearchResult:
         where = f" ({fidelity_label(comp[0])} rows x epochs)" if comp else ""
         return f"; fidelity level {self.level}{where}; {lower} complete trial(s) at lower levels: --all"
 
+    def rung_offsets(self) -> list[float]:
+        """With promotions (``--promote``): per rung, how far scores move from the rung below (made to maximise; the
+        median over the configs scored at both, :func:`autopeft.promotion.rung_offsets`); ``[0.0]`` without."""
+        from autopeft.promotion import Evaluated, rung_offsets
+        from autopeft.storage import current_level, rung_of
+
+        if not self.laddered:
+            return [0.0]
+        return rung_offsets([Evaluated(t.number, t.user_attrs.get(A.CANDIDATE_KEY) or f"#{t.number}", rung_of(t),
+                                       tuple(to_max(self.objectives, t.values)))
+                             for t in current_level(self.complete_trials(every_rung=True), self.level)])
+
+    def ranked_values(self, trials: list[Any]) -> np.ndarray:
+        """The trials' objective vectors made to maximise (:func:`autopeft.pareto.to_max`), each score moved onto the
+        top rung's scale in a study with promotions (:meth:`rung_offsets`): what the front, ``best`` and the
+        hypervolume compare, so that a config scored only at a lower rung is not ranked on another scale."""
+        from autopeft.promotion import on_top_rung
+        from autopeft.storage import rung_of
+
+        Y = np.array([to_max(self.objectives, t.values) for t in trials], dtype=float).reshape(-1, len(self.objectives))
+        offsets = self.rung_offsets()
+        if len(Y) and any(offsets):
+            Y[:, 0] = [on_top_rung(y, rung_of(t), offsets) for y, t in zip(Y[:, 0], trials)]
+        return Y
+
+    def scores_on_top(self, trials: list[Any]) -> list[float]:
+        """The trials' first objective (score, or loss) on the top rung's scale (:meth:`ranked_values`), in its own
+        sense: as scored at the top rung, estimated for a config scored at a lower rung only."""
+        sign = to_max(self.objectives[:1], [1.0])[0]
+        return [float(sign * y) for y in self.ranked_values(trials)[:, 0]]
+
     def front_trials(self) -> list[Any]:
+        """The complete trials on the Pareto front (one learning rate per config), best score first; with promotions
+        the scores are compared on the top rung's scale (:meth:`ranked_values`)."""
         comp = self.complete_trials()
         if not comp:
             return []
-        Y = np.array([to_max(self.objectives, t.values) for t in comp])
+        Y = self.ranked_values(comp)
         mask = front_mask(Y, [structure_key(t) for t in comp])
-        return sorted([t for t, m in zip(comp, mask) if m], key=lambda t: -to_max(self.objectives[:1], t.values[:1])[0])
+        return [t for _, _, t in sorted((-y[0], t.number, t) for t, y, m in zip(comp, Y, mask) if m)]
 
     @property
     def pareto_front(self) -> Any:
@@ -119,16 +152,20 @@ class SearchResult:
         import pandas as pd
 
         rows = []
-        for t in self.front_trials():
+        front = self.front_trials()
+        top = f"{self.objectives[0]}_on_top"  # with promotions: the score on the top rung's scale, as compared
+        for t, est in zip(front, self.scores_on_top(front)):
             ua = t.user_attrs
             row = {"trial": t.number, "summary": ua.get(A.SUMMARY)}
             for o, v in zip(self.objectives, t.values):
                 row[o] = v
+            row[top] = est
             row["trainable_pct"] = ua.get(A.TRAINABLE_PCT)
             row["fidelity"] = fidelity_label(t)
             row["candidate"] = ua.get(A.CANDIDATE)
             rows.append(row)
-        cols = ["trial", "summary", *self.objectives, "trainable_pct", *(["fidelity"] if self.laddered else []), "candidate"]
+        cols = ["trial", "summary", *self.objectives, *([top] if self.laddered else []), "trainable_pct",
+                *(["fidelity"] if self.laddered else []), "candidate"]
         return pd.DataFrame(rows, columns=cols)
 
     # ------------------------------------------------------------------ choices
@@ -150,7 +187,8 @@ class SearchResult:
                 raise StudyError(f"study {self.name!r} has no completed trial yet")
             raise StudyError(f"no completed trial of study {self.name!r} fits the budget "
                              f"(max params {max_params}, max memory {max_memory})")
-        return max(feas, key=lambda t: (to_max(self.objectives[:1], t.values[:1])[0], -t.user_attrs.get(A.PARAMS, 0)))
+        ranked = self.ranked_values(feas)[:, 0]  # with promotions: on the top rung's scale
+        return max(zip(ranked, feas), key=lambda yt: (yt[0], -yt[1].user_attrs.get(A.PARAMS, 0), -yt[1].number))[1]
 
     def best_config(self, max_params: Any = None, max_memory: Any = None) -> "FoundConfig":
         """The highest-scoring complete configuration within the budgets (on the Pareto front whenever the
@@ -168,10 +206,9 @@ class SearchResult:
         return None if trial is None else trial.user_attrs.get(A.SEEDED_BY)
 
     def hypervolume(self) -> float:
-        """Hypervolume of the front in (score, -log10 params, -log10 memory MiB, ...) above the study's ref point."""
-        comp = self.complete_trials()
-        Y = np.array([to_max(self.objectives, t.values) for t in comp]).reshape(-1, len(self.objectives))
-        return hypervolume(Y, self.ref_point)
+        """Hypervolume of the front in (score, -log10 params, -log10 memory MiB, ...) above the study's ref point (with
+        promotions, scores on the top rung's scale: :meth:`ranked_values`)."""
+        return hypervolume(self.ranked_values(self.complete_trials()), self.ref_point)
 
     @property
     def warnings(self) -> list[str]:

@@ -76,8 +76,9 @@ def found_configs(found: str, budgets: dict[str, int], k: int = 5) -> list[dict[
         fit = [t for t in front if t.user_attrs["params"] <= bparams]
         if fit and fit[0].number not in picked:
             picked[fit[0].number] = f"best under {bname}'s params"
-    best = front[0].values[0]
-    good = sorted([t for t in front if t.values[0] >= best - 0.05], key=lambda t: t.user_attrs["params"])
+    on_top = dict(zip((t.number for t in front), res.scores_on_top(front)))  # as the front compares them (--promote)
+    best = on_top[front[0].number]
+    good = sorted([t for t in front if on_top[t.number] >= best - 0.05], key=lambda t: t.user_attrs["params"])
     if len(good) > 1 and k > 1:
         for i in sorted({round(i * (len(good) - 1) / (k - 1)) for i in range(k)}):
             if len(picked) >= k:

@@ -46,8 +46,10 @@ def test_the_rule_walks_the_best_configs_rate_uphill_and_stops_at_a_peak() -> No
     done = [_e(0, 0.70, 1.0, rung=0), _e(1, 0.74, 1.0), _e(2, 0.72, 1.0, group="h")]
     step = next_rate_step(done, {}, 1, 0.5, fits)
     assert step is not None and step[0].number == 1 and step[1] == pytest.approx(RATE_STEP)  # up first
-    step = next_rate_step(done, {("g", 1): [1.0, 1.41421]}, 1, 0.5, fits)  # x1.41 running: down next
-    assert step is not None and step[1] == pytest.approx(1 / RATE_STEP)
+    # x1.41 running: the walk waits for it (if it scores higher, x0.71 is never needed); h is not on g's walk
+    assert next_rate_step(done, {("g", 1): [1.0, 1.41421]}, 1, 0.5, fits) is None
+    step = next_rate_step(done + [_e(9, 0.73, 1.41421)], {}, 1, 0.5, fits)  # x1.41 scored lower: down next
+    assert step is not None and step[0].number == 1 and step[1] == pytest.approx(1 / RATE_STEP)
     assert next_rate_step(done, {("g", 1): [1.0, 1.41421, 0.707107]}, 1, 0.5, fits) is None  # both in flight
     # x1.41 scored higher: it is the best now, and the walk goes on from it (x1 is held: x2 next)
     done += [_e(3, 0.78, 1.41421), _e(4, 0.73, 0.707107)]
@@ -77,6 +79,10 @@ def test_front_mode_walks_every_front_configs_rate_best_score_first() -> None:
     assert step is not None and step[0].number == 3 and step[1] == pytest.approx(RATE_STEP)
     done += [ev(5, 0.69, 1.41421, "h", 100), ev(6, 0.68, 0.707107, "h", 100)]
     assert next_rate_step(done, {}, 1, 0.5, fits, "front") is None  # k is never walked: it is dominated
+    # while a group's step up runs, front mode walks the next front group meanwhile
+    done = [ev(0, 0.80, 1.0, "g", 1000), ev(3, 0.70, 1.0, "h", 100)]
+    step = next_rate_step(done, {("g", 1): [1.0, 1.41421]}, 1, 0.5, fits, "front")
+    assert step is not None and step[0].number == 3 and step[1] == pytest.approx(RATE_STEP)
     with pytest.raises(ConfigError) as e:
         next_rate_step(done, {}, 1, 0.5, fits, "all")
     assert str(e.value) == "--refine-rate must be one of none, best, front, got 'all'"
