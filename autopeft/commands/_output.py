@@ -33,9 +33,11 @@ def print_front(res: Any, fmt: str, all_trials: bool = False) -> None:
         with pd.option_context("display.max_rows", 500, "display.max_colwidth", 70, "display.width", 200,
                                "display.float_format", "{:.4g}".format):
             m = res.meta.get("metric")
+            ladder = (f"; each config at the highest fidelity it reached, compared on the top rung's scale "
+                      f"({res.objectives[0]}_on_top)") if res.laddered else ""
             title = "All trials" if all_trials else (f"Pareto front ({m} on the held-out search split"
                                                      f"{', lower is better' if m == 'loss' else ''}"
-                                                     f"{'; each config at the highest fidelity it reached' if res.laddered else ''}"
+                                                     f"{ladder}"
                                                      f"{res.level_note()})")
             print(title)
             print(front_table(df, res.objectives).to_string(index=False) if len(df) else
