@@ -439,7 +439,13 @@ def test_rate_probe_and_fair_baselines_only_refuse_unknown_baselines(tiny_model:
                                                     "prefix 20, serial adapter 64")
     with pytest.raises(SystemExit) as exc:
         _load("rate_probe").main(["--task", "mrpc", "--baseline", "ia3", "--lr", "0", "--out", str(tmp_path / "x")])
-    assert exc.value.code == 2 and capsys.readouterr().err.strip().endswith("--lr must be > 0, got 0.0")
+    assert exc.value.code == 2 and capsys.readouterr().err.strip().endswith("--baseline needs --lr > 0, got 0.0")
+    for argv, msg in ((["--trial", "s#3"], "--trial must be STUDY@STORAGE#NUMBER, got 's#3'"),
+                      (["--trial", "s@sqlite:///x.db#3", "--lr", "2"], "--lr is for --baseline; a --trial's config "
+                                                                         "keeps its own rate")):
+        with pytest.raises(SystemExit) as exc:
+            _load("rate_probe").main(["--task", "mrpc", *argv, "--out", str(tmp_path / "x")])
+        assert exc.value.code == 2 and capsys.readouterr().err.strip().endswith(msg)
     with pytest.raises(SystemExit) as exc:
         _load("fair_baselines").main(["tune", "--task", "sst2", "--data-dir", str(glue_dir), "--model", tiny_model,
                                       "--only", "ia4", "--out", str(tmp_path / "t.jsonl")])

@@ -21,6 +21,9 @@ def test_study_specs_expand_to_checked_options(tmp_path: Path, capsys: pytest.Ca
     assert (paper.space, paper.trials, paper.n_startup, paper.objectives) == ("autopeft", 200, 100, "score,params")
     mrpc = build_parser().parse_args(expand_spec(["search", "--spec", str(shipped[0].parent / "mrpc-mixed-budget.yaml")]))
     assert (mrpc.task, mrpc.metric, mrpc.max_params, mrpc.n_train) == ("mrpc", "auc", "0.5%", None)
+    for name, rung in (("mrpc-promote-refine.yaml", "2000x2@32"), ("sst2-promote-refine.yaml", "2000x1@32")):
+        a = build_parser().parse_args(expand_spec(["search", "--spec", str(shipped[0].parent / name)]))
+        assert (a.space, a.metric, a.promote, a.promote_lr_scale, a.refine_rate) == ("mixed", "auc", rung, 1.0, "front")
     # the command line overrides the spec, wherever --spec stands
     over = build_parser().parse_args(expand_spec(["search", "--trials", "7", "--spec",
                                                   str(shipped[0].parent / "sst2-lora.yaml"), "--no-progress"]))
