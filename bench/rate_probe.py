@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     from autopeft.builder import model_info
     from autopeft.trial import task_of
 
+    data = _data(a.task, a.data_dir)
     if a.baseline is not None:
-        data = _data(a.task, a.data_dir)
         layers = model_info(a.model, task_of(data).num_labels).arch.num_layers
         cand, label = with_lr(baselines(layers)[a.baseline].to_dict(), a.lr), f"{a.baseline} (lr x{a.lr:g})"
     else:
@@ -61,7 +61,6 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--trial: study {name!r} has no trial {number} with a config")
         t = by_number[int(number)]
         cand, label = t.user_attrs["candidate"], f"{name} #{number}: {t.user_attrs.get('summary', '')}"
-        data = _data(a.task, a.data_dir)
     full = dict(FULL.get(a.task, {"n_train": None, "epochs": 3.0}))
     with ProcessPoolExecutor(max_workers=a.workers, mp_context=mp.get_context("spawn")) as pool:
         futs = {pool.submit(run_seed, json.dumps(cand), a.model, data, full["n_train"], full["epochs"], s): s
