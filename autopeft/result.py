@@ -139,12 +139,16 @@ class SearchResult:
     def front_trials(self) -> list[Any]:
         """The complete trials on the Pareto front (one learning rate per config), best score first; with promotions
         the scores are compared on the top rung's scale (:meth:`ranked_values`)."""
+        return [t for t, _ in self._front()]
+
+    def _front(self) -> list[tuple[Any, float]]:
+        """The front's trials, best first, each with its score made to maximise on the top rung's scale."""
         comp = self.complete_trials()
         if not comp:
             return []
         Y = self.ranked_values(comp)
         mask = front_mask(Y, [structure_key(t) for t in comp])
-        return [t for _, _, t in sorted((-y[0], t.number, t) for t, y, m in zip(comp, Y, mask) if m)]
+        return [(t, -ny) for ny, _, t in sorted((-float(y[0]), t.number, t) for t, y, m in zip(comp, Y, mask) if m)]
 
     @property
     def pareto_front(self) -> Any:
@@ -152,9 +156,10 @@ class SearchResult:
         import pandas as pd
 
         rows = []
-        front = self.front_trials()
+        sign = to_max(self.objectives[:1], [1.0])[0]
         top = f"{self.objectives[0]}_on_top"  # with promotions: the score on the top rung's scale, as compared
-        for t, est in zip(front, self.scores_on_top(front)):
+        for t, y in self._front():
+            est = sign * y
             ua = t.user_attrs
             row = {"trial": t.number, "summary": ua.get(A.SUMMARY)}
             for o, v in zip(self.objectives, t.values):
