@@ -15,8 +15,8 @@ import pytest
 from optuna.trial import TrialState
 
 from autopeft.errors import ConfigError
-from autopeft.promotion import (Evaluated, ladder_fidelities, ladder_text, next_promotion, parse_ladder, peer_rank,
-                                with_lr_scale)
+from autopeft.promotion import (Evaluated, chance_margin, ladder_fidelities, ladder_text, next_promotion, parse_ladder,
+                                peer_rank, with_lr_scale)
 
 SIM = dict(task="sst2", space="lora", n_train=32, n_eval=32, epochs=1, max_length=24, batch_size=16, n_startup=4,
            progress=False)
@@ -90,6 +90,31 @@ def test_the_rule_promotes_the_best_among_cost_peers_within_the_quota() -> None:
     assert nxt is not None and (nxt[0].number, nxt[1]) == (10, 2)
     # nothing at all beats chance: nothing goes up
     assert next_promotion([_e(i, 0.5, 10 * (i + 1)) for i in range(9)], set(), 2, chance=0.5) is None
+
+
+def test_configs_within_noise_of_chance_are_not_promoted_before_a_learner() -> None:
+    # MRPC seed 0's rung 0 (AUC on 500 search rows; chance 0.5): the IA3 baseline (14,594 params) scored 0.582, a
+    # cheaper LoRA 0.596; the two cheapest configs on the front scored 0.535 and 0.541 (within 2 standard errors of
+    # chance); six configs scored below chance
+    done = [_e(0, 0.673, 74_498), _e(1, 0.582, 14_594), _e(2, 0.660, 35_330), _e(3, 0.596, 5_378), _e(4, 0.535, 770),
+            _e(5, 0.541, 2_774)] + [_e(6 + i, 0.46 + 0.005 * i, 100_000 + i) for i in range(9)]
+    margin = chance_margin(500)
+    assert margin == pytest.approx(2 * 0.5 / 500 ** 0.5) and round(margin, 4) == 0.0447
+    assert chance_margin(500, metric_is_loss=True) == 0.0 and chance_margin(0) == 0.0
+
+    def promoted(m: float) -> list[int]:  # the quota of 5 (15 configs), filled
+        held: set[tuple[str, int]] = set()
+        out = []
+        while (nxt := next_promotion(done, held, 2, chance=0.5, margin=m)) is not None:
+            held.add((nxt[0].key, 1))
+            out.append(nxt[0].number)
+        return out
+
+    assert peer_rank(done[1], done) > 0 and peer_rank(done[4], done) == 0.0 == peer_rank(done[5], done)
+    # without the margin the cheap near-chance front configs (5 and 4) outrank the IA3 baseline and fill the quota
+    assert promoted(0.0) == [0, 2, 3, 5, 4]
+    # with it, the learner goes up and the quota's last place stays free for a config that clears chance
+    assert promoted(margin) == [0, 2, 3, 1]
 
 
 def test_a_search_promotes_scores_each_config_at_its_highest_rung_and_the_sampler_learns_rung_0(
