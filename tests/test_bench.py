@@ -453,3 +453,17 @@ def test_rate_probe_and_fair_baselines_only_refuse_unknown_baselines(tiny_model:
     assert exc.value.code == 2 and err[-1].endswith("--only: no baseline 'ia4'; choose from lora r=8 q,v, ia3, "
                                                     "prefix 20, serial adapter 64")
     assert not (tmp_path / "x").exists() and not (tmp_path / "t.jsonl").exists()
+
+
+def test_search_cost_counts_a_committed_promotion_study(capsys: pytest.CaptureFixture[str]) -> None:
+    db = f"sqlite:///{TABLES / 'confirm-mrpc-refine.db'}"
+    assert _load("search_cost").main([f"confirm-mrpc-front-wait-0@{db}"]) == 0
+    # 18 configs of 600 rows x 2 epochs, 12 evaluations of 2,000 x 2 at rung 1 (6 promotions, 6 rate steps)
+    assert capsys.readouterr().out.strip() == ("confirm-mrpc-front-wait-0: 30 evaluations (rung 0: 18, rung 1: 12); "
+                                               "6 promotions, 6 rate steps; 69,600 training row-epochs")
+    for argv, msg in ((["nostorage"], "'nostorage' is not STUDY@STORAGE; give e.g. "
+                                      "confirm-mrpc-clear-0@sqlite:///bench/tables/x.db"),
+                      ([f"nope@{db}"], f"no study 'nope' in {db}")):
+        with pytest.raises(SystemExit) as exc:
+            _load("search_cost").main(argv)
+        assert exc.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1].endswith(msg)
