@@ -467,3 +467,17 @@ def test_search_cost_counts_a_committed_promotion_study(capsys: pytest.CaptureFi
         with pytest.raises(SystemExit) as exc:
             _load("search_cost").main(argv)
         assert exc.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1].endswith(msg)
+
+
+def test_promotion_replay_on_mrpc_seed_0_promotes_the_ia3_baseline_instead_of_a_near_chance_config() -> None:
+    import optuna
+
+    from autopeft.promotion import chance_margin
+
+    pr = _load("promotion_replay")
+    study = optuna.load_study(study_name="confirm-mrpc-front-wait-0",
+                              storage=f"sqlite:///{TABLES / 'confirm-mrpc-refine.db'}")
+    # the rule as the study ran it: its own promotions, in order (#22: a 2.8 K parallel adapter at AUC 0.541)
+    assert pr.replay(study, 0.0) == [0, 4, 7, 18, 22, 23]
+    # two standard errors of 500 rows above chance: the IA3 baseline (#1, 0.582) takes #22's place
+    assert pr.replay(study, chance_margin(500)) == [0, 4, 7, 18, 1, 23]
