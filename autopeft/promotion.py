@@ -6,7 +6,7 @@ The rule is asynchronous successive halving (ASHA: a config is promoted as soon 
 for several objectives whose costs are known: a config is ranked only against the configs of its rung that cost no
 more (parameters and memory both at most its own), as the pruner ranks curves (:mod:`autopeft.pruner`).  A config on
 its rung's Pareto front is first among its peers, so it is always eligible; a config that scores no better than the
-study's chance level (the majority class, or the untrained model's loss) by more than :data:`CLEAR_SE` standard
+study's chance level (the majority class, or the untrained model's loss) by more than :data:`PROMOTE_SE` standard
 errors (:func:`chance_margin`) is never promoted.  At most
 ``floor(fraction x finished at rung k)`` configs leave rung k, the best ranked first; higher rungs are served first.
 
@@ -57,8 +57,10 @@ RATE_TOL = 0.01
 #: configs on rung 0's front because they were the cheapest, one at AUC 0.541 (1.8 standard errors above 0.5), while
 #: the IA3 baseline (0.582, one cheaper config 0.014 above it) was never promoted; at rung 1 that config scored 0.537,
 #: and the answer at IA3's budget re-trained 0.022 below the IA3 baseline.  Replayed on that study's rung 0, the margin
-#: promotes the IA3 baseline in its place; on the 12 other committed promotion studies it changes no promotion
-CLEAR_SE = 2.0
+#: promotes the IA3 baseline in its place; on every other committed promotion study it changes no promotion
+#: (``python -m bench.promotion_replay``).  ``--lr-scale auto``'s flat test uses 3 (:data:`autopeft.escalation.CLEAR_SE`)
+#: for another question: whether a full run learned at all
+PROMOTE_SE = 2.0
 
 #: :func:`rung_offsets`: a rung's offset is the median over at least this many configs scored at it and the rung below
 MIN_PAIRS = 2
@@ -177,13 +179,13 @@ def peer_rank(e: Evaluated, rung: Sequence[Evaluated]) -> float:
 
 
 def chance_margin(n_eval: int, metric_is_loss: bool = False) -> float:
-    """How far above chance a config must score to go up a rung: :data:`CLEAR_SE` binomial standard errors at 0.5 on
+    """How far above chance a config must score to go up a rung: :data:`PROMOTE_SE` binomial standard errors at 0.5 on
     the ``n_eval`` search rows (``0.5 / sqrt(n_eval)``, as ``--lr-scale auto``'s flat test, :mod:`autopeft.escalation`:
     a rough standard error for a score in [0, 1]; an AUC's at chance is 0.58 / sqrt(n) with MRPC's 68/32 classes);
     0 for a loss (a causal LM's), whose scale has no such bound."""
     if metric_is_loss or n_eval < 1:
         return 0.0
-    return CLEAR_SE * 0.5 / math.sqrt(n_eval)
+    return PROMOTE_SE * 0.5 / math.sqrt(n_eval)
 
 
 def next_promotion(done: Sequence[Evaluated], held: set[tuple[str, int]], n_rungs: int, chance: float,
