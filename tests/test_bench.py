@@ -463,10 +463,11 @@ def test_search_cost_counts_a_committed_promotion_study(capsys: pytest.CaptureFi
                                                "6 promotions, 6 rate steps; 69,600 training row-epochs")
     for argv, msg in ((["nostorage"], "'nostorage' is not STUDY@STORAGE; give e.g. "
                                       "confirm-mrpc-clear-0@sqlite:///bench/tables/x.db"),
-                      ([f"nope@{db}"], f"no study 'nope' in {db}")):
+                      ([f"nope@{db}"], f"no study named 'nope' in {db}; studies there: ")):
         with pytest.raises(SystemExit) as exc:
             _load("search_cost").main(argv)
-        assert exc.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1].endswith(msg)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exc.value.code == 2 and "error: " + msg in err[-1]
 
 
 def test_promotion_replay_on_mrpc_seed_0_promotes_the_ia3_baseline_instead_of_a_near_chance_config() -> None:
