@@ -8,7 +8,9 @@ more (parameters and memory both at most its own), as the pruner ranks curves (:
 its rung's Pareto front is first among its peers, so it is always eligible; a config that scores no better than the
 study's chance level (the majority class, or the untrained model's loss) by more than :data:`PROMOTE_SE` standard
 errors (:func:`chance_margin`) is never promoted.  At most
-``floor(fraction x finished at rung k)`` configs leave rung k, the best ranked first; higher rungs are served first.
+``floor(fraction x finished at rung k)`` configs leave rung k: of the eligible, the study's seeded configs first (the
+methods' hand-designed baselines and ``--enqueue``'s, :data:`FIRST_SOURCES`), then the best ranked; higher rungs are
+served first.
 
 The search's ``--trials`` counts every evaluation, promoted ones too.  The study's sampler models the base rung,
 which every config has (one model per rung, the lowest used for proposing); the front, ``best``, ``export`` and the
@@ -38,7 +40,7 @@ import math
 import re
 import statistics
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from autopeft.errors import ConfigError
 
@@ -61,6 +63,13 @@ RATE_TOL = 0.01
 #: (``python -m bench.promotion_replay``).  ``--lr-scale auto``'s flat test uses 3 (:data:`autopeft.escalation.CLEAR_SE`)
 #: for another question: whether a full run learned at all
 PROMOTE_SE = 2.0
+
+#: :func:`seeded_keys`: the sources (the ``seeded_by`` of a queued trial) whose configs go up first once eligible:
+#: the methods' hand-designed baselines and the user's ``--enqueue`` configs, each the answer a user would compare the
+#: search's with.  Why: ranked only by peer rank and score, a baseline at rung 0 can lose its place to configs that
+#: score a little higher at 600 rows (MRPC seed 1: the IA3 baseline, rung-0 AUC 0.582, eligible, behind five configs
+#: at 0.59-0.66), so the search's answer under its budget is a rung-0 config never checked above it
+FIRST_SOURCES = ("baseline:", "enqueue:")
 
 #: :func:`rung_offsets`: a rung's offset is the median over at least this many configs scored at it and the rung below
 MIN_PAIRS = 2
@@ -188,22 +197,32 @@ def chance_margin(n_eval: int, metric_is_loss: bool = False) -> float:
     return PROMOTE_SE * 0.5 / math.sqrt(n_eval)
 
 
+def seeded_keys(sources: Iterable[tuple[str, str | None]]) -> set[str]:
+    """The keys, of ``(key, seeded_by)`` pairs, whose source is one of :data:`FIRST_SOURCES` (a promotion keeps its
+    config's key, so the set covers every rung)."""
+    return {key for key, source in sources if (source or "").startswith(FIRST_SOURCES)}
+
+
 def next_promotion(done: Sequence[Evaluated], held: set[tuple[str, int]], n_rungs: int, chance: float,
-                   fraction: float = PROMOTE_FRACTION, margin: float = 0.0) -> tuple[Evaluated, int] | None:
+                   fraction: float = PROMOTE_FRACTION, margin: float = 0.0,
+                   first: frozenset[str] | set[str] = frozenset()) -> tuple[Evaluated, int] | None:
     """The config to promote now and the rung it goes to, or None.
 
     ``done``: the study's finished evaluations (any rung); ``held``: (key, rung) pairs the study already holds at
     a rung, running or finished (so a config is never trained twice at one rung); ``chance``: the score, made to
-    maximise, that a config must beat by more than ``margin`` (:func:`chance_margin`) to go up."""
+    maximise, that a config must beat by more than ``margin`` (:func:`chance_margin`) to go up; ``first``: keys of
+    configs that go up ahead of the others once eligible (the study's seeded configs: the methods' hand-designed
+    baselines and ``--enqueue``'s; see :func:`seeded_keys`).  Eligibility and the quota are the same for every config;
+    only the order differs."""
     for k in range(n_rungs - 2, -1, -1):
         rung = {e.key: e for e in sorted((e for e in done if e.rung == k), key=lambda e: e.number)}
         at_k = list(rung.values())
         quota = math.floor(fraction * len(at_k) + 1e-9)
         if quota < 1 or sum((e.key, k + 1) in held for e in at_k) >= quota:
             continue
-        ranked = sorted((peer_rank(e, at_k), -e.y[0], e.number, e) for e in at_k
+        ranked = sorted((e.key not in first, peer_rank(e, at_k), -e.y[0], e.number, e) for e in at_k
                         if (e.key, k + 1) not in held and e.y[0] > chance + margin + 1e-9)
-        for rank, _, _, e in ranked:
+        for _, rank, _, _, e in ranked:
             if rank < fraction:
                 return e, k + 1
     return None

@@ -317,7 +317,7 @@ class Search:
 
         from autopeft.candidate import Candidate, structure_key
         from autopeft.pareto import to_max
-        from autopeft.promotion import Evaluated, chance_margin, next_promotion, next_rate_step
+        from autopeft.promotion import Evaluated, chance_margin, next_promotion, next_rate_step, seeded_keys
         from autopeft.storage import current_level, rung_of, study_level
 
         objectives, chance = self.store.objectives, float(self.store.meta[A.REF_POINT][0])
@@ -334,7 +334,8 @@ class Search:
             evals = [Evaluated(n, t.user_attrs[A.CANDIDATE_KEY], rung_of(t), tuple(to_max(objectives, t.values)),
                                float(t.user_attrs[A.CANDIDATE].get("lr_multiplier", 1.0)),
                                structure_key(t.user_attrs[A.CANDIDATE])) for n, t in done.items()]
-            chosen = next_promotion(evals, held, n_rungs, chance, fraction, margin) if self.ladder else None
+            first = seeded_keys((t.user_attrs.get(A.CANDIDATE_KEY, ""), t.user_attrs.get(A.SEEDED_BY)) for t in trials)
+            chosen = next_promotion(evals, held, n_rungs, chance, fraction, margin, first) if self.ladder else None
             if chosen is not None:
                 return done[chosen[0].number], chosen[1], None
             if not refine or sum(e.rung == 0 for e in evals) < self.config.n_startup:

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from autopeft.errors import ConfigError
 from autopeft.promotion import (Evaluated, chance_margin, ladder_fidelities, ladder_text, next_promotion, parse_ladder,
-                                peer_rank, with_lr_scale)
+                                peer_rank, seeded_keys, with_lr_scale)
 
 SIM = dict(task="sst2", space="lora", n_train=32, n_eval=32, epochs=1, max_length=24, batch_size=16, n_startup=4,
            progress=False)
@@ -115,6 +115,56 @@ def test_configs_within_noise_of_chance_are_not_promoted_before_a_learner() -> N
     assert promoted(0.0) == [0, 2, 3, 5, 4]
     # with it, the learner goes up and the quota's last place stays free for a config that clears chance
     assert promoted(margin) == [0, 2, 3, 1]
+
+
+def test_seeded_baselines_go_up_first_once_eligible() -> None:
+    # MRPC seed 1's rung 0 in outline (AUC on 500 rows, chance 0.5, margin 0.045): the IA3 baseline (#1, 14,594
+    # params, 0.582) is eligible (one of its 5 cost peers scores better) but five configs scoring 0.59-0.66 rank ahead
+    done = [_e(0, 0.673, 74_498), _e(1, 0.582, 14_594), _e(2, 0.660, 35_330), _e(3, 0.596, 5_378),
+            _e(4, 0.590, 900_000), _e(5, 0.620, 10_000), _e(6, 0.640, 12_000), _e(7, 0.530, 20_000),
+            _e(8, 0.600, 16_000)] + [_e(9 + i, 0.46 + 0.005 * i, 1_000 + i) for i in range(6)]
+    margin = chance_margin(500)
+    baseline = {done[1].key, done[7].key, done[0].key}  # IA3, a baseline under the margin, LoRA (on the front)
+    assert 0 < peer_rank(done[1], done) < 1 / 3  # eligible, not on the front
+
+    def promoted(first: set[str]) -> list[int]:  # 15 configs: a quota of 5
+        held: set[tuple[str, int]] = set()
+        out = []
+        while (nxt := next_promotion(done, held, 2, chance=0.5, margin=margin, first=first)) is not None:
+            held.add((nxt[0].key, 1))
+            out.append(nxt[0].number)
+        return out
+
+    assert promoted(set()) == [0, 2, 6, 5, 3]  # front configs by score fill the quota: the IA3 baseline never goes up
+    # the eligible baselines first (LoRA on the front, then IA3), then the rest; #7 stays under the margin
+    assert promoted(baseline) == [0, 1, 2, 6, 5]
+    # a seeded config that is not eligible by peer rank (6 of its 15 cost peers score better) still never goes up
+    assert peer_rank(done[4], done) >= 1 / 3 and 4 not in promoted({done[4].key})
+    assert seeded_keys([("a", "baseline:ia3"), ("b", "enqueue:configs.yaml entry 1"), ("c", "warm-start:s#3"),
+                        ("d", None)]) == {"a", "b"}
+
+
+def test_a_search_ranks_its_seeded_configs_first(tiny_model: str, glue_dir: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import autopeft
+    import autopeft.promotion as promotion
+    from autopeft.executors.simulated import RUNNER
+    from autopeft.storage import A
+
+    seen: list[frozenset[str]] = []
+    real = promotion.next_promotion
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append(frozenset(args[6] if len(args) > 6 else kwargs.get("first", ())))  # type: ignore[arg-type]
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(promotion, "next_promotion", spy)
+    res = autopeft.search(model=tiny_model, data_dir=str(glue_dir), n_trials=8, executor="inline", runner=RUNNER,
+                          storage=f"sqlite:///{tmp_path / 's.db'}", study_name="p", promote="64x2",
+                          **{**SIM, "n_startup": 8})
+    trials = res.study.get_trials()
+    seeded = {t.user_attrs[A.CANDIDATE_KEY] for t in trials if str(t.user_attrs.get(A.SEEDED_BY)).startswith("baseline:")}
+    assert seeded and seen and seen[-1] == seeded  # the default study's baselines, and only they
 
 
 def test_a_search_promotes_scores_each_config_at_its_highest_rung_and_the_sampler_learns_rung_0(
