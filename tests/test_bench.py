@@ -482,3 +482,6 @@ def test_promotion_replay_on_mrpc_seed_0_promotes_the_ia3_baseline_instead_of_a_
     assert pr.replay(study, 0.0) == [0, 4, 7, 18, 22, 23]
     # two standard errors of 500 rows above chance: the IA3 baseline (#1, 0.582) takes #22's place
     assert pr.replay(study, chance_margin(500)) == [0, 4, 7, 18, 1, 23]
+    # and with the seeded baselines first: LoRA (#0), IA3 (#1) and prefix (#2, 0.571) go up ahead of the sampler's
+    # configs; serial adapter 64 (#3) scores under the margin; the quota of 6 leaves #23 out
+    assert pr.replay(study, chance_margin(500), seeded_first=True) == [0, 1, 2, 4, 7, 18]
