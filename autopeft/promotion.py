@@ -40,7 +40,7 @@ import math
 import re
 import statistics
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import AbstractSet, Any, Callable, Iterable, Mapping, Sequence
 
 from autopeft.errors import ConfigError
 
@@ -205,7 +205,7 @@ def seeded_keys(sources: Iterable[tuple[str, str | None]]) -> set[str]:
 
 def next_promotion(done: Sequence[Evaluated], held: set[tuple[str, int]], n_rungs: int, chance: float,
                    fraction: float = PROMOTE_FRACTION, margin: float = 0.0,
-                   first: frozenset[str] | set[str] = frozenset()) -> tuple[Evaluated, int] | None:
+                   first: AbstractSet[str] = frozenset()) -> tuple[Evaluated, int] | None:
     """The config to promote now and the rung it goes to, or None.
 
     ``done``: the study's finished evaluations (any rung); ``held``: (key, rung) pairs the study already holds at

@@ -334,8 +334,10 @@ class Search:
             evals = [Evaluated(n, t.user_attrs[A.CANDIDATE_KEY], rung_of(t), tuple(to_max(objectives, t.values)),
                                float(t.user_attrs[A.CANDIDATE].get("lr_multiplier", 1.0)),
                                structure_key(t.user_attrs[A.CANDIDATE])) for n, t in done.items()]
-            first = seeded_keys((t.user_attrs.get(A.CANDIDATE_KEY, ""), t.user_attrs.get(A.SEEDED_BY)) for t in trials)
-            chosen = next_promotion(evals, held, n_rungs, chance, fraction, margin, first) if self.ladder else None
+            chosen = None
+            if self.ladder:
+                first = seeded_keys((t.user_attrs.get(A.CANDIDATE_KEY, ""), t.user_attrs.get(A.SEEDED_BY)) for t in trials)
+                chosen = next_promotion(evals, held, n_rungs, chance, fraction, margin, first)
             if chosen is not None:
                 return done[chosen[0].number], chosen[1], None
             if not refine or sum(e.rung == 0 for e in evals) < self.config.n_startup:

@@ -119,7 +119,8 @@ def test_configs_within_noise_of_chance_are_not_promoted_before_a_learner() -> N
 
 def test_seeded_baselines_go_up_first_once_eligible() -> None:
     # MRPC seed 1's rung 0 in outline (AUC on 500 rows, chance 0.5, margin 0.045): the IA3 baseline (#1, 14,594
-    # params, 0.582) is eligible (one of its 5 cost peers scores better) but five configs scoring 0.59-0.66 rank ahead
+    # params, 0.582) is eligible (3 of its 10 cost peers score better) but five configs scoring 0.60-0.67 on their
+    # cost class's front rank ahead
     done = [_e(0, 0.673, 74_498), _e(1, 0.582, 14_594), _e(2, 0.660, 35_330), _e(3, 0.596, 5_378),
             _e(4, 0.590, 900_000), _e(5, 0.620, 10_000), _e(6, 0.640, 12_000), _e(7, 0.530, 20_000),
             _e(8, 0.600, 16_000)] + [_e(9 + i, 0.46 + 0.005 * i, 1_000 + i) for i in range(6)]
