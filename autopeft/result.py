@@ -8,7 +8,7 @@ import numpy as np
 
 from autopeft.candidate import Candidate
 from autopeft.errors import StudyError
-from autopeft.pareto import front_mask, hypervolume, to_max
+from autopeft.pareto import front_mask, hypervolume, noise_margin, to_max
 from autopeft.storage import A
 
 
@@ -147,7 +147,7 @@ class SearchResult:
         if not comp:
             return []
         Y = self.ranked_values(comp)
-        mask = front_mask(Y, [structure_key(t) for t in comp])
+        mask = front_mask(Y, [structure_key(t) for t in comp], self.preferred(comp), self.margins(Y))
         return [(t, -ny) for ny, _, t in sorted((-float(y[0]), t.number, t) for t, y, m in zip(comp, Y, mask) if m)]
 
     @property
@@ -175,6 +175,10 @@ class SearchResult:
 
     # ------------------------------------------------------------------ choices
     def best_trial(self, max_params: Any = None, max_memory: Any = None) -> Any:
+        """The complete trial that answers the budgets (:meth:`best_config`)."""
+        return self._best_of(self._feasible(max_params, max_memory))[0]
+
+    def _feasible(self, max_params: Any, max_memory: Any) -> list[Any]:
         from autopeft.config import parse_budget
 
         mp = parse_budget(max_params, self.meta.get(A.BASE_PARAMS), "max-params")
@@ -192,14 +196,59 @@ class SearchResult:
                 raise StudyError(f"study {self.name!r} has no completed trial yet")
             raise StudyError(f"no completed trial of study {self.name!r} fits the budget "
                              f"(max params {max_params}, max memory {max_memory})")
-        ranked = self.ranked_values(feas)[:, 0]  # with promotions: on the top rung's scale
-        return max(zip(ranked, feas), key=lambda yt: (yt[0], -yt[1].user_attrs.get(A.PARAMS, 0), -yt[1].number))[1]
+        return feas
+
+    def _best_of(self, feas: list[Any]) -> tuple[Any, Any]:
+        """The answer among ``feas`` and the higher-scoring trial it was preferred over (None if it scores best): the
+        best score on the top rung's scale (ties: fewer parameters, then the earlier trial), unless a seeded config at
+        its own rate (:meth:`preferred`) scores within the noise of the search rows of it (:meth:`margins`): then the
+        best such seeded config."""
+        Y = self.ranked_values(feas)  # with promotions: on the top rung's scale
+        order = sorted(range(len(feas)), key=lambda i: (-Y[i, 0], feas[i].user_attrs.get(A.PARAMS, 0), feas[i].number))
+        top = order[0]
+        margin = self.margins(Y[top:top + 1])[0]
+        prefer = self.preferred(feas)
+        near = [i for i in order if prefer[i] and Y[i, 0] >= Y[top, 0] - margin - 1e-12]
+        if not near or near[0] == top:
+            return feas[top], None
+        return feas[near[0]], feas[top]
+
+    def preferred(self, trials: list[Any]) -> list[bool]:
+        """Per trial: whether it is a config the study seeded itself (a method's hand-designed baseline or an
+        ``--enqueue`` config, :data:`autopeft.promotion.FIRST_SOURCES`), at its own learning rate (itself or a
+        promotion of it, not a ``--refine-rate`` step).  Such a config is the answer over one that scores higher by
+        less than the noise (:meth:`margins`): the search has not shown the other to be better."""
+        from autopeft.promotion import FIRST_SOURCES
+
+        by_number = {t.number: t for t in self.study.get_trials(deepcopy=False)}
+        out = []
+        for t in trials:
+            while t is not None and A.PROMOTED_FROM in t.user_attrs and A.RATE_FROM not in t.user_attrs:
+                t = by_number.get(t.user_attrs[A.PROMOTED_FROM])
+            out.append(t is not None and A.RATE_FROM not in t.user_attrs
+                       and str(t.user_attrs.get(A.SEEDED_BY) or "").startswith(FIRST_SOURCES))
+        return out
+
+    def margins(self, Y: np.ndarray) -> list[float]:
+        """Per row of ``Y`` (made to maximise): how much more a config must score than a seeded one to be the answer
+        in its place, :func:`autopeft.pareto.noise_margin` of its score on the search rows (0 for a loss)."""
+        n_eval = int((self.meta.get("fidelity") or {}).get("n_eval") or 0)
+        if self.objectives[0] != "score":
+            return [0.0] * len(Y)
+        return [noise_margin(float(y[0]), n_eval) for y in np.asarray(Y, dtype=float).reshape(len(Y), -1)]
 
     def best_config(self, max_params: Any = None, max_memory: Any = None) -> "FoundConfig":
         """The highest-scoring complete configuration within the budgets (on the Pareto front whenever the
-        budgets bind only the study's objectives) (``"1%"`` of base params allowed)."""
-        t = self.best_trial(max_params, max_memory)
-        return FoundConfig(Candidate.from_dict(t.user_attrs[A.CANDIDATE]), self.meta, t, self.seeded_by(t))
+        budgets bind only the study's objectives) (``"1%"`` of base params allowed); a config the study seeded itself
+        (a hand-designed baseline, ``--enqueue``), at its own rate, in its place when it scores within the noise of
+        the search rows of it (:data:`autopeft.pareto.ANSWER_SE`; ``preferred_over`` then names the other)."""
+        t, over = self._best_of(self._feasible(max_params, max_memory))
+        found = FoundConfig(Candidate.from_dict(t.user_attrs[A.CANDIDATE]), self.meta, t, self.seeded_by(t))
+        if over is not None:
+            mine, theirs = self.scores_on_top([t, over])
+            found.preferred_over = {"trial": over.number, "summary": over.user_attrs.get(A.SUMMARY),
+                                    "score": theirs, "score_here": mine}
+        return found
 
     def seeded_by(self, trial: Any) -> str | None:
         """Where a trial's config came from when the study queued it (``baseline:NAME``, ``enqueue:FILE entry N``,
@@ -253,6 +302,9 @@ class FoundConfig:
         self.meta = meta
         self.trial = trial
         self.seeded_by = seeded_by  # queued by the study (e.g. "baseline:lora r=8 q,v"), not proposed by the sampler
+        #: the higher-scoring trial within the budgets that this seeded config answers in place of, as it scored less
+        #: than the noise of the search rows above it (:meth:`SearchResult.preferred`): trial, summary, both scores
+        self.preferred_over: dict[str, Any] | None = None
 
     @property
     def model(self) -> str:
@@ -272,6 +324,8 @@ class FoundConfig:
             d["values"] = dict(zip(self.meta[A.OBJECTIVES], self.trial.values))
         if self.seeded_by:
             d["seeded_by"] = self.seeded_by
+        if self.preferred_over:
+            d["preferred_over"] = dict(self.preferred_over)
         return d
 
     def to_peft_config(self) -> Any:

@@ -224,6 +224,30 @@ def test_report_counts_a_pick_that_is_a_baseline_as_found(monkeypatch: pytest.Mo
     assert len(rt.baseline_picks(["s@sqlite://"], rows + [{**earlier, "source": "s"}], 5)) == 1  # its own row: no alias
 
 
+def test_report_leaves_out_rows_its_search_no_longer_picks(monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """A re-trained row of a search that the rule for answers no longer picks is stale: not its answer."""
+    from autopeft.candidate import Candidate
+
+    rt = _load("retrain")
+    lora = rt.baselines(6)["lora r=8 q,v"]
+    slow = Candidate.from_dict({**lora.to_dict(), "lr_multiplier": 0.5})
+    fast = Candidate.from_dict({**lora.to_dict(), "lr_multiplier": 2.0})
+    picks = [{"kind": "found", "name": "found #5: lora", "candidate": lora.to_dict()},
+             {"kind": "found", "name": "found #9: lora x2", "candidate": fast.to_dict()}]
+    seen: list[dict] = []
+    monkeypatch.setattr(rt, "found_configs", lambda f, budgets, k: seen.append(budgets) or (picks if f == "s@x" else []))
+    rows = [{"key": lora.key, "kind": "baseline", "name": "lora r=8 q,v", "params": 74_498},
+            {"key": slow.key, "kind": "found", "name": "found #7: lora x0.5", "source": "s"},
+            {"key": lora.key, "kind": "found", "name": "found #5 (= the baseline)", "source": "s", "alias": True},
+            {"key": slow.key, "kind": "found", "name": "found #3: lora x0.5", "source": "t"}]
+    stale = rt.stale_picks(["s@x"], rows, 2)
+    assert [r["name"] for r in stale] == ["found #7: lora x0.5"]  # t's row is another search's; #5 is still a pick
+    assert seen == [{"lora r=8 q,v": 74_498}]
+    assert "s: pick found #9: lora x2 is not re-trained yet" in capsys.readouterr().out
+    assert rt.stale_picks([], rows, 2) == []
+
+
 def test_paired_call_needs_a_gap_beyond_two_standard_errors() -> None:
     rt = _load("retrain")
     base = {"name": "b", "params": 10, "scores": [0.80, 0.82, 0.81], "seed_list": [0, 1, 2]}

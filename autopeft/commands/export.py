@@ -28,7 +28,10 @@ def run(args: argparse.Namespace) -> int:
     if args.best and (found.seeded_by or "").startswith("baseline:"):  # the study ran it first; nothing found beat it
         name, lr = found.seeded_by.split(":", 1)[1], found.candidate.lr_multiplier
         at = "" if lr == 1.0 else f" at learning rate x{lr:.3g} (--refine-rate's line search from its default rate)"
-        print(f"it is the hand-designed baseline {name}{at}, which the study ran first: no config the search proposed "
-              "scored higher within the budget")
+        over = found.preferred_over
+        print(f"it is the hand-designed baseline {name}{at}, which the study ran first: "
+              + ("no config the search proposed scored higher within the budget" if over is None else
+                 f"trial #{over['trial']} ({over['summary']}) scored {over['score'] - over['score_here']:.4f} higher, "
+                 "less than the noise of the search rows, so the baseline stays the answer"))
     print(api.describe_export(d))
     return 0
