@@ -101,3 +101,32 @@ def test_export_best_says_which_config_the_seeded_one_answers_in_place_of(tmp_pa
     text = out.getvalue()
     assert "it is the hand-designed baseline serial adapter 64, which the study ran first: trial #33" in text
     assert "scored 0.0062 higher, less than the noise of the search rows, so the baseline stays the answer" in text
+
+
+def test_an_enqueued_config_answers_within_the_noise_and_export_says_so(tiny_model: str, glue_dir: Path,
+                                                                        tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--enqueue`` configs are seeded as baselines are; the sampler's own proposals never are."""
+    import autopeft.result as result
+    from autopeft.cli import main
+    from test_seeding import ENTRIES, _file, _opts
+
+    storage = f"sqlite:///{tmp_path / 'q.db'}"
+    res = autopeft.search(**_opts(tiny_model, glue_dir, storage, "q", 10, enqueue=_file(tmp_path, ENTRIES)))
+    comp = res.complete_trials()
+    assert res.preferred(comp) == [t.number < 4 for t in comp]  # the four queued entries, not the sampler's
+    scores = {t.number: t.values[0] for t in comp}
+    top, queued = max(scores, key=scores.__getitem__), max(range(4), key=scores.__getitem__)
+    assert (top, queued) == (9, 0) and scores[9] - scores[0] == pytest.approx(0.0276, abs=1e-4)
+    margin = noise_margin(scores[9], 32)  # the tiny study's 32 search rows: a wide margin, 0.039
+    assert margin == pytest.approx(0.039, abs=1e-3)
+    found = res.best_config()  # the first queued entry, 0.028 below the sampler's best: within the noise
+    assert found.trial.number == 0 and found.seeded_by.startswith("enqueue:") and found.preferred_over["trial"] == 9
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["export", "--study", "q", "--storage", storage, "--best", "-o", str(tmp_path / "cfg")]) == 0
+    assert (f"it is a config you queued (enqueue:{tmp_path / 'q.yaml'} entry 1): trial #9 (" in out.getvalue()
+            and "scored 0.0276 higher, less than the noise of the search rows, so your config stays" in out.getvalue())
+    monkeypatch.setattr(result, "noise_margin", lambda score, n_eval: 0.0)  # without the margin: the sampler's best
+    found = autopeft.load_study("q", storage).best_config()
+    assert found.trial.number == 9 and found.preferred_over is None and found.seeded_by is None

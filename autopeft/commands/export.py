@@ -33,5 +33,10 @@ def run(args: argparse.Namespace) -> int:
               + ("no config the search proposed scored higher within the budget" if over is None else
                  f"trial #{over['trial']} ({over['summary']}) scored {over['score'] - over['score_here']:.4f} higher, "
                  "less than the noise of the search rows, so the baseline stays the answer"))
+    elif args.best and found.preferred_over is not None:  # an --enqueue config, kept over one within the noise
+        over = found.preferred_over
+        print(f"it is a config you queued ({found.seeded_by}): trial #{over['trial']} ({over['summary']}) scored "
+              f"{over['score'] - over['score_here']:.4f} higher, less than the noise of the search rows, so your config "
+              "stays the answer")
     print(api.describe_export(d))
     return 0
