@@ -207,8 +207,10 @@ class SearchResult:
         order = sorted(range(len(feas)), key=lambda i: (-Y[i, 0], feas[i].user_attrs.get(A.PARAMS, 0), feas[i].number))
         top = order[0]
         margin = self.margins(Y[top:top + 1])[0]
+        if margin <= 0:  # a loss, or no search rows: the best as scored
+            return feas[top], None
         prefer = self.preferred(feas)
-        near = [i for i in order if prefer[i] and Y[i, 0] >= Y[top, 0] - margin - 1e-12]
+        near = [i for i in order if prefer[i] and Y[i, 0] >= Y[top, 0] - margin]
         if not near or near[0] == top:
             return feas[top], None
         return feas[near[0]], feas[top]
@@ -235,13 +237,15 @@ class SearchResult:
         n_eval = int((self.meta.get("fidelity") or {}).get("n_eval") or 0)
         if self.objectives[0] != "score":
             return [0.0] * len(Y)
-        return [noise_margin(float(y[0]), n_eval) for y in np.asarray(Y, dtype=float).reshape(len(Y), -1)]
+        metric = str(self.meta.get(A.METRIC) or "auc")
+        return [noise_margin(float(y[0]), n_eval, metric=metric) for y in np.asarray(Y, dtype=float).reshape(len(Y), -1)]
 
     def best_config(self, max_params: Any = None, max_memory: Any = None) -> "FoundConfig":
-        """The highest-scoring complete configuration within the budgets (on the Pareto front whenever the
-        budgets bind only the study's objectives) (``"1%"`` of base params allowed); a config the study seeded itself
-        (a hand-designed baseline, ``--enqueue``), at its own rate, in its place when it scores within the noise of
-        the search rows of it (:data:`autopeft.pareto.ANSWER_SE`; ``preferred_over`` then names the other)."""
+        """The highest-scoring complete configuration within the budgets (``"1%"`` of base params allowed; on the
+        Pareto front whenever the budgets bind only the study's objectives), or a config the study seeded itself (a
+        hand-designed baseline, ``--enqueue``), at its own rate, that fits the budgets and scores within the noise of
+        the search rows of it (:data:`autopeft.pareto.ANSWER_SE`; ``preferred_over`` then names the other).  Such a
+        seeded config may be off the front (a cheaper config within the noise of it stays there as a trade-off)."""
         t, over = self._best_of(self._feasible(max_params, max_memory))
         found = FoundConfig(Candidate.from_dict(t.user_attrs[A.CANDIDATE]), self.meta, t, self.seeded_by(t))
         if over is not None:

@@ -72,7 +72,9 @@ def found_configs(found: str, budgets: dict[str, int], k: int = 5) -> list[dict[
     if not front:
         return []
     by_num = {t.number: t for t in res.complete_trials()}
-    picked: dict[int, str] = {res.best_trial().number: "best score"}
+    best_found = res.best_config()
+    picked: dict[int, str] = {best_found.trial.number: "best score" if best_found.preferred_over is None else
+                              "best config (seeded, within the noise of the best score)"}
     for bname, bparams in sorted(budgets.items(), key=lambda kv: kv[1]):
         if any(t.user_attrs["params"] <= bparams for t in by_num.values()):
             n = res.best_trial(max_params=bparams).number  # a seeded config within the noise of the best answers
@@ -313,10 +315,10 @@ def baseline_picks(found: list[str], rows: list[dict[str, Any]], picks: int) -> 
 
 
 def stale_picks(found: list[str], rows: list[dict[str, Any]], picks: int) -> list[dict[str, Any]]:
-    """The re-trained rows of the ``found`` searches that are not among their picks now (``found_configs``): a pick
-    that the rule for answers no longer makes (e.g. a rate that scored within the noise of a seeded config's, which
-    answers now).  ``report`` prints them apart and leaves them out of the verdicts; a pick not re-trained yet is
-    printed as such (run ``run``)."""
+    """The re-trained rows of the ``found`` searches that are not among their picks now (``found_configs`` with this
+    ``picks``): a pick that the rule for answers no longer makes (e.g. a rate that scored within the noise of a seeded
+    config's, which answers now), or one that a larger ``--picks`` made.  ``report`` prints them apart (kind
+    ``stale``) and leaves them out of the verdicts; a pick not re-trained yet is printed as such (run ``run``)."""
     from autopeft.candidate import Candidate
 
     budgets = {r["name"]: r["params"] for r in rows if r["kind"] == "baseline" and r["name"] != FULL_FT}
@@ -328,7 +330,7 @@ def stale_picks(found: list[str], rows: list[dict[str, Any]], picks: int) -> lis
         out += [r for r in mine if r["key"] not in now]
         for key, pick in now.items():
             if not any(r["key"] == key for r in mine):
-                print(f"{name}: pick {pick[:60]} is not re-trained yet (run `run` with this --found)")
+                print(f"{name}: pick {pick[:60]} is not re-trained yet (run `run` with this --found and --picks)")
     return out
 
 

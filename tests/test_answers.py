@@ -76,7 +76,7 @@ def test_without_the_margin_the_answers_are_the_configs_that_re_train_lower(tmp_
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     import autopeft.result as result
 
-    monkeypatch.setattr(result, "noise_margin", lambda score, n_eval: 0.0)
+    monkeypatch.setattr(result, "noise_margin", lambda score, n_eval, **kw: 0.0)
     assert _study(tmp_path, SST2, "confirm-sst2-bfirst-1").best_config(max_params=SERIAL_64).trial.number == 33
     assert _study(tmp_path, SST2, "confirm-sst2-bfirst-0").best_config(max_params=SERIAL_64).trial.number == 26
 
@@ -127,6 +127,64 @@ def test_an_enqueued_config_answers_within_the_noise_and_export_says_so(tiny_mod
         assert main(["export", "--study", "q", "--storage", storage, "--best", "-o", str(tmp_path / "cfg")]) == 0
     assert (f"it is a config you queued (enqueue:{tmp_path / 'q.yaml'} entry 1): trial #9 (" in out.getvalue()
             and "scored 0.0276 higher, less than the noise of the search rows, so your config stays" in out.getvalue())
-    monkeypatch.setattr(result, "noise_margin", lambda score, n_eval: 0.0)  # without the margin: the sampler's best
+    monkeypatch.setattr(result, "noise_margin", lambda score, n_eval, **kw: 0.0)  # without the margin: the sampler's best
     found = autopeft.load_study("q", storage).best_config()
     assert found.trial.number == 9 and found.preferred_over is None and found.seeded_by is None
+
+
+def test_the_preference_leaves_every_other_group_as_it_was() -> None:
+    # rates of one structure (G) with different costs (the time objective): the old front, a preferred point elsewhere
+    Y = np.array([[0.90, -5.0, -2.0], [0.85, -5.0, -1.0], [0.95, -5.0, -1.9], [0.50, -3.0, -0.5]])
+    groups = ["G", "G", "H", "S"]
+    before = front_mask(Y, groups).tolist()
+    assert before == [False, True, True, True]
+    assert front_mask(Y, groups, [False, False, False, True], [0.01] * 4).tolist() == before
+    # no margin (a loss): a preferred point only stands for its group as before, never over a better one
+    Y2 = np.array([[-1.20, -5.0, -2.0], [-1.19, -5.0, -2.0]])
+    assert front_mask(Y2, ["G", "G"], [True, False], [0.0, 0.0]).tolist() == [False, True]
+
+
+def test_the_margin_per_metric() -> None:
+    assert noise_margin(0.3, 500, metric="matthews") == pytest.approx(2 * noise_margin(0.65, 500))
+    assert noise_margin(-0.2, 500, metric="matthews") > 0  # a Matthews below 0 still has a standard error
+    assert noise_margin(1.02, 500) == 0.0 and noise_margin(-0.01, 500) == 0.0  # a score moved past [0, 1]: clamped
+    assert noise_margin(0.9, 500, metric="loss") == 0.0
+
+
+def _made_study(trials: list[dict]) -> SearchResult:
+    """An in-memory study of given trials (score, params; attributes as a search stores them)."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for k, v in {"objectives": ["score", "params"], "ref_point": [0.5, -7.0], "metric": "auc",
+                 "fidelity": {"n_eval": 500}, "ladder": [{"n_train": 2000, "epochs": 1.0}]}.items():
+        study.set_user_attr(k, v)
+    for t in trials:
+        cand = {"methods": {"lora": {"r": t["r"]}}, "layers": [0], "lr_multiplier": t.get("lr", 1.0)}
+        attrs = {"candidate": cand, "candidate_key": f"{t['r']}@{t.get('lr', 1.0)}", "params": t["params"],
+                 "summary": f"lora r={t['r']} x{t.get('lr', 1.0)}", **t.get("attrs", {})}
+        study.add_trial(optuna.trial.create_trial(values=[t["score"], t["params"]], user_attrs=attrs,
+                                                  params={"x": 0.0}, distributions={"x": FloatDistribution(0, 1)}))
+    return SearchResult(study, "sqlite://")
+
+
+def test_a_promoted_rate_step_is_not_the_seeded_config_and_a_budget_it_misses_has_no_preference() -> None:
+    res = _made_study([
+        {"r": 8, "score": 0.800, "params": 1000, "attrs": {"seeded_by": "baseline:lora r=8 q,v"}},
+        {"r": 8, "score": 0.800, "params": 1000, "attrs": {"rung": 1, "promoted_from": 0}},  # the baseline, rung 1
+        {"r": 8, "lr": 2.0, "score": 0.805, "params": 1000, "attrs": {"rung": 1, "rate_from": 1}},  # its rate step
+        {"r": 2, "score": 0.790, "params": 250},  # a sampler config
+    ])
+    comp = res.complete_trials()
+    assert [t.number for t in comp] == [1, 2, 3]  # each config at its highest rung
+    assert res.preferred(comp) == [True, False, False]  # the promotion follows to the baseline; the step does not
+    assert res.best_config().trial.number == 1 and res.best_config().preferred_over["trial"] == 2  # 0.005 < 0.0089
+    found = res.best_config(max_params=500)  # the baseline does not fit: the best that does, nothing preferred
+    assert found.trial.number == 3 and found.preferred_over is None
+    step = _made_study([
+        {"r": 8, "score": 0.800, "params": 1000, "attrs": {"seeded_by": "baseline:lora r=8 q,v"}},
+        {"r": 8, "lr": 2.0, "score": 0.805, "params": 1000, "attrs": {"rate_from": 0}},
+        {"r": 8, "lr": 2.0, "score": 0.805, "params": 1000, "attrs": {"rung": 1, "promoted_from": 1}},  # promoted
+    ])
+    assert step.preferred(step.complete_trials()) == [True, False]  # a promotion of a rate step is no seeded config
