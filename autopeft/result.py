@@ -8,7 +8,7 @@ import numpy as np
 
 from autopeft.candidate import Candidate
 from autopeft.errors import StudyError
-from autopeft.pareto import front_mask, hypervolume, noise_margin, to_max
+from autopeft.pareto import ANSWER_SE, front_mask, hypervolume, noise_margin, to_max
 from autopeft.storage import A
 
 
@@ -44,6 +44,9 @@ class SearchResult:
         self.laddered: bool = bool(self.meta.get(A.LADDER))
         #: the study's fidelity level (autopeft.escalation; 0: it never raised it): front and tables are of this level
         self.level: int = int(self.meta.get(A.LEVEL_NOW, 0) or 0)
+        #: how far, in standard errors of a difference of two scores on the search rows, a config must score above a
+        #: seeded one to answer in its place (:func:`autopeft.pareto.noise_margin`); 0 turns the preference off
+        self.answer_se: float = ANSWER_SE
 
     # ------------------------------------------------------------------ tables
     def complete_trials(self, every_rung: bool = False) -> list[Any]:
@@ -238,7 +241,8 @@ class SearchResult:
         if self.objectives[0] != "score":
             return [0.0] * len(Y)
         metric = str(self.meta.get(A.METRIC) or "auc")
-        return [noise_margin(float(y[0]), n_eval, metric=metric) for y in np.asarray(Y, dtype=float).reshape(len(Y), -1)]
+        return [noise_margin(float(y[0]), n_eval, self.answer_se, metric)
+                for y in np.asarray(Y, dtype=float).reshape(len(Y), -1)]
 
     def best_config(self, max_params: Any = None, max_memory: Any = None) -> "FoundConfig":
         """The highest-scoring complete configuration within the budgets (``"1%"`` of base params allowed; on the

@@ -60,14 +60,28 @@ def _data(task: str, data_dir: str) -> dict[str, Any]:
     return data_spec_dict(task, data_dir)
 
 
-def found_configs(found: str, budgets: dict[str, int], k: int = 5) -> list[dict[str, Any]]:
-    """Up to ``k`` front configs of one search, picked from its low-cost results only, as a user would:
-    its best config, then for each baseline what ``best_config(max_params=<that baseline's params>)`` returns,
-    then (if fewer than ``k``) configs spread over log-params among those within 0.05 of the best score."""
+#: ``--answer-se``: the factor of the answers' noise margin for every search this process opens (None: the default,
+#: :data:`autopeft.pareto.ANSWER_SE`; 0: no preference for seeded configs, the answers before session 18)
+ANSWER_SE: float | None = None
+
+
+def _load(found: str) -> Any:
+    """A ``NAME@STORAGE`` search, with ``--answer-se`` applied."""
     from autopeft.api import load_study
 
     name, _, storage = found.partition("@")
     res = load_study(name, storage or None)
+    if ANSWER_SE is not None:
+        res.answer_se = ANSWER_SE
+    return res
+
+
+def found_configs(found: str, budgets: dict[str, int], k: int = 5) -> list[dict[str, Any]]:
+    """Up to ``k`` front configs of one search, picked from its low-cost results only, as a user would:
+    its best config, then for each baseline what ``best_config(max_params=<that baseline's params>)`` returns,
+    then (if fewer than ``k``) configs spread over log-params among those within 0.05 of the best score."""
+    name = found.partition("@")[0]
+    res = _load(found)
     front = res.front_trials()  # best low-cost score first
     if not front:
         return []
@@ -334,6 +348,39 @@ def stale_picks(found: list[str], rows: list[dict[str, Any]], picks: int) -> lis
     return out
 
 
+def answers_per_budget(found: list[str], rows: list[dict[str, Any]],
+                       base_rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """For each search and each baseline: the search's answer under that baseline's parameters (``best_trial``, as a
+    user gets it) against the baseline, paired over seeds; ``matched`` when its mean is at least the baseline's (the
+    issue's goal, one answer per budget; the verdicts above take any of a search's picks).  An answer not re-trained yet
+    is printed as such (``run`` with a ``--picks`` that reaches it)."""
+    from autopeft.candidate import Candidate
+
+    by_key = {r["key"]: r for r in rows if not r.get("alias") and r["kind"] != "baseline"}
+    by_key.update({r["key"]: r for r in base_rows})
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for f in found or []:
+        name, res = f.partition("@")[0], _load(f)
+        out[name] = {}
+        line = []
+        for b in sorted(base_rows, key=lambda r: r["params"]):
+            t = res.best_trial(max_params=b["params"])
+            row = by_key.get(Candidate.from_dict(t.user_attrs["candidate"]).key)
+            short = b["name"].split(" (")[0]
+            if row is None:
+                out[name][b["name"]] = {"trial": t.number, "retrained": False}
+                line.append(f"{short}: #{t.number} not re-trained")
+                continue
+            d = paired_diff(row, b)
+            ok = row["mean"] >= b["mean"] - 1e-12
+            out[name][b["name"]] = {"trial": t.number, "retrained": True, "matched": ok, **d}
+            line.append(f"{short}: #{t.number} {d['diff']:+.3f} ± {d['se']:.3f}{'' if ok else ' (missed)'}")
+        n_ok = sum(v.get("matched", False) for v in out[name].values())
+        print(f"answers of {name} under each baseline's params: {n_ok} of {len(base_rows)} matched or beaten; "
+              + "; ".join(line))
+    return out
+
+
 def report(a: argparse.Namespace) -> dict[str, Any]:
     import statistics
 
@@ -386,13 +433,14 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
                 if pd_["n"] >= 2:
                     print(f"    closest within its params: {pd_['found'][:45]}: {pd_['diff']:+.4f} ± {pd_['se']:.4f} "
                           f"(paired over {pd_['n']} seeds) -> {pd_['call']}")
+    out_budget = answers_per_budget(a.found, rows, base_rows)
     from autopeft.contract import Fidelity
 
     want = Fidelity(**(a.low_fidelity or {})).to_dict()
     # low-cost scores from a search at another fidelity (records without one came from the table's fidelity)
     prox = [r for r in rows if r["low_score"] is not None and not r.get("alias")
             and (r["low_fidelity"] is None or Fidelity.from_stored(r["low_fidelity"]).to_dict() == want)]
-    out: dict[str, Any] = {"rows": rows, "verdict": verdict, "paired": paired}
+    out: dict[str, Any] = {"rows": rows, "verdict": verdict, "paired": paired, "per_budget": out_budget}
     if len(prox) >= 3:
         out["proxy_rho"] = spearman([r["low_score"] for r in prox], [r["mean"] for r in prox])
         out["proxy_n"] = len(prox)
@@ -464,10 +512,16 @@ def main(argv: list[str] | None = None) -> Any:
                     "multipliers bench.fair_baselines tune found (the fair protocol), instead of their defaults")
     ap.add_argument("--ceiling-only", action="store_true", help="proxy: only the configs re-trained with 2 or more "
                                                                 "seeds (the seed-to-seed ceiling's configs)")
+    ap.add_argument("--answer-se", type=float, help="the factor of the noise margin within which a seeded config "
+                    "answers in place of a higher-scoring one (default: autopeft's, 0.5; 0: the answers without it)")
     add_quick(ap, "a tiny budget (with --model TINY)")
     a = ap.parse_args(argv)
     if a.picks < 1:
         ap.error(f"--picks must be at least 1, got {a.picks}")
+    if a.answer_se is not None and not 0 <= a.answer_se < math.inf:
+        ap.error(f"--answer-se must be a finite number >= 0, got {a.answer_se}")
+    global ANSWER_SE
+    ANSWER_SE = a.answer_se
     a.fidelity = [fidelity_arg(ap, text, allow_metric=True) for text in a.fidelity or []]
     from autopeft._quiet import quiet
 

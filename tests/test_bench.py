@@ -248,6 +248,28 @@ def test_report_leaves_out_rows_its_search_no_longer_picks(monkeypatch: pytest.M
     assert rt.stale_picks([], rows, 2) == []
 
 
+def test_report_gives_each_budgets_answer_with_and_without_the_answer_margin(tmp_path: Path) -> None:
+    """The goal's protocol on a committed search and the committed re-training: the answer under each tuned baseline's
+    parameters, paired over 3 seeds; ``--answer-se 0`` gives the answers without the seeded preference."""
+    import shutil
+
+    rt = _load("retrain")
+    shutil.copy(TABLES / "confirm-sst2-bfirst.db", tmp_path / "s.db")
+    args = ["report", "--task", "sst2", "--tuned-baselines", "--found", f"confirm-sst2-bfirst-1@sqlite:///{tmp_path / 's.db'}",
+            "--n-proxy", "0", "--picks", "5", "--proxy-out", str(tmp_path / "none.jsonl")]
+    got = rt.main(args)["per_budget"]["confirm-sst2-bfirst-1"]
+    serial = got["serial adapter 64"]
+    assert serial["trial"] == 22 and serial["matched"] and serial["diff"] == 0.0  # the baseline itself, at x1
+    assert sum(v["matched"] for v in got.values()) == 4 and got["ia3 (lr x2, tuned)"]["trial"] == 15
+    got = rt.main([*args, "--answer-se", "0"])["per_budget"]["confirm-sst2-bfirst-1"]
+    serial = got["serial adapter 64"]
+    assert serial["trial"] == 33 and not serial["matched"] and serial["diff"] == pytest.approx(-0.014, abs=0.001)
+    assert sum(v["matched"] for v in got.values()) == 3
+    with pytest.raises(SystemExit) as e:
+        rt.main([*args, "--answer-se", "-1"])
+    assert e.value.code == 2
+
+
 def test_paired_call_needs_a_gap_beyond_two_standard_errors() -> None:
     rt = _load("retrain")
     base = {"name": "b", "params": 10, "scores": [0.80, 0.82, 0.81], "seed_list": [0, 1, 2]}
