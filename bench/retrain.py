@@ -356,8 +356,7 @@ def answers_per_budget(found: list[str], rows: list[dict[str, Any]],
     is printed as such (``run`` with a ``--picks`` that reaches it)."""
     from autopeft.candidate import Candidate
 
-    by_key = {r["key"]: r for r in rows if not r.get("alias") and r["kind"] != "baseline"}
-    by_key.update({r["key"]: r for r in base_rows})
+    by_key = {r["key"]: r for r in rows if not r.get("alias")}  # any re-training of the config: a baseline's too
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for f in found or []:
         name, res = f.partition("@")[0], _load(f)
