@@ -355,6 +355,7 @@ def answers_per_budget(found: list[str], rows: list[dict[str, Any]],
     issue's goal, one answer per budget; the verdicts above take any of a search's picks).  An answer not re-trained yet
     is printed as such (``run`` with a ``--picks`` that reaches it)."""
     from autopeft.candidate import Candidate
+    from autopeft.errors import StudyError
 
     by_key = {r["key"]: r for r in rows if not r.get("alias")}  # any re-training of the config: a baseline's too
     out: dict[str, dict[str, dict[str, Any]]] = {}
@@ -363,9 +364,14 @@ def answers_per_budget(found: list[str], rows: list[dict[str, Any]],
         out[name] = {}
         line = []
         for b in sorted(base_rows, key=lambda r: r["params"]):
-            t = res.best_trial(max_params=b["params"])
-            row = by_key.get(Candidate.from_dict(t.user_attrs["candidate"]).key)
             short = b["name"].split(" (")[0]
+            try:
+                t = res.best_trial(max_params=b["params"])
+            except StudyError:  # nothing the search ran fits this budget: no answer, not matched
+                out[name][b["name"]] = {"trial": None, "retrained": False}
+                line.append(f"{short}: no config fits")
+                continue
+            row = by_key.get(Candidate.from_dict(t.user_attrs["candidate"]).key)
             if row is None:
                 out[name][b["name"]] = {"trial": t.number, "retrained": False}
                 line.append(f"{short}: #{t.number} not re-trained")

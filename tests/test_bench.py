@@ -268,6 +268,23 @@ def test_report_gives_each_budgets_answer_with_and_without_the_answer_margin(tmp
     with pytest.raises(SystemExit) as e:
         rt.main([*args, "--answer-se", "-1"])
     assert e.value.code == 2
+    tiny = _study_with_nothing_under(rt)  # a budget no config of the search fits: no answer, not matched
+    assert tiny == {"s": {"ia3": {"trial": None, "retrained": False}}}
+
+
+def _study_with_nothing_under(rt: object) -> dict:
+    from autopeft.errors import StudyError
+
+    class NothingFits:
+        def best_trial(self, max_params: object = None) -> object:
+            raise StudyError("no completed trial fits the budget")
+
+    real = rt._load  # type: ignore[attr-defined]
+    rt._load = lambda found: NothingFits()  # type: ignore[attr-defined]
+    try:
+        return rt.answers_per_budget(["s@x"], [], [{"name": "ia3", "params": 10, "mean": 0.8, "key": "k"}])  # type: ignore[attr-defined]
+    finally:
+        rt._load = real  # type: ignore[attr-defined]
 
 
 def test_paired_call_needs_a_gap_beyond_two_standard_errors() -> None:
