@@ -10,7 +10,11 @@ from autopeft.commands._args import study_args
 
 
 def add(sub: Any) -> None:
-    p = sub.add_parser("best", help="print the best config under a budget as JSON")
+    p = sub.add_parser("best", help="print the best config under a budget as JSON",
+                       description="The highest-scoring config within the budgets, as JSON; a config the study ran "
+                                   "first (a hand-designed baseline, --enqueue) answers instead when the best scores "
+                                   "less than the noise of the search rows above it (preferred_over then names the "
+                                   "other).")
     study_args(p)
     p.add_argument("--max-params", help="budget: a count, or a percentage of the base model like 0.5%%")
     p.add_argument("--max-memory", help="budget in MiB, or with a unit like 1.5GiB")
