@@ -30,6 +30,17 @@ def structure_key(trial: Any) -> str:
     return key_of(cand) if any(k != "lr_multiplier" for k in cand) else f"trial {trial.number}"
 
 
+def _origin(trial: Any, by_number: dict[int, Any], through_rate_steps: bool = True) -> Any:
+    """The trial a stored trial's config was first evaluated as: back through its promotions (``promoted_from``) and,
+    with ``through_rate_steps``, through ``--refine-rate``'s steps (``rate_from``); without, None for a rate step (or a
+    promotion of one).  None also when a link is missing."""
+    while trial is not None and (A.PROMOTED_FROM in trial.user_attrs or A.RATE_FROM in trial.user_attrs):
+        if A.RATE_FROM in trial.user_attrs and not through_rate_steps:
+            return None
+        trial = by_number.get(trial.user_attrs.get(A.PROMOTED_FROM, trial.user_attrs.get(A.RATE_FROM)))
+    return trial
+
+
 class SearchResult:
     """A view of a stored study (``autopeft.search`` returns one; ``autopeft.load_study`` opens one)."""
 
@@ -226,13 +237,8 @@ class SearchResult:
         from autopeft.promotion import FIRST_SOURCES
 
         by_number = {t.number: t for t in self.study.get_trials(deepcopy=False)}
-        out = []
-        for t in trials:
-            while t is not None and A.PROMOTED_FROM in t.user_attrs and A.RATE_FROM not in t.user_attrs:
-                t = by_number.get(t.user_attrs[A.PROMOTED_FROM])
-            out.append(t is not None and A.RATE_FROM not in t.user_attrs
-                       and str(t.user_attrs.get(A.SEEDED_BY) or "").startswith(FIRST_SOURCES))
-        return out
+        origins = [_origin(t, by_number, through_rate_steps=False) for t in trials]
+        return [o is not None and str(o.user_attrs.get(A.SEEDED_BY) or "").startswith(FIRST_SOURCES) for o in origins]
 
     def margins(self, Y: np.ndarray) -> list[float]:
         """Per row of ``Y`` (made to maximise): how much more a config must score than a seeded one to be the answer
@@ -262,10 +268,8 @@ class SearchResult:
         """Where a trial's config came from when the study queued it (``baseline:NAME``, ``enqueue:FILE entry N``,
         ``warm-start:STUDY#TRIAL``; a promoted trial, or a step of ``--refine-rate``'s line search: the config it came
         from), or None for the sampler's own proposals."""
-        by_number = {t.number: t for t in self.study.get_trials(deepcopy=False)}
-        while trial is not None and (A.PROMOTED_FROM in trial.user_attrs or A.RATE_FROM in trial.user_attrs):
-            trial = by_number.get(trial.user_attrs.get(A.PROMOTED_FROM, trial.user_attrs.get(A.RATE_FROM)))
-        return None if trial is None else trial.user_attrs.get(A.SEEDED_BY)
+        origin = _origin(trial, {t.number: t for t in self.study.get_trials(deepcopy=False)})
+        return None if origin is None else origin.user_attrs.get(A.SEEDED_BY)
 
     def hypervolume(self) -> float:
         """Hypervolume of the front in (score, -log10 params, -log10 memory MiB, ...) above the study's ref point (with

@@ -25,18 +25,16 @@ def run(args: argparse.Namespace) -> int:
     found = api.found_config(args.study, args.storage, None if args.best else args.trial, args.max_params, args.max_memory)
     d = api.export(found, args.output)
     print(f"exported {found.candidate.summary()} to {d}")
+    over = found.preferred_over if args.best else None
+    within = ("" if over is None else f"trial #{over['trial']} ({over['summary']}) scored "
+              f"{over['score'] - over['score_here']:.4f} higher, less than the noise of the search rows, so ")
     if args.best and (found.seeded_by or "").startswith("baseline:"):  # the study ran it first; nothing found beat it
         name, lr = found.seeded_by.split(":", 1)[1], found.candidate.lr_multiplier
         at = "" if lr == 1.0 else f" at learning rate x{lr:.3g} (--refine-rate's line search from its default rate)"
-        over = found.preferred_over
         print(f"it is the hand-designed baseline {name}{at}, which the study ran first: "
-              + ("no config the search proposed scored higher within the budget" if over is None else
-                 f"trial #{over['trial']} ({over['summary']}) scored {over['score'] - over['score_here']:.4f} higher, "
-                 "less than the noise of the search rows, so the baseline stays the answer"))
-    elif args.best and found.preferred_over is not None:  # an --enqueue config, kept over one within the noise
-        over = found.preferred_over
-        print(f"it is a config you queued ({found.seeded_by}): trial #{over['trial']} ({over['summary']}) scored "
-              f"{over['score'] - over['score_here']:.4f} higher, less than the noise of the search rows, so your config "
-              "stays the answer")
+              + (f"{within}the baseline stays the answer" if over else
+                 "no config the search proposed scored higher within the budget"))
+    elif over is not None:  # an --enqueue config, kept over one within the noise
+        print(f"it is a config you queued ({found.seeded_by}): {within}your config stays the answer")
     print(api.describe_export(d))
     return 0
