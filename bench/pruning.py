@@ -27,6 +27,7 @@ times and their ratio.
 from __future__ import annotations
 
 import argparse
+import math
 import json
 from typing import Any, Sequence
 
@@ -90,9 +91,14 @@ def report(storage: str) -> dict[str, Any]:
     return out
 
 
-#: early-stopping rules tried on the replay: rungs (fractions of training), eta (keep the best 1/eta of the cost
-#: peers), floor (a cut below chance + floor stops nothing: the peers have not learned yet); "cost-sh" is the pruner
-#: as shipped (autopeft.pruner.RUNGS, ETA)
+#: early-stopping rules tried on the replay.  Cost-aware successive halving (``kind`` "sh", the default; autopeft's
+#: ``cost-sh``): rungs (fractions of training), eta (keep the best 1/eta of the cost peers), floor (a cut below chance +
+#: floor stops nothing: the peers have not learned yet); "cost-sh" is the pruner as shipped (autopeft.pruner.RUNGS,
+#: ETA).  Two other families (session 19): ``moasha``, syne-tune's MOASHA rule (non-dominated sorting of every trial's
+#: (rung score, params, memory) at the rung, all trials, costs included; go on within the best 1/eta of the ranks), and
+#: ``reach``, a learning-curve model of "can it still reach the front": the finished trials whose score at the rung is
+#: nearest the trial's (``k`` of them) say how far a trial scoring that at the rung ended; the trial stops when even
+#: the best of them ended below the best final score of its cost peers (no more params and memory, 10 % slack).
 REPLAY_RULES: dict[str, dict[str, Any]] = {
     "cost-sh": {"rungs": [0.25, 0.5], "eta": 3.0, "floor": None},
     "cost-sh floor": {"rungs": [0.25, 0.5], "eta": 3.0, "floor": 0.02},
@@ -102,7 +108,62 @@ REPLAY_RULES: dict[str, dict[str, Any]] = {
     "three floor": {"rungs": [0.25, 0.5, 0.75], "eta": 3.0, "floor": 0.02},
     "75% floor": {"rungs": [0.75], "eta": 3.0, "floor": 0.02},
     "75% floor eta2": {"rungs": [0.75], "eta": 2.0, "floor": 0.02},
+    "moasha": {"kind": "moasha", "rungs": [0.25, 0.5], "eta": 3.0, "floor": None},
+    "moasha late": {"kind": "moasha", "rungs": [0.5, 0.75], "eta": 3.0, "floor": None},
+    "reach k5": {"kind": "reach", "rungs": [0.25, 0.5, 0.75], "k": 5, "floor": None},
+    "reach k5 band1": {"kind": "reach", "rungs": [0.25, 0.5, 0.75], "k": 5, "band_se": 1.0, "floor": None},
+    "reach k5 band2": {"kind": "reach", "rungs": [0.25, 0.5, 0.75], "k": 5, "band_se": 2.0, "floor": None},
+    "reach k5 band1 late": {"kind": "reach", "rungs": [0.5, 0.75], "k": 5, "band_se": 1.0, "floor": None},
+    "oracle 25%": {"kind": "oracle", "rungs": [0.25], "floor": None},
+    "oracle 50%": {"kind": "oracle", "rungs": [0.5], "floor": None},
+    "oracle 75%": {"kind": "oracle", "rungs": [0.75], "floor": None},
 }
+
+
+def nds_ranks(Y: np.ndarray) -> np.ndarray:
+    """Non-dominated sorting (to maximise every column): each row's front, 0 the best."""
+    from autopeft.pareto import non_dominated
+
+    ranks = np.full(len(Y), -1)
+    left = np.arange(len(Y))
+    k = 0
+    while len(left):
+        m = non_dominated(Y[left])
+        ranks[left[m]] = k
+        left = left[~m]
+        k += 1
+    return ranks
+
+
+def moasha_stops(peers: list[tuple[float, float, float]], me: tuple[float, float, float], eta: float) -> bool:
+    """MOASHA's rule at one rung (syne-tune's ``_Bracket.on_result`` with its non-dominated priority): the trial
+    stops when the share of the rung's points in better fronts than its own exceeds 1/eta.  Points are (rung score,
+    params, memory); every trial that reached the rung counts, whatever its cost."""
+    if not peers:
+        return False
+    Y = np.array([[s, -np.log10(max(p, 1.0)), -np.log10(max(m, 1e-9))] for s, p, m in [*peers, me]])
+    r = nds_ranks(Y)
+    return float(np.sum(r < r[-1])) / len(r) > 1.0 / eta
+
+
+def reach_stops(done: list[tuple[float, float]], peers_final: list[float], score: float, k: int,
+                band: float = 0.0) -> bool:
+    """The curve-model rule at one rung: ``done`` holds (rung score, final score) of finished trials, ``peers_final``
+    the final scores of the trial's cost peers.  It stops when the best final score among the ``k`` finished trials
+    whose rung score is nearest ``score`` (with every tie, and every one within ``band`` of it) is below the best of
+    its peers: no trial that scored as it does at the rung ended where it would need to be to reach the front."""
+    if len(done) < MIN_REACH or not peers_final:
+        return False
+    by_gap = sorted(done, key=lambda d: abs(d[0] - score))
+    gap = max(abs(by_gap[min(k, len(by_gap)) - 1][0] - score), band)
+    near = [d for d in by_gap if abs(d[0] - score) <= gap + 1e-12]  # the k nearest, every tie, at least +-band
+    return max(f for _, f in near) < max(peers_final)
+
+
+#: the curve-model rule needs this many finished trials with a score at the rung
+MIN_REACH = 5
+#: rows of the search split a curve point is scored on (autopeft.pruner.RUNG_EVAL_ROWS; the band's standard error)
+RUNG_ROWS = 200
 
 
 def load_curves(path: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -122,8 +183,8 @@ def load_curves(path: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     return rows, meta
 
 
-def replay_one(rows: list[dict[str, Any]], order: Sequence[int], rule: dict[str, Any] | None, chance: float
-               ) -> tuple[list[float], list[bool], list[float]]:
+def replay_one(rows: list[dict[str, Any]], order: Sequence[int], rule: dict[str, Any] | None, chance: float,
+               front: frozenset[int] = frozenset()) -> tuple[list[float], list[bool], list[float]]:
     """One rule on one order: per config (in order) its cost in seconds, whether it was stopped, and the score it is
     stored with (its final score, or its score where it stopped)."""
     from types import SimpleNamespace
@@ -135,7 +196,8 @@ def replay_one(rows: list[dict[str, Any]], order: Sequence[int], rule: dict[str,
     for i in order:
         r = rows[i]
         stop_at = None
-        if rule is not None:
+        kind = rule.get("kind", "sh") if rule is not None else None
+        if kind == "sh":
             peers = [[p.params, p.memory, [p.curve.get(f) for f in rule["rungs"]]] for p in done
                      if p.params <= r["params"] * (1 + COST_SLACK)]
             spec = {"rungs": rule["rungs"], "eta": rule["eta"], "min_peers": MIN_PEERS, "slack": COST_SLACK,
@@ -150,12 +212,35 @@ def replay_one(rows: list[dict[str, Any]], order: Sequence[int], rule: dict[str,
                 if s < c[0]:
                     stop_at = k
                     break
+        elif kind == "oracle":  # a bound, not a rule: knows the table's final front, stops the rest at the rung
+            if i not in front and r["curve"].get(rule["rungs"][0]) is not None:
+                stop_at = 0
+        elif kind == "moasha":
+            for k, f in enumerate(rule["rungs"]):
+                s = r["curve"].get(f)
+                at = [(p.curve[f], p.params, p.memory) for p in done if p.curve.get(f) is not None]
+                if s is None or len(at) < MIN_PEERS:
+                    continue
+                if moasha_stops(at, (s, r["params"], r["memory"]), rule["eta"]):
+                    stop_at = k
+                    break
+        elif kind == "reach":
+            slack = 1 + COST_SLACK
+            peers_final = [p.final for p in done if p.final is not None and p.params <= r["params"] * slack
+                           and p.memory <= r["memory"] * slack]
+            for k, f in enumerate(rule["rungs"]):
+                s = r["curve"].get(f)
+                pairs = [(p.curve[f], p.final) for p in done if p.final is not None and p.curve.get(f) is not None]
+                band = rule.get("band_se", 0.0) * math.sqrt(max(s or 0.0, 1e-9) * (1 - min(s or 0.0, 1.0)) / RUNG_ROWS)
+                if s is not None and reach_stops(pairs, peers_final, s, rule["k"], band):
+                    stop_at = k
+                    break
         setup = r["wall_s"] - r["train_s"]
         if stop_at is None:
             costs.append(r["wall_s"])
             stopped.append(False)
             scores.append(r["score"])
-            done.append(SimpleNamespace(params=r["params"], memory=r["memory"], curve=r["curve"]))
+            done.append(SimpleNamespace(params=r["params"], memory=r["memory"], curve=r["curve"], final=r["score"]))
         else:
             f = rule["rungs"][stop_at]
             costs.append(setup + f * r["train_s"])
@@ -163,7 +248,7 @@ def replay_one(rows: list[dict[str, Any]], order: Sequence[int], rule: dict[str,
             scores.append(r["curve"][f])
             # a stopped config's curve is known up to where it stopped
             done.append(SimpleNamespace(params=r["params"], memory=r["memory"],
-                                        curve={g: v for g, v in r["curve"].items() if g <= f}))
+                                        curve={g: v for g, v in r["curve"].items() if g <= f}, final=None))
     return costs, stopped, scores
 
 
@@ -183,7 +268,7 @@ def replay(table: str, seeds: int) -> dict[str, Any]:
         per_seed = []
         for seed in range(seeds):
             order = np.random.default_rng(seed).permutation(len(rows)).tolist()
-            costs, stopped, _ = replay_one(rows, order, rule, chance)
+            costs, stopped, _ = replay_one(rows, order, rule, chance, frozenset(front))
             secs = np.cumsum(costs)
             pts, hvs = [], []
             for i, st in zip(order, stopped):
