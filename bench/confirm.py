@@ -47,7 +47,7 @@ def run(a: argparse.Namespace) -> int:
                          storage=storage, workers=a.workers, seed=seed, timeout=remaining,
                          executor="inline" if a.quick else "local", progress=not a.quick,
                          escalate=False, enqueue="none" if a.no_baselines else None,
-                         **(fid or {}))  # samplers compared at one fidelity: never raised
+                         warm_start=a.warm_start, **(fid or {}))  # samplers compared at one fidelity: never raised
             done = len(res.complete_trials())
             print(f"{res.name}: {done}/{a.trials} complete", flush=True)
             left += done < a.trials
@@ -118,6 +118,9 @@ def main(argv: list[str] | None = None) -> Any:
     add_data_dir(ap)
     add_model(ap)
     ap.add_argument("--storage")
+    ap.add_argument("--warm-start", help="run: start every search from another study, NAME@STORAGE_URL (autopeft search "
+                    "--warm-start: its best front config queued, its trials the default sampler's prior); keep such "
+                    "searches in their own --storage, as their study names are the cold ones'")
     ap.add_argument("--no-baselines", action="store_true",
                     help="run: no hand-designed baselines first (a new study's default since session 11), as the runs "
                          "recorded before it: the same random start-up design per seed")

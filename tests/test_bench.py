@@ -137,6 +137,15 @@ def test_retrain_quick_run_is_resumable_and_reports(tiny_model: str, glue_dir: P
     storage = f"sqlite:///{tmp_path / 'found.db'}"
     assert cf.main(["run", "--quick", "--model", tiny_model, "--data-dir", str(glue_dir), "--space", "tiny",
                     "--samplers", "autopeft", "--seeds", "0", "--trials", "6", "--storage", storage]) == 0
+    # the same search warm-started from that one, in its own storage: the other study's best front config goes first
+    warm = f"sqlite:///{tmp_path / 'warm.db'}"
+    assert cf.main(["run", "--quick", "--model", tiny_model, "--data-dir", str(glue_dir), "--space", "tiny",
+                    "--samplers", "autopeft", "--seeds", "0", "--trials", "2", "--storage", warm,
+                    "--warm-start", f"confirm-sst2-autopeft-0@{storage}"]) == 0
+    from autopeft.api import load_study
+
+    first = min(load_study("confirm-sst2-autopeft-0", warm).complete_trials(), key=lambda t: t.number)
+    assert str(first.user_attrs["seeded_by"]).startswith("warm-start:confirm-sst2-autopeft-0#")
     out = tmp_path / "runs.jsonl"
     args = ["--quick", "--model", tiny_model, "--data-dir", str(glue_dir), "--space", "tiny", "--seeds", "2",
             "--out", str(out), "--found", f"confirm-sst2-autopeft-0@{storage}"]
