@@ -27,8 +27,8 @@ times and their ratio.
 from __future__ import annotations
 
 import argparse
-import math
 import json
+import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -95,7 +95,8 @@ def report(storage: str) -> dict[str, Any]:
 #: ``cost-sh``): rungs (fractions of training), eta (keep the best 1/eta of the cost peers), floor (a cut below chance +
 #: floor stops nothing: the peers have not learned yet); "cost-sh" is the pruner as shipped (autopeft.pruner.RUNGS,
 #: ETA).  Two other families (session 19): ``moasha``, syne-tune's MOASHA rule (non-dominated sorting of every trial's
-#: (rung score, params, memory) at the rung, all trials, costs included; go on within the best 1/eta of the ranks), and
+#: (rung score, params, memory) at the rung, all trials, costs included; go on within the best 1/eta of the ranks;
+#: :func:`moasha_stops`), and
 #: ``reach``, a learning-curve model of "can it still reach the front": the finished trials whose score at the rung is
 #: nearest the trial's (``k`` of them) say how far a trial scoring that at the rung ended; the trial stops when even
 #: the best of them ended below the best final score of its cost peers (no more params and memory, 10 % slack).
@@ -137,8 +138,10 @@ def nds_ranks(Y: np.ndarray) -> np.ndarray:
 
 def moasha_stops(peers: list[tuple[float, float, float]], me: tuple[float, float, float], eta: float) -> bool:
     """MOASHA's rule at one rung (syne-tune's ``_Bracket.on_result`` with its non-dominated priority): the trial
-    stops when the share of the rung's points in better fronts than its own exceeds 1/eta.  Points are (rung score,
-    params, memory); every trial that reached the rung counts, whatever its cost."""
+    stops when the share of the rung's points ranked before it exceeds 1/eta.  Points are (rung score, params,
+    memory); every trial that reached the rung counts, whatever its cost.  A lenient variant: the points of one
+    front tie here, where syne-tune orders each front further (an epsilon-net from the best score), so that a trial
+    late in a large first front can be stopped too."""
     if not peers:
         return False
     Y = np.array([[s, -np.log10(max(p, 1.0)), -np.log10(max(m, 1e-9))] for s, p, m in [*peers, me]])
@@ -162,8 +165,6 @@ def reach_stops(done: list[tuple[float, float]], peers_final: list[float], score
 
 #: the curve-model rule needs this many finished trials with a score at the rung
 MIN_REACH = 5
-#: rows of the search split a curve point is scored on (autopeft.pruner.RUNG_EVAL_ROWS; the band's standard error)
-RUNG_ROWS = 200
 
 
 def load_curves(path: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -184,9 +185,11 @@ def load_curves(path: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
 
 
 def replay_one(rows: list[dict[str, Any]], order: Sequence[int], rule: dict[str, Any] | None, chance: float,
-               front: frozenset[int] = frozenset()) -> tuple[list[float], list[bool], list[float]]:
+               front: frozenset[int] = frozenset(), rung_rows: int = 200
+               ) -> tuple[list[float], list[bool], list[float]]:
     """One rule on one order: per config (in order) its cost in seconds, whether it was stopped, and the score it is
-    stored with (its final score, or its score where it stopped)."""
+    stored with (its final score, or its score where it stopped).  ``front``: the table's final front (the oracle's
+    knowledge); ``rung_rows``: the rows a curve point is scored on (the curve model's band)."""
     from types import SimpleNamespace
 
     from autopeft.pruner import COST_SLACK, MIN_PEERS, cut
@@ -231,7 +234,7 @@ def replay_one(rows: list[dict[str, Any]], order: Sequence[int], rule: dict[str,
             for k, f in enumerate(rule["rungs"]):
                 s = r["curve"].get(f)
                 pairs = [(p.curve[f], p.final) for p in done if p.final is not None and p.curve.get(f) is not None]
-                band = rule.get("band_se", 0.0) * math.sqrt(max(s or 0.0, 1e-9) * (1 - min(s or 0.0, 1.0)) / RUNG_ROWS)
+                band = rule.get("band_se", 0.0) * math.sqrt(max(s or 0.0, 1e-9) * (1 - min(s or 0.0, 1.0)) / rung_rows)
                 if s is not None and reach_stops(pairs, peers_final, s, rule["k"], band):
                     stop_at = k
                     break
@@ -268,7 +271,8 @@ def replay(table: str, seeds: int) -> dict[str, Any]:
         per_seed = []
         for seed in range(seeds):
             order = np.random.default_rng(seed).permutation(len(rows)).tolist()
-            costs, stopped, _ = replay_one(rows, order, rule, chance, frozenset(front))
+            costs, stopped, _ = replay_one(rows, order, rule, chance, frozenset(front),
+                                           int(meta.get("curve_eval_rows") or 200))
             secs = np.cumsum(costs)
             pts, hvs = [], []
             for i, st in zip(order, stopped):
