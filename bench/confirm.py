@@ -91,16 +91,22 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
             comp = sorted(res.complete_trials(), key=lambda t: t.number)
             Y = [to_max(res.objectives, t.values) for t in comp]
             hv = [hypervolume(np.array(Y[:k]), ref) if k <= len(Y) else None for k in marks]
+            reach = None
+            if a.reach is not None:  # the first number of complete trials whose front reaches --reach
+                reach = next((k for k in range(1, len(Y) + 1) if hypervolume(np.array(Y[:k]), ref) >= a.reach - 1e-12),
+                             None)
             best = max((t.values[0] for t in comp), default=None)
             col, beside = collapsed(res, comp, a.startup)
             out["studies"][f"{sampler}-{seed}"] = {"sampler": sampler, "seed": seed, "complete": len(comp), "hv": hv,
                                                   "best_score": best, "ref_point": ref, "collapsed": col,
-                                                  "collapsed_beside_itself": beside}
+                                                  "collapsed_beside_itself": beside, "trials_to_reach": reach}
             n_model = sum(t.number >= a.startup for t in comp)
             print(f"{sampler:9s} seed {seed}: {len(comp):3d} trials, best score {best if best is None else round(best, 3)}, "
                   "HV " + ", ".join(f"@{m}: {'-' if v is None else f'{v:.4f}'}" for m, v in zip(marks, hv))
                   + f"; collapsed {len(col)} of {n_model} model-based trials, {len(beside)} proposed while the same "
-                  "config trained at another rate", flush=True)
+                  "config trained at another rate"
+                  + ("" if a.reach is None else f"; HV {a.reach:.4f} first reached at trial "
+                     f"{'never' if reach is None else reach}"), flush=True)
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1))
     return out
@@ -121,6 +127,8 @@ def main(argv: list[str] | None = None) -> Any:
     ap.add_argument("--warm-start", help="run: start every search from another study, NAME@STORAGE_URL (autopeft search "
                     "--warm-start: its best front config queued, its trials the default sampler's prior); keep such "
                     "searches in their own --storage, as their study names are the cold ones'")
+    ap.add_argument("--reach", type=float, help="report: also the number of complete trials (in trial order) after "
+                    "which each study's hypervolume first reaches this value (e.g. a cold search's 40-trial figure)")
     ap.add_argument("--no-baselines", action="store_true",
                     help="run: no hand-designed baselines first (a new study's default since session 11), as the runs "
                          "recorded before it: the same random start-up design per seed")

@@ -115,6 +115,7 @@ REPLAY_RULES: dict[str, dict[str, Any]] = {
     "reach k5 band1": {"kind": "reach", "rungs": [0.25, 0.5, 0.75], "k": 5, "band_se": 1.0, "floor": None},
     "reach k5 band2": {"kind": "reach", "rungs": [0.25, 0.5, 0.75], "k": 5, "band_se": 2.0, "floor": None},
     "reach k5 band1 late": {"kind": "reach", "rungs": [0.5, 0.75], "k": 5, "band_se": 1.0, "floor": None},
+    "oracle 12.5%": {"kind": "oracle", "rungs": [0.125], "floor": None},
     "oracle 25%": {"kind": "oracle", "rungs": [0.25], "floor": None},
     "oracle 50%": {"kind": "oracle", "rungs": [0.5], "floor": None},
     "oracle 75%": {"kind": "oracle", "rungs": [0.75], "floor": None},
@@ -200,6 +201,8 @@ def replay_one(rows: list[dict[str, Any]], order: Sequence[int], rule: dict[str,
         r = rows[i]
         stop_at = None
         kind = rule.get("kind", "sh") if rule is not None else None
+        if kind not in (None, "sh", "oracle", "moasha", "reach"):
+            raise ValueError(f"unknown replay rule kind {kind!r}")
         if kind == "sh":
             peers = [[p.params, p.memory, [p.curve.get(f) for f in rule["rungs"]]] for p in done
                      if p.params <= r["params"] * (1 + COST_SLACK)]

@@ -609,3 +609,19 @@ def test_no_rule_at_a_rung_saves_more_than_the_oracle_on_the_committed_curve_tab
     moasha, _, moasha_front = run("moasha")
     shipped, _, _ = run("cost-sh")
     assert moasha < shipped and moasha_front > 0
+    safe = [n for n, r in pr.REPLAY_RULES.items() if min(r["rungs"]) >= 0.25 and run(n)[2] == 0]
+    assert "75% floor eta2" in safe and all(run(n)[0] >= share25 - 1e-12 for n in safe)  # none beats the bound
+
+
+def test_confirm_report_gives_the_trials_a_search_needed_to_reach_a_hypervolume() -> None:
+    """bench.confirm report --reach on a committed real SST-2 search: its own 20-trial hypervolume is first reached
+    within 20 trials; a value above its 40-trial one never."""
+    cf = _load("confirm")
+    args = ["report", "--task", "sst2", "--samplers", "autopeft", "--seeds", "0", "--trials", "40", "--storage",
+            f"sqlite:///{TABLES / 'confirm-sst2-collapse-running.db'}"]
+    st = cf.main(args)["studies"]["autopeft-0"]
+    hv20, hv40 = st["hv"][1], st["hv"][3]
+    assert 0 < hv20 < hv40 and st["trials_to_reach"] is None  # no --reach: nothing computed
+    k = cf.main([*args, "--reach", str(hv20)])["studies"]["autopeft-0"]["trials_to_reach"]
+    assert k is not None and 8 <= k <= 20
+    assert cf.main([*args, "--reach", str(hv40 + 0.01)])["studies"]["autopeft-0"]["trials_to_reach"] is None
