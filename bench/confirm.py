@@ -105,7 +105,7 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
                   "HV " + ", ".join(f"@{m}: {'-' if v is None else f'{v:.4f}'}" for m, v in zip(marks, hv))
                   + f"; collapsed {len(col)} of {n_model} model-based trials, {len(beside)} proposed while the same "
                   "config trained at another rate"
-                  + ("" if a.reach is None else f"; HV {a.reach:.4f} first reached at trial "
+                  + ("" if a.reach is None else f"; HV {a.reach:.6g} first reached at trial "
                      f"{'never' if reach is None else reach}"), flush=True)
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1))
