@@ -70,6 +70,16 @@ def collapsed(res: Any, comp: list[Any], startup: int) -> tuple[list[int], list[
     return col, beside
 
 
+def proposed_by_model(comp: list[Any], startup: int) -> list[int]:
+    """The complete trials a sampler proposed from its model: not queued (a baseline, a warm-start config, the
+    proposer's random config after repeated duplicates: ``seeded_by``) and started once at least ``startup`` trials had
+    completed (both samplers' start-up rule counts complete trials, so with 2 workers the trials numbered ``startup``
+    and ``startup + 1`` are usually still random)."""
+    ends = sorted(t.datetime_complete for t in comp)
+    return [t.number for t in comp if "seeded_by" not in t.user_attrs
+            and sum(e <= t.datetime_start for e in ends) >= startup]
+
+
 def report(a: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
@@ -97,14 +107,19 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
                              None)
             best = max((t.values[0] for t in comp), default=None)
             col, beside = collapsed(res, comp, a.startup)
+            by_model = proposed_by_model(comp, a.startup)
+            col_model = [n for n in by_model if n in set(col)]
             out["studies"][f"{sampler}-{seed}"] = {"sampler": sampler, "seed": seed, "complete": len(comp), "hv": hv,
                                                   "best_score": best, "ref_point": ref, "collapsed": col,
-                                                  "collapsed_beside_itself": beside, "trials_to_reach": reach}
+                                                  "collapsed_beside_itself": beside, "trials_to_reach": reach,
+                                                  "proposed_by_model": by_model, "collapsed_by_model": col_model}
             n_model = sum(t.number >= a.startup for t in comp)
             print(f"{sampler:9s} seed {seed}: {len(comp):3d} trials, best score {best if best is None else round(best, 3)}, "
                   "HV " + ", ".join(f"@{m}: {'-' if v is None else f'{v:.4f}'}" for m, v in zip(marks, hv))
                   + f"; collapsed {len(col)} of {n_model} model-based trials, {len(beside)} proposed while the same "
                   "config trained at another rate"
+                  + f"; of the {len(by_model)} the model proposed (not queued, {a.startup}+ complete before), "
+                    f"{len(col_model)} collapsed"
                   + ("" if a.reach is None else f"; HV {a.reach:.6g} first reached at trial "
                      f"{'never' if reach is None else reach}"), flush=True)
     if a.json:

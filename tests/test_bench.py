@@ -478,7 +478,8 @@ def test_fair_baselines_pick_each_baselines_best_rate_and_retrain_plans_it(tiny_
 
 def test_confirm_counts_collapsed_trials_and_those_beside_a_running_twin() -> None:
     """bench.confirm report's collapse columns: model-based trials (number >= 8) within 2 % of the gap above chance,
-    and of those the ones that started while the same config (any learning rate) still trained."""
+    and of those the ones that started while the same config (any learning rate) still trained; and the trials the
+    model proposed (8 complete before it started, not queued)."""
     import datetime as dt
     from types import SimpleNamespace
 
@@ -490,21 +491,28 @@ def test_confirm_counts_collapsed_trials_and_those_beside_a_running_twin() -> No
     lora = {"layers": [5], "methods": {"lora": {"r": 1}}, "sparsity": {}}
     # number: (config, lr, score, start s, end s); chance 0.5: collapsed at <= 0.51
     spec = {7: (head, 1.0, 0.50, 0, 30), 8: (head, 1.9, 0.50, 40, 60), 9: (head, 1.5, 0.505, 50, 70),
-            10: (lora, 1.0, 0.80, 55, 90), 11: (head, 1.2, 0.51, 80, 95), 12: (lora, 0.6, 0.50, 85, 120)}
+            10: (lora, 1.0, 0.80, 55, 90), 11: (head, 1.2, 0.51, 80, 95), 12: (lora, 0.6, 0.50, 85, 120),
+            13: (lora, 1.4, 0.50, 130, 140)}  # 13: queued (a random config after repeated duplicates)
     study = optuna.create_study(directions=["maximize", "minimize"])
     for n in range(7):  # start-up trials: never counted
         study.add_trial(optuna.trial.create_trial(values=[0.5, 1.0], user_attrs={"candidate": head}))
     for n, (cfg, lr, score, a, b) in spec.items():
         study.add_trial(optuna.trial.create_trial(
-            values=[score, 1.0], user_attrs={"candidate": {**cfg, "lr_multiplier": lr}}))
+            values=[score, 1.0], user_attrs={"candidate": {**cfg, "lr_multiplier": lr},
+                                             **({"seeded_by": "random: 10 duplicate proposals in a row"} if n == 13
+                                                else {})}))
     trials = study.get_trials(deepcopy=False)
     for t in trials:  # create_trial stamps both times with "now": give the timed ones theirs
         a, b = spec.get(t.number, (None, None, None, -100, -90))[3:]
         t.datetime_start, t.datetime_complete = t0 + dt.timedelta(seconds=a), t0 + dt.timedelta(seconds=b)
     res = SimpleNamespace(ref_point=[0.5, 0.0], study=SimpleNamespace(get_trials=lambda deepcopy=False: trials))
     col, beside = cf.collapsed(res, trials, 8)
-    assert col == [8, 9, 11, 12]  # 7 is start-up; 10 learned
+    assert col == [8, 9, 11, 12, 13]  # 7 is start-up; 10 learned
     assert beside == [9, 12]  # 9 began while 8 ran; 12 while 10 (the same LoRA) ran; 11 after 8 and 9 had finished
+    # proposed by the model: STARTUP complete trials before it started, not queued (13). 8-10 began once 0-7 were
+    # done (8 trials), 11 and 12 once 8 and 9 were too (10)
+    assert cf.proposed_by_model(trials, 8) == [8, 9, 10, 11, 12]
+    assert cf.proposed_by_model(trials, 9) == [11, 12] and cf.proposed_by_model(trials, 11) == []
 
 
 def test_rate_probe_and_fair_baselines_only_refuse_unknown_baselines(tiny_model: str, glue_dir: Path, tmp_path: Path,
