@@ -60,6 +60,9 @@ LR_NEAR = 1.05
 #: best score so far (the study's own reference point is unchanged).  Off: in a real 40-trial SST-2 search a floor of
 #: 0.25 left 20 of 32 model-based trials collapsed (18 without it); see BENCHMARKS "Collapse".
 SCORE_FLOOR = 0.0
+#: the score GP models the residual of a linear trend in log10 of the exact parameter count (slope >= 0), so a config
+#: far from every trial is predicted at its size's trend rather than at the mean of the trials (experimental, off)
+SCORE_TREND = False
 
 class _Seen:
     """Candidates already evaluated, failed or pending.  ``c in seen`` is also true for a candidate that differs
@@ -128,6 +131,7 @@ class CostAwareEHVISampler(BaseSampler):
         if not 0.0 <= score_floor < 1.0:
             raise ValueError(f"score_floor must be in [0, 1), got {score_floor!r}")
         self.score_floor = score_floor
+        self.score_trend = SCORE_TREND
         self._seed = 0 if seed is None else int(seed)
         self._rng = np.random.default_rng(seed)
         self._random = RandomSampler(seed=seed)
@@ -277,7 +281,9 @@ class CostAwareEHVISampler(BaseSampler):
                     cols.append(-cost_models[name].predict(F))
             return np.stack(cols, 1) if cols else np.zeros((len(cands), 0))
 
-        gp = self._fit_gp(X_fit, y_fit)
+        trend = self._trend([c for c, _ in done] + [c for c, _ in stopped]
+                            + (self._prior_cands if prior is not None else []), y_fit)
+        gp = self._fit_gp(X_fit, y_fit - trend(None))
         # candidate pool: random points, plus neighbours of the current front
         pool: dict[str, Candidate] = {}
         for _ in range(self.n_candidates):
@@ -308,12 +314,14 @@ class CostAwareEHVISampler(BaseSampler):
         if pending:
             Xp = memo.encode_all(pending)
             mu_p, _ = self._posterior(gp, task(Xp))
+            mu_p = mu_p + trend(pending)
             front_Y = np.concatenate([Ymax, np.column_stack([mu_p, known_coords(pending)])])
         floor = self._floor(float(y.max()))
         lower, upper = self._cells(front_Y, floor)
 
         def score(cs: list[Candidate]) -> np.ndarray:
             mu, sd = self._posterior(gp, task(memo.encode_all(cs)))
+            mu = mu + trend(cs)
             kc = known_coords(cs)
             a = closed_form_ehvi(mu, sd, kc, lower, upper)
             if self.max_memory is not None and "memory" in self.objectives:
@@ -378,6 +386,23 @@ class CostAwareEHVISampler(BaseSampler):
                 z[o:o + D.width] = self._rng.random(D.width)
             out.append(self.space.decode(z))
         return out
+
+    def _trend(self, fitted: Sequence[Candidate], y: np.ndarray) -> Callable[[Sequence[Candidate] | None], Any]:
+        """The score's trend in log10 of the exact parameter count (least squares, slope >= 0), which the GP models
+        the residual of; ``trend(None)`` gives it at the ``fitted`` candidates.  Zero when :attr:`score_trend` is off."""
+        if not self.score_trend or len(fitted) < 3:
+            return lambda cs: 0.0
+        lp = np.log10(np.maximum([self._params(c) for c in fitted], 1.0))
+        slope, icpt = np.polyfit(lp, y, 1) if np.ptp(lp) > 0 else (0.0, float(np.mean(y)))
+        if slope < 0:
+            slope, icpt = 0.0, float(np.mean(y))
+        at_fit = icpt + slope * lp
+
+        def trend(cs: Sequence[Candidate] | None) -> Any:
+            if cs is None:
+                return at_fit
+            return icpt + slope * np.log10(np.maximum([self._params(c) for c in cs], 1.0))
+        return trend
 
     def _floor(self, best: float) -> float:
         """The acquisition's reference score: chance + :attr:`score_floor` x (best so far - chance), in the

@@ -38,7 +38,7 @@ from autopeft.contract import PRUNED
 from autopeft.proposer import make_sampler
 from autopeft.space import SearchSpace
 from autopeft.storage import A
-from bench.common import add_quick, add_refit, add_space, apply_refit
+from bench.common import add_quick, add_sampler_knobs, add_space, apply_sampler_knobs
 
 #: the chance level of the toy task (the study's reference score)
 CHANCE = 0.5
@@ -108,10 +108,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--samplers", default="autopeft,gp", help="comma-separated (autopeft, gp, botorch, ...)")
     ap.add_argument("--load", type=int, default=0, help="processes training a small torch model meanwhile")
     ap.add_argument("--out", help="write the figures as JSON here")
-    add_refit(ap)
+    add_sampler_knobs(ap)
     add_quick(ap)
     a = ap.parse_args(argv)
-    apply_refit(a)
+    apply_sampler_knobs(a)
     if a.quick:
         a.trials, a.asks, a.samplers = 12, 2, "autopeft,gp"
     quiet()

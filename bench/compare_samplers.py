@@ -32,7 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
-from bench.common import TABLES, add_quick, collapsed as is_collapsed, add_refit, add_space, add_task, apply_refit
+from bench.common import TABLES, add_quick, collapsed as is_collapsed, add_sampler_knobs, add_space, add_task, apply_sampler_knobs
 
 
 def load_table(path: Path) -> tuple[list, np.ndarray, dict]:
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
                          "answer every proposal, the score from a random forest fitted to the table, costs exact")
     ap.add_argument("--plot", help="write a PNG of median hypervolume vs trials")
     ap.add_argument("--out", help="write the curves as JSON")
-    add_refit(ap)
+    add_sampler_knobs(ap)
     add_quick(ap)
     ap.add_argument("--merge", nargs="+", metavar="JSON", help="merge earlier --out files (one sampler set each) "
                     "into --out/--plot instead of running")
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
     from autopeft._quiet import quiet
 
     quiet()
-    apply_refit(a)
+    apply_sampler_knobs(a)
     import optuna
     import torch
 

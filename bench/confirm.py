@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (QUICK_FIDELITY, TABLES, add_chunk, add_data_dir, add_metric, add_model, add_quick,
-                          add_space, add_task, fidelity_arg)
+                          add_sampler_knobs, add_space, add_task, apply_sampler_knobs, fidelity_arg)
 from bench.common import collapsed as is_collapsed
 
 
@@ -154,8 +154,10 @@ def main(argv: list[str] | None = None) -> Any:
     ap.add_argument("--fidelity", help="the trials' fidelity, e.g. n_train=2000,epochs=2,batch_size=32,lr_scale=3 "
                                        "(default: the machine's default; a resumed study keeps its own)")
     add_quick(ap, "a tiny fidelity, in-process (with --model TINY)")
+    add_sampler_knobs(ap)
     a = ap.parse_args(argv)
     a.fidelity = fidelity_arg(ap, a.fidelity)
+    apply_sampler_knobs(a)
     from autopeft._quiet import quiet
 
     quiet()
