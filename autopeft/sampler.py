@@ -281,8 +281,9 @@ class CostAwareEHVISampler(BaseSampler):
                     cols.append(-cost_models[name].predict(F))
             return np.stack(cols, 1) if cols else np.zeros((len(cands), 0))
 
-        trend = self._trend([c for c, _ in done] + [c for c, _ in stopped]
-                            + (self._prior_cands if prior is not None else []), y_fit)
+        # no trend while another study's trials inform the model: on the warm-start replays a trend fitted with them
+        # cost the first 20 trials in both directions
+        trend = self._trend([c for c, _ in done] + [c for c, _ in stopped] if prior is None else [], y_fit)
         gp = self._fit_gp(X_fit, y_fit - trend(None))
         # candidate pool: random points, plus neighbours of the current front
         pool: dict[str, Candidate] = {}

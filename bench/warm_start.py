@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import add_quick, add_space
+from bench.common import add_quick, add_sampler_knobs, add_space, apply_sampler_knobs
 
 
 def source_front(path: Path, space: str, num_layers: int) -> list:
@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--arms", default="cold,warm", help="comma-separated: cold, warm, prior, prior+front")
     ap.add_argument("--out", help="write the curves as JSON")
     add_quick(ap)
+    add_sampler_knobs(ap)
     a = ap.parse_args(argv)
+    apply_sampler_knobs(a)
     from autopeft._quiet import quiet
 
     quiet()

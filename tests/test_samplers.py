@@ -280,6 +280,35 @@ def test_the_score_trend_is_least_squares_in_log_params_and_never_falls() -> Non
     assert sampler._trend(cands[:2], y[:2])([head]) == 0.0
 
 
+def test_the_score_trend_waits_while_another_studys_trials_are_the_prior() -> None:
+    """While a warm start's prior informs the model (its first PRIOR_UNTIL trials), the trend is not used (fitted with
+    the prior it cost the warm-start replays their first 20 trials): the same proposals with it on and off; once the
+    prior is dropped, the trend is back."""
+    b = SearchSpace.load("mixed").bind(6)
+    rng = np.random.default_rng(7)
+    source = [b.decode(b.random_vector(rng)) for _ in range(40)]
+    prior = [(c, 0.1 + 0.9 * collapsing(c)[0]) for c in source]
+    done = [b.decode(b.random_vector(rng)) for _ in range(8)]
+    dists = b.distributions()
+
+    def proposals(trend: bool, until: int | None) -> list[str]:
+        sampler = make_sampler("autopeft", 0, b, OBJ, REF, lambda c: count_params(c, INFO), n_startup=4)
+        sampler.set_prior(prior)
+        sampler.prior_until, sampler.score_trend = until, trend
+        study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
+        keys = []
+        for i in range(len(done) + 3):
+            c = done[i] if i < len(done) else sampler.propose(study)
+            keys += [c.key] if i >= len(done) else []
+            params = b.optuna_params(c)
+            study.add_trial(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params},
+                                                      values=collapsing(c)))
+        return keys
+
+    assert proposals(True, 20) == proposals(False, 20)
+    assert proposals(True, 4) != proposals(False, 4)  # the prior dropped after 4 trials: the trend changes them
+
+
 def test_the_score_trend_steers_proposals_out_of_a_collapsing_corner() -> None:
     """On the toy landscape whose configs under 10,000 parameters collapse to the majority class, after 10 trials that
     all learned, the sampler proposes three configs in turn (each told its score): without the trend 12 of the 12
