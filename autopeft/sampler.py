@@ -47,58 +47,17 @@ from autopeft.pareto import TASK_OBJECTIVES, closed_form_ehvi, to_max  # noqa: F
 from autopeft import sampler_gp
 from autopeft.sampler_prior import PRIOR_STARTUP, PRIOR_UNTIL, with_task
 from autopeft.sampler_memo import SamplerMemo
+from autopeft.sampler_seen import LR_NEAR, Seen as _Seen  # noqa: F401  (LR_NEAR: the tests' and docs' name)
 from autopeft.space import BoundSpace
 from autopeft.storage import A, level_of, study_level
 
 CostFn = Callable[[Candidate], float]
 
 
-#: two candidates that differ only by a learning-rate multiplier within this factor count as the same proposal
-LR_NEAR = 1.05
-
 #: the acquisition's score floor: hypervolume counts only above chance + this share of the gap between chance and the
 #: best score so far (the study's own reference point is unchanged).  Off: in a real 40-trial SST-2 search a floor of
 #: 0.25 left 20 of 32 model-based trials collapsed (18 without it); see BENCHMARKS "Collapse".
 SCORE_FLOOR = 0.0
-#: the score GP models the residual of a linear trend in log10 of the exact parameter count (slope >= 0), so a config
-#: far from every trial is predicted at its size's trend rather than at the mean of the trials (experimental, off)
-SCORE_TREND = False
-
-class _Seen:
-    """Candidates already evaluated, failed or pending.  ``c in seen`` is also true for a candidate that differs
-    from one of them only by a learning-rate multiplier within :data:`LR_NEAR`: a trial that costs as much as any
-    other would learn next to nothing (a search at the CPU fidelity spent two of its 40 trials on lr x1.86 and
-    x1.87 of one config); and at any multiplier for a config still training (``add(c, running=True)``): in real
-    SST-2 searches 3 of 14 model-based collapses were "head only" proposed at another rate while it still ran."""
-
-    def __init__(self) -> None:
-        self._lrs: dict[str, list[float]] = {}
-        self._running: set[str] = set()
-
-    @staticmethod
-    def _split(c: Candidate) -> tuple[str, float]:
-        """The candidate's key less its learning-rate multiplier, and the multiplier: the key is canonical JSON whose
-        first field, ``layers``, is a list of integers, so the first ``"lr_multiplier":`` is the top-level one."""
-        k = c.key
-        i = k.find('"lr_multiplier":')
-        if i < 0:
-            return k, 1.0
-        j = i + 16
-        while k[j] not in ",}":
-            j += 1
-        return k[:i] + k[j + (k[j] == ","):], float(k[i + 16:j])
-
-    def add(self, c: Candidate, running: bool = False) -> None:
-        k, lr = self._split(c)
-        self._lrs.setdefault(k, []).append(lr)
-        if running:
-            self._running.add(k)
-
-    def __contains__(self, c: object) -> bool:
-        if not isinstance(c, Candidate):
-            return False
-        k, lr = self._split(c)
-        return k in self._running or any(abs(math.log(lr / x)) < math.log(LR_NEAR) for x in self._lrs.get(k, ()))
 
 
 class CostAwareEHVISampler(BaseSampler):
@@ -131,7 +90,7 @@ class CostAwareEHVISampler(BaseSampler):
         if not 0.0 <= score_floor < 1.0:
             raise ValueError(f"score_floor must be in [0, 1), got {score_floor!r}")
         self.score_floor = score_floor
-        self.score_trend = SCORE_TREND
+        self.score_trend = sampler_gp.SCORE_TREND
         self._seed = 0 if seed is None else int(seed)
         self._rng = np.random.default_rng(seed)
         self._random = RandomSampler(seed=seed)
@@ -389,21 +348,10 @@ class CostAwareEHVISampler(BaseSampler):
         return out
 
     def _trend(self, fitted: Sequence[Candidate], y: np.ndarray) -> Callable[[Sequence[Candidate] | None], Any]:
-        """The score's trend in log10 of the exact parameter count (least squares, slope >= 0), which the GP models
-        the residual of; ``trend(None)`` gives it at the ``fitted`` candidates.  Zero when :attr:`score_trend` is off."""
-        if not self.score_trend or len(fitted) < 3:
-            return lambda cs: 0.0
-        lp = np.log10(np.maximum([self._params(c) for c in fitted], 1.0))
-        slope, icpt = np.polyfit(lp, y, 1) if np.ptp(lp) > 0 else (0.0, float(np.mean(y)))
-        if slope < 0:
-            slope, icpt = 0.0, float(np.mean(y))
-        at_fit = icpt + slope * lp
-
-        def trend(cs: Sequence[Candidate] | None) -> Any:
-            if cs is None:
-                return at_fit
-            return icpt + slope * np.log10(np.maximum([self._params(c) for c in cs], 1.0))
-        return trend
+        """The score's trend in log parameters (:func:`autopeft.sampler_gp.log_params_trend`, fitted on ``fitted``
+        and their scores ``y``) at some candidates, or at ``fitted`` for None; 0 when :attr:`score_trend` is off."""
+        line = sampler_gp.log_params_trend([self._params(c) for c in fitted], y) if self.score_trend and fitted else None
+        return lambda cs: 0.0 if line is None else line([self._params(c) for c in (fitted if cs is None else cs)])
 
     def _floor(self, best: float) -> float:
         """The acquisition's reference score: chance + :attr:`score_floor` x (best so far - chance), in the

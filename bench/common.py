@@ -76,20 +76,19 @@ def add_sampler_knobs(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--refit-growth", type=float, help="the default sampler refits its GP's hyperparameters once the "
                     "trials grew by this share (autopeft.sampler_gp.REFIT_GROWTH; 0: at every new trial)")
     ap.add_argument("--score-trend", choices=("on", "off"), help="the default sampler's score GP models the residual "
-                    "of a trend in log parameters (autopeft.sampler.SCORE_TREND; default: as shipped)")
+                    "of a trend in log parameters (autopeft.sampler_gp.SCORE_TREND; default: as shipped)")
 
 
 def apply_sampler_knobs(a: argparse.Namespace) -> None:
-    """Set ``--refit-growth`` in :mod:`autopeft.sampler_gp` and ``--score-trend`` in :mod:`autopeft.sampler` (this
-    process's samplers)."""
+    """Set ``--refit-growth`` and ``--score-trend`` in :mod:`autopeft.sampler_gp` (this process's samplers)."""
     if a.refit_growth is not None:
         from autopeft import sampler_gp
 
         sampler_gp.REFIT_GROWTH = a.refit_growth
     if a.score_trend is not None:
-        from autopeft import sampler
+        from autopeft import sampler_gp
 
-        sampler.SCORE_TREND = a.score_trend == "on"
+        sampler_gp.SCORE_TREND = a.score_trend == "on"
 
 
 class FidelityError(ValueError):
