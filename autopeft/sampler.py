@@ -270,18 +270,18 @@ class CostAwareEHVISampler(BaseSampler):
         if not cands:
             return self._random_candidate(seen)
         # kriging believer: pending trials join the front at their posterior mean
+        def predict(cs: list[Candidate]) -> tuple[np.ndarray, np.ndarray]:  # the score model: GP + trend
+            mu, sd = self._posterior(gp, task(memo.encode_all(cs)))
+            return mu + trend(cs), sd
+
         front_Y = Ymax
         if pending:
-            Xp = memo.encode_all(pending)
-            mu_p, _ = self._posterior(gp, task(Xp))
-            mu_p = mu_p + trend(pending)
-            front_Y = np.concatenate([Ymax, np.column_stack([mu_p, known_coords(pending)])])
+            front_Y = np.concatenate([Ymax, np.column_stack([predict(pending)[0], known_coords(pending)])])
         floor = self._floor(float(y.max()))
         lower, upper = self._cells(front_Y, floor)
 
         def score(cs: list[Candidate]) -> np.ndarray:
-            mu, sd = self._posterior(gp, task(memo.encode_all(cs)))
-            mu = mu + trend(cs)
+            mu, sd = predict(cs)
             kc = known_coords(cs)
             a = closed_form_ehvi(mu, sd, kc, lower, upper)
             if self.max_memory is not None and "memory" in self.objectives:
@@ -303,7 +303,8 @@ class CostAwareEHVISampler(BaseSampler):
                 j = int(np.argmax(an))
                 if an[j] > best_a:
                     best_c, best_a = neigh[j], an[j]
-        self.last_info = {**self.last_info, "mode": "bo", "ehvi": float(best_a), "pool": len(cands)}
+        self.last_info = {**self.last_info, "mode": "bo" if best_a > 0 else "random", "ehvi": float(best_a),
+                          "pool": len(cands)}
         if best_a <= 0:  # nothing improves in expectation: explore
             return self._random_candidate(seen)
         return best_c
