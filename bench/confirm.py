@@ -73,10 +73,14 @@ def collapsed(res: Any, comp: list[Any], startup: int) -> tuple[list[int], list[
 def proposed_by_model(comp: list[Any], startup: int) -> list[int]:
     """The complete trials a sampler proposed from its model: not queued (a baseline, a warm-start config, the
     proposer's random config after repeated duplicates: ``seeded_by``) and started once at least ``startup`` trials had
-    completed (both samplers' start-up rule counts complete trials, so with 2 workers the trials numbered ``startup``
-    and ``startup + 1`` are usually still random)."""
+    completed (autopeft's and GPSampler's start-up rules count complete trials, so with 2 workers the trials numbered
+    ``startup`` and ``startup + 1`` are usually still random).  Inferred from the times: a warm-started autopeft
+    search plans from its model after only PRIOR_STARTUP trials (give that as ``startup``), and a model-based step
+    that found no expected improvement proposes at random, counted here as the model's."""
+    from autopeft.storage import A
+
     ends = sorted(t.datetime_complete for t in comp)
-    return [t.number for t in comp if "seeded_by" not in t.user_attrs
+    return [t.number for t in comp if A.SEEDED_BY not in t.user_attrs
             and sum(e <= t.datetime_start for e in ends) >= startup]
 
 
@@ -108,7 +112,7 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
             best = max((t.values[0] for t in comp), default=None)
             col, beside = collapsed(res, comp, a.startup)
             by_model = proposed_by_model(comp, a.startup)
-            col_model = [n for n in by_model if n in set(col)]
+            col_model = sorted(set(by_model) & set(col))
             out["studies"][f"{sampler}-{seed}"] = {"sampler": sampler, "seed": seed, "complete": len(comp), "hv": hv,
                                                   "best_score": best, "ref_point": ref, "collapsed": col,
                                                   "collapsed_beside_itself": beside, "trials_to_reach": reach,
