@@ -47,7 +47,7 @@ from autopeft.pareto import TASK_OBJECTIVES, closed_form_ehvi, to_max  # noqa: F
 from autopeft import sampler_gp
 from autopeft.sampler_prior import PRIOR_STARTUP, PRIOR_UNTIL, with_task
 from autopeft.sampler_memo import SamplerMemo
-from autopeft.sampler_seen import LR_NEAR, Seen as _Seen  # noqa: F401  (LR_NEAR: the tests' and docs' name)
+from autopeft.sampler_seen import Seen as _Seen
 from autopeft.space import BoundSpace
 from autopeft.storage import A, level_of, study_level
 
@@ -269,11 +269,11 @@ class CostAwareEHVISampler(BaseSampler):
             cands = keep or cands
         if not cands:
             return self._random_candidate(seen)
-        # kriging believer: pending trials join the front at their posterior mean
         def predict(cs: list[Candidate]) -> tuple[np.ndarray, np.ndarray]:  # the score model: GP + trend
             mu, sd = self._posterior(gp, task(memo.encode_all(cs)))
             return mu + trend(cs), sd
 
+        # kriging believer: pending trials join the front at their posterior mean
         front_Y = Ymax
         if pending:
             front_Y = np.concatenate([Ymax, np.column_stack([predict(pending)[0], known_coords(pending)])])
