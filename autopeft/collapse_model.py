@@ -26,6 +26,10 @@ MARGIN = 0.02
 MIN_EACH = 1
 #: proposals the model gives a lower probability of learning are skipped
 P_LEARN = 0.5
+#: the acquisition of the others is multiplied by P(learns) to this power (0: off, the shipped default).  With the
+#: score at chance a trial adds no hypervolume, so EHVI x P(learns) is the expected gain of a config that learns with
+#: probability P (the score GP's posterior read as the score given that it learns)
+LEARN_WEIGHT = 0.0
 #: a structure (a config but for its learning-rate multiplier) that collapsed at multiplier m is not proposed again at
 #: a multiplier up to this factor above m: at a short fidelity a lower rate learns less, and the space's range (0.5-2)
 #: leaves little above.  Real SST-2 searches proposed "head only" three times in a row at x1.88, x1.58, x1.98, each

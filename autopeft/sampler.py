@@ -40,6 +40,7 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
 from autopeft.candidate import Candidate
+from autopeft import collapse_model
 from autopeft.collapse_model import P_LEARN
 from autopeft.cost_model import _features, _Ridge  # noqa: F401  (_features: the sampler's cost features)
 from autopeft.contract import PRUNED
@@ -91,6 +92,7 @@ class CostAwareEHVISampler(BaseSampler):
             raise ValueError(f"score_floor must be in [0, 1), got {score_floor!r}")
         self.score_floor = score_floor
         self.score_trend = sampler_gp.SCORE_TREND
+        self.learn_weight = collapse_model.LEARN_WEIGHT
         self._seed = 0 if seed is None else int(seed)
         self._rng = np.random.default_rng(seed)
         self._random = RandomSampler(seed=seed)
@@ -284,6 +286,8 @@ class CostAwareEHVISampler(BaseSampler):
             mu, sd = predict(cs)
             kc = known_coords(cs)
             a = closed_form_ehvi(mu, sd, kc, lower, upper)
+            if learns is not None and self.learn_weight > 0:  # a config that collapses adds nothing
+                a = a * learns(cs) ** self.learn_weight
             if self.max_memory is not None and "memory" in self.objectives:
                 j = self.objectives.index("memory") - 1
                 a = np.where(-kc[:, j] > math.log10(self.max_memory), 0.0, a)
@@ -313,8 +317,6 @@ class CostAwareEHVISampler(BaseSampler):
                         stopped: Sequence[tuple[Candidate, float]] = ()) -> Callable[[list[Candidate]], np.ndarray] | None:
         """P(a config learns) from the trials so far (:mod:`autopeft.collapse_model`; 0 for a structure that collapsed
         at a rate as high, :func:`~autopeft.collapse_model.retries_collapse`), or None before any trial collapsed."""
-        from autopeft import collapse_model
-
         def rows(cs: Sequence[Candidate]) -> np.ndarray:
             return np.array([self._memo.collapse_features(c) for c in cs])
 

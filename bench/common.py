@@ -77,10 +77,13 @@ def add_sampler_knobs(ap: argparse.ArgumentParser) -> None:
                     "trials grew by this share (autopeft.sampler_gp.REFIT_GROWTH; 0: at every new trial)")
     ap.add_argument("--score-trend", choices=("on", "off"), help="the default sampler's score GP models the residual "
                     "of a trend in log parameters (autopeft.sampler_gp.SCORE_TREND; default: as shipped)")
+    ap.add_argument("--learn-weight", type=float, help="the default sampler multiplies its acquisition by the "
+                    "collapse model's P(learns) to this power (autopeft.collapse_model.LEARN_WEIGHT; 0: off)")
 
 
 def apply_sampler_knobs(a: argparse.Namespace) -> None:
-    """Set ``--refit-growth`` and ``--score-trend`` in :mod:`autopeft.sampler_gp` (this process's samplers)."""
+    """Set ``--refit-growth``, ``--score-trend`` and ``--learn-weight`` in :mod:`autopeft.sampler_gp` and
+    :mod:`autopeft.collapse_model` (this process's samplers)."""
     if a.refit_growth is not None:
         from autopeft import sampler_gp
 
@@ -89,6 +92,12 @@ def apply_sampler_knobs(a: argparse.Namespace) -> None:
         from autopeft import sampler_gp
 
         sampler_gp.SCORE_TREND = a.score_trend == "on"
+    if a.learn_weight is not None:
+        if not a.learn_weight >= 0:
+            raise SystemExit(f"--learn-weight must be a number >= 0, got {a.learn_weight:g}")
+        from autopeft import collapse_model
+
+        collapse_model.LEARN_WEIGHT = a.learn_weight
 
 
 class FidelityError(ValueError):

@@ -54,7 +54,7 @@ def table_model(meta: dict) -> str | None:
 
 def run_one(sampler_name: str, seed: int, cands: list, vals: np.ndarray, meta: dict, space: str, n_trials: int,
             n_startup: int, surrogate: tuple | None = None, first: Sequence = (),
-            prior: Sequence = (), prior_until: int | None = None) -> tuple[list[float], float, int]:
+            prior: Sequence = (), prior_until: int | None = None) -> tuple[list[float], float, int, int]:
     """One replayed search; ``surrogate`` = (TableSurrogate, ExactCosts) answers every proposal (else: the pool).
     ``first``: candidates queued before the sampler's proposals, as ``--enqueue``/``--warm-start`` queue them;
     ``prior``: (candidate, score on this table's scale) of another study, the default sampler's prior."""
@@ -117,8 +117,10 @@ def run_one(sampler_name: str, seed: int, cands: list, vals: np.ndarray, meta: d
         ys.append(to_max(objectives, vals[i]))
         hv.append(hypervolume(np.array(ys), ref))
     # collapsed: within 2 % of the chance-to-perfect gap above chance (about the majority class)
+    # and among the trials after the start-up design (queued ones and the sampler's random start-up)
+    after = sum(1 for y in ys[len(first) + n_startup:] if is_collapsed(y[0], ref[0]))
     collapsed = sum(1 for y in ys if is_collapsed(y[0], ref[0]))
-    return hv, t_ask / max(1, len(ys)), collapsed
+    return hv, t_ask / max(1, len(ys)), collapsed, after
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -170,6 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
     curves: dict[str, list[list[float]]] = {}
     ask_s: dict[str, float] = {}
     collapsed: dict[str, float] = {}
+    after: dict[str, float] = {}
     for s in a.samplers.split(","):
         n = a.random_trials if s == "random" and a.random_trials else a.trials
         runs = []
@@ -178,18 +181,20 @@ def main(argv: list[str] | None = None) -> dict:
             runs.append(run_one(s, seed, cands, vals, meta, a.space, n, a.n_startup, surrogate))
             if not a.quick:
                 print(f"  {s} seed {seed}: HV {runs[-1][0][-1]:.4f} after {n} trials, {runs[-1][2]} collapsed "
-                      f"({time.perf_counter() - t0:.0f} s)", flush=True)
+                      f"({runs[-1][3]} after the start-up; {time.perf_counter() - t0:.0f} s)", flush=True)
         curves[s] = [r[0] for r in runs]
         ask_s[s] = float(np.mean([r[1] for r in runs]))
         collapsed[s] = float(np.mean([r[2] for r in runs]))
+        after[s] = float(np.mean([r[3] for r in runs]))
         med = np.median(np.array(curves[s]), axis=0)
         marks = {k: float(med[k - 1]) for k in (10, 20, 40, 50, 60, 100) if k <= len(med)}
-        print(f"{s:9s} median HV at " + ", ".join(f"{k}: {v:.4f}" for k, v in marks.items()) + f"  (ask {ask_s[s]:.3f} s; {collapsed[s]:.1f} collapsed trials on average)", flush=True)
+        print(f"{s:9s} median HV at " + ", ".join(f"{k}: {v:.4f}" for k, v in marks.items()) + f"  (ask {ask_s[s]:.3f} s; {collapsed[s]:.1f} collapsed trials on average, {after[s]:.1f} after the "
+              f"start-up)", flush=True)
     summary = {"table": str(path), "rows": len(cands), "seeds": a.seeds, "trials": a.trials, "protocol": a.protocol,
                "median": {s: np.median(np.array(c), axis=0).tolist() for s, c in curves.items()},
                "q25": {s: np.quantile(np.array(c), 0.25, axis=0).tolist() for s, c in curves.items()},
                "q75": {s: np.quantile(np.array(c), 0.75, axis=0).tolist() for s, c in curves.items()}, "ask_s": ask_s,
-               "collapsed": collapsed}
+               "collapsed": collapsed, "collapsed_after_startup": after}
     return finish(summary, a.out, a.plot, f"{a.task} / {a.space}")
 
 
@@ -236,7 +241,7 @@ def merge(files: list[str], out: str | None, plot: str | None, title: str) -> di
         raise SystemExit(2)
     summary = {k: parts[0][k] for k in ("table", "rows", "seeds", "trials")}
     summary["protocol"] = parts[0].get("protocol", "pool")
-    for k in ("median", "q25", "q75", "ask_s", "collapsed"):
+    for k in ("median", "q25", "q75", "ask_s", "collapsed", "collapsed_after_startup"):
         summary[k] = {s: v for p in parts for s, v in p.get(k, {}).items()}
     return finish(summary, out, plot, title)
 

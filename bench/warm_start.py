@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     for seed in range(a.seeds):
         for kind in arms:
             t0 = time.perf_counter()
-            hv, _, _ = run_one("autopeft", seed, cands, vals, meta, a.space, a.trials, a.n_startup, surrogate,
+            hv, *_ = run_one("autopeft", seed, cands, vals, meta, a.space, a.trials, a.n_startup, surrogate,
                                queue[kind], prior if kind.startswith("prior") else (),
                                a.prior_until if a.prior_until is not None else PRIOR_UNTIL)
             curves[kind].append(hv)

@@ -231,6 +231,35 @@ def test_the_collapse_model_learns_which_configs_collapse_and_proposals_skip_the
         assert learns([c])[0] >= P_LEARN, c.summary()
 
 
+def test_the_learn_weight_steers_proposals_away_from_configs_likely_to_collapse() -> None:
+    """With ``learn_weight`` k > 0 the acquisition is EHVI x P(learns)^k (a trial at chance adds no hypervolume): on
+    the toy landscape whose configs under 10,000 parameters collapse, after 12 random trials, six proposals (two at a
+    time) over four seeds: without it 9 of 24 collapse, with k = 10 1 (measured); the proposals stay model-based."""
+    b = SearchSpace.load("mixed").bind(6)
+    dists = b.distributions()
+    counts: dict[float, int] = {}
+    for weight in (0.0, 10.0):
+        counts[weight] = 0
+        for seed in range(4):
+            rng = np.random.default_rng(seed)
+            sampler = make_sampler("autopeft", seed, b, OBJ, REF, lambda c: count_params(c, INFO), n_startup=4)
+            sampler.learn_weight = weight
+            study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
+            for c in (b.decode(b.random_vector(rng)) for _ in range(12)):
+                params = b.optuna_params(c)
+                study.add_trial(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params},
+                                                          values=collapsing(c)))
+            for _ in range(3):
+                asked = [study.ask() for _ in range(2)]
+                for t in asked:
+                    c = b.suggest(t)  # Optuna plans a trial's relative params at its first suggest
+                    assert sampler.last_info["mode"] == "bo"
+                    counts[weight] += collapsing(c)[0] == 0.5
+                for t in asked:
+                    study.tell(t, collapsing(b.suggest(t)))
+    assert counts[0.0] >= 6 and counts[10.0] <= counts[0.0] - 5, counts
+
+
 def test_a_structure_that_collapsed_is_not_proposed_again_at_a_rate_as_low() -> None:
     """"head only" collapsed at x1.88: the same structure at x1.58 or x1.98 (within x1.25) gets P(learns) 0, at x2.4
     it is judged by the regression again; other structures are untouched; with no learner yet (no regression), the
