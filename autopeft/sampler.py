@@ -265,10 +265,21 @@ class CostAwareEHVISampler(BaseSampler):
                 pool.setdefault(c.key, c)
         cands = [c for c in pool.values() if self._feasible_params(c)]
         learns = self._collapse_model(done, stopped)
+
+        def likely_learners(cs: list[Candidate]) -> tuple[list[Candidate], np.ndarray | None]:
+            """``cs`` but those the collapse model expects not to learn, and their P(learns) (None: no model yet)."""
+            if learns is None or not cs:
+                return cs, None
+            p = learns(cs)
+            keep = p >= P_LEARN
+            return [c for c, k in zip(cs, keep) if k], p[keep]
+
+        p_learn = None
         if learns is not None and cands:  # skip the configs the collapse model expects not to learn
-            keep = [c for c, p in zip(cands, learns(cands)) if p >= P_LEARN]
-            self.last_info["collapse_skipped"] = len(cands) - len(keep)
-            cands = keep or cands
+            kept, p_kept = likely_learners(cands)
+            self.last_info["collapse_skipped"] = len(cands) - len(kept)
+            if kept:
+                cands, p_learn = kept, p_kept
         if not cands:
             return self._random_candidate(seen)
         def predict(cs: list[Candidate]) -> tuple[np.ndarray, np.ndarray]:  # the score model: GP + trend
@@ -282,28 +293,28 @@ class CostAwareEHVISampler(BaseSampler):
         floor = self._floor(float(y.max()))
         lower, upper = self._cells(front_Y, floor)
 
-        def score(cs: list[Candidate]) -> np.ndarray:
+        def score(cs: list[Candidate], p: np.ndarray | None) -> np.ndarray:
+            """The acquisition: closed-form EHVI (times P(learns)^learn_weight, ``p``: a trial at chance adds no
+            hypervolume)."""
             mu, sd = predict(cs)
             kc = known_coords(cs)
             a = closed_form_ehvi(mu, sd, kc, lower, upper)
-            if learns is not None and self.learn_weight > 0:  # a config that collapses adds nothing
-                a = a * learns(cs) ** self.learn_weight
+            if p is not None and self.learn_weight > 0:
+                a = a * p ** self.learn_weight
             if self.max_memory is not None and "memory" in self.objectives:
                 j = self.objectives.index("memory") - 1
                 a = np.where(-kc[:, j] > math.log10(self.max_memory), 0.0, a)
             return a
 
-        a = score(cands)
+        a = score(cands, p_learn)
         order = np.argsort(-a)
         # local search: mutate the best few, keep improvements
         best_c, best_a = cands[order[0]], a[order[0]]
         for i in order[:4]:
-            neigh = [c for c in self._neighbours(self.space.encode(cands[i]), 24)
-                     if c not in seen and c.key not in pool and self._feasible_params(c)]
-            if neigh and learns is not None:
-                neigh = [c for c, p in zip(neigh, learns(neigh)) if p >= P_LEARN]
+            neigh, p_neigh = likely_learners([c for c in self._neighbours(self.space.encode(cands[i]), 24)
+                                              if c not in seen and c.key not in pool and self._feasible_params(c)])
             if neigh:
-                an = score(neigh)
+                an = score(neigh, p_neigh)
                 j = int(np.argmax(an))
                 if an[j] > best_a:
                     best_c, best_a = neigh[j], an[j]
