@@ -354,7 +354,7 @@ def test_the_score_trend_steers_proposals_out_of_a_collapsing_corner() -> None:
             done = [c for c in (b.decode(b.random_vector(rng)) for _ in range(200))
                     if count_params(c, INFO) >= 10_000][:10]
             sampler = make_sampler("autopeft", seed, b, OBJ, REF, lambda c: count_params(c, INFO), n_startup=4)
-            sampler.score_trend = trend
+            sampler.score_trend, sampler.learn_weight = trend, 0.0  # the trend alone, as measured
             study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
             for c in done:
                 params = b.optuna_params(c)
