@@ -28,8 +28,9 @@ MIN_EACH = 1
 #: proposals the model gives a lower probability of learning are skipped
 P_LEARN = 0.5
 #: the acquisition of the others is multiplied by P(learns) to this power (0: off).  With the score at chance a trial
-#: adds no hypervolume, so EHVI x P(learns) is the expected gain of a config that learns with probability P (the score
-#: GP's posterior read as the score given that it learns); the power sharpens a regression fitted on a dozen trials.
+#: adds no hypervolume, so EHVI x P(learns) approximates the expected gain of a config that learns with probability P
+#: (approximates: the score GP's posterior stands for the score given that it learns, though the GP also learns from
+#: the collapsed trials); the power sharpens a regression fitted on a dozen trials.
 #: 10: in six real SST-2 searches 10 of 180 model-proposed trials collapsed (25 with 0, Optuna's GPSampler 21), at an
 #: equal mean hypervolume after 20 and 30 trials and 0.04 less after 40 (BENCHMARKS.md "The acquisition weighted by
 #: P(learns)"); 1 and 3 moved the pool replay's count little (9.1 and 9.2 collapsed trials of 40, 10.6 with 0)

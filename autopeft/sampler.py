@@ -267,19 +267,21 @@ class CostAwareEHVISampler(BaseSampler):
         cands = [c for c in pool.values() if self._feasible_params(c)]
         learns = self._collapse_model(done, stopped)
 
-        def likely_learners(cs: list[Candidate]) -> tuple[list[Candidate], np.ndarray | None]:
-            """``cs`` but those the collapse model expects not to learn, and their P(learns) (None: no model yet)."""
+        def likely_learners(cs: list[Candidate], p: np.ndarray | None = None) -> tuple[list[Candidate], np.ndarray | None]:
+            """``cs`` but those the collapse model expects not to learn, and their P(learns) (None: no model yet);
+            ``p``: the P(learns) of ``cs`` if known."""
             if learns is None or not cs:
                 return cs, None
-            p = learns(cs)
+            p = learns(cs) if p is None else p
             keep = p >= P_LEARN
             return [c for c, k in zip(cs, keep) if k], p[keep]
 
         p_learn = None
         if learns is not None and cands:  # skip the configs the collapse model expects not to learn
-            kept, p_kept = likely_learners(cands)
+            p_learn = learns(cands)
+            kept, p_kept = likely_learners(cands, p_learn)
             self.last_info["collapse_skipped"] = len(cands) - len(kept)
-            if kept:
+            if kept:  # else every candidate stays, weighted by its P(learns) as the mutations below are
                 cands, p_learn = kept, p_kept
         if not cands:
             return self._random_candidate(seen)
