@@ -78,8 +78,7 @@ def add_sampler_knobs(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--score-trend", choices=("on", "off"), help="the default sampler's score GP models the residual "
                     "of a trend in log parameters (autopeft.sampler_gp.SCORE_TREND; default: as shipped)")
     ap.add_argument("--learn-weight", type=float, help="the default sampler multiplies its acquisition by the "
-                    "collapse model's P(learns) to this power (autopeft.collapse_model.LEARN_WEIGHT; 0: off, the acquisition "
-                    "before session 21; default: as shipped)")
+                    "collapse model's P(learns) to this power (autopeft.collapse_model.LEARN_WEIGHT; default: as shipped, 0: off)")
 
 
 def apply_sampler_knobs(a: argparse.Namespace) -> None:
