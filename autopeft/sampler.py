@@ -95,6 +95,7 @@ class CostAwareEHVISampler(BaseSampler):
         self.score_floor = score_floor
         self.score_trend = sampler_gp.SCORE_TREND
         self.learn_weight = collapse_model.LEARN_WEIGHT
+        self.learn_cap = collapse_model.LEARN_CAP
         self._seed = 0 if seed is None else int(seed)
         self._rng = np.random.default_rng(seed)
         self._random = RandomSampler(seed=seed)
@@ -304,7 +305,7 @@ class CostAwareEHVISampler(BaseSampler):
             kc = known_coords(cs)
             a = closed_form_ehvi(mu, sd, kc, lower, upper)
             if p is not None and self.learn_weight > 0:
-                a = a * p ** self.learn_weight
+                a = a * np.minimum(1.0, p / self.learn_cap) ** self.learn_weight
             if self.max_memory is not None and "memory" in self.objectives:
                 j = self.objectives.index("memory") - 1
                 a = np.where(-kc[:, j] > math.log10(self.max_memory), 0.0, a)

@@ -77,6 +77,8 @@ def add_sampler_knobs(ap: argparse.ArgumentParser) -> None:
                     "trials grew by this share (autopeft.sampler_gp.REFIT_GROWTH; 0: at every new trial)")
     ap.add_argument("--score-trend", choices=("on", "off"), help="the default sampler's score GP models the residual "
                     "of a trend in log parameters (autopeft.sampler_gp.SCORE_TREND; default: as shipped)")
+    ap.add_argument("--learn-cap", type=float, help="with --learn-weight, P(learns) counts as min(1, P / CAP) "
+                    "(autopeft.collapse_model.LEARN_CAP; 1: no cap)")
     ap.add_argument("--learn-weight", type=float, help="the default sampler multiplies its acquisition by the "
                     "collapse model's P(learns) to this power (autopeft.collapse_model.LEARN_WEIGHT; default: as shipped, 0: off)")
 
@@ -98,6 +100,12 @@ def apply_sampler_knobs(a: argparse.Namespace) -> None:
         from autopeft import collapse_model
 
         collapse_model.LEARN_WEIGHT = a.learn_weight
+    if a.learn_cap is not None:
+        if not 0 < a.learn_cap <= 1:
+            raise SystemExit(f"--learn-cap must be a number in (0, 1], got {a.learn_cap:g}")
+        from autopeft import collapse_model
+
+        collapse_model.LEARN_CAP = a.learn_cap
 
 
 class FidelityError(ValueError):

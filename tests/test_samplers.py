@@ -260,6 +260,37 @@ def test_the_learn_weight_steers_proposals_away_from_configs_likely_to_collapse(
     assert counts[0.0] >= 6 and counts[10.0] <= counts[0.0] - 5, counts
 
 
+def test_the_learn_cap_leaves_configs_the_model_trusts_unweighted() -> None:
+    """``learn_cap``: P(learns) counts as min(1, P / cap), so with the cap at the skip threshold (P_LEARN) every kept
+    candidate weighs 1 and the proposals are exactly those without a weight; without a cap (1) the weight changes
+    them."""
+    from autopeft.collapse_model import P_LEARN
+
+    b = SearchSpace.load("mixed").bind(6)
+    dists = b.distributions()
+
+    def proposals(weight: float, cap: float) -> list[str]:
+        rng = np.random.default_rng(0)
+        sampler = make_sampler("autopeft", 0, b, OBJ, REF, lambda c: count_params(c, INFO), n_startup=4)
+        sampler.learn_weight, sampler.learn_cap = weight, cap
+        study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
+        for c in (b.decode(b.random_vector(rng)) for _ in range(12)):
+            params = b.optuna_params(c)
+            study.add_trial(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params},
+                                                      values=collapsing(c)))
+        keys = []
+        for _ in range(4):
+            t = study.ask()
+            c = b.suggest(t)
+            keys.append(c.key)
+            study.tell(t, collapsing(c))
+        return keys
+
+    plain = proposals(0.0, 1.0)
+    assert proposals(10.0, P_LEARN) == plain
+    assert proposals(10.0, 1.0) != plain
+
+
 def test_a_structure_that_collapsed_is_not_proposed_again_at_a_rate_as_low() -> None:
     """"head only" collapsed at x1.88: the same structure at x1.58 or x1.98 (within x1.25) gets P(learns) 0, at x2.4
     it is judged by the regression again; other structures are untouched; with no learner yet (no regression), the
