@@ -5,10 +5,9 @@ learning rate).  Their scores tell the score GP little about their neighbours, a
 hypervolume whenever the GP is unsure, so model-based steps kept buying them (issue 17: 18-20 of 32 model-based
 trials in real SST-2 searches).  As soon as one trial collapsed and one learned, a logistic regression (scikit-learn)
 on a few exact features of a config, its classes weighted to balance, predicts P(learns); :class:`autopeft.sampler.CostAwareEHVISampler` skips proposals
-it gives less than :data:`P_LEARN` and can weigh the acquisition of the others by P(learns)^:data:`LEARN_WEIGHT` (off by
-default).  The
-score GP still learns from every trial (taking collapsed trials away from the GP was tried and rejected:
-BENCHMARKS.md).
+it gives less than :data:`P_LEARN` and can weigh the acquisition of the others by P(learns)^:data:`LEARN_WEIGHT` (off
+by default).  The score GP still learns from every trial (taking collapsed trials away from the GP was tried and
+rejected: BENCHMARKS.md).
 """
 
 from __future__ import annotations

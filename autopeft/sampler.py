@@ -269,22 +269,21 @@ class CostAwareEHVISampler(BaseSampler):
         cands = [c for c in pool.values() if self._feasible_params(c)]
         learns = self._collapse_model(done, stopped)
 
-        def likely_learners(cs: list[Candidate], p: np.ndarray | None = None) -> tuple[list[Candidate], np.ndarray | None]:
-            """``cs`` but those the collapse model expects not to learn, and their P(learns) (None: no model yet);
-            ``p``: the P(learns) of ``cs`` if known."""
+        def likely_learners(cs: list[Candidate]) -> tuple[list[Candidate], np.ndarray | None]:
+            """``cs`` but those the collapse model expects not to learn, and their P(learns) (None: no model yet)."""
             if learns is None or not cs:
                 return cs, None
-            p = learns(cs) if p is None else p
+            p = learns(cs)
             keep = p >= P_LEARN
             return [c for c, k in zip(cs, keep) if k], p[keep]
 
         p_learn = None
         if learns is not None and cands:  # skip the configs the collapse model expects not to learn
             p_learn = learns(cands)
-            kept, p_kept = likely_learners(cands, p_learn)
-            self.last_info["collapse_skipped"] = len(cands) - len(kept)
-            if kept:  # else every candidate stays, weighted by its P(learns) as the mutations below are
-                cands, p_learn = kept, p_kept
+            keep = p_learn >= P_LEARN
+            self.last_info["collapse_skipped"] = int((~keep).sum())
+            if keep.any():  # else every candidate stays, weighted by its P(learns) as the mutations below are
+                cands, p_learn = [c for c, k in zip(cands, keep) if k], p_learn[keep]
         if not cands:
             return self._random_candidate(seen)
         def predict(cs: list[Candidate]) -> tuple[np.ndarray, np.ndarray]:  # the score model: GP + trend

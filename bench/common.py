@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -84,8 +85,8 @@ def add_sampler_knobs(ap: argparse.ArgumentParser) -> None:
 
 
 def apply_sampler_knobs(a: argparse.Namespace) -> None:
-    """Set ``--refit-growth``, ``--score-trend`` and ``--learn-weight`` in :mod:`autopeft.sampler_gp` and
-    :mod:`autopeft.collapse_model` (this process's samplers)."""
+    """Set ``--refit-growth``, ``--score-trend``, ``--learn-weight`` and ``--learn-cap`` in :mod:`autopeft.sampler_gp`
+    and :mod:`autopeft.collapse_model` (this process's samplers); a bad value: one line, exit 2."""
     if a.refit_growth is not None:
         from autopeft import sampler_gp
 
@@ -94,15 +95,19 @@ def apply_sampler_knobs(a: argparse.Namespace) -> None:
         from autopeft import sampler_gp
 
         sampler_gp.SCORE_TREND = a.score_trend == "on"
+    def bad(msg: str) -> None:  # one line, exit 2, as argparse's own errors
+        print(msg, file=sys.stderr)
+        raise SystemExit(2)
+
     if a.learn_weight is not None:
         if not a.learn_weight >= 0:
-            raise SystemExit(f"--learn-weight must be a number >= 0, got {a.learn_weight:g}")
+            bad(f"--learn-weight must be a number >= 0, got {a.learn_weight:g}")
         from autopeft import collapse_model
 
         collapse_model.LEARN_WEIGHT = a.learn_weight
     if a.learn_cap is not None:
         if not 0 < a.learn_cap <= 1:
-            raise SystemExit(f"--learn-cap must be a number in (0, 1], got {a.learn_cap:g}")
+            bad(f"--learn-cap must be a number in (0, 1], got {a.learn_cap:g}")
         from autopeft import collapse_model
 
         collapse_model.LEARN_CAP = a.learn_cap

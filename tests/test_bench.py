@@ -634,3 +634,26 @@ def test_confirm_report_gives_the_trials_a_search_needed_to_reach_a_hypervolume(
     k = cf.main([*args, "--reach", str(hv20)])["studies"]["autopeft-0"]["trials_to_reach"]
     assert k is not None and 8 <= k <= 20
     assert cf.main([*args, "--reach", str(hv40 + 0.01)])["studies"]["autopeft-0"]["trials_to_reach"] is None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--learn-weight", "-1"], "--learn-weight must be a number >= 0, got -1\n"),
+    (["--learn-weight", "nan"], "--learn-weight must be a number >= 0, got nan\n"),
+    (["--learn-cap", "0"], "--learn-cap must be a number in (0, 1], got 0\n"),
+    (["--learn-cap", "1.5"], "--learn-cap must be a number in (0, 1], got 1.5\n"),
+])
+def test_a_bad_sampler_knob_is_one_line_and_exit_2(argv: list[str], message: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from autopeft import collapse_model
+    from bench.common import add_sampler_knobs, apply_sampler_knobs
+
+    ap = argparse.ArgumentParser()
+    add_sampler_knobs(ap)
+    before = (collapse_model.LEARN_WEIGHT, collapse_model.LEARN_CAP)
+    with pytest.raises(SystemExit) as e:
+        apply_sampler_knobs(ap.parse_args(argv))
+    assert e.value.code == 2
+    assert capsys.readouterr().err == message
+    assert (collapse_model.LEARN_WEIGHT, collapse_model.LEARN_CAP) == before  # nothing set
