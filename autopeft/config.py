@@ -111,6 +111,9 @@ class SearchConfig:
     #: best config's) or ``front`` (every front config's there)
     refine_rate: str = "none"
     n_startup: int = 8
+    #: the default sampler's acquisition x P(learns)^learn_weight once its collapse model exists, for a task where many
+    #: trials stay at the majority class (0: off; None: :data:`autopeft.collapse_model.LEARN_WEIGHT`, 0)
+    learn_weight: float | None = None
     progress: bool = False
     #: one line per finished trial on stderr (above the progress bar when there is one); the CLI turns it on
     trial_lines: bool = False
@@ -191,6 +194,9 @@ class SearchConfig:
         parse_layout(self.layers_pattern, self.target_modules)
         if not _is_int(self.n_startup) or self.n_startup < 1:
             raise ConfigError(f"--n-startup must be an integer >= 1, got {self.n_startup!r}")
+        w = self.learn_weight
+        if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < math.inf):
+            raise ConfigError(f"--learn-weight must be a finite number >= 0, got {w!r}")
         if self.workers is not None and (not _is_int(self.workers) or self.workers < 1):
             raise ConfigError(f"--workers must be an integer >= 1, got {self.workers!r}")
         for name in ("timeout", "trial_timeout"):
@@ -205,6 +211,9 @@ class SearchConfig:
             check_name(self.study_name)
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if self.learn_weight and self.sampler != "autopeft":
+            raise ConfigError(f"--learn-weight applies to the default sampler (autopeft), not --sampler {self.sampler}; "
+                              "drop one of the two")
         if self.executor not in EXECUTORS:
             raise ConfigError(f"unknown executor {self.executor!r}; choose one of {', '.join(EXECUTORS)}")
         for o in self.objectives:

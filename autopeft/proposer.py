@@ -26,15 +26,19 @@ RANDOM_AFTER = 10
 
 def make_sampler(name: str, seed: int | None, space: Any = None, objectives: Sequence[str] = (), ref: Sequence[float] = (),
                  count: Callable[[Candidate], float] | None = None, max_params: float | None = None,
-                 max_memory: float | None = None, n_startup: int = 8) -> Any:
-    """The Optuna sampler called ``name`` (``autopeft`` is ours)."""
+                 max_memory: float | None = None, n_startup: int = 8, learn_weight: float | None = None) -> Any:
+    """The Optuna sampler called ``name`` (``autopeft`` is ours; ``learn_weight``: its acquisition's power of
+    P(learns), None: :data:`autopeft.collapse_model.LEARN_WEIGHT`)."""
     import optuna
 
     if name == "autopeft":
         from autopeft.sampler import CostAwareEHVISampler
 
-        return CostAwareEHVISampler(space, objectives, ref, count, max_params=max_params,
-                                    max_memory=max_memory, n_startup_trials=n_startup, seed=seed)
+        s = CostAwareEHVISampler(space, objectives, ref, count, max_params=max_params,
+                                 max_memory=max_memory, n_startup_trials=n_startup, seed=seed)
+        if learn_weight is not None:
+            s.learn_weight = float(learn_weight)
+        return s
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "tpe":

@@ -249,7 +249,7 @@ class Search:
         meta = store.meta
         sampler = make_sampler(c.sampler, c.seed + len(store.trials()), self.bound, store.objectives,
                                meta[A.REF_POINT], lambda cand: count_params(cand, info), self.max_params,
-                               c.max_memory_mib, c.n_startup)
+                               c.max_memory_mib, c.n_startup, c.learn_weight)
         if c.warm_start and hasattr(sampler, "set_prior") and store.objectives[0] == "score":
             from autopeft.seeding import prior_points
 

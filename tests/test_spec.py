@@ -28,6 +28,14 @@ def test_study_specs_expand_to_checked_options(tmp_path: Path, capsys: pytest.Ca
     over = build_parser().parse_args(expand_spec(["search", "--trials", "7", "--spec",
                                                   str(shipped[0].parent / "sst2-lora.yaml"), "--no-progress"]))
     assert over.trials == 7 and over.space == "lora" and over.no_progress
+    # --learn-weight (or learn-weight: in a spec) reaches the API's options as a number; absent, the sampler's default
+    from autopeft.commands.search import options
+
+    lw = tmp_path / "lw.yaml"
+    lw.write_text("learn-weight: 10\n")
+    assert options(build_parser().parse_args(expand_spec(["search", "--spec", str(lw)])))["learn_weight"] == 10.0
+    assert options(build_parser().parse_args(["search", "--learn-weight", "2.5"]))["learn_weight"] == 2.5
+    assert options(build_parser().parse_args(["search"]))["learn_weight"] is None
     bad = tmp_path / "bad.yaml"
     for text, msg in [("trials: 5\nspaec: lora\n", "unknown key 'spaec' in study spec"),
                       ("trials: -3\n", "argument --trials: must be >= 1, got -3"),

@@ -27,6 +27,13 @@ def positive_float(s: str) -> float:
     return v
 
 
+def non_negative_float(s: str) -> float:
+    v = _number(s, float)
+    if not v >= 0 or not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {s[:40]}")
+    return v
+
+
 def seed(s: str) -> int:
     v = int(_number(s, int))
     if not 0 <= v < 2**32:

@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any
 
-from autopeft.commands._args import positive_float, positive_int, seed, study_args
+from autopeft.commands._args import non_negative_float, positive_float, positive_int, seed, study_args
 from autopeft.commands._output import print_front
 from autopeft.config import DEFAULT_SPACE, METRICS, TASK_TYPES
 from autopeft.contract import CLASS_WEIGHTS, DTYPES
@@ -17,7 +17,7 @@ from autopeft.pruner import PRUNERS
 _SAME = ("model", "task", "data_dir", "train_file", "validation_file", "text_columns", "label_column", "metric", "task_type", "space",
          "sampler", "storage", "objectives", "max_params", "max_memory", "n_train", "n_eval", "epochs", "max_length",
          "batch_size", "memory_batch_size", "lr_scale", "dtype", "gradient_checkpointing", "class_weights", "workers", "executor", "seed", "timeout", "trial_timeout",
-         "max_failures", "collapse_stop", "escalate", "pruner", "curve_points", "promote", "promote_fraction", "promote_lr_scale", "refine_rate", "n_startup", "trust_remote_code", "enqueue", "warm_start",
+         "max_failures", "collapse_stop", "escalate", "pruner", "curve_points", "promote", "promote_fraction", "promote_lr_scale", "refine_rate", "n_startup", "learn_weight", "trust_remote_code", "enqueue", "warm_start",
          "layers_pattern", "target_modules")
 
 
@@ -106,6 +106,12 @@ def add(sub: Any) -> None:
                         "the space's range; each counts toward --trials); front does so for every config on the top "
                         "rung's front; the front keeps the best rate of each config. none (default): no line search")
     s.add_argument("--n-startup", type=positive_int, default=8, help="random trials before the model steers")
+    s.add_argument("--learn-weight", type=non_negative_float, metavar="K",
+                   help="for a task where many trials stay at the majority class: once a trial collapsed and one "
+                        "learned, the default sampler weighs each proposal by its chance of learning to the power K "
+                        "(a logistic model of the trials so far). 10 halved such model-based trials on SST-2 and "
+                        "raised MRPC's hypervolume, but steers towards larger configs (lower hypervolume on the "
+                        "README's search); 0 (default): off")
     s.add_argument("--enqueue", help="configs to evaluate first, comma-separated: YAML/JSON files (a config like "
                    "autopeft_candidate.json, a list of them, or the output of 'show --format json'), export folders, "
                    "or 'baselines' (the hand-designed configs of the space's methods); default: a new study without "
