@@ -657,3 +657,16 @@ def test_a_bad_sampler_knob_is_one_line_and_exit_2(argv: list[str], message: str
     assert e.value.code == 2
     assert capsys.readouterr().err == message
     assert (collapse_model.LEARN_WEIGHT, collapse_model.LEARN_CAP) == before  # nothing set
+
+
+def test_the_collapse_classifier_comparison_on_the_committed_table() -> None:
+    """bench.collapse_classifiers on the 300-config SST-2 table (29 % collapsed): fitted on 40 random configs, the
+    shipped logistic regression ranks the rest by P(learns) with ROC AUC about 0.92 and its cut at 0.5 catches most
+    collapsed configs; dropping the log-parameter feature ranks worse."""
+    cc = _load("collapse_classifiers")
+    out = cc.table(str(TABLES / "sst2-mixed-cpu.csv"), [40], reps=8)
+    assert out["configs"] == 300 and abs(out["collapsed_share"] - 0.293) < 0.001
+    got = out["n"]["40"]
+    shipped = got["logistic (shipped)"]
+    assert 0.88 < shipped["auc"] < 0.97 and shipped["caught"] > 0.7 and shipped["lost"] < 0.25
+    assert got["logistic, no log-params"]["auc"] < shipped["auc"]
