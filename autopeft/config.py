@@ -111,8 +111,8 @@ class SearchConfig:
     #: best config's) or ``front`` (every front config's there)
     refine_rate: str = "none"
     n_startup: int = 8
-    #: the default sampler's acquisition x P(learns)^learn_weight once its collapse model exists, for a task where many
-    #: trials stay at the majority class (0: off; None: :data:`autopeft.collapse_model.LEARN_WEIGHT`, 0)
+    #: the default sampler's acquisition x P(learns)^learn_weight once its collapse model exists: fewer collapsed
+    #: trials, fewer of the cheapest configs (0: off; None: :data:`autopeft.collapse_model.LEARN_WEIGHT`, 0)
     learn_weight: float | None = None
     progress: bool = False
     #: one line per finished trial on stderr (above the progress bar when there is one); the CLI turns it on

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -47,6 +48,16 @@ def _logit(C: float = 1.0, drop: int | None = None, square: int | None = None) -
     return fit
 
 
+def _shipped(X: np.ndarray, y: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """The sampler's own :func:`autopeft.collapse_model.fit` (labels given as scores 1 / 0 around a chance of 0.5)."""
+    from autopeft.collapse_model import fit
+
+    f = fit(np.asarray(X, dtype=float), [1.0 if v else 0.0 for v in y], 0.5, 0.5)
+    if f is None:
+        raise ValueError("the shipped model needs one collapsed and one learned trial")
+    return f
+
+
 def _forest(extra: bool = False, leaf: int = 1) -> Fit:
     from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 
@@ -66,9 +77,14 @@ def _blend(a: Fit, b: Fit) -> Fit:
     return fit
 
 
-def models(log_params_col: int) -> dict[str, Fit]:
-    """The classifiers compared; ``log_params_col``: the feature column of log10 parameters."""
-    return {"logistic (shipped)": _logit(), "logistic C=0.3": _logit(0.3), "logistic C=3": _logit(3.0),
+#: :func:`autopeft.collapse_model.features` ends with log10 parameters, the sparsity and the log rate multiplier
+LOG_PARAMS_FROM_END = 3
+
+
+def models(n_features: int) -> dict[str, Fit]:
+    """The classifiers compared on rows of ``n_features`` collapse features."""
+    log_params_col = n_features - LOG_PARAMS_FROM_END
+    return {"logistic (shipped)": _shipped, "logistic C=0.3": _logit(0.3), "logistic C=3": _logit(3.0),
             "logistic, no log-params": _logit(drop=log_params_col),
             "logistic + log-params^2": _logit(square=log_params_col), "random forest": _forest(),
             "random forest, leaf 2": _forest(leaf=2), "extra trees": _forest(extra=True),
@@ -103,19 +119,24 @@ def table(path: str, ns: Sequence[int], reps: int, seed: int = 0) -> dict[str, A
     X = np.array([feats(c) for c in cands])
     chance = float(meta["ref_point"][0])
     learned = vals[:, 0] > chance + MARGIN * (1 - chance)
-    ms = models(X.shape[1] - 3)
+    ms = models(X.shape[1])
     rng = np.random.default_rng(seed)
-    out: dict[str, Any] = {"table": path, "configs": len(cands), "collapsed_share": float(1 - learned.mean()), "n": {}}
+    out: dict[str, Any] = {"table": path, "configs": len(cands), "collapsed_share": float(1 - learned.mean()), "n": {},
+                           "splits": {}}
     for n in ns:
+        if not 2 <= n < len(cands):
+            raise ValueError(f"--n: each size must be in 2..{len(cands) - 1}, got {n}")
         rows: dict[str, list[tuple[float, float, float]]] = {k: [] for k in ms}
         for _ in range(reps):
             idx = rng.permutation(len(cands))
             tr, te = idx[:n], idx[n:]
-            if learned[tr].all() or not learned[tr].any():
-                continue
+            if learned[tr].all() or not learned[tr].any() or learned[te].all() or not learned[te].any():
+                continue  # a split without both classes on each side: no model, or no AUC
             for k, fit in ms.items():
                 rows[k].append(_figures(fit(X[tr], learned[tr])(X[te]), learned[te]))
-        out["n"][str(n)] = {k: dict(zip(("auc", "caught", "lost"), np.mean(v, 0).round(3).tolist())) for k, v in rows.items()}
+        out["splits"][str(n)] = len(rows["logistic (shipped)"])
+        out["n"][str(n)] = {k: dict(zip(("auc", "caught", "lost"), np.mean(v, 0).round(3).tolist())) if v else None
+                            for k, v in rows.items()}
     return out
 
 
@@ -127,28 +148,43 @@ def studies(storages: Sequence[str], first: int) -> dict[str, Any]:
     from autopeft.collapse_model import MARGIN
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    feats = featurizer("mixed", 6, None)
-    ms = models(len(feats(Candidate.make({}, []))) - 3)
-    preds: dict[str, list[float]] = {k: [] for k in ms}
+    preds: dict[str, list[float]] = {}
     truth: list[bool] = []
+    group: list[str] = []  # the study's name without its seed: e.g. confirm-sst2-autopeft, confirm-sst2-gp
     for st in storages:
-        for summary in optuna.get_all_study_summaries(st):
+        for summary in sorted(optuna.get_all_study_summaries(st), key=lambda s: s.study_name):
             res = load_study(summary.study_name, st)
+            meta = res.meta
+            feats = featurizer(str(meta["space"]), int(meta["num_layers"]),
+                               None if meta["model"] == "all-MiniLM-L6-v2" else str(meta["model"]))
             chance = float(res.ref_point[0])
             trials = sorted(res.complete_trials(), key=lambda t: t.number)
             X = np.array([feats(Candidate.from_json(json.dumps(t.user_attrs["candidate"]))) for t in trials])
             y = np.array([t.values[0] > chance + MARGIN * (1 - chance) for t in trials])
+            ms = models(X.shape[1])
             for i in range(first, len(trials)):
                 truth.append(bool(y[i]))
-                for k, fit in ms.items():  # before one trial collapsed and one learned the sampler has no model
-                    ok = y[:i].any() and not y[:i].all()
-                    preds[k].append(float(fit(X[:i], y[:i])(X[i:i + 1])[0]) if ok else 1.0)
-    t = np.array(truth)
-    out: dict[str, Any] = {"storages": list(storages), "trials": len(t), "collapsed": int((~t).sum()), "models": {}}
-    for k, p in preds.items():
-        auc, _, _ = _figures(np.array(p), t)
-        cut = np.array(p) < 0.5
-        out["models"][k] = {"auc": round(auc, 3), "collapses_cut": int((cut & ~t).sum()), "learners_cut": int((cut & t).sum())}
+                group.append(summary.study_name.rsplit("-", 1)[0])
+                ok = y[:i].any() and not y[:i].all()  # before one collapsed and one learned the sampler has no model
+                for k, fit in ms.items():
+                    preds.setdefault(k, []).append(float(fit(X[:i], y[:i])(X[i:i + 1])[0]) if ok else 1.0)
+    t, g = np.array(truth), np.array(group)
+    out: dict[str, Any] = {"storages": list(storages), "trials": len(t), "collapsed": int((~t).sum()), "models": {},
+                           "by_group": {}}
+
+    def figures(mask: np.ndarray) -> dict[str, dict[str, Any]]:
+        res: dict[str, dict[str, Any]] = {}
+        for k, p in preds.items():
+            pp, tt = np.array(p)[mask], t[mask]
+            cut = pp < 0.5
+            auc = round(_figures(pp, tt)[0], 3) if tt.any() and not tt.all() else None
+            res[k] = {"auc": auc, "collapses_cut": int((cut & ~tt).sum()), "learners_cut": int((cut & tt).sum())}
+        return res
+
+    out["models"] = figures(np.ones(len(t), dtype=bool))
+    for name in sorted(set(group)):
+        m = g == name
+        out["by_group"][name] = {"trials": int(m.sum()), "collapsed": int((~t[m]).sum()), "models": figures(m)}
     return out
 
 
@@ -166,8 +202,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         p.add_argument("--out", help="write the figures as JSON here")
     a = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
-    out = (table(a.table, [int(x) for x in a.n.split(",")], a.reps) if a.cmd == "table"
-           else studies(a.storage, a.first))
+    try:
+        if a.cmd == "table":
+            if a.reps < 1:
+                raise ValueError(f"--reps must be >= 1, got {a.reps}")
+            try:
+                ns = [int(x) for x in a.n.split(",")]
+            except ValueError:
+                raise ValueError(f"--n must be comma-separated integers, got {a.n[:40]!r}") from None
+            out = table(a.table, ns, a.reps)
+        else:
+            if a.first < 2:
+                raise ValueError(f"--first must be >= 2, got {a.first}")
+            out = studies(a.storage, a.first)
+    except ValueError as exc:  # one line, exit 2, as argparse's own errors
+        print(f"collapse_classifiers: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     text = json.dumps(out, indent=1)
     print(text)
     if a.out:

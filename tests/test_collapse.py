@@ -213,3 +213,21 @@ def test_learn_weight_reaches_the_sampler_and_keeps_its_proposals_off_configs_th
         trials = [t for t in res.complete_trials() if level_of(t) == 0]
         collapsed[w] = sum(t.values[0] == 0.5 for t in trials[6:])
     assert collapsed[10.0] < collapsed[None]
+
+
+@pytest.mark.parametrize("value, message", [
+    (True, "--learn-weight must be a finite number >= 0, got True"),
+    (-1.0, "--learn-weight must be a finite number >= 0, got -1.0"),
+    (float("inf"), "--learn-weight must be a finite number >= 0, got inf"),
+    ("10", "--learn-weight must be a finite number >= 0, got '10'"),
+])
+def test_a_bad_learn_weight_from_the_api_is_one_exact_message(value: object, message: str) -> None:
+    from autopeft.config import SearchConfig
+    from autopeft.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        SearchConfig.from_options(learn_weight=value)
+    assert str(err.value) == message
+    assert SearchConfig.from_options(learn_weight=0).learn_weight == 0  # 0 (off) and None (the default) are valid
+    with pytest.raises(ConfigError, match=r"^--learn-weight applies to the default sampler \(autopeft\), not --sampler tpe"):
+        SearchConfig.from_options(learn_weight=3, sampler="tpe")
