@@ -33,7 +33,7 @@ P_LEARN = 0.5
 #: learns from the collapsed trials); the power sharpens a regression fitted on a dozen trials.  10 halves the
 #: collapsed trials (six real SST-2 searches: 10 of 180 model-proposed trials, Optuna's GPSampler 21, 25 with 0) but
 #: moves the search to larger configs and cost hypervolume where it matters first: the README's main command (3 seeds,
-#: mean 0.520 against 0.585) and SST-2 at 40 trials (0.914 against 0.955); MRPC gained.  Off until a setting keeps both
+#: mean 0.520 against 0.585) and SST-2 at 40 trials (0.914 against 0.955); MRPC was even (4 seeds: higher on 2).  Off until a setting keeps both
 #: (BENCHMARKS.md "The acquisition weighted by P(learns)"); a search sets its own with ``--learn-weight K``
 LEARN_WEIGHT = 0.0
 #: with a weight, P(learns) counts as min(1, P / LEARN_CAP): configs the model gives at least LEARN_CAP weigh alike, so
