@@ -30,11 +30,12 @@ P_LEARN = 0.5
 #: the acquisition of the others is multiplied by P(learns) to this power (0: off, the default).  With the score at
 #: chance a trial adds no hypervolume, so EHVI x P(learns) approximates the expected gain of a config that learns with
 #: probability P (approximates: the score GP's posterior stands for the score given that it learns, though the GP also
-#: learns from the collapsed trials); the power sharpens a regression fitted on a dozen trials.  10 halves the
-#: collapsed trials (six real SST-2 searches: 10 of 180 model-proposed trials, Optuna's GPSampler 21, 25 with 0) but
-#: moves the search to larger configs and cost hypervolume where it matters first: the README's main command (3 seeds,
-#: mean 0.520 against 0.585) and SST-2 at 40 trials (0.914 against 0.955); MRPC was even (4 seeds: higher on 2).  Off until a setting keeps both
-#: (BENCHMARKS.md "The acquisition weighted by P(learns)"); a search sets its own with ``--learn-weight K``
+#: learns from the collapsed trials); the power sharpens a regression fitted on a dozen trials.  10 halves the collapsed
+#: trials (six real SST-2 searches: 10 of 180 model-proposed trials, Optuna's GPSampler 21, 25 with 0) but moves the
+#: search to larger configs and cost hypervolume where it matters first: the README's main command (3 seeds, mean 0.520
+#: against 0.585) and SST-2 at 40 trials (0.914 against 0.955); MRPC was even (4 seeds: higher on 2).  Off until a
+#: setting keeps both (BENCHMARKS.md "The acquisition weighted by P(learns)"); a search sets its own with
+#: ``--learn-weight K``
 LEARN_WEIGHT = 0.0
 #: with a weight, P(learns) counts as min(1, P / LEARN_CAP): configs the model gives at least LEARN_CAP weigh alike, so
 #: the weight damps only the uncertain ones (1: no cap).  Tried in session 21 (BENCHMARKS.md)

@@ -146,6 +146,7 @@ def studies(storages: Sequence[str], first: int) -> dict[str, Any]:
     from autopeft.api import load_study
     from autopeft.candidate import Candidate
     from autopeft.collapse_model import MARGIN
+    from bench.compare_samplers import table_model
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     preds: dict[str, list[float]] = {}
@@ -155,8 +156,7 @@ def studies(storages: Sequence[str], first: int) -> dict[str, Any]:
         for summary in sorted(optuna.get_all_study_summaries(st), key=lambda s: s.study_name):
             res = load_study(summary.study_name, st)
             meta = res.meta
-            feats = featurizer(str(meta["space"]), int(meta["num_layers"]),
-                               None if meta["model"] == "all-MiniLM-L6-v2" else str(meta["model"]))
+            feats = featurizer(str(meta["space"]), int(meta["num_layers"]), table_model(meta))
             chance = float(res.ref_point[0])
             trials = sorted(res.complete_trials(), key=lambda t: t.number)
             X = np.array([feats(Candidate.from_json(json.dumps(t.user_attrs["candidate"]))) for t in trials])
@@ -215,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             if a.first < 2:
                 raise ValueError(f"--first must be >= 2, got {a.first}")
             out = studies(a.storage, a.first)
-    except ValueError as exc:  # one line, exit 2, as argparse's own errors
+    except (ValueError, OSError) as exc:  # one line, exit 2, as argparse's own errors
         print(f"collapse_classifiers: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     text = json.dumps(out, indent=1)
