@@ -40,6 +40,9 @@ LEARN_WEIGHT = 0.0
 #: with a weight, P(learns) counts as min(1, P / LEARN_CAP): configs the model gives at least LEARN_CAP weigh alike, so
 #: the weight damps only the uncertain ones (1: no cap).  Tried in session 21 (BENCHMARKS.md)
 LEARN_CAP = 1.0
+#: with a weight, it chooses only among the candidates whose unweighted EHVI is at least this share of the pool's best
+#: (0: among all), so it can trade a likely collapse for a near-equal gain but not drag the search far from it
+LEARN_BAND = 0.0
 #: a structure (a config but for its learning-rate multiplier) that collapsed at multiplier m is not proposed again at
 #: a multiplier up to this factor above m: at a short fidelity a lower rate learns less, and the space's range (0.5-2)
 #: leaves little above.  Real SST-2 searches proposed "head only" three times in a row at x1.88, x1.58, x1.98, each

@@ -96,6 +96,7 @@ class CostAwareEHVISampler(BaseSampler):
         self.score_trend = sampler_gp.SCORE_TREND
         self.learn_weight = collapse_model.LEARN_WEIGHT
         self.learn_cap = collapse_model.LEARN_CAP
+        self.learn_band = collapse_model.LEARN_BAND
         self._seed = 0 if seed is None else int(seed)
         self._rng = np.random.default_rng(seed)
         self._random = RandomSampler(seed=seed)
@@ -297,33 +298,40 @@ class CostAwareEHVISampler(BaseSampler):
         floor = self._floor(float(y.max()))
         lower, upper = self._cells(front_Y, floor)
 
-        def score(cs: list[Candidate], p: np.ndarray | None) -> np.ndarray:
+        band: list[float] = []  # with learn_band: the least unweighted EHVI a candidate needs for the weight to pick it
+
+        def score(cs: list[Candidate], p: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
             """The acquisition: closed-form EHVI (times P(learns)^learn_weight, ``p``: a trial at chance adds no
-            hypervolume)."""
+            hypervolume; with ``learn_band``, among the candidates within that share of the pool's best EHVI only),
+            and the EHVI alone."""
             mu, sd = predict(cs)
             kc = known_coords(cs)
-            a = closed_form_ehvi(mu, sd, kc, lower, upper)
+            a = raw = closed_form_ehvi(mu, sd, kc, lower, upper)
             if p is not None and self.learn_weight > 0:
                 a = a * np.minimum(1.0, p / self.learn_cap) ** self.learn_weight
+                if self.learn_band > 0:
+                    if not band:
+                        band.append(self.learn_band * float(raw.max()))
+                    a = np.where(raw >= band[0], a, 0.0)
             if self.max_memory is not None and "memory" in self.objectives:
                 j = self.objectives.index("memory") - 1
                 a = np.where(-kc[:, j] > math.log10(self.max_memory), 0.0, a)
-            return a
+            return a, raw
 
-        a = score(cands, p_learn)
+        a, raw = score(cands, p_learn)
         order = np.argsort(-a)
         # local search: mutate the best few, keep improvements
-        best_c, best_a = cands[order[0]], a[order[0]]
+        best_c, best_a, best_raw = cands[order[0]], a[order[0]], raw[order[0]]
         for i in order[:4]:
             neigh, p_neigh = likely_learners([c for c in self._neighbours(self.space.encode(cands[i]), 24)
                                               if c not in seen and c.key not in pool and self._feasible_params(c)])
             if neigh:
-                an = score(neigh, p_neigh)
+                an, rn = score(neigh, p_neigh)
                 j = int(np.argmax(an))
                 if an[j] > best_a:
-                    best_c, best_a = neigh[j], an[j]
+                    best_c, best_a, best_raw = neigh[j], an[j], rn[j]
         self.last_info = {**self.last_info, "mode": "bo" if best_a > 0 else "random", "ehvi": float(best_a),
-                          "pool": len(cands)}
+                          "ehvi_unweighted": float(best_raw), "ehvi_pool_best": float(raw.max()), "pool": len(cands)}
         if best_a <= 0:  # nothing improves in expectation: explore
             return self._random_candidate(seen)
         return best_c

@@ -80,13 +80,16 @@ def add_sampler_knobs(ap: argparse.ArgumentParser) -> None:
                     "of a trend in log parameters (autopeft.sampler_gp.SCORE_TREND; default: as shipped)")
     ap.add_argument("--learn-cap", type=float, help="with --learn-weight, P(learns) counts as min(1, P / CAP) "
                     "(autopeft.collapse_model.LEARN_CAP; 1: no cap)")
+    ap.add_argument("--learn-band", type=float, help="with --learn-weight, the weight chooses only among candidates "
+                    "whose unweighted EHVI is at least this share of the pool's best (autopeft.collapse_model.LEARN_BAND; 0: all)")
     ap.add_argument("--learn-weight", type=float, help="the default sampler multiplies its acquisition by the "
                     "collapse model's P(learns) to this power (autopeft.collapse_model.LEARN_WEIGHT; default: as shipped, 0: off)")
 
 
 def apply_sampler_knobs(a: argparse.Namespace) -> None:
-    """Set ``--refit-growth``, ``--score-trend``, ``--learn-weight`` and ``--learn-cap`` in :mod:`autopeft.sampler_gp`
-    and :mod:`autopeft.collapse_model` (this process's samplers); a bad value: one line, exit 2."""
+    """Set ``--refit-growth``, ``--score-trend``, ``--learn-weight``, ``--learn-cap`` and ``--learn-band`` in
+    :mod:`autopeft.sampler_gp` and :mod:`autopeft.collapse_model` (this process's samplers); a bad value: one line,
+    exit 2."""
     if a.refit_growth is not None:
         from autopeft import sampler_gp
 
@@ -111,6 +114,12 @@ def apply_sampler_knobs(a: argparse.Namespace) -> None:
         from autopeft import collapse_model
 
         collapse_model.LEARN_CAP = a.learn_cap
+    if a.learn_band is not None:
+        if not 0 <= a.learn_band <= 1:
+            bad(f"--learn-band must be a number in [0, 1], got {a.learn_band:g}")
+        from autopeft import collapse_model
+
+        collapse_model.LEARN_BAND = a.learn_band
 
 
 class FidelityError(ValueError):

@@ -641,6 +641,8 @@ def test_confirm_report_gives_the_trials_a_search_needed_to_reach_a_hypervolume(
     (["--learn-weight", "nan"], "--learn-weight must be a number >= 0, got nan\n"),
     (["--learn-cap", "0"], "--learn-cap must be a number in (0, 1], got 0\n"),
     (["--learn-cap", "1.5"], "--learn-cap must be a number in (0, 1], got 1.5\n"),
+    (["--learn-band", "-0.1"], "--learn-band must be a number in [0, 1], got -0.1\n"),
+    (["--learn-band", "nan"], "--learn-band must be a number in [0, 1], got nan\n"),
 ])
 def test_a_bad_sampler_knob_is_one_line_and_exit_2(argv: list[str], message: str,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
@@ -651,12 +653,12 @@ def test_a_bad_sampler_knob_is_one_line_and_exit_2(argv: list[str], message: str
 
     ap = argparse.ArgumentParser()
     add_sampler_knobs(ap)
-    before = (collapse_model.LEARN_WEIGHT, collapse_model.LEARN_CAP)
+    before = (collapse_model.LEARN_WEIGHT, collapse_model.LEARN_CAP, collapse_model.LEARN_BAND)
     with pytest.raises(SystemExit) as e:
         apply_sampler_knobs(ap.parse_args(argv))
     assert e.value.code == 2
     assert capsys.readouterr().err == message
-    assert (collapse_model.LEARN_WEIGHT, collapse_model.LEARN_CAP) == before  # nothing set
+    assert (collapse_model.LEARN_WEIGHT, collapse_model.LEARN_CAP, collapse_model.LEARN_BAND) == before  # nothing set
 
 
 def test_the_collapse_classifier_comparison_on_the_committed_table() -> None:
