@@ -111,8 +111,9 @@ class SearchConfig:
     #: best config's) or ``front`` (every front config's there)
     refine_rate: str = "none"
     n_startup: int = 8
-    #: the default sampler's acquisition x P(learns)^learn_weight once its collapse model exists: fewer collapsed
-    #: trials, fewer of the cheapest configs (0: off; None: :data:`autopeft.collapse_model.LEARN_WEIGHT`, 0)
+    #: the default sampler's acquisition x P(learns)^learn_weight once its collapse model exists, among the candidates
+    #: within :data:`autopeft.collapse_model.LEARN_BAND` of the best gain: fewer collapsed trials (0: off; None:
+    #: :data:`autopeft.collapse_model.LEARN_WEIGHT`, 10)
     learn_weight: float | None = None
     progress: bool = False
     #: one line per finished trial on stderr (above the progress bar when there is one); the CLI turns it on

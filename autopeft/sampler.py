@@ -12,9 +12,9 @@ vectorised over thousands of candidates.  Pending trials enter the front at thei
 (kriging believer) so concurrent workers get different candidates.  Candidates over a budget
 score zero and are never proposed; nor is any candidate already evaluated, failed or pending.  Once some trials
 collapsed to the majority class and some learned, a logistic regression on a config's exact features predicts which
-configs learn at the study's fidelity: model-based proposals skip those it expects to collapse (and, with
-:data:`autopeft.collapse_model.LEARN_WEIGHT` > 0, the acquisition of the others is weighted by P(learns) to that power;
-off by default).
+configs learn at the study's fidelity: model-based proposals skip those it expects to collapse, and the acquisition of
+the others is weighted by P(learns) to the power :data:`autopeft.collapse_model.LEARN_WEIGHT` among the candidates
+whose expected gain alone is within :data:`autopeft.collapse_model.LEARN_BAND` of the best.
 With ``--warm-start`` another study's trials are a prior: they join the score GP's data with a task input
 (:mod:`autopeft.sampler_prior`).  The GP's fit and predictions are in :mod:`autopeft.sampler_gp` (botorch's model and objective, fitted fast); what the
 sampler keeps from ask to ask (each trial's candidate, encoding, counts, features) in :mod:`autopeft.sampler_memo`.

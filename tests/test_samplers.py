@@ -5,6 +5,7 @@ on the autopeft sampler, are in test_sampler_contract.py.)"""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import optuna
@@ -231,33 +232,44 @@ def test_the_collapse_model_learns_which_configs_collapse_and_proposals_skip_the
         assert learns([c])[0] >= P_LEARN, c.summary()
 
 
+def _weighted_study(seed: int, weight: float, **knobs: float) -> tuple[Any, Any, Any]:
+    """The default sampler with ``learn_weight`` = ``weight`` (and other attributes, e.g. ``learn_band``) over 12
+    random trials of the toy collapsing landscape; (bound space, sampler, study)."""
+    b = SearchSpace.load("mixed").bind(6)
+    dists = b.distributions()
+    rng = np.random.default_rng(seed)
+    sampler = make_sampler("autopeft", seed, b, OBJ, REF, lambda c: count_params(c, INFO), n_startup=4)
+    sampler.learn_weight = weight
+    for k, v in knobs.items():
+        setattr(sampler, k, v)
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
+    for c in (b.decode(b.random_vector(rng)) for _ in range(12)):
+        params = b.optuna_params(c)
+        study.add_trial(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params},
+                                                  values=collapsing(c)))
+    return b, sampler, study
+
+
 def test_the_learn_weight_steers_proposals_away_from_configs_likely_to_collapse() -> None:
     """With ``learn_weight`` k > 0 the acquisition is EHVI x P(learns)^k (a trial at chance adds no hypervolume): on
     the toy landscape whose configs under 10,000 parameters collapse, after 12 random trials, six proposals (two at a
-    time) over four seeds: without it 9 of 24 collapse, with k = 10 1 (measured); the proposals stay model-based."""
-    b = SearchSpace.load("mixed").bind(6)
-    dists = b.distributions()
-    counts: dict[float, int] = {}
-    for weight in (0.0, 10.0):
-        counts[weight] = 0
+    time) over four seeds: without it 9 of 24 collapse, with k = 10 over the whole pool 1, within half the best gain
+    (the default band) 5 (measured); the proposals stay model-based."""
+    counts: dict[tuple[float, float], int] = {}
+    for weight, band in ((0.0, 0.0), (10.0, 0.0), (10.0, 0.5)):
+        counts[weight, band] = 0
         for seed in range(4):
-            rng = np.random.default_rng(seed)
-            sampler = make_sampler("autopeft", seed, b, OBJ, REF, lambda c: count_params(c, INFO), n_startup=4)
-            sampler.learn_weight = weight
-            study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
-            for c in (b.decode(b.random_vector(rng)) for _ in range(12)):
-                params = b.optuna_params(c)
-                study.add_trial(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params},
-                                                          values=collapsing(c)))
+            b, sampler, study = _weighted_study(seed, weight, learn_band=band)
             for _ in range(3):
                 asked = [study.ask() for _ in range(2)]
                 for t in asked:
                     c = b.suggest(t)  # Optuna plans a trial's relative params at its first suggest
                     assert sampler.last_info["mode"] == "bo"
-                    counts[weight] += collapsing(c)[0] == 0.5
+                    counts[weight, band] += collapsing(c)[0] == 0.5
                 for t in asked:
                     study.tell(t, collapsing(b.suggest(t)))
-    assert counts[0.0] >= 6 and counts[10.0] <= counts[0.0] - 5, counts
+    assert counts[0.0, 0.0] >= 6 and counts[10.0, 0.0] <= counts[0.0, 0.0] - 5, counts
+    assert counts[10.0, 0.5] < counts[0.0, 0.0], counts
 
 
 def test_the_learn_cap_leaves_configs_the_model_trusts_unweighted() -> None:
@@ -266,18 +278,8 @@ def test_the_learn_cap_leaves_configs_the_model_trusts_unweighted() -> None:
     them."""
     from autopeft.collapse_model import P_LEARN
 
-    b = SearchSpace.load("mixed").bind(6)
-    dists = b.distributions()
-
     def proposals(weight: float, cap: float) -> list[str]:
-        rng = np.random.default_rng(0)
-        sampler = make_sampler("autopeft", 0, b, OBJ, REF, lambda c: count_params(c, INFO), n_startup=4)
-        sampler.learn_weight, sampler.learn_cap = weight, cap
-        study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
-        for c in (b.decode(b.random_vector(rng)) for _ in range(12)):
-            params = b.optuna_params(c)
-            study.add_trial(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params},
-                                                      values=collapsing(c)))
+        b, sampler, study = _weighted_study(0, weight, learn_cap=cap, learn_band=0.0)
         keys = []
         for _ in range(4):
             t = study.ask()
@@ -295,20 +297,10 @@ def test_the_learn_band_keeps_the_weighted_choice_near_the_best_unweighted_gain(
     """``learn_band`` b: the weight picks only among candidates whose EHVI alone is at least b x the pool's best, so
     every model-based proposal keeps that share of the best gain; without a band the weight goes below it (measured on
     the toy landscape: the weight alone took proposals at 0.16-0.69 of the pool's best, with b = 0.5 at 0.50-0.82)."""
-    b = SearchSpace.load("mixed").bind(6)
-    dists = b.distributions()
-
     def shares(band: float) -> list[float]:
         out = []
         for seed in range(3):
-            rng = np.random.default_rng(seed)
-            sampler = make_sampler("autopeft", seed, b, OBJ, REF, lambda c: count_params(c, INFO), n_startup=4)
-            sampler.learn_weight, sampler.learn_band = 10.0, band
-            study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
-            for c in (b.decode(b.random_vector(rng)) for _ in range(12)):
-                params = b.optuna_params(c)
-                study.add_trial(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params},
-                                                          values=collapsing(c)))
+            b, sampler, study = _weighted_study(seed, 10.0, learn_band=band)
             for _ in range(4):
                 t = study.ask()
                 c = b.suggest(t)
