@@ -307,15 +307,15 @@ class CostAwareEHVISampler(BaseSampler):
             mu, sd = predict(cs)
             kc = known_coords(cs)
             a = raw = closed_form_ehvi(mu, sd, kc, lower, upper)
+            if self.max_memory is not None and "memory" in self.objectives:  # over the budget: no gain (nor a band)
+                j = self.objectives.index("memory") - 1
+                a = raw = np.where(-kc[:, j] > math.log10(self.max_memory), 0.0, raw)
             if p is not None and self.learn_weight > 0:
-                a = a * np.minimum(1.0, p / self.learn_cap) ** self.learn_weight
+                a = raw * np.minimum(1.0, p / self.learn_cap) ** self.learn_weight
                 if self.learn_band > 0:
                     if not band:
                         band.append(self.learn_band * float(raw.max()))
                     a = np.where(raw >= band[0], a, 0.0)
-            if self.max_memory is not None and "memory" in self.objectives:
-                j = self.objectives.index("memory") - 1
-                a = np.where(-kc[:, j] > math.log10(self.max_memory), 0.0, a)
             return a, raw
 
         a, raw = score(cands, p_learn)
