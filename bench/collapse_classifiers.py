@@ -12,6 +12,12 @@ and alternatives on the same features (:func:`autopeft.collapse_model.features`)
 
     python -m bench.collapse_classifiers table --table bench/tables/sst2-mixed-cpu.csv
     python -m bench.collapse_classifiers studies --storage sqlite:///bench/tables/confirm-sst2-warmcheck.db
+    python -m bench.collapse_classifiers premodel --storage sqlite:///bench/tables/confirm-sst2-learnband.db
+
+* ``premodel`` (session 23): the proposals no collapse model could judge.  The default sampler's model-proposed
+  trials (:func:`bench.confirm.proposed_by_model`, start-up 8) that started before any trial of their study had
+  collapsed, each counted once across storages (by study seed, trial number and config: searches of one seed share
+  their start-up and so their first proposals); how many collapsed, and "head only" by learning-rate multiplier.
 """
 
 from __future__ import annotations
@@ -188,6 +194,48 @@ def studies(storages: Sequence[str], first: int) -> dict[str, Any]:
     return out
 
 
+def _existing(storages: Sequence[str]) -> Sequence[str]:
+    """``storages``, or ValueError for a SQLite file that is not there (Optuna would create an empty one)."""
+    for st in storages:
+        if st.startswith("sqlite:///") and not Path(st[len("sqlite:///"):]).is_file():
+            raise ValueError(f"no such storage file: {st[len('sqlite:///'):]}")
+    return storages
+
+
+def premodel(storages: Sequence[str]) -> dict[str, Any]:
+    import optuna
+
+    from autopeft.api import load_study
+    from autopeft.collapse_model import MARGIN
+    from bench.confirm import proposed_by_model
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    seen: dict[tuple[str, int, str], dict[str, Any]] = {}
+    for st in storages:
+        for summary in sorted(optuna.get_all_study_summaries(st), key=lambda s: s.study_name):
+            if "-autopeft-" not in summary.study_name:
+                continue
+            res = load_study(summary.study_name, st)
+            comp = sorted(res.complete_trials(), key=lambda t: t.number)
+            thr = float(res.ref_point[0]) + MARGIN * (1 - float(res.ref_point[0]))
+            by_model = set(proposed_by_model(comp, 8))
+            for t in comp:
+                if t.number not in by_model or any(o.values[0] <= thr for o in comp
+                                                   if o.datetime_complete <= t.datetime_start):
+                    continue
+                c = t.user_attrs["candidate"]
+                key = (summary.study_name.rsplit("-", 1)[1], t.number, json.dumps(c, sort_keys=True))
+                seen.setdefault(key, {"storage": st, "study": summary.study_name, "trial": t.number,
+                                      "collapsed": bool(t.values[0] <= thr), "head_only": not c["methods"],
+                                      "lr_multiplier": round(float(c["lr_multiplier"]), 3), "params": int(t.values[1]),
+                                      "summary": t.user_attrs.get("summary", "")})
+    rows = list(seen.values())
+    head = [r for r in rows if r["head_only"]]
+    return {"storages": list(storages), "proposals": len(rows), "collapsed": sum(r["collapsed"] for r in rows),
+            "head_only": len(head), "head_only_collapsed": sum(r["collapsed"] for r in head),
+            "head_only_by_rate": sorted([r["lr_multiplier"], r["collapsed"]] for r in head), "rows": rows}
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -198,7 +246,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     s = sub.add_parser("studies")
     s.add_argument("--storage", action="append", required=True)
     s.add_argument("--first", type=int, default=10, help="predict trials from this number on")
-    for p in (t, s):
+    m = sub.add_parser("premodel")
+    m.add_argument("--storage", action="append", required=True)
+    for p in (t, s, m):
         p.add_argument("--out", help="write the figures as JSON here")
     a = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -211,10 +261,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             except ValueError:
                 raise ValueError(f"--n must be comma-separated integers, got {a.n[:40]!r}") from None
             out = table(a.table, ns, a.reps)
+        elif a.cmd == "premodel":
+            out = premodel(_existing(a.storage))
         else:
             if a.first < 2:
                 raise ValueError(f"--first must be >= 2, got {a.first}")
-            out = studies(a.storage, a.first)
+            out = studies(_existing(a.storage), a.first)
     except (ValueError, OSError) as exc:  # one line, exit 2, as argparse's own errors
         print(f"collapse_classifiers: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

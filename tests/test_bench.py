@@ -672,3 +672,20 @@ def test_the_collapse_classifier_comparison_on_the_committed_table() -> None:
     shipped = got["logistic (shipped)"]
     assert 0.88 < shipped["auc"] < 0.97 and shipped["caught"] > 0.7 and shipped["lost"] < 0.25
     assert got["logistic, no log-params"]["auc"] < shipped["auc"]
+
+
+def test_the_proposals_made_before_any_collapse_on_the_committed_searches(capsys: pytest.CaptureFixture[str]) -> None:
+    """bench.collapse_classifiers premodel on the six real SST-2 searches of the default (session 23): 16 model-based
+    proposals started before any trial of their study collapsed, 6 of them collapsed; "head only" 4 times, at the
+    majority class at x0.52 and x0.55, learning at x1.56 and x1.67.  A missing storage is one line, exit 2, and no
+    file is created."""
+    cc = _load("collapse_classifiers")
+    out = cc.premodel([f"sqlite:///{TABLES / 'confirm-sst2-learnband.db'}"])
+    assert (out["proposals"], out["collapsed"], out["head_only"], out["head_only_collapsed"]) == (16, 6, 4, 2)
+    assert out["head_only_by_rate"] == [[0.516, True], [0.545, True], [1.555, False], [1.665, False]]
+    assert all(r["study"].startswith("confirm-sst2-autopeft-") for r in out["rows"])
+    missing = TABLES / "no-such-storage.db"
+    with pytest.raises(SystemExit) as e:
+        cc.main(["premodel", "--storage", f"sqlite:///{missing}"])
+    assert e.value.code == 2 and not missing.exists()
+    assert capsys.readouterr().err == f"collapse_classifiers: error: no such storage file: {missing}\n"
