@@ -313,8 +313,9 @@ class CostAwareEHVISampler(BaseSampler):
             if p is not None and self.learn_weight > 0:
                 a = raw * np.minimum(1.0, p / self.learn_cap) ** self.learn_weight
                 if self.learn_band > 0:
-                    if not band:
-                        band.append(self.learn_band * float(raw.max()))
+                    if not band:  # set by the pool; 0 (no band) when every config in it has P(learns) 0 (retries)
+                        floor = self.learn_band * float(raw.max())
+                        band.append(floor if (a[raw >= floor] > 0).any() else 0.0)
                     a = np.where(raw >= band[0], a, 0.0)
             return a, raw
 

@@ -661,6 +661,20 @@ def test_a_bad_sampler_knob_is_one_line_and_exit_2(argv: list[str], message: str
     assert (collapse_model.LEARN_WEIGHT, collapse_model.LEARN_CAP, collapse_model.LEARN_BAND) == before  # nothing set
 
 
+def test_the_learn_knobs_set_the_sampler_constants(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from autopeft import collapse_model
+    from bench.common import add_sampler_knobs, apply_sampler_knobs
+
+    for name in ("LEARN_WEIGHT", "LEARN_CAP", "LEARN_BAND"):  # restored after the test
+        monkeypatch.setattr(collapse_model, name, getattr(collapse_model, name))
+    ap = argparse.ArgumentParser()
+    add_sampler_knobs(ap)
+    apply_sampler_knobs(ap.parse_args(["--learn-weight", "3", "--learn-cap", "0.8", "--learn-band", "0.25"]))
+    assert (collapse_model.LEARN_WEIGHT, collapse_model.LEARN_CAP, collapse_model.LEARN_BAND) == (3.0, 0.8, 0.25)
+
+
 def test_the_collapse_classifier_comparison_on_the_committed_table() -> None:
     """bench.collapse_classifiers on the 300-config SST-2 table (29 % collapsed): fitted on 40 random configs, the
     shipped logistic regression ranks the rest by P(learns) with ROC AUC about 0.92 and its cut at 0.5 catches most

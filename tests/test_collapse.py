@@ -200,19 +200,19 @@ def low_rank_collapses(spec: object) -> object:
 def test_learn_weight_reaches_the_sampler_and_keeps_its_proposals_off_configs_that_collapse(
         tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
     """``learn_weight`` (``--learn-weight K``) is the sampler's: on a landscape where low ranks stay at chance, fewer of
-    the model-based trials collapse with the default (10, within half the best gain) or an explicit 10 than with 0
-    (off): 1 and 1 against 4 of 24 here."""
+    the model-based trials collapse with the default (10, within half the best gain) than with 0 (off): 1 against 4 of
+    24 here; an explicit value reaches the sampler as given."""
     from autopeft.storage import level_of
 
     collapsed = {}
-    for w in (0.0, None, 10.0):
+    for w in (0.0, None, 3.0):
         opts = {**_sim(tmp_path, glue_dir, model=tiny_model, enqueue="none", learn_weight=w, collapse_stop=False),
                 "runner": "test_collapse:low_rank_collapses", "study_name": f"lw{w}", "n_startup": 6}
         res = autopeft.search(n_trials=30, **opts)
         assert res.study.sampler.learn_weight == (10.0 if w is None else w)
         trials = [t for t in res.complete_trials() if level_of(t) == 0]
         collapsed[w] = sum(t.values[0] == 0.5 for t in trials[6:])
-    assert collapsed[None] < collapsed[0.0] and collapsed[10.0] < collapsed[0.0]
+    assert collapsed[None] < collapsed[0.0]
 
 
 @pytest.mark.parametrize("value, message", [
