@@ -206,7 +206,7 @@ def premodel(storages: Sequence[str]) -> dict[str, Any]:
     import optuna
 
     from autopeft.api import load_study
-    from autopeft.collapse_model import MARGIN
+    from bench.common import collapsed
     from bench.confirm import proposed_by_model
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -217,16 +217,16 @@ def premodel(storages: Sequence[str]) -> dict[str, Any]:
                 continue
             res = load_study(summary.study_name, st)
             comp = sorted(res.complete_trials(), key=lambda t: t.number)
-            thr = float(res.ref_point[0]) + MARGIN * (1 - float(res.ref_point[0]))
+            chance = float(res.ref_point[0])
             by_model = set(proposed_by_model(comp, 8))
             for t in comp:
-                if t.number not in by_model or any(o.values[0] <= thr for o in comp
+                if t.number not in by_model or any(collapsed(o.values[0], chance) for o in comp
                                                    if o.datetime_complete <= t.datetime_start):
                     continue
                 c = t.user_attrs["candidate"]
                 key = (summary.study_name.rsplit("-", 1)[1], t.number, json.dumps(c, sort_keys=True))
                 seen.setdefault(key, {"storage": st, "study": summary.study_name, "trial": t.number,
-                                      "collapsed": bool(t.values[0] <= thr), "head_only": not c["methods"],
+                                      "collapsed": collapsed(t.values[0], chance), "head_only": not c["methods"],
                                       "lr_multiplier": round(float(c["lr_multiplier"]), 3), "params": int(t.values[1]),
                                       "summary": t.user_attrs.get("summary", "")})
     rows = list(seen.values())
