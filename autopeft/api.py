@@ -65,7 +65,7 @@ def search(model: str | None = None, task: str | None = "sst2", space: str = "lo
     ``promote`` (rungs of higher fidelity, ``"2000x2,allx3"`` or
     ``[{"n_train": 2000, "epochs": 2}]``) and ``promote_fraction`` and ``promote_lr_scale`` (the rungs' learning-rate scale; a rung dict may give its own
     ``lr_scale``; see :mod:`autopeft.promotion`), ``refine_rate`` (``"none"``, ``"best"`` or ``"front"``: a
-    learning-rate line search at the top rung, :func:`autopeft.promotion.next_rate_step`), ``n_startup``, ``learn_weight`` (the default sampler's acquisition x P(learns)^K once a trial collapsed and one learned, among the candidates within half the best expected gain: fewer collapsed trials; default 10, 0: off), ``progress`` (default: a bar in a
+    learning-rate line search at the top rung, :func:`autopeft.promotion.next_rate_step`), ``n_startup``, ``learn_weight`` (the default sampler's acquisition x P(learns)^K once a trial collapsed and one learned, among the candidates within half the best expected gain: fewer collapsed trials; default 10, 0: off; stored with the study, which a resume keeps unless given), ``progress`` (default: a bar in a
     terminal or a notebook), ``trust_remote_code``; for a model whose layers or projections autopeft cannot find,
     ``layers_pattern`` (the layer list's dotted path) and ``target_modules`` (``"q=NAME,v=NAME,..."`` or a dict of
     sub-module to module name inside a layer); configs to run first: ``enqueue`` (paths, ``"baselines"``, config

@@ -113,7 +113,7 @@ class SearchConfig:
     n_startup: int = 8
     #: the default sampler's acquisition x P(learns)^learn_weight once its collapse model exists, among the candidates
     #: within :data:`autopeft.collapse_model.LEARN_BAND` of the best gain: fewer collapsed trials (0: off; None:
-    #: :data:`autopeft.collapse_model.LEARN_WEIGHT`, 10)
+    #: :data:`autopeft.collapse_model.LEARN_WEIGHT`, 10, for a new study; the study's own on a resume)
     learn_weight: float | None = None
     progress: bool = False
     #: one line per finished trial on stderr (above the progress bar when there is one); the CLI turns it on

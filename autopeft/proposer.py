@@ -26,9 +26,11 @@ RANDOM_AFTER = 10
 
 def make_sampler(name: str, seed: int | None, space: Any = None, objectives: Sequence[str] = (), ref: Sequence[float] = (),
                  count: Callable[[Candidate], float] | None = None, max_params: float | None = None,
-                 max_memory: float | None = None, n_startup: int = 8, learn_weight: float | None = None) -> Any:
+                 max_memory: float | None = None, n_startup: int = 8, learn_weight: float | None = None,
+                 learn_band: float | None = None) -> Any:
     """The Optuna sampler called ``name`` (``autopeft`` is ours; ``learn_weight``: its acquisition's power of
-    P(learns), None: :data:`autopeft.collapse_model.LEARN_WEIGHT`)."""
+    P(learns), None: :data:`autopeft.collapse_model.LEARN_WEIGHT`; ``learn_band``: the share of the best expected gain
+    the weight chooses within, None: :data:`autopeft.collapse_model.LEARN_BAND`)."""
     import optuna
 
     if name == "autopeft":
@@ -38,6 +40,8 @@ def make_sampler(name: str, seed: int | None, space: Any = None, objectives: Seq
                                  max_memory=max_memory, n_startup_trials=n_startup, seed=seed)
         if learn_weight is not None:
             s.learn_weight = float(learn_weight)
+        if learn_band is not None:
+            s.learn_band = float(learn_band)
         return s
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)

@@ -156,7 +156,36 @@ class Search:
         self.fidelity = Fidelity.from_stored(meta[A.FIDELITY])
         self.store.set_budgets(self.max_params, c.max_memory_mib)
         self._open_ladder(meta)
+        self._open_learn(meta)
         return self
+
+    def _open_learn(self, meta: dict[str, Any]) -> None:
+        """The default sampler's collapse weight and band (:mod:`autopeft.collapse_model`): a study keeps those it was
+        created with; ``--learn-weight`` on a resume changes the weight (stored, with a note).  A study created before
+        they were stored resumes with the defaults (stored now, with a note: before 2026-12-05 the default was 0)."""
+        from autopeft import collapse_model
+
+        c = self.config
+        self.learn_weight: float | None = None
+        self.learn_band: float | None = None
+        #: one line for the user when a resume changes (or first records) the weight it goes on with
+        self.learn_note: str | None = None
+        if c.sampler != "autopeft":
+            return
+        known = A.LEARN_WEIGHT in meta and meta[A.LEARN_WEIGHT] is not None
+        stored_w = float(meta[A.LEARN_WEIGHT]) if known else None
+        stored_b = meta.get(A.LEARN_BAND) if known else None
+        w = float(c.learn_weight) if c.learn_weight is not None else stored_w if known else collapse_model.LEARN_WEIGHT
+        b = float(stored_b) if stored_b is not None else collapse_model.LEARN_BAND
+        if self.resumed and not known and A.LEARN_WEIGHT not in meta:
+            self.learn_note = (f"study {self.name!r} was created before autopeft stored its learn weight: it goes on with "
+                               f"learn weight {w:g} (band {b:g}); before 2026-12-05 the default was 0 (pass "
+                               "--learn-weight 0 to keep that)")
+        elif self.resumed and known and w != stored_w:
+            self.learn_note = f"study {self.name!r} was run with learn weight {stored_w:g}; it goes on with {w:g}"
+        if w != stored_w or b != stored_b:
+            self.store.set_learn(w, b)
+        self.learn_weight, self.learn_band = w, b
 
     def _open_ladder(self, meta: dict[str, Any]) -> None:
         """The rungs of ``--promote`` with their fidelities, checked against the study's; stored with a study that
@@ -218,7 +247,17 @@ class Search:
                 A.FIDELITY: fid.to_dict(), A.BASE_PARAMS: self.info.base_params, A.HEAD_PARAMS: self.info.head_params,
                 A.NUM_LAYERS: self.info.arch.num_layers, A.FULL_MEMORY_MIB: full_mib, A.CHANCE_SCORE: chance,
                 A.SPACE_DEF: self.space_def.raw, A.SEED: c.seed, A.LAYOUT: layout_to_json(self.layout),
-                **({A.LADDER: self.rungs} if self.rungs else {})}
+                **({A.LADDER: self.rungs} if self.rungs else {}), **self._learn_meta()}
+
+    def _learn_meta(self) -> dict[str, Any]:
+        """A new study's collapse weight and band (null for a sampler other than the default)."""
+        from autopeft import collapse_model
+
+        c = self.config
+        if c.sampler != "autopeft":
+            return {A.LEARN_WEIGHT: None}
+        w = float(c.learn_weight) if c.learn_weight is not None else collapse_model.LEARN_WEIGHT
+        return {A.LEARN_WEIGHT: w, A.LEARN_BAND: collapse_model.LEARN_BAND}
 
     def _given_fidelity(self) -> dict[str, Any]:
         """The user's fidelity keys, ``class_weights`` resolved from the task when ``auto`` or not given."""
@@ -249,7 +288,7 @@ class Search:
         meta = store.meta
         sampler = make_sampler(c.sampler, c.seed + len(store.trials()), self.bound, store.objectives,
                                meta[A.REF_POINT], lambda cand: count_params(cand, info), self.max_params,
-                               c.max_memory_mib, c.n_startup, c.learn_weight)
+                               c.max_memory_mib, c.n_startup, self.learn_weight, self.learn_band)
         if c.warm_start and hasattr(sampler, "set_prior") and store.objectives[0] == "score":
             from autopeft.seeding import prior_points
 

@@ -82,6 +82,8 @@ class A:
     LEVEL_NOW = "level"  # the study's current fidelity level (absent: 0); ``fidelity`` is that level's
     LEVELS = "fidelity_levels"  # every level's fidelity, the first as created (absent: one level, ``fidelity``)
     NOTICE_PREFIX = "notice_"
+    LEARN_WEIGHT = "learn_weight"  # the default sampler's power of P(learns) (autopeft.collapse_model); null: another sampler
+    LEARN_BAND = "learn_band"  # ... and the share of the best expected gain it chooses within (absent: study predates them)
 
 
 REQUIRED_ATTRS = (A.MODEL, A.TASK, A.SPACE_HASH, A.OBJECTIVES, A.REF_POINT, A.FIDELITY, A.METRIC, A.NUM_LABELS,
@@ -477,6 +479,12 @@ class StudyStore:
         self.study.add_trial(optuna.trial.create_trial(params=old.params, distributions=old.distributions,
                                                         user_attrs=user, system_attrs=system, values=values,
                                                         state=state))
+
+    def set_learn(self, weight: float, band: float) -> None:
+        """Store the default sampler's collapse weight and band with the study (set at creation; changed by a resume
+        with another ``--learn-weight``, or stored with a study that predates them)."""
+        self.study.set_user_attr(A.LEARN_WEIGHT, weight)
+        self.study.set_user_attr(A.LEARN_BAND, band)
 
     def set_ladder(self, rungs: list[dict[str, Any]]) -> None:
         """Store ``--promote``'s rungs with a study that had none (a study may start promoting when resumed)."""

@@ -231,3 +231,52 @@ def test_a_bad_learn_weight_from_the_api_is_one_exact_message(value: object, mes
     assert SearchConfig.from_options(learn_weight=0).learn_weight == 0  # 0 (off) and None (the default) are valid
     with pytest.raises(ConfigError, match=r"^--learn-weight applies to the default sampler \(autopeft\), not --sampler tpe"):
         SearchConfig.from_options(learn_weight=3, sampler="tpe")
+
+
+def test_the_study_keeps_its_learn_weight_and_band_and_a_resume_may_change_the_weight(
+        tiny_model: str, glue_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The collapse weight and band a study was created with are stored and kept by a plain resume (not the module's
+    defaults of the day); ``learn_weight`` on a resume changes the weight, says so in one note and stores it; a study
+    created before they were stored goes on with the defaults and a note saying the default used to be 0; the CLI's
+    header names the weight and band in use."""
+    import sqlite3
+
+    from autopeft import collapse_model
+    from autopeft.cli import main
+    from autopeft.storage import A
+
+    opts = {**_sim(tmp_path, glue_dir, model=tiny_model, enqueue="none", collapse_stop=False), "study_name": "keep"}
+    monkeypatch.setattr(collapse_model, "LEARN_BAND", 0.25)
+    s = autopeft.open_search(n_trials=2, learn_weight=3.0, **opts)
+    res = s.run()
+    assert (s.learn_weight, s.learn_band, s.learn_note) == (3.0, 0.25, None)
+    assert (res.study.user_attrs[A.LEARN_WEIGHT], res.study.user_attrs[A.LEARN_BAND]) == (3.0, 0.25)
+    assert (res.study.sampler.learn_weight, res.study.sampler.learn_band) == (3.0, 0.25)
+
+    monkeypatch.setattr(collapse_model, "LEARN_BAND", 0.5)  # the defaults of a later day: the study keeps its own
+    s = autopeft.open_search(n_trials=3, **opts)
+    res = s.run()
+    assert (s.learn_weight, s.learn_band, s.learn_note) == (3.0, 0.25, None)
+    assert (res.study.sampler.learn_weight, res.study.sampler.learn_band) == (3.0, 0.25)
+
+    s = autopeft.open_search(n_trials=4, learn_weight=0, **opts)
+    res = s.run()
+    assert s.learn_note == "study 'keep' was run with learn weight 3; it goes on with 0"
+    assert (res.study.sampler.learn_weight, res.study.user_attrs[A.LEARN_WEIGHT]) == (0.0, 0.0)
+    assert len(res.complete_trials()) == 4
+
+    with sqlite3.connect(tmp_path / "e.db") as db:  # as a study created before the weight was stored
+        n = db.execute("DELETE FROM study_user_attributes WHERE key IN (?, ?)", (A.LEARN_WEIGHT, A.LEARN_BAND)).rowcount
+    assert n == 2
+    capsys.readouterr()
+    argv = ["search", "--model", tiny_model, "--data-dir", str(glue_dir), "--task", "sst2", "--space", "lora",
+            "--storage", opts["storage"], "--study", "keep", "--trials", "4", "--no-progress"]
+    assert main(argv) == 0  # its 4 trials are done: nothing runs
+    err = capsys.readouterr().err
+    assert "sampler autopeft (learn weight 10, band 0.5);" in err
+    assert ("autopeft: note: study 'keep' was created before autopeft stored its learn weight: it goes on with learn "
+            "weight 10 (band 0.5); before 2026-12-05 the default was 0 (pass --learn-weight 0 to keep that)\n") in err
+    s = autopeft.open_search(n_trials=4, **opts)
+    assert (s.learn_weight, s.learn_band, s.learn_note) == (10.0, 0.5, None)  # stored by the resume before
+    s.close()

@@ -112,7 +112,7 @@ def add(sub: Any) -> None:
                         "power K, choosing among the proposals within half the best expected gain. Default 10: on six "
                         "real SST-2 searches 12 of the 180 trials proposed from the model collapsed (25 with 0, "
                         "Optuna's GPSampler 21) at the same mean hypervolume at 40 trials (lower at 20, higher at 30); "
-                        "0: off")
+                        "0: off. The study stores it: a resume keeps the study's unless given")
     s.add_argument("--enqueue", help="configs to evaluate first, comma-separated: YAML/JSON files (a config like "
                    "autopeft_candidate.json, a list of them, or the output of 'show --format json'), export folders, "
                    "or 'baselines' (the hand-designed configs of the space's methods); default: a new study without "
@@ -157,10 +157,13 @@ def run(args: argparse.Namespace) -> int:
             sys.stderr.flush()
     task = s.task
     print(f"autopeft: study {s.name!r} in {s.storage_url}", file=sys.stderr)
+    learn = f" (learn weight {s.learn_weight:g}, band {s.learn_band:g})" if s.learn_weight is not None else ""
     what = "seq2seq" if task.is_seq2seq else "causal LM" if task.is_lm else f"{task.num_labels} labels"
     print(f"autopeft: task {task.name} ({task.n_train} train rows, {what}), "
           f"metric {task.metric} ({task.metric_reason}); space {s.space_def.name} ({s.bound.size} encoded dims); "
-          f"sampler {args.sampler}{f' (learn weight {args.learn_weight:g})' if args.learn_weight else ''}; {s.workers} worker(s); fidelity {s.fidelity.to_dict()}", file=sys.stderr)
+          f"sampler {args.sampler}{learn}; {s.workers} worker(s); fidelity {s.fidelity.to_dict()}", file=sys.stderr)
+    if s.learn_note:
+        print(f"autopeft: note: {s.learn_note}", file=sys.stderr)
     if s.fidelity_note and not s.resumed:
         print(f"autopeft: note: {s.fidelity_note}", file=sys.stderr)
     if task.embedded:
