@@ -35,7 +35,7 @@ P_LEARN = 0.5
 #: without) but moved the search to larger configs and cost hypervolume: the README's main command (3 seeds, mean
 #: 0.520 against 0.585) and SST-2 at 40 trials (0.914 against 0.955).  Within the band (the default since session 23):
 #: 12 of 180 collapsed, SST-2's mean hypervolume at 40 trials 0.954, the README's 0.616 (higher on 3 seeds of 3, one by
-#: 0.002); MRPC seeds 2-3 a little lower (0.661 / 0.471 against 0.684 / 0.483)
+#: 0.002); MRPC, four real seeds: mean 0.579 against 0.534 (higher on seeds 0-1, a little lower on 2-3)
 #: (BENCHMARKS.md "The weight within a band of the best gain"); a search sets its own with ``--learn-weight K``
 LEARN_WEIGHT = 10.0
 #: with a weight, P(learns) counts as min(1, P / LEARN_CAP): configs the model gives at least LEARN_CAP weigh alike, so
@@ -46,6 +46,10 @@ LEARN_CAP = 1.0
 #: (without it the weight took the README's search to LoRA r=64 everywhere).  0.5, the middle of the three replayed
 #: (0.25 / 0.5 / 0.8 on the SST-2 pool: 5.7 / 6.6 / 7.3 collapsed after the start-up, 8.7 without a weight)
 LEARN_BAND = 0.5
+#: whether the weight also applies while another study's trials inform the score model (``--warm-start``'s prior, the
+#: first :data:`autopeft.sampler_prior.PRIOR_UNTIL` trials); off: the prior already says which configs learn, and
+#: the band's trade of gain for P(learns) (fitted on a study's first collapses) only slowed the warm start
+LEARN_WITH_PRIOR = True
 #: a structure (a config but for its learning-rate multiplier) that collapsed at multiplier m is not proposed again at
 #: a multiplier up to this factor above m: at a short fidelity a lower rate learns less, and the space's range (0.5-2)
 #: leaves little above.  Real SST-2 searches proposed "head only" three times in a row at x1.88, x1.58, x1.98, each

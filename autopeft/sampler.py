@@ -97,6 +97,7 @@ class CostAwareEHVISampler(BaseSampler):
         self.learn_weight = collapse_model.LEARN_WEIGHT
         self.learn_cap = collapse_model.LEARN_CAP
         self.learn_band = collapse_model.LEARN_BAND
+        self.learn_with_prior = collapse_model.LEARN_WITH_PRIOR
         self._seed = 0 if seed is None else int(seed)
         self._rng = np.random.default_rng(seed)
         self._random = RandomSampler(seed=seed)
@@ -298,6 +299,8 @@ class CostAwareEHVISampler(BaseSampler):
         floor = self._floor(float(y.max()))
         lower, upper = self._cells(front_Y, floor)
 
+        # the weight, unless another study's trials inform the model and learn_with_prior is off
+        weight = self.learn_weight if prior is None or self.learn_with_prior else 0.0
         band: list[float] = []  # with learn_band: the least unweighted EHVI a candidate needs for the weight to pick it
 
         def score(cs: list[Candidate], p: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -310,8 +313,8 @@ class CostAwareEHVISampler(BaseSampler):
             if self.max_memory is not None and "memory" in self.objectives:  # over the budget: no gain (nor a band)
                 j = self.objectives.index("memory") - 1
                 a = raw = np.where(-kc[:, j] > math.log10(self.max_memory), 0.0, raw)
-            if p is not None and self.learn_weight > 0:
-                a = raw * np.minimum(1.0, p / self.learn_cap) ** self.learn_weight
+            if p is not None and weight > 0:
+                a = raw * np.minimum(1.0, p / self.learn_cap) ** weight
                 if self.learn_band > 0:
                     if not band:  # set by the pool; 0 (no band) when every config in it has P(learns) 0 (retries)
                         floor = self.learn_band * float(raw.max())

@@ -82,12 +82,15 @@ def add_sampler_knobs(ap: argparse.ArgumentParser) -> None:
                     "(autopeft.collapse_model.LEARN_CAP; 1: no cap)")
     ap.add_argument("--learn-band", type=float, help="with --learn-weight, the weight chooses only among candidates "
                     "whose unweighted EHVI is at least this share of the pool's best (autopeft.collapse_model.LEARN_BAND; 0: all)")
+    ap.add_argument("--learn-with-prior", choices=("on", "off"), help="whether the weight also applies while a warm "
+                    "start's prior informs the model (autopeft.collapse_model.LEARN_WITH_PRIOR; default: as shipped)")
     ap.add_argument("--learn-weight", type=float, help="the default sampler multiplies its acquisition by the "
                     "collapse model's P(learns) to this power (autopeft.collapse_model.LEARN_WEIGHT; default: as shipped, 0: off)")
 
 
 def apply_sampler_knobs(a: argparse.Namespace) -> None:
-    """Set ``--refit-growth``, ``--score-trend``, ``--learn-weight``, ``--learn-cap`` and ``--learn-band`` in
+    """Set ``--refit-growth``, ``--score-trend``, ``--learn-weight``, ``--learn-cap``, ``--learn-band`` and
+    ``--learn-with-prior`` in
     :mod:`autopeft.sampler_gp` and :mod:`autopeft.collapse_model` (this process's samplers); a bad value: one line,
     exit 2."""
     if a.refit_growth is not None:
@@ -120,6 +123,10 @@ def apply_sampler_knobs(a: argparse.Namespace) -> None:
         from autopeft import collapse_model
 
         collapse_model.LEARN_BAND = a.learn_band
+    if a.learn_with_prior is not None:
+        from autopeft import collapse_model
+
+        collapse_model.LEARN_WITH_PRIOR = a.learn_with_prior == "on"
 
 
 class FidelityError(ValueError):

@@ -667,12 +667,15 @@ def test_the_learn_knobs_set_the_sampler_constants(monkeypatch: pytest.MonkeyPat
     from autopeft import collapse_model
     from bench.common import add_sampler_knobs, apply_sampler_knobs
 
-    for name in ("LEARN_WEIGHT", "LEARN_CAP", "LEARN_BAND"):  # restored after the test
+    for name in ("LEARN_WEIGHT", "LEARN_CAP", "LEARN_BAND", "LEARN_WITH_PRIOR"):  # restored after the test
         monkeypatch.setattr(collapse_model, name, getattr(collapse_model, name))
     ap = argparse.ArgumentParser()
     add_sampler_knobs(ap)
-    apply_sampler_knobs(ap.parse_args(["--learn-weight", "3", "--learn-cap", "0.8", "--learn-band", "0.25"]))
-    assert (collapse_model.LEARN_WEIGHT, collapse_model.LEARN_CAP, collapse_model.LEARN_BAND) == (3.0, 0.8, 0.25)
+    for flag in ("on", "off"):
+        apply_sampler_knobs(ap.parse_args(["--learn-weight", "3", "--learn-cap", "0.8", "--learn-band", "0.25",
+                                           "--learn-with-prior", flag]))
+        assert (collapse_model.LEARN_WEIGHT, collapse_model.LEARN_CAP, collapse_model.LEARN_BAND,
+                collapse_model.LEARN_WITH_PRIOR) == (3.0, 0.8, 0.25, flag == "on")
 
 
 def test_the_collapse_classifier_comparison_on_the_committed_table() -> None:

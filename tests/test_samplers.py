@@ -412,6 +412,43 @@ def test_the_score_trend_waits_while_another_studys_trials_are_the_prior() -> No
     assert proposals(True, 4) != proposals(False, 4)  # the prior dropped after 4 trials: the trend changes them
 
 
+def test_the_learn_weight_can_wait_while_another_studys_trials_are_the_prior() -> None:
+    """``learn_with_prior`` off: while a warm start's prior informs the model (its first PRIOR_UNTIL trials), the
+    acquisition is not weighted by P(learns) (the proposals are those of weight 0, each with its unweighted gain), the
+    collapse model still skipping configs it expects to collapse; once the prior is dropped, the weight is back.  On
+    (the default), the weight applies with the prior too."""
+    b = SearchSpace.load("mixed").bind(6)
+    rng = np.random.default_rng(7)
+    source = [b.decode(b.random_vector(rng)) for _ in range(40)]
+    prior = [(c, 0.1 + 0.9 * collapsing(c)[0]) for c in source]
+    done = [b.decode(b.random_vector(rng)) for _ in range(12)]
+    assert 0 < sum(collapsing(c)[0] == 0.5 for c in done) < 12  # a collapse model exists from the start
+    dists = b.distributions()
+
+    def proposals(weight: float, with_prior: bool, until: int | None) -> tuple[list[str], list[bool]]:
+        sampler = make_sampler("autopeft", 0, b, OBJ, REF, lambda c: count_params(c, INFO), n_startup=4)
+        sampler.set_prior(prior)
+        sampler.prior_until, sampler.learn_weight, sampler.learn_with_prior = until, weight, with_prior
+        study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
+        keys, unweighted = [], []
+        for i in range(len(done) + 3):
+            c = done[i] if i < len(done) else sampler.propose(study)
+            if i >= len(done):
+                info = sampler.last_info
+                keys.append(c.key)
+                unweighted.append(info["mode"] == "bo" and info["ehvi"] == info["ehvi_unweighted"])
+            params = b.optuna_params(c)
+            study.add_trial(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params},
+                                                      values=collapsing(c)))
+        return keys, unweighted
+
+    plain, _ = proposals(0.0, True, 40)
+    waiting, unweighted = proposals(10.0, False, 40)
+    assert waiting == plain and all(unweighted)
+    assert proposals(10.0, True, 40)[0] != plain  # on: weighted with the prior
+    assert proposals(10.0, False, 4)[0] != proposals(0.0, False, 4)[0]  # the prior dropped: the weight is back
+
+
 def test_the_score_trend_steers_proposals_out_of_a_collapsing_corner() -> None:
     """On the toy landscape whose configs under 10,000 parameters collapse to the majority class, after 10 trials that
     all learned, the sampler proposes four configs, two at a time (the first pending while the second is planned), each
