@@ -47,14 +47,33 @@ LEARN_CAP = 1.0
 #: (0.25 / 0.5 / 0.8 on the SST-2 pool: 5.7 / 6.6 / 7.3 collapsed after the start-up, 8.7 without a weight)
 LEARN_BAND = 0.5
 #: whether the weight also applies while another study's trials inform the score model (``--warm-start``'s prior, the
-#: first :data:`autopeft.sampler_prior.PRIOR_UNTIL` trials); off: the prior already says which configs learn, and
-#: the band's trade of gain for P(learns) (fitted on a study's first collapses) only slowed the warm start
-LEARN_WITH_PRIOR = True
+#: first :data:`autopeft.sampler_prior.PRIOR_UNTIL` trials).  Off (since session 24): the prior already says which
+#: configs learn; with the weight, real SST-2 searches warm-started from MRPC reached the cold default's 40-trial
+#: hypervolume on 2 seeds of 4 (23, 28 trials), without it on 3 (22, 25, 26), HV@40 mean 1.035 against 0.990; the
+#: collapse model still skips configs it expects to collapse (BENCHMARKS.md "Warm start ... session 24")
+LEARN_WITH_PRIOR = False
 #: a structure (a config but for its learning-rate multiplier) that collapsed at multiplier m is not proposed again at
 #: a multiplier up to this factor above m: at a short fidelity a lower rate learns less, and the space's range (0.5-2)
 #: leaves little above.  Real SST-2 searches proposed "head only" three times in a row at x1.88, x1.58, x1.98, each
 #: at the majority class, because the regression reads a high rate as a reason to learn.
 RETRY_FACTOR = 1.25
+
+
+def resume_settings(stored: tuple[float | None, float | None] | None, given: float | None, resumed: bool,
+                    name: str) -> tuple[float, float, str | None]:
+    """The weight and band a search goes on with, and a note for the user: a study keeps its stored (weight, band)
+    (``stored``; None: a study that predates them; a null weight: created with another sampler); ``given``
+    (``--learn-weight``) changes the weight."""
+    known = stored is not None and stored[0] is not None
+    w = float(given) if given is not None else float(stored[0]) if known else LEARN_WEIGHT  # type: ignore[index,arg-type]
+    b = float(stored[1]) if known and stored[1] is not None else LEARN_BAND  # type: ignore[index]
+    note = None
+    if resumed and stored is None:
+        note = (f"study {name!r} was created before autopeft stored its learn weight: it goes on with learn weight "
+                f"{w:g} (band {b:g}); before 2026-12-05 the default was 0 (pass --learn-weight 0 to keep that)")
+    elif resumed and known and w != float(stored[0]):  # type: ignore[index,arg-type]
+        note = f"study {name!r} was run with learn weight {float(stored[0]):g}; it goes on with {w:g}"  # type: ignore[index,arg-type]
+    return w, b, note
 
 
 def collapsed_rates(cands: Sequence[Candidate], scores: Sequence[float], chance: float, gap: float) -> dict[str, float]:

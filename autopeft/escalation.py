@@ -21,7 +21,7 @@ Pure Python: no torch or optuna import (numpy inside :func:`loss_gain_z`).
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 #: how many times a study may raise its fidelity before the collapse stop applies
 MAX_LEVELS = 2
@@ -139,3 +139,9 @@ def final_lr_scales(start: float = 1.0) -> list[float]:
     :data:`FINAL_LR_RAISES`) from the lowest."""
     ladder = [FINAL_LR_FACTOR ** k for k in range(FINAL_LR_RAISES + 1)]
     return [start] + [s for s in ladder if s != start]
+
+
+def raise_rule(rows: int, lm: bool) -> Callable[[int, dict[str, Any]], dict[str, Any] | None]:
+    """A study's rule for the next fidelity level after a collapse (:func:`next_fidelity`; ``rows``: the task's
+    training rows outside the search split), None past :data:`MAX_LEVELS`."""
+    return lambda level, fid: next_fidelity(fid, lm, rows) if level < MAX_LEVELS else None

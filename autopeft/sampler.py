@@ -14,8 +14,8 @@ score zero and are never proposed; nor is any candidate already evaluated, faile
 collapsed to the majority class and some learned, a logistic regression on a config's exact features predicts which
 configs learn at the study's fidelity: model-based proposals skip those it expects to collapse, and the acquisition of
 the others is weighted by P(learns) to the power :data:`autopeft.collapse_model.LEARN_WEIGHT` among the candidates
-whose expected gain alone is within :data:`autopeft.collapse_model.LEARN_BAND` of the best.
-With ``--warm-start`` another study's trials are a prior: they join the score GP's data with a task input
+whose expected gain alone is within :data:`autopeft.collapse_model.LEARN_BAND` of the best (not while a warm start's
+prior informs the model: :data:`autopeft.collapse_model.LEARN_WITH_PRIOR`).  With ``--warm-start`` another study's trials are a prior: they join the score GP's data with a task input
 (:mod:`autopeft.sampler_prior`).  The GP's fit and predictions are in :mod:`autopeft.sampler_gp` (botorch's model and objective, fitted fast); what the
 sampler keeps from ask to ask (each trial's candidate, encoding, counts, features) in :mod:`autopeft.sampler_memo`.
 
@@ -299,8 +299,7 @@ class CostAwareEHVISampler(BaseSampler):
         floor = self._floor(float(y.max()))
         lower, upper = self._cells(front_Y, floor)
 
-        # the weight, unless another study's trials inform the model and learn_with_prior is off
-        weight = self.learn_weight if prior is None or self.learn_with_prior else 0.0
+        weight = self.learn_weight if prior is None or self.learn_with_prior else 0.0  # none with a prior, if off
         band: list[float] = []  # with learn_band: the least unweighted EHVI a candidate needs for the weight to pick it
 
         def score(cs: list[Candidate], p: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

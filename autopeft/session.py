@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from autopeft import collapse_model
 from autopeft.arch import layout_from_json, layout_text as _show, layout_to_json
 from autopeft.config import SearchConfig, parse_budget
 from autopeft.contract import OK, REFERENCE, Fidelity, TrialSpec, default_fidelity, fidelity_note
@@ -92,6 +93,9 @@ class Search:
         self.stop_reason: str | None = None
         self.stop_message = ""
         self.resumed = False  # whether open() found the study stored already
+        self.learn_weight: float | None = None  # the default sampler's collapse weight and band; a note on a change
+        self.learn_band: float | None = None
+        self.learn_note: str | None = None
         #: for ``--executor ray-tune`` (set by :mod:`autopeft.api`): how to measure the reference point, and how to
         #: drive the loop, without an executor
         self.reference_runner: Any = None
@@ -101,19 +105,17 @@ class Search:
         """Methods the model cannot take leave the space, with the reason printed; if none is left, a clear error."""
         import sys
 
-        from autopeft.methods import get_method
+        from autopeft.methods import unsupported_methods
 
-        why = {m: get_method(m).unsupported(self.info) for m in self.space_def.methods}
-        bad = {m: w for m, w in why.items() if w}
-        if not bad:
-            return
-        if len(bad) == len(why):
+        bad = unsupported_methods(self.space_def.methods, self.info)
+        if bad and len(bad) == len(set(self.space_def.methods)):
             raise ConfigError(f"no method of space {self.space_def.name!r} can be used with model {self.info.model}: "
                               + "; ".join(f"{m}: {w}" for m, w in bad.items()))
         for m, w in bad.items():
             print(f"autopeft: note: method {m} left out of space {self.space_def.name!r} for model {self.info.model}: "
                   f"{w}", file=sys.stderr)
-        self.space_def = self.space_def.without_methods(list(bad))
+        if bad:
+            self.space_def = self.space_def.without_methods(list(bad))
 
     def _resolve_seeds(self, entries: list[tuple[str, Any]]) -> list[Any]:
         import sys
@@ -156,36 +158,13 @@ class Search:
         self.fidelity = Fidelity.from_stored(meta[A.FIDELITY])
         self.store.set_budgets(self.max_params, c.max_memory_mib)
         self._open_ladder(meta)
-        self._open_learn(meta)
+        if c.sampler == "autopeft":  # the study keeps its collapse weight and band: collapse_model.resume_settings
+            stored = (meta[A.LEARN_WEIGHT], meta.get(A.LEARN_BAND)) if A.LEARN_WEIGHT in meta else None
+            w, b, self.learn_note = collapse_model.resume_settings(stored, c.learn_weight, self.resumed, self.name)
+            if stored != (w, b):
+                self.store.set_learn(w, b)
+            self.learn_weight, self.learn_band = w, b
         return self
-
-    def _open_learn(self, meta: dict[str, Any]) -> None:
-        """The default sampler's collapse weight and band (:mod:`autopeft.collapse_model`): a study keeps those it was
-        created with; ``--learn-weight`` on a resume changes the weight (stored, with a note).  A study created before
-        they were stored resumes with the defaults (stored now, with a note: before 2026-12-05 the default was 0)."""
-        from autopeft import collapse_model
-
-        c = self.config
-        self.learn_weight: float | None = None
-        self.learn_band: float | None = None
-        #: one line for the user when a resume changes (or first records) the weight it goes on with
-        self.learn_note: str | None = None
-        if c.sampler != "autopeft":
-            return
-        known = A.LEARN_WEIGHT in meta and meta[A.LEARN_WEIGHT] is not None
-        stored_w = float(meta[A.LEARN_WEIGHT]) if known else None
-        stored_b = meta.get(A.LEARN_BAND) if known else None
-        w = float(c.learn_weight) if c.learn_weight is not None else stored_w if known else collapse_model.LEARN_WEIGHT
-        b = float(stored_b) if stored_b is not None else collapse_model.LEARN_BAND
-        if self.resumed and not known and A.LEARN_WEIGHT not in meta:
-            self.learn_note = (f"study {self.name!r} was created before autopeft stored its learn weight: it goes on with "
-                               f"learn weight {w:g} (band {b:g}); before 2026-12-05 the default was 0 (pass "
-                               "--learn-weight 0 to keep that)")
-        elif self.resumed and known and w != stored_w:
-            self.learn_note = f"study {self.name!r} was run with learn weight {stored_w:g}; it goes on with {w:g}"
-        if w != stored_w or b != stored_b:
-            self.store.set_learn(w, b)
-        self.learn_weight, self.learn_band = w, b
 
     def _open_ladder(self, meta: dict[str, Any]) -> None:
         """The rungs of ``--promote`` with their fidelities, checked against the study's; stored with a study that
@@ -247,18 +226,7 @@ class Search:
                 A.FIDELITY: fid.to_dict(), A.BASE_PARAMS: self.info.base_params, A.HEAD_PARAMS: self.info.head_params,
                 A.NUM_LAYERS: self.info.arch.num_layers, A.FULL_MEMORY_MIB: full_mib, A.CHANCE_SCORE: chance,
                 A.SPACE_DEF: self.space_def.raw, A.SEED: c.seed, A.LAYOUT: layout_to_json(self.layout),
-                **({A.LADDER: self.rungs} if self.rungs else {}), **self._learn_meta()}
-
-    def _learn_meta(self) -> dict[str, Any]:
-        """A new study's collapse weight and band (null for a sampler other than the default)."""
-        from autopeft import collapse_model
-
-        c = self.config
-        if c.sampler != "autopeft":
-            return {A.LEARN_WEIGHT: None}
-        w = float(c.learn_weight) if c.learn_weight is not None else collapse_model.LEARN_WEIGHT
-        return {A.LEARN_WEIGHT: w, A.LEARN_BAND: collapse_model.LEARN_BAND}
-
+                **({A.LADDER: self.rungs} if self.rungs else {}), A.LEARN_WEIGHT: None}  # set by open()
     def _given_fidelity(self) -> dict[str, Any]:
         """The user's fidelity keys, ``class_weights`` resolved from the task when ``auto`` or not given."""
         from autopeft.data import auto_class_weights
@@ -278,6 +246,7 @@ class Search:
     def build(self) -> tuple[Any, Any]:
         """The proposer (with the study's sampler installed) and the loop, after failing dead drivers' trials."""
         from autopeft.builder import count_params
+        from autopeft.escalation import raise_rule
         from autopeft.loop import CollapseWarning, SearchLoop, StopPolicy
         from autopeft.proposer import Proposer, make_sampler
 
@@ -302,7 +271,8 @@ class Search:
         callbacks: list[Any] = [CollapseWarning(float(meta.get(A.CHANCE_SCORE, meta[A.REF_POINT][0])), self.task.metric, self.task.num_labels,
                                                 c.n_startup, fid, warned=False,
                                                 policy=policy if c.collapse_stop else None,
-                                                raise_to=self._raise_to() if c.collapse_stop and c.escalate else None)]
+                                                raise_to=raise_rule(self.task.n_train - self.fidelity.n_eval, self.task.is_lm)
+                                                if c.collapse_stop and c.escalate else None)]
         self.bar = None
         if c.progress:
             from autopeft.loop import ProgressBar
@@ -316,14 +286,6 @@ class Search:
         loop = SearchLoop(store, proposer, policy, callbacks,
                           after_stale=lambda: self._queue_seeds(proposer))
         return proposer, loop
-
-    def _raise_to(self) -> Any:
-        """The next fidelity level's fidelity after a collapse (:func:`autopeft.escalation.next_fidelity`), or None
-        past :data:`~autopeft.escalation.MAX_LEVELS`."""
-        from autopeft.escalation import MAX_LEVELS, next_fidelity
-
-        rows, lm = self.task.n_train - self.fidelity.n_eval, self.task.is_lm
-        return lambda level, fid: next_fidelity(fid, lm, rows) if level < MAX_LEVELS else None
 
     def _prune_for(self) -> Any:
         """The early-stopping spec of a trial with a given param count, from the study's finished trials."""

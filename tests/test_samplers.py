@@ -415,8 +415,11 @@ def test_the_score_trend_waits_while_another_studys_trials_are_the_prior() -> No
 def test_the_learn_weight_can_wait_while_another_studys_trials_are_the_prior() -> None:
     """``learn_with_prior`` off: while a warm start's prior informs the model (its first PRIOR_UNTIL trials), the
     acquisition is not weighted by P(learns) (the proposals are those of weight 0, each with its unweighted gain), the
-    collapse model still skipping configs it expects to collapse; once the prior is dropped, the weight is back.  On
-    (the default), the weight applies with the prior too."""
+    collapse model still skipping configs it expects to collapse; once the prior is dropped, the weight is back.  On,
+    the weight applies with the prior too.  Off is the default."""
+    from autopeft.collapse_model import LEARN_WITH_PRIOR
+
+    assert LEARN_WITH_PRIOR is False
     b = SearchSpace.load("mixed").bind(6)
     rng = np.random.default_rng(7)
     source = [b.decode(b.random_vector(rng)) for _ in range(40)]

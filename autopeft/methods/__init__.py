@@ -45,6 +45,12 @@ def get_method(name: str) -> PeftMethod:
         raise SpaceError(f"unknown method {name!r}; known methods: {', '.join(method_names())}") from None
 
 
+def unsupported_methods(names: Iterable[str], info: Any) -> dict[str, str]:
+    """The methods among ``names`` that the model (``autopeft.builder.ModelInfo``) cannot take, each with the reason."""
+    why = {m: get_method(m).unsupported(info) for m in names}
+    return {m: w for m, w in why.items() if w}
+
+
 def method_names() -> list[str]:
     return list(_REGISTRY)
 
