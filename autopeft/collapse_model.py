@@ -64,15 +64,15 @@ def resume_settings(stored: tuple[float | None, float | None] | None, given: flo
     """The weight and band a search goes on with, and a note for the user: a study keeps its stored (weight, band)
     (``stored``; None: a study that predates them; a null weight: created with another sampler); ``given``
     (``--learn-weight``) changes the weight."""
-    known = stored is not None and stored[0] is not None
-    w = float(given) if given is not None else float(stored[0]) if known else LEARN_WEIGHT  # type: ignore[index,arg-type]
-    b = float(stored[1]) if known and stored[1] is not None else LEARN_BAND  # type: ignore[index]
+    sw, sb = stored if stored is not None else (None, None)
+    w = float(given) if given is not None else float(sw) if sw is not None else LEARN_WEIGHT
+    b = float(sb) if sw is not None and sb is not None else LEARN_BAND
     note = None
     if resumed and stored is None:
         note = (f"study {name!r} was created before autopeft stored its learn weight: it goes on with learn weight "
                 f"{w:g} (band {b:g}); before 2026-12-05 the default was 0 (pass --learn-weight 0 to keep that)")
-    elif resumed and known and w != float(stored[0]):  # type: ignore[index,arg-type]
-        note = f"study {name!r} was run with learn weight {float(stored[0]):g}; it goes on with {w:g}"  # type: ignore[index,arg-type]
+    elif resumed and sw is not None and w != float(sw):
+        note = f"study {name!r} was run with learn weight {float(sw):g}; it goes on with {w:g}"
     return w, b, note
 
 

@@ -161,14 +161,13 @@ class Search:
         if c.sampler == "autopeft":  # the study keeps its collapse weight and band: collapse_model.resume_settings
             stored = (meta[A.LEARN_WEIGHT], meta.get(A.LEARN_BAND)) if A.LEARN_WEIGHT in meta else None
             w, b, self.learn_note = collapse_model.resume_settings(stored, c.learn_weight, self.resumed, self.name)
+            self.learn_weight, self.learn_band = w, b
             if stored != (w, b):
                 self.store.set_learn(w, b)
-            self.learn_weight, self.learn_band = w, b
         return self
 
     def _open_ladder(self, meta: dict[str, Any]) -> None:
-        """The rungs of ``--promote`` with their fidelities, checked against the study's; stored with a study that
-        had none."""
+        """``--promote``'s rungs with their fidelities, checked against the study's (stored with one that had none)."""
         from autopeft.promotion import ladder_fidelities
 
         stored = list(meta.get(A.LADDER) or [])
@@ -227,6 +226,7 @@ class Search:
                 A.NUM_LAYERS: self.info.arch.num_layers, A.FULL_MEMORY_MIB: full_mib, A.CHANCE_SCORE: chance,
                 A.SPACE_DEF: self.space_def.raw, A.SEED: c.seed, A.LAYOUT: layout_to_json(self.layout),
                 **({A.LADDER: self.rungs} if self.rungs else {}), A.LEARN_WEIGHT: None}  # set by open()
+
     def _given_fidelity(self) -> dict[str, Any]:
         """The user's fidelity keys, ``class_weights`` resolved from the task when ``auto`` or not given."""
         from autopeft.data import auto_class_weights
