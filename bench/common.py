@@ -90,9 +90,8 @@ def add_sampler_knobs(ap: argparse.ArgumentParser) -> None:
 
 def apply_sampler_knobs(a: argparse.Namespace) -> None:
     """Set ``--refit-growth``, ``--score-trend``, ``--learn-weight``, ``--learn-cap``, ``--learn-band`` and
-    ``--learn-with-prior`` in
-    :mod:`autopeft.sampler_gp` and :mod:`autopeft.collapse_model` (this process's samplers); a bad value: one line,
-    exit 2."""
+    ``--learn-with-prior`` in :mod:`autopeft.sampler_gp` and :mod:`autopeft.collapse_model` (this process's samplers);
+    a bad value: one line, exit 2."""
     if a.refit_growth is not None:
         from autopeft import sampler_gp
 
