@@ -21,6 +21,10 @@ With a prior the random start-up design shrinks to :data:`PRIOR_STARTUP` trials,
 configs as candidates of the acquisition's pool) is used until the study has :data:`PRIOR_UNTIL` finished trials of
 its own: on the table replays (BENCHMARKS.md, "Warm start") a prior kept for all 40 trials led early and then fell
 behind the cold search on SST-2 -> MRPC (0.534 vs 0.551 at 40 trials); dropped at 20 it kept the lead and ended level.
+
+The study stores its prior's settings (:func:`resume_prior`: the source as ``NAME@URL``, :data:`PRIOR_UNTIL` and
+:data:`autopeft.collapse_model.LEARN_WITH_PRIOR` as they were at its creation), so a resume, with or without
+``--warm-start``, goes on with the prior it started with.
 """
 
 from __future__ import annotations
@@ -38,6 +42,28 @@ PRIOR_STARTUP = 2
 WARM_QUEUE = 1
 #: the prior informs the score model until the study has this many finished trials of its own (None: always)
 PRIOR_UNTIL: int | None = 20
+
+
+def resume_prior(stored: dict[str, Any] | None, given: str | None, resumed: bool,
+                 name: str) -> tuple[dict[str, Any] | None, str | None]:
+    """The warm-start prior a search goes on with, ``{"source": NAME@URL, "until", "learn_with_prior"}`` (None: no
+    prior), and a note for the user.  ``stored``: the study's (None: none, or a study that predates it); ``given``:
+    ``--warm-start`` resolved to ``NAME@URL`` (None: not given).  A study keeps its stored settings (not the defaults
+    of the day); another source given on a resume replaces it, with today's defaults."""
+    from autopeft.collapse_model import LEARN_WITH_PRIOR
+
+    if stored is not None and given in (None, stored["source"]):
+        note = None
+        if resumed and given is None:
+            note = (f"study {name!r} was warm-started from {stored['source']}: its trials stay the sampler's prior "
+                    f"until the study has {stored['until']} finished trials" if stored["until"] is not None else
+                    f"study {name!r} was warm-started from {stored['source']}: its trials stay the sampler's prior")
+        return dict(stored), note
+    if given is None:
+        return None, None
+    note = (f"study {name!r} was warm-started from {stored['source']}; it goes on with {given} as the sampler's prior"
+            if stored is not None else None)
+    return {"source": given, "until": PRIOR_UNTIL, "learn_with_prior": LEARN_WITH_PRIOR}, note
 
 
 def map_scores(scores: Sequence[float], source_chance: float, chance: float) -> np.ndarray:
@@ -70,4 +96,5 @@ def with_task(X: np.ndarray, flag: float) -> np.ndarray:
     return np.column_stack([X, np.full(len(X), flag)])
 
 
-__all__ = ["MAX_PRIOR_POINTS", "PRIOR_STARTUP", "PRIOR_UNTIL", "WARM_QUEUE", "map_scores", "select", "with_task"]
+__all__ = ["MAX_PRIOR_POINTS", "PRIOR_STARTUP", "PRIOR_UNTIL", "WARM_QUEUE", "map_scores", "resume_prior", "select",
+           "with_task"]

@@ -199,16 +199,24 @@ def remap_layers(cand: Candidate, src_layers: int, dst_layers: int) -> Candidate
     return Candidate.make(methods, [j for j, _ in pairs], cand.sparsity, cand.lr_multiplier)
 
 
+def source_ref(ref: str, default_url: str | None) -> tuple[str, str]:
+    """``--warm-start``'s study name and storage URL (``NAME`` alone: in ``default_url``, this search's
+    ``--storage``; None: NAME's default storage)."""
+    from autopeft.config import split_ref
+    from autopeft.storage import default_storage
+
+    name, url = split_ref(ref)
+    return name, url or default_url or default_storage(name)
+
+
 def front_seeds(ref: str, default_url: str | None, this: tuple[str, str], num_layers: int) -> tuple[list[Seed], str]:
     """The other study's front (best score first) mapped to ``num_layers`` layers (labelled ``--warm-start NAME trial
     N``), and a line saying what was read.
     ``default_url``: where NAME is looked for without ``@URL`` (this search's ``--storage``; None: NAME's default)."""
-    from autopeft.config import split_ref
     from autopeft.result import SearchResult
-    from autopeft.storage import default_storage, load_optuna_study
+    from autopeft.storage import load_optuna_study
 
-    name, url = split_ref(ref)
-    url = url or default_url or default_storage(name)
+    name, url = source_ref(ref, default_url)
     if (name, url) == this:
         raise ConfigError(f"--warm-start {name}: a study cannot warm-start itself; name another study")
     res = SearchResult(load_optuna_study(name, url), url)
@@ -229,12 +237,10 @@ def prior_points(ref: str, default_url: str | None, num_layers: int, chance: flo
     most :data:`~autopeft.sampler_prior.MAX_PRIOR_POINTS`; empty when that study is scored by a loss."""
     from optuna.trial import TrialState
 
-    from autopeft.config import split_ref
     from autopeft.sampler_prior import map_scores, select
-    from autopeft.storage import default_storage, level_of, load_optuna_study, rung_of, study_level
+    from autopeft.storage import level_of, load_optuna_study, rung_of, study_level
 
-    name, url = split_ref(ref)
-    study = load_optuna_study(name, url or default_url or default_storage(name))
+    study = load_optuna_study(*source_ref(ref, default_url))
     meta = study.user_attrs
     if (meta.get(A.OBJECTIVES) or ["score"])[0] != "score":
         return []
@@ -246,6 +252,23 @@ def prior_points(ref: str, default_url: str | None, num_layers: int, chance: flo
     keep = select(pts)
     scores = map_scores([pts[i][1] for i in keep], float(meta[A.REF_POINT][0]), chance)
     return [(pts[i][0], float(y)) for i, y in zip(keep, scores)]
+
+
+def install_prior(sampler: Any, prior: dict[str, Any], given: bool, num_layers: int, chance: float) -> None:
+    """Give the default sampler a warm start's prior with the study's stored settings
+    (:func:`autopeft.sampler_prior.resume_prior`).  A source that cannot be read now goes unused, with a note, when the
+    search did not name it (a resume); one named by ``--warm-start`` must be readable."""
+    import sys
+
+    from autopeft.errors import StudyError
+
+    try:
+        sampler.set_prior(prior_points(prior["source"], None, num_layers, chance))
+    except StudyError as e:
+        if given:
+            raise
+        print(f"autopeft: note: the warm start's source cannot be read ({e}): going on without its prior", file=sys.stderr)
+    sampler.prior_until, sampler.learn_with_prior = prior["until"], prior["learn_with_prior"]
 
 
 # ----------------------------------------------------------------------------- resolving
@@ -342,4 +365,4 @@ def describe(queued: Sequence[Seed]) -> str:
 
 
 __all__ = ["Seed", "BASELINES", "DEFAULT", "read_sources", "entry_candidate", "complete", "why_outside", "remap_layers",
-           "front_seeds", "resolve", "requeue", "queue", "describe"]
+           "source_ref", "front_seeds", "prior_points", "install_prior", "resolve", "requeue", "queue", "describe"]

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
-from autopeft import collapse_model
+from autopeft import collapse_model, sampler_prior
 from autopeft.arch import layout_from_json, layout_text as _show, layout_to_json
 from autopeft.config import SearchConfig, parse_budget
 from autopeft.contract import OK, REFERENCE, Fidelity, TrialSpec, default_fidelity, fidelity_note
 from autopeft.errors import ConfigError, StudyError
+from autopeft.seeding import source_ref
 from autopeft.storage import A, StudyStore, default_storage, sanitize, space_hash
 
 
@@ -31,8 +33,6 @@ class Search:
 
         self.config = c = config
         if c.trust_remote_code:
-            import sys
-
             print(f"autopeft: warning: --trust-remote-code: the code shipped with model {c.model!r} will run",
                   file=sys.stderr)
         self.space_def = SearchSpace.load(c.space)
@@ -96,6 +96,8 @@ class Search:
         self.learn_weight: float | None = None  # the default sampler's collapse weight and band; a note on a change
         self.learn_band: float | None = None
         self.learn_note: str | None = None
+        self.warm_prior: dict[str, Any] | None = None  # --warm-start's prior, as stored (sampler_prior.resume_prior)
+        self.prior_note: str | None = None
         #: for ``--executor ray-tune`` (set by :mod:`autopeft.api`): how to measure the reference point, and how to
         #: drive the loop, without an executor
         self.reference_runner: Any = None
@@ -103,8 +105,6 @@ class Search:
 
     def _drop_unsupported_methods(self) -> None:
         """Methods the model cannot take leave the space, with the reason printed; if none is left, a clear error."""
-        import sys
-
         from autopeft.methods import unsupported_methods
 
         bad = unsupported_methods(self.space_def.methods, self.info)
@@ -118,8 +118,6 @@ class Search:
             self.space_def = self.space_def.without_methods(list(bad))
 
     def _resolve_seeds(self, entries: list[tuple[str, Any]]) -> list[Any]:
-        import sys
-
         from autopeft.builder import count_params
         from autopeft.seeding import front_seeds, resolve
 
@@ -164,6 +162,10 @@ class Search:
             self.learn_weight, self.learn_band = w, b
             if stored != (w, b):
                 self.store.set_learn(w, b)
+            given = "@".join(source_ref(c.warm_start, c.storage)) if c.warm_start else None  # the prior, as stored
+            self.warm_prior, self.prior_note = sampler_prior.resume_prior(meta.get(A.WARM_PRIOR), given, self.resumed, self.name)
+            if self.warm_prior != meta.get(A.WARM_PRIOR):
+                self.store.set_warm_prior(self.warm_prior)
         return self
 
     def _open_ladder(self, meta: dict[str, Any]) -> None:
@@ -258,10 +260,10 @@ class Search:
         sampler = make_sampler(c.sampler, c.seed + len(store.trials()), self.bound, store.objectives,
                                meta[A.REF_POINT], lambda cand: count_params(cand, info), self.max_params,
                                c.max_memory_mib, c.n_startup, self.learn_weight, self.learn_band)
-        if c.warm_start and hasattr(sampler, "set_prior") and store.objectives[0] == "score":
-            from autopeft.seeding import prior_points
+        if self.warm_prior and hasattr(sampler, "set_prior") and store.objectives[0] == "score":
+            from autopeft.seeding import install_prior
 
-            sampler.set_prior(prior_points(c.warm_start, c.storage, info.arch.num_layers, float(meta[A.REF_POINT][0])))
+            install_prior(sampler, self.warm_prior, bool(c.warm_start), info.arch.num_layers, float(meta[A.REF_POINT][0]))
         store.study.sampler = sampler
         fid = self.fidelity.to_dict()
         proposer = Proposer(store, self.bound, lambda cand: count_params(cand, info), info.base_params,
@@ -354,8 +356,6 @@ class Search:
 
     def _queue_seeds(self, proposer: Any) -> None:
         """Queue this search's seeds and a killed driver's unfinished queued configs, less what the study holds."""
-        import sys
-
         from autopeft.seeding import describe, queue, requeue
 
         trials = self.store.trials()

@@ -84,6 +84,7 @@ class A:
     NOTICE_PREFIX = "notice_"
     LEARN_WEIGHT = "learn_weight"  # the default sampler's power of P(learns) (autopeft.collapse_model); null: another sampler
     LEARN_BAND = "learn_band"  # ... and the share of the best expected gain it chooses within (absent: study predates them)
+    WARM_PRIOR = "warm_prior"  # the default sampler's --warm-start prior (autopeft.sampler_prior.resume_prior; absent: none)
 
 
 REQUIRED_ATTRS = (A.MODEL, A.TASK, A.SPACE_HASH, A.OBJECTIVES, A.REF_POINT, A.FIDELITY, A.METRIC, A.NUM_LABELS,
@@ -485,6 +486,10 @@ class StudyStore:
         with another ``--learn-weight``, or stored with a study that predates them)."""
         self.study.set_user_attr(A.LEARN_WEIGHT, weight)
         self.study.set_user_attr(A.LEARN_BAND, band)
+
+    def set_warm_prior(self, prior: dict[str, Any] | None) -> None:
+        """Store the default sampler's warm-start prior settings with the study (:func:`autopeft.sampler_prior.resume_prior`)."""
+        self.study.set_user_attr(A.WARM_PRIOR, prior)
 
     def set_ladder(self, rungs: list[dict[str, Any]]) -> None:
         """Store ``--promote``'s rungs with a study that had none (a study may start promoting when resumed)."""

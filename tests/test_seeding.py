@@ -224,6 +224,56 @@ def test_warm_start_puts_the_other_front_first(tiny_model: str, tiny4: str, glue
         autopeft.search(**_opts(tiny_model, glue_dir, storage, "x", 1, warm_start=f"ghost@{storage}"))
 
 
+def test_a_warm_started_study_keeps_its_prior_when_resumed(tiny_model: str, glue_dir: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The prior's source and settings are stored with the study: a plain resume goes on with them (not with the
+    defaults of the day), another ``--warm-start`` replaces them with a note, a source gone since gives a note."""
+    import autopeft.collapse_model as cm
+    import autopeft.sampler_prior as sp
+
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    for name in ("src", "src2"):
+        autopeft.search(**_opts(tiny_model, glue_dir, storage, name, 6))
+    opts = _opts(tiny_model, glue_dir, storage, "dst", 2, n_startup=8)
+    res = autopeft.search(**{**opts, "warm_start": "src"})
+    stored = {"source": f"src@{storage}", "until": 20, "learn_with_prior": False}
+    assert res.meta["warm_prior"] == stored
+    monkeypatch.setattr(sp, "PRIOR_UNTIL", 5)  # the defaults change; the study keeps its own
+    monkeypatch.setattr(cm, "LEARN_WITH_PRIOR", True)
+
+    def resume(n: int, **kw: Any) -> tuple[Any, Any]:
+        s = autopeft.open_search(**{**opts, "n_trials": n, **kw})
+        s.build()
+        s.close()
+        return s, s.store.study.sampler
+
+    s, sampler = resume(3)  # no --warm-start: the stored prior, its 6 trials, the stored settings
+    assert s.warm_prior == stored and s.prior_note == (f"study 'dst' was warm-started from src@{storage}: its trials "
+                                                      "stay the sampler's prior until the study has 20 finished trials")
+    assert sampler._prior is not None and len(sampler._prior[1]) == 6
+    assert (sampler.prior_until, sampler.learn_with_prior) == (20, False)
+    s, sampler = resume(3, warm_start="src")  # the same source named again: the same settings, no note
+    assert (s.warm_prior, s.prior_note, sampler.prior_until) == (stored, None, 20)
+    s, sampler = resume(3, warm_start="src2")  # another source: it replaces the stored one, with today's defaults
+    assert s.prior_note == f"study 'dst' was warm-started from src@{storage}; it goes on with src2@{storage} as the sampler's prior"
+    assert autopeft.open_search(**opts).store.meta["warm_prior"] == {"source": f"src2@{storage}", "until": 5,
+                                                                    "learn_with_prior": True}
+    optuna.delete_study(study_name="src2", storage=storage)  # the source is gone: a plain resume goes on without it
+    capsys.readouterr()
+    argv = ["search", "--model", tiny_model, "--data-dir", str(glue_dir), "--task", "sst2", "--space", "tiny",
+            "--storage", storage, "--study", "dst", "--trials", "2", "--no-progress"]
+    assert main(argv) == 0  # its 2 trials are done: nothing runs, the sampler is built
+    err = capsys.readouterr().err
+    assert (f"autopeft: note: study 'dst' was warm-started from src2@{storage}: its trials stay the sampler's prior "
+            "until the study has 5 finished trials\n") in err
+    assert "autopeft: note: the warm start's source cannot be read (no study named 'src2' in " in err
+    res = autopeft.search(**{**opts, "n_trials": 3})  # and it runs on
+    assert len(res.complete_trials()) == 3 and res.study.sampler._prior is None
+    with pytest.raises(autopeft.StudyError, match="no study named 'src2'"):  # named by the user: it must be readable
+        autopeft.search(**{**opts, "n_trials": 4, "warm_start": "src2"})
+
+
 def test_a_killed_driver_resumes_without_training_a_queued_config_twice(
         tiny_model: str, glue_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import autopeft.storage as storage_mod

@@ -162,8 +162,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"autopeft: task {task.name} ({task.n_train} train rows, {what}), "
           f"metric {task.metric} ({task.metric_reason}); space {s.space_def.name} ({s.bound.size} encoded dims); "
           f"sampler {args.sampler}{learn}; {s.workers} worker(s); fidelity {s.fidelity.to_dict()}", file=sys.stderr)
-    if s.learn_note:
-        print(f"autopeft: note: {s.learn_note}", file=sys.stderr)
+    for note in (s.learn_note, s.prior_note):
+        if note:
+            print(f"autopeft: note: {note}", file=sys.stderr)
     if s.fidelity_note and not s.resumed:
         print(f"autopeft: note: {s.fidelity_note}", file=sys.stderr)
     if task.embedded:
