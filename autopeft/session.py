@@ -307,52 +307,13 @@ class Search:
                                           if not rung_of(t)], direction, n_eval, points)
 
     def _promote_rule(self) -> Any:
-        """What the study runs again next, from its trials and the (candidate, rung) pairs it holds: ``--promote``'s
-        next promotion (:func:`autopeft.promotion.next_promotion`) as (trial, rung, None), else ``--refine-rate``'s
-        next step (:func:`autopeft.promotion.next_rate_step`, at the top rung once the start-up trials are done) as
-        (trial, rung, multiplier); None without either."""
-        refine = self.config.refine_rate != "none"
-        if not self.ladder and not refine:
-            return None
-        import json
+        """What the study runs again next (``--promote``, ``--refine-rate``): :func:`autopeft.promotion_rule.study_rule`."""
+        from autopeft.promotion_rule import study_rule
 
-        from optuna.trial import TrialState
-
-        from autopeft.candidate import Candidate, structure_key
-        from autopeft.pareto import to_max
-        from autopeft.promotion import Evaluated, chance_margin, next_promotion, next_rate_step, seeded_keys
-        from autopeft.storage import current_level, rung_of, study_level
-
-        objectives, chance = self.store.objectives, float(self.store.meta[A.REF_POINT][0])
-        n_rungs, fraction, top = len(self.ladder) + 1, self.config.promote_fraction, len(self.ladder)
-        margin = chance_margin(int(self.fidelity.n_eval), objectives[0] != "score")
-
-        def fits(e: Any, lr: float) -> bool:
-            return self.bound.contains(Candidate.from_dict(json.loads(e.key)).with_lr(lr))
-
-        def rule(trials: Any, held: set[tuple[str, int]]) -> Any:
-            trials = current_level(trials, study_level(self.store.study))
-            done = {t.number: t for t in trials if t.state == TrialState.COMPLETE and t.values is not None
-                    and t.user_attrs.get(A.CANDIDATE_KEY)}
-            evals = [Evaluated(n, t.user_attrs[A.CANDIDATE_KEY], rung_of(t), tuple(to_max(objectives, t.values)),
-                               float(t.user_attrs[A.CANDIDATE].get("lr_multiplier", 1.0)),
-                               structure_key(t.user_attrs[A.CANDIDATE])) for n, t in done.items()]
-            chosen = None
-            if self.ladder:
-                first = seeded_keys((t.user_attrs.get(A.CANDIDATE_KEY, ""), t.user_attrs.get(A.SEEDED_BY)) for t in trials)
-                chosen = next_promotion(evals, held, n_rungs, chance, fraction, margin, first)
-            if chosen is not None:
-                return done[chosen[0].number], chosen[1], None
-            if not refine or sum(e.rung == 0 for e in evals) < self.config.n_startup:
-                return None
-            rates: dict[tuple[str, int], list[float]] = {}
-            for key, rung in held:
-                d = json.loads(key)
-                rates.setdefault((structure_key(d), rung), []).append(float(d.get("lr_multiplier", 1.0)))
-            step = next_rate_step(evals, rates, top, chance, fits, self.config.refine_rate)
-            return None if step is None else (done[step[0].number], top, step[1])
-
-        return rule
+        c = self.config
+        return study_rule(self.store.study, self.bound, self.ladder, self.store.objectives,
+                          float(self.store.meta[A.REF_POINT][0]), int(self.fidelity.n_eval), c.promote_fraction,
+                          c.refine_rate, c.n_startup)
 
     def _queue_seeds(self, proposer: Any) -> None:
         """Queue this search's seeds and a killed driver's unfinished queued configs, less what the study holds."""
