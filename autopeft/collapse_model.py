@@ -50,7 +50,9 @@ LEARN_BAND = 0.5
 #: first :data:`autopeft.sampler_prior.PRIOR_UNTIL` trials).  Off (since session 24): the prior already says which
 #: configs learn; with the weight, real SST-2 searches warm-started from MRPC reached the cold default's 40-trial
 #: hypervolume on 2 seeds of 4 (23, 28 trials), without it on 3 (22, 25, 26), HV@40 mean 1.035 against 0.990; the
-#: collapse model still skips configs it expects to collapse (BENCHMARKS.md "Warm start ... session 24")
+#: collapse model still skips configs it expects to collapse (BENCHMARKS.md "Warm start ... session 24").  Held-out
+#: seeds 4-5 (session 25) did not confirm it (on: 20 and 10 trials, off: never and 11); over six seeds the two are
+#: level (median 25.5 trials both), so it stays off rather than flip on noise
 LEARN_WITH_PRIOR = False
 #: a structure (a config but for its learning-rate multiplier) that collapsed at multiplier m is not proposed again at
 #: a multiplier up to this factor above m: at a short fidelity a lower rate learns less, and the space's range (0.5-2)
