@@ -8,7 +8,6 @@ import json
 from typing import Any, Callable, Sequence
 
 from autopeft.candidate import Candidate, structure_key
-from autopeft.promotion import Evaluated, chance_margin, next_promotion, next_rate_step, seeded_keys
 from autopeft.storage import A, current_level, rung_of, study_level
 
 Rule = Callable[[Any, set[tuple[str, int]]], Any]
@@ -23,6 +22,7 @@ def study_rule(study: Any, bound: Any, ladder: Sequence[dict[str, Any]], objecti
     from optuna.trial import TrialState
 
     from autopeft.pareto import to_max
+    from autopeft.promotion import Evaluated, chance_margin, next_promotion, next_rate_step, seeded_keys  # as built
 
     refine = refine_rate != "none"
     if not ladder and not refine:
