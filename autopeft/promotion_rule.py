@@ -22,7 +22,7 @@ def study_rule(study: Any, bound: Any, ladder: Sequence[dict[str, Any]], objecti
     from optuna.trial import TrialState
 
     from autopeft.pareto import to_max
-    from autopeft.promotion import Evaluated, chance_margin, next_promotion, next_rate_step, seeded_keys  # as built
+    from autopeft.promotion import Evaluated, chance_margin, next_promotion, next_rate_step, seeded_keys  # bound per search
 
     refine = refine_rate != "none"
     if not ladder and not refine:
