@@ -13,11 +13,16 @@ and alternatives on the same features (:func:`autopeft.collapse_model.features`)
     python -m bench.collapse_classifiers table --table bench/tables/sst2-mixed-cpu.csv
     python -m bench.collapse_classifiers studies --storage sqlite:///bench/tables/confirm-sst2-warmcheck.db
     python -m bench.collapse_classifiers premodel --storage sqlite:///bench/tables/confirm-sst2-learnband.db
+    python -m bench.collapse_classifiers premodel --score-gp --seeds 0,1,2,3,4,5 --storage ...
 
 * ``premodel`` (session 23): the proposals no collapse model could judge.  The default sampler's model-proposed
   trials (:func:`bench.confirm.proposed_by_model`, start-up 8) that started before any trial of their study had
   collapsed, each counted once across storages (by study seed, trial number and config: searches of one seed share
   their start-up and so their first proposals); how many collapsed, and "head only" by learning-rate multiplier.
+  ``--seeds``: only the studies of these seeds.  ``--score-gp`` (session 26): could the sampler's score GP have told
+  them apart?  For each, the GP (:func:`autopeft.sampler_gp.fit_gp`, as the sampler fits it) on the trials complete
+  when it started, and its P(score above the collapse margin) at the proposal's config, beside the same P over 500
+  random configs of the space; ROC AUC of that P between the proposals that collapsed and those that learned.
 """
 
 from __future__ import annotations
@@ -202,7 +207,35 @@ def _existing(storages: Sequence[str]) -> Sequence[str]:
     return storages
 
 
-def premodel(storages: Sequence[str]) -> dict[str, Any]:
+def _score_gp_p_learns(res: Any, before: Sequence[Any], cand: dict[str, Any]) -> tuple[float, float]:
+    """The score GP's P(score > the collapse margin) at ``cand`` when fitted on the complete trials ``before`` (the
+    sampler's encoding and GP), and the share of 500 random configs of the mixed space it gives a lower P."""
+    from scipy.stats import norm
+
+    from autopeft.builder import count_params, model_info
+    from autopeft.candidate import Candidate
+    from autopeft.proposer import make_sampler
+    from autopeft.space import SearchSpace
+
+    info = model_info(res.meta.get("model"), 2)
+    b = SearchSpace.load("mixed").bind(int(res.meta.get("num_layers") or 6))
+    sam = make_sampler("autopeft", 0, b, ["score", "params", "memory"], list(res.ref_point), lambda c: count_params(c, info))
+    X = sam._memo.encode_all([Candidate.from_dict(o.user_attrs["candidate"]) for o in before])
+    gp = sam._fit_gp(X, np.array([o.values[0] for o in before]))
+    chance = float(res.ref_point[0])
+    thr = chance + 0.02 * (1 - chance)  # bench.common.collapsed's margin
+
+    def p(cs: list[Any]) -> np.ndarray:
+        mu, sd = sam._posterior(gp, sam._memo.encode_all(cs))
+        return norm.cdf((mu - thr) / np.maximum(sd, 1e-9))
+
+    rng = np.random.default_rng(0)
+    pool = p([b.decode(b.random_vector(rng)) for _ in range(500)])
+    mine = float(p([Candidate.from_dict(cand)])[0])
+    return mine, float(np.mean(pool < mine))
+
+
+def premodel(storages: Sequence[str], seeds: Sequence[int] | None = None, score_gp: bool = False) -> dict[str, Any]:
     import optuna
 
     from autopeft.api import load_study
@@ -213,7 +246,8 @@ def premodel(storages: Sequence[str]) -> dict[str, Any]:
     seen: dict[tuple[str, int, str], dict[str, Any]] = {}
     for st in storages:
         for summary in sorted(optuna.get_all_study_summaries(st), key=lambda s: s.study_name):
-            if "-autopeft-" not in summary.study_name:
+            if "-autopeft-" not in summary.study_name or (
+                    seeds is not None and int(summary.study_name.rsplit("-", 1)[1]) not in seeds):
                 continue
             res = load_study(summary.study_name, st)
             comp = sorted(res.complete_trials(), key=lambda t: t.number)
@@ -225,15 +259,28 @@ def premodel(storages: Sequence[str]) -> dict[str, Any]:
                     continue
                 c = t.user_attrs["candidate"]
                 key = (summary.study_name.rsplit("-", 1)[1], t.number, json.dumps(c, sort_keys=True))
-                seen.setdefault(key, {"storage": st, "study": summary.study_name, "trial": t.number,
-                                      "collapsed": collapsed(t.values[0], chance), "head_only": not c["methods"],
-                                      "lr_multiplier": round(float(c["lr_multiplier"]), 3), "params": int(t.values[1]),
-                                      "summary": t.user_attrs.get("summary", "")})
+                if key in seen:
+                    continue
+                seen[key] = {"storage": st, "study": summary.study_name, "trial": t.number,
+                             "collapsed": collapsed(t.values[0], chance), "head_only": not c["methods"],
+                             "lr_multiplier": round(float(c["lr_multiplier"]), 3), "params": int(t.values[1]),
+                             "summary": t.user_attrs.get("summary", "")}
+                if score_gp:
+                    gp_p, below = _score_gp_p_learns(res, [o for o in comp if o.datetime_complete <= t.datetime_start], c)
+                    seen[key].update(score_gp_p_learns=round(gp_p, 4), pool_share_below=round(below, 3))
     rows = list(seen.values())
     head = [r for r in rows if r["head_only"]]
-    return {"storages": list(storages), "proposals": len(rows), "collapsed": sum(r["collapsed"] for r in rows),
-            "head_only": len(head), "head_only_collapsed": sum(r["collapsed"] for r in head),
-            "head_only_by_rate": sorted([r["lr_multiplier"], r["collapsed"]] for r in head), "rows": rows}
+    out = {"storages": list(storages), "proposals": len(rows), "collapsed": sum(r["collapsed"] for r in rows),
+           "head_only": len(head), "head_only_collapsed": sum(r["collapsed"] for r in head),
+           "head_only_by_rate": sorted([r["lr_multiplier"], r["collapsed"]] for r in head), "rows": rows}
+    if score_gp:
+        from sklearn.metrics import roc_auc_score
+
+        col = np.array([r["collapsed"] for r in rows])
+        gp_p = np.array([r["score_gp_p_learns"] for r in rows])
+        out["score_gp"] = {"p_collapsed": sorted(gp_p[col].tolist()), "p_learned": sorted(gp_p[~col].tolist()),
+                           "auc": float(roc_auc_score(~col, gp_p)) if 0 < col.sum() < len(col) else None}
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -248,6 +295,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     s.add_argument("--first", type=int, default=10, help="predict trials from this number on")
     m = sub.add_parser("premodel")
     m.add_argument("--storage", action="append", required=True)
+    m.add_argument("--seeds", help="only the studies of these seeds, comma-separated (default: all)")
+    m.add_argument("--score-gp", action="store_true", help="also the score GP's P(learns) at each proposal")
     for p in (t, s, m):
         p.add_argument("--out", help="write the figures as JSON here")
     a = ap.parse_args(argv)
@@ -262,7 +311,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 raise ValueError(f"--n must be comma-separated integers, got {a.n[:40]!r}") from None
             out = table(a.table, ns, a.reps)
         elif a.cmd == "premodel":
-            out = premodel(_existing(a.storage))
+            try:
+                seeds = None if a.seeds is None else [int(x) for x in a.seeds.split(",")]
+            except ValueError:
+                raise ValueError(f"--seeds must be comma-separated integers, got {a.seeds[:40]!r}") from None
+            out = premodel(_existing(a.storage), seeds, a.score_gp)
         else:
             if a.first < 2:
                 raise ValueError(f"--first must be >= 2, got {a.first}")

@@ -694,13 +694,18 @@ def test_the_collapse_classifier_comparison_on_the_committed_table() -> None:
 def test_the_proposals_made_before_any_collapse_on_the_committed_searches(capsys: pytest.CaptureFixture[str]) -> None:
     """bench.collapse_classifiers premodel on the six real SST-2 searches of the default (session 23): 16 model-based
     proposals started before any trial of their study collapsed, 6 of them collapsed; "head only" 4 times, at the
-    majority class at x0.52 and x0.55, learning at x1.56 and x1.67.  A missing storage is one line, exit 2, and no
-    file is created."""
+    majority class at x0.52 and x0.55, learning at x1.56 and x1.67.  The score GP (session 26) gives every one of the
+    six that collapsed P(score above the margin) >= 0.86, so it could not have told them apart (ROC AUC 0.66).  A
+    missing storage is one line, exit 2, and no file is created."""
     cc = _load("collapse_classifiers")
-    out = cc.premodel([f"sqlite:///{TABLES / 'confirm-sst2-learnband.db'}"])
+    out = cc.premodel([f"sqlite:///{TABLES / 'confirm-sst2-learnband.db'}"], seeds=range(6), score_gp=True)
     assert (out["proposals"], out["collapsed"], out["head_only"], out["head_only_collapsed"]) == (16, 6, 4, 2)
     assert out["head_only_by_rate"] == [[0.516, True], [0.545, True], [1.555, False], [1.665, False]]
     assert all(r["study"].startswith("confirm-sst2-autopeft-") for r in out["rows"])
+    assert {r["study"][-1] for r in out["rows"]} == {"0", "1", "2", "5"}  # seeds 3 and 4's start-up had a collapse
+    gp = out["score_gp"]
+    assert len(gp["p_collapsed"]) == 6 and min(gp["p_collapsed"]) > 0.86 and min(gp["p_learned"]) > 0.99
+    assert 0.6 < gp["auc"] < 0.72
     missing = TABLES / "no-such-storage.db"
     with pytest.raises(SystemExit) as e:
         cc.main(["premodel", "--storage", f"sqlite:///{missing}"])
