@@ -113,17 +113,23 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
             col, beside = collapsed(res, comp, a.startup)
             by_model = proposed_by_model(comp, a.startup)
             col_model = sorted(set(by_model) & set(col))
+            chance = float(res.ref_point[0])
+            first = min((t.datetime_complete for t in comp if is_collapsed(t.values[0], chance)), default=None)
+            # proposed before any trial of the study had collapsed: no collapse model yet (autopeft's P(learns))
+            blind = [t.number for t in comp if t.number in set(by_model) and (first is None or first > t.datetime_start)]
             out["studies"][f"{sampler}-{seed}"] = {"sampler": sampler, "seed": seed, "complete": len(comp), "hv": hv,
                                                   "best_score": best, "ref_point": ref, "collapsed": col,
                                                   "collapsed_beside_itself": beside, "trials_to_reach": reach,
-                                                  "proposed_by_model": by_model, "collapsed_by_model": col_model}
+                                                  "proposed_by_model": by_model, "collapsed_by_model": col_model,
+                                                  "proposed_before_a_collapse": blind}
             n_model = sum(t.number >= a.startup for t in comp)
             print(f"{sampler:9s} seed {seed}: {len(comp):3d} trials, best score {best if best is None else round(best, 3)}, "
                   "HV " + ", ".join(f"@{m}: {'-' if v is None else f'{v:.4f}'}" for m, v in zip(marks, hv))
                   + f"; collapsed {len(col)} of {n_model} model-based trials, {len(beside)} proposed while the same "
                   "config trained at another rate"
                   + f"; of the {len(by_model)} the model proposed (not queued, {a.startup}+ complete before), "
-                    f"{len(col_model)} collapsed"
+                    f"{len(col_model)} collapsed ({len(set(blind) & set(col))} of the {len(blind)} proposed before any "
+                    "trial of the study had collapsed)"
                   + ("" if a.reach is None else f"; HV {a.reach:.6g} first reached at trial "
                      f"{'never' if reach is None else reach}"), flush=True)
     if a.json:

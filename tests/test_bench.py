@@ -326,6 +326,19 @@ def test_confirm_quick_run_and_report(tiny_model: str, glue_dir: Path, tmp_path:
         assert s["complete"] == 10 and s["hv"][0] >= 0 and 0 <= s["best_score"] <= 1 and s["ref_point"] == rep["studies"]["autopeft-0"]["ref_point"]
 
 
+def test_confirm_report_counts_the_proposals_made_before_a_studys_first_collapse(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """On committed default SST-2 searches (session 26): seeds 8 and 9 proposed trials 10-12 from the model before
+    any trial had collapsed, and 2 and 3 of them collapsed; seed 3's start-up had a collapse, so none."""
+    cf = _load("confirm")
+    rep = cf.main(["report", "--task", "sst2", "--samplers", "autopeft", "--seeds", "3,8,9", "--storage",
+                   f"sqlite:///{TABLES / 'confirm-sst2-learnband.db'}"])
+    got = {k: (s["proposed_before_a_collapse"], s["collapsed_by_model"]) for k, s in rep["studies"].items()}
+    assert got == {"autopeft-3": ([], [17]), "autopeft-8": ([10, 11, 12], [10, 11, 13, 37]),
+                   "autopeft-9": ([10, 11, 12], [10, 11, 12, 13, 30])}
+    assert "5 collapsed (3 of the 3 proposed before any trial of the study had collapsed)" in capsys.readouterr().out
+
+
 def test_confirm_no_baselines_runs_the_random_start_up_design_only(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
     """``run --no-baselines``: the study queues no hand-designed baseline first (a new study's default), as the runs
     recorded before that default; without it the first trials are the baselines."""
