@@ -116,7 +116,8 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
             chance = float(res.ref_point[0])
             first = min((t.datetime_complete for t in comp if is_collapsed(t.values[0], chance)), default=None)
             # proposed before any trial of the study had collapsed: no collapse model yet (autopeft's P(learns))
-            blind = [t.number for t in comp if t.number in set(by_model) and (first is None or first > t.datetime_start)]
+            model_set = set(by_model)
+            blind = [t.number for t in comp if t.number in model_set and (first is None or first > t.datetime_start)]
             out["studies"][f"{sampler}-{seed}"] = {"sampler": sampler, "seed": seed, "complete": len(comp), "hv": hv,
                                                   "best_score": best, "ref_point": ref, "collapsed": col,
                                                   "collapsed_beside_itself": beside, "trials_to_reach": reach,
