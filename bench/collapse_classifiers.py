@@ -23,6 +23,11 @@ and alternatives on the same features (:func:`autopeft.collapse_model.features`)
   them apart?  For each, the GP (:func:`autopeft.sampler_gp.fit_gp`, as the sampler fits it) on the trials complete
   when it started, and its P(score above the collapse margin) at the proposal's config, beside the same P over 500
   random configs of the space; ROC AUC of that P between the proposals that collapsed and those that learned.
+* ``rates`` (session 26): the sampler's trials (number 8 on, not queued) by whether the study had tried their
+  structure (:func:`autopeft.candidate.structure_key`) before and whether their rate is below x1; how many collapsed
+  in each cell, each trial counted once across storages (as ``premodel``).
+
+    python -m bench.collapse_classifiers rates --storage sqlite:///bench/tables/confirm-sst2-learnband.db
 """
 
 from __future__ import annotations
@@ -283,6 +288,43 @@ def premodel(storages: Sequence[str], seeds: Sequence[int] | None = None, score_
     return out
 
 
+def rates(storages: Sequence[str]) -> dict[str, Any]:
+    import optuna
+
+    from autopeft.api import load_study
+    from autopeft.candidate import structure_key
+    from bench.common import collapsed
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    seen: dict[tuple[str, int, str], tuple[bool, bool, bool, bool]] = {}
+    for st in storages:
+        for summary in sorted(optuna.get_all_study_summaries(st), key=lambda s: s.study_name):
+            if "-autopeft-" not in summary.study_name:
+                continue
+            res = load_study(summary.study_name, st)
+            chance = float(res.ref_point[0])
+            comp = sorted(res.complete_trials(), key=lambda t: t.number)
+            keys = [structure_key(t.user_attrs["candidate"]) for t in comp]
+            for i, t in enumerate(comp):
+                if t.number < 8 or "seeded_by" in t.user_attrs:
+                    continue
+                c = t.user_attrs["candidate"]
+                key = (summary.study_name.rsplit("-", 1)[1], t.number, json.dumps(c, sort_keys=True))
+                seen.setdefault(key, (keys[i] not in keys[:i], float(c["lr_multiplier"]) < 1.0,
+                                      collapsed(t.values[0], chance), not c["methods"]))
+    out: dict[str, Any] = {"storages": list(storages), "trials": len(seen)}
+    for new in (True, False):
+        for low in (True, False):
+            cell = [v for v in seen.values() if v[0] == new and v[1] == low]
+            out[f"{'new' if new else 'tried'} structure, rate {'below' if low else 'at or above'} x1"] = {
+                "trials": len(cell), "collapsed": sum(v[2] for v in cell)}
+    head = [v for v in seen.values() if v[3]]
+    out["head only, rate below x1"] = {"trials": sum(v[1] for v in head), "collapsed": sum(v[1] and v[2] for v in head)}
+    out["head only, rate at or above x1"] = {"trials": sum(not v[1] for v in head),
+                                             "collapsed": sum(not v[1] and v[2] for v in head)}
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -297,7 +339,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     m.add_argument("--storage", action="append", required=True)
     m.add_argument("--seeds", help="only the studies of these seeds, comma-separated (default: all)")
     m.add_argument("--score-gp", action="store_true", help="also the score GP's P(learns) at each proposal")
-    for p in (t, s, m):
+    r = sub.add_parser("rates")
+    r.add_argument("--storage", action="append", required=True)
+    for p in (t, s, m, r):
         p.add_argument("--out", help="write the figures as JSON here")
     a = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -310,6 +354,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             except ValueError:
                 raise ValueError(f"--n must be comma-separated integers, got {a.n[:40]!r}") from None
             out = table(a.table, ns, a.reps)
+        elif a.cmd == "rates":
+            out = rates(_existing(a.storage))
         elif a.cmd == "premodel":
             try:
                 seeds = None if a.seeds is None else [int(x) for x in a.seeds.split(",")]

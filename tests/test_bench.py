@@ -326,6 +326,17 @@ def test_confirm_quick_run_and_report(tiny_model: str, glue_dir: Path, tmp_path:
         assert s["complete"] == 10 and s["hv"][0] >= 0 and 0 <= s["best_score"] <= 1 and s["ref_point"] == rep["studies"]["autopeft-0"]["ref_point"]
 
 
+def test_collapses_by_rate_for_structures_new_to_a_study_on_the_committed_searches() -> None:
+    """bench.collapse_classifiers rates on the ten default SST-2 searches (session 26): the sampler's trials of a
+    structure the study had not tried collapsed 17 of 36 times below x1 and 11 of 276 times at x1 or above."""
+    cc = _load("collapse_classifiers")
+    out = cc.rates([f"sqlite:///{TABLES / 'confirm-sst2-learnband.db'}"])
+    assert out["trials"] == 320
+    assert out["new structure, rate below x1"] == {"trials": 36, "collapsed": 17}
+    assert out["new structure, rate at or above x1"] == {"trials": 276, "collapsed": 11}
+    assert out["head only, rate below x1"] == {"trials": 3, "collapsed": 3}
+
+
 def test_confirm_report_counts_the_proposals_made_before_a_studys_first_collapse(
         capsys: pytest.CaptureFixture[str]) -> None:
     """On committed default SST-2 searches (session 26): seeds 8 and 9 proposed trials 10-12 from the model before
