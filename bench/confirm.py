@@ -138,9 +138,72 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def compare(a: argparse.Namespace) -> dict[str, Any]:
+    """Two ``report --json`` files (e.g. autopeft and GPSampler, same seeds): the share of model-proposed trials that
+    collapsed in each, their ratio, and how sure that ratio is: seeds resampled with replacement (paired: a seed's
+    two studies go together), the ratio of the summed counts in each resample; its 5th-95th percentiles and the share
+    of resamples at or under ``--goal``.  Also how many seeds each side's hypervolume at the last mark is higher."""
+    import numpy as np
+
+    def by_seed(path: str) -> dict[int, dict[str, Any]]:
+        try:
+            studies = json.loads(Path(path).read_text())["studies"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise ValueError(f"{path} is not a report --json file ({type(exc).__name__}: {exc})") from None
+        return {int(s["seed"]): s for s in studies.values()}
+
+    mine, other = by_seed(a.json), by_seed(a.against)
+    seeds = sorted(set(mine) & set(other))
+    if not seeds:
+        raise ValueError(f"{a.json} and {a.against} share no seed")
+    counts = np.array([[len(mine[s]["collapsed_by_model"]), len(mine[s]["proposed_by_model"]),
+                        len(other[s]["collapsed_by_model"]), len(other[s]["proposed_by_model"])] for s in seeds], float)
+
+    def ratio(c: np.ndarray) -> np.ndarray:  # rows: resamples of the seeds' counts summed; other side 0: no ratio
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share_b = c[..., 2] / c[..., 3]
+            return np.where(share_b > 0, (c[..., 0] / c[..., 1]) / np.where(share_b > 0, share_b, 1.0), np.inf)
+
+    tot = counts.sum(0)
+    point = float(ratio(tot))
+    idx = np.random.default_rng(0).integers(0, len(seeds), size=(a.boot, len(seeds)))
+    boot = ratio(counts[idx].sum(1))
+    lo, hi = (float(v) for v in np.percentile(boot, [5, 95], method="inverted_cdf"))
+    if all("proposed_before_a_collapse" in d[s] for d in (mine, other) for s in seeds):
+        # the same for the proposals made once the study had seen a collapse (a collapse model can exist only then)
+        def after(d: dict[str, Any]) -> list[int]:
+            blind = set(d["proposed_before_a_collapse"])
+            return [len(set(d["collapsed_by_model"]) - blind), len(set(d["proposed_by_model"]) - blind)]
+
+        later = np.array([after(mine[s]) + after(other[s]) for s in seeds], float)
+        lat_b = ratio(later[idx].sum(1))
+        out_after = {"collapsed": [int(later[:, 0].sum()), int(later[:, 2].sum())],
+                     "proposed": [int(later[:, 1].sum()), int(later[:, 3].sum())], "ratio": float(ratio(later.sum(0))),
+                     "interval": [float(v) for v in np.percentile(lat_b, [5, 95], method="inverted_cdf")]}
+    else:
+        out_after = None
+    hv_a = [mine[s]["hv"][-1] for s in seeds]
+    hv_b = [other[s]["hv"][-1] for s in seeds]
+    out = {"seeds": seeds, "collapsed": [int(tot[0]), int(tot[2])], "proposed": [int(tot[1]), int(tot[3])],
+           "ratio": point, "interval": [lo, hi], "p_at_most_goal": float(np.mean(boot <= a.goal)), "goal": a.goal,
+           "hv_last_higher": int(sum(x > y for x, y in zip(hv_a, hv_b))), "hv_last_mean": [float(np.mean(hv_a)),
+                                                                                         float(np.mean(hv_b))],
+           "after_a_collapse": out_after}
+    print(f"{len(seeds)} seeds: collapsed model-proposed {out['collapsed'][0]} of {out['proposed'][0]} against "
+          f"{out['collapsed'][1]} of {out['proposed'][1]}: {point:.2f} x; seeds resampled: 90 % in {lo:.2f} to "
+          f"{hi:.2f} x, at most {a.goal:g} x in {100 * out['p_at_most_goal']:.0f} %; hypervolume at the last mark "
+          f"higher on {out['hv_last_higher']} of {len(seeds)} seeds (mean {out['hv_last_mean'][0]:.3f} against "
+          f"{out['hv_last_mean'][1]:.3f})")
+    if out_after is not None:
+        print(f"  proposed once the study had seen a collapse: {out_after['collapsed'][0]} of {out_after['proposed'][0]} "
+              f"against {out_after['collapsed'][1]} of {out_after['proposed'][1]}: {out_after['ratio']:.2f} x (90 % in "
+              f"{out_after['interval'][0]:.2f} to {out_after['interval'][1]:.2f} x)")
+    return out
+
+
 def main(argv: list[str] | None = None) -> Any:
     ap = argparse.ArgumentParser()
-    ap.add_argument("cmd", choices=("run", "report"))
+    ap.add_argument("cmd", choices=("run", "report", "compare"))
     add_task(ap)
     add_space(ap)
     ap.add_argument("--samplers", default="autopeft,tpe")
@@ -158,7 +221,10 @@ def main(argv: list[str] | None = None) -> Any:
     ap.add_argument("--no-baselines", action="store_true",
                     help="run: no hand-designed baselines first (a new study's default since session 11), as the runs "
                          "recorded before it: the same random start-up design per seed")
-    ap.add_argument("--json")
+    ap.add_argument("--json", help="report: write the figures here; compare: the first report's JSON")
+    ap.add_argument("--against", help="compare: the second report's JSON (e.g. GPSampler's, same seeds)")
+    ap.add_argument("--goal", type=float, default=0.5, help="compare: the collapse-share ratio asked for (default 0.5)")
+    ap.add_argument("--boot", type=int, default=2000, help="compare: seed resamples (default 2000)")
     ap.add_argument("--startup", type=int, default=8, help="report: trials before this number are the random start-up "
                                                            "design, not counted as model-based (default 8)")
     add_metric(ap, "the search's metric, e.g. auc on MRPC (default: the task's)")
@@ -172,6 +238,13 @@ def main(argv: list[str] | None = None) -> Any:
     from autopeft._quiet import quiet
 
     quiet()
+    if a.cmd == "compare":
+        if not a.json or not a.against:
+            ap.error("compare needs --json A.json --against B.json (two report --json files)")
+        try:
+            return compare(a)
+        except ValueError as exc:
+            ap.error(str(exc))
     return run(a) if a.cmd == "run" else report(a)
 
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (TABLES, add_chunk, add_data_dir, add_model, add_quick, add_space, add_task, fidelity_arg,
-                          spearman)
+                          ratio_to_ceiling_interval, spearman)
 
 # full budget per task (issue 6): SST-2 8,000 training rows x 1 epoch; MRPC all rows x 3 epochs
 FULL = {"sst2": {"n_train": 8000, "epochs": 1.0}, "mrpc": {"n_train": None, "epochs": 3.0}}
@@ -235,6 +235,11 @@ def run(a: argparse.Namespace) -> int:
     left = len(jobs)
     print(f"{'stopped at --minutes; ' + str(left) + ' runs left, run again to go on' if left else 'all runs done'}")
     return left
+
+
+def _x(v: float) -> str:
+    """A bootstrap ratio for a report line: -inf marks resamples whose ceiling was not above 0."""
+    return f"{v:.2f}" if math.isfinite(v) else "undefined"
 
 
 def _fid_label(f: dict[str, Any]) -> str:
@@ -477,12 +482,16 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
             rho_same = spearman([r["score"] for r in same], [full_by_key[r["key"]]["mean"] for r in same])
             ceil = spearman([full_by_key[r["key"]]["scores"][0] for r in same],
                             [full_by_key[r["key"]]["scores"][1] for r in same])
+            band = ratio_to_ceiling_interval([r["score"] for r in same], [full_by_key[r["key"]]["mean"] for r in same],
+                                             [full_by_key[r["key"]]["scores"][0] for r in same],
+                                             [full_by_key[r["key"]]["scores"][1] for r in same])
             out["fidelities"][label].update({"rho_ceiling_configs": rho_same, "ceiling": ceil, "n_ceiling": len(same),
-                                             "x_ceiling": rho_same / ceil})
+                                             "x_ceiling": rho_same / ceil, "x_ceiling_interval": band})
         print(f"fidelity {label}: Spearman rho {rho:.3f} over {len(pr)} configs, median cost ratio {ratio:.3f} "
               f"(training rows x epochs: {work:.3f} of the full budget)"
-              + (f"; on the {len(same)} ceiling configs rho {rho_same:.3f} vs ceiling {ceil:.3f} ({rho_same / ceil:.2f} x)"
-                 if len(same) >= 3 else ""))
+              + (f"; on the {len(same)} ceiling configs rho {rho_same:.3f} vs ceiling {ceil:.3f} ({rho_same / ceil:.2f} x; "
+                 f"configs resampled: 90 % of the ratios in {_x(band['lo'])} to {_x(band['hi'])} x, at least "
+                 f"{band['goal']:g} x in {100 * band['p_goal']:.0f} %)" if len(same) >= 3 else ""))
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1))
     return out

@@ -337,6 +337,41 @@ def test_collapses_by_rate_for_structures_new_to_a_study_on_the_committed_search
     assert out["head only, rate below x1"] == {"trials": 3, "collapsed": 3}
 
 
+def test_confirm_compare_gives_the_collapse_ratio_with_an_interval_over_resampled_seeds(tmp_path: Path) -> None:
+    from bench import confirm
+
+    def write(name: str, sampler: str, collapsed: list[int], hv: list[float]) -> Path:
+        studies = {f"{sampler}-{s}": {"seed": s, "hv": [0.1, h], "collapsed_by_model": list(range(c)),
+                                      "proposed_by_model": list(range(30))} for s, (c, h) in enumerate(zip(collapsed, hv))}
+        (p := tmp_path / name).write_text(json.dumps({"marks": [10, 40], "studies": studies}))
+        return p
+
+    a = write("a.json", "autopeft", [1, 2, 0], [0.9, 0.8, 0.7])
+    b = write("b.json", "gp", [4, 4, 4], [0.85, 0.9, 0.6])
+    out = confirm.main(["compare", "--json", str(a), "--against", str(b)])
+    assert out["collapsed"] == [3, 12] and out["proposed"] == [90, 90] and out["ratio"] == pytest.approx(0.25)
+    # a resample of the seeds lies between seed 2 thrice (0 collapsed: 0 x) and seed 1 thrice (2 against 4: 0.5 x)
+    assert 0.0 <= out["interval"][0] <= 0.25 <= out["interval"][1] <= 0.5 and out["p_at_most_goal"] == 1.0
+    assert out["hv_last_higher"] == 2 and out["hv_last_mean"] == pytest.approx([0.8, 0.7833333])
+    tight = confirm.main(["compare", "--json", str(a), "--against", str(b), "--goal", "0.2"])
+    assert 0.0 < tight["p_at_most_goal"] < 1.0
+    assert out["after_a_collapse"] is None  # reports from before the count of proposals made before a first collapse
+    for path in (a, b):  # trial 0 of each study proposed before its first collapse (it collapsed where any did)
+        data = json.loads(path.read_text())
+        for st in data["studies"].values():
+            st["proposed_before_a_collapse"] = [0]
+        path.write_text(json.dumps(data))
+    later = confirm.main(["compare", "--json", str(a), "--against", str(b)])["after_a_collapse"]
+    assert later["collapsed"] == [3 - 2, 12 - 3] and later["proposed"] == [87, 87]
+    assert later["ratio"] == pytest.approx(1 / 9) and later["interval"][0] <= 1 / 9 <= later["interval"][1]
+    other = write("c.json", "gp", [], [])
+    for argv in (["--json", str(a)], ["--json", str(a), "--against", str(other)],
+                 ["--json", str(tmp_path / "none.json"), "--against", str(b)]):
+        with pytest.raises(SystemExit) as exc:
+            confirm.main(["compare", *argv])
+        assert exc.value.code == 2
+
+
 def test_confirm_report_counts_the_proposals_made_before_a_studys_first_collapse(
         capsys: pytest.CaptureFixture[str]) -> None:
     """On committed default SST-2 searches (session 26): seeds 8 and 9 proposed trials 10-12 from the model before
@@ -385,6 +420,40 @@ def test_collapse_replay_counts_the_trials_under_the_floor_on_committed_runs() -
     with pytest.raises(SystemExit) as e:
         cr.main(["--storage", f"sqlite:///{missing}"])
     assert e.value.code == 2 and not missing.exists()  # refused, and no empty database left behind
+
+
+def test_the_ratio_to_the_ceiling_comes_with_a_resampled_interval() -> None:
+    from bench.common import ratio_to_ceiling_interval
+
+    x = np.arange(25.0)
+    same = ratio_to_ceiling_interval(x, x, x, x)  # every ranking the same: the ratio is 1 in every resample
+    assert same["lo"] == pytest.approx(1.0) and same["hi"] == pytest.approx(1.0) and same["p_goal"] == 1.0
+    rng = np.random.default_rng(3)
+    noise = ratio_to_ceiling_interval(rng.permutation(x), x, x, x + rng.normal(scale=2.0, size=25))
+    assert noise["lo"] < 0.0 < noise["hi"] < 0.8 and noise["p_goal"] < 0.05  # a proxy unrelated to the full scores
+    flat = ratio_to_ceiling_interval(x, x, np.zeros(25), x)  # a constant seed: no ceiling, no ratio, never the goal
+    assert flat["p_goal"] == 0.0 and flat["lo"] == -np.inf
+    with pytest.raises(ValueError, match="one value per config"):
+        ratio_to_ceiling_interval(x, x[:5], x, x)
+
+
+def test_the_proxy_report_says_how_sure_each_ratio_to_the_ceiling_is() -> None:
+    """On the committed proxy records: SST-2's AUC rung (0.88 x) clears 0.8 x in most resamples, MRPC's 2,000 x 2 rung
+    (1.04 x on 22 configs against a ceiling of 0.52) spans 0.3 to 2.8 x."""
+    from bench import retrain as rt
+
+    sst2 = rt.main(["report", "--task", "sst2"])["fidelities"]
+    auc = sst2["batch_size=32,epochs=1.0,lr_scale=2.0,metric=auc,n_train=2000"]
+    assert auc["x_ceiling"] == pytest.approx(0.883, abs=1e-3)
+    assert auc["x_ceiling_interval"]["lo"] < auc["x_ceiling"] < auc["x_ceiling_interval"]["hi"]
+    assert auc["x_ceiling_interval"]["p_goal"] == pytest.approx(0.89, abs=0.01)
+    mrpc = rt.main(["report", "--task", "mrpc"])["fidelities"]["batch_size=32,epochs=2.0,lr_scale=3.0,metric=auc,n_train=2000"]
+    band = mrpc["x_ceiling_interval"]
+    if mrpc["n_ceiling"] == 22:  # the session-13 records (more configs join as the rung is run on them)
+        assert mrpc["x_ceiling"] == pytest.approx(1.04, abs=0.005)
+        assert band["lo"] == pytest.approx(0.34, abs=0.01) and band["hi"] == pytest.approx(2.84, abs=0.01)
+        assert band["p_goal"] == pytest.approx(0.72, abs=0.01)
+    assert band["lo"] < 0.8 < band["hi"]
 
 
 def test_spearman_on_rankings_with_known_values() -> None:
