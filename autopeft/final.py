@@ -236,7 +236,7 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
                     "loss_z": loss_gain_z(logits, labels, train_labels, weights)}
 
         loss_func = None if weights is None else weighted_loss(weights)
-        from autopeft.data import chance_score
+        from autopeft.metrics import chance_score
 
         hold_chance = chance_score(task.metric, [r["labels"] for r in hold_ds]) if hold_ds and not task.is_lm else None
         stop, still_flat = stop_rules(patience if hold_ds else None,
@@ -301,7 +301,7 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
             score = generative_loss(task, built.model, encode_generative(task, tok, val_texts, max_length), batch_size,
                                     tok.pad_token_id or 0, dev)
             if n_gen:
-                from autopeft.data import exact_match
+                from autopeft.metrics import exact_match
                 from autopeft.seq2seq import generate_seq2seq
 
                 rows = val_texts[:n_gen]
@@ -334,7 +334,7 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
               "lr_scale_option": lr_scale, "best_last": lasts, "seconds": times, "saved_seed": seeds[0], "saved_score": scores[0], "device": device,
               "trainer": "transformers.Trainer", "class_weights": class_weights}
     if accs and len(accs) == len(scores) and val_labels is not None:  # and what always the majority class scores
-        from autopeft.data import chance_score
+        from autopeft.metrics import chance_score
 
         result.update({"accuracies": accs, "accuracy_mean": statistics.fmean(accs),
                        "majority": {task.metric: chance_score(task.metric, val_labels),

@@ -274,7 +274,8 @@ def _reference(spec: TrialSpec, fid: Fidelity, t0: float) -> TrialResult:
     chance score of the search split (always predicting its majority class)."""
     from autopeft.builder import build_model, load_base, model_info
     from autopeft.candidate import Candidate
-    from autopeft.data import chance_score, search_split
+    from autopeft.data import search_split
+    from autopeft.metrics import chance_score
 
     task = task_of(spec.data)
     info = model_info(spec.model, task.num_labels, spec.trust_remote_code, layout_from_json(spec.layout))
@@ -345,7 +346,7 @@ def token_loss(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]
 
 def score_logits(metric: str, logits: "np.ndarray[Any, Any]", labels: Sequence[int]) -> float:
     """The task metric of a model's logits: argmax predictions, and for binary tasks the positive margin (for auc)."""
-    from autopeft.data import compute_metric
+    from autopeft.metrics import compute_metric
 
     margin = logits[:, 1] - logits[:, 0] if logits.ndim == 2 and logits.shape[1] == 2 else None
     return float(compute_metric(metric, logits.argmax(-1), labels, margin))

@@ -12,7 +12,8 @@ import optuna
 import pytest
 import torch
 
-from autopeft.data import CAUSAL_LM, CLASSIFICATION, DataSpec, exact_match, final_answer, load_task
+from autopeft.data import CAUSAL_LM, CLASSIFICATION, DataSpec, load_task
+from autopeft.metrics import exact_match, final_answer
 from autopeft.errors import DataError
 
 GSM8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gsm8k"

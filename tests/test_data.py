@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from autopeft.data import (METRICS, DataSpec, TaskData, chance_score, clear_cache, compute_metric, load_task,
-                           search_split)
+from autopeft.data import METRICS, DataSpec, TaskData, clear_cache, load_task, search_split
 from autopeft.errors import AutoPeftError, DataError
+from autopeft.metrics import chance_score, compute_metric
 
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 
