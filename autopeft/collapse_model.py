@@ -118,3 +118,22 @@ def fit(X: np.ndarray, scores: Sequence[float], chance: float, gap: float) -> Ca
     # config to learn and skips nothing
     clf = LogisticRegression(C=1.0, max_iter=1000, class_weight="balanced").fit((X - mu) / sd, learned)
     return lambda rows: clf.predict_proba((np.asarray(rows) - mu) / sd)[:, 1]
+
+
+def learner(rows: Callable[[Sequence[Candidate]], np.ndarray], trials: Sequence[Candidate], scores: Sequence[float],
+            chance: float, gap: float) -> Callable[[list[Candidate]], np.ndarray] | None:
+    """P(a config learns) for a list of configs, from ``trials`` and their ``scores`` (higher is better): the
+    regression of :func:`fit` on the feature rows ``rows`` gives, times 0 for a structure that collapsed at a rate as
+    high (:func:`retries_collapse`); None before any trial collapsed (nothing to judge by)."""
+    p = fit(rows(trials), scores, chance, gap)
+    again = collapsed_rates(trials, scores, chance, gap)  # and never retry a collapse's rate
+    if p is None and not again:
+        return None
+
+    def learns(cs: list[Candidate]) -> np.ndarray:
+        out = np.ones(len(cs)) if p is None else p(rows(cs))
+        if not again:
+            return out
+        return np.where([retries_collapse(c, again) for c in cs], 0.0, out)
+
+    return learns

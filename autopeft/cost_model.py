@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import numpy as np
 
 from autopeft.candidate import Candidate
@@ -40,3 +42,31 @@ class _Ridge:
         if self.w is None:
             return np.full(len(X), np.nan)
         return X @ self.w * self.sd + self.mu
+
+
+class KnownCosts:
+    """The cost objectives of candidates (all objectives but the first), in the maximised space: minus log10 of the
+    exact parameter count, and of the memory (or time) a ridge regression on the exact features predicts, fitted on
+    the complete trials ``done`` ((candidate, objective values) pairs)."""
+
+    def __init__(self, objectives: Sequence[str], params: Callable[[Candidate], int],
+                 features: Callable[[Candidate], list[float]], done: Sequence[tuple[Candidate, list[float]]]) -> None:
+        self.objectives, self.params, self.features = list(objectives), params, features
+        self.models: dict[str, _Ridge] = {}
+        for j, name in enumerate(self.objectives):
+            if name in ("memory", "time"):
+                F = np.array([features(c) for c, _ in done])
+                self.models[name] = _Ridge().fit(F, np.log10(np.maximum([v[j] for _, v in done], 1e-12)))
+
+    def __call__(self, cands: Sequence[Candidate]) -> np.ndarray:
+        P = np.array([self.params(c) for c in cands], dtype=float)
+        F = None
+        cols = []
+        for name in self.objectives[1:]:
+            if name == "params":
+                cols.append(-np.log10(np.maximum(P, 1.0)))
+            else:
+                if F is None:
+                    F = np.array([self.features(c) for c in cands])
+                cols.append(-self.models[name].predict(F))
+        return np.stack(cols, 1) if cols else np.zeros((len(cands), 0))

@@ -44,7 +44,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autopeft.candidate import Candidate
 from autopeft import collapse_model
 from autopeft.collapse_model import P_LEARN
-from autopeft.cost_model import _features, _Ridge  # noqa: F401  (_features: the sampler's cost features)
+from autopeft.cost_model import KnownCosts, _features  # noqa: F401  (_features: the sampler's cost features)
 from autopeft.contract import PRUNED
 from autopeft.pareto import TASK_OBJECTIVES, closed_form_ehvi, to_max  # noqa: F401  (closed_form_ehvi: re-exported)
 from autopeft import sampler_gp
@@ -227,25 +227,7 @@ class CostAwareEHVISampler(BaseSampler):
         if prior is not None:
             X_fit = np.concatenate([with_task(X_fit, 1.0), prior[0]])
             y_fit = np.concatenate([y_fit, prior[1]])
-        # known-cost models: params exact; memory / time by ridge on exact features
-        cost_models: dict[str, _Ridge] = {}
-        for j, name in enumerate(self.objectives):
-            if name in ("memory", "time"):
-                F = np.array([memo.features(c) for c, _ in done])
-                cost_models[name] = _Ridge().fit(F, np.log10(np.maximum([v[j] for _, v in done], 1e-12)))
-
-        def known_coords(cands: list[Candidate]) -> np.ndarray:
-            P = np.array([memo.params(c) for c in cands], dtype=float)
-            F = None
-            cols = []
-            for name in self.objectives[1:]:
-                if name == "params":
-                    cols.append(-np.log10(np.maximum(P, 1.0)))
-                else:
-                    if F is None:
-                        F = np.array([memo.features(c) for c in cands])
-                    cols.append(-cost_models[name].predict(F))
-            return np.stack(cols, 1) if cols else np.zeros((len(cands), 0))
+        known_coords = KnownCosts(self.objectives, memo.params, memo.features, done)  # params exact, memory by ridge
 
         # no trend while another study's trials inform the model: on the warm-start replays a trend fitted with them
         # cost the first 20 trials in both directions
@@ -343,26 +325,13 @@ class CostAwareEHVISampler(BaseSampler):
                         stopped: Sequence[tuple[Candidate, float]] = ()) -> Callable[[list[Candidate]], np.ndarray] | None:
         """P(a config learns) from the trials so far (:mod:`autopeft.collapse_model`; 0 for a structure that collapsed
         at a rate as high, :func:`~autopeft.collapse_model.retries_collapse`), or None before any trial collapsed."""
-        def rows(cs: Sequence[Candidate]) -> np.ndarray:
-            return np.array([self._memo.collapse_features(c) for c in cs])
-
         trials = [c for c, _ in done] + [c for c, _ in stopped]
         scores = [to_max(self.objectives[:1], v[:1])[0] for _, v in done] + [to_max(self.objectives[:1], [v])[0]
                                                                             for _, v in stopped]
         chance = float(self.ref[0])
         gap = (1.0 - chance) if self.objectives[0] == "score" else abs(chance)
-        p = collapse_model.fit(rows(trials), scores, chance, gap)
-        again = collapse_model.collapsed_rates(trials, scores, chance, gap)  # and never retry a collapse's rate
-        if p is None and not again:
-            return None
-
-        def learns(cs: list[Candidate]) -> np.ndarray:
-            out = np.ones(len(cs)) if p is None else p(rows(cs))
-            if not again:
-                return out
-            return np.where([collapse_model.retries_collapse(c, again) for c in cs], 0.0, out)
-
-        return learns
+        return collapse_model.learner(lambda cs: np.array([self._memo.collapse_features(c) for c in cs]), trials,
+                                      scores, chance, gap)
 
     def _neighbours(self, x: np.ndarray, n: int) -> list[Candidate]:
         out = []

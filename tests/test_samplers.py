@@ -687,3 +687,29 @@ def test_a_prior_from_a_related_task_gives_a_better_front_early() -> None:
 
     front = np.flatnonzero(non_dominated(np.array([to_max(OBJ, p[1:]) for p in pts])))
     assert len(keep) == 50 and set(front.tolist()) <= set(keep)
+
+
+def test_known_costs_are_the_exact_params_and_a_ridge_fit_of_the_measured_memory() -> None:
+    """The sampler's cost coordinates of unseen candidates: minus log10 of the exact parameter count, and minus the
+    log10 memory a ridge regression on the exact features predicts; memory made exactly linear in those features
+    (in log10) is recovered on configs the fit never saw."""
+    from autopeft.cost_model import KnownCosts
+
+    b = SearchSpace.load("mixed").bind(6)
+    sampler = make_sampler("autopeft", 0, b, OBJ, REF, lambda c: count_params(c, INFO), n_startup=4)
+    memo = sampler._memo
+    rng = np.random.default_rng(4)
+    pool = [c for c in (b.decode(b.random_vector(rng)) for _ in range(200)) if memo.params(c) > 0]
+    w = np.random.default_rng(5).normal(scale=0.1, size=len(memo.features(pool[0])))
+
+    def memory(c: Candidate) -> float:
+        return float(10 ** (2.0 + np.dot(w, memo.features(c))))
+
+    done = [(c, [0.7, float(memo.params(c)), memory(c)]) for c in pool[:120]]
+    known = KnownCosts(OBJ, memo.params, memo.features, done)
+    unseen = pool[120:]
+    got = known(unseen)
+    assert got.shape == (len(unseen), 2)
+    assert np.array_equal(got[:, 0], -np.log10([float(memo.params(c)) for c in unseen]))  # params: exact
+    assert np.allclose(got[:, 1], [-math.log10(memory(c)) for c in unseen], atol=1e-3)  # memory: the ridge, linear
+    assert KnownCosts(["score"], memo.params, memo.features, done)(unseen).shape == (len(unseen), 0)
