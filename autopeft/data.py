@@ -117,6 +117,7 @@ class TaskData:
         """Whether this is the small demo copy shipped in the package (autopeft/demo_data)."""
         return self.source.startswith(str(DEMO_DIR))
 
+
 # ----------------------------------------------------------------------------- resolving a spec
 @dataclass(frozen=True)
 class _Source:
@@ -190,7 +191,7 @@ def _resolve(spec: DataSpec) -> _Source:
     return _Source(name, None, _sig(val) if val else None, hub=task)
 
 
-
+# ----------------------------------------------------------------------------- class weights
 #: auto class weights: a task scored by a metric that a constant prediction scores at its floor, whose largest class
 #: is at least this many times its smallest, trains with balanced weights
 IMBALANCE_RATIO = 1.5

@@ -47,7 +47,6 @@ def choose_metric(task: str, labels: IntLabels, num_labels: int, override: str |
     return "accuracy", f"binary, minority class {share:.1%} >= {_MINORITY:.0%}"
 
 
-
 def _check(metric: str) -> None:
     if metric not in METRICS:
         raise DataError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")

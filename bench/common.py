@@ -64,7 +64,7 @@ def add_model(ap: argparse.ArgumentParser, note: str = "") -> None:
 
 
 def add_metric(ap: argparse.ArgumentParser, help: str) -> None:
-    from autopeft.data import METRICS
+    from autopeft.config import METRICS
 
     ap.add_argument("--metric", choices=METRICS, help=help)
 

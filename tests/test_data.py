@@ -1,4 +1,5 @@
-"""autopeft.data: loading the real GLUE copy and user files, label ids, metric choice, metrics, search split."""
+"""autopeft.data (with autopeft.tables, columns, metrics): loading the real GLUE copy and user files, label ids,
+metric choice, metrics, search split."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from autopeft.data import METRICS, DataSpec, TaskData, clear_cache, load_task, search_split
+from autopeft.config import METRICS
+from autopeft.data import DataSpec, TaskData, clear_cache, load_task, search_split
 from autopeft.errors import AutoPeftError, DataError
 from autopeft.metrics import chance_score, compute_metric
 
