@@ -46,12 +46,20 @@ def run(a: argparse.Namespace) -> int:
                          n_trials=a.trials, sampler=sampler, study_name=study_name(a.task, sampler, seed),
                          storage=storage, workers=a.workers, seed=seed, timeout=remaining,
                          executor="inline" if a.quick else "local", progress=not a.quick,
-                         escalate=False, enqueue="none" if a.no_baselines else None,
+                         escalate=False, enqueue=_enqueue(a),
                          warm_start=a.warm_start, **(fid or {}))  # samplers compared at one fidelity: never raised
             done = len(res.complete_trials())
             print(f"{res.name}: {done}/{a.trials} complete", flush=True)
             left += done < a.trials
     return left
+
+
+def _enqueue(a: argparse.Namespace) -> Any:
+    """What a new study runs first: the baselines (the default), then any ``--enqueue`` files; ``--no-baselines``
+    drops the baselines."""
+    if not a.enqueue:
+        return "none" if a.no_baselines else None
+    return list(a.enqueue) if a.no_baselines else ["baselines", *a.enqueue]
 
 
 def collapsed(res: Any, comp: list[Any], startup: int) -> tuple[list[int], list[int]]:
@@ -218,6 +226,9 @@ def main(argv: list[str] | None = None) -> Any:
                     "searches in their own --storage, as their study names are the cold ones'")
     ap.add_argument("--reach", type=float, help="report: also the number of complete trials (in trial order) after "
                     "which each study's hypervolume first reaches this value (e.g. a cold search's 40-trial figure)")
+    ap.add_argument("--enqueue", action="append", default=[], metavar="FILE",
+                    help="run: configs (a YAML/JSON file, as autopeft search --enqueue) a new study runs after the "
+                         "baselines and before its start-up design; repeatable")
     ap.add_argument("--no-baselines", action="store_true",
                     help="run: no hand-designed baselines first (a new study's default since session 11), as the runs "
                          "recorded before it: the same random start-up design per seed")

@@ -337,6 +337,26 @@ def test_collapses_by_rate_for_structures_new_to_a_study_on_the_committed_search
     assert out["head only, rate below x1"] == {"trials": 3, "collapsed": 3}
 
 
+def test_confirm_run_queues_enqueue_files_after_the_baselines() -> None:
+    import argparse
+
+    from bench import confirm
+    from autopeft.seeding import read_sources
+
+    def given(*argv: str) -> object:
+        ap = argparse.ArgumentParser()
+        ap.add_argument("--enqueue", action="append", default=[])
+        ap.add_argument("--no-baselines", action="store_true")
+        return confirm._enqueue(ap.parse_args(list(argv)))
+
+    assert given() is None  # the search's default: a new study runs the baselines first
+    assert given("--no-baselines") == "none"
+    assert given("--enqueue", "a.yaml", "--enqueue", "b.yaml") == ["baselines", "a.yaml", "b.yaml"]
+    assert given("--enqueue", "a.yaml", "--no-baselines") == ["a.yaml"]
+    probe = read_sources([str(TABLES / "enqueue-head-only-x2.yaml")])  # the committed probe file reads as one config
+    assert [e for _, e in probe] == [{"layers": [], "methods": {}, "sparsity": {}, "lr_multiplier": 2.0}]
+
+
 def test_confirm_compare_gives_the_collapse_ratio_with_an_interval_over_resampled_seeds(tmp_path: Path) -> None:
     from bench import confirm
 
