@@ -147,18 +147,24 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def compare(a: argparse.Namespace) -> dict[str, Any]:
-    """Two ``report --json`` files (e.g. autopeft and GPSampler, same seeds): the share of model-proposed trials that
+    """Two ``report --json`` files (e.g. autopeft and GPSampler, same seeds; each side may be several files, comma-separated): the share of model-proposed trials that
     collapsed in each, their ratio, and how sure that ratio is: seeds resampled with replacement (paired: a seed's
     two studies go together), the ratio of the summed counts in each resample; its 5th-95th percentiles and the share
     of resamples at or under ``--goal``.  Also how many seeds each side's hypervolume at the last mark is higher."""
     import numpy as np
 
-    def by_seed(path: str) -> dict[int, dict[str, Any]]:
-        try:
-            studies = json.loads(Path(path).read_text())["studies"]
-        except (OSError, ValueError, KeyError) as exc:
-            raise ValueError(f"{path} is not a report --json file ({type(exc).__name__}: {exc})") from None
-        return {int(s["seed"]): s for s in studies.values()}
+    def by_seed(paths: str) -> dict[int, dict[str, Any]]:  # comma-separated report files of one sampler
+        out: dict[int, dict[str, Any]] = {}
+        for path in paths.split(","):
+            try:
+                studies = json.loads(Path(path).read_text())["studies"]
+            except (OSError, ValueError, KeyError) as exc:
+                raise ValueError(f"{path} is not a report --json file ({type(exc).__name__}: {exc})") from None
+            for s in studies.values():
+                if int(s["seed"]) in out:
+                    raise ValueError(f"seed {s['seed']} is in more than one of {paths}")
+                out[int(s["seed"])] = s
+        return out
 
     mine, other = by_seed(a.json), by_seed(a.against)
     seeds = sorted(set(mine) & set(other))
@@ -232,8 +238,8 @@ def main(argv: list[str] | None = None) -> Any:
     ap.add_argument("--no-baselines", action="store_true",
                     help="run: no hand-designed baselines first (a new study's default since session 11), as the runs "
                          "recorded before it: the same random start-up design per seed")
-    ap.add_argument("--json", help="report: write the figures here; compare: the first report's JSON")
-    ap.add_argument("--against", help="compare: the second report's JSON (e.g. GPSampler's, same seeds)")
+    ap.add_argument("--json", help="report: write the figures here; compare: the first side's report JSON (several: A,B)")
+    ap.add_argument("--against", help="compare: the second side's report JSON (e.g. GPSampler's, same seeds; several: A,B)")
     ap.add_argument("--goal", type=float, default=0.5, help="compare: the collapse-share ratio asked for (default 0.5)")
     ap.add_argument("--boot", type=int, default=2000, help="compare: seed resamples (default 2000)")
     ap.add_argument("--startup", type=int, default=8, help="report: trials before this number are the random start-up "

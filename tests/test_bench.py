@@ -384,6 +384,10 @@ def test_confirm_compare_gives_the_collapse_ratio_with_an_interval_over_resample
     later = confirm.main(["compare", "--json", str(a), "--against", str(b)])["after_a_collapse"]
     assert later["collapsed"] == [3 - 2, 12 - 3] and later["proposed"] == [87, 87]
     assert later["ratio"] == pytest.approx(1 / 9) and later["interval"][0] <= 1 / 9 <= later["interval"][1]
+    halves = confirm.main(["compare", "--json", f"{a},{write('a2.json', 'autopeft', [], [])}", "--against", str(b)])
+    assert halves["collapsed"] == out["collapsed"]  # several files a side: their seeds together (an empty one adds none)
+    with pytest.raises(SystemExit):  # one seed in two files of a side
+        confirm.main(["compare", "--json", f"{a},{a}", "--against", str(b)])
     other = write("c.json", "gp", [], [])
     for argv in (["--json", str(a)], ["--json", str(a), "--against", str(other)],
                  ["--json", str(tmp_path / "none.json"), "--against", str(b)]):
