@@ -157,52 +157,55 @@ def compare(a: argparse.Namespace) -> dict[str, Any]:
         out: dict[int, dict[str, Any]] = {}
         for path in paths.split(","):
             try:
-                studies = json.loads(Path(path).read_text())["studies"]
-            except (OSError, ValueError, KeyError) as exc:
+                studies = {int(s["seed"]): s for s in json.loads(Path(path).read_text())["studies"].values()}
+                if not all(isinstance(s["hv"], list) and s["hv"] and isinstance(s["collapsed_by_model"], list)
+                           and isinstance(s["proposed_by_model"], list) for s in studies.values()):
+                    raise ValueError("a study lacks its hypervolume or its lists of trials")
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise ValueError(f"{path} is not a report --json file ({type(exc).__name__}: {exc})") from None
-            for s in studies.values():
-                if int(s["seed"]) in out:
-                    raise ValueError(f"seed {s['seed']} is in more than one of {paths}")
-                out[int(s["seed"])] = s
+            again = sorted(set(studies) & set(out))
+            if again:
+                raise ValueError(f"seed {again[0]} is in more than one of {paths}")
+            out.update(studies)
         return out
 
     mine, other = by_seed(a.json), by_seed(a.against)
     seeds = sorted(set(mine) & set(other))
     if not seeds:
         raise ValueError(f"{a.json} and {a.against} share no seed")
-    counts = np.array([[len(mine[s]["collapsed_by_model"]), len(mine[s]["proposed_by_model"]),
-                        len(other[s]["collapsed_by_model"]), len(other[s]["proposed_by_model"])] for s in seeds], float)
+    idx = np.random.default_rng(0).integers(0, len(seeds), size=(a.boot, len(seeds)))
 
     def ratio(c: np.ndarray) -> np.ndarray:  # rows: resamples of the seeds' counts summed; other side 0: no ratio
         with np.errstate(invalid="ignore", divide="ignore"):
             share_b = c[..., 2] / c[..., 3]
             return np.where(share_b > 0, (c[..., 0] / c[..., 1]) / np.where(share_b > 0, share_b, 1.0), np.inf)
 
-    tot = counts.sum(0)
-    point = float(ratio(tot))
-    idx = np.random.default_rng(0).integers(0, len(seeds), size=(a.boot, len(seeds)))
-    boot = ratio(counts[idx].sum(1))
-    lo, hi = (float(v) for v in np.percentile(boot, [5, 95], method="inverted_cdf"))
+    def summary(counts: np.ndarray) -> dict[str, Any]:
+        """Per-seed rows (collapsed, proposed, collapsed, proposed) -> both sides' sums, their ratio, the 5th-95th
+        percentiles of the ratio over the seed resamples and the share of resamples at or under the goal."""
+        tot, boot = counts.sum(0), ratio(counts[idx].sum(1))
+        return {"collapsed": [int(tot[0]), int(tot[2])], "proposed": [int(tot[1]), int(tot[3])],
+                "ratio": float(ratio(tot)),
+                "interval": [float(v) for v in np.percentile(boot, [5, 95], method="inverted_cdf")],
+                "p_at_most_goal": float(np.mean(boot <= a.goal))}
+
+    def counts(side: dict[int, dict[str, Any]], s: int, skip: set[int]) -> list[int]:
+        return [len(set(side[s]["collapsed_by_model"]) - skip), len(set(side[s]["proposed_by_model"]) - skip)]
+
+    none: set[int] = set()
+    whole = summary(np.array([counts(mine, s, none) + counts(other, s, none) for s in seeds], float))
+    out_after = None
     if all("proposed_before_a_collapse" in d[s] for d in (mine, other) for s in seeds):
         # the same for the proposals made once the study had seen a collapse (a collapse model can exist only then)
-        def after(d: dict[str, Any]) -> list[int]:
-            blind = set(d["proposed_before_a_collapse"])
-            return [len(set(d["collapsed_by_model"]) - blind), len(set(d["proposed_by_model"]) - blind)]
-
-        later = np.array([after(mine[s]) + after(other[s]) for s in seeds], float)
-        lat_b = ratio(later[idx].sum(1))
-        out_after = {"collapsed": [int(later[:, 0].sum()), int(later[:, 2].sum())],
-                     "proposed": [int(later[:, 1].sum()), int(later[:, 3].sum())], "ratio": float(ratio(later.sum(0))),
-                     "interval": [float(v) for v in np.percentile(lat_b, [5, 95], method="inverted_cdf")]}
-    else:
-        out_after = None
+        out_after = summary(np.array([counts(mine, s, set(mine[s]["proposed_before_a_collapse"]))
+                                      + counts(other, s, set(other[s]["proposed_before_a_collapse"])) for s in seeds],
+                                     float))
+        del out_after["p_at_most_goal"]
     hv_a = [mine[s]["hv"][-1] for s in seeds]
     hv_b = [other[s]["hv"][-1] for s in seeds]
-    out = {"seeds": seeds, "collapsed": [int(tot[0]), int(tot[2])], "proposed": [int(tot[1]), int(tot[3])],
-           "ratio": point, "interval": [lo, hi], "p_at_most_goal": float(np.mean(boot <= a.goal)), "goal": a.goal,
-           "hv_last_higher": int(sum(x > y for x, y in zip(hv_a, hv_b))), "hv_last_mean": [float(np.mean(hv_a)),
-                                                                                         float(np.mean(hv_b))],
-           "after_a_collapse": out_after}
+    out = {"seeds": seeds, **whole, "goal": a.goal, "hv_last_higher": int(sum(x > y for x, y in zip(hv_a, hv_b))),
+           "hv_last_mean": [float(np.mean(hv_a)), float(np.mean(hv_b))], "after_a_collapse": out_after}
+    (lo, hi), point = out["interval"], out["ratio"]
     print(f"{len(seeds)} seeds: collapsed model-proposed {out['collapsed'][0]} of {out['proposed'][0]} against "
           f"{out['collapsed'][1]} of {out['proposed'][1]}: {point:.2f} x; seeds resampled: 90 % in {lo:.2f} to "
           f"{hi:.2f} x, at most {a.goal:g} x in {100 * out['p_at_most_goal']:.0f} %; hypervolume at the last mark "
@@ -258,6 +261,8 @@ def main(argv: list[str] | None = None) -> Any:
     if a.cmd == "compare":
         if not a.json or not a.against:
             ap.error("compare needs --json A.json --against B.json (two report --json files)")
+        if a.boot < 1 or not a.goal > 0:
+            ap.error(f"compare needs --boot 1 or more and --goal above 0, got --boot {a.boot} --goal {a.goal:g}")
         try:
             return compare(a)
         except ValueError as exc:

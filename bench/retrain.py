@@ -479,12 +479,10 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
         # on the ceiling's own configs (2+ seeds): rho and the seed-to-seed ceiling on one config set (issue 17's audit)
         same = [r for r in pr if len(full_by_key[r["key"]]["scores"]) >= 2]
         if len(same) >= 3:
-            rho_same = spearman([r["score"] for r in same], [full_by_key[r["key"]]["mean"] for r in same])
-            ceil = spearman([full_by_key[r["key"]]["scores"][0] for r in same],
-                            [full_by_key[r["key"]]["scores"][1] for r in same])
-            band = ratio_to_ceiling_interval([r["score"] for r in same], [full_by_key[r["key"]]["mean"] for r in same],
-                                             [full_by_key[r["key"]]["scores"][0] for r in same],
-                                             [full_by_key[r["key"]]["scores"][1] for r in same])
+            low, mean = [r["score"] for r in same], [full_by_key[r["key"]]["mean"] for r in same]
+            s0, s1 = ([full_by_key[r["key"]]["scores"][i] for r in same] for i in (0, 1))
+            rho_same, ceil = spearman(low, mean), spearman(s0, s1)
+            band = ratio_to_ceiling_interval(low, mean, s0, s1)
             out["fidelities"][label].update({"rho_ceiling_configs": rho_same, "ceiling": ceil, "n_ceiling": len(same),
                                              "x_ceiling": rho_same / ceil, "x_ceiling_interval": band})
         print(f"fidelity {label}: Spearman rho {rho:.3f} over {len(pr)} configs, median cost ratio {ratio:.3f} "

@@ -389,8 +389,10 @@ def test_confirm_compare_gives_the_collapse_ratio_with_an_interval_over_resample
     with pytest.raises(SystemExit):  # one seed in two files of a side
         confirm.main(["compare", "--json", f"{a},{a}", "--against", str(b)])
     other = write("c.json", "gp", [], [])
+    (listed := tmp_path / "list.json").write_text("[1, 2]")
     for argv in (["--json", str(a)], ["--json", str(a), "--against", str(other)],
-                 ["--json", str(tmp_path / "none.json"), "--against", str(b)]):
+                 ["--json", str(tmp_path / "none.json"), "--against", str(b)], ["--json", str(listed), "--against", str(b)],
+                 ["--json", str(a), "--against", str(b), "--boot", "0"]):
         with pytest.raises(SystemExit) as exc:
             confirm.main(["compare", *argv])
         assert exc.value.code == 2
