@@ -219,8 +219,9 @@ class BuiltModel:
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
 
 
-def build_model(cand: Candidate, base: nn.Module, info: ModelInfo, seed: int = 0) -> BuiltModel:
-    """Turn a candidate and a (fresh copy of a) base model into a trainable PEFT model."""
+def build_model(cand: Candidate, base: nn.Module, info: ModelInfo, seed: int = 0, head_lr: float = 0.0) -> BuiltModel:
+    """Turn a candidate and a (fresh copy of a) base model into a trainable PEFT model; ``head_lr``: the head's
+    learning-rate floor (a trial fidelity's :attr:`autopeft.contract.Fidelity.head_lr`; 0 at full budget)."""
     validate_candidate(cand, info)
     arch = info.arch
     torch.manual_seed(seed)
@@ -253,7 +254,7 @@ def build_model(cand: Candidate, base: nn.Module, info: ModelInfo, seed: int = 0
                 head_ids.add(id(p))
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     groups = _group(trainable, head_ids, own, peft_name, methods)
-    lrs = learning_rates(cand)
+    lrs = learning_rates(cand, head_lr)
     param_groups = [{"params": ps, "lr": lrs[g], "name": g} for g, ps in groups.items()]
     masks = None
     fraction = cand.sparsity.get("fraction", 0.0)

@@ -61,6 +61,11 @@ class Fidelity:
     #: training rows (a new study sets it for imbalanced tasks scored by Matthews or macro-F1:
     #: :func:`autopeft.data.auto_class_weights`); ``none``: plain cross-entropy
     class_weights: str = "none"
+    #: the classification head's learning rate before the config's multiplier and ``lr_scale`` when the methods'
+    #: own rate is lower (0: the methods' rate, as full-budget training uses): a trial's head is a freshly initialised
+    #: linear layer, and at LoRA's or an adapter's rate it does not leave the majority class in the ~150 steps of a
+    #: low-cost trial, whatever the adapter (new studies: :data:`HEAD_LR`)
+    head_lr: float = 0.0
 
     @classmethod
     def from_stored(cls, d: dict[str, Any]) -> "Fidelity":
@@ -79,6 +84,8 @@ class Fidelity:
             raise ConfigError(f"epochs must be a finite number > 0, got {self.epochs!r}")
         if isinstance(self.lr_scale, bool) or not isinstance(self.lr_scale, (int, float)) or not 0 < self.lr_scale < math.inf:
             raise ConfigError(f"lr-scale must be a finite number > 0, got {self.lr_scale!r}")
+        if isinstance(self.head_lr, bool) or not isinstance(self.head_lr, (int, float)) or not 0 <= self.head_lr < math.inf:
+            raise ConfigError(f"head-lr must be a finite number >= 0, got {self.head_lr!r}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {str(self.dtype)[:40]!r}")
         if self.class_weights not in CLASS_WEIGHTS:
@@ -111,11 +118,21 @@ LM_FIDELITY: dict[str, Any] = {"n_train": 1000, "epochs": 1.0, "n_eval": 200, "m
 LM_CPU_FIDELITY: dict[str, Any] = {"n_train": 64, "epochs": 1.0, "batch_size": 4, "lr_scale": 2.0, "n_eval": 32}
 
 
+#: The head's rate floor of a new classification study's trials (:attr:`Fidelity.head_lr`), on CPU and GPU alike.
+#: Measured on SST-2 at the CPU fidelity (BENCHMARKS.md, "The head's rate in low-cost trials"): six configs that
+#: scored at the majority class in real searches (LoRA r=1 and r=16, DoRA r=1, serial and parallel adapters of 2-75 k
+#: parameters, at x0.5-1.4) all learned with it (0.62-0.75), and the configs that learned without it kept their score.
+HEAD_LR = 1e-2
+
+
 def default_fidelity(given: dict[str, Any] | None, gpu: bool, lm: bool = False) -> Fidelity:
     """The fidelity of a new study: the user's keys over the defaults; on CPU the defaults are
     :data:`CPU_FIDELITY` unless the user set any of its keys (then the preset is not mixed in).  A causal-LM task
-    (``lm``) starts from :data:`LM_FIDELITY` and uses :data:`LM_CPU_FIDELITY` on CPU, by the same rule."""
+    (``lm``) starts from :data:`LM_FIDELITY` and uses :data:`LM_CPU_FIDELITY` on CPU, by the same rule.  A
+    classification task's trials get :data:`HEAD_LR` as the head's rate floor unless the user gave one."""
     given = dict(given or {})
+    if not lm:
+        given.setdefault("head_lr", HEAD_LR)
     base, preset = (LM_FIDELITY, LM_CPU_FIDELITY) if lm else ({}, CPU_FIDELITY)
     if gpu or any(k in given for k in preset):
         return Fidelity(**{**base, **given})

@@ -129,3 +129,12 @@ def test_bad_candidates(tiny_model: str) -> None:
 def test_model_that_cannot_load(tmp_path: object) -> None:
     with pytest.raises(ModelError, match="cannot load model"):
         model_info(str(tmp_path), 2)
+
+
+def test_the_head_group_trains_at_the_trial_fidelitys_floor(tiny_model: str) -> None:
+    info = model_info(tiny_model, 2)
+    cand = Candidate.make({"lora": LORA}, [0, 1], lr_multiplier=2.0)
+    rates = {g["name"]: g["lr"] for g in build_model(cand, load_base(tiny_model, 2)[0], info, head_lr=0.01).param_groups}
+    assert rates == {"lora": 1e-3, "head": 0.02}
+    plain = {g["name"]: g["lr"] for g in build_model(cand, load_base(tiny_model, 2)[0], info).param_groups}
+    assert plain == {"lora": 1e-3, "head": 1e-3}  # full budget: the method's rate

@@ -122,6 +122,14 @@ def test_learning_rates(methods: dict, lr: float, expected: dict) -> None:
     assert learning_rates(Candidate.make(methods, ALL, lr_multiplier=lr)) == expected
 
 
+def test_a_trial_fidelity_floors_only_the_heads_rate() -> None:
+    lora = Candidate.make({"lora": LORA8}, ALL, lr_multiplier=2.0)
+    assert learning_rates(lora, head_lr=0.01) == {"lora": 1e-3, "head": 0.02}  # the adapter keeps its own rate
+    assert learning_rates(Candidate.make({}, [], lr_multiplier=0.5), head_lr=0.01) == {"head": 0.005}
+    prefix = Candidate.make({"prefix": {"length": 5}}, [], lr_multiplier=1.0)
+    assert learning_rates(prefix, head_lr=0.001) == {"prefix": 1e-2, "head": 1e-2}  # a floor, never lower
+
+
 def test_export_lists_what_needs_autopeft() -> None:
     assert _autopeft_only(Candidate.make({"lora": LORA8, "serial_adapter": SA64, "parallel_adapter": SA64}, ALL)) == [
         "serial_adapter", "parallel_adapter"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 
 from autopeft.candidate import Candidate
 from autopeft.trial import FAILED, INFEASIBLE, OK, TrialSpec, run_trial
@@ -105,13 +106,20 @@ def test_fidelity_lr_scale_multiplies_every_learning_rate(tiny_model: str, glue_
 
 
 def test_default_fidelity_is_the_cpu_preset_unless_on_gpu_or_any_preset_key_is_given() -> None:
+    from autopeft.errors import ConfigError
     from autopeft.trial import CPU_FIDELITY, Fidelity, default_fidelity
 
-    assert default_fidelity(None, gpu=False) == Fidelity(n_train=600, epochs=2.0, batch_size=8, lr_scale=2.0)
-    assert default_fidelity({"n_eval": 100}, gpu=False) == Fidelity(**{**CPU_FIDELITY, "n_eval": 100})
-    assert default_fidelity({"n_train": 4000}, gpu=False) == Fidelity(n_train=4000)  # batch 32, lr x1: not mixed
-    assert default_fidelity({"lr_scale": 1.0}, gpu=False) == Fidelity()
-    assert default_fidelity(None, gpu=True) == Fidelity() == Fidelity(n_train=2000, batch_size=32, lr_scale=1.0)
+    h = {"head_lr": 0.01}  # every new classification study's trials: the head's rate floor
+    assert default_fidelity(None, gpu=False) == Fidelity(n_train=600, epochs=2.0, batch_size=8, lr_scale=2.0, **h)
+    assert default_fidelity({"n_eval": 100}, gpu=False) == Fidelity(**{**CPU_FIDELITY, "n_eval": 100, **h})
+    assert default_fidelity({"n_train": 4000}, gpu=False) == Fidelity(n_train=4000, **h)  # batch 32, lr x1: not mixed
+    assert default_fidelity({"lr_scale": 1.0}, gpu=False) == Fidelity(**h)
+    assert default_fidelity(None, gpu=True) == Fidelity(**h) == Fidelity(n_train=2000, batch_size=32, lr_scale=1.0, **h)
+    assert default_fidelity({"head_lr": 0.0}, gpu=False).head_lr == 0.0  # off: the methods' rate, as at full budget
+    assert default_fidelity(None, gpu=False, lm=True).head_lr == 0.0  # a causal LM has no head
+    assert Fidelity.from_stored({"n_train": 600, "batch_size": 8}).head_lr == 0.0  # studies from before it keep theirs
+    with pytest.raises(ConfigError, match=r"^head-lr must be a finite number >= 0, got -0.01$"):
+        Fidelity(head_lr=-0.01)
 
 
 def test_failures_are_reported_not_raised(tiny_model: str, glue_dir: Path) -> None:
@@ -171,7 +179,6 @@ def test_a_trial_trains_on_transformers_trainer_with_the_final_trainings_schedul
                                                                                   monkeypatch: object) -> None:
     """Low-cost trials and ``autopeft train`` share one path (issue 19): transformers' Trainer, the same linear schedule
     after 6 % warm-up, rows grouped by length, no evaluation and nothing saved; each step's loss is seen (a NaN stops)."""
-    import pytest
     from transformers import Trainer
 
     seen: list[tuple[object, list[float]]] = []

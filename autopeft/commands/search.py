@@ -16,7 +16,7 @@ from autopeft.pruner import PRUNERS
 #: options passed to the API under the same name
 _SAME = ("model", "task", "data_dir", "train_file", "validation_file", "text_columns", "label_column", "metric", "task_type", "space",
          "sampler", "storage", "objectives", "max_params", "max_memory", "n_train", "n_eval", "epochs", "max_length",
-         "batch_size", "memory_batch_size", "lr_scale", "dtype", "gradient_checkpointing", "class_weights", "workers", "executor", "seed", "timeout", "trial_timeout",
+         "batch_size", "memory_batch_size", "lr_scale", "dtype", "gradient_checkpointing", "class_weights", "head_lr", "workers", "executor", "seed", "timeout", "trial_timeout",
          "max_failures", "collapse_stop", "escalate", "pruner", "curve_points", "promote", "promote_fraction", "promote_lr_scale", "refine_rate", "n_startup", "learn_weight", "trust_remote_code", "enqueue", "warm_start",
          "layers_pattern", "target_modules")
 
@@ -65,6 +65,9 @@ def add(sub: Any) -> None:
                         "more time")
     s.add_argument("--lr-scale", type=positive_float,
                    help="multiply every learning rate of the trials (default 2 on CPU, 1 on GPU; setting any of --n-train, --epochs, --batch-size, --lr-scale drops the CPU preset: the rest take the GPU values)")
+    s.add_argument("--head-lr", type=non_negative_float,
+                   help="the classification head's learning rate in trials when the methods' own rate is lower, before "
+                        "the config's multiplier and --lr-scale (default 0.01; 0: the methods' rate, as at full budget)")
     s.add_argument("--workers", type=positive_int, help="concurrent trials (default: number of cores)")
     s.add_argument("--executor", default="local", help="local (default), ray (actor pool), ray-tune (Tune Tuner + Searcher), inline")
     s.add_argument("--ray-address", help="join a Ray cluster (ray://host:10001 or auto)")

@@ -61,12 +61,13 @@ def base_learning_rate(names: Iterable[str]) -> float:
     return max((get_method(n).default_lr for n in names), default=HEAD_ONLY_LR)
 
 
-def learning_rates(cand: Candidate) -> dict[str, float]:
+def learning_rates(cand: Candidate, head_lr: float = 0.0) -> dict[str, float]:
     """Per-group rates: each method's ``default_lr`` x lr_multiplier; ``head``: the largest of them
-    (``HEAD_ONLY_LR`` x lr_multiplier for a head-only candidate)."""
+    (``HEAD_ONLY_LR`` for a head-only candidate), or ``head_lr`` where that is larger (a trial fidelity's floor,
+    :attr:`autopeft.contract.Fidelity.head_lr`), x lr_multiplier."""
     mult = cand.lr_multiplier
     lrs = {n: get_method(n).default_lr * mult for n in cand.methods}
-    lrs["head"] = base_learning_rate(cand.methods) * mult
+    lrs["head"] = max(base_learning_rate(cand.methods), head_lr) * mult
     return lrs
 
 

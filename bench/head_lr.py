@@ -1,0 +1,134 @@
+"""The head's rate in low-cost trials (issue 17): trials that collapsed in real searches, run again with the head's
+learning-rate floor (``Fidelity.head_lr``).
+
+A low-cost trial trains its configuration for about 150 steps, and the classification head, a freshly initialised
+linear layer, trained at the methods' own rate (LoRA's 5e-4, an adapter's 1e-3, x the config's multiplier and the
+fidelity's ``lr_scale``).  ``run`` takes every model-proposed trial that scored at the majority class in the given
+studies (trial number >= ``--startup``; the collapse rule of :func:`bench.common.collapsed`, at the study's own
+chance level) and each study's best trial, and trains each again with the study's own fidelity, seed (so the same
+search split) and candidate, the head's rate floored at each ``--head-lr``; rows go to
+bench/tables/head-lr-<task>.jsonl (resumable).  ``report`` counts, per floor, how many of the collapsed trials
+still collapse and how the best trials' scores moved.
+
+    python -m bench.head_lr run --task sst2 --storage sqlite:///bench/tables/confirm-sst2-learnband.db \
+        --studies confirm-sst2-autopeft-0,...,confirm-sst2-autopeft-9 --head-lr 0.01,0.03
+    python -m bench.head_lr report --task sst2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import statistics
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bench.common import TABLES, add_data_dir, add_task, collapsed
+
+
+def path_for(task: str) -> Path:
+    return TABLES / f"head-lr-{task}.jsonl"
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def picks(storage: str, names: list[str], startup: int) -> list[dict[str, Any]]:
+    """Per study: its model-proposed trials that collapsed ("collapsed") and its best trial ("best")."""
+    import optuna
+
+    from autopeft.result import load_study
+
+    out = []
+    for name in names:
+        res = load_study(name, storage)
+        chance = float(res.ref_point[0])
+        study = optuna.load_study(study_name=name, storage=storage)
+        done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and t.values]
+        best = max(done, key=lambda t: t.values[0])
+        for t in done:
+            kind = ("collapsed" if t.number >= startup and collapsed(t.values[0], chance)
+                    else "best" if t is best else None)
+            if kind:
+                u = t.user_attrs
+                out.append({"study": name, "trial": t.number, "kind": kind, "summary": u.get("summary"),
+                            "params": u.get("params"), "candidate": u["candidate"], "fidelity": u["fidelity"],
+                            "seed": int(study.user_attrs["seed"]), "chance": chance, "score_before": float(t.values[0])})
+    return out
+
+
+def run(a: argparse.Namespace) -> int:
+    from autopeft.config import data_spec_dict
+    from autopeft.contract import TrialSpec
+    from autopeft.trial import run_trial
+
+    data = data_spec_dict(a.task, a.data_dir)
+    out = path_for(a.task)
+    done = {(r["study"], r["trial"], r["head_lr"]) for r in _rows(out)}
+    jobs = [(p, h) for p in picks(a.storage, a.studies.split(","), a.startup) for h in a.head_lr
+            if (p["study"], p["trial"], h) not in done and a.kind in ("all", p["kind"])]
+    print(f"{len(jobs)} trials to run", flush=True)
+    with ProcessPoolExecutor(max_workers=a.workers, mp_context=mp.get_context("spawn")) as pool:
+        futs = {pool.submit(run_trial, TrialSpec(trial_id=p["trial"], candidate=p["candidate"], model=None, data=data,
+                                                 fidelity={**p["fidelity"], "head_lr": h}, seed=p["seed"],
+                                                 threads=1)): (p, h) for p, h in jobs}
+        for fut in futs:
+            p, h = futs[fut]
+            r = fut.result()
+            row = {k: v for k, v in p.items() if k not in ("candidate", "fidelity")}
+            row.update(head_lr=h, score=r.score, status=r.status, wall_s=round(r.wall_s, 1))
+            with out.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            print(f"{p['study']} #{p['trial']:<3d} {p['kind']:9s} {p['summary']}: {p['score_before']:.3f} -> "
+                  f"{r.score} at head lr {h:g}", flush=True)
+    return report(a)
+
+
+def report(a: argparse.Namespace) -> int:
+    rows = [r for r in _rows(path_for(a.task)) if r["status"] == "ok"]
+    if not rows:
+        raise SystemExit(f"no rows in {path_for(a.task)}: run `python -m bench.head_lr run` first")
+    for h in sorted({r["head_lr"] for r in rows}):
+        mine = [r for r in rows if r["head_lr"] == h]
+        col = [r for r in mine if r["kind"] == "collapsed"]
+        still = [r for r in col if collapsed(r["score"], r["chance"])]
+        best = [r for r in mine if r["kind"] == "best"]
+        print(f"head lr {h:g}: {len(still)} of {len(col)} collapsed trials collapse again; their margin over chance "
+              f"{statistics.median([r['score'] - r['chance'] for r in col]):+.3f} (median)" if col else
+              f"head lr {h:g}: no collapsed trial run")
+        if best:
+            d = [r["score"] - r["score_before"] for r in best]
+            print(f"  the studies' best trials ({len(best)}): score change median {statistics.median(d):+.3f}, "
+                  f"range {min(d):+.3f} to {max(d):+.3f}; lower on {sum(x < 0 for x in d)}")
+        for r in sorted(mine, key=lambda r: (r["kind"], r["study"], r["trial"])):
+            print(f"    {r['kind']:9s} {r['study']} #{r['trial']:<3d} {r['summary']}: chance {r['chance']:.3f}, "
+                  f"{r['score_before']:.3f} -> {r['score']:.3f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("cmd", choices=("run", "report"))
+    add_task(ap)
+    add_data_dir(ap)
+    ap.add_argument("--storage", help="the studies' storage URL (run)")
+    ap.add_argument("--studies", help="comma-separated study names (run)")
+    ap.add_argument("--startup", type=int, default=10, help="first model-proposed trial number (default 10)")
+    ap.add_argument("--head-lr", type=lambda s: [float(x) for x in s.split(",")], default=[0.01],
+                    help="the head's rate floors to run (comma-separated; default 0.01)")
+    ap.add_argument("--kind", choices=("all", "collapsed", "best"), default="all",
+                    help="run only the collapsed trials or only the best ones (default all)")
+    ap.add_argument("--workers", type=int, default=2)
+    a = ap.parse_args(argv)
+    if a.cmd == "run":
+        if not a.storage or not a.studies:
+            ap.error("run needs --storage and --studies")
+        return run(a)
+    return report(a)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
