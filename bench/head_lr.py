@@ -36,8 +36,11 @@ def _rows(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def picks(storage: str, names: list[str], startup: int) -> list[dict[str, Any]]:
-    """Per study: its model-proposed trials that collapsed ("collapsed") and its best trial ("best")."""
+def picks(storage: str, names: list[str], startup: int, first_random: int = 4, per_study: int = 2) -> list[dict[str, Any]]:
+    """Per study: its model-proposed trials that collapsed ("collapsed"), its best trial ("best": chosen for its
+    score, so any change to it scores lower on average), and the random start-up trials that learned ("startup",
+    numbers ``first_random`` to ``startup - 1``, after the four baselines: chosen by no score; the first
+    ``per_study`` of them)."""
     import optuna
 
     from autopeft.result import load_study
@@ -50,8 +53,11 @@ def picks(storage: str, names: list[str], startup: int) -> list[dict[str, Any]]:
         done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and t.values]
         best = max(done, key=lambda t: t.values[0])
         for t in done:
-            kind = ("collapsed" if t.number >= startup and collapsed(t.values[0], chance)
-                    else "best" if t is best else None)
+            low = collapsed(t.values[0], chance)
+            kind = ("collapsed" if t.number >= startup and low else "best" if t is best
+                    else "startup" if first_random <= t.number < startup and not low else None)
+            if kind == "startup" and sum(p["study"] == name and p["kind"] == "startup" for p in out) >= per_study:
+                kind = None
             if kind:
                 u = t.user_attrs
                 out.append({"study": name, "trial": t.number, "kind": kind, "summary": u.get("summary"),
@@ -87,23 +93,34 @@ def run(a: argparse.Namespace) -> int:
     return report(a)
 
 
+def summary(rows: list[dict[str, Any]]) -> dict[float, dict[str, Any]]:
+    """Per floor: the collapsed trials run, how many collapse again, their median margin over chance; the best
+    trials' score changes (against their scores in the studies)."""
+    out: dict[float, dict[str, Any]] = {}
+    for h in sorted({r["head_lr"] for r in rows}):
+        mine = [r for r in rows if r["head_lr"] == h]
+        col = [r for r in mine if r["kind"] == "collapsed"]
+        out[h] = {"collapsed": len(col), "again": sum(collapsed(r["score"], r["chance"]) for r in col),
+                  "margin": statistics.median([r["score"] - r["chance"] for r in col]) if col else None, "rows": mine,
+                  **{f"{k}_change": [round(r["score"] - r["score_before"], 3) for r in mine if r["kind"] == k]
+                     for k in ("best", "startup")}}
+    return out
+
+
 def report(a: argparse.Namespace) -> int:
     rows = [r for r in _rows(path_for(a.task)) if r["status"] == "ok"]
     if not rows:
         raise SystemExit(f"no rows in {path_for(a.task)}: run `python -m bench.head_lr run` first")
-    for h in sorted({r["head_lr"] for r in rows}):
-        mine = [r for r in rows if r["head_lr"] == h]
-        col = [r for r in mine if r["kind"] == "collapsed"]
-        still = [r for r in col if collapsed(r["score"], r["chance"])]
-        best = [r for r in mine if r["kind"] == "best"]
-        print(f"head lr {h:g}: {len(still)} of {len(col)} collapsed trials collapse again; their margin over chance "
-              f"{statistics.median([r['score'] - r['chance'] for r in col]):+.3f} (median)" if col else
-              f"head lr {h:g}: no collapsed trial run")
-        if best:
-            d = [r["score"] - r["score_before"] for r in best]
-            print(f"  the studies' best trials ({len(best)}): score change median {statistics.median(d):+.3f}, "
-                  f"range {min(d):+.3f} to {max(d):+.3f}; lower on {sum(x < 0 for x in d)}")
-        for r in sorted(mine, key=lambda r: (r["kind"], r["study"], r["trial"])):
+    for h, v in summary(rows).items():
+        if v["collapsed"]:
+            print(f"head lr {h:g}: {v['again']} of {v['collapsed']} collapsed trials collapse again; their margin over "
+                  f"chance {v['margin']:+.3f} (median)")
+        for k, what in (("best", "the studies' best trials"), ("startup", "random start-up trials that learned")):
+            d = v[f"{k}_change"]
+            if d:
+                print(f"head lr {h:g}: {what} ({len(d)}): score change median {statistics.median(d):+.3f}, mean "
+                      f"{statistics.mean(d):+.3f}, range {min(d):+.3f} to {max(d):+.3f}; lower on {sum(x < 0 for x in d)}")
+        for r in sorted(v["rows"], key=lambda r: (r["kind"], r["study"], r["trial"])):
             print(f"    {r['kind']:9s} {r['study']} #{r['trial']:<3d} {r['summary']}: chance {r['chance']:.3f}, "
                   f"{r['score_before']:.3f} -> {r['score']:.3f}")
     return 0
@@ -119,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--startup", type=int, default=10, help="first model-proposed trial number (default 10)")
     ap.add_argument("--head-lr", type=lambda s: [float(x) for x in s.split(",")], default=[0.01],
                     help="the head's rate floors to run (comma-separated; default 0.01)")
-    ap.add_argument("--kind", choices=("all", "collapsed", "best"), default="all",
-                    help="run only the collapsed trials or only the best ones (default all)")
+    ap.add_argument("--kind", choices=("all", "collapsed", "best", "startup"), default="all",
+                    help="run only the collapsed trials, the best ones or the random start-up ones that learned "
+                         "(default all)")
     ap.add_argument("--workers", type=int, default=2)
     a = ap.parse_args(argv)
     if a.cmd == "run":

@@ -828,3 +828,23 @@ def test_the_proposals_made_before_any_collapse_on_the_committed_searches(capsys
         cc.main(["premodel", "--storage", f"sqlite:///{missing}"])
     assert e.value.code == 2 and not missing.exists()
     assert capsys.readouterr().err == f"collapse_classifiers: error: no such storage file: {missing}\n"
+
+
+def test_the_heads_rate_floor_on_the_trials_that_collapsed_in_real_searches(capsys: pytest.CaptureFixture[str]) -> None:
+    """bench.head_lr on the ten default SST-2 searches of session 23: it picks the 23 model-proposed trials at the
+    majority class, each study's best trial and two random start-up trials that learned; on the committed runs none of
+    the 23 collapses again with the head's rate floored at 0.01 or 0.03, and with no floor a trial scores exactly what
+    its study recorded (trials are deterministic, so the changes are the floor's)."""
+    hl = _load("head_lr")
+    picked = hl.picks(f"sqlite:///{TABLES / 'confirm-sst2-learnband.db'}",
+                      [f"confirm-sst2-autopeft-{i}" for i in range(10)], startup=10)
+    assert [sum(p["kind"] == k for p in picked) for k in ("collapsed", "best", "startup")] == [23, 10, 20]
+    assert all(p["trial"] >= 10 for p in picked if p["kind"] == "collapsed")
+    assert all(4 <= p["trial"] < 10 for p in picked if p["kind"] == "startup")
+    rows = [r for r in hl._rows(hl.path_for("sst2")) if r["status"] == "ok"]
+    s = hl.summary(rows)
+    assert (s[0.01]["collapsed"], s[0.01]["again"], s[0.03]["collapsed"], s[0.03]["again"]) == (23, 0, 23, 0)
+    assert s[0.01]["margin"] == pytest.approx(0.128, abs=1e-3)
+    assert s[0.0]["best_change"] == [0.0, 0.0]  # no floor: the studies' own scores, exactly
+    assert hl.main(["report", "--task", "sst2"]) == 0
+    assert "head lr 0.01: 0 of 23 collapsed trials collapse again" in capsys.readouterr().out
