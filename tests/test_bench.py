@@ -846,5 +846,7 @@ def test_the_heads_rate_floor_on_the_trials_that_collapsed_in_real_searches(caps
     assert (s[0.01]["collapsed"], s[0.01]["again"], s[0.03]["collapsed"], s[0.03]["again"]) == (23, 0, 23, 0)
     assert s[0.01]["margin"] == pytest.approx(0.128, abs=1e-3)
     assert s[0.0]["best_change"] == [0.0, 0.0]  # no floor: the studies' own scores, exactly
+    learners = s[0.01]["startup_change"]  # chosen by no score: the floor leaves them about where they were
+    assert len(learners) == 20 and abs(sum(learners) / 20) < 0.01 and min(learners) > -0.03
     assert hl.main(["report", "--task", "sst2"]) == 0
     assert "head lr 0.01: 0 of 23 collapsed trials collapse again" in capsys.readouterr().out
