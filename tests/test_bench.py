@@ -473,6 +473,10 @@ def test_the_proxy_report_says_how_sure_each_ratio_to_the_ceiling_is() -> None:
     assert auc["x_ceiling"] == pytest.approx(0.883, abs=1e-3)
     assert auc["x_ceiling_interval"]["lo"] < auc["x_ceiling"] < auc["x_ceiling_interval"]["hi"]
     assert auc["x_ceiling_interval"]["p_goal"] == pytest.approx(0.89, abs=0.01)
+    # the search's own fidelity on all 56 ceiling configs, without and with the head's rate floor (session 28)
+    plain, floor = (sst2[f"batch_size=8,epochs=2.0,{h}lr_scale=2.0,n_train=600"] for h in ("", "head_lr=0.01,"))
+    assert plain["n_ceiling"] == floor["n_ceiling"] == 56
+    assert plain["x_ceiling"] == pytest.approx(0.80, abs=0.005) and floor["x_ceiling"] == pytest.approx(0.835, abs=0.005)
     mrpc = rt.main(["report", "--task", "mrpc"])["fidelities"]["batch_size=32,epochs=2.0,lr_scale=3.0,metric=auc,n_train=2000"]
     band = mrpc["x_ceiling_interval"]  # all 27 ceiling configs since session 27 (22 before: 1.04 x, 0.34 to 2.84)
     assert mrpc["n_ceiling"] == 27 and mrpc["x_ceiling"] == pytest.approx(0.749, abs=0.002)
