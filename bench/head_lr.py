@@ -5,10 +5,11 @@ A low-cost trial trains its configuration for about 150 steps, and the classific
 linear layer, trained at the methods' own rate (LoRA's 5e-4, an adapter's 1e-3, x the config's multiplier and the
 fidelity's ``lr_scale``).  ``run`` takes every model-proposed trial that scored at the majority class in the given
 studies (trial number >= ``--startup``; the collapse rule of :func:`bench.common.collapsed`, at the study's own
-chance level) and each study's best trial, and trains each again with the study's own fidelity, seed (so the same
-search split) and candidate, the head's rate floored at each ``--head-lr``; rows go to
-bench/tables/head-lr-<task>.jsonl (resumable).  ``report`` counts, per floor, how many of the collapsed trials
-still collapse and how the best trials' scores moved.
+chance level), each study's best trial and its first two random start-up trials that learned, and trains each
+again with the study's own fidelity, seed (so the same search split), metric and candidate, the head's rate
+floored at each ``--head-lr``; rows go to bench/tables/head-lr-<task>.jsonl (resumable).  ``report`` counts, per
+floor, how many of the collapsed trials still collapse and how the others' scores moved.  A missing storage or
+study, or a negative floor, is one line, exit 2.
 
     python -m bench.head_lr run --task sst2 --storage sqlite:///bench/tables/confirm-sst2-learnband.db \
         --studies confirm-sst2-autopeft-0,...,confirm-sst2-autopeft-9 --head-lr 0.01,0.03
@@ -38,31 +39,33 @@ def _rows(path: Path) -> list[dict[str, Any]]:
 
 def picks(storage: str, names: list[str], startup: int, first_random: int = 4, per_study: int = 2) -> list[dict[str, Any]]:
     """Per study: its model-proposed trials that collapsed ("collapsed"), its best trial ("best": chosen for its
-    score, so any change to it scores lower on average), and the random start-up trials that learned ("startup",
-    numbers ``first_random`` to ``startup - 1``, after the four baselines: chosen by no score; the first
-    ``per_study`` of them)."""
+    score) and the random start-up trials that learned ("startup", numbers ``first_random`` to ``startup - 1``,
+    after the four baselines: chosen by no score; the first ``per_study`` of them)."""
     import optuna
 
     from autopeft.result import load_study
+    from autopeft.storage import A
 
-    out = []
+    out: list[dict[str, Any]] = []
     for name in names:
         res = load_study(name, storage)
         chance = float(res.ref_point[0])
         study = optuna.load_study(study_name=name, storage=storage)
         done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and t.values]
         best = max(done, key=lambda t: t.values[0])
+        n_startup = 0
         for t in done:
             low = collapsed(t.values[0], chance)
             kind = ("collapsed" if t.number >= startup and low else "best" if t is best
-                    else "startup" if first_random <= t.number < startup and not low else None)
-            if kind == "startup" and sum(p["study"] == name and p["kind"] == "startup" for p in out) >= per_study:
-                kind = None
+                    else "startup" if first_random <= t.number < startup and not low and n_startup < per_study
+                    else None)
+            n_startup += kind == "startup"
             if kind:
                 u = t.user_attrs
                 out.append({"study": name, "trial": t.number, "kind": kind, "summary": u.get("summary"),
                             "params": u.get("params"), "candidate": u["candidate"], "fidelity": u["fidelity"],
-                            "seed": int(study.user_attrs["seed"]), "chance": chance, "score_before": float(t.values[0])})
+                            "seed": int(study.user_attrs["seed"]), "metric": res.meta.get(A.METRIC), "chance": chance,
+                            "score_before": float(t.values[0])})
     return out
 
 
@@ -78,7 +81,8 @@ def run(a: argparse.Namespace) -> int:
             if (p["study"], p["trial"], h) not in done and a.kind in ("all", p["kind"])]
     print(f"{len(jobs)} trials to run", flush=True)
     with ProcessPoolExecutor(max_workers=a.workers, mp_context=mp.get_context("spawn")) as pool:
-        futs = {pool.submit(run_trial, TrialSpec(trial_id=p["trial"], candidate=p["candidate"], model=None, data=data,
+        futs = {pool.submit(run_trial, TrialSpec(trial_id=p["trial"], candidate=p["candidate"], model=None,
+                                                 data={**data, "metric": p["metric"]},  # as the study ranked
                                                  fidelity={**p["fidelity"], "head_lr": h}, seed=p["seed"],
                                                  threads=1)): (p, h) for p, h in jobs}
         for fut in futs:
@@ -110,7 +114,7 @@ def summary(rows: list[dict[str, Any]]) -> dict[float, dict[str, Any]]:
 def report(a: argparse.Namespace) -> int:
     rows = [r for r in _rows(path_for(a.task)) if r["status"] == "ok"]
     if not rows:
-        raise SystemExit(f"no rows in {path_for(a.task)}: run `python -m bench.head_lr run` first")
+        raise ValueError(f"no rows in {path_for(a.task)}: run `python -m bench.head_lr run` first")
     for h, v in summary(rows).items():
         if v["collapsed"]:
             print(f"head lr {h:g}: {v['again']} of {v['collapsed']} collapsed trials collapse again; their margin over "
@@ -127,7 +131,7 @@ def report(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="head_lr", description=__doc__.split("\n\n")[0])
     ap.add_argument("cmd", choices=("run", "report"))
     add_task(ap)
     add_data_dir(ap)
@@ -141,11 +145,17 @@ def main(argv: list[str] | None = None) -> int:
                          "(default all)")
     ap.add_argument("--workers", type=int, default=2)
     a = ap.parse_args(argv)
+    from autopeft.errors import AutoPeftError
+
     if a.cmd == "run":
         if not a.storage or not a.studies:
             ap.error("run needs --storage and --studies")
-        return run(a)
-    return report(a)
+        if any(not 0 <= h < float("inf") for h in a.head_lr):
+            ap.error(f"--head-lr must be finite numbers >= 0, got {','.join(f'{h:g}' for h in a.head_lr)}")
+    try:
+        return run(a) if a.cmd == "run" else report(a)
+    except (AutoPeftError, ValueError) as exc:
+        ap.error(str(exc))
 
 
 if __name__ == "__main__":

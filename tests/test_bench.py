@@ -856,3 +856,12 @@ def test_the_heads_rate_floor_on_the_trials_that_collapsed_in_real_searches(caps
     assert len(learners) == 20 and abs(sum(learners) / 20) < 0.01 and min(learners) > -0.03
     assert hl.main(["report", "--task", "sst2"]) == 0
     assert "head lr 0.01: 0 of 23 collapsed trials collapse again" in capsys.readouterr().out
+    assert {p["metric"] for p in picked} == {"accuracy"}  # each trial runs again under its study's metric
+    missing = TABLES / "no-such-storage.db"
+    for argv, message in ((["run", "--storage", f"sqlite:///{missing}", "--studies", "x"], "storage file not found"),
+                          (["run", "--storage", "s", "--studies", "x", "--head-lr", "-0.1"], "--head-lr must be finite"),
+                          (["report", "--task", "no-such-task"], "no rows in")):
+        with pytest.raises(SystemExit) as e:
+            hl.main(argv)
+        err = capsys.readouterr().err.splitlines()
+        assert e.value.code == 2 and err[-1].startswith(f"head_lr: error: {message}") and not missing.exists()
