@@ -190,7 +190,7 @@ def train(config_dir: str | Path, output: str | Path, *, model: str | None = Non
     split, save the model.  ``epochs``: a number, or "auto" (the default: up to 10, stopped after 2 without a better
     score on the held-out tenth of the training rows; the best epoch is kept either way).  ``trainer`` keywords:
     device, bf16, fp16, grad_accum, grad_ckpt, resume, report_to, class_weights (auto, balanced, none), lr_scale (multiplies every learning rate; "auto", the default: x1, raised
-    to x2 then x4 for a seed that learns nothing by the held-out rows),
+    to x2 then x4 for a seed that learns nothing by the held-out rows), head_lr (the head's rate floor, as in trials),
     training_args (a dict of any other ``TrainingArguments`` fields), progress (see
     :func:`autopeft.final.train_final`)."""
     from autopeft.builder import DEFAULT_MODEL
@@ -224,7 +224,7 @@ def train(config_dir: str | Path, output: str | Path, *, model: str | None = Non
     if metric:  # checked when the task loads
         data = {**data, "metric": metric}
     allowed = {"device", "bf16", "fp16", "grad_accum", "grad_ckpt", "resume", "report_to", "training_args", "progress",
-               "generate", "n_eval", "class_weights", "lr_scale"}
+               "generate", "n_eval", "class_weights", "lr_scale", "head_lr"}
     unknown = sorted(set(trainer) - allowed)
     if unknown:
         raise ConfigError(f"train() got unknown keyword(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")

@@ -161,15 +161,17 @@ class Trainable:
         return torch.optim.AdamW(groups, weight_decay=weight_decay)
 
 
-def trainable(cand: Candidate, model: str | None, num_labels: int, seed: int = 0, layout: Any = None) -> Trainable:
+def trainable(cand: Candidate, model: str | None, num_labels: int, seed: int = 0, layout: Any = None,
+              head_lr: float = 0.0) -> Trainable:
     """``cand`` built on a fresh copy of ``model``, with its optimizer groups and (if sparse) the mask callback: what
     :func:`load_for_training` and ``autopeft train`` hand to transformers' ``Trainer``.  ``layout``: where the layers
-    and projections are, when the study was told (:data:`autopeft.arch.Layout`)."""
+    and projections are, when the study was told (:data:`autopeft.arch.Layout`); ``head_lr``: the head's learning-rate
+    floor (:func:`autopeft.methods.learning_rates`; 0: each method's own rate)."""
     from autopeft.builder import build_model, load_base, model_info
 
     info = model_info(model, num_labels, False, layout)
     base, tok = load_base(model, num_labels)
-    built = build_model(cand, base, info, seed=seed)
+    built = build_model(cand, base, info, seed=seed, head_lr=head_lr)
     from autopeft.training import sparsity_callback
 
     callbacks = [sparsity_callback(built.masks)] if built.masks is not None else []

@@ -122,7 +122,7 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
                 grad_accum: int = 1, grad_ckpt: bool = False, resume: bool = False, report_to: str = "none",
                 training_args: dict[str, Any] | None = None, progress: bool = True,
                 generate: int | None = None, n_eval: int | None = None, class_weights: str = "auto",
-                layout: Any = None, lr_scale: float | str = "auto") -> dict[str, Any]:
+                layout: Any = None, lr_scale: float | str = "auto", head_lr: float = 0.0) -> dict[str, Any]:
     """Train ``cand`` at full budget with transformers' ``Trainer``, once per seed: all (or ``n_train``) training rows
     less a held-out tenth (at most 1,000 rows) that picks the best epoch, scored once on the validation split; the
     first seed's model is saved.  ``epochs``: a number, or ``auto`` (the default: up to 10 epochs, stopped after 2
@@ -142,7 +142,10 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
     level (the majority class) or whose held-out loss there is not clearly below the class prior's
     (:func:`autopeft.escalation.loss_gain_z`), trains the seed again at x2 and then x4 (:func:`autopeft.escalation.final_lr_scales`),
     keeping the run with the best held-out score: PEFT at the methods' default rates can learn nothing on a hard task
-    where full fine-tuning does (issue 17's held-out task).  Each seed starts at the scale the one before kept."""
+    where full fine-tuning does (issue 17's held-out task).  Each seed starts at the scale the one before kept.
+
+    ``head_lr`` floors the classification head's rate before the multiplier and ``lr_scale``, as a search's trials do
+    (:attr:`autopeft.contract.Fidelity.head_lr`); 0 trains the head at the methods' rate."""
     import numpy as np
     from transformers import TrainingArguments
 
@@ -155,6 +158,8 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
     if lr_scale != "auto" and (isinstance(lr_scale, bool) or not isinstance(lr_scale, (int, float))
                                or not 0 < lr_scale < math.inf):
         raise ConfigError(f"--lr-scale must be auto or a finite number > 0, got {str(lr_scale)[:40]!r}")
+    if isinstance(head_lr, bool) or not isinstance(head_lr, (int, float)) or not 0 <= head_lr < math.inf:
+        raise ConfigError(f"--head-lr must be a finite number >= 0, got {str(head_lr)[:40]!r}")
     if threads:
         torch.set_num_threads(threads)
     device = device or pick_device()
@@ -213,7 +218,7 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
     def fit_once(seed: int, scale: float, ckpt: Path) -> tuple[Any, Any, float | None, float | None, float | None]:
         """One training run of ``seed`` at ``scale`` x the rates: (built, trainer, best held-out score, its chance,
         that epoch's held-out loss against the class prior's in standard errors)."""
-        built = trainable(cand, model, task.num_labels, seed, layout)
+        built = trainable(cand, model, task.num_labels, seed, layout, head_lr=float(head_lr))
         tok = built.tokenizer
         idx = np.random.default_rng(seed).permutation(n_all)[:n].tolist()
         hold, fit = idx[:n_hold], idx[n_hold:]
@@ -332,7 +337,7 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
               "epochs": n_epochs, "epochs_option": epochs, "patience": patience, "epochs_run": ran,
               "lr_scale": chosen[0], "lr_scales": chosen, "lr_tried": tried_all,
               "lr_scale_option": lr_scale, "best_last": lasts, "seconds": times, "saved_seed": seeds[0], "saved_score": scores[0], "device": device,
-              "trainer": "transformers.Trainer", "class_weights": class_weights}
+              "trainer": "transformers.Trainer", "class_weights": class_weights, "head_lr": float(head_lr)}
     if accs and len(accs) == len(scores) and val_labels is not None:  # and what always the majority class scores
         from autopeft.metrics import chance_score
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from autopeft.commands._args import positive_float, positive_int
+from autopeft.commands._args import non_negative_float, positive_float, positive_int
 
 
 def add(sub: Any) -> None:
@@ -34,6 +34,9 @@ def add(sub: Any) -> None:
                         "(default): x1, and a seed that learns nothing by the held-out rows (classification: the "
                         "majority class) trains again at x2, then x4, keeping the best (the search's own --lr-scale "
                         "is in the export's search_fidelity)")
+    t.add_argument("--head-lr", type=non_negative_float, default=0.0,
+                   help="the classification head's learning-rate floor before the config's multiplier and --lr-scale, "
+                        "as a search's trials use (its search_fidelity in the export); default 0: the methods' rate")
     t.add_argument("--text-columns", help="comma-separated text columns (default: inferred)")
     t.add_argument("--label-column", help="label column (default: inferred)")
     t.add_argument("--task-type", choices=("classification", "causal-lm", "seq2seq"),
@@ -95,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
                     grad_ckpt=args.gradient_checkpointing, resume=args.resume, report_to=args.report_to,
                     training_args=training_args(args.training_args), progress=not args.no_progress,
                     generate=args.generate, n_eval=args.n_eval, class_weights=args.class_weights,
-                    lr_scale=args.lr_scale)
+                    lr_scale=args.lr_scale, head_lr=args.head_lr)
     split = res.get("split", "validation")
     em = (f"; exact match {res['exact_match_mean']:.4f} on {res['generated_rows']} {split} rows"
           if "exact_match" in res else "")
