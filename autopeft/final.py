@@ -159,7 +159,7 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
                                or not 0 < lr_scale < math.inf):
         raise ConfigError(f"--lr-scale must be auto or a finite number > 0, got {str(lr_scale)[:40]!r}")
     if isinstance(head_lr, bool) or not isinstance(head_lr, (int, float)) or not 0 <= head_lr < math.inf:
-        raise ConfigError(f"--head-lr must be a finite number >= 0, got {str(head_lr)[:40]!r}")
+        raise ConfigError(f"--head-lr must be a finite number >= 0, got {repr(head_lr)[:40]}")
     if threads:
         torch.set_num_threads(threads)
     device = device or pick_device()

@@ -309,3 +309,43 @@ def test_a_run_still_flat_after_three_epochs_stops_so_the_next_rate_is_tried(tmp
         log = [{"eval_score": s, "eval_loss_z": -0.5, "epoch": float(k + 1)} for k, s in enumerate(creeping[:epoch])]
         (ck / "trainer_state.json").write_text(json.dumps({"log_history": log, "epoch": float(epoch)}))
         assert (stopped_early(ck.parent, 2, still_flat) == ck) is done
+
+
+def test_train_floors_the_heads_rate_when_asked_and_refuses_a_negative_floor(tiny_model: str, tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch,
+                                                                             capsys: pytest.CaptureFixture) -> None:
+    """``autopeft train --head-lr`` (API ``head_lr=``) gives the head the rate floor a search's trials use: the
+    model it builds has the head's group at 0.01 x the config's multiplier 2.5 (then x ``--lr-scale``), LoRA's at
+    its own 5e-4 x 2.5; without it the head trains at LoRA's rate; the result records the floor; a negative floor
+    is one line (exit 2 from the CLI)."""
+    import autopeft.export
+    from autopeft.cli import main
+    from autopeft.errors import ConfigError
+
+    seen: list[dict[str, float]] = []
+    real = autopeft.export.trainable
+
+    def spy(*args, **kwargs):  # the rate groups of every model train_final builds (its optimizer: x --lr-scale)
+        built = real(*args, **kwargs)
+        seen.append({g["name"]: g["lr"] for g in built.param_groups})
+        return built
+
+    monkeypatch.setattr(autopeft.export, "trainable", spy)
+    data, cfg = _exported(tiny_model, tmp_path)
+    base = ["train", "--config", str(cfg), "--train-file", data["train_file"], "--validation-file",
+            data["validation_file"], "--epochs", "1", "--max-length", "16", "--batch-size", "16", "--no-progress",
+            "--lr-scale", "2"]
+    assert main([*base, "--head-lr", "0.01", "-o", str(tmp_path / "floored")]) == 0
+    assert main([*base, "-o", str(tmp_path / "plain")]) == 0
+    assert seen == [pytest.approx({"lora": 5e-4 * 2.5, "head": 0.01 * 2.5}),
+                    pytest.approx({"lora": 5e-4 * 2.5, "head": 5e-4 * 2.5})]
+    assert json.loads((tmp_path / "floored" / "autopeft_result.json").read_text())["head_lr"] == 0.01
+    assert json.loads((tmp_path / "plain" / "autopeft_result.json").read_text())["head_lr"] == 0.0
+    capsys.readouterr()
+    assert main([*base, "--head-lr", "-1", "-o", str(tmp_path / "neg")]) == 2
+    err = capsys.readouterr().err
+    assert "argument --head-lr: must be a finite number >= 0, got -1" in err and "Traceback" not in err
+    with pytest.raises(ConfigError, match=r"^--head-lr must be a finite number >= 0, got -0.5$"):
+        train_final(Candidate.make({"lora": {"r": 4, "targets": ["q"]}}, [0]), tiny_model, data, tmp_path / "x",
+                    head_lr=-0.5)
+    assert not (tmp_path / "x").exists()  # refused before any model loads or file is written
