@@ -7,7 +7,10 @@ fidelity's ``lr_scale``).  ``run`` takes every model-proposed trial that scored 
 studies (trial number >= ``--startup``; the collapse rule of :func:`bench.common.collapsed`, at the study's own
 chance level), each study's best trial and its first two random start-up trials that learned, and trains each
 again with the study's own fidelity, seed (so the same search split), metric and candidate, the head's rate
-floored at each ``--head-lr``; rows go to bench/tables/head-lr-<task>.jsonl (resumable).  ``report`` counts, per
+floored at each ``--head-lr``; rows go to bench/tables/head-lr-<task>.jsonl (resumable).  ``--after-scale``
+floors the head's rate after the config's multiplier and the fidelity's ``lr_scale`` instead of before them (the
+head trains at max(methods' rate x multiplier x lr_scale, floor): each trial's ``head_lr`` is the floor divided by
+its multiplier and lr_scale, so the stored ``Fidelity.head_lr`` keeps its meaning).  ``report`` counts, per
 floor, how many of the collapsed trials still collapse and how the others' scores moved.  A missing storage or
 study, or a negative floor, is one line, exit 2.
 
@@ -76,20 +79,22 @@ def run(a: argparse.Namespace) -> int:
 
     data = data_spec_dict(a.task, a.data_dir)
     out = path_for(a.task)
-    done = {(r["study"], r["trial"], r["head_lr"]) for r in _rows(out)}
+    mode = "after" if a.after_scale else "before"
+    done = {(r["study"], r["trial"], r["head_lr"]) for r in _rows(out) if r.get("floor", "before") == mode}
     jobs = [(p, h) for p in picks(a.storage, a.studies.split(","), a.startup) for h in a.head_lr
             if (p["study"], p["trial"], h) not in done and a.kind in ("all", p["kind"])]
     print(f"{len(jobs)} trials to run", flush=True)
     with ProcessPoolExecutor(max_workers=a.workers, mp_context=mp.get_context("spawn")) as pool:
         futs = {pool.submit(run_trial, TrialSpec(trial_id=p["trial"], candidate=p["candidate"], model=None,
                                                  data={**data, "metric": p["metric"]},  # as the study ranked
-                                                 fidelity={**p["fidelity"], "head_lr": h}, seed=p["seed"],
+                                                 fidelity={**p["fidelity"], "head_lr": trial_floor(p, h, mode)},
+                                                 seed=p["seed"],
                                                  threads=1)): (p, h) for p, h in jobs}
         for fut in futs:
             p, h = futs[fut]
             r = fut.result()
             row = {k: v for k, v in p.items() if k not in ("candidate", "fidelity")}
-            row.update(head_lr=h, score=r.score, status=r.status, wall_s=round(r.wall_s, 1))
+            row.update(head_lr=h, floor=mode, score=r.score, status=r.status, wall_s=round(r.wall_s, 1))
             with out.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
             print(f"{p['study']} #{p['trial']:<3d} {p['kind']:9s} {p['summary']}: {p['score_before']:.3f} -> "
@@ -97,10 +102,20 @@ def run(a: argparse.Namespace) -> int:
     return report(a)
 
 
-def summary(rows: list[dict[str, Any]]) -> dict[float, dict[str, Any]]:
-    """Per floor: the collapsed trials run, how many collapse again, their median margin over chance; the best
-    trials' score changes (against their scores in the studies)."""
+def trial_floor(pick: dict[str, Any], floor: float, mode: str) -> float:
+    """The trial fidelity's ``head_lr`` that floors the head's rate at ``floor`` before (``mode`` "before": as
+    ``Fidelity.head_lr`` does) or after (``"after"``) the candidate's multiplier and the fidelity's ``lr_scale``."""
+    if mode == "before":
+        return floor
+    scale = float(pick["candidate"].get("lr_multiplier", 1.0)) * float(pick["fidelity"].get("lr_scale", 1.0))
+    return floor / scale
+
+
+def summary(rows: list[dict[str, Any]], mode: str = "before") -> dict[float, dict[str, Any]]:
+    """Per floor (applied ``mode`` the multiplier and lr_scale): the collapsed trials run, how many collapse again,
+    their median margin over chance; the best trials' score changes (against their scores in the studies)."""
     out: dict[float, dict[str, Any]] = {}
+    rows = [r for r in rows if r.get("floor", "before") == mode]
     for h in sorted({r["head_lr"] for r in rows}):
         mine = [r for r in rows if r["head_lr"] == h]
         col = [r for r in mine if r["kind"] == "collapsed"]
@@ -115,14 +130,15 @@ def report(a: argparse.Namespace) -> int:
     rows = [r for r in _rows(path_for(a.task)) if r["status"] == "ok"]
     if not rows:
         raise ValueError(f"no rows in {path_for(a.task)}: run `python -m bench.head_lr run` first")
-    for h, v in summary(rows).items():
+    for h, v in [*summary(rows).items(), *summary(rows, "after").items()]:
+        h = f"{h:g}" + (" after scaling" if v["rows"][0].get("floor") == "after" else "")
         if v["collapsed"]:
-            print(f"head lr {h:g}: {v['again']} of {v['collapsed']} collapsed trials collapse again; their margin over "
+            print(f"head lr {h}: {v['again']} of {v['collapsed']} collapsed trials collapse again; their margin over "
                   f"chance {v['margin']:+.3f} (median)")
         for k, what in (("best", "the studies' best trials"), ("startup", "random start-up trials that learned")):
             d = v[f"{k}_change"]
             if d:
-                print(f"head lr {h:g}: {what} ({len(d)}): score change median {statistics.median(d):+.3f}, mean "
+                print(f"head lr {h}: {what} ({len(d)}): score change median {statistics.median(d):+.3f}, mean "
                       f"{statistics.mean(d):+.3f}, range {min(d):+.3f} to {max(d):+.3f}; lower on {sum(x < 0 for x in d)}")
         for r in sorted(v["rows"], key=lambda r: (r["kind"], r["study"], r["trial"])):
             print(f"    {r['kind']:9s} {r['study']} #{r['trial']:<3d} {r['summary']}: chance {r['chance']:.3f}, "
@@ -143,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kind", choices=("all", "collapsed", "best", "startup"), default="all",
                     help="run only the collapsed trials, the best ones or the random start-up ones that learned "
                          "(default all)")
+    ap.add_argument("--after-scale", action="store_true",
+                    help="floor the head's rate after the multiplier and lr_scale (default: before, as Fidelity.head_lr)")
     ap.add_argument("--workers", type=int, default=2)
     a = ap.parse_args(argv)
     from autopeft.errors import AutoPeftError
