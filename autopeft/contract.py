@@ -66,6 +66,11 @@ class Fidelity:
     #: linear layer, and at LoRA's or an adapter's rate it does not leave the majority class in the ~150 steps of a
     #: low-cost trial unless the adapter carries the task (new studies: :data:`HEAD_LR`)
     head_lr: float = 0.0
+    #: where ``head_lr`` floors the head's rate: False (studies since session 28), before the config's multiplier and
+    #: ``lr_scale``, so the head trains at max(methods' rate, head_lr) x multiplier x lr_scale; True, after them: at
+    #: max(methods' rate x multiplier x lr_scale, head_lr) (:meth:`head_floor`; measured in BENCHMARKS.md, "The head's
+    #: rate in low-cost trials")
+    head_lr_after_scale: bool = False
 
     @classmethod
     def from_stored(cls, d: dict[str, Any]) -> "Fidelity":
@@ -93,6 +98,14 @@ class Fidelity:
                               f"{str(self.class_weights)[:40]!r}")
         if not isinstance(self.gradient_checkpointing, bool):
             raise ConfigError(f"gradient-checkpointing must be true or false, got {self.gradient_checkpointing!r}")
+        if not isinstance(self.head_lr_after_scale, bool):
+            raise ConfigError(f"head-lr-after-scale must be true or false, got {self.head_lr_after_scale!r}")
+
+    def head_floor(self, lr_multiplier: float) -> float:
+        """The floor to give :func:`autopeft.builder.build_model` (which applies it before the multiplier and
+        ``lr_scale``) for a candidate of ``lr_multiplier``: ``head_lr``, or with :attr:`head_lr_after_scale` the same
+        floor on the head's final rate, ``head_lr`` / (multiplier x lr_scale)."""
+        return self.head_lr / (lr_multiplier * self.lr_scale) if self.head_lr_after_scale else self.head_lr
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -188,7 +188,7 @@ def _run(spec: TrialSpec, t0: float) -> TrialResult:
     device = _pick_device(spec.device)
     base, tok = load_base(spec.model, task.num_labels, spec.trust_remote_code)
     apply_cost_knobs(base, fid)
-    built = build_model(cand, base, info, seed=spec.seed, head_lr=fid.head_lr)
+    built = build_model(cand, base, info, seed=spec.seed, head_lr=fid.head_floor(cand.lr_multiplier))
     model = built.model
     fixed, per_row = _memory_parts(model, base, info, fid, max_len, tok, task.is_lm)
     memory = fixed + per_row * fid.memory_batch_size

@@ -146,6 +146,11 @@ def parse_fidelity(text: str | None, allow_metric: bool = False) -> dict[str, An
             raise FidelityError(f"--fidelity: {kv!r} is not KEY=VALUE (e.g. n_train=2000,epochs=2,batch_size=32,lr_scale=3)")
         if k not in kinds:
             raise FidelityError(f"--fidelity: unknown key {k!r}; use {', '.join(sorted(kinds))}")
+        if kinds[k] is bool:  # bool("false") is True
+            if v.strip().lower() not in ("true", "false"):
+                raise FidelityError(f"--fidelity: {k}={v!r} must be true or false")
+            out[k] = v.strip().lower() == "true"
+            continue
         try:
             out[k] = kinds[k](v.strip())
         except ValueError:

@@ -9,8 +9,7 @@ chance level), each study's best trial and its first two random start-up trials 
 again with the study's own fidelity, seed (so the same search split), metric and candidate, the head's rate
 floored at each ``--head-lr``; rows go to bench/tables/head-lr-<task>.jsonl (resumable).  ``--after-scale``
 floors the head's rate after the config's multiplier and the fidelity's ``lr_scale`` instead of before them (the
-head trains at max(methods' rate x multiplier x lr_scale, floor): each trial's ``head_lr`` is the floor divided by
-its multiplier and lr_scale, so the stored ``Fidelity.head_lr`` keeps its meaning).  ``report`` counts, per
+head trains at max(methods' rate x multiplier x lr_scale, floor): ``Fidelity.head_lr_after_scale``).  ``report`` counts, per
 floor, how many of the collapsed trials still collapse and how the others' scores moved.  A missing storage or
 study, or a negative floor, is one line, exit 2.
 
@@ -87,7 +86,8 @@ def run(a: argparse.Namespace) -> int:
     with ProcessPoolExecutor(max_workers=a.workers, mp_context=mp.get_context("spawn")) as pool:
         futs = {pool.submit(run_trial, TrialSpec(trial_id=p["trial"], candidate=p["candidate"], model=None,
                                                  data={**data, "metric": p["metric"]},  # as the study ranked
-                                                 fidelity={**p["fidelity"], "head_lr": trial_floor(p, h, mode)},
+                                                 fidelity={**p["fidelity"], "head_lr": h,
+                                                           "head_lr_after_scale": mode == "after"},
                                                  seed=p["seed"],
                                                  threads=1)): (p, h) for p, h in jobs}
         for fut in futs:
@@ -100,15 +100,6 @@ def run(a: argparse.Namespace) -> int:
             print(f"{p['study']} #{p['trial']:<3d} {p['kind']:9s} {p['summary']}: {p['score_before']:.3f} -> "
                   f"{r.score} at head lr {h:g}", flush=True)
     return report(a)
-
-
-def trial_floor(pick: dict[str, Any], floor: float, mode: str) -> float:
-    """The trial fidelity's ``head_lr`` that floors the head's rate at ``floor`` before (``mode`` "before": as
-    ``Fidelity.head_lr`` does) or after (``"after"``) the candidate's multiplier and the fidelity's ``lr_scale``."""
-    if mode == "before":
-        return floor
-    scale = float(pick["candidate"].get("lr_multiplier", 1.0)) * float(pick["fidelity"].get("lr_scale", 1.0))
-    return floor / scale
 
 
 def summary(rows: list[dict[str, Any]], mode: str = "before") -> dict[float, dict[str, Any]]:
@@ -160,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="run only the collapsed trials, the best ones or the random start-up ones that learned "
                          "(default all)")
     ap.add_argument("--after-scale", action="store_true",
-                    help="floor the head's rate after the multiplier and lr_scale (default: before, as Fidelity.head_lr)")
+                    help="floor the head's rate after the multiplier and lr_scale (Fidelity.head_lr_after_scale; default: before)")
     ap.add_argument("--workers", type=int, default=2)
     a = ap.parse_args(argv)
     from autopeft.errors import AutoPeftError

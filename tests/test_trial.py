@@ -201,3 +201,24 @@ def test_a_trial_trains_on_transformers_trainer_with_the_final_trainings_schedul
     assert args.train_sampling_strategy == "group_by_length" and args.save_strategy.value == "no"
     assert args.eval_strategy.value == "no" and args.report_to == [] and args.logging_steps == 1
     assert lrs_after == [0.0, 0.0]  # the linear decay ends at zero after the last step, for both groups
+
+
+def test_the_head_floor_after_the_scale_is_the_floor_over_the_trials_own_scale(tiny_model: str, glue_dir: Path) -> None:
+    """``head_lr_after_scale``: the head trains at max(methods' rate x multiplier x lr_scale, head_lr): a LoRA trial
+    at x2 with lr_scale 2 and a floor of 0.02 after scaling trains exactly as one with the floor 0.005 before scaling
+    (0.005 x 2 x 2), and differently from the floor 0.02 before scaling (the head at 0.08); where the scaled rate is
+    above the floor the floor does nothing."""
+    from autopeft.errors import ConfigError
+    from autopeft.trial import Fidelity
+
+    c = Candidate.make({"lora": LORA}, [0, 1], lr_multiplier=2.0)
+    fid = {**FAST, "lr_scale": 2.0}
+    after = run_trial(spec(tiny_model, glue_dir, c, fidelity={**fid, "head_lr": 0.02, "head_lr_after_scale": True}))
+    before = run_trial(spec(tiny_model, glue_dir, c, fidelity={**fid, "head_lr": 0.005}))
+    steep = run_trial(spec(tiny_model, glue_dir, c, fidelity={**fid, "head_lr": 0.02}))
+    assert after.status == before.status == steep.status == OK
+    assert after.loss == before.loss and after.loss != steep.loss
+    assert Fidelity(lr_scale=2.0, head_lr=0.001, head_lr_after_scale=True).head_floor(2.0) == 0.00025  # below LoRA's
+    assert Fidelity.from_stored({"head_lr": 0.01}).head_lr_after_scale is False  # session-28 studies keep theirs
+    with pytest.raises(ConfigError, match=r"^head-lr-after-scale must be true or false, got 'yes'$"):
+        Fidelity(head_lr_after_scale="yes")  # type: ignore[arg-type]
