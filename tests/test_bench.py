@@ -838,7 +838,8 @@ def test_the_heads_rate_floor_on_the_trials_that_collapsed_in_real_searches(caps
     """bench.head_lr on the ten default SST-2 searches of session 23: it picks the 23 model-proposed trials at the
     majority class, each study's best trial and two random start-up trials that learned; on the committed runs none of
     the 23 collapses again with the head's rate floored at 0.01 or 0.03 (5 do at 0.003), and with no floor a trial
-    scores exactly what its study recorded (trials are deterministic, so the changes are the floor's)."""
+    scores exactly what its study recorded (trials are deterministic, so the changes are the floor's).  Floored after
+    the multiplier and lr_scale (``--after-scale``) none of the 23 collapses either, and the best trials lose less."""
     hl = _load("head_lr")
     picked = hl.picks(f"sqlite:///{TABLES / 'confirm-sst2-learnband.db'}",
                       [f"confirm-sst2-autopeft-{i}" for i in range(10)], startup=10)
@@ -857,6 +858,11 @@ def test_the_heads_rate_floor_on_the_trials_that_collapsed_in_real_searches(caps
     assert hl.main(["report", "--task", "sst2"]) == 0
     assert "head lr 0.01: 0 of 23 collapsed trials collapse again" in capsys.readouterr().out
     assert {p["metric"] for p in picked} == {"accuracy"}  # each trial runs again under its study's metric
+    after = hl.summary(rows, "after")[0.01]  # the same floor on the head's final rate (--after-scale, session 29)
+    assert (after["collapsed"], after["again"]) == (23, 0) and after["margin"] == pytest.approx(0.102, abs=1e-3)
+    assert sorted(after["best_change"])[len(after["best_change"]) // 2 - 1] == pytest.approx(-0.008, abs=1e-3)
+    assert min(after["best_change"]) > min(s[0.01]["best_change"]) + 0.02  # a third of the cost at the top
+    assert len(after["startup_change"]) == 20 and sum(after["startup_change"]) > 0
     missing = TABLES / "no-such-storage.db"
     for argv, message in ((["run", "--storage", f"sqlite:///{missing}", "--studies", "x"], "storage file not found"),
                           (["run", "--storage", "s", "--studies", "x", "--head-lr", "-0.1"], "--head-lr must be finite"),
