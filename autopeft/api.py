@@ -57,7 +57,7 @@ def search(model: str | None = None, task: str | None = "sst2", space: str = "lo
 
     Keyword options: ``data_dir``, ``train_file``, ``validation_file``, ``text_columns``, ``label_column``,
     ``metric``, ``task_type`` (classification, causal-lm or seq2seq; inferred); fidelity ``n_train``, ``n_eval``, ``epochs``, ``max_length``, ``batch_size``,
-    ``memory_batch_size``, ``lr_scale``, ``head_lr``; ``objectives``, ``max_params``, ``max_memory``; ``workers``,
+    ``memory_batch_size``, ``lr_scale``, ``head_lr``, ``head_lr_after_scale``; ``objectives``, ``max_params``, ``max_memory``; ``workers``,
     ``executor`` (local, ray, ray-tune, inline) and for Ray ``address``, ``cpus_per_trial``, ``gpus_per_trial``,
     ``num_cpus``; ``seed``, ``timeout``, ``trial_timeout``, ``max_failures``, ``collapse_stop`` (default True: after 10 trials all at the majority-class level, raise the trials' fidelity
     inside the study, at most twice, then stop), ``escalate`` (default True; False: stop at once instead of raising), ``pruner`` (``"none"``

@@ -24,7 +24,7 @@ METRICS: tuple[str, ...] = ("accuracy", "f1", "matthews", "macro_f1", "auc")
 TASK_TYPES: tuple[str, ...] = ("classification", "causal-lm", "seq2seq")
 DEFAULT_OBJECTIVES = ("score", "params", "memory")
 FIDELITY_KEYS = ("n_train", "n_eval", "epochs", "max_length", "batch_size", "memory_batch_size", "lr_scale", "dtype",
-                 "gradient_checkpointing", "class_weights", "head_lr")
+                 "gradient_checkpointing", "class_weights", "head_lr", "head_lr_after_scale")
 DATA_KEYS = ("task", "data_dir", "train_file", "validation_file", "text_columns", "label_column", "metric", "task_type")
 RAY_KEYS = ("address", "cpus_per_trial", "gpus_per_trial", "num_cpus")
 #: other spellings accepted for a few options (the CLI's names)
