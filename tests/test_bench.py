@@ -465,7 +465,8 @@ def test_the_ratio_to_the_ceiling_comes_with_a_resampled_interval() -> None:
 
 def test_the_proxy_report_says_how_sure_each_ratio_to_the_ceiling_is() -> None:
     """On the committed proxy records: SST-2's AUC rung (0.88 x) clears 0.8 x in most resamples, MRPC's 2,000 x 2 rung
-    (0.75 x on its 27 ceiling configs) could lie anywhere from 0.4 to 1.3 x."""
+    (0.75 x on its 27 ceiling configs) could lie anywhere from 0.4 to 1.3 x; its 1,600 x 2 rung reads 0.79 x with the
+    head's floor before the scale, 0.59 x without and 0.53 x with it after the scale."""
     from bench import retrain as rt
 
     sst2 = rt.main(["report", "--task", "sst2"])["fidelities"]
@@ -477,7 +478,13 @@ def test_the_proxy_report_says_how_sure_each_ratio_to_the_ceiling_is() -> None:
     plain, floor = (sst2[f"batch_size=8,epochs=2.0,{h}lr_scale=2.0,n_train=600"] for h in ("", "head_lr=0.01,"))
     assert plain["n_ceiling"] == floor["n_ceiling"] == 56
     assert plain["x_ceiling"] == pytest.approx(0.80, abs=0.005) and floor["x_ceiling"] == pytest.approx(0.835, abs=0.005)
-    mrpc = rt.main(["report", "--task", "mrpc"])["fidelities"]["batch_size=32,epochs=2.0,lr_scale=3.0,metric=auc,n_train=2000"]
+    fids = rt.main(["report", "--task", "mrpc"])["fidelities"]
+    # the 1,600 x 2 rung on the same 27 configs: no floor, the head's floor before the scale, after it (session 29)
+    rung = "batch_size=32,epochs=2.0,{}lr_scale=3.0,metric=auc,n_train=1600"
+    x = [fids[rung.format(h)]["x_ceiling"] for h in ("", "head_lr=0.01,", "head_lr=0.01,head_lr_after_scale=True,")]
+    assert [round(v, 2) for v in x] == [0.59, 0.79, 0.53]
+    assert all(fids[rung.format(h)]["n_ceiling"] == 27 for h in ("", "head_lr=0.01,"))
+    mrpc = fids["batch_size=32,epochs=2.0,lr_scale=3.0,metric=auc,n_train=2000"]
     band = mrpc["x_ceiling_interval"]  # all 27 ceiling configs since session 27 (22 before: 1.04 x, 0.34 to 2.84)
     assert mrpc["n_ceiling"] == 27 and mrpc["x_ceiling"] == pytest.approx(0.749, abs=0.002)
     assert band["lo"] == pytest.approx(0.36, abs=0.01) and band["hi"] == pytest.approx(1.26, abs=0.01)
