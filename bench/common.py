@@ -9,6 +9,7 @@ The data directory defaults to the shared GLUE copy beside the repository (``../
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -25,6 +26,17 @@ DATA_DIR_ENV = "AUTOPEFT_DATA_DIR"
 QUICK_FIDELITY: dict[str, Any] = {"n_train": 32, "n_eval": 32, "epochs": 1, "max_length": 24, "batch_size": 16}
 #: each fidelity key and the type its value is read as (int or float, as Fidelity's defaults)
 FIDELITY_KEYS: dict[str, type] = {f.name: type(f.default) for f in fields(Fidelity)}
+
+
+def non_negative_floats(text: str) -> list[float]:
+    """An argparse type: comma-separated finite numbers >= 0 (e.g. ``--head-lr 0,0.01``)."""
+    try:
+        vals = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated numbers, got {text[:40]}") from None
+    if not vals or any(not 0 <= v < math.inf for v in vals):
+        raise argparse.ArgumentTypeError(f"must be finite numbers >= 0, got {text[:40]}")
+    return vals
 
 
 def collapsed(score: float, chance: float) -> bool:

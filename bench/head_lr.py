@@ -28,7 +28,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.common import TABLES, add_data_dir, add_task, collapsed
+from bench.common import TABLES, add_data_dir, add_task, collapsed, non_negative_floats
 
 
 def path_for(task: str) -> Path:
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--storage", help="the studies' storage URL (run)")
     ap.add_argument("--studies", help="comma-separated study names (run)")
     ap.add_argument("--startup", type=int, default=10, help="first model-proposed trial number (default 10)")
-    ap.add_argument("--head-lr", type=lambda s: [float(x) for x in s.split(",")], default=[0.01],
+    ap.add_argument("--head-lr", type=non_negative_floats, default=[0.01],
                     help="the head's rate floors to run (comma-separated; default 0.01)")
     ap.add_argument("--kind", choices=("all", "collapsed", "best", "startup"), default="all",
                     help="run only the collapsed trials, the best ones or the random start-up ones that learned "
@@ -159,8 +159,6 @@ def main(argv: list[str] | None = None) -> int:
     if a.cmd == "run":
         if not a.storage or not a.studies:
             ap.error("run needs --storage and --studies")
-        if any(not 0 <= h < float("inf") for h in a.head_lr):
-            ap.error(f"--head-lr must be finite numbers >= 0, got {','.join(f'{h:g}' for h in a.head_lr)}")
     try:
         return run(a) if a.cmd == "run" else report(a)
     except (AutoPeftError, ValueError) as exc:

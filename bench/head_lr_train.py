@@ -26,7 +26,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.common import TABLES, add_data_dir, add_task
+from bench.common import TABLES, add_data_dir, add_task, non_negative_floats
 
 
 def path_for(task: str) -> Path:
@@ -58,11 +58,13 @@ def train_one(label: str, cand_json: str, data: dict[str, Any], head_lr: float, 
 
 
 def run(a: argparse.Namespace) -> int:
+    from autopeft.builder import model_info
     from autopeft.config import data_spec_dict
     from autopeft.methods import baseline_candidates
+    from autopeft.trial import task_of
 
     data = data_spec_dict(a.task, a.data_dir)
-    known = baseline_candidates(6)
+    known = baseline_candidates(model_info(None, task_of(data).num_labels).arch.num_layers)  # the default model's
     labels = [c.strip() for c in a.configs.split(";") if c.strip()]
     bad = [c for c in labels if c not in known]
     if bad:
@@ -117,14 +119,26 @@ def report(a: argparse.Namespace) -> int:
     return 0
 
 
-def _floats(text: str) -> list[float]:
+def _seeds(text: str) -> list[int]:
     try:
-        vals = [float(x) for x in text.split(",") if x.strip()]
+        seeds = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated numbers, got {text[:40]}") from None
-    if not vals or any(not 0 <= v < math.inf for v in vals):
-        raise argparse.ArgumentTypeError(f"must be finite numbers >= 0, got {text[:40]}")
-    return vals
+        seeds = []
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"must be comma-separated integers, got {text[:40]!r}")
+    return seeds
+
+
+def _epochs(text: str) -> float | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not 0 < v < math.inf:
+        raise argparse.ArgumentTypeError(f"must be auto or a finite number > 0, got {text[:40]}")
+    return v
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,10 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     add_data_dir(ap)
     ap.add_argument("--configs", default="lora r=8 q,v",
                     help="semicolon-separated baseline labels (default 'lora r=8 q,v')")
-    ap.add_argument("--head-lr", type=_floats, default=[0.0, 0.01], help="floors (default 0,0.01)")
-    ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
+    ap.add_argument("--head-lr", type=non_negative_floats, default=[0.0, 0.01], help="floors (default 0,0.01)")
+    ap.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)")
     ap.add_argument("--n-train", type=int, help="training rows (default all)")
-    ap.add_argument("--epochs", default="auto", type=lambda s: s if s == "auto" else float(s))
+    ap.add_argument("--epochs", default="auto", type=_epochs, help="a number, or auto (default: autopeft train's)")
     ap.add_argument("--workers", type=int, default=2)
     a = ap.parse_args(argv)
     from autopeft.errors import AutoPeftError

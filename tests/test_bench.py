@@ -872,7 +872,8 @@ def test_the_heads_rate_floor_on_the_trials_that_collapsed_in_real_searches(caps
     assert len(after["startup_change"]) == 20 and sum(after["startup_change"]) > 0
     missing = TABLES / "no-such-storage.db"
     for argv, message in ((["run", "--storage", f"sqlite:///{missing}", "--studies", "x"], "storage file not found"),
-                          (["run", "--storage", "s", "--studies", "x", "--head-lr", "-0.1"], "--head-lr must be finite"),
+                          (["run", "--storage", "s", "--studies", "x", "--head-lr", "-0.1"],
+                           "argument --head-lr: must be finite numbers >= 0"),
                           (["report", "--task", "no-such-task"], "no rows in")):
         with pytest.raises(SystemExit) as e:
             hl.main(argv)
@@ -898,6 +899,8 @@ def test_the_heads_rate_floor_at_full_budget_on_rte(capsys: pytest.CaptureFixtur
     assert "lora r=8 q,v, head lr 0.01: 0.5066 ± 0.0526 over seeds [0, 1, 2]" in capsys.readouterr().out
     for argv, message in ((["run", "--task", "rte", "--configs", "lora r=99"], "unknown baseline 'lora r=99'"),
                           (["run", "--head-lr", "-1"], "argument --head-lr: must be finite numbers >= 0"),
+                          (["run", "--seeds", "a"], "argument --seeds: must be comma-separated integers"),
+                          (["run", "--epochs", "0"], "argument --epochs: must be auto or a finite number > 0"),
                           (["report", "--task", "no-such-task"], "no rows in")):
         with pytest.raises(SystemExit) as e:
             ht.main(argv)
