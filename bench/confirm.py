@@ -175,19 +175,32 @@ def compare(a: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"{a.json} and {a.against} share no seed")
     idx = np.random.default_rng(0).integers(0, len(seeds), size=(a.boot, len(seeds)))
 
-    def ratio(c: np.ndarray) -> np.ndarray:  # rows: resamples of the seeds' counts summed; other side 0: no ratio
+    def ratio(c: np.ndarray) -> np.ndarray:
+        """Rows: resamples of the seeds' counts summed. The other side collapsed none: inf where this side did, NaN
+        (no ratio: neither side collapsed) where it did not either, or a side proposed none; such a resample never
+        counts as meeting the goal."""
         with np.errstate(invalid="ignore", divide="ignore"):
-            share_b = c[..., 2] / c[..., 3]
-            return np.where(share_b > 0, (c[..., 0] / c[..., 1]) / np.where(share_b > 0, share_b, 1.0), np.inf)
+            share_a, share_b = c[..., 0] / c[..., 1], c[..., 2] / c[..., 3]
+            return np.where(share_b > 0, share_a / np.where(share_b > 0, share_b, 1.0),
+                            np.where(share_a > 0, np.inf, np.nan))
 
     def summary(counts: np.ndarray) -> dict[str, Any]:
-        """Per-seed rows (collapsed, proposed, collapsed, proposed) -> both sides' sums, their ratio, the 5th-95th
-        percentiles of the ratio over the seed resamples and the share of resamples at or under the goal."""
+        """Per-seed rows (collapsed, proposed, collapsed, proposed) -> both sides' sums, their ratio (None: neither
+        side collapsed), the 5th-95th percentiles of the ratio over the seed resamples that have one, the share of
+        those resamples and the share of all resamples at or under the goal."""
         tot, boot = counts.sum(0), ratio(counts[idx].sum(1))
+        point, some = float(ratio(tot)), boot[~np.isnan(boot)]
+        interval = [float(v) for v in np.percentile(some, [5, 95], method="inverted_cdf")] if some.size else None
         return {"collapsed": [int(tot[0]), int(tot[2])], "proposed": [int(tot[1]), int(tot[3])],
-                "ratio": float(ratio(tot)),
-                "interval": [float(v) for v in np.percentile(boot, [5, 95], method="inverted_cdf")],
-                "p_at_most_goal": float(np.mean(boot <= a.goal))}
+                "ratio": None if np.isnan(point) else point, "interval": interval,
+                "with_a_ratio": float(some.size / boot.size), "p_at_most_goal": float(np.mean(boot <= a.goal))}
+
+    def said(s: dict[str, Any]) -> str:  # the ratio and its interval as printed
+        if s["ratio"] is None:
+            return f"no ratio ({'a side had no such trial' if 0 in s['proposed'] else 'neither side collapsed any'})"
+        lo, hi = s["interval"]
+        some = "" if s["with_a_ratio"] == 1 else f" of the {100 * s['with_a_ratio']:.0f} % with a ratio"
+        return f"{s['ratio']:.2f} x; seeds resampled: 90 %{some} in {lo:.2f} to {hi:.2f} x"
 
     def counts(side: dict[int, dict[str, Any]], s: int, skip: set[int]) -> list[int]:
         return [len(set(side[s]["collapsed_by_model"]) - skip), len(set(side[s]["proposed_by_model"]) - skip)]
@@ -205,16 +218,14 @@ def compare(a: argparse.Namespace) -> dict[str, Any]:
     hv_b = [other[s]["hv"][-1] for s in seeds]
     out = {"seeds": seeds, **whole, "goal": a.goal, "hv_last_higher": int(sum(x > y for x, y in zip(hv_a, hv_b))),
            "hv_last_mean": [float(np.mean(hv_a)), float(np.mean(hv_b))], "after_a_collapse": out_after}
-    (lo, hi), point = out["interval"], out["ratio"]
     print(f"{len(seeds)} seeds: collapsed model-proposed {out['collapsed'][0]} of {out['proposed'][0]} against "
-          f"{out['collapsed'][1]} of {out['proposed'][1]}: {point:.2f} x; seeds resampled: 90 % in {lo:.2f} to "
-          f"{hi:.2f} x, at most {a.goal:g} x in {100 * out['p_at_most_goal']:.0f} %; hypervolume at the last mark "
+          f"{out['collapsed'][1]} of {out['proposed'][1]}: {said(out)}, at most {a.goal:g} x in "
+          f"{100 * out['p_at_most_goal']:.0f} % of all resamples; hypervolume at the last mark "
           f"higher on {out['hv_last_higher']} of {len(seeds)} seeds (mean {out['hv_last_mean'][0]:.3f} against "
           f"{out['hv_last_mean'][1]:.3f})")
     if out_after is not None:
         print(f"  proposed once the study had seen a collapse: {out_after['collapsed'][0]} of {out_after['proposed'][0]} "
-              f"against {out_after['collapsed'][1]} of {out_after['proposed'][1]}: {out_after['ratio']:.2f} x (90 % in "
-              f"{out_after['interval'][0]:.2f} to {out_after['interval'][1]:.2f} x)")
+              f"against {out_after['collapsed'][1]} of {out_after['proposed'][1]}: {said(out_after)}")
     return out
 
 

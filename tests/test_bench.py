@@ -922,3 +922,34 @@ def test_the_heads_floor_before_and_after_the_scale_in_real_searches(capsys: pyt
     hv = {tag: [r[f"autopeft-{s}"]["hv"][-1] for s in (17, 18, 19, 20)] for tag, r in reps.items()}
     assert sum(b > a for b, a in zip(hv["before"], hv["after"])) == 3
     assert sum(hv["before"]) / 4 == pytest.approx(1.095, abs=1e-3) and sum(hv["after"]) / 4 == pytest.approx(1.024, abs=1e-3)
+
+
+def test_confirm_compare_gives_no_ratio_where_neither_side_collapsed(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """0 collapsed against 0 is no ratio (it printed "inf x" before session 30), a side with no proposals after a
+    collapse is no ratio either, and resamples without a ratio never count as meeting the goal; the committed MRPC
+    searches with the head's floor (seeds 4-5, both samplers) are such a case: no model-proposed trial collapsed."""
+    from bench import confirm
+
+    def write(name: str, collapsed: list[int]) -> Path:
+        studies = {f"x-{s}": {"seed": s, "hv": [0.5], "collapsed_by_model": list(range(c)),
+                              "proposed_by_model": list(range(30)), "proposed_before_a_collapse": list(range(30))}
+                   for s, c in enumerate(collapsed)}
+        (p := tmp_path / name).write_text(json.dumps({"marks": [40], "studies": studies}))
+        return p
+
+    none = confirm.main(["compare", "--json", str(write("a.json", [0, 0])), "--against", str(write("b.json", [0, 0]))])
+    assert none["ratio"] is None and none["interval"] is None and none["with_a_ratio"] == 0.0
+    assert none["p_at_most_goal"] == 0.0 and none["after_a_collapse"]["ratio"] is None
+    out = capsys.readouterr().out
+    assert "0 of 60 against 0 of 60: no ratio (neither side collapsed any)" in out and "inf" not in out
+    assert "0 of 0 against 0 of 0: no ratio (a side had no such trial)" in out
+    # one of two seeds with a collapse on the other side: resamples of the other seed alone have no ratio
+    some = confirm.main(["compare", "--json", str(write("c.json", [0, 0])), "--against", str(write("d.json", [2, 0]))])
+    assert some["ratio"] == 0.0 and some["interval"] == [0.0, 0.0]
+    assert 0.6 < some["with_a_ratio"] < 0.9 and some["p_at_most_goal"] == some["with_a_ratio"]
+    assert "90 % of the " in capsys.readouterr().out
+    mine, gp = (TABLES / f"confirm-mrpc-{s}headlr-s45.json" for s in ("", "gp-"))
+    real = confirm.main(["compare", "--json", str(mine), "--against", str(gp)])
+    assert real["collapsed"] == [0, 0] and real["proposed"] == [60, 60] and real["ratio"] is None
+    assert real["hv_last_higher"] == 1 and real["hv_last_mean"] == pytest.approx([0.415, 0.293], abs=1e-3)
