@@ -484,6 +484,12 @@ def test_the_proxy_report_says_how_sure_each_ratio_to_the_ceiling_is() -> None:
     x = [fids[rung.format(h)]["x_ceiling"] for h in ("", "head_lr=0.01,", "head_lr=0.01,head_lr_after_scale=True,")]
     assert [round(v, 2) for v in x] == [0.59, 0.79, 0.53]
     assert all(fids[rung.format(h)]["n_ceiling"] == 27 for h in ("", "head_lr=0.01,"))
+    # the search's own fidelity (600 x 2 @ 8, AUC) on the same 27 configs (session 30): no floor, 0.01, 0.003, 0.01
+    # after the scale; the cheapest figure at or above 0.8 x, from a gentler floor than the default
+    search = "batch_size=8,epochs=2.0,{}lr_scale=2.0,metric=auc,n_train=600"
+    heads = ("", "head_lr=0.01,", "head_lr=0.003,", "head_lr=0.01,head_lr_after_scale=True,")
+    assert [round(fids[search.format(h)]["x_ceiling"], 2) for h in heads] == [0.56, 0.73, 0.85, 0.86]
+    assert all(fids[search.format(h)]["n_ceiling"] == 27 for h in heads)
     mrpc = fids["batch_size=32,epochs=2.0,lr_scale=3.0,metric=auc,n_train=2000"]
     band = mrpc["x_ceiling_interval"]  # all 27 ceiling configs since session 27 (22 before: 1.04 x, 0.34 to 2.84)
     assert mrpc["n_ceiling"] == 27 and mrpc["x_ceiling"] == pytest.approx(0.749, abs=0.002)
