@@ -181,8 +181,9 @@ def compare(a: argparse.Namespace) -> dict[str, Any]:
         counts as meeting the goal."""
         with np.errstate(invalid="ignore", divide="ignore"):
             share_a, share_b = c[..., 0] / c[..., 1], c[..., 2] / c[..., 3]
-            return np.where(share_b > 0, share_a / np.where(share_b > 0, share_b, 1.0),
-                            np.where(share_a > 0, np.inf, np.nan))
+            ratio = np.where(share_b > 0, share_a / np.where(share_b > 0, share_b, 1.0),
+                             np.where(share_a > 0, np.inf, np.nan))
+            return np.where((c[..., 1] > 0) & (c[..., 3] > 0), ratio, np.nan)  # a side with no such trial: none
 
     def summary(counts: np.ndarray) -> dict[str, Any]:
         """Per-seed rows (collapsed, proposed, collapsed, proposed) -> both sides' sums, their ratio (None: neither

@@ -955,6 +955,13 @@ def test_confirm_compare_gives_no_ratio_where_neither_side_collapsed(tmp_path: P
     assert some["ratio"] == 0.0 and some["interval"] == [0.0, 0.0]
     assert 0.6 < some["with_a_ratio"] < 0.9 and some["p_at_most_goal"] == some["with_a_ratio"]
     assert "90 % of the " in capsys.readouterr().out
+    # SST-2 with a floor of 0.003 (session 30): 6 collapsed against none at 0.01, whose studies proposed nothing after
+    # a collapse (there was none): that part has no ratio, not "inf x"
+    low = confirm.main(["compare", "--json", str(TABLES / "confirm-sst2-headlr003-s17-20.json"),
+                        "--against", str(TABLES / "confirm-sst2-headlr-s17-20.json")])
+    assert low["collapsed"] == [6, 0] and low["ratio"] == float("inf") and low["after_a_collapse"]["ratio"] is None
+    assert low["hv_last_higher"] == 0 and low["hv_last_mean"] == pytest.approx([1.027, 1.095], abs=1e-3)
+    assert "2 of 45 against 0 of 0: no ratio (a side had no such trial)" in capsys.readouterr().out
     mine, gp = (TABLES / f"confirm-mrpc-{s}headlr-s45.json" for s in ("", "gp-"))
     real = confirm.main(["compare", "--json", str(mine), "--against", str(gp)])
     assert real["collapsed"] == [0, 0] and real["proposed"] == [60, 60] and real["ratio"] is None
