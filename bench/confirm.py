@@ -176,14 +176,11 @@ def compare(a: argparse.Namespace) -> dict[str, Any]:
     idx = np.random.default_rng(0).integers(0, len(seeds), size=(a.boot, len(seeds)))
 
     def ratio(c: np.ndarray) -> np.ndarray:
-        """Rows: resamples of the seeds' counts summed. The other side collapsed none: inf where this side did, NaN
-        (no ratio: neither side collapsed) where it did not either, or a side proposed none; such a resample never
-        counts as meeting the goal."""
+        """Rows: resamples of the seeds' counts summed; the two shares divided as IEEE floats do: inf where only the
+        other side collapsed none, NaN (no ratio) where neither collapsed or a side proposed none (0 / 0); a NaN
+        resample never counts as meeting the goal."""
         with np.errstate(invalid="ignore", divide="ignore"):
-            share_a, share_b = c[..., 0] / c[..., 1], c[..., 2] / c[..., 3]
-            ratio = np.where(share_b > 0, share_a / np.where(share_b > 0, share_b, 1.0),
-                             np.where(share_a > 0, np.inf, np.nan))
-            return np.where((c[..., 1] > 0) & (c[..., 3] > 0), ratio, np.nan)  # a side with no such trial: none
+            return (c[..., 0] / c[..., 1]) / (c[..., 2] / c[..., 3])
 
     def summary(counts: np.ndarray) -> dict[str, Any]:
         """Per-seed rows (collapsed, proposed, collapsed, proposed) -> both sides' sums, their ratio (None: neither
@@ -200,7 +197,8 @@ def compare(a: argparse.Namespace) -> dict[str, Any]:
         if s["ratio"] is None:
             return f"no ratio ({'a side had no such trial' if 0 in s['proposed'] else 'neither side collapsed any'})"
         lo, hi = s["interval"]
-        some = "" if s["with_a_ratio"] == 1 else f" of the {100 * s['with_a_ratio']:.0f} % with a ratio"
+        n = round(s["with_a_ratio"] * a.boot)
+        some = "" if n == a.boot else f" of the {n} of {a.boot} resamples with a ratio"
         return f"{s['ratio']:.2f} x; seeds resampled: 90 %{some} in {lo:.2f} to {hi:.2f} x"
 
     def counts(side: dict[int, dict[str, Any]], s: int, skip: set[int]) -> list[int]:

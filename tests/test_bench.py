@@ -954,7 +954,7 @@ def test_confirm_compare_gives_no_ratio_where_neither_side_collapsed(tmp_path: P
     some = confirm.main(["compare", "--json", str(write("c.json", [0, 0])), "--against", str(write("d.json", [2, 0]))])
     assert some["ratio"] == 0.0 and some["interval"] == [0.0, 0.0]
     assert 0.6 < some["with_a_ratio"] < 0.9 and some["p_at_most_goal"] == some["with_a_ratio"]
-    assert "90 % of the " in capsys.readouterr().out
+    assert f"90 % of the {round(some['with_a_ratio'] * 2000)} of 2000 resamples with a ratio" in capsys.readouterr().out
     # SST-2 with a floor of 0.003 (session 30): 6 collapsed against none at 0.01, whose studies proposed nothing after
     # a collapse (there was none): that part has no ratio, not "inf x"
     low = confirm.main(["compare", "--json", str(TABLES / "confirm-sst2-headlr003-s17-20.json"),
