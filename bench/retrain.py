@@ -177,6 +177,18 @@ def _done(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _rows(a: argparse.Namespace) -> list[dict[str, Any]]:
+    """The runs of ``--out`` and of every ``--also`` file (read, never written): a new comparison reuses the committed
+    runs (baselines, configs re-trained before) without copying them into its own file, so the reports of the committed
+    files keep their figures."""
+    rows = _done(Path(a.out or TABLES / f"retrain-{a.task}.jsonl"))
+    for extra in a.also or []:
+        if not Path(extra).is_file():
+            raise SystemExit(f"--also {extra}: no such file; give a JSONL of re-training runs (bench/tables/retrain-*.jsonl)")
+        rows += _done(Path(extra))
+    return rows
+
+
 def run(a: argparse.Namespace) -> int:
     from autopeft.builder import model_info
 
@@ -197,7 +209,7 @@ def run(a: argparse.Namespace) -> int:
         full = {"n_train": 32, "epochs": 1.0}
     out = Path(a.out or TABLES / f"retrain-{a.task}.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = {(r["key"], r["seed"]) for r in _done(out)}
+    done = {(r["key"], r["seed"]) for r in _rows(a)}
     jobs = []  # seed-major: a run cut short by --minutes still has every config at seed 0
     for s in range(a.seeds):
         for c in configs:
@@ -254,7 +266,7 @@ def proxy(a: argparse.Namespace) -> int:
     from autopeft.trial import run_trial
 
     data = _data(a.task, a.data_dir)
-    recs = _done(Path(a.out or TABLES / f"retrain-{a.task}.jsonl"))
+    recs = _rows(a)
     configs = {r["key"]: r["candidate"] for r in recs if r.get("score") is not None}
     if a.ceiling_only:  # the configs the seed-to-seed ceiling is measured on (re-trained with 2 or more seeds)
         seeds: dict[str, set[int]] = {}
@@ -394,7 +406,7 @@ def answers_per_budget(found: list[str], rows: list[dict[str, Any]],
 def report(a: argparse.Namespace) -> dict[str, Any]:
     import statistics
 
-    recs = [r for r in _done(Path(a.out or TABLES / f"retrain-{a.task}.jsonl")) if r.get("score") is not None]
+    recs = [r for r in _rows(a) if r.get("score") is not None]
     by: dict[str, list[dict[str, Any]]] = {}
     for r in recs:
         by.setdefault(r["key"], []).append(r)
@@ -513,6 +525,8 @@ def main(argv: list[str] | None = None) -> Any:
     add_data_dir(ap)
     add_model(ap)
     ap.add_argument("--out", help="JSONL of runs (default bench/tables/retrain-<task>.jsonl)")
+    ap.add_argument("--also", action="append", help="run/proxy/report: another JSONL of runs to read with --out's "
+                    "(runs done there are not run again; never written; repeatable)")
     ap.add_argument("--json", help="report: write the summary here")
     ap.add_argument("--fidelity", action="append",
                     help="proxy: a low-cost fidelity to score every re-trained config with, e.g. "

@@ -169,6 +169,13 @@ def test_retrain_quick_run_is_resumable_and_reports(tiny_model: str, glue_dir: P
     assert len(one) == 1 and one[0]["why"] == "best score" and one[0]["candidate"] == best["candidate"]
     assert all(0.0 <= r["score"] <= 1.0 and r["params"] > 0 and r["n_train"] == 32 for r in runs)
     assert rt.main(["run", *args]) == 0 and len(out.read_text().splitlines()) == len(runs)  # resumed: nothing re-run
+    # a new file that reads the committed runs with --also: nothing re-run, nothing copied, the same report
+    other = tmp_path / "new.jsonl"
+    also = [a if a != str(out) else str(other) for a in args] + ["--also", str(out)]
+    assert rt.main(["run", *also]) == 0 and not other.exists()
+    assert rt.main(["report", *also])["rows"] == rt.main(["report", *args])["rows"]
+    with pytest.raises(SystemExit, match="--also nowhere.jsonl: no such file"):
+        rt.main(["report", *args, "--also", "nowhere.jsonl"])
     assert rt.main(["proxy", *args, "--proxy-out", str(tmp_path / "p.jsonl"),
                     "--fidelity", "n_train=16,epochs=1,batch_size=8,n_eval=16,max_length=24",
                     "--fidelity", "n_train=16,epochs=1,batch_size=8,n_eval=16,max_length=24,metric=auc"]) == 0
