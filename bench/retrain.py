@@ -167,6 +167,40 @@ def plan(task: str, space: str, found: list[str], n_proxy: int, info: Any, picks
     return out
 
 
+def _tuned(a: argparse.Namespace) -> dict[str, float]:
+    """``--tuned-baselines``: each baseline's tuned multiplier, from ``--tuned-from`` (default
+    bench/tables/baselines-lr-<task>.jsonl)."""
+    from bench.fair_baselines import best_multipliers, path_for
+
+    path = Path(a.tuned_from) if a.tuned_from else path_for(a.task)
+    if a.tuned_from and not path.is_file():
+        raise SystemExit(f"--tuned-from {a.tuned_from}: no such file; give the JSONL that bench.fair_baselines tune --out wrote")
+    return best_multipliers(path)
+
+
+def tuned_rows(recs: list[dict[str, Any]], rows: list[dict[str, Any]], tuned: dict[str, float]) -> list[dict[str, Any]]:
+    """The rows of the tuned baselines, found by config and rate (not by name): ``run`` re-trains a tuned baseline
+    once, so one that an earlier run re-trained as a search's pick (same config, same rate) or as the baseline at its
+    default rate (a multiplier of 1) is that row, named here as the tuned baseline (marked ``alias`` where it was not
+    one).  A tuned baseline not re-trained yet is printed as such."""
+    from autopeft.candidate import Candidate
+    from bench.fair_baselines import with_lr
+
+    default = {r["name"]: r["candidate"] for r in recs if r["kind"] == "baseline" and r["name"] in tuned}
+    want = {Candidate.from_dict(with_lr(c, tuned[name])).key: tuned_name(name, tuned[name])
+            for name, c in default.items()}
+    out = [r for r in rows if r["kind"] == "baseline" and r["key"] in want]
+    for key, name in want.items():
+        if any(r["key"] == key for r in out):
+            continue
+        r = next((r for r in rows if r["key"] == key and not r.get("alias")), None)
+        if r is None:
+            print(f"tuned baseline {name} is not re-trained yet (run `run --tuned-baselines`)")
+        else:
+            out.append({**r, "kind": "baseline", "name": name, "alias": True})
+    return out
+
+
 def tuned_name(name: str, multiplier: float) -> str:
     return f"{name} (lr x{multiplier:g}, tuned)"
 
@@ -198,9 +232,7 @@ def run(a: argparse.Namespace) -> int:
     info = model_info(a.model, task_of(data).num_labels)
     tuned = None
     if a.tuned_baselines:
-        from bench.fair_baselines import best_multipliers, path_for
-
-        tuned = best_multipliers(path_for(a.task))
+        tuned = _tuned(a)
         if not tuned:
             raise SystemExit(f"no tuned baselines for {a.task}: run python -m bench.fair_baselines tune --task {a.task} first")
     configs = plan(a.task, a.space, a.found, a.n_proxy, info, a.picks, tuned)
@@ -430,13 +462,7 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
               f" {low:>9s}")
     found = [r for r in rows if r["kind"] == "found"]
     # --tuned-baselines: compare with the baselines given the found configs' learning-rate search only
-    at_one: set[str] = set()  # baselines whose tuned multiplier is 1: their default-rate runs are the tuned ones
-    if a.tuned_baselines:
-        from bench.fair_baselines import best_multipliers, path_for
-
-        at_one = {name for name, m in best_multipliers(path_for(a.task)).items() if m == 1.0}
-    base_rows = [r for r in rows if r["kind"] == "baseline" and (not a.tuned_baselines or r["name"].endswith(", tuned)")
-                                                                 or r["name"] in at_one)]
+    base_rows = tuned_rows(recs, rows, _tuned(a)) if a.tuned_baselines else [r for r in rows if r["kind"] == "baseline"]
     verdict: dict[str, dict[str, str | None]] = {}
     paired: dict[str, dict[str, dict[str, Any]]] = {}
     for src in sorted({str(f["source"]) for f in found}) + ["any search"]:
@@ -536,6 +562,8 @@ def main(argv: list[str] | None = None) -> Any:
     ap.add_argument("--proxy-out", help="JSONL of proxy trials (default bench/tables/proxy-<task>.jsonl)")
     ap.add_argument("--tuned-baselines", action="store_true", help="run/report: the baselines at the learning-rate "
                     "multipliers bench.fair_baselines tune found (the fair protocol), instead of their defaults")
+    ap.add_argument("--tuned-from", help="run/report: the tuning trials --tuned-baselines takes each baseline's best "
+                    "multiplier from (default bench/tables/baselines-lr-<task>.jsonl)")
     ap.add_argument("--ceiling-only", action="store_true", help="proxy: only the configs re-trained with 2 or more "
                                                                 "seeds (the seed-to-seed ceiling's configs)")
     ap.add_argument("--answer-se", type=float, help="the factor of the noise margin within which a seeded config "

@@ -617,6 +617,29 @@ def test_fair_baselines_pick_each_baselines_best_rate_and_retrain_plans_it(tiny_
     assert base["ia3"].get("lr_multiplier", 1.0) == 1.0
 
 
+def test_the_tuned_baselines_are_found_by_config_and_rate_not_by_name(capsys: pytest.CaptureFixture[str]) -> None:
+    """``report --tuned-baselines``: a tuned baseline is the row of its config at its tuned rate, whatever run
+    re-trained it first (the baseline at x1, or a search's pick at the same rate, since ``run`` trains it once); one
+    not re-trained is said so and left out."""
+    from autopeft.candidate import Candidate
+
+    rt, fb = _load("retrain"), _load("fair_baselines")
+    base = {k: c.to_dict() for k, c in rt.baselines(2).items()}
+
+    def rec(kind: str, name: str, cand: dict, score: float) -> dict:
+        return {"kind": kind, "name": name, "candidate": cand, "key": Candidate.from_dict(cand).key, "score": score}
+
+    recs = [rec("baseline", n, base[n], 0.7) for n in ("ia3", "lora r=8 q,v", "prefix 20")]
+    recs += [rec("found", "found #16: ia3 x2", fb.with_lr(base["ia3"], 2.0), 0.81),
+             rec("found", "found #3: something else", fb.with_lr(base["lora r=8 q,v"], 2.0), 0.9)]
+    rows = [{"key": r["key"], "kind": r["kind"], "name": r["name"], "mean": r["score"], "params": 1} for r in recs]
+    got = rt.tuned_rows(recs, rows, {"ia3": 2.0, "lora r=8 q,v": 1.0, "prefix 20": 0.5})
+    assert {r["name"]: r["mean"] for r in got} == {"ia3 (lr x2, tuned)": 0.81, "lora r=8 q,v": 0.7}
+    assert [r.get("alias") for r in got if r["name"].startswith("ia3")] == [True]
+    assert "tuned baseline prefix 20 (lr x0.5, tuned) is not re-trained yet" in capsys.readouterr().out
+    assert rt.tuned_rows(recs, rows, {}) == []
+
+
 def test_confirm_counts_collapsed_trials_and_those_beside_a_running_twin() -> None:
     """bench.confirm report's collapse columns: model-based trials (number >= 8) within 2 % of the gap above chance,
     and of those the ones that started while the same config (any learning rate) still trained; and the trials the
