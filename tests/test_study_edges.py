@@ -80,10 +80,10 @@ def test_timeout_abandons_running_trials_and_their_candidates_stay_eligible(tiny
 
     storage = f"sqlite:///{tmp_path / 'e.db'}"
     s = _search(tiny_model, glue_dir, storage, 5, executor="local", workers=1, timeout=4.0,
-                fault=lambda n: "sleep:60")
+                fault=lambda n: "sleep:600")
     t0 = time.monotonic()
     res = s.run()
-    assert time.monotonic() - t0 < 40  # stopped at the timeout, not after the 60 s trial
+    assert time.monotonic() - t0 < 300  # stopped at the timeout, not after the 600 s trial (a wide bound: load)
     assert s.stop_reason == "timeout"
     trials = res.study.get_trials()
     assert trials and not [t for t in trials if t.state == TrialState.RUNNING]
