@@ -214,12 +214,14 @@ def _done(path: Path) -> list[dict[str, Any]]:
 def _rows(a: argparse.Namespace) -> list[dict[str, Any]]:
     """The runs of ``--out`` and of every ``--also`` file (read, never written): a new comparison reuses the committed
     runs (baselines, configs re-trained before) without copying them into its own file, so the reports of the committed
-    files keep their figures."""
+    files keep their figures.  A run (config and seed) that an earlier file already has is skipped, so files that
+    overlap (one started as a copy of another) count each run once."""
     rows = _done(Path(a.out or TABLES / f"retrain-{a.task}.jsonl"))
     for extra in a.also or []:
         if not Path(extra).is_file():
             raise SystemExit(f"--also {extra}: no such file; give a JSONL of re-training runs (bench/tables/retrain-*.jsonl)")
-        rows += _done(Path(extra))
+        have = {(r["key"], r["seed"]) for r in rows}
+        rows += [r for r in _done(Path(extra)) if (r["key"], r["seed"]) not in have]
     return rows
 
 

@@ -174,6 +174,8 @@ def test_retrain_quick_run_is_resumable_and_reports(tiny_model: str, glue_dir: P
     also = [a if a != str(out) else str(other) for a in args] + ["--also", str(out)]
     assert rt.main(["run", *also]) == 0 and not other.exists()
     assert rt.main(["report", *also])["rows"] == rt.main(["report", *args])["rows"]
+    twice = [*also, "--also", str(out)]  # an overlapping file: each run counted once
+    assert rt.main(["report", *twice])["rows"] == rt.main(["report", *args])["rows"]
     with pytest.raises(SystemExit, match="--also nowhere.jsonl: no such file"):
         rt.main(["report", *args, "--also", "nowhere.jsonl"])
     assert rt.main(["proxy", *args, "--proxy-out", str(tmp_path / "p.jsonl"),
