@@ -172,10 +172,7 @@ def _tuned(a: argparse.Namespace) -> dict[str, float]:
     bench/tables/baselines-lr-<task>.jsonl)."""
     from bench.fair_baselines import best_multipliers, path_for
 
-    path = Path(a.tuned_from) if a.tuned_from else path_for(a.task)
-    if a.tuned_from and not path.is_file():
-        raise SystemExit(f"--tuned-from {a.tuned_from}: no such file; give the JSONL that bench.fair_baselines tune --out wrote")
-    return best_multipliers(path)
+    return best_multipliers(Path(a.tuned_from) if a.tuned_from else path_for(a.task))
 
 
 def tuned_rows(recs: list[dict[str, Any]], rows: list[dict[str, Any]], tuned: dict[str, float]) -> list[dict[str, Any]]:
@@ -218,8 +215,6 @@ def _rows(a: argparse.Namespace) -> list[dict[str, Any]]:
     overlap (one started as a copy of another) count each run once."""
     rows = _done(Path(a.out or TABLES / f"retrain-{a.task}.jsonl"))
     for extra in a.also or []:
-        if not Path(extra).is_file():
-            raise SystemExit(f"--also {extra}: no such file; give a JSONL of re-training runs (bench/tables/retrain-*.jsonl)")
         have = {(r["key"], r["seed"]) for r in rows}
         rows += [r for r in _done(Path(extra)) if (r["key"], r["seed"]) not in have]
     return rows
@@ -574,6 +569,11 @@ def main(argv: list[str] | None = None) -> Any:
     a = ap.parse_args(argv)
     if a.picks < 1:
         ap.error(f"--picks must be at least 1, got {a.picks}")
+    for extra in a.also or []:
+        if not Path(extra).is_file():
+            ap.error(f"--also {extra}: no such file; give a JSONL of re-training runs (bench/tables/retrain-*.jsonl)")
+    if a.tuned_from and not Path(a.tuned_from).is_file():
+        ap.error(f"--tuned-from {a.tuned_from}: no such file; give the JSONL that bench.fair_baselines tune --out wrote")
     if a.answer_se is not None and not 0 <= a.answer_se < math.inf:
         ap.error(f"--answer-se must be a finite number >= 0, got {a.answer_se}")
     global ANSWER_SE

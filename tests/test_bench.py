@@ -133,7 +133,8 @@ def test_ray_efficiency_quick(tiny_model: str, glue_dir: Path) -> None:
     assert out["trials"] == 3 and 0 < out["efficiency"] <= 1.05
 
 
-def test_retrain_quick_run_is_resumable_and_reports(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
+def test_retrain_quick_run_is_resumable_and_reports(tiny_model: str, glue_dir: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
     rt, cf = _load("retrain"), _load("confirm")
     storage = f"sqlite:///{tmp_path / 'found.db'}"
     assert cf.main(["run", "--quick", "--model", tiny_model, "--data-dir", str(glue_dir), "--space", "tiny",
@@ -176,8 +177,12 @@ def test_retrain_quick_run_is_resumable_and_reports(tiny_model: str, glue_dir: P
     assert rt.main(["report", *also])["rows"] == rt.main(["report", *args])["rows"]
     twice = [*also, "--also", str(out)]  # an overlapping file: each run counted once
     assert rt.main(["report", *twice])["rows"] == rt.main(["report", *args])["rows"]
-    with pytest.raises(SystemExit, match="--also nowhere.jsonl: no such file"):
-        rt.main(["report", *args, "--also", "nowhere.jsonl"])
+    for bad, say in ((["--also", "nowhere.jsonl"], "--also nowhere.jsonl: no such file"),
+                     (["--tuned-baselines", "--tuned-from", "nowhere.jsonl"], "--tuned-from nowhere.jsonl: no such file")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            rt.main(["report", *args, *bad])
+        assert e.value.code == 2 and say in capsys.readouterr().err
     assert rt.main(["proxy", *args, "--proxy-out", str(tmp_path / "p.jsonl"),
                     "--fidelity", "n_train=16,epochs=1,batch_size=8,n_eval=16,max_length=24",
                     "--fidelity", "n_train=16,epochs=1,batch_size=8,n_eval=16,max_length=24,metric=auc"]) == 0
