@@ -31,6 +31,15 @@ RAY_KEYS = ("address", "cpus_per_trial", "gpus_per_trial", "num_cpus")
 ALIASES = {"trials": "n_trials", "study": "study_name", "ray_address": "address"}
 
 
+def hub_task(dataset: str | None, config: str | None) -> str | None:
+    """``--dataset NAME [--dataset-config CONFIG]`` as a task: ``NAME`` or ``NAME:CONFIG`` (the hub's name)."""
+    if config and not dataset:
+        raise ConfigError("--dataset-config needs --dataset (the Hugging Face datasets name it configures)")
+    if not dataset:
+        return None
+    return f"{dataset}:{config}" if config else dataset
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -137,6 +146,20 @@ class SearchConfig:
     def from_options(cls, **options: Any) -> "SearchConfig":
         """Validate keyword options (the API's names; the aliases in :data:`ALIASES` too)."""
         opts = {ALIASES.get(k, k): v for k, v in options.items()}
+        for neg in ("no_escalate", "no_collapse_stop"):  # the CLI's switches by their own names
+            if neg in opts:
+                v = opts.pop(neg)
+                if not isinstance(v, bool):
+                    raise ConfigError(f"{neg} must be true or false, got {v!r}")
+                if neg[3:] in opts and opts[neg[3:]] is v:
+                    raise ConfigError(f"{neg}={v} contradicts {neg[3:]}={opts[neg[3:]]}; give one of them")
+                opts[neg[3:]] = not v
+        if "dataset" in opts or "dataset_config" in opts:
+            hub = hub_task(opts.pop("dataset", None), opts.pop("dataset_config", None))
+            if hub is not None and opts.get("task") not in (None, hub):
+                raise ConfigError(f"give task={opts['task']!r} or dataset={hub!r}, not both")
+            if hub is not None:
+                opts["task"] = hub
         data = {k: opts.pop(k) for k in DATA_KEYS if k in opts}
         fid = {k: v for k, v in ((k, opts.pop(k)) for k in FIDELITY_KEYS if k in opts) if v is not None}
         ray = {k: v for k, v in ((k, opts.pop(k)) for k in RAY_KEYS if k in opts) if v is not None}

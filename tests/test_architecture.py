@@ -93,6 +93,10 @@ def test_modules_stay_small_or_say_why() -> None:
     ({"colour": "red"}, "unknown search option 'colour'"),
     ({"max_memory": "1e999"}, "--max-memory must be a finite number > 0"),
     ({"objectives": "params,score"}, "objectives must start with 'score'"),
+    ({"no_escalate": "yes"}, "no_escalate must be true or false, got 'yes'"),
+    ({"no_escalate": True, "escalate": True}, "no_escalate=True contradicts escalate=True; give one of them"),
+    ({"dataset_config": "rte"}, "--dataset-config needs --dataset"),
+    ({"task": "mrpc", "dataset": "glue", "dataset_config": "rte"}, "give task='mrpc' or dataset='glue:rte', not both"),
 ])
 def test_search_options_are_validated_once_with_exact_messages(bad: dict, message: str) -> None:
     from autopeft.config import SearchConfig
@@ -101,6 +105,16 @@ def test_search_options_are_validated_once_with_exact_messages(bad: dict, messag
     with pytest.raises(ConfigError) as exc:
         SearchConfig.from_options(**bad)
     assert message in str(exc.value)
+
+
+def test_the_cli_switches_and_dataset_options_are_api_keywords_too() -> None:
+    """README: the API's keywords are the CLI's options with _ for -, --no-escalate and --dataset included."""
+    from autopeft.config import SearchConfig
+
+    c = SearchConfig.from_options(no_escalate=True, no_collapse_stop=False, dataset="glue", dataset_config="rte")
+    assert (c.escalate, c.collapse_stop, c.data["task"]) == (False, True, "glue:rte")
+    assert SearchConfig.from_options(escalate=False).escalate is False
+    assert SearchConfig.from_options(task="glue:rte", dataset="glue", dataset_config="rte").data["task"] == "glue:rte"
 
 
 def test_budgets_parse_units_and_refuse_bytes_as_a_count() -> None:

@@ -118,6 +118,15 @@ def test_ask_timing_quick() -> None:
     assert set(out) == {"autopeft", "gp"} and all(v > 0 for v in out.values()) and 2 * sum(out.values()) < wall
 
 
+def test_trainer_overhead_quick_times_both_loops(glue_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "t.json"
+    _load("trainer_overhead").main(["--quick", "--data-dir", str(glue_dir), "--repeats", "1", "--out", str(out)])
+    rec = json.loads(out.read_text())
+    lean, trainer = rec["times"]["lean"], rec["times"]["trainer"]
+    assert len(lean) == len(trainer) == 1 and min(lean + trainer) > 0
+    assert rec["ratio"] == pytest.approx(trainer[0] / lean[0]) and rec["fidelity"]["n_train"] == 64
+
+
 def test_overhead_on_a_study(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
     import autopeft
 

@@ -376,7 +376,7 @@ def test_dataset_and_its_config_name_a_hub_task(monkeypatch: pytest.MonkeyPatch,
     nyu-mll/glue repository), the task named by its config; with --data-dir the config's folder is used."""
     import datasets
 
-    from autopeft.commands.search import hub_task
+    from autopeft.config import hub_task
 
     assert hub_task("glue", "sst2") == "glue:sst2" and hub_task("imdb", None) == "imdb" and hub_task(None, None) is None
     with pytest.raises(AutoPeftError, match="--dataset-config needs --dataset"):

@@ -9,7 +9,7 @@ from typing import Any
 
 from autopeft.commands._args import non_negative_float, positive_float, positive_int, seed, study_args
 from autopeft.commands._output import print_front
-from autopeft.config import DEFAULT_SPACE, METRICS, TASK_TYPES
+from autopeft.config import DEFAULT_SPACE, METRICS, TASK_TYPES, hub_task
 from autopeft.contract import CLASS_WEIGHTS, DTYPES
 from autopeft.pruner import PRUNERS
 
@@ -47,13 +47,13 @@ def add(sub: Any) -> None:
     s.add_argument("--objectives", default="score,params,memory", help="comma-separated; score first (also: time)")
     s.add_argument("--max-params", help="budget: a count, or a percentage of the base model like 0.5%%")
     s.add_argument("--max-memory", help="budget in MiB, or with a unit like 1.5GiB")
-    s.add_argument("--n-train", type=positive_int, help="training rows per trial (default 600 on CPU, 2000 on GPU)")
-    s.add_argument("--n-eval", type=positive_int, help="held-out search rows scored per trial (default 500)")
-    s.add_argument("--epochs", type=positive_float, help="epochs per trial (default 2)")
-    s.add_argument("--max-length", type=positive_int, help="max tokens (default 128, capped at the model's limit)")
-    s.add_argument("--batch-size", type=positive_int, help="batch size of the trials (default 8 on CPU, 32 on GPU)")
+    s.add_argument("--n-train", type=positive_int, help="training rows per trial (default 600 on CPU, 2000 on GPU; causal LM 64 / 1000)")
+    s.add_argument("--n-eval", type=positive_int, help="held-out search rows scored per trial (default 500; causal LM 32 on CPU, 200 on GPU)")
+    s.add_argument("--epochs", type=positive_float, help="epochs per trial (default 2; causal LM 1)")
+    s.add_argument("--max-length", type=positive_int, help="max tokens (default 128, causal LM 256; capped at the model's limit)")
+    s.add_argument("--batch-size", type=positive_int, help="batch size of the trials (default 8 on CPU, 32 on GPU; causal LM 4 / 8)")
     s.add_argument("--memory-batch-size", type=positive_int,
-                   help="batch the memory objective is reported for (default 32, whatever the trial batch)")
+                   help="batch the memory objective is reported for (default 32, causal LM 8; whatever the trial batch)")
     s.add_argument("--dtype", choices=DTYPES, help="the base model's dtype in trials (default float32; adapters stay "
                    "float32; bfloat16 halves the weights' memory, and runs on CPU too)")
     s.add_argument("--class-weights", choices=("auto", *CLASS_WEIGHTS),
@@ -67,7 +67,8 @@ def add(sub: Any) -> None:
                    help="multiply every learning rate of the trials (default 2 on CPU, 1 on GPU; setting any of --n-train, --epochs, --batch-size, --lr-scale drops the CPU preset: the rest take the GPU values)")
     s.add_argument("--head-lr", type=non_negative_float,
                    help="the classification head's learning rate in trials when the methods' own rate is lower, before "
-                        "the config's multiplier and --lr-scale (default 0.01; 0: the methods' rate, as at full budget)")
+                        "the config's multiplier and --lr-scale (default 0.01 for classification; 0: the methods' rate, as at full "
+                        "budget)")
     s.add_argument("--workers", type=positive_int, help="concurrent trials (default: number of cores)")
     s.add_argument("--executor", default="local", help="local (default), ray (actor pool), ray-tune (Tune Tuner + Searcher), inline")
     s.add_argument("--ray-address", help="join a Ray cluster (ray://host:10001 or auto)")
@@ -76,7 +77,7 @@ def add(sub: Any) -> None:
     s.add_argument("--seed", type=seed, default=0, help="random seed of the sampler and the trials (default 0)")
     s.add_argument("--timeout", type=positive_float, help="stop cleanly after this many seconds")
     s.add_argument("--trial-timeout", type=positive_float, help="fail a trial that runs longer than this (seconds)")
-    s.add_argument("--max-failures", type=positive_int, default=5, help="stop after this many failed trials in a row")
+    s.add_argument("--max-failures", type=positive_int, default=5, help="stop after this many failed trials in a row (default 5)")
     s.add_argument("--no-collapse-stop", dest="collapse_stop", action="store_false",
                    help="run the whole budget even when every trial so far scored at the majority-class level (by "
                         "default the search raises the trials' fidelity after 10 such trials, at most twice, then stops "
@@ -108,7 +109,7 @@ def add(sub: Any) -> None:
                         "learning rate x1.41 and /1.41, and on from whichever scores higher until neither does (within "
                         "the space's range; each counts toward --trials); front does so for every config on the top "
                         "rung's front; the front keeps the best rate of each config. none (default): no line search")
-    s.add_argument("--n-startup", type=positive_int, default=8, help="random trials before the model steers")
+    s.add_argument("--n-startup", type=positive_int, default=8, help="random trials before the model steers (default 8)")
     s.add_argument("--learn-weight", type=non_negative_float, metavar="K",
                    help="once a trial collapsed (stayed at the majority class) and one learned, the default sampler "
                         "weighs each proposal by its chance of learning (a logistic model of the trials so far) to the "
@@ -189,17 +190,6 @@ def run(args: argparse.Namespace) -> int:
           f"study {res.name!r} stored in {res.storage}")
     print(f"inspect: autopeft show --study {res.name}" + (f" --storage {args.storage}" if args.storage else ""))
     return 0
-
-
-def hub_task(dataset: str | None, config: str | None) -> str | None:
-    """``--dataset NAME [--dataset-config CONFIG]`` as a task: ``NAME`` or ``NAME:CONFIG`` (the hub's name)."""
-    from autopeft.errors import ConfigError
-
-    if config and not dataset:
-        raise ConfigError("--dataset-config needs --dataset (the Hugging Face datasets name it configures)")
-    if not dataset:
-        return None
-    return f"{dataset}:{config}" if config else dataset
 
 
 def _isatty() -> bool:

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     if len(seeds) == 1 and seeds[0] > 1:  # "--seeds 3" reads like "three seeds"
         print(f"autopeft: training seed {seeds[0]} only (--seeds takes seed numbers; for {seeds[0]} seeds give "
               f"--seeds {','.join(map(str, range(seeds[0])))})", file=sys.stderr)
-    from autopeft.commands.search import hub_task
+    from autopeft.config import hub_task
 
     task = hub_task(args.dataset, args.dataset_config) or args.task
     res = api.train(args.config, args.output, model=args.model, task=task, data_dir=args.data_dir,
