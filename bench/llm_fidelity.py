@@ -8,7 +8,8 @@ from autopeft.contract import TrialSpec, Fidelity
 from autopeft.config import data_spec_dict
 from autopeft.candidate import Candidate
 import autopeft.trial as T
-data = data_spec_dict("gsm8k", "/work/shared/data")
+from pathlib import Path
+data = data_spec_dict("gsm8k", str(Path(__file__).resolve().parents[2] / "shared" / "data"))  # ../shared/data
 which, n_train, ep, bs, ml, lrs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
 C = {"lora": ({"lora": {"r": 8, "targets": ["q","v"], "alpha_ratio": 2.0, "dropout": 0.1}}, list(range(30))),
      "ia3": ({"ia3": {"targets": ["k","v","ffn_down"]}}, list(range(30))),
