@@ -11,13 +11,19 @@ from autopeft.errors import DataError
 from autopeft.tables import Table
 
 __all__ = ["LM_PAIRS", "LM_SINGLE", "given_columns", "infer_kind", "infer_label", "infer_text_columns",
-           "label_map", "norm_label", "raw_labels", "texts"]
+           "label_by_name", "label_by_values", "label_map", "norm_label", "raw_labels", "texts"]
 
 CLASSIFICATION, CAUSAL_LM, _ = TASK_TYPES
 _PAIRS: tuple[tuple[str, str], ...] = (("sentence1", "sentence2"), ("question", "sentence"), ("premise", "hypothesis"),
                                        ("question1", "question2"), ("question", "passage"))
 _SINGLE: tuple[str, ...] = ("sentence", "text", "review", "content", "document")
-_LABELS: tuple[str, ...] = ("label", "labels", "target", "class", "category", "y")
+_LABELS: tuple[str, ...] = ("label", "labels", "target", "class", "category", "y", "gold_label", "sentiment", "polarity",
+                           "emotion", "intent", "topic", "stance")
+#: a column of no known label name is the label when its values look like classes (:func:`label_by_values`): ints or
+#: short strings, at least 2 and at most this many distinct values, at most a tenth as many as the rows sampled
+_MAX_CLASSES = 100
+_MIN_ROWS = 20
+_SHORT = 40
 _ID_COLUMNS: frozenset[str] = frozenset({"id", "idx", "guid", "index", "uid", "uuid"})
 # causal-LM data: (prompt, response) column pairs, else one text column trained on whole
 LM_PAIRS: tuple[tuple[str, str], ...] = (("question", "answer"), ("prompt", "response"), ("prompt", "completion"),
@@ -73,14 +79,53 @@ def label_map(values: Sequence[Any]) -> dict[Any, int]:
     return {v: i for i, v in enumerate(order)}
 
 
-def infer_label(t: Table) -> str:
+def label_by_name(t: Table) -> str | None:
     found = next((c for c in _LABELS if c in t.columns), None)
     if found is None:
         lower = {c.lower(): c for c in t.columns}
         found = next((lower[c] for c in _LABELS if c in lower), None)
-    if found is None:
-        raise DataError(f"{t.where}: no label column found (columns: {', '.join(t.columns)}); pass --label-column")
     return found
+
+
+def label_by_values(t: Table) -> list[str]:
+    """The columns whose values look like classes (the first 5,000 rows; at least :data:`_MIN_ROWS`): every value an
+    int or a string of 1-:data:`_SHORT` characters that is no decimal number, 2 to :data:`_MAX_CLASSES` distinct
+    values and at most one per ten rows; id columns never.  One such column beside the text is the label of a file
+    that names it otherwise ("relation", "stars"); two or more are ambiguous."""
+    rows = t.rows[:5000]
+    if len(rows) < _MIN_ROWS:
+        return []
+
+    def is_class(v: Any) -> bool:
+        if isinstance(v, bool) or (isinstance(v, int) and abs(v) < 10**6):
+            return True
+        if not isinstance(v, str):
+            return False
+        s = v.strip()
+        return 0 < len(s) <= _SHORT and (s.lstrip("+-").isdigit() or not _FLOAT_RE.fullmatch(s))
+
+    out = []
+    for c in t.columns:
+        if c.lower() in _ID_COLUMNS:
+            continue
+        vals = [r.get(c) for r in rows]
+        if all(is_class(v) for v in vals) and 2 <= len(set(vals)) <= min(_MAX_CLASSES, len(rows) // 10):
+            out.append(c)
+    return out
+
+
+def infer_label(t: Table) -> tuple[str, str]:
+    """The label column and how it was found ("" by its name, else a note: by its values)."""
+    found = label_by_name(t)
+    if found is not None:
+        return found, ""
+    cands = label_by_values(t)
+    if len(cands) == 1:
+        return cands[0], f"label column {cands[0]!r} taken by its values (no column is named label); --label-column sets it"
+    if cands:
+        raise DataError(f"{t.where}: no column is named label, and {', '.join(map(repr, cands))} all hold values like "
+                        "classes; pass --label-column with the one that is the label")
+    raise DataError(f"{t.where}: no label column found (columns: {', '.join(t.columns)}); pass --label-column")
 
 
 def infer_text_columns(t: Table, label: str) -> tuple[str, ...]:
@@ -156,13 +201,14 @@ def infer_kind(t: Table, task_type: str | None, label_column: str | None) -> str
         return task_type
     if label_column is not None:
         return CLASSIFICATION
-    lower = {c.lower() for c in t.columns}
-    if any(c in lower for c in _LABELS):
+    if label_by_name(t) is not None:
         return CLASSIFICATION
     pair = next(((a, b) for a, b in LM_PAIRS if a in t.columns and b in t.columns), None)
     cols = pair or next(((c,) for c in LM_SINGLE if c in t.columns), ())
     # only when nothing else is left: {"text", "stars"} is a classification whose label has another name
     if cols and not [c for c in t.columns if c not in cols and c.lower() not in _ID_COLUMNS]:
         return CAUSAL_LM
+    if label_by_values(t):  # one: the label; several: infer_label says which are in doubt
+        return CLASSIFICATION
     raise DataError(f"{t.where}: no label column found (columns: {', '.join(t.columns)}); pass --label-column for "
                     "classification, or --task-type causal-lm --text-columns PROMPT,RESPONSE for language modelling")

@@ -98,6 +98,7 @@ class TaskData:
     source: str = ""  # where the training rows came from: a file path, or "hub:<name>"
     kind: str = CLASSIFICATION  # one of TASK_TYPES
     validation_source: str = ""  # where the evaluation rows came from (a validation, dev or test file), or ""
+    label_note: str = ""  # how the label column was found when not by its name (or given): shown to the user
 
     @property
     def n_train(self) -> int:
@@ -265,13 +266,14 @@ def _build(spec: DataSpec, src: _Source, train: Table, val: Table | None) -> Tas
     kind = infer_kind(train, spec.task_type, spec.label_column)
     if kind != CLASSIFICATION:
         return _build_lm(spec, src, train, val, kind)
+    label_note = ""
     if spec.label_column is not None:
         label = spec.label_column
         if label not in train.columns:
             raise DataError(f"{train.where}: label column {label!r} not found (columns: {', '.join(train.columns)}); "
                             "pass --label-column with one of them")
     else:
-        label = infer_label(train)
+        label, label_note = infer_label(train)
     if spec.text_columns is not None:
         text_cols = given_columns(train, spec.text_columns, "with one or two of them")
         if label in text_cols:
@@ -312,7 +314,7 @@ def _build(spec: DataSpec, src: _Source, train: Table, val: Table | None) -> Tas
     metric, reason = choose_metric(src.name, tr_labels, len(mapping), spec.metric)
     return TaskData(src.name, tuple(text_cols), label, texts(train, text_cols), tr_labels, va_texts, va_labels,
                     len(mapping), names, metric, reason, source=src.train[0] if src.train else f"hub:{src.hub}",
-                    validation_source=src.validation[0] if src.validation else "")
+                    validation_source=src.validation[0] if src.validation else "", label_note=label_note)
 
 
 @functools.lru_cache(maxsize=8)

@@ -170,6 +170,42 @@ def test_label_column_errors(tmp_path: Path) -> None:
         load_task(DataSpec(train_file=str(reg)))
 
 
+def test_a_label_column_of_another_name_is_found_by_its_values(tmp_path: Path) -> None:
+    """A held-out file names its label "relation" or "stars": the one column whose values look like classes is the
+    label, and the search says so; two such columns, or too few rows to tell, stay the error naming --label-column."""
+    import csv
+
+    rels = ["paraphrase", "related", "unrelated"]
+    path = tmp_path / "pairs.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "sentence_a", "sentence_b", "relation"])
+        w.writerows([[i, f"a sentence number {i}", f"another one {i % 7}", rels[i % 3]] for i in range(60)])
+    t = load_task(DataSpec(train_file=str(path)))
+    assert (t.label_column, t.text_columns, t.num_labels, t.label_names, t.metric) == (
+        "relation", ("sentence_a", "sentence_b"), 3, rels, "macro_f1")
+    assert t.label_note == ("label column 'relation' taken by its values (no column is named label); --label-column "
+                            "sets it")
+    # ints 1-5 under another name; a year-like column of many values is no class; a named label needs no note
+    rows = [{"text": f"review {i}", "stars": 1 + i % 5, "year": 1950 + i} for i in range(50)]
+    t = load_task(DataSpec(train_file=str(write_jsonl(tmp_path / "stars.jsonl", rows))))
+    assert (t.label_column, t.text_columns, t.num_labels) == ("stars", ("text",), 5)
+    named = [{"premise": f"p {i}", "hypothesis": f"h {i}", "gold_label": ["entailment", "neutral"][i % 2]} for i in range(30)]
+    t = load_task(DataSpec(train_file=str(write_jsonl(tmp_path / "snli.jsonl", named))))
+    assert (t.label_column, t.text_columns, t.label_note) == ("gold_label", ("premise", "hypothesis"), "")
+    both = [{"text": f"t {i}", "source": ["web", "news"][i % 2], "relation": ["x", "y", "z"][i % 3]} for i in range(40)]
+    with pytest.raises(DataError, match=r"no column is named label, and 'source', 'relation' all hold values like "
+                                        r"classes; pass --label-column with the one that is the label"):
+        load_task(DataSpec(train_file=str(write_jsonl(tmp_path / "both.jsonl", both))))
+    assert load_task(DataSpec(train_file=str(tmp_path / "both.jsonl"), label_column="relation")).num_labels == 3
+    few = [{"text": f"t {i}", "stars": i % 2} for i in range(19)]  # under 20 rows: not enough to tell
+    with pytest.raises(DataError, match="no label column found"):
+        load_task(DataSpec(train_file=str(write_jsonl(tmp_path / "few.jsonl", few))))
+    decimals = [{"text": f"t {i}", "score": ["0.5", "1.5"][i % 2]} for i in range(40)]  # decimals are no classes
+    with pytest.raises(DataError, match="no label column found"):
+        load_task(DataSpec(train_file=str(write_jsonl(tmp_path / "dec.jsonl", decimals))))
+
+
 def test_file_errors(tmp_path: Path) -> None:
     missing = tmp_path / "nope.jsonl"
     with pytest.raises(DataError, match=f"train file not found: {missing}"):

@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"autopeft: task {task.name} ({task.n_train} train rows, {what}), "
           f"metric {task.metric} ({task.metric_reason}); space {s.space_def.name} ({s.bound.size} encoded dims); "
           f"sampler {args.sampler}{learn}; {s.workers} worker(s); fidelity {s.fidelity.to_dict()}", file=sys.stderr)
-    for note in (s.learn_note, s.prior_note):
+    for note in (task.label_note, s.learn_note, s.prior_note):
         if note:
             print(f"autopeft: note: {note}", file=sys.stderr)
     if s.fidelity_note and not s.resumed:
