@@ -127,6 +127,22 @@ def test_trainer_overhead_quick_times_both_loops(glue_dir: Path, tmp_path: Path)
     assert rec["ratio"] == pytest.approx(trainer[0] / lean[0]) and rec["fidelity"]["n_train"] == 64
 
 
+def test_the_held_out_files_load_with_no_task_options(glue_dir: Path, tmp_path: Path) -> None:
+    from autopeft.data import DataSpec, load_task
+
+    _load("heldout_files").main(["--data-dir", str(glue_dir), "--out", str(tmp_path)])
+    t = load_task(DataSpec(train_file=str(tmp_path / "topic3" / "train.csv"),
+                           validation_file=str(tmp_path / "topic3" / "validation.csv")))
+    assert (t.n_train, t.label_column, t.label_names, t.metric, t.label_note) == (
+        3000, "category", ["negative", "other", "positive"], "macro_f1", "")
+    assert [t.validation_labels.count(i) for i in range(3)] == [200, 150, 250]
+    p = load_task(DataSpec(train_file=str(tmp_path / "pairs3" / "train.csv"),
+                           validation_file=str(tmp_path / "pairs3" / "validation.csv")))
+    assert (p.n_train, p.label_column, p.text_columns, p.label_names) == (
+        4868, "relation", ("sentence_a", "sentence_b"), ["paraphrase", "related", "unrelated"])
+    assert [p.validation_labels.count(i) for i in range(3)] == [279, 129, 150] and p.label_note
+
+
 def test_overhead_on_a_study(tiny_model: str, glue_dir: Path, tmp_path: Path) -> None:
     import autopeft
 
