@@ -148,7 +148,8 @@ def _task_dir(d: Path) -> tuple[Path, Path | None]:
     tr = _find(d, ("train",))
     if tr is None:
         found = ", ".join(sorted(x.name for x in d.iterdir())[:10]) or "nothing"
-        raise DataError(f"task folder {d} has no train.jsonl, train.csv or train.tsv (found: {found}); add one or pass --train-file")
+        raise DataError(f"task folder {d} has no train.jsonl, train.csv, train.tsv or train.parquet (found: {found}); add one "
+                        "or pass --train-file")
     return tr, _find(d, ("validation", "dev", "test"))  # train/test only (GSM8K): test is the evaluation split
 
 

@@ -1,8 +1,9 @@
-"""Reading a task's rows: local JSON-lines / JSON / CSV / TSV files and Hugging Face ``datasets`` names.
+"""Reading a task's rows: local JSON-lines / JSON / CSV / TSV / Parquet files and Hugging Face ``datasets`` names.
 
 Our own reader rather than ``datasets.load_dataset("csv", ...)`` for local files: every problem a user can cause (a
 bad line, an unquoted delimiter, a non-UTF-8 byte, a 30 MB row) is a :class:`~autopeft.errors.DataError` naming the
-file and the line, and nothing is written to an Arrow cache.  Hub names go through ``datasets``.
+file and the line, and nothing is written to an Arrow cache.  Hub names go through ``datasets``.  Parquet (how the
+hub stores datasets, so what a user downloads) is read with ``pyarrow``, which ``datasets`` brings.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from autopeft.errors import DataError
 __all__ = ["EXTS", "MAX_ROW_CHARS", "Table", "load_hub", "read_rows", "read_table"]
 
 #: the file types read, in the order a task folder is searched
-EXTS: tuple[str, ...] = (".jsonl", ".json", ".csv", ".tsv")
+EXTS: tuple[str, ...] = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 #: the longest row (a JSONL line, a CSV field) read: one 30 MB line took 5.5 GB to load
 MAX_ROW_CHARS = 1 << 20
 csv.field_size_limit(MAX_ROW_CHARS)  # long documents exceed the csv module's 128 KiB default
@@ -42,10 +43,14 @@ def read_table(p: Path, role: str) -> Table:
     if not p.exists():
         raise DataError(f"{role} file not found: {p}")
     if not p.is_file():
-        raise DataError(f"{role} file {p} is not a file; pass a .jsonl, .csv or .tsv file")
+        raise DataError(f"{role} file {p} is not a file; pass a .jsonl, .csv, .tsv or .parquet file")
     ext = p.suffix.lower()
     if ext not in EXTS:
-        raise DataError(f"{role} file {p} has an unsupported extension {p.suffix or '(none)'!r}; use .jsonl, .json, .csv or .tsv")
+        raise DataError(f"{role} file {p} has an unsupported extension {p.suffix or '(none)'!r}; use .jsonl, .json, .csv, "
+                        ".tsv or .parquet")
+    if ext == ".parquet":
+        rows, lines = _parse_parquet(p, role)
+        return Table(rows, lines, str(p), list(rows[0]))
     try:
         with open(p, encoding="utf-8-sig", newline="") as f:
             text = f.read()
@@ -66,6 +71,26 @@ def read_table(p: Path, role: str) -> Table:
         if len(r) != len(columns) or any(k not in columns for k in r):
             columns.update(dict.fromkeys(r))
     return Table(rows, lines, str(p), list(columns))
+
+
+def _parse_parquet(p: Path, role: str) -> tuple[list[dict[str, Any]], list[int]]:
+    """The rows of a Parquet file (row numbers from 1 stand for lines); a text longer than :data:`MAX_ROW_CHARS` is
+    refused as the other readers refuse a long line."""
+    try:
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(p)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(f"{role} file {p} cannot be read as Parquet ({str(exc).splitlines()[0][:200]}); "
+                        "re-save it, or write it as .jsonl or .csv") from None
+    rows = table.to_pylist()
+    if not rows:
+        raise DataError(f"{role} file {p} has no rows" + (" (columns: " + ", ".join(table.column_names) + ")"
+                                                           if table.column_names else ""))
+    for i, r in enumerate(rows, 1):
+        if any(isinstance(v, str) and len(v) > MAX_ROW_CHARS for v in r.values()):
+            raise DataError(f"{role} file {p}: row {i} holds a text over {MAX_ROW_CHARS:,} characters; shorten it")
+    return rows, list(range(1, len(rows) + 1))
 
 
 def _parse_json(text: str, p: Path, role: str, ext: str) -> tuple[list[dict[str, Any]], list[int]]:

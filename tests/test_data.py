@@ -206,6 +206,29 @@ def test_a_label_column_of_another_name_is_found_by_its_values(tmp_path: Path) -
         load_task(DataSpec(train_file=str(write_jsonl(tmp_path / "dec.jsonl", decimals))))
 
 
+def test_parquet_files_as_the_hub_stores_them(tmp_path: Path) -> None:
+    """A held-out task downloaded from the hub is Parquet: read like the other files, in a task folder too; a file
+    that is not Parquet, or has no rows, is one clear error."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = tmp_path / "reviews"
+    d.mkdir()
+    pq.write_table(pa.table({"text": [f"review {i}" for i in range(30)], "label": [i % 2 for i in range(30)]}),
+                   d / "train.parquet")
+    pq.write_table(pa.table({"text": ["a", "b", "c"], "label": [0, 1, 1]}), d / "validation.parquet")
+    t = load_task(DataSpec(task="reviews", data_dir=str(tmp_path)))
+    assert (t.name, t.n_train, t.text_columns, t.label_column, t.validation_labels) == (
+        "reviews", 30, ("text",), "label", [0, 1, 1])
+    assert load_task(DataSpec(train_file=str(d / "train.parquet"))).train_labels[:4] == [0, 1, 0, 1]
+    (tmp_path / "bad.parquet").write_text("text,label\na,0\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"train file .*bad.parquet cannot be read as Parquet \(.*\); re-save it"):
+        load_task(DataSpec(train_file=str(tmp_path / "bad.parquet")))
+    pq.write_table(pa.table({"text": pa.array([], pa.string()), "label": pa.array([], pa.int64())}), tmp_path / "e.parquet")
+    with pytest.raises(DataError, match=r"e.parquet has no rows \(columns: text, label\)"):
+        load_task(DataSpec(train_file=str(tmp_path / "e.parquet")))
+
+
 def test_file_errors(tmp_path: Path) -> None:
     missing = tmp_path / "nope.jsonl"
     with pytest.raises(DataError, match=f"train file not found: {missing}"):

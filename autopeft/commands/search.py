@@ -30,7 +30,7 @@ def add(sub: Any) -> None:
     s.add_argument("--data-dir", default=None, help="directory holding <task>/train.jsonl (default $AUTOPEFT_DATA_DIR)")
     s.add_argument("--dataset", help="a Hugging Face datasets name, as in transformers' examples (instead of --task)")
     s.add_argument("--dataset-config", help="its configuration, e.g. --dataset glue --dataset-config sst2")
-    s.add_argument("--train-file", help="a local JSONL/CSV training file (instead of --task)")
+    s.add_argument("--train-file", help="a local JSONL, JSON, CSV, TSV or Parquet training file (instead of --task)")
     s.add_argument("--validation-file")
     s.add_argument("--text-columns", help="comma-separated text columns (default: inferred)")
     s.add_argument("--label-column", help="label column (default: inferred)")

@@ -17,7 +17,7 @@ def add(sub: Any) -> None:
     t.add_argument("--data-dir", help="directory holding <task>/train.jsonl (default $AUTOPEFT_DATA_DIR)")
     t.add_argument("--dataset", help="a Hugging Face datasets name (instead of --task)")
     t.add_argument("--dataset-config", help="its configuration, e.g. --dataset glue --dataset-config sst2")
-    t.add_argument("--train-file", help="a local JSONL/CSV training file (instead of --task)")
+    t.add_argument("--train-file", help="a local JSONL, JSON, CSV, TSV or Parquet training file (instead of --task)")
     t.add_argument("--validation-file")
     t.add_argument("--metric", help="score the trained model with this metric (default: the search's), e.g. f1 after "
                                      "a search ranked by auc")
