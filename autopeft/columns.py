@@ -90,7 +90,7 @@ def label_by_name(t: Table) -> str | None:
 def label_by_values(t: Table) -> list[str]:
     """The columns whose values look like classes (the first 5,000 rows; at least :data:`_MIN_ROWS`): every value an
     int or a string of 1-:data:`_SHORT` characters that is no decimal number, 2 to :data:`_MAX_CLASSES` distinct
-    values and at most one per ten rows; id columns never.  One such column beside the text is the label of a file
+    values and at most one per ten rows; id columns and columns named as text (``sentence``, ``premise``, ...) never.  One such column beside the text is the label of a file
     that names it otherwise ("relation", "stars"); two or more are ambiguous."""
     rows = t.rows[:5000]
     if len(rows) < _MIN_ROWS:
@@ -104,9 +104,10 @@ def label_by_values(t: Table) -> list[str]:
         s = v.strip()
         return 0 < len(s) <= _SHORT and (s.lstrip("+-").isdigit() or not _FLOAT_RE.fullmatch(s))
 
+    texts = {c for pair in _PAIRS for c in pair} | set(_SINGLE)
     out = []
     for c in t.columns:
-        if c.lower() in _ID_COLUMNS:
+        if c.lower() in _ID_COLUMNS or c.lower() in texts:  # an id, or a column named as text
             continue
         vals = [r.get(c) for r in rows]
         if all(is_class(v) for v in vals) and 2 <= len(set(vals)) <= min(_MAX_CLASSES, len(rows) // 10):

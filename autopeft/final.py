@@ -337,7 +337,7 @@ def train_final(cand: Candidate, model: str | None, data: dict[str, Any], out_di
               "epochs": n_epochs, "epochs_option": epochs, "patience": patience, "epochs_run": ran,
               "lr_scale": chosen[0], "lr_scales": chosen, "lr_tried": tried_all,
               "lr_scale_option": lr_scale, "best_last": lasts, "seconds": times, "saved_seed": seeds[0], "saved_score": scores[0], "device": device,
-              "trainer": "transformers.Trainer", "class_weights": class_weights, "head_lr": float(head_lr)}
+              "trainer": "transformers.Trainer", "class_weights": class_weights, "head_lr": float(head_lr), "label_note": task.label_note}
     if accs and len(accs) == len(scores) and val_labels is not None:  # and what always the majority class scores
         from autopeft.metrics import chance_score
 

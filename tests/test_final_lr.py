@@ -134,7 +134,7 @@ def test_the_cli_says_which_rates_it_tried(tiny_model: str, tmp_path: Path, caps
                  data["validation_file"], "--epochs", "3", "--max-length", "16", "--batch-size", "16", "--no-progress",
                  "-o", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
-    assert "accuracy on validation 1.0000" in out
+    assert "accuracy on validation 1.0000" in out and "autopeft: note:" not in out  # the label is named "label"
     assert "seed 0: held-out accuracy by learning-rate scale x1 0.5000, x2 0.5000, x4 1.0000; kept x4 (--lr-scale auto)" in out
     line = next(x for x in out.splitlines() if x.startswith("seed 0: held-out loss against the class prior's"))
     z = [float(p.split()[1]) for p in line.split(": ")[-1].split(", ")]  # x1, x2, x4 in standard errors
@@ -151,6 +151,16 @@ def test_the_cli_says_which_rates_it_tried(tiny_model: str, tmp_path: Path, caps
     out = capsys.readouterr().out
     assert "f1 on validation 1.0000" in out
     assert "always the majority class on validation: f1 0.0000; accuracy 1.0000 here, 0.5000 for the majority class" in out
+    # a label column of another name is found by its values (as the search finds it), and the CLI says so
+    for name in ("train", "validation"):
+        text = Path(data[f"{name}_file"]).read_text().replace("sentence,label", "sentence,verdict", 1)
+        (tmp_path / f"{name}-verdict.csv").write_text(text)
+    assert main(["train", "--config", str(cfg), "--train-file", str(tmp_path / "train-verdict.csv"), "--validation-file",
+                 str(tmp_path / "validation-verdict.csv"), "--epochs", "1", "--max-length", "16", "--batch-size", "16",
+                 "--lr-scale", "4", "--no-progress", "-o", str(tmp_path / "out-verdict")]) == 0
+    out = capsys.readouterr().out
+    assert "autopeft: note: label column 'verdict' taken by its values (no column is named label); --label-column " \
+           "sets it\n" in out
     # "--seeds 3" reads like "three seeds": the CLI says it trains seed 3 only (here before a missing file stops it)
     assert main(["train", "--config", str(cfg), "--train-file", data["train_file"], "--validation-file",
                  str(tmp_path / "missing.csv"), "--seeds", "3", "--no-progress", "-o", str(tmp_path / "out-3")]) == 2

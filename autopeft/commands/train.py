@@ -100,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
                     generate=args.generate, n_eval=args.n_eval, class_weights=args.class_weights,
                     lr_scale=args.lr_scale, head_lr=args.head_lr)
     split = res.get("split", "validation")
+    if res.get("label_note"):
+        print(f"autopeft: note: {res['label_note']}")
     em = (f"; exact match {res['exact_match_mean']:.4f} on {res['generated_rows']} {split} rows"
           if "exact_match" in res else "")
     print(f"{res['summary']}: {res['metric']} on {split} {res['mean']:.4f} ± {res['std']:.4f}{em} over seeds {seeds} "
