@@ -90,8 +90,10 @@ def label_by_name(t: Table) -> str | None:
 def label_by_values(t: Table) -> list[str]:
     """The columns whose values look like classes (the first 5,000 rows; at least :data:`_MIN_ROWS`): every value an
     int or a string of 1-:data:`_SHORT` characters that is no decimal number, 2 to :data:`_MAX_CLASSES` distinct
-    values and at most one per ten rows; id columns and columns named as text (``sentence``, ``premise``, ...) never.  One such column beside the text is the label of a file
-    that names it otherwise ("relation", "stars"); two or more are ambiguous."""
+    values and at most one per ten rows; id columns and columns named as text (``sentence``, ``premise``, ...)
+    never.  One such column beside the text is the label of a file that names it otherwise ("relation", "stars");
+    two or more are ambiguous.  Called by :func:`infer_kind` and :func:`infer_label` on the same table: one pass
+    over at most 5,000 rows each, once per load (loads are memoised)."""
     rows = t.rows[:5000]
     if len(rows) < _MIN_ROWS:
         return []

@@ -47,11 +47,15 @@ def add(sub: Any) -> None:
     s.add_argument("--objectives", default="score,params,memory", help="comma-separated; score first (also: time)")
     s.add_argument("--max-params", help="budget: a count, or a percentage of the base model like 0.5%%")
     s.add_argument("--max-memory", help="budget in MiB, or with a unit like 1.5GiB")
-    s.add_argument("--n-train", type=positive_int, help="training rows per trial (default 600 on CPU, 2000 on GPU; causal LM 64 / 1000)")
-    s.add_argument("--n-eval", type=positive_int, help="held-out search rows scored per trial (default 500; causal LM 32 on CPU, 200 on GPU)")
+    s.add_argument("--n-train", type=positive_int, help="training rows per trial (default 600 on CPU, 2000 on GPU; "
+                   "causal LM 64 / 1000)")
+    s.add_argument("--n-eval", type=positive_int, help="held-out search rows scored per trial (default 500; "
+                   "causal LM 32 on CPU, 200 on GPU)")
     s.add_argument("--epochs", type=positive_float, help="epochs per trial (default 2; causal LM 1)")
-    s.add_argument("--max-length", type=positive_int, help="max tokens (default 128, causal LM 256; capped at the model's limit)")
-    s.add_argument("--batch-size", type=positive_int, help="batch size of the trials (default 8 on CPU, 32 on GPU; causal LM 4 / 8)")
+    s.add_argument("--max-length", type=positive_int, help="max tokens (default 128, causal LM 256; "
+                   "capped at the model's limit)")
+    s.add_argument("--batch-size", type=positive_int, help="batch size of the trials (default 8 on CPU, 32 on "
+                   "GPU; causal LM 4 / 8)")
     s.add_argument("--memory-batch-size", type=positive_int,
                    help="batch the memory objective is reported for (default 32, causal LM 8; whatever the trial batch)")
     s.add_argument("--dtype", choices=DTYPES, help="the base model's dtype in trials (default float32; adapters stay "
