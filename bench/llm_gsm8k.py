@@ -45,6 +45,32 @@ def _one(label: str, cand: dict[str, Any], a: dict[str, Any]) -> dict[str, Any]:
                                                                            "max_length", "n_eval", "generate")}}
 
 
+def pairs(res: Any) -> list[tuple[str, dict[str, Any], str]]:
+    """The fair protocol on a study whose baselines ran at several rates (``--enqueue`` of them at x0.5 and x2 beside
+    ``baselines``' x1): per baseline, its lowest-loss rate (label ``baseline NAME xM``), then the study's answer under
+    that baseline's trainable parameters (:meth:`autopeft.result.SearchResult.best_trial`, what ``autopeft best
+    --max-params`` returns) unless it is that same trial.  Each entry: (label, candidate, the baseline it answers)."""
+    from autopeft.result import structure_key
+    from autopeft.storage import A
+
+    trials = res.complete_trials()
+    names = {structure_key(t): str(res.seeded_by(t))[len("baseline:"):] for t in trials
+             if str(res.seeded_by(t) or "").startswith("baseline:")}
+    out: list[tuple[str, dict[str, Any], str]] = []
+    for key, name in names.items():
+        sign = 1.0 if res.objectives[0] == "loss" else -1.0  # the best rate first
+        runs = sorted((t for t in trials if structure_key(t) == key), key=lambda t: sign * t.values[0])
+        base = runs[0]
+        m = base.user_attrs[A.CANDIDATE].get("lr_multiplier", 1.0)
+        out.append((f"baseline {name} x{m:g} (search loss {base.values[0]:.4f})", base.user_attrs[A.CANDIDATE], name))
+        ans = res.best_trial(max_params=base.user_attrs[A.PARAMS])
+        if ans.number != base.number:
+            out.append((f"found #{ans.number} (search loss {ans.values[0]:.4f})", ans.user_attrs[A.CANDIDATE], name))
+        else:
+            out.append((out[-1][0], base.user_attrs[A.CANDIDATE], name))  # the answer is the tuned baseline itself
+    return out
+
+
 def run(a: argparse.Namespace) -> None:
     import optuna
 
@@ -53,9 +79,12 @@ def run(a: argparse.Namespace) -> None:
 
     study = optuna.load_study(study_name=a.study, storage=get_storage(a.storage, create=False))
     res = SearchResult(study, a.storage)
-    configs = [("lora r=8 q,v", _lora(8)), ("lora r=32 q,v", _lora(32))]
-    for t in res.front_trials()[:a.found]:  # the lowest search losses first
-        configs.append((f"found #{t.number} (search loss {t.values[0]:.4f})", t.user_attrs[A.CANDIDATE]))
+    if a.vs_baselines:
+        configs = list({lbl: (lbl, c) for lbl, c, _ in pairs(res)}.values())  # an answer shared by two is trained once
+    else:
+        configs = [("lora r=8 q,v", _lora(8)), ("lora r=32 q,v", _lora(32))]
+        for t in res.front_trials()[:a.found]:  # the lowest search losses first
+            configs.append((f"found #{t.number} (search loss {t.values[0]:.4f})", t.user_attrs[A.CANDIDATE]))
     out = Path(a.out)
     done = {json.loads(x)["label"] for x in out.read_text().splitlines()} if out.is_file() else set()
     todo = [(lbl, c) for lbl, c in configs if lbl not in done]
@@ -76,6 +105,27 @@ def report(a: argparse.Namespace) -> None:
     for r in rows:
         em = "" if r["exact_match"] is None else f"{r['exact_match']:.3f} ({r['generated_rows']} rows)"
         print(f"| {r['label']}: {r['summary']} | {r['params']:,} | {r['test_loss']:.4f} | {em} | {r['seconds']:.0f} |")
+    if a.study:
+        import optuna
+
+        from autopeft.result import SearchResult
+        from autopeft.storage import get_storage
+
+        res = SearchResult(optuna.load_study(study_name=a.study, storage=get_storage(a.storage, create=False)),
+                           a.storage)
+        by = {r["label"]: r for r in rows}
+        pr = pairs(res)
+        print("\n| baseline (best searched rate) | its test loss | the answer under its size | answer's test loss "
+              "| answer - baseline | verdict |\n|---|---:|---|---:|---:|---|")
+        for (bl, _, name), (al, _, _) in zip(pr[0::2], pr[1::2]):
+            b, ans = by.get(bl), by.get(al)
+            if b is None or ans is None:
+                print(f"| {bl} | | {al} | | | not trained yet |")
+                continue
+            d = ans["test_loss"] - b["test_loss"]
+            verdict = "the same config" if al == bl else ("answer better" if d < 0 else "baseline better")
+            print(f"| {bl}: {b['params']:,} params | {b['test_loss']:.4f} | {al}: {ans['summary']}, {ans['params']:,}"
+                  f" params | {ans['test_loss']:.4f} | {d:+.4f} | {verdict} |")
 
 
 def main() -> None:
@@ -85,6 +135,9 @@ def main() -> None:
     r.add_argument("--study", required=True)
     r.add_argument("--storage", required=True)
     r.add_argument("--found", type=int, default=2, help="front configs to train (lowest search loss first)")
+    r.add_argument("--vs-baselines", action="store_true",
+                   help="train each baseline at its best searched rate and the study's answer under its size "
+                        "(instead of LoRA r=8 / r=32 and --found front configs)")
     r.add_argument("--n-train", type=int, default=256)
     r.add_argument("--epochs", type=float, default=1.0)
     r.add_argument("--batch-size", type=int, default=4)
@@ -95,6 +148,8 @@ def main() -> None:
     r.add_argument("--out", required=True)
     rp = sub.add_parser("report")
     rp.add_argument("--out", required=True)
+    rp.add_argument("--study", help="with --storage: pair each baseline with the answer under its size (--vs-baselines)")
+    rp.add_argument("--storage")
     a = p.parse_args()
     run(a) if a.cmd == "run" else report(a)
 

@@ -344,3 +344,13 @@ def test_resuming_in_a_read_only_studies_folder_is_one_line(tiny_model: str, glu
     finally:
         subprocess.run(["umount", str(d)], capture_output=True)
     assert (d / "ro.db").read_bytes() == data
+
+
+def test_python_dash_m_autopeft_is_the_command(tmp_path: Path) -> None:
+    """``python -m autopeft`` (no scripts folder on PATH) runs the CLI with its exit codes: 0, and 2 on bad input."""
+    ok = subprocess.run([sys.executable, "-m", "autopeft", "--version"], capture_output=True, text=True, cwd=tmp_path)
+    assert ok.returncode == 0 and ok.stdout.startswith("autopeft "), ok
+    bad = subprocess.run([sys.executable, "-m", "autopeft", "search", "--trials", "x"], capture_output=True,
+                         text=True, cwd=tmp_path)
+    assert bad.returncode == 2, bad
+    assert bad.stderr.strip() == "autopeft search: argument --trials: expected an integer, got 'x'", bad.stderr
