@@ -27,7 +27,7 @@ def _lora(r: int) -> dict[str, Any]:
             "layers": list(range(30))}
 
 
-def _one(label: str, cand: dict[str, Any], a: dict[str, Any]) -> dict[str, Any]:
+def _one(label: str, cand: dict[str, Any], a: dict[str, Any], seed: int = 0) -> dict[str, Any]:
     import tempfile
 
     from autopeft.candidate import Candidate
@@ -37,9 +37,9 @@ def _one(label: str, cand: dict[str, Any], a: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as d:
         res = train_final(Candidate.from_dict(cand), "smollm2", data_spec_dict("gsm8k", a["data_dir"]), d,
                           epochs=a["epochs"], n_train=a["n_train"], max_length=a["max_length"],
-                          batch_size=a["batch_size"], seeds=[0], threads=1, device="cpu", progress=False,
+                          batch_size=a["batch_size"], seeds=[seed], threads=1, device="cpu", progress=False,
                           n_eval=a["n_eval"], generate=a["generate"])
-    return {"label": label, "summary": res["summary"], "params": res["params"], "test_loss": res["mean"],
+    return {"label": label, "seed": seed, "summary": res["summary"], "params": res["params"], "test_loss": res["mean"],
             "exact_match": res.get("exact_match_mean"), "generated_rows": res.get("generated_rows"),
             "seconds": res["seconds"][0], "budget": {k: a[k] for k in ("n_train", "epochs", "batch_size",
                                                                            "max_length", "n_eval", "generate")}}
@@ -86,12 +86,13 @@ def run(a: argparse.Namespace) -> None:
         for t in res.front_trials()[:a.found]:  # the lowest search losses first
             configs.append((f"found #{t.number} (search loss {t.values[0]:.4f})", t.user_attrs[A.CANDIDATE]))
     out = Path(a.out)
-    done = {json.loads(x)["label"] for x in out.read_text().splitlines()} if out.is_file() else set()
-    todo = [(lbl, c) for lbl, c in configs if lbl not in done]
+    rows = [json.loads(x) for x in out.read_text().splitlines()] if out.is_file() else []
+    done = {(r["label"], r.get("seed", 0)) for r in rows}
+    todo = [(lbl, c, sd) for sd in a.seeds for lbl, c in configs if (lbl, sd) not in done]
     budget = {"n_train": a.n_train, "epochs": a.epochs, "batch_size": a.batch_size, "max_length": a.max_length,
               "n_eval": a.n_eval, "generate": a.generate, "data_dir": a.data_dir}
     with ProcessPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
-        futs = [pool.submit(_one, lbl, c, budget) for lbl, c in todo]
+        futs = [pool.submit(_one, lbl, c, budget, sd) for lbl, c, sd in todo]
         for f in futs:
             r = f.result()
             with out.open("a") as fh:
@@ -99,12 +100,23 @@ def run(a: argparse.Namespace) -> None:
             print(json.dumps(r), flush=True)
 
 
+def verdict(diffs: list[float]) -> str:
+    """A pair's call from its per-seed differences of test loss (answer - baseline): better only when every seed
+    agrees, else a tie."""
+    if diffs and all(d < 0 for d in diffs):
+        return "answer better"
+    if diffs and all(d > 0 for d in diffs):
+        return "baseline better"
+    return "tie (the seeds disagree)" if diffs else "not trained yet"
+
+
 def report(a: argparse.Namespace) -> None:
     rows = [json.loads(x) for x in Path(a.out).read_text().splitlines()]
-    print("| config | trainable params | test loss | exact match | seconds |\n|---|---:|---:|---:|---:|")
+    print("| config | seed | trainable params | test loss | exact match | seconds |\n|---|---:|---:|---:|---:|---:|")
     for r in rows:
         em = "" if r["exact_match"] is None else f"{r['exact_match']:.3f} ({r['generated_rows']} rows)"
-        print(f"| {r['label']}: {r['summary']} | {r['params']:,} | {r['test_loss']:.4f} | {em} | {r['seconds']:.0f} |")
+        print(f"| {r['label']}: {r['summary']} | {r.get('seed', 0)} | {r['params']:,} | {r['test_loss']:.4f} | {em} "
+              f"| {r['seconds']:.0f} |")
     if a.study:
         import optuna
 
@@ -113,19 +125,25 @@ def report(a: argparse.Namespace) -> None:
 
         res = SearchResult(optuna.load_study(study_name=a.study, storage=get_storage(a.storage, create=False)),
                            a.storage)
-        by = {r["label"]: r for r in rows}
+        loss = {(r["label"], r.get("seed", 0)): r["test_loss"] for r in rows}
+        params = {r["label"]: r["params"] for r in rows}
         pr = pairs(res)
-        print("\n| baseline (best searched rate) | its test loss | the answer under its size | answer's test loss "
-              "| answer - baseline | verdict |\n|---|---:|---|---:|---:|---|")
+        print("\n| baseline (best searched rate) | its test loss (mean of seeds) | the answer under its size "
+              "| answer's test loss | answer - baseline, per seed | verdict |\n|---|---:|---|---:|---|---|")
         for (bl, _, name), (al, _, _) in zip(pr[0::2], pr[1::2]):
-            b, ans = by.get(bl), by.get(al)
-            if b is None or ans is None:
-                print(f"| {bl} | | {al} | | | not trained yet |")
+            seeds = sorted(sd for lbl, sd in loss if lbl == bl and (al, sd) in loss)
+            if al == bl:
+                call = "the same config" if seeds else "not trained yet"
+            else:
+                call = verdict([loss[al, sd] - loss[bl, sd] for sd in seeds])
+            if not seeds:
+                print(f"| {bl} | | {al} | | | {call} |")
                 continue
-            d = ans["test_loss"] - b["test_loss"]
-            verdict = "the same config" if al == bl else ("answer better" if d < 0 else "baseline better")
-            print(f"| {bl}: {b['params']:,} params | {b['test_loss']:.4f} | {al}: {ans['summary']}, {ans['params']:,}"
-                  f" params | {ans['test_loss']:.4f} | {d:+.4f} | {verdict} |")
+            mb = sum(loss[bl, sd] for sd in seeds) / len(seeds)
+            ma = sum(loss[al, sd] for sd in seeds) / len(seeds)
+            diffs = ", ".join(f"{loss[al, sd] - loss[bl, sd]:+.4f}" for sd in seeds)
+            print(f"| {bl}: {params[bl]:,} params | {mb:.4f} | {al}: {params[al]:,} params | {ma:.4f} | {diffs} "
+                  f"| {call} |")
 
 
 def main() -> None:
@@ -144,6 +162,8 @@ def main() -> None:
     r.add_argument("--max-length", type=int, default=256)
     r.add_argument("--n-eval", type=int, default=100)
     r.add_argument("--generate", type=int, default=30)
+    r.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=[0],
+                   help="training seeds, comma-separated (each config once per seed; default 0)")
     r.add_argument("--data-dir", default=DATA)
     r.add_argument("--out", required=True)
     rp = sub.add_parser("report")

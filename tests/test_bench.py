@@ -1028,3 +1028,27 @@ def test_confirm_compare_gives_no_ratio_where_neither_side_collapsed(tmp_path: P
     real = confirm.main(["compare", "--json", str(mine), "--against", str(gp)])
     assert real["collapsed"] == [0, 0] and real["proposed"] == [60, 60] and real["ratio"] is None
     assert real["hv_last_higher"] == 1 and real["hv_last_mean"] == pytest.approx([0.415, 0.293], abs=1e-3)
+
+
+def test_llm_pairs_each_baseline_at_its_best_rate_with_the_answer_under_its_size() -> None:
+    """On the committed SmolLM2 GSM8K search (the four baselines at x0.5, x1 and x2): each baseline is taken at its
+    lowest search loss, and the answer under its size is what ``autopeft best --max-params`` returns."""
+    import optuna
+
+    from autopeft.result import SearchResult
+
+    url = f"sqlite:///{TABLES / 'llm-gsm8k-mixed.db'}"
+    res = SearchResult(optuna.load_study(study_name="smollm2-gsm8k-mixed", storage=url), url)
+    got = [(name, label, cand.get("lr_multiplier")) for label, cand, name in _load("llm_gsm8k").pairs(res)]
+    assert got == [("lora r=8 q,v", "baseline lora r=8 q,v x2 (search loss 1.1063)", 2.0),
+                   ("lora r=8 q,v", "found #15 (search loss 1.0155)", 2.0),  # IA3 on 28 layers, 53,760 params
+                   ("ia3", "baseline ia3 x2 (search loss 1.0237)", 2.0),
+                   ("ia3", "found #15 (search loss 1.0155)", 2.0),
+                   ("prefix 20", "baseline prefix 20 x2 (search loss 1.5805)", 2.0),
+                   ("prefix 20", "found #15 (search loss 1.0155)", 2.0),
+                   ("serial adapter 64", "baseline serial adapter 64 x2 (search loss 0.9465)", 2.0),
+                   ("serial adapter 64", "baseline serial adapter 64 x2 (search loss 0.9465)", 2.0)]
+    assert res.best_trial(max_params=57_600).number == 15  # IA3's own size: the found config, not IA3 at x2 (#3)
+    lv = _load("llm_gsm8k")
+    assert [lv.verdict(d) for d in ([-0.01, -0.002], [0.01, 0.03], [-0.01, 0.002], [])] == [
+        "answer better", "baseline better", "tie (the seeds disagree)", "not trained yet"]
