@@ -217,6 +217,8 @@ class TrialResult:
     loss: float | None = None
     #: the learning curve: ``[fraction of training, step, search-split score]`` at each rung, then the final score
     curve: list[list[float]] | None = None
+    #: the standard error of ``score`` over the search rows, where the trial measures it (a loss: per-row losses)
+    score_se: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

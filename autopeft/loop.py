@@ -282,7 +282,8 @@ class TrialLog:
         except Exception:
             summary = ""
         if result.status == OK:
-            line = (f"trial {result.trial_id}: {summary} | {self.metric} {result.score:.4f} | {result.params:,} params | "
+            se = f" ± {result.score_se:.4f}" if result.score_se else ""  # a loss's standard error over the rows
+            line = (f"trial {result.trial_id}: {summary} | {self.metric} {result.score:.4f}{se} | {result.params:,} params | "
                     f"{(result.memory_bytes or 0) / 2**20:.0f} MiB | {result.wall_s:.0f} s")
         else:
             line = f"trial {result.trial_id} {result.status}: {summary} | {result.reason or ''}"

@@ -18,7 +18,7 @@ def _points(res: Any) -> tuple[list[Any], np.ndarray, np.ndarray]:
     Y = res.ranked_values(comp)  # with --promote: scores on the top rung's scale, as the front compares them
     from autopeft.result import structure_key
 
-    mask = (front_mask(Y, [structure_key(t) for t in comp], res.preferred(comp), res.margins(Y)) if len(Y)
+    mask = (front_mask(Y, [structure_key(t) for t in comp], res.preferred(comp), res.margins(Y, comp)) if len(Y)
             else np.zeros(0, dtype=bool))
     return comp, Y, mask
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -161,7 +162,7 @@ class SearchResult:
         if not comp:
             return []
         Y = self.ranked_values(comp)
-        mask = front_mask(Y, [structure_key(t) for t in comp], self.preferred(comp), self.margins(Y))
+        mask = front_mask(Y, [structure_key(t) for t in comp], self.preferred(comp), self.margins(Y, comp))
         return [(t, -ny) for ny, _, t in sorted((-float(y[0]), t.number, t) for t, y, m in zip(comp, Y, mask) if m)]
 
     @property
@@ -220,7 +221,7 @@ class SearchResult:
         Y = self.ranked_values(feas)  # with promotions: on the top rung's scale
         order = sorted(range(len(feas)), key=lambda i: (-Y[i, 0], feas[i].user_attrs.get(A.PARAMS, 0), feas[i].number))
         top = order[0]
-        margin = self.margins(Y[top:top + 1])[0]
+        margin = self.margins(Y[top:top + 1], feas[top:top + 1])[0]
         if margin <= 0:  # a loss, or no search rows: the best as scored
             return feas[top], None
         prefer = self.preferred(feas)
@@ -240,12 +241,16 @@ class SearchResult:
         origins = [_origin(t, by_number, through_rate_steps=False) for t in trials]
         return [o is not None and str(o.user_attrs.get(A.SEEDED_BY) or "").startswith(FIRST_SOURCES) for o in origins]
 
-    def margins(self, Y: np.ndarray) -> list[float]:
-        """Per row of ``Y`` (made to maximise): how much more a config must score than a seeded one to be the answer
-        in its place, :func:`autopeft.pareto.noise_margin` of its score on the search rows (0 for a loss)."""
+    def margins(self, Y: np.ndarray, trials: Sequence[Any] | None = None) -> list[float]:
+        """Per row of ``Y`` (made to maximise; ``trials``: its trials): how much more a config must score than a
+        seeded one to be the answer in its place, :func:`autopeft.pareto.noise_margin` of its score on the search
+        rows; for a loss, ``answer_se x sqrt(2) x`` the standard error its trial stored (the per-row spread of the
+        loss on the search rows, :func:`autopeft.trial.ratio_se`; 0 for a trial that stored none)."""
         n_eval = int((self.meta.get("fidelity") or {}).get("n_eval") or 0)
         if self.objectives[0] != "score":
-            return [0.0] * len(Y)
+            ses = [(t.user_attrs.get(A.SCORE_SE) if trials is not None else None) for t in (trials or [None] * len(Y))]
+            return [self.answer_se * math.sqrt(2.0) * float(se) if isinstance(se, (int, float)) and se > 0 else 0.0
+                    for se in ses]
         metric = str(self.meta.get(A.METRIC) or "auc")
         return [noise_margin(float(y[0]), n_eval, self.answer_se, metric)
                 for y in np.asarray(Y, dtype=float).reshape(len(Y), -1)]

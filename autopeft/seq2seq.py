@@ -80,7 +80,7 @@ def _batch(enc: dict[str, list[list[int]]], idx: Sequence[int], pad_id: int) -> 
 
 
 def seq2seq_loss(model: torch.nn.Module, enc: dict[str, list[list[int]]], bs: int, pad_id: int,
-                 device: torch.device) -> float:
+                 device: torch.device, se: bool = False) -> Any:
     """Mean cross-entropy per target token over a seq2seq encoding (the search metric ``loss``): summed over every
     label token of every row, then divided once, as :func:`autopeft.trial.lm_loss`."""
     from autopeft.trial import token_loss
@@ -89,7 +89,8 @@ def seq2seq_loss(model: torch.nn.Module, enc: dict[str, list[list[int]]], bs: in
     if n == 0:
         raise AutoPeftError("no evaluation row has a target token; use a larger --n-eval")
     order = sorted(range(n), key=lambda i: len(enc["input_ids"][i]))
-    return token_loss(model, (_batch(enc, order[s:s + bs], pad_id) for s in range(0, n, bs)), device, shift=False)
+    return token_loss(model, (_batch(enc, order[s:s + bs], pad_id) for s in range(0, n, bs)), device, shift=False,
+                      se=se)
 
 
 def generate_seq2seq(model: torch.nn.Module, tok: Any, sources: Sequence[str], device: Any, max_length: int,

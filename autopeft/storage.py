@@ -52,6 +52,7 @@ class A:
     METRIC = "metric"
     MEMORY_MIB = "memory_mib"
     SCORE = "score"
+    SCORE_SE = "score_se"  # the score's standard error over the search rows (a loss's; autopeft.result.margins)
     CURVE = "curve"  # [[fraction of training, step, score], ...] at each rung and the end (autopeft.pruner)
     RUNG = "rung"  # the rung of --promote's ladder a trial ran at (absent: 0, the study's own fidelity)
     LEVEL = "level"  # the study's fidelity level a trial ran at (absent: 0; autopeft.escalation)
@@ -431,6 +432,8 @@ class StudyStore:
             attrs[A.MEMORY_MIB] = round(res.memory_bytes / 2**20, 3)
         if res.score is not None:
             attrs[A.SCORE] = res.score
+        if res.score_se is not None:
+            attrs[A.SCORE_SE] = round(res.score_se, 6)
         mm = self.max_memory_mib
         constraints: dict[str, float] = {}
         values: list[float] | None = None

@@ -97,11 +97,13 @@ def encode_generative(task: Any, tok: Any, texts: Sequence[tuple[str, ...]], max
     return encode_seq2seq(tok, texts, max_length) if task.is_seq2seq else encode_lm(tok, texts, max_length)
 
 
-def generative_loss(task: Any, model: torch.nn.Module, enc: Any, bs: int, pad_id: int, device: torch.device) -> float:
-    """The search metric ``loss`` of a generative task: its target (seq2seq) or response (causal LM) tokens'."""
+def generative_loss(task: Any, model: torch.nn.Module, enc: Any, bs: int, pad_id: int, device: torch.device,
+                    se: bool = False) -> Any:
+    """The search metric ``loss`` of a generative task: its target (seq2seq) or response (causal LM) tokens'; with
+    ``se``, ``(loss, its standard error over the rows)`` (:func:`ratio_se`)."""
     from autopeft.seq2seq import seq2seq_loss
 
-    return (seq2seq_loss if task.is_seq2seq else lm_loss)(model, enc, bs, pad_id, device)
+    return (seq2seq_loss if task.is_seq2seq else lm_loss)(model, enc, bs, pad_id, device, se=se)
 
 
 def _batches(enc: Any, labels: Sequence[int] | None, order: Sequence[int], bs: int,
@@ -247,7 +249,11 @@ def _run(spec: TrialSpec, t0: float) -> TrialResult:
     train_s = time.perf_counter() - t_train
     if device.type == "cuda":  # measured peak at the trial's batch, moved to the memory batch by the exact per-row count
         memory = int(torch.cuda.max_memory_allocated(device)) + per_row * (fid.memory_batch_size - fid.batch_size)
-    score = _score(task, model, ev_enc, None if task.is_lm else ev_labels, fid.batch_size, pad_id, device)
+    score_se = None
+    if task.is_lm:  # a loss comes with its standard error over the search rows (the answer rule's noise)
+        score, score_se = generative_loss(task, model, ev_enc, fid.batch_size, pad_id, device, se=True)
+    else:
+        score = _score(task, model, ev_enc, ev_labels, fid.batch_size, pad_id, device)
     if curve:
         curve.append([1.0, step, round(float(score), 6)])
     if not math.isfinite(score):
@@ -256,7 +262,7 @@ def _run(spec: TrialSpec, t0: float) -> TrialResult:
                            wall_s=time.perf_counter() - t0, steps=step)
     return TrialResult(spec.trial_id, OK, score=float(score), params=built.trainable, memory_bytes=memory,
                        wall_s=time.perf_counter() - t0, train_s=train_s, metric=task.metric, steps=step, loss=last_loss,
-                       curve=curve or None)
+                       curve=curve or None, score_se=score_se)
 
 
 def _score(task: Any, model: torch.nn.Module, enc: Any, labels: Sequence[int] | None, bs: int, pad_id: int,
@@ -315,33 +321,52 @@ def predict_logits(model: torch.nn.Module, enc: Any, bs: int, pad_id: int, devic
     return out if out is not None else np.zeros((0, 1), dtype=np.float32)
 
 
-def lm_loss(model: torch.nn.Module, enc: Any, bs: int, pad_id: int, device: torch.device) -> float:
+def lm_loss(model: torch.nn.Module, enc: Any, bs: int, pad_id: int, device: torch.device, se: bool = False) -> Any:
     """Mean cross-entropy per predicted token (labels not -100) over a causal-LM encoding (the search metric
     ``loss``): summed over every token of every row, then divided once, so long rows weigh by their tokens."""
     n = len(enc["input_ids"])
     if n == 0:
         raise AutoPeftError("no evaluation row has a token to predict; use a larger --n-eval or --max-length")
     order = sorted(range(n), key=lambda i: len(enc["input_ids"][i]))
-    return token_loss(model, _batches(enc, None, order, max(1, bs), pad_id), device, shift=True)
+    return token_loss(model, _batches(enc, None, order, max(1, bs), pad_id), device, shift=True, se=se)
 
 
 def token_loss(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]], device: torch.device,
-               shift: bool) -> float:
-    """Cross-entropy summed over every label token (not -100) of every batch, divided once by their number.
+               shift: bool, se: bool = False) -> Any:
+    """Cross-entropy summed over every label token (not -100) of every batch, divided once by their number; with
+    ``se``, ``(that loss, its standard error over the rows)`` (:func:`ratio_se`).
     ``shift``: a causal LM's logits at a position predict the next token (the labels stay out of its forward); else
     (seq2seq) the labels go in, the decoder's inputs being them shifted right, and its logits align with them."""
     model.eval()
-    total, count = 0.0, 0
+    sums: list[float] = []
+    counts: list[int] = []
     with torch.no_grad():
         for batch in batches:
             labels = batch["labels"].to(device)
             logits = model(**{k: v.to(device) for k, v in batch.items() if k != "labels" or not shift}).logits
             if shift:
                 logits, labels = logits[:, :-1], labels[:, 1:]
-            total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                                             labels.reshape(-1), ignore_index=-100, reduction="sum"))
-            count += int((labels != -100).sum())
-    return total / max(count, 1)
+            per_token = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                                          labels.reshape(-1), ignore_index=-100, reduction="none")
+            sums += per_token.reshape(labels.shape).sum(dim=1).tolist()
+            counts += (labels != -100).sum(dim=1).tolist()
+    loss = sum(sums) / max(sum(counts), 1)
+    return (loss, ratio_se(sums, counts)) if se else loss
+
+
+def ratio_se(sums: Sequence[float], counts: Sequence[int]) -> float | None:
+    """The standard error of a mean per token over rows, ``sum(sums) / sum(counts)`` (``sums``: each row's summed
+    loss; ``counts``: its tokens), with the rows as the sampled units: the ratio estimator's linearised variance,
+    ``sqrt(sum((s_i - r c_i)^2) / (m (m - 1))) / mean(c)``.  None for fewer than two rows with tokens.  What the
+    answer rule needs for a loss: how much two configs' losses on the same search rows move by which rows were
+    drawn (:meth:`autopeft.result.SearchResult.margins`)."""
+    pairs = [(float(s), int(c)) for s, c in zip(sums, counts) if c > 0]
+    m = len(pairs)
+    if m < 2:
+        return None
+    r = sum(s for s, _ in pairs) / sum(c for _, c in pairs)
+    c_bar = sum(c for _, c in pairs) / m
+    return math.sqrt(sum((s - r * c) ** 2 for s, c in pairs) / (m * (m - 1))) / c_bar
 
 
 def score_logits(metric: str, logits: "np.ndarray[Any, Any]", labels: Sequence[int]) -> float:

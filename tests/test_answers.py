@@ -187,3 +187,40 @@ def test_a_promoted_rate_step_is_not_the_seeded_config_and_a_budget_it_misses_ha
         {"r": 8, "lr": 2.0, "score": 0.805, "params": 1000, "attrs": {"rung": 1, "promoted_from": 1}},  # promoted
     ])
     assert step.preferred(step.complete_trials()) == [True, False]  # a promotion of a rate step is no seeded config
+
+
+def _loss_study(trials: list[dict]) -> SearchResult:
+    """An in-memory causal-LM study of given trials (loss, params, seeded_by, score_se as a search stores them)."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    for k, v in {"objectives": ["loss", "params"], "ref_point": [-1.45, -7.0], "metric": "loss",
+                 "fidelity": {"n_eval": 32}}.items():
+        study.set_user_attr(k, v)
+    for i, t in enumerate(trials):
+        cand = {"methods": {"ia3": {"targets": ["k", "v", "ffn_down"]}}, "layers": list(range(t["layers"])),
+                "lr_multiplier": 2.0}
+        attrs = {"candidate": cand, "candidate_key": f"ia3@{t['layers']}", "params": t["params"],
+                 "summary": f"ia3 on {t['layers']} layers", **t.get("attrs", {})}
+        study.add_trial(optuna.trial.create_trial(values=[t["loss"], t["params"]], user_attrs=attrs,
+                                                  params={"x": 0.0}, distributions={"x": FloatDistribution(0, 1)}))
+    return SearchResult(study, "sqlite://")
+
+
+@pytest.mark.parametrize("se, answer", [(0.03, 0), (0.003, 1), (None, 1)])
+def test_for_a_loss_the_margin_is_the_stored_standard_error_of_the_search_rows(se: float | None, answer: int) -> None:
+    """SmolLM2 on GSM8K (bench/tables/llm-gsm8k-mixed.db): IA3 at x2, seeded, 1.0237; IA3 on 28 of 30 layers 1.0155,
+    0.0082 lower.  With a standard error of 0.03 per loss (the margin 0.5 x sqrt(2) x 0.03 = 0.0212) the seeded IA3
+    answers its size; with 0.003 (margin 0.0021) or none stored (a study from before: no margin) the other does."""
+    extra = {} if se is None else {"score_se": se}
+    res = _loss_study([{"loss": 1.0237, "params": 57_600, "layers": 30, "attrs": {"seeded_by": "baseline:ia3", **extra}},
+                       {"loss": 1.0155, "params": 53_760, "layers": 28, "attrs": extra}])
+    if se is not None:
+        assert res.margins(res.ranked_values(res.complete_trials()[1:]), res.complete_trials()[1:]) == [
+            pytest.approx(0.5 * math.sqrt(2) * se)]
+    found = res.best_config(max_params=57_600)
+    assert found.trial.number == answer
+    assert (found.preferred_over or {}).get("trial") == (1 if answer == 0 else None)
+    # the other dominates it (lower loss, fewer parameters): the front is that one alone, the answer may be off it
+    assert [t.number for t in res.front_trials()] == [1]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import optuna
@@ -88,6 +89,35 @@ def test_only_response_tokens_carry_a_loss(tiny_llama: str) -> None:
     assert text.replace(" ", "") == "ok</s>"  # the assistant's turn as the template ends it; nothing of the prompt
 
 
+def test_the_loss_and_its_standard_error_over_rows(tiny_llama: str) -> None:
+    """:func:`autopeft.trial.lm_loss` with ``se``: the loss per token over all rows and the ratio estimator's
+    standard error with the rows as units, checked against each row scored on its own."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from autopeft.trial import encode_lm, lm_loss, ratio_se
+
+    assert ratio_se([1.0, 3.0], [1, 1]) == pytest.approx(1.0)  # equal counts: the sample sd / sqrt(rows)
+    assert ratio_se([2.0, 4.0, 6.0], [1, 2, 3]) == pytest.approx(0.0)  # every row at the same loss per token
+    assert ratio_se([5.0], [4]) is None and ratio_se([1.0, 2.0], [3, 0]) is None  # one row with tokens
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    rows = [("What is 2 plus 3?", "2 + 3 = 5\n#### 5"), ("And 7 minus 4?", "3"), ("Sum 10 and 20.", "10 + 20 = 30"),
+            ("Double 6.", "12")]
+    enc = encode_lm(tok, rows, 64)
+    loss, se = lm_loss(model, enc, 3, tok.pad_token_id or 0, torch.device("cpu"), se=True)
+    sums, counts = [], []
+    with torch.no_grad():
+        for ids, labels in zip(enc["input_ids"], enc["labels"]):
+            logits = model(input_ids=torch.tensor([ids])).logits[0, :-1]
+            y = torch.tensor(labels[1:])
+            sums.append(float(torch.nn.functional.cross_entropy(logits, y, ignore_index=-100, reduction="sum")))
+            counts.append(int((y != -100).sum()))
+    assert loss == pytest.approx(sum(sums) / sum(counts), rel=1e-5)
+    assert lm_loss(model, enc, 3, tok.pad_token_id or 0, torch.device("cpu")) == pytest.approx(loss, rel=1e-6)
+    assert se == pytest.approx(ratio_se(sums, counts), rel=1e-4) and 0 < se < loss
+
+
 def test_memory_counts_the_lm_heads_logits(tiny_llama: str) -> None:
     from autopeft.builder import build_model, load_base, model_info
     from autopeft.candidate import Candidate
@@ -121,6 +151,7 @@ def test_a_causal_lm_search_minimises_the_loss(tiny_llama: str, math_dir: Path, 
     assert main(argv) == 0
     out = capsys.readouterr()
     assert "causal LM" in out.err and "Pareto front (loss on the held-out search split, lower is better)" in out.out
+    assert len(re.findall(r"\| loss \d+\.\d{4} ± 0\.\d{4} \|", out.err)) == 6  # each trial line: the loss ± its se
     study = optuna.load_study(study_name="lm", storage=get_storage(storage, create=False))
     assert [d.name for d in study.directions] == ["MINIMIZE", "MINIMIZE", "MINIMIZE"]
     meta = study.user_attrs
@@ -135,6 +166,8 @@ def test_a_causal_lm_search_minimises_the_loss(tiny_llama: str, math_dir: Path, 
     front = res.front_trials()
     assert [t.values[0] for t in front] == sorted(t.values[0] for t in front)  # lowest loss first
     assert res.best_trial().values[0] == min(losses)
+    # each loss comes with its standard error over the 16 search rows (the answer rule's noise for a loss)
+    assert all(0 < t.user_attrs[A.SCORE_SE] < 0.5 * t.values[0] for t in res.complete_trials())
 
 
 def test_an_encoder_cannot_take_a_causal_lm_task(tiny_model: str, math_dir: Path, tmp_path: Path,
