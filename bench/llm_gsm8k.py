@@ -47,27 +47,29 @@ def _one(label: str, cand: dict[str, Any], a: dict[str, Any], seed: int = 0) -> 
 
 def pairs(res: Any) -> list[tuple[str, dict[str, Any], str]]:
     """The fair protocol on a study whose baselines ran at several rates (``--enqueue`` of them at x0.5 and x2 beside
-    ``baselines``' x1): per baseline, its lowest-loss rate (label ``baseline NAME xM``), then the study's answer under
-    that baseline's trainable parameters (:meth:`autopeft.result.SearchResult.best_trial`, what ``autopeft best
-    --max-params`` returns) unless it is that same trial.  Each entry: (label, candidate, the baseline it answers)."""
+    ``baselines``' x1): per baseline, its best rate (label ``baseline NAME xM``), then the study's answer under that
+    baseline's trainable parameters (:meth:`autopeft.result.SearchResult.best_trial`, what ``autopeft best
+    --max-params`` returns; label ``found #N``, or a baseline's own label when it is a baseline's best rate).
+    Entries come in pairs (baseline, answer); each is (label, candidate, the baseline's name)."""
     from autopeft.result import structure_key
     from autopeft.storage import A
 
     trials = res.complete_trials()
     names = {structure_key(t): str(res.seeded_by(t))[len("baseline:"):] for t in trials
              if str(res.seeded_by(t) or "").startswith("baseline:")}
-    out: list[tuple[str, dict[str, Any], str]] = []
+    sign = 1.0 if res.objectives[0] == "loss" else -1.0  # the best rate first
+    bases: dict[int, tuple[str, Any, str]] = {}  # trial number -> (label, trial, name)
     for key, name in names.items():
-        sign = 1.0 if res.objectives[0] == "loss" else -1.0  # the best rate first
-        runs = sorted((t for t in trials if structure_key(t) == key), key=lambda t: sign * t.values[0])
-        base = runs[0]
+        base = min((t for t in trials if structure_key(t) == key), key=lambda t: sign * t.values[0])
         m = base.user_attrs[A.CANDIDATE].get("lr_multiplier", 1.0)
-        out.append((f"baseline {name} x{m:g} (search loss {base.values[0]:.4f})", base.user_attrs[A.CANDIDATE], name))
+        bases[base.number] = (f"baseline {name} x{m:g} (search loss {base.values[0]:.4f})", base, name)
+    out: list[tuple[str, dict[str, Any], str]] = []
+    for label, base, name in bases.values():
+        out.append((label, base.user_attrs[A.CANDIDATE], name))
         ans = res.best_trial(max_params=base.user_attrs[A.PARAMS])
-        if ans.number != base.number:
-            out.append((f"found #{ans.number} (search loss {ans.values[0]:.4f})", ans.user_attrs[A.CANDIDATE], name))
-        else:
-            out.append((out[-1][0], base.user_attrs[A.CANDIDATE], name))  # the answer is the tuned baseline itself
+        ans_label = bases[ans.number][0] if ans.number in bases else (
+            f"found #{ans.number} (search loss {ans.values[0]:.4f})")
+        out.append((ans_label, ans.user_attrs[A.CANDIDATE], name))
     return out
 
 
