@@ -222,7 +222,7 @@ class SearchResult:
         order = sorted(range(len(feas)), key=lambda i: (-Y[i, 0], feas[i].user_attrs.get(A.PARAMS, 0), feas[i].number))
         top = order[0]
         margin = self.margins(Y[top:top + 1], feas[top:top + 1])[0]
-        if margin <= 0:  # a loss, or no search rows: the best as scored
+        if margin <= 0:  # no search rows, or a loss whose trial stored no standard error: the best as scored
             return feas[top], None
         prefer = self.preferred(feas)
         near = [i for i in order if prefer[i] and Y[i, 0] >= Y[top, 0] - margin]

@@ -357,9 +357,9 @@ def token_loss(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]
 def ratio_se(sums: Sequence[float], counts: Sequence[int]) -> float | None:
     """The standard error of a mean per token over rows, ``sum(sums) / sum(counts)`` (``sums``: each row's summed
     loss; ``counts``: its tokens), with the rows as the sampled units: the ratio estimator's linearised variance,
-    ``sqrt(sum((s_i - r c_i)^2) / (m (m - 1))) / mean(c)``.  None for fewer than two rows with tokens.  What the
-    answer rule needs for a loss: how much two configs' losses on the same search rows move by which rows were
-    drawn (:meth:`autopeft.result.SearchResult.margins`)."""
+    ``sqrt(sum((s_i - r c_i)^2) / (m (m - 1))) / mean(c)``.  None for fewer than two rows with tokens.  For a loss
+    the answer rule's noise (:meth:`autopeft.result.SearchResult.margins`), as the binomial error is a score's: how
+    far the loss moves with which rows were drawn."""
     pairs = [(float(s), int(c)) for s, c in zip(sums, counts) if c > 0]
     m = len(pairs)
     if m < 2:
