@@ -26,8 +26,11 @@ def run(args: argparse.Namespace) -> int:
     d = api.export(found, args.output)
     print(f"exported {found.candidate.summary()} to {d}")
     over = found.preferred_over if args.best else None
-    within = ("" if over is None else f"trial #{over['trial']} ({over['summary']}) scored "
-              f"{over['score'] - over['score_here']:.4f} higher, less than the noise of the search rows, so ")
+    loss = found.meta.get("metric") == "loss"
+    within = ("" if over is None else f"trial #{over['trial']} ({over['summary']}) "
+              + (f"had a loss {over['score_here'] - over['score']:.4f} lower" if loss else
+                 f"scored {over['score'] - over['score_here']:.4f} higher")
+              + ", less than the noise of the search rows, so ")
     if args.best and (found.seeded_by or "").startswith("baseline:"):  # the study ran it first; nothing found beat it
         name, lr = found.seeded_by.split(":", 1)[1], found.candidate.lr_multiplier
         at = "" if lr == 1.0 else f" at learning rate x{lr:.3g} (--refine-rate's line search from its default rate)"
