@@ -224,3 +224,25 @@ def test_for_a_loss_the_margin_is_the_stored_standard_error_of_the_search_rows(s
     assert (found.preferred_over or {}).get("trial") == (1 if answer == 0 else None)
     # the other dominates it (lower loss, fewer parameters): the front is that one alone, the answer may be off it
     assert [t.number for t in res.front_trials()] == [1]
+
+
+def test_export_best_for_a_loss_says_the_other_had_a_lower_loss(tmp_path: Path) -> None:
+    """The committed SmolLM2 GSM8K study with the standard error today's trials store for #15 (0.0561, measured by
+    running it again): under IA3's size the queued IA3 x2 answers, and export says by how much lower #15's loss was."""
+    import sqlite3
+
+    from autopeft.cli import main
+
+    db = tmp_path / "llm.db"
+    shutil.copy(TABLES / "llm-gsm8k-mixed.db", db)
+    with sqlite3.connect(db) as con:
+        tid = con.execute("SELECT trial_id FROM trials WHERE number = 15").fetchone()[0]
+        con.execute("INSERT INTO trial_user_attributes (trial_id, key, value_json) VALUES (?, 'score_se', '0.0561')",
+                    (tid,))
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["export", "--study", "smollm2-gsm8k-mixed", "--storage", f"sqlite:///{db}", "--best",
+                     "--max-params", "57600", "-o", str(tmp_path / "cfg")]) == 0
+    text = out.getvalue()
+    assert "it is a config you queued (enqueue:bench/tables/llm-gsm8k-baseline-rates.yaml entry 4): trial #15" in text
+    assert "had a loss 0.0082 lower, less than the noise of the search rows, so your config stays the answer" in text
