@@ -248,7 +248,7 @@ class SearchResult:
         loss on the search rows, :func:`autopeft.trial.ratio_se`; 0 for a trial that stored none)."""
         n_eval = int((self.meta.get("fidelity") or {}).get("n_eval") or 0)
         if self.objectives[0] != "score":
-            ses = [(t.user_attrs.get(A.SCORE_SE) if trials is not None else None) for t in (trials or [None] * len(Y))]
+            ses = [t.user_attrs.get(A.SCORE_SE) for t in trials] if trials is not None else [None] * len(Y)
             return [self.answer_se * math.sqrt(2.0) * float(se) if isinstance(se, (int, float)) and se > 0 else 0.0
                     for se in ses]
         metric = str(self.meta.get(A.METRIC) or "auc")

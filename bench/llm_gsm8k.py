@@ -8,6 +8,10 @@ so the command resumes.  The budget is stated in the output: on this 2-core CPU 
     python -m bench.llm_gsm8k run --study smollm2-gsm8k-lora --storage sqlite:///bench/tables/llm-gsm8k.db \\
         --found 2 --n-train 256 --n-eval 100 --generate 30 --out bench/tables/llm-gsm8k-final.jsonl
     python -m bench.llm_gsm8k report --out bench/tables/llm-gsm8k-final.jsonl
+
+The fair protocol (a study whose baselines ran at several rates): ``run --vs-baselines --seeds 0,1`` trains each
+baseline at its best searched rate and the study's answer under its size per seed; ``report --study S --storage
+URL`` pairs them with a verdict per baseline (BENCHMARKS.md, "The fair protocol on an LLM").
 """
 
 from __future__ import annotations
@@ -102,6 +106,14 @@ def run(a: argparse.Namespace) -> None:
             print(json.dumps(r), flush=True)
 
 
+def _seeds(text: str) -> list[int]:
+    """``--seeds``: comma-separated integers."""
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,1, got {text!r}") from None
+
+
 def verdict(diffs: list[float]) -> str:
     """A pair's call from its per-seed differences of test loss (answer - baseline): better only when every seed
     agrees, else a tie."""
@@ -164,7 +176,7 @@ def main() -> None:
     r.add_argument("--max-length", type=int, default=256)
     r.add_argument("--n-eval", type=int, default=100)
     r.add_argument("--generate", type=int, default=30)
-    r.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=[0],
+    r.add_argument("--seeds", type=_seeds, default=[0],
                    help="training seeds, comma-separated (each config once per seed; default 0)")
     r.add_argument("--data-dir", default=DATA)
     r.add_argument("--out", required=True)
@@ -173,6 +185,8 @@ def main() -> None:
     rp.add_argument("--study", help="with --storage: pair each baseline with the answer under its size (--vs-baselines)")
     rp.add_argument("--storage")
     a = p.parse_args()
+    if a.cmd == "report" and bool(a.study) != bool(a.storage):
+        rp.error("--study and --storage go together (the study whose baselines the rows pair)")
     run(a) if a.cmd == "run" else report(a)
 
 

@@ -1067,3 +1067,17 @@ def test_llm_pairs_each_baseline_at_its_best_rate_with_the_answer_under_its_size
     lv = _load("llm_gsm8k")
     assert [lv.verdict(d) for d in ([-0.01, -0.002], [0.01, 0.03], [-0.01, 0.002], [])] == [
         "answer better", "baseline better", "tie (the seeds disagree)", "not trained yet"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--study", "s", "--storage", "sqlite:///x.db", "--out", "o.jsonl", "--seeds", "0,a"],
+     "argument --seeds: expected comma-separated integers such as 0,1, got '0,a'"),
+    (["report", "--out", "o.jsonl", "--study", "s"], "--study and --storage go together")])
+def test_llm_gsm8k_bad_options_are_one_line_and_exit_2(argv: list[str], message: str,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("sys.argv", ["llm_gsm8k.py", *argv])
+    with pytest.raises(SystemExit) as exc:
+        _load("llm_gsm8k").main()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and message in err[-1] and "Traceback" not in "\n".join(err)
