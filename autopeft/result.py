@@ -283,8 +283,9 @@ class SearchResult:
 
     @property
     def warnings(self) -> list[str]:
-        """Warnings the driver stored in the study, e.g. that most trials scored at the majority-class level; and if
-        every complete trial scored at that level, that the front only ranks costs."""
+        """Warnings the driver stored in the study, e.g. that most trials scored at the majority-class level; if every
+        complete trial scored at that level, that the front only ranks costs; and if the best trial ran at a bound of
+        the space's learning-rate range where the rate still helped (:func:`autopeft.rate_bound.rate_bound_notice`)."""
         out = [str(v).split(": ", 1)[-1] for k, v in sorted(self.meta.items()) if k.startswith(A.NOTICE_PREFIX)]
         chance, metric = self.meta.get(A.CHANCE_SCORE), self.meta.get(A.METRIC)
         objectives = list(self.meta.get(A.OBJECTIVES) or [])
@@ -305,6 +306,12 @@ class SearchResult:
                            f"({float(chance):.4f}; best {best:.4f}), so this front only ranks parameter counts and "
                            "memory: start a new study (--study NAME) with more rows or epochs (--n-train, --epochs) or "
                            "a higher --lr-scale")
+        if len(comp) > 1 and A.SPACE_DEF in self.meta:
+            from autopeft.rate_bound import rate_bound_notice
+
+            note = rate_bound_notice(self.meta[A.SPACE_DEF], comp, list(self.ranked_values(comp)[:, 0]),
+                                     [structure_key(t) for t in comp], str(metric))
+            out += [note] if note else []
         return out
 
     def __repr__(self) -> str:

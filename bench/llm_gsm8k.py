@@ -11,7 +11,8 @@ so the command resumes.  The budget is stated in the output: on this 2-core CPU 
 
 The fair protocol (a study whose baselines ran at several rates): ``run --vs-baselines --seeds 0,1`` trains each
 baseline at its best searched rate and the study's answer under its size per seed; ``report --study S --storage
-URL`` pairs them with a verdict per baseline (BENCHMARKS.md, "The fair protocol on an LLM").
+URL`` pairs them with a verdict per baseline (BENCHMARKS.md, "The fair protocol on an LLM"). ``run --config FILE``
+trains the configs of a YAML/JSON list instead (e.g. a baseline at rates outside the study's range).
 """
 
 from __future__ import annotations
@@ -83,11 +84,13 @@ def run(a: argparse.Namespace) -> None:
     from autopeft.storage import A, get_storage
     from autopeft.result import SearchResult
 
-    study = optuna.load_study(study_name=a.study, storage=get_storage(a.storage, create=False))
-    res = SearchResult(study, a.storage)
-    if a.vs_baselines:
+    if a.config:
+        configs = a.configs
+    elif a.vs_baselines:
+        res = SearchResult(optuna.load_study(study_name=a.study, storage=get_storage(a.storage, create=False)), a.storage)
         configs = list({lbl: (lbl, c) for lbl, c, _ in pairs(res)}.values())  # an answer shared by two is trained once
     else:
+        res = SearchResult(optuna.load_study(study_name=a.study, storage=get_storage(a.storage, create=False)), a.storage)
         configs = [("lora r=8 q,v", _lora(8)), ("lora r=32 q,v", _lora(32))]
         for t in res.front_trials()[:a.found]:  # the lowest search losses first
             configs.append((f"found #{t.number} (search loss {t.values[0]:.4f})", t.user_attrs[A.CANDIDATE]))
@@ -104,6 +107,22 @@ def run(a: argparse.Namespace) -> None:
             with out.open("a") as fh:
                 fh.write(json.dumps(r) + "\n")
             print(json.dumps(r), flush=True)
+
+
+def configs_from(path: str) -> list[tuple[str, dict[str, Any]]]:
+    """``--config FILE``: (label, candidate) for each entry of a YAML/JSON list of candidates (as ``--enqueue``
+    reads), each entry's optional ``label`` key naming it (default: its summary)."""
+    from autopeft.candidate import Candidate
+    from autopeft.yamlio import load_yaml
+
+    entries = load_yaml(Path(path), "--config file", 1 << 20)
+    out = []
+    for e in entries if isinstance(entries, list) else [entries]:
+        e = dict(e)
+        label = e.pop("label", None)
+        cand = Candidate.from_dict(e)
+        out.append((str(label or cand.summary()), cand.to_dict()))
+    return out
 
 
 def _seeds(text: str) -> list[int]:
@@ -164,8 +183,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
-    r.add_argument("--study", required=True)
-    r.add_argument("--storage", required=True)
+    r.add_argument("--study", help="the study whose configs to train (with --storage)")
+    r.add_argument("--storage")
+    r.add_argument("--config", metavar="FILE", help="train the configs of this YAML/JSON list instead of a study's "
+                                                   "(each entry a candidate, with an optional label key)")
     r.add_argument("--found", type=int, default=2, help="front configs to train (lowest search loss first)")
     r.add_argument("--vs-baselines", action="store_true",
                    help="train each baseline at its best searched rate and the study's answer under its size "
@@ -185,6 +206,15 @@ def main() -> None:
     rp.add_argument("--study", help="with --storage: pair each baseline with the answer under its size (--vs-baselines)")
     rp.add_argument("--storage")
     a = p.parse_args()
+    if a.cmd == "run" and not a.config and not (a.study and a.storage):
+        r.error("give --study and --storage (the study whose configs to train) or --config FILE")
+    if a.cmd == "run" and a.config:
+        from autopeft.errors import ConfigError
+
+        try:
+            a.configs = configs_from(a.config)
+        except (ValueError, ConfigError) as exc:
+            r.error(f"--config {a.config}: {exc}")
     if a.cmd == "report" and bool(a.study) != bool(a.storage):
         rp.error("--study and --storage go together (the study whose baselines the rows pair)")
     run(a) if a.cmd == "run" else report(a)

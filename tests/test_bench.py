@@ -1072,7 +1072,10 @@ def test_llm_pairs_each_baseline_at_its_best_rate_with_the_answer_under_its_size
 @pytest.mark.parametrize("argv, message", [
     (["run", "--study", "s", "--storage", "sqlite:///x.db", "--out", "o.jsonl", "--seeds", "0,a"],
      "argument --seeds: expected comma-separated integers such as 0,1, got '0,a'"),
-    (["report", "--out", "o.jsonl", "--study", "s"], "--study and --storage go together")])
+    (["report", "--out", "o.jsonl", "--study", "s"], "--study and --storage go together"),
+    (["run", "--out", "o.jsonl"], "give --study and --storage (the study whose configs to train) or --config FILE"),
+    (["run", "--out", "o.jsonl", "--config", "no-such.yaml"],
+     "--config no-such.yaml: cannot read --config file no-such.yaml: No such file or directory")])
 def test_llm_gsm8k_bad_options_are_one_line_and_exit_2(argv: list[str], message: str,
                                                        monkeypatch: pytest.MonkeyPatch,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
@@ -1081,3 +1084,12 @@ def test_llm_gsm8k_bad_options_are_one_line_and_exit_2(argv: list[str], message:
         _load("llm_gsm8k").main()
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and message in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_llm_gsm8k_config_file_trains_its_labelled_candidates() -> None:
+    """``run --config``: the committed file of LoRA r=8 at x4 and x8 (beyond the mixed space's range), labels kept."""
+    configs = _load("llm_gsm8k").configs_from(str(TABLES / "llm-gsm8k-lora-wide.yaml"))
+    assert [label for label, _ in configs] == ["baseline lora r=8 q,v x4 (search loss 1.0333)",
+                                               "baseline lora r=8 q,v x8 (search loss 0.9695)"]
+    assert [c["lr_multiplier"] for _, c in configs] == [4.0, 8.0]
+    assert all(c["methods"]["lora"]["r"] == 8 and c["layers"] == list(range(30)) for _, c in configs)

@@ -1,0 +1,86 @@
+"""Whether a study's best trial ran at a bound of the space's learning-rate range while the rate still helped there.
+
+A searched rate is drawn from the space's ``training`` range (``lr_multiplier`` or ``learning_rate``). When the
+best-scoring trial sits at the range's top (or bottom) and the same config scored worse at a rate further from that
+bound, the best rate may lie outside the range: the search cannot say what a higher (lower) rate would do. Measured
+case (BENCHMARKS.md, "The learning-rate range on an LLM"): on SmolLM2-135M / GSM8K every model-proposed trial of
+``mixed`` (range x0.5-x2) ran at x2, and each hand-designed baseline scored better at x4 than at x2.
+
+Why our own check and not a library's: Optuna's samplers clip to a distribution's bounds and say nothing of it; the
+check needs the space's training block and each config's structure (its candidate without the rate), which are ours.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+#: how close (relative) a rate must be to a bound to count as at it: the candidate rounds rates to 6 digits, and the
+#: sampler's proposals land on the bound itself when clipped
+AT_BOUND = 0.01
+
+
+def _rate_range(space_def: Any) -> tuple[str, float, float] | None:
+    """(key, low, high) of the space's searched rate, or None when the rate is fixed (or the space unreadable)."""
+    from autopeft.space import SearchSpace
+
+    try:
+        space = SearchSpace.from_dict(space_def, "the study's space")
+    except Exception:  # a study from another version: no check rather than a failure while reading results
+        return None
+    for key, p in space.training.items():
+        if p.kind in ("float", "int"):
+            return key, float(p.low), float(p.high)
+        if p.kind == "ord" and len(p.choices) > 1:
+            return key, float(min(p.choices)), float(max(p.choices))
+    return None
+
+
+def _rate(key: str, cand: dict[str, Any]) -> float:
+    """The trial's value of the space's rate dimension (a multiplier, or the learning rate it sets)."""
+    from autopeft.candidate import Candidate
+    from autopeft.methods import base_learning_rate
+
+    mult = float(cand.get("lr_multiplier", 1.0))
+    if key == "lr_multiplier":
+        return mult
+    return mult * base_learning_rate(Candidate.from_dict(cand).methods)
+
+
+def _shown(key: str, v: float) -> str:
+    return f"x{v:.3g}" if key == "lr_multiplier" else f"{v:.3g}"
+
+
+def rate_bound_notice(space_def: Any, trials: Sequence[Any], scores: Sequence[float], structures: Sequence[str],
+                      metric: str) -> str | None:
+    """A warning when the best of ``trials`` (by ``scores``, made to maximise, one per trial) ran at a bound of the
+    space's rate range and a trial of the same structure (``structures``: the config without its rate) at a rate
+    further from that bound scored lower; None otherwise (no searched rate, best inside the range, or no evidence
+    that the rate still helped at the bound)."""
+    found = _rate_range(space_def)
+    if found is None or not trials:
+        return None
+    key, low, high = found
+    rates = [_rate(key, t.user_attrs.get("candidate") or {}) for t in trials]
+    best = max(range(len(trials)), key=lambda i: (scores[i], -trials[i].number))
+    v = rates[best]
+    for bound, side, word in ((high, 1, "higher"), (low, -1, "lower")):
+        if abs(math.log(v / bound)) > AT_BOUND:
+            continue
+        worse = [i for i in range(len(trials)) if structures[i] == structures[best] and i != best
+                 and side * math.log(rates[i] / v) < -AT_BOUND and scores[i] < scores[best]]
+        if not worse:
+            return None
+        other = max(worse, key=lambda i: side * rates[i])  # the nearest rate below (above) the bound
+        sign = -1.0 if metric == "loss" else 1.0
+        top = "top" if side > 0 else "bottom"
+        return (f"the best trial ({trials[best].number}, {metric} {sign * scores[best]:.4g}) ran at learning rate "
+                f"{_shown(key, v)}, the {top} of the space's training.{key} range [{low:g}, {high:g}], and the same "
+                f"config scored {metric} {sign * scores[other]:.4g} at {_shown(key, rates[other])}: a {word} rate may "
+                f"score better; search again with a space whose range goes {word} (a copy of the space file with "
+                f"training.{key} widened, --space FILE)" + (" or a " + word + " --lr-scale" if key == "lr_multiplier"
+                                                             else ""))
+    return None
+
+
+__all__ = ["AT_BOUND", "rate_bound_notice"]
