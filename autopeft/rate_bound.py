@@ -74,9 +74,11 @@ def rate_bound_notice(space_def: Any, trials: Sequence[Any], scores: Sequence[fl
         other = max(worse, key=lambda i: side * rates[i])  # the nearest rate below (above) the bound
         sign = -1.0 if metric == "loss" else 1.0
         top = "top" if side > 0 else "bottom"
+        there = sum(abs(math.log(r / bound)) <= AT_BOUND for r in rates)
         return (f"the best trial ({trials[best].number}, {metric} {sign * scores[best]:.4g}) ran at learning rate "
-                f"{_shown(key, v)}, the {top} of the space's training.{key} range [{low:g}, {high:g}], and the same "
-                f"config scored {metric} {sign * scores[other]:.4g} at {_shown(key, rates[other])}: a {word} rate may "
+                f"{_shown(key, v)}, the {top} of the space's training.{key} range [{low:g}, {high:g}] ({there} of the "
+                f"{len(trials)} complete trials ran there), and the same config scored {metric} "
+                f"{sign * scores[other]:.4g} at {_shown(key, rates[other])}: a {word} rate may "
                 f"score better; search again with a space whose range goes {word} (a copy of the space file with "
                 f"training.{key} widened, --space FILE)" + (" or a " + word + " --lr-scale" if key == "lr_multiplier"
                                                              else ""))

@@ -1093,3 +1093,19 @@ def test_llm_gsm8k_config_file_trains_its_labelled_candidates() -> None:
                                                "baseline lora r=8 q,v x8 (search loss 0.9695)"]
     assert [c["lr_multiplier"] for _, c in configs] == [4.0, 8.0]
     assert all(c["methods"]["lora"]["r"] == 8 and c["layers"] == list(range(30)) for _, c in configs)
+
+
+def test_rate_bound_picks_the_studies_whose_best_ran_at_a_bound(tmp_path: Path) -> None:
+    """The MRPC searches with the baselines first (confirm-mrpc-bfirst.db): on each seed the answer is LoRA r=8 on
+    q,v walked by ``--refine-rate`` to x2, the top of the range, at the 2,000-row rung, where x1.41 scored lower."""
+    import shutil
+
+    shutil.copy(TABLES / "confirm-mrpc-bfirst.db", tmp_path / "b.db")
+    picks = _load("rate_bound").picks([f"sqlite:///{tmp_path / 'b.db'}"])
+    assert sorted(p["study"] for p in picks) == [f"confirm-mrpc-bfirst-{s}" for s in range(4)]
+    for p in picks:
+        assert p["summary"] == "lora r=8 [q,v] | layers 0,1,2,3,4,5 | lr x2" and p["rate"] == 2.0 and p["side"] == 1
+        assert p["fidelity"]["n_train"] == 2000 and p["fidelity"]["batch_size"] == 32 and p["metric"] == "auc"
+    assert {p["study"]: round(p["score_stored"], 4) for p in picks} == {
+        "confirm-mrpc-bfirst-0": 0.6613, "confirm-mrpc-bfirst-1": 0.699, "confirm-mrpc-bfirst-2": 0.7135,
+        "confirm-mrpc-bfirst-3": 0.6673}

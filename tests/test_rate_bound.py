@@ -41,7 +41,8 @@ def _notice(rows: list[tuple[dict[str, Any], float, float]], metric: str = "accu
 def test_the_best_at_the_top_of_the_range_with_a_worse_lower_rate_is_warned_about() -> None:
     note = _notice([(LORA, 1.0, 0.80), (LORA, 2.0, 0.84), (IA3, 1.3, 0.82), (LORA, 0.5, 0.70)])
     assert note == ("the best trial (1, accuracy 0.84) ran at learning rate x2, the top of the space's "
-                    "training.lr_multiplier range [0.5, 2], and the same config scored accuracy 0.8 at x1: a higher "
+                    "training.lr_multiplier range [0.5, 2] (1 of the 4 complete trials ran there), and the same config "
+                    "scored accuracy 0.8 at x1: a higher "
                     "rate may score better; search again with a space whose range goes higher (a copy of the space "
                     "file with training.lr_multiplier widened, --space FILE) or a higher --lr-scale")
 
@@ -59,7 +60,8 @@ def test_the_bottom_of_the_range_and_a_loss() -> None:
     note = _notice([(IA3, 0.5, 1.02), (IA3, 0.7071, 1.05), (LORA, 1.0, 1.10)], metric="loss")
     assert note is not None and note.startswith(
         "the best trial (0, loss 1.02) ran at learning rate x0.5, the bottom of the space's training.lr_multiplier "
-        "range [0.5, 2], and the same config scored loss 1.05 at x0.707: a lower rate may score better")
+        "range [0.5, 2] (1 of the 3 complete trials ran there), and the same config scored loss 1.05 at x0.707: a "
+        "lower rate may score better")
     assert note.endswith("or a lower --lr-scale")
 
 
@@ -85,7 +87,8 @@ def test_the_committed_gsm8k_study_warns_and_show_prints_it(tmp_path: Path) -> N
     url = f"sqlite:///{db}"
     warns = [w for w in api.load_study("smollm2-gsm8k-mixed", url).warnings if w.startswith("the best trial")]
     assert warns == ["the best trial (7, loss 0.9465) ran at learning rate x2, the top of the space's "
-                     "training.lr_multiplier range [0.5, 2], and the same config scored loss 0.9478 at x1: a higher "
+                     "training.lr_multiplier range [0.5, 2] (16 of the 24 complete trials ran there), and the same "
+                     "config scored loss 0.9478 at x1: a higher "
                      "rate may score better; search again with a space whose range goes higher (a copy of the space "
                      "file with training.lr_multiplier widened, --space FILE) or a higher --lr-scale"]
     out = subprocess.run([sys.executable, "-m", "autopeft", "show", "--study", "smollm2-gsm8k-mixed", "--storage", url],
