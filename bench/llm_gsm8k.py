@@ -84,13 +84,13 @@ def run(a: argparse.Namespace) -> None:
     from autopeft.storage import A, get_storage
     from autopeft.result import SearchResult
 
-    if a.config:
+    res = None if a.config else SearchResult(
+        optuna.load_study(study_name=a.study, storage=get_storage(a.storage, create=False)), a.storage)
+    if res is None:
         configs = a.configs
     elif a.vs_baselines:
-        res = SearchResult(optuna.load_study(study_name=a.study, storage=get_storage(a.storage, create=False)), a.storage)
         configs = list({lbl: (lbl, c) for lbl, c, _ in pairs(res)}.values())  # an answer shared by two is trained once
     else:
-        res = SearchResult(optuna.load_study(study_name=a.study, storage=get_storage(a.storage, create=False)), a.storage)
         configs = [("lora r=8 q,v", _lora(8)), ("lora r=32 q,v", _lora(32))]
         for t in res.front_trials()[:a.found]:  # the lowest search losses first
             configs.append((f"found #{t.number} (search loss {t.values[0]:.4f})", t.user_attrs[A.CANDIDATE]))

@@ -34,7 +34,7 @@ def picks(storages: list[str], skip_models: tuple[str, ...] = ("smollm2",)) -> l
     """One row per distinct (task, metric, seed, fidelity, config) whose study the warning fires on."""
     import optuna
 
-    from autopeft.rate_bound import _rate_range, rate_bound_notice
+    from autopeft.rate_bound import rate_bound_notice, rate_range
     from autopeft.result import SearchResult, structure_key
     from autopeft.storage import A
 
@@ -54,7 +54,7 @@ def picks(storages: list[str], skip_models: tuple[str, ...] = ("smollm2",)) -> l
             if note is None:
                 continue
             best = comp[max(range(len(comp)), key=lambda i: (scores[i], -comp[i].number))]
-            key_name, low, high = _rate_range(res.meta[A.SPACE_DEF])  # type: ignore[misc]
+            key_name, low, high = rate_range(res.meta[A.SPACE_DEF])  # type: ignore[misc]
             rate = float(best.user_attrs[A.CANDIDATE]["lr_multiplier"])
             side = 1 if abs(math.log(rate / high)) < abs(math.log(rate / low)) else -1
             task = dict(res.meta[A.TASK] if isinstance(res.meta.get(A.TASK), dict) else {"task": res.meta.get(A.TASK)})
