@@ -110,3 +110,20 @@ def test_a_classification_study_whose_best_is_inside_the_range_is_not_warned_abo
 
 if __name__ == "__main__":  # pragma: no cover
     pytest.main([__file__])
+
+
+def test_the_wide_range_gsm8k_search_is_not_warned_about_and_answers_with_the_tuned_baselines(tmp_path: Path) -> None:
+    """bench/tables/llm-gsm8k-mixed-wide.db: range x0.5-x8, each baseline queued at its best rate; its best (serial
+    adapter 64 x2) is inside the range, and every budget is answered by a baseline (LoRA x8 itself under LoRA's size;
+    IA3 x2 over a parallel adapter 4 x8 within the noise under prefix's)."""
+    from autopeft import api
+
+    shutil.copy(ROOT / "bench" / "tables" / "llm-gsm8k-mixed-wide.db", tmp_path / "w.db")
+    res = api.load_study("smollm2-gsm8k-mixed-wide", f"sqlite:///{tmp_path / 'w.db'}")
+    assert not any(w.startswith("the best trial") for w in res.warnings)
+    answers = {p: res.best_trial(max_params=p).number for p in (460_800, 57_600, 230_400, 4_462_080)}
+    assert answers == {460_800: 0, 57_600: 1, 230_400: 1, 4_462_080: 3}
+    assert res.best_trial(max_params=460_800).user_attrs["candidate"]["lr_multiplier"] == 8.0
+    under_prefix = res.best_config(max_params=230_400)
+    assert under_prefix.preferred_over is not None and under_prefix.preferred_over["trial"] == 11
+    assert under_prefix.preferred_over["score"] == pytest.approx(0.9869, abs=1e-4)
