@@ -53,12 +53,13 @@ def _shown(key: str, v: float) -> str:
     return f"x{v:.3g}" if key == "lr_multiplier" else f"{v:.3g}"
 
 
-def rate_bound_notice(space_def: Any, trials: Sequence[Any], scores: Sequence[float], structures: Sequence[str],
-                      metric: str) -> str | None:
-    """A warning when the best of ``trials`` (by ``scores``, made to maximise, one per trial) ran at a bound of the
-    space's rate range and a trial of the same structure (``structures``: the config without its rate) at a rate
-    further from that bound scored lower; None otherwise (no searched rate, best inside the range, or no evidence
-    that the rate still helped at the bound)."""
+def at_bound(space_def: Any, trials: Sequence[Any], scores: Sequence[float],
+             structures: Sequence[str]) -> dict[str, Any] | None:
+    """Where the best of ``trials`` (by ``scores``, made to maximise, one per trial) ran at a bound of the space's
+    rate range and a trial of the same structure (``structures``: the config without its rate) at a rate further from
+    that bound scored lower: ``best`` and ``other`` (indices into ``trials``), the range (``key``, ``low``, ``high``),
+    ``side`` (1: the top, -1: the bottom), the ``rates`` of all trials; None otherwise (no searched rate, best inside
+    the range, or no evidence that the rate still helped at the bound)."""
     found = rate_range(space_def)
     if found is None or not trials:
         return None
@@ -66,7 +67,7 @@ def rate_bound_notice(space_def: Any, trials: Sequence[Any], scores: Sequence[fl
     rates = [_rate(key, t.user_attrs.get("candidate") or {}) for t in trials]
     best = max(range(len(trials)), key=lambda i: (scores[i], -trials[i].number))
     v = rates[best]
-    for bound, side, word in ((high, 1, "higher"), (low, -1, "lower")):
+    for bound, side in ((high, 1), (low, -1)):
         if abs(math.log(v / bound)) > AT_BOUND:
             continue
         worse = [i for i in range(len(trials)) if structures[i] == structures[best] and i != best
@@ -74,17 +75,27 @@ def rate_bound_notice(space_def: Any, trials: Sequence[Any], scores: Sequence[fl
         if not worse:
             return None
         other = max(worse, key=lambda i: side * rates[i])  # the nearest rate below (above) the bound
-        sign = -1.0 if metric == "loss" else 1.0
-        top = "top" if side > 0 else "bottom"
-        there = sum(abs(math.log(r / bound)) <= AT_BOUND for r in rates)
-        return (f"the best trial ({trials[best].number}, {metric} {sign * scores[best]:.4g}) ran at learning rate "
-                f"{_shown(key, v)}, the {top} of the space's training.{key} range [{low:g}, {high:g}] ({there} of the "
-                f"{len(trials)} complete trials ran there), and the same config scored {metric} "
-                f"{sign * scores[other]:.4g} at {_shown(key, rates[other])}: a {word} rate may "
-                f"score better; search again with a space whose range goes {word} (a copy of the space file with "
-                f"training.{key} widened, --space FILE)" + (" or a " + word + " --lr-scale" if key == "lr_multiplier"
-                                                             else ""))
+        return {"best": best, "other": other, "key": key, "low": low, "high": high, "bound": bound, "side": side,
+                "rates": rates}
     return None
 
 
-__all__ = ["AT_BOUND", "rate_bound_notice", "rate_range"]
+def rate_bound_notice(space_def: Any, trials: Sequence[Any], scores: Sequence[float], structures: Sequence[str],
+                      metric: str) -> str | None:
+    """The warning for :func:`at_bound`'s case, in ``metric``'s own sense (a loss: lower is better); None without it."""
+    f = at_bound(space_def, trials, scores, structures)
+    if f is None:
+        return None
+    key, rates, best, other = f["key"], f["rates"], f["best"], f["other"]
+    word, top = ("higher", "top") if f["side"] > 0 else ("lower", "bottom")
+    sign = -1.0 if metric == "loss" else 1.0
+    there = sum(abs(math.log(r / f["bound"])) <= AT_BOUND for r in rates)
+    return (f"the best trial ({trials[best].number}, {metric} {sign * scores[best]:.4g}) ran at learning rate "
+            f"{_shown(key, rates[best])}, the {top} of the space's training.{key} range [{f['low']:g}, {f['high']:g}] "
+            f"({there} of the {len(trials)} complete trials ran there), and the same config scored {metric} "
+            f"{sign * scores[other]:.4g} at {_shown(key, rates[other])}: a {word} rate may score better; search again "
+            f"with a space whose range goes {word} (a copy of the space file with training.{key} widened, --space "
+            f"FILE)" + (f" or a {word} --lr-scale" if key == "lr_multiplier" else ""))
+
+
+__all__ = ["AT_BOUND", "at_bound", "rate_bound_notice", "rate_range"]

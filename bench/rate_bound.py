@@ -34,7 +34,7 @@ def picks(storages: list[str], skip_models: tuple[str, ...] = ("smollm2",)) -> l
     """One row per distinct (task, metric, seed, fidelity, config) whose study the warning fires on."""
     import optuna
 
-    from autopeft.rate_bound import rate_bound_notice, rate_range
+    from autopeft.rate_bound import at_bound
     from autopeft.result import SearchResult, structure_key
     from autopeft.storage import A
 
@@ -48,15 +48,12 @@ def picks(storages: list[str], skip_models: tuple[str, ...] = ("smollm2",)) -> l
             comp = res.complete_trials()
             if len(comp) < 2:
                 continue
-            scores = list(res.ranked_values(comp)[:, 0])
-            note = rate_bound_notice(res.meta[A.SPACE_DEF], comp, scores, [structure_key(t) for t in comp],
-                                     str(res.meta.get(A.METRIC)))
-            if note is None:
+            found = at_bound(res.meta[A.SPACE_DEF], comp, list(res.ranked_values(comp)[:, 0]),
+                             [structure_key(t) for t in comp])  # what the warning's check finds
+            if found is None:
                 continue
-            best = comp[max(range(len(comp)), key=lambda i: (scores[i], -comp[i].number))]
-            key_name, low, high = rate_range(res.meta[A.SPACE_DEF])  # type: ignore[misc]
+            best, side, key_name = comp[found["best"]], found["side"], found["key"]
             rate = float(best.user_attrs[A.CANDIDATE]["lr_multiplier"])
-            side = 1 if abs(math.log(rate / high)) < abs(math.log(rate / low)) else -1
             task = dict(res.meta[A.TASK] if isinstance(res.meta.get(A.TASK), dict) else {"task": res.meta.get(A.TASK)})
             row = {"study": name, "storage": storage, "trial": best.number, "summary": best.user_attrs.get(A.SUMMARY),
                    "candidate": best.user_attrs[A.CANDIDATE], "fidelity": best.user_attrs[A.FIDELITY],
