@@ -713,3 +713,50 @@ def test_known_costs_are_the_exact_params_and_a_ridge_fit_of_the_measured_memory
     assert np.array_equal(got[:, 0], -np.log10([float(memo.params(c)) for c in unseen]))  # params: exact
     assert np.allclose(got[:, 1], [-math.log10(memory(c)) for c in unseen], atol=1e-3)  # memory: the ridge, linear
     assert KnownCosts(["score"], memo.params, memo.features, done)(unseen).shape == (len(unseen), 0)
+
+
+def test_prior_cover_proposes_the_methods_tried_least_while_the_prior_informs() -> None:
+    """``prior_cover`` N (a warm start's knob, off by default): while another study's trials inform the model, each
+    proposal comes from a method this study has tried least until every method of the pool has N trials here; then
+    (and once the prior is dropped) the acquisition chooses freely again.  On a source where serial adapters score
+    best the uncovered sampler keeps to them; covered, each of the mixed space's methods gets a trial first (uncovered, measured: the head alone, then
+    only serial adapters and prefix in the next nine)."""
+    from autopeft.sampler_prior import PRIOR_COVER, method_key
+
+    assert PRIOR_COVER == 0
+    b = SearchSpace.load("mixed").bind(6)
+    rng = np.random.default_rng(3)
+
+    def score(c: Candidate) -> list[float]:
+        s, p, mem = synthetic(c)
+        return [min(0.99, s + (0.1 if "serial_adapter" in c.methods else 0.0)), p, mem]
+
+    source = [b.decode(b.random_vector(rng)) for _ in range(60)]
+    prior = [(c, score(c)[0]) for c in source]
+    start = [c for c in (b.decode(b.random_vector(rng)) for _ in range(40)) if "serial_adapter" in c.methods][:2]
+    dists = b.distributions()
+    methods = {method_key(c) for c in (b.decode(b.random_vector(rng)) for _ in range(500))}
+
+    def proposals(cover: int, until: int | None, n: int) -> list[tuple[str, ...]]:
+        sampler = make_sampler("autopeft", 0, b, OBJ, REF, lambda c: count_params(c, INFO), n_startup=2)
+        sampler.set_prior(prior)
+        sampler.prior_until, sampler.prior_cover = until, cover
+        study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=sampler)
+        out = []
+        for i in range(len(start) + n):
+            c = start[i] if i < len(start) else sampler.propose(study)
+            if i >= len(start):
+                assert sampler.last_info["mode"] == "bo"
+                out.append(method_key(c))
+            params = b.optuna_params(c)
+            study.add_trial(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params},
+                                                      values=score(c)))
+        return out
+
+    # the two start trials cover serial adapters: every other method once (not the head alone), then free
+    k = len(methods) - 2
+    covered = proposals(1, 40, k + 4)
+    assert len(methods) >= 7 and set(covered[:k]) == methods - {("serial_adapter",), ()} and len(set(covered[:k])) == k
+    plain = proposals(0, 40, k + 4)
+    assert len(set(plain[:k])) < k  # uncovered: the methods the source ranks high again and again
+    assert proposals(1, 2, k) == proposals(0, 2, k)  # the prior dropped (at the start's 2 trials): no cover
