@@ -48,8 +48,7 @@ from autopeft.cost_model import KnownCosts, _features  # noqa: F401  (_features:
 from autopeft.contract import PRUNED
 from autopeft.pareto import TASK_OBJECTIVES, closed_form_ehvi, to_max  # noqa: F401  (closed_form_ehvi: re-exported)
 from autopeft import sampler_gp
-from autopeft import sampler_prior
-from autopeft.sampler_prior import PRIOR_STARTUP, PRIOR_UNTIL, least_tried, with_task
+from autopeft.sampler_prior import PRIOR_STARTUP, PRIOR_UNTIL, with_task
 from autopeft.sampler_memo import SamplerMemo
 from autopeft.sampler_seen import Seen as _Seen
 from autopeft.space import BoundSpace
@@ -108,7 +107,6 @@ class CostAwareEHVISampler(BaseSampler):
         self.last_info: dict[str, Any] = {}
         self._prior: tuple[np.ndarray, np.ndarray] | None = None
         self.prior_until = PRIOR_UNTIL
-        self.prior_cover = sampler_prior.PRIOR_COVER
         self.set_prior(prior)
 
     def set_prior(self, prior: Sequence[tuple[Candidate, float]]) -> None:
@@ -253,10 +251,6 @@ class CostAwareEHVISampler(BaseSampler):
             if c not in seen:
                 pool.setdefault(c.key, c)
         cands = [c for c in pool.values() if self._feasible_params(c)]
-        allowed = None  # the methods a proposal may have (None: any)
-        if prior is not None and self.prior_cover > 0:  # the methods tried least here first (sampler_prior.PRIOR_COVER)
-            cands = least_tried(cands, [c for c, _ in done] + pending + [c for c, _ in stopped], self.prior_cover)
-            allowed = {sampler_prior.method_key(c) for c in cands}
         learns = self._collapse_model(done, stopped)
 
         def likely_learners(cs: list[Candidate]) -> tuple[list[Candidate], np.ndarray | None]:
@@ -315,8 +309,7 @@ class CostAwareEHVISampler(BaseSampler):
         best_c, best_a, best_raw = cands[order[0]], a[order[0]], raw[order[0]]
         for i in order[:4]:
             neigh, p_neigh = likely_learners([c for c in self._neighbours(self.space.encode(cands[i]), 24)
-                                              if c not in seen and c.key not in pool and self._feasible_params(c)
-                                              and (allowed is None or sampler_prior.method_key(c) in allowed)])
+                                              if c not in seen and c.key not in pool and self._feasible_params(c)])
             if neigh:
                 an, rn = score(neigh, p_neigh)
                 j = int(np.argmax(an))

@@ -42,10 +42,6 @@ PRIOR_STARTUP = 2
 WARM_QUEUE = 1
 #: the prior informs the score model until the study has this many finished trials of its own (None: always)
 PRIOR_UNTIL: int | None = 20
-#: while the prior informs, the acquisition chooses among the methods this study has tried least until each method of
-#: the pool has this many trials here (0: freely).  Why: the prior's task column carries one correlation for the
-#: whole space, so a method the other task ranked low is not tried here, and only trials of it here can say otherwise
-PRIOR_COVER = 0
 
 
 def resume_prior(stored: dict[str, Any] | None, given: str | None, resumed: bool,
@@ -95,27 +91,10 @@ def select(points: Sequence[tuple[Any, float, float, float]], limit: int = MAX_P
     return sorted(keep)
 
 
-def method_key(c: Any) -> tuple[str, ...]:
-    """The methods of a candidate, as a key to count trials by (``()``: the head alone)."""
-    return tuple(sorted(c.methods))
-
-
-def least_tried(cands: Sequence[Any], tried: Sequence[Any], cover: int) -> list[Any]:
-    """``cands`` of the methods (among theirs; the head alone is not one) with the fewest ``tried`` candidates, while
-    that fewest is under ``cover``; else all of ``cands``."""
-    from collections import Counter
-
-    count = Counter(method_key(c) for c in tried)
-    least = min((count[method_key(c)] for c in cands if c.methods), default=cover)
-    if least >= cover:
-        return list(cands)
-    return [c for c in cands if c.methods and count[method_key(c)] == least]
-
-
 def with_task(X: np.ndarray, flag: float) -> np.ndarray:
     """The encodings with the task column (1: this study, 0: the source)."""
     return np.column_stack([X, np.full(len(X), flag)])
 
 
-__all__ = ["MAX_PRIOR_POINTS", "PRIOR_COVER", "PRIOR_STARTUP", "PRIOR_UNTIL", "WARM_QUEUE", "least_tried",
-           "map_scores", "method_key", "resume_prior", "select", "with_task"]
+__all__ = ["MAX_PRIOR_POINTS", "PRIOR_STARTUP", "PRIOR_UNTIL", "WARM_QUEUE", "map_scores", "resume_prior", "select",
+           "with_task"]

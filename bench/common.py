@@ -96,17 +96,13 @@ def add_sampler_knobs(ap: argparse.ArgumentParser) -> None:
                     "whose unweighted EHVI is at least this share of the pool's best (autopeft.collapse_model.LEARN_BAND; 0: all)")
     ap.add_argument("--learn-with-prior", choices=("on", "off"), help="whether the weight also applies while a warm "
                     "start's prior informs the model (autopeft.collapse_model.LEARN_WITH_PRIOR; default: as shipped)")
-    ap.add_argument("--prior-cover", type=int, help="while a warm start's prior informs the model, the default sampler "
-                    "proposes from the methods the study has tried least until each has this many trials "
-                    "(autopeft.sampler_prior.PRIOR_COVER; 0: off)")
     ap.add_argument("--learn-weight", type=float, help="the default sampler multiplies its acquisition by the "
                     "collapse model's P(learns) to this power (autopeft.collapse_model.LEARN_WEIGHT; default: as shipped, 0: off)")
 
 
 def apply_sampler_knobs(a: argparse.Namespace) -> None:
-    """Set ``--refit-growth``, ``--score-trend``, ``--learn-weight``, ``--learn-cap``, ``--learn-band``,
-    ``--learn-with-prior`` and ``--prior-cover`` in :mod:`autopeft.sampler_gp`, :mod:`autopeft.collapse_model` and
-    :mod:`autopeft.sampler_prior` (this process's samplers);
+    """Set ``--refit-growth``, ``--score-trend``, ``--learn-weight``, ``--learn-cap``, ``--learn-band`` and
+    ``--learn-with-prior`` in :mod:`autopeft.sampler_gp` and :mod:`autopeft.collapse_model` (this process's samplers);
     a bad value: one line, exit 2."""
     if a.refit_growth is not None:
         from autopeft import sampler_gp
@@ -142,12 +138,6 @@ def apply_sampler_knobs(a: argparse.Namespace) -> None:
         from autopeft import collapse_model
 
         collapse_model.LEARN_WITH_PRIOR = a.learn_with_prior == "on"
-    if a.prior_cover is not None:
-        if a.prior_cover < 0:
-            bad(f"--prior-cover must be a whole number >= 0, got {a.prior_cover}")
-        from autopeft import sampler_prior
-
-        sampler_prior.PRIOR_COVER = a.prior_cover
 
 
 class FidelityError(ValueError):
