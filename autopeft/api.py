@@ -70,7 +70,7 @@ def search(model: str | None = None, task: str | None = "sst2", space: str = "lo
     ``layers_pattern`` (the layer list's dotted path) and ``target_modules`` (``"q=NAME,v=NAME,..."`` or a dict of
     sub-module to module name inside a layer); configs to run first: ``enqueue`` (paths, ``"baselines"``, config
     dicts or Candidates; see :mod:`autopeft.seeding`; default: a new study runs the baselines its space can express
-    first, after ``warm_start``'s configs; ``"none"``: nothing first) and ``warm_start`` (``"NAME"`` or ``"NAME@STORAGE_URL"``).  ``trials`` and ``study`` are accepted for ``n_trials`` and ``study_name``."""
+    first, ``"none"``: nothing first) and ``warm_start`` (``"NAME"`` or ``"NAME@STORAGE_URL"``).  ``trials`` and ``study`` are accepted for ``n_trials`` and ``study_name``."""
     return open_search(model=model, task=task, space=space, n_trials=n_trials, sampler=sampler, storage=storage,
                        study_name=study_name, **options).run()
 

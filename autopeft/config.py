@@ -132,7 +132,7 @@ class SearchConfig:
     layers_pattern: str | None = None
     target_modules: Any = None
     #: configs evaluated first (:mod:`autopeft.seeding`): files, export folders, ``baselines``, candidate dicts;
-    #: None (not given): a new study evaluates the baselines its space can express first (after ``warm_start``'s)
+    #: None (not given): a new study without ``warm_start`` evaluates the baselines its space can express first
     enqueue: tuple[Any, ...] | None = None
     #: another study (``NAME`` or ``NAME@STORAGE_URL``) whose Pareto front is evaluated first
     warm_start: str | None = None

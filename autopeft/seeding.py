@@ -21,11 +21,9 @@ search that stops first: entries left waiting run when the study is extended.
 
 An explicit entry (a file's, or one given to the API) that is outside the space or over ``--max-params`` is refused
 with a :class:`ConfigError` naming it; ``baselines`` and a warm start's front are lists the user did not write entry by
-entry, so theirs are left out with a printed note (an error only if none is left).  Without ``--enqueue``, a new
-study queues the baselines its space can express (:data:`DEFAULT`: no note, no error when none fits), after a warm
-start's configs: without them the model-based steps may never train the all-layer configs people use (BENCHMARKS.md,
-MRPC with promotion), and a warm start that replaced them kept to the methods the other task ranked high (BENCHMARKS.md,
-"The warm start keeps the baselines").
+entry, so theirs are left out with a printed note (an error only if none is left).  With neither option, a new
+study queues the baselines its space can express (:data:`DEFAULT`: no note, no error when none fits): without them
+the model-based steps may never train the all-layer configs people use (BENCHMARKS.md, MRPC with promotion).
 """
 
 from __future__ import annotations
@@ -42,7 +40,7 @@ from autopeft.yamlio import excerpt, load_yaml
 
 #: the ``--enqueue`` word for the hand-designed baselines of the space's methods
 BASELINES = "baselines"
-#: where the baselines come from when the user gave no ``--enqueue``: a new study runs those its
+#: where the baselines come from when the user gave no ``--enqueue`` (nor ``--warm-start``): a new study runs those its
 #: space can express first, without a note for the others (a search of a space too small for any runs none)
 DEFAULT = "default"
 MAX_FILE_BYTES = 1024 * 1024

@@ -36,9 +36,13 @@ class Search:
             print(f"autopeft: warning: --trust-remote-code: the code shipped with model {c.model!r} will run",
                   file=sys.stderr)
         self.space_def = SearchSpace.load(c.space)
-        from autopeft.seeding import read_sources
+        from autopeft.seeding import BASELINES, DEFAULT, read_sources
 
         entries = read_sources(c.enqueue or ())  # a bad --enqueue file fails before any model loads
+        #: no --enqueue and no --warm-start: a new study runs the hand-designed baselines its space can express first
+        self.default_seeds = c.enqueue is None and not c.warm_start
+        if self.default_seeds:
+            entries = [(DEFAULT, BASELINES)]
         from dataclasses import replace
 
         from autopeft.seq2seq import fit_task_type
@@ -65,9 +69,8 @@ class Search:
         if self.max_params is not None and self.max_params < self.info.head_params:
             raise ConfigError(f"--max-params {self.max_params:.6g} is below the {self.info.head_params:,} parameters of the "
                               "classification head, which every configuration trains; raise the budget")
-        #: configs to run first (--enqueue, --warm-start, then the default baselines), checked against the space and
-        #: budget; queued by build()
-        self.seeds, self.baselines = self._resolve_seeds(entries)
+        #: configs to run first (--enqueue, --warm-start), checked against the space and budget; queued by build()
+        self.seeds = self._resolve_seeds(entries)
         task_id = {k: v for k, v in c.data.items() if v is not None and k != "data_dir"}
         if self.task.embedded:  # the demo copy is another sample of the task: never resumed as the full one
             task_id["data"] = "autopeft demo copy"
@@ -114,30 +117,25 @@ class Search:
         if bad:
             self.space_def = self.space_def.without_methods(list(bad))
 
-    def _resolve_seeds(self, entries: list[tuple[str, Any]]) -> tuple[list[Any], list[Any]]:
-        """The seeds the user asked for (``--enqueue``, ``--warm-start``), and the default baselines (none with
-        ``--enqueue``)."""
+    def _resolve_seeds(self, entries: list[tuple[str, Any]]) -> list[Any]:
         from autopeft.builder import count_params
-        from autopeft.seeding import BASELINES, DEFAULT, front_seeds, resolve
+        from autopeft.seeding import front_seeds, resolve
 
         c, warm, lines, limit = self.config, [], [], None
-        count = lambda cand: count_params(cand, self.info)  # noqa: E731
-        # no --enqueue: a new study runs the hand-designed baselines its space can express first (after a warm start's
-        # config: a warm-started search adds to a cold one's start instead of replacing it)
-        baselines = resolve([(DEFAULT, BASELINES)], (), self.bound, count, self.max_params)[0] if c.enqueue is None else []
         if c.warm_start:
             warm, line = front_seeds(c.warm_start, c.storage, (self.name, self.storage_url), self.info.arch.num_layers)
             if c.sampler == "autopeft":  # the other study's trials are its prior: only the front's best goes first
                 from autopeft.sampler_prior import PRIOR_UNTIL, WARM_QUEUE
 
-                line += (f"; the best {WARM_QUEUE} queued first{', then the baselines' if baselines else ''}, every "
-                         f"trial the sampler's prior for the first {PRIOR_UNTIL} trials")
+                line += (f"; the best {WARM_QUEUE} queued first, every trial the sampler's prior for the first "
+                         f"{PRIOR_UNTIL} trials")
                 limit = WARM_QUEUE
             lines.append(line)
-        seeds, notes = resolve(entries, warm, self.bound, count, self.max_params, c.warm_start, limit)
+        seeds, notes = resolve(entries, warm, self.bound, lambda cand: count_params(cand, self.info), self.max_params,
+                               c.warm_start, limit)
         for line in lines + [f"note: {n}" for n in notes]:
             print(f"autopeft: {line}", file=sys.stderr)
-        return seeds, baselines
+        return seeds
 
     # ------------------------------------------------------------------ opening
     def open(self) -> "Search":
@@ -323,7 +321,7 @@ class Search:
 
         trials = self.store.trials()
         proposer.index.refresh(trials)
-        seeds = self.seeds if trials else [*self.seeds, *self.baselines]  # the default ones: a new study only
+        seeds = [] if self.default_seeds and trials else self.seeds  # the default ones: a new study only
         queued = queue(self.store, self.bound, [*requeue(trials), *seeds], lambda key: proposer.index.holds(key, -1))
         if queued:
             print(f"autopeft: {describe(queued)}", file=sys.stderr)

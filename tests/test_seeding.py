@@ -82,29 +82,6 @@ def test_enqueue_runs_exactly_the_given_configs_first(tiny_model: str, glue_dir:
     assert len(res.study.trials) == 7 and not [t for t in res.study.trials if t.state == TrialState.PRUNED]
 
 
-def test_a_warm_started_study_runs_the_other_best_then_the_baselines(tiny_model: str, glue_dir: Path, tmp_path: Path,
-                                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    """``--warm-start`` without ``--enqueue``: the other study's best config first, then the baselines a new study
-    runs by default (a warm start adds to a cold search's start: BENCHMARKS.md, "The warm start keeps the
-    baselines"); a resume queues neither again."""
-    storage = f"sqlite:///{tmp_path / 's.db'}"
-    src = autopeft.search(**_opts(tiny_model, glue_dir, storage, "src", 4, space="lora", enqueue="none"))
-    best = src.front_trials()[0]
-    from autopeft.methods import baseline_candidates
-
-    lora8 = baseline_candidates(2)["lora r=8 q,v"]  # the tiny model's 2 layers
-    assert "seeded_by" not in best.user_attrs and Candidate.from_dict(best.user_attrs["candidate"]) != lora8
-    capsys.readouterr()
-    res = autopeft.search(**_opts(tiny_model, glue_dir, storage, "w", 3, space="lora", warm_start="src", task="mrpc"))
-    assert [t.user_attrs.get("seeded_by") for t in res.study.trials] == [f"warm-start:src#{best.number}",
-                                                                         "baseline:lora r=8 q,v", None]
-    err = capsys.readouterr().err
-    assert "the best 1 queued first, then the baselines, every trial the sampler's prior" in err
-    assert "2 config(s) queued to run first" in err
-    res = autopeft.search(**_opts(tiny_model, glue_dir, storage, "w", 4, space="lora", warm_start="src", task="mrpc"))
-    assert len(res.study.trials) == 4 and "queued to run first" not in capsys.readouterr().err
-
-
 def test_baselines_the_space_can_express(tiny_model: str, glue_dir: Path, tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     storage = f"sqlite:///{tmp_path / 's.db'}"
@@ -122,7 +99,7 @@ def test_baselines_the_space_can_express(tiny_model: str, glue_dir: Path, tmp_pa
 def test_a_new_study_runs_the_baselines_its_space_expresses_first_by_default(tiny_model: str, glue_dir: Path,
                                                                              tmp_path: Path,
                                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    """No --enqueue: a new study queues the hand-designed baselines its space can express (here the
+    """No --enqueue, no --warm-start: a new study queues the hand-designed baselines its space can express (here the
     lora space: LoRA r=8 on q,v of every layer), quietly leaving out the others; a resumed study queues nothing;
     ``enqueue="none"`` turns it off; a space that expresses none runs none, without a message."""
     storage = f"sqlite:///{tmp_path / 's.db'}"

@@ -123,12 +123,11 @@ def add(sub: Any) -> None:
                         "0: off. The study stores it: a resume keeps the study's unless given")
     s.add_argument("--enqueue", help="configs to evaluate first, comma-separated: YAML/JSON files (a config like "
                    "autopeft_candidate.json, a list of them, or the output of 'show --format json'), export folders, "
-                   "or 'baselines' (the hand-designed configs of the space's methods); default: a new study runs the "
-                   "baselines its space can express first (after --warm-start's); 'none': nothing first")
+                   "or 'baselines' (the hand-designed configs of the space's methods); default: a new study without "
+                   "--warm-start runs the baselines its space can express first; 'none': nothing first")
     s.add_argument("--warm-start", help="start from another study: NAME (in --storage, or its default file) or "
-                   "NAME@STORAGE_URL; the default sampler re-trains its best front config first (then the default "
-                   "baselines) and uses all its trials as a prior for the first 20 trials; other samplers re-train its "
-                   "whole front first")
+                   "NAME@STORAGE_URL; the default sampler re-trains its best front config first and uses all its "
+                   "trials as a prior for the first 20 trials; other samplers re-train its whole front first")
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the hub (off by default)")
     s.add_argument("--layers-pattern", help="for a model whose layers autopeft cannot find: the dotted path of its "
