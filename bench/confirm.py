@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -113,10 +114,13 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
             comp = sorted(res.complete_trials(), key=lambda t: t.number)
             Y = [to_max(res.objectives, t.values) for t in comp]
             hv = [hypervolume(np.array(Y[:k]), ref) if k <= len(Y) else None for k in marks]
-            reach = None
-            if a.reach is not None:  # the first number of complete trials whose front reaches --reach
-                reach = next((k for k in range(1, len(Y) + 1) if hypervolume(np.array(Y[:k]), ref) >= a.reach - 1e-12),
+            reach, target = None, a.reach
+            if a.reach_from is not None:  # the same seed's study there, its hypervolume after --trials trials
+                target = _hv_after(study_name(a.task, sampler, seed), a.reach_from, a.trials, common)
+            if target is not None:  # the first number of complete trials whose front reaches the target
+                reach = next((k for k in range(1, len(Y) + 1) if hypervolume(np.array(Y[:k]), ref) >= target - 1e-12),
                              None)
+            methods = [Counter(_method(t) for t in part) for part in (comp[:20], comp[20:a.trials])]
             best = max((t.values[0] for t in comp), default=None)
             col, beside = collapsed(res, comp, a.startup)
             by_model = proposed_by_model(comp, a.startup)
@@ -129,6 +133,8 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
             out["studies"][f"{sampler}-{seed}"] = {"sampler": sampler, "seed": seed, "complete": len(comp), "hv": hv,
                                                   "best_score": best, "ref_point": ref, "collapsed": col,
                                                   "collapsed_beside_itself": beside, "trials_to_reach": reach,
+                                                  "reach_target": target,
+                                                  "methods_first_20": dict(methods[0]), "methods_after_20": dict(methods[1]),
                                                   "proposed_by_model": by_model, "collapsed_by_model": col_model,
                                                   "proposed_before_a_collapse": blind}
             n_model = sum(t.number >= a.startup for t in comp)
@@ -139,11 +145,45 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
                   + f"; of the {len(by_model)} the model proposed (not queued, {a.startup}+ complete before), "
                     f"{len(col_model)} collapsed ({len(set(blind) & set(col))} of the {len(blind)} proposed before any "
                     "trial of the study had collapsed)"
-                  + ("" if a.reach is None else f"; HV {a.reach:.6g} first reached at trial "
+                  + ("" if target is None else f"; HV {target:.6g} first reached at trial "
                      f"{'never' if reach is None else reach}"), flush=True)
+            if a.methods:
+                print(f"{'':9s} seed {seed}: methods of the first 20 trials {_counts(methods[0])}; of trials 21-{a.trials} "
+                      f"{_counts(methods[1])}", flush=True)
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1))
     return out
+
+
+def _hv_after(name: str, storages: list[str], k: int, common: list[float] | None) -> float:
+    """The hypervolume of study ``name``'s first ``k`` complete trials (its chance level, ``common``'s costs: the
+    reference ``report`` uses), from the first of ``storages`` that holds it (ValueError: none does)."""
+    import numpy as np
+
+    from autopeft.api import load_study
+    from autopeft.errors import StudyError
+    from autopeft.pareto import hypervolume, to_max
+
+    for storage in storages:
+        try:
+            res = load_study(name, storage)
+            break
+        except StudyError:
+            continue
+    else:
+        raise ValueError(f"--reach-from: no study named {name!r} in {', '.join(storages)}")
+    comp = sorted(res.complete_trials(), key=lambda t: t.number)[:k]
+    ref = [float(res.ref_point[0]), *(common or list(res.ref_point))[1:]]
+    return float(hypervolume(np.array([to_max(res.objectives, t.values) for t in comp]), ref))
+
+
+def _method(t: Any) -> str:
+    """A trial's methods, ``+``-joined (``head only``: none)."""
+    return "+".join(sorted(t.user_attrs.get("candidate", {}).get("methods", {}))) or "head only"
+
+
+def _counts(c: Counter) -> str:
+    return ", ".join(f"{m} {n}" for m, n in c.most_common()) or "none"
 
 
 def compare(a: argparse.Namespace) -> dict[str, Any]:
@@ -245,6 +285,11 @@ def main(argv: list[str] | None = None) -> Any:
                     "searches in their own --storage, as their study names are the cold ones'")
     ap.add_argument("--reach", type=float, help="report: also the number of complete trials (in trial order) after "
                     "which each study's hypervolume first reaches this value (e.g. a cold search's 40-trial figure)")
+    ap.add_argument("--reach-from", metavar="STORAGE_URL", action="append", help="report: as --reach, each seed's value "
+                    "the hypervolume after --trials trials of the same seed's study in this storage (e.g. the cold "
+                    "searches'; repeatable: the first that holds it)")
+    ap.add_argument("--methods", action="store_true", help="report: also each study's methods, counted in its first "
+                    "20 complete trials and in the rest up to --trials")
     ap.add_argument("--enqueue", action="append", default=[], metavar="FILE",
                     help="run: configs (a YAML/JSON file, as autopeft search --enqueue) a new study runs after the "
                          "baselines and before its start-up design; repeatable")
@@ -268,6 +313,8 @@ def main(argv: list[str] | None = None) -> Any:
     from autopeft._quiet import quiet
 
     quiet()
+    if a.reach is not None and a.reach_from is not None:
+        ap.error("give --reach or --reach-from, not both")
     if a.cmd == "compare":
         if not a.json or not a.against:
             ap.error("compare needs --json A.json --against B.json (two report --json files)")
@@ -277,7 +324,12 @@ def main(argv: list[str] | None = None) -> Any:
             return compare(a)
         except ValueError as exc:
             ap.error(str(exc))
-    return run(a) if a.cmd == "run" else report(a)
+    if a.cmd == "run":
+        return run(a)
+    try:
+        return report(a)
+    except ValueError as exc:
+        ap.error(str(exc))
 
 
 if __name__ == "__main__":
