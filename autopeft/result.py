@@ -309,8 +309,9 @@ class SearchResult:
         if len(comp) > 1 and A.SPACE_DEF in self.meta:
             from autopeft.rate_bound import rate_bound_notice
 
-            note = rate_bound_notice(self.meta[A.SPACE_DEF], comp, list(self.ranked_values(comp)[:, 0]),
-                                     [structure_key(t) for t in comp], str(metric))
+            Y = self.ranked_values(comp)  # a twin must score worse by more than the answer rule's noise margin
+            note = rate_bound_notice(self.meta[A.SPACE_DEF], comp, list(Y[:, 0]), [structure_key(t) for t in comp],
+                                     str(metric), self.margins(Y, comp))
             out += [note] if note else []
         return out
 

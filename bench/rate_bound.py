@@ -6,7 +6,7 @@ warning's claim, "a higher (lower) rate may score better", holds for a study whe
 step beyond scores better than the bound.
 
     python -m bench.rate_bound run --storage sqlite:///bench/tables/A.db [--storage ...] --data-dir ../shared/data/glue
-    python -m bench.rate_bound report
+    python -m bench.rate_bound report [--storage ... : also which of them today's warning, with the noise margin, fires on]
 
 Rows: bench/tables/rate-bound.jsonl (resumable: a (study config, rate) already there is not run again). Studies of one
 config, task, seed and fidelity (a study copied into another file, or two searches that answer with the same seeded
@@ -30,8 +30,10 @@ OUT = TABLES / "rate-bound.jsonl"
 STEPS = (0, 1, 2)  # at the bound, then x1.41 and x2 beyond it
 
 
-def picks(storages: list[str], skip_models: tuple[str, ...] = ("smollm2",)) -> list[dict[str, Any]]:
-    """One row per distinct (task, metric, seed, fidelity, config) whose study the warning fires on."""
+def picks(storages: list[str], skip_models: tuple[str, ...] = ("smollm2",), margin: bool = False) -> list[dict[str, Any]]:
+    """One row per distinct (task, metric, seed, fidelity, config) whose study the check fires on: without the noise
+    margin (``margin`` False: the warning until session 37, whose cases the committed rows hold), or with it (the
+    warning since: a twin further in must score worse by more than the answer rule's margin)."""
     import optuna
 
     from autopeft.rate_bound import at_bound
@@ -48,8 +50,9 @@ def picks(storages: list[str], skip_models: tuple[str, ...] = ("smollm2",)) -> l
             comp = res.complete_trials()
             if len(comp) < 2:
                 continue
-            found = at_bound(res.meta[A.SPACE_DEF], comp, list(res.ranked_values(comp)[:, 0]),
-                             [structure_key(t) for t in comp])  # what the warning's check finds
+            Y = res.ranked_values(comp)
+            found = at_bound(res.meta[A.SPACE_DEF], comp, list(Y[:, 0]), [structure_key(t) for t in comp],
+                             res.margins(Y, comp) if margin else None)  # what the warning's check finds
             if found is None:
                 continue
             best, side, key_name = comp[found["best"]], found["side"], found["key"]
@@ -130,18 +133,29 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def report(a: argparse.Namespace) -> int:
     s = summarise(_rows(Path(a.out)))
+    now: set[str] | None = None  # with --storage: the studies today's warning (with the noise margin) fires on
+    if a.storage:
+        now = {n for p in picks(a.storage, margin=True) for n in (p["study"], *p["also"])}
+        for r in s:
+            r["warned"] = r["study"] in now
     for r in s:
         beyond = ", ".join(f"x{m:g} {v:.4f}" for m, v in r["beyond"])
         again = f"again {r['at_bound']:.4f}" if r["rerun"] else "not run again"
         print(f"{r['study']}: {r['summary']}: stored {r['stored']:.4f} at x{r['bound']:g} ({again}); "
               f"{beyond}: {'higher' if r['held'] else 'not higher'} beyond ({r['gain']:+.4f}"
               + (f", {r['gain'] / r['se']:+.1f} se)" if r["se"] else ")")
-              + (f" [also {', '.join(r['also'])}]" if r["also"] else ""))
+              + (f" [also {', '.join(r['also'])}]" if r["also"] else "")
+              + ("" if now is None else "; warned today" if r["warned"] else "; not warned today (within the noise)"))
     if s:
         clear = sum(r["se"] > 0 and r["gain"] > r["se"] for r in s)
         print(f"the warning's claim held on {sum(r['held'] for r in s)} of {len(s)} studies, by more than one standard "
               f"error of a difference on the search rows on {clear} (median gain "
               f"{sorted(r['gain'] for r in s)[len(s) // 2]:+.4f})")
+    if s and now is not None:
+        w = [r for r in s if r["warned"]]
+        print(f"with the noise margin (the warning since session 37) it fires on {len(w)} of them; the claim held on "
+              f"{sum(r['held'] for r in w)} of those, and on {sum(r['held'] for r in s if not r['warned'])} of the "
+              f"{len(s) - len(w)} it no longer fires on")
     return 0
 
 
