@@ -7,9 +7,9 @@ case (BENCHMARKS.md, "The learning-rate range on an LLM"): on SmolLM2-135M / GSM
 ``mixed`` (range x0.5-x2) ran at x2, and two of the four hand-designed baselines scored better at x8 than at x2 (LoRA
 r=8 also after training at 4x the budget, 0.10 lower loss), so the LoRA baseline the search was compared with had
 been tuned only as far as the range went. A pointer, not a verdict: the best config itself may do worse beyond.
-The evidence must clear the noise of the search rows (the answer rule's margin, :meth:`autopeft.result.SearchResult.margins`): on the
-committed classification cases a twin within it said nothing about rates beyond (BENCHMARKS.md, "The warning needs
-more than the noise").
+The evidence must clear the noise of the search rows (the answer rule's margin,
+:meth:`autopeft.result.SearchResult.margins`): on the committed classification cases a twin within it said nothing
+about rates beyond (BENCHMARKS.md, "The warning needs more than the noise").
 
 Why our own check and not a library's: Optuna's samplers clip to a distribution's bounds and say nothing of it; the
 check needs the space's training block and each config's structure (its candidate without the rate), which are ours.
