@@ -20,6 +20,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -135,7 +136,15 @@ def report(a: argparse.Namespace) -> int:
     s = summarise(_rows(Path(a.out)))
     now: set[str] | None = None  # with --storage: the studies today's warning (with the noise margin) fires on
     if a.storage:
+        import optuna
+
         now = {n for p in picks(a.storage, margin=True) for n in (p["study"], *p["also"])}
+        held = {n for url in a.storage for n in optuna.get_all_study_names(url)}
+        missing = sorted(r["study"] for r in s if r["study"] not in held)
+        if missing:  # a study left out of --storage would count as one the warning no longer fires on
+            print(f"--storage: no study named {missing[0]!r} in the files given ({len(missing)} of the rows' studies "
+                  "missing); give every file the rows came from", file=sys.stderr)
+            return 2
         for r in s:
             r["warned"] = r["study"] in now
     for r in s:

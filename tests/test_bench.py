@@ -1165,3 +1165,6 @@ def test_rate_bound_report_says_which_studies_the_warning_with_the_noise_margin_
     assert ("with the noise margin (the warning since session 37) it fires on 10 of them; the claim held on 9 of "
             "those, and on 3 of the 7 it no longer fires on") in out
     assert "confirm-sst2-bfirst-1: serial_adapter size=64" in out and "-2.5 se); not warned today (within the noise)" in out
+    assert rb.main(["report", "--storage", f"sqlite:///{TABLES / files[0]}.db"]) == 2  # rows from files not given
+    assert "--storage: no study named 'confirm-mrpc-bfirst-0' in the files given (13 of the rows' studies missing)" \
+        in capsys.readouterr().err
