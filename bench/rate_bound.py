@@ -171,7 +171,8 @@ def report(a: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("cmd", choices=("run", "report"))
-    ap.add_argument("--storage", action="append", default=[], help="a study file to read (repeat)")
+    ap.add_argument("--storage", action="append", default=[], help="run: a study file to read; report: the files the rows came from, to say "
+                    "which of them today's warning (with the noise margin) fires on (repeat)")
     add_data_dir(ap)
     ap.add_argument("--steps", type=lambda t: [int(x) for x in t.split(",")], default=list(STEPS),
                     help="which of the steps to run: 0 at the bound (does the trial reproduce?), 1 and 2 beyond it "
