@@ -98,6 +98,7 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
 
     from autopeft.api import load_study
     from autopeft.pareto import hypervolume, to_max
+    from autopeft.storage import A
 
     storage = a.storage or f"sqlite:///{TABLES / f'confirm-{a.task}.db'}"
     marks = [m for m in (10, 20, 30, 40, 60, 100) if m <= a.trials]
@@ -120,7 +121,8 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
             if target is not None:  # the first number of complete trials whose front reaches the target
                 reach = next((k for k in range(1, len(Y) + 1) if hypervolume(np.array(Y[:k]), ref) >= target - 1e-12),
                              None)
-            methods = [Counter(_method(t) for t in part) for part in (comp[:20], comp[20:a.trials])]
+            # the methods the storage layer records per trial ("head": nothing but the classification head trains)
+            methods = [Counter(str(t.user_attrs.get(A.METHOD)) for t in part) for part in (comp[:20], comp[20:a.trials])]
             best = max((t.values[0] for t in comp), default=None)
             col, beside = collapsed(res, comp, a.startup)
             by_model = proposed_by_model(comp, a.startup)
@@ -175,11 +177,6 @@ def _hv_after(name: str, storages: list[str], k: int, common: list[float] | None
     comp = sorted(res.complete_trials(), key=lambda t: t.number)[:k]
     ref = [float(res.ref_point[0]), *(common or list(res.ref_point))[1:]]
     return float(hypervolume(np.array([to_max(res.objectives, t.values) for t in comp]), ref))
-
-
-def _method(t: Any) -> str:
-    """A trial's methods, ``+``-joined (``head only``: none)."""
-    return "+".join(sorted(t.user_attrs.get("candidate", {}).get("methods", {}))) or "head only"
 
 
 def _counts(c: Counter) -> str:
@@ -288,8 +285,9 @@ def main(argv: list[str] | None = None) -> Any:
     ap.add_argument("--reach-from", metavar="STORAGE_URL", action="append", help="report: as --reach, each seed's value "
                     "the hypervolume after --trials trials of the same seed's study in this storage (e.g. the cold "
                     "searches'; repeatable: the first that holds it)")
-    ap.add_argument("--methods", action="store_true", help="report: also each study's methods, counted in its first "
-                    "20 complete trials and in the rest up to --trials")
+    ap.add_argument("--methods", action="store_true", help="report: also each study's methods (as each trial stored "
+                    "them; 'head': nothing but the head trains), counted in its first 20 complete trials and in the rest "
+                    "up to --trials")
     ap.add_argument("--enqueue", action="append", default=[], metavar="FILE",
                     help="run: configs (a YAML/JSON file, as autopeft search --enqueue) a new study runs after the "
                          "baselines and before its start-up design; repeatable")

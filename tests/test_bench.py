@@ -835,8 +835,8 @@ def test_confirm_report_gives_the_trials_a_search_needed_to_reach_a_hypervolume(
 def test_confirm_report_reaches_another_storages_hypervolume_and_counts_methods(capsys: pytest.CaptureFixture[str]) -> None:
     """``--reach-from`` takes each seed's target from the same seed's study in another storage (the cold search's
     hypervolume after ``--trials``): the committed held-out warm start of SST-2 seed 21 reaches its cold twin's after
-    16 trials, seed 22 never; ``--methods`` counts each study's methods (by candidate: "head only" for a trial with
-    nothing left to train).  A seed no listed storage holds, or ``--reach`` with ``--reach-from``: one line, exit 2."""
+    16 trials, seed 22 never; ``--methods`` counts each study's methods (as each trial stored them: "head" for a trial
+    with nothing left to train).  A seed no listed storage holds, or ``--reach`` with ``--reach-from``: one line, exit 2."""
     cf = _load("confirm")
     cold = f"sqlite:///{TABLES / 'confirm-sst2-cold-s21-22.db'}"
     args = ["report", "--task", "sst2", "--samplers", "autopeft", "--seeds", "21,22", "--trials", "40", "--storage",
@@ -844,10 +844,10 @@ def test_confirm_report_reaches_another_storages_hypervolume_and_counts_methods(
     st = cf.main([*args, "--reach-from", f"sqlite:///{TABLES / 'confirm-sst2-headlr.db'}", "--reach-from", cold])["studies"]
     assert st["autopeft-21"]["reach_target"] == pytest.approx(1.20623, abs=1e-5)
     assert [st[k]["trials_to_reach"] for k in ("autopeft-21", "autopeft-22")] == [16, None]
-    assert st["autopeft-21"]["methods_first_20"] == {"parallel_adapter": 10, "ia3": 5, "dora": 3, "head only": 2}
+    assert st["autopeft-21"]["methods_first_20"] == {"parallel_adapter": 10, "ia3": 5, "dora": 3, "head": 2}
     assert all(sum(st[k]["methods_first_20"].values()) == 20 and sum(st[k]["methods_after_20"].values()) == 20
                for k in st)
-    assert "seed 21: methods of the first 20 trials parallel_adapter 10, ia3 5, dora 3, head only 2;" in capsys.readouterr().out
+    assert "seed 21: methods of the first 20 trials parallel_adapter 10, ia3 5, dora 3, head 2;" in capsys.readouterr().out
     for extra, message in ((["--reach-from", f"sqlite:///{TABLES / 'confirm-sst2-headlr.db'}"],
                             "--reach-from: no study named 'confirm-sst2-autopeft-21' in sqlite:///"),
                            (["--reach", "1", "--reach-from", cold], "give --reach or --reach-from, not both")):
